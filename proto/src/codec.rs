@@ -1,0 +1,110 @@
+//! tonic codecs for the `Sync` RPC.
+//!
+//! [`ServerCodec`] writes pre-encoded frames as they are (the per-client cost of a shared
+//! frame is one copy into the HTTP/2 buffer) and decodes `ClientMessage`s with prost.
+//! [`ClientCodec`] encodes `ClientMessage`s with prost and decodes [`ServerFrame`]s.
+//! Neither compresses: snapshot chunks are compressed once by the server, per snapshot.
+
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::frame::ServerFrame;
+use crate::pb;
+
+/// Server side: `Bytes` frames out, `ClientMessage` in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerCodec;
+
+/// Client side: `ClientMessage` out, [`ServerFrame`] in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientCodec;
+
+/// Writes pre-encoded frames.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameEncoder;
+
+/// Encodes prost messages.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientMessageEncoder;
+
+/// Decodes `ClientMessage`s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientMessageDecoder;
+
+/// Decodes [`ServerFrame`]s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameDecoder;
+
+impl Codec for ServerCodec {
+    type Encode = Bytes;
+    type Decode = pb::ClientMessage;
+    type Encoder = FrameEncoder;
+    type Decoder = ClientMessageDecoder;
+
+    fn encoder(&mut self) -> FrameEncoder {
+        FrameEncoder
+    }
+
+    fn decoder(&mut self) -> ClientMessageDecoder {
+        ClientMessageDecoder
+    }
+}
+
+impl Codec for ClientCodec {
+    type Encode = pb::ClientMessage;
+    type Decode = ServerFrame;
+    type Encoder = ClientMessageEncoder;
+    type Decoder = FrameDecoder;
+
+    fn encoder(&mut self) -> ClientMessageEncoder {
+        ClientMessageEncoder
+    }
+
+    fn decoder(&mut self) -> FrameDecoder {
+        FrameDecoder
+    }
+}
+
+impl Encoder for FrameEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Encoder for ClientMessageEncoder {
+    type Item = pb::ClientMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: pb::ClientMessage, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encode ClientMessage: {e}")))
+    }
+}
+
+impl Decoder for ClientMessageDecoder {
+    type Item = pb::ClientMessage;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<pb::ClientMessage>, Status> {
+        pb::ClientMessage::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed ClientMessage: {e}")))
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = ServerFrame;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<ServerFrame>, Status> {
+        ServerFrame::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("malformed server frame: {e}")))
+    }
+}

@@ -1,0 +1,228 @@
+//! Frames: encoded `ServerMessage`s.
+//!
+//! The server builds each frame that is the same for every client once and shares its
+//! bytes ([`Bytes`] clones are reference counts). Snapshot payloads and delta batches
+//! are assembled from the per-entry encoded `KeyValue`s the cache already holds, so
+//! building them is concatenation, not re-encoding.
+//!
+//! The client decodes frames into [`ServerFrame`], keeping each `KeyValue` as the bytes
+//! received ([`RawDeltaBatch`], [`RawSnapshotEntries`]): the digest hashes exactly those.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, decode_key, encode_key, encode_varint, encoded_len_varint};
+
+use crate::digest::Digest;
+use crate::model::Revision;
+use crate::pb;
+
+/// `ServerMessage` oneof field numbers (see sync.proto).
+mod field {
+    pub const HELLO: u32 = 1;
+    pub const SNAPSHOT_CHUNK: u32 = 2;
+    pub const IN_SYNC: u32 = 3;
+    pub const DELTAS: u32 = 4;
+    pub const PING: u32 = 5;
+    pub const PONG: u32 = 6;
+    pub const GOODBYE: u32 = 7;
+}
+
+/// Encodes a whole `ServerMessage` (for the small, rare frames).
+pub fn encode(msg: pb::server_message::Msg) -> Bytes {
+    Bytes::from(pb::ServerMessage { msg: Some(msg) }.encode_to_vec())
+}
+
+fn put_len_delimited(tag: u32, body: &[u8], buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(body.len() as u64, buf);
+    buf.put_slice(body);
+}
+
+fn len_delimited_len(tag: u32, body_len: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(body_len as u64) + body_len
+}
+
+/// The encoded `SnapshotEntries` holding `entries` (each an encoded `KeyValue`).
+pub fn snapshot_entries<'a>(entries: impl IntoIterator<Item = &'a Bytes>) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for entry in entries {
+        put_len_delimited(1, entry, &mut buf);
+    }
+    buf
+}
+
+/// The size `entry` adds to an encoded `SnapshotEntries`.
+pub fn snapshot_entry_len(entry: &[u8]) -> usize {
+    len_delimited_len(1, entry.len())
+}
+
+/// A `ServerMessage{deltas}` frame from encoded `KeyValue`s (at most one per key).
+pub fn delta_batch<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+) -> Bytes {
+    let updates_len: usize = updates
+        .clone()
+        .into_iter()
+        .map(|u| len_delimited_len(2, u.len()))
+        .sum();
+    let digest = digest.to_bytes();
+    let body_len = prost::encoding::uint64::encoded_len(1, &to.0)
+        + updates_len
+        + len_delimited_len(3, digest.len())
+        + prost::encoding::uint64::encoded_len(4, &from.0);
+    let mut buf = BytesMut::with_capacity(len_delimited_len(field::DELTAS, body_len));
+    encode_key(field::DELTAS, WireType::LengthDelimited, &mut buf);
+    encode_varint(body_len as u64, &mut buf);
+    prost::encoding::uint64::encode(1, &to.0, &mut buf);
+    for update in updates {
+        put_len_delimited(2, update, &mut buf);
+    }
+    put_len_delimited(3, &digest, &mut buf);
+    prost::encoding::uint64::encode(4, &from.0, &mut buf);
+    buf.freeze()
+}
+
+/// A `DeltaBatch` decoded with each update kept as received.
+#[derive(Clone, PartialEq, Message)]
+pub struct RawDeltaBatch {
+    /// The revision after the batch.
+    #[prost(uint64, tag = "1")]
+    pub revision: u64,
+    /// Encoded `KeyValue`s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub updates: Vec<Bytes>,
+    /// The digest after the batch (16 bytes), if the server sent one.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub digest: Bytes,
+    /// The first revision covered.
+    #[prost(uint64, tag = "4")]
+    pub from_revision: u64,
+}
+
+/// A `SnapshotEntries` decoded with each entry kept as received.
+#[derive(Clone, PartialEq, Message)]
+pub struct RawSnapshotEntries {
+    /// Encoded `KeyValue`s.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub entries: Vec<Bytes>,
+}
+
+/// A decoded server frame, as the client sees it.
+#[derive(Clone, PartialEq, Debug)]
+pub enum ServerFrame {
+    /// `ServerHello`.
+    Hello(pb::ServerHello),
+    /// `SnapshotChunk`.
+    SnapshotChunk(pb::SnapshotChunk),
+    /// `InSync`.
+    InSync(pb::InSync),
+    /// `DeltaBatch`, raw.
+    Deltas(RawDeltaBatch),
+    /// `Ping`.
+    Ping(pb::Ping),
+    /// `Pong`.
+    Pong(pb::Pong),
+    /// `Goodbye`.
+    Goodbye(pb::Goodbye),
+    /// A frame type this build does not know (from a newer server): ignored.
+    Unknown(u32),
+}
+
+impl ServerFrame {
+    /// Decodes one `ServerMessage`. An empty message or one with only unknown fields is
+    /// [`ServerFrame::Unknown`]; the last oneof member wins, as in protobuf.
+    pub fn decode(mut buf: impl Buf) -> Result<ServerFrame, prost::DecodeError> {
+        let mut frame = ServerFrame::Unknown(0);
+        while buf.has_remaining() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            if wire_type != WireType::LengthDelimited {
+                prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default())?;
+                frame = ServerFrame::Unknown(tag);
+                continue;
+            }
+            let mut body = Bytes::new();
+            prost::encoding::bytes::merge(wire_type, &mut body, &mut buf, Default::default())?;
+            frame = match tag {
+                field::HELLO => ServerFrame::Hello(Message::decode(body)?),
+                field::SNAPSHOT_CHUNK => ServerFrame::SnapshotChunk(Message::decode(body)?),
+                field::IN_SYNC => ServerFrame::InSync(Message::decode(body)?),
+                field::DELTAS => ServerFrame::Deltas(Message::decode(body)?),
+                field::PING => ServerFrame::Ping(Message::decode(body)?),
+                field::PONG => ServerFrame::Pong(Message::decode(body)?),
+                field::GOODBYE => ServerFrame::Goodbye(Message::decode(body)?),
+                other => ServerFrame::Unknown(other),
+            };
+        }
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::EntryHash;
+    use crate::model::{Key, Kind, Update, Value};
+
+    fn node(name: &str) -> Bytes {
+        let key = Key::cluster(Kind::Node, name).unwrap();
+        let value = Value::Node(pb::Node {
+            name: name.into(),
+            ..Default::default()
+        });
+        Update::new(key, Some(value)).unwrap().encode()
+    }
+
+    #[test]
+    fn hand_built_delta_batch_decodes_with_prost_and_raw() {
+        let updates = vec![node("a"), node("b")];
+        let mut digest = Digest::EMPTY;
+        digest.add(EntryHash::of(&updates[0]));
+        let frame = delta_batch(Revision(3), Revision(5), &updates, digest);
+
+        let msg = pb::ServerMessage::decode(frame.clone()).unwrap();
+        let Some(pb::server_message::Msg::Deltas(batch)) = msg.msg else {
+            panic!("not deltas")
+        };
+        assert_eq!((batch.from_revision, batch.revision), (3, 5));
+        assert_eq!(batch.updates.len(), 2);
+        assert_eq!(batch.updates[1].key.as_ref().unwrap().name, "b");
+
+        let ServerFrame::Deltas(raw) = ServerFrame::decode(frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(raw.updates, updates);
+        assert_eq!(Digest::from_bytes(&raw.digest), Some(digest));
+    }
+
+    #[test]
+    fn snapshot_entries_round_trip() {
+        let entries = vec![node("a"), node("b"), node("c")];
+        let buf = snapshot_entries(&entries);
+        let expected: usize = entries.iter().map(|e| snapshot_entry_len(e)).sum();
+        assert_eq!(buf.len(), expected);
+        let raw = RawSnapshotEntries::decode(buf.freeze()).unwrap();
+        assert_eq!(raw.entries, entries);
+    }
+
+    #[test]
+    fn small_frames_and_unknown_fields() {
+        let hello = encode(pb::server_message::Msg::Goodbye(pb::Goodbye {
+            reason: pb::GoodbyeReason::Rebalance as i32,
+            message: "bye".into(),
+        }));
+        assert!(
+            matches!(ServerFrame::decode(hello).unwrap(), ServerFrame::Goodbye(g) if g.message == "bye")
+        );
+        // Field 42 from some future server is skipped, not an error.
+        let mut future = BytesMut::new();
+        put_len_delimited(42, b"whatever", &mut future);
+        assert_eq!(
+            ServerFrame::decode(future.freeze()).unwrap(),
+            ServerFrame::Unknown(42)
+        );
+        assert!(ServerFrame::decode(&[0x22, 0x05, 0x01][..]).is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! The wire schema of the typha sync protocol and the typed model both sides share.
+//!
+//! - [`pb`]: the prost messages generated from `proto/typha/sync/v1/sync.proto`.
+//! - [`model`]: typed keys and values; wire messages convert to them once, here, with
+//!   `TryFrom`, and a missing or inconsistent field is a [`model::ModelError`].
+//! - [`digest`]: the order-independent state digest every client verifies.
+//! - [`frame`]: building shared, pre-encoded server frames, and decoding them on the
+//!   client without losing the bytes the digest is computed over.
+//! - [`codec`]: the tonic codecs for both sides of the one `Sync` RPC.
+
+pub mod codec;
+pub mod digest;
+pub mod frame;
+pub mod model;
+
+/// Generated prost messages of package `typha.sync.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/typha.sync.v1.rs"));
+}
+
+/// The tonic server for `Sync`, whose responses are pre-encoded frames.
+#[allow(clippy::all, missing_docs)]
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/typha.sync.v1.Typha.rs"));
+}
+
+/// The tonic client for `Sync`, decoding frames with [`codec::ClientCodec`].
+#[allow(clippy::all, missing_docs)]
+pub mod client {
+    include!(concat!(env!("OUT_DIR"), "/client/typha.sync.v1.Typha.rs"));
+}
+
+pub use digest::Digest;
+pub use model::{Key, Kind, ModelError, Revision, Update, Value};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The gRPC path of the one RPC, for logs and tests.
+pub const SYNC_PATH: &str = "/typha.sync.v1.Typha/Sync";

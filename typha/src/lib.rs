@@ -1,0 +1,14 @@
+//! typha: watches the Kubernetes API once, keeps one snapshot, and fans snapshot plus
+//! deltas out to thousands of agents over mutual-TLS gRPC.
+//!
+//! Data flows one way: [`upstream`] (kube watchers, conversion to the model) feeds
+//! [`hub`], which owns the pure [`cache`] and publishes its history; [`server`] streams
+//! that history to each client. [`tls`] and [`certs`] hold the TLS plumbing both typha
+//! and felix-client use.
+
+pub mod cache;
+pub mod certs;
+pub mod hub;
+pub mod server;
+pub mod tls;
+pub mod upstream;
