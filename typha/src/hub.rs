@@ -1,1 +1,205 @@
-//! (being written)
+//! The hub: owns the one [`SnapshotCache`], feeds it from the upstream event stream and
+//! publishes its history to every client session.
+//!
+//! Sessions never copy the state. They hold a revision cursor, wait on a `watch` channel
+//! for a newer revision, and read shared breadcrumbs (pre-encoded frames) from the cache
+//! under a short read lock. Snapshots are built from the cache, compressed once on a
+//! blocking thread, memoized, and shared by every client that needs one until the cache
+//! history no longer covers them or they are older than `snapshot_max_age`.
+//!
+//! Invariants: the published revision only grows; a memoized snapshot's revision is never
+//! newer than the cache's; nothing here blocks the runtime for longer than one batch
+//! apply or one raw snapshot concatenation (compression runs off the runtime).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use typha_proto::{Digest, Revision, Update};
+
+use crate::cache::{
+    self, Breadcrumb, CacheConfig, CacheError, CacheStats, DeltasSince, EncodedSnapshot,
+    SnapshotCache,
+};
+use crate::upstream::UpstreamEvent;
+
+/// Tuning for the hub.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// The cache's history and chunking bounds.
+    pub cache: CacheConfig,
+    /// A memoized snapshot older than this is rebuilt for the next client that asks
+    /// (clients that get an older one catch up through deltas).
+    pub snapshot_max_age: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { cache: CacheConfig::default(), snapshot_max_age: Duration::from_secs(10) }
+    }
+}
+
+/// Errors from the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Building or compressing a snapshot failed. Retryable (the next client rebuilds).
+    #[error("building snapshot: {0}")]
+    Snapshot(#[from] CacheError),
+    /// The blocking compression task panicked or was cancelled. Retryable.
+    #[error("snapshot task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+struct Memo {
+    snapshot: Arc<EncodedSnapshot>,
+    built_at: Instant,
+}
+
+struct Shared {
+    cache: RwLock<SnapshotCache>,
+    epoch: String,
+    revision: watch::Sender<Revision>,
+    in_sync: watch::Sender<bool>,
+    memo: Mutex<Option<Memo>>,
+    config: HubConfig,
+}
+
+/// A cheap, clonable handle to the one cache and its publication channels.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl Hub {
+    /// An empty hub, not yet in sync.
+    pub fn new(config: HubConfig) -> Hub {
+        let cache = SnapshotCache::new(config.cache.clone());
+        let epoch = cache.epoch().to_string();
+        let (revision, _) = watch::channel(cache.revision());
+        let (in_sync, _) = watch::channel(false);
+        Hub {
+            shared: Arc::new(Shared {
+                cache: RwLock::new(cache),
+                epoch,
+                revision,
+                in_sync,
+                memo: Mutex::new(None),
+                config,
+            }),
+        }
+    }
+
+    /// The identity of this hub's history; resume positions from another epoch are
+    /// answered with a snapshot.
+    pub fn epoch(&self) -> &str {
+        &self.shared.epoch
+    }
+
+    /// Applies one batch and publishes the new revision, if anything changed.
+    pub fn apply(&self, updates: Vec<Update>) -> Option<Arc<Breadcrumb>> {
+        let crumb = self.shared.cache.write().apply(updates)?;
+        metrics::gauge!("typha_snapshot_keys").set(self.len() as f64);
+        metrics::counter!("typha_delta_batches_total").increment(1);
+        metrics::counter!("typha_delta_updates_total").increment(crumb.updates.len() as u64);
+        self.shared.revision.send_replace(crumb.revision);
+        Some(crumb)
+    }
+
+    /// Marks the upstream as in sync (every kind listed): sessions may start streaming.
+    pub fn set_in_sync(&self, in_sync: bool) {
+        self.shared.in_sync.send_replace(in_sync);
+    }
+
+    /// Whether the upstream has been in sync.
+    pub fn is_in_sync(&self) -> bool {
+        *self.shared.in_sync.borrow()
+    }
+
+    /// Waits until the upstream is in sync.
+    pub async fn wait_in_sync(&self) {
+        let mut rx = self.shared.in_sync.subscribe();
+        // An Err means the sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(|in_sync| *in_sync).await;
+    }
+
+    /// A receiver of the latest revision, for sessions to wait on.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.shared.revision.subscribe()
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Revision {
+        *self.shared.revision.borrow()
+    }
+
+    /// The current digest.
+    pub fn digest(&self) -> Digest {
+        self.shared.cache.read().digest()
+    }
+
+    /// The number of keys in the state.
+    pub fn len(&self) -> usize {
+        self.shared.cache.read().len()
+    }
+
+    /// Whether the state is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The breadcrumbs after `since`.
+    pub fn deltas_since(&self, since: Revision) -> DeltasSince {
+        self.shared.cache.read().deltas_since(since)
+    }
+
+    /// The cache's counters.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.cache.read().stats()
+    }
+
+    /// A snapshot for a new client: the memoized one while it is fresh and the history
+    /// still covers it, else a new one (built once, however many clients wait for it).
+    pub async fn snapshot(&self) -> Result<Arc<EncodedSnapshot>, HubError> {
+        let mut memo = self.shared.memo.lock().await;
+        if let Some(m) = memo.as_ref() {
+            let fresh = m.built_at.elapsed() <= self.shared.config.snapshot_max_age;
+            let covered = !matches!(self.deltas_since(m.snapshot.revision), DeltasSince::Expired);
+            if fresh && covered {
+                return Ok(m.snapshot.clone());
+            }
+        }
+        let started = Instant::now();
+        let raw = self.shared.cache.read().build_snapshot();
+        let level = self.shared.config.cache.zstd_level;
+        let encoded = tokio::task::spawn_blocking(move || cache::compress(&raw, level)).await??;
+        let snapshot = Arc::new(encoded);
+        metrics::histogram!("typha_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("typha_snapshot_raw_bytes").set(snapshot.raw_bytes as f64);
+        metrics::gauge!("typha_snapshot_compressed_bytes").set(snapshot.compressed_bytes as f64);
+        metrics::counter!("typha_snapshots_built_total").increment(1);
+        *memo = Some(Memo { snapshot: snapshot.clone(), built_at: Instant::now() });
+        Ok(snapshot)
+    }
+
+    /// Consumes upstream events until the channel closes or `shutdown` fires.
+    pub async fn run(self, mut events: mpsc::Receiver<UpstreamEvent>, shutdown: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = events.recv() => event,
+            };
+            match event {
+                Some(UpstreamEvent::Updates(updates)) => {
+                    self.apply(updates);
+                }
+                Some(UpstreamEvent::InSync) => {
+                    tracing::info!(revision = %self.revision(), keys = self.len(), "upstream in sync");
+                    self.set_in_sync(true);
+                }
+                None => return,
+            }
+        }
+    }
+}

@@ -6,8 +6,10 @@
 //! that history to each client. [`tls`] and [`certs`] hold the TLS plumbing both typha
 //! and felix-client use.
 
+pub mod app;
 pub mod cache;
 pub mod certs;
+pub mod config;
 pub mod hub;
 pub mod server;
 pub mod tls;

@@ -1,1 +1,421 @@
-//! (being written)
+//! The snapshot cache: the one state every client shares, plus an ordered, bounded log of
+//! the delta batches ("breadcrumbs") that led to it.
+//!
+//! It is a pure data structure: no I/O, no timers, no metrics registry, no runtime. The
+//! owner applies a batch of updates and gets back the breadcrumb of the new revision.
+//!
+//! Every frame is encoded once and shared as [`Bytes`]: each entry keeps its encoded
+//! `KeyValue` (the exact bytes its digest contribution hashes), a breadcrumb keeps its
+//! `DeltaBatch` frame, and a snapshot is a concatenation of held entries, never a
+//! re-encoding. Per-client work is only [`coalesce`] for clients that lag.
+//!
+//! Invariants:
+//! - `revision` grows by exactly one per batch that changed the state; a batch that
+//!   changes nothing leaves revision, digest and log untouched;
+//! - `digest` always equals the sum of `EntryHash::of(encoded)` over held entries;
+//! - the log's breadcrumbs are contiguous (`log[i].revision == log[i + 1].from`), the
+//!   newest ends at `revision`, and the log is empty only while `revision` is 0;
+//! - the log is trimmed from the oldest end to its bounds, always keeping the newest crumb;
+//! - within one breadcrumb each key appears once.
+
+mod snapshot;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use typha_proto::digest::EntryHash;
+use typha_proto::{Digest, Key, Revision, Update, Value, frame};
+
+pub use snapshot::{EncodedSnapshot, RawSnapshot, compress};
+
+/// Bounds and tuning of a [`SnapshotCache`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// At most this many breadcrumbs are kept (the newest is always kept).
+    pub max_log_batches: usize,
+    /// The breadcrumbs' frames take at most this many bytes (the newest is always kept).
+    pub max_log_bytes: usize,
+    /// Raw (uncompressed) `SnapshotEntries` bytes per snapshot chunk; an entry larger
+    /// than this gets a chunk of its own.
+    pub chunk_raw_bytes: usize,
+    /// zstd level for snapshot chunks (1 measured best: see benches/snapshot.rs).
+    pub zstd_level: i32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_log_batches: 10_000,
+            max_log_bytes: 64 << 20,
+            chunk_raw_bytes: 1 << 20,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// What went wrong building an encoded snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// zstd failed (context allocation or compression). Not retryable with the same input.
+    #[error("zstd compression: {0}")]
+    Compress(#[from] std::io::Error),
+    /// The snapshot has more chunks than `SnapshotChunk.count` can carry; raise
+    /// `chunk_raw_bytes`. Not retryable.
+    #[error("snapshot has {0} chunks, more than u32::MAX")]
+    TooManyChunks(usize),
+}
+
+/// Plain counters of a cache's life, for the owner to export as metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Batches that changed the state (one revision each).
+    pub batches_applied: u64,
+    /// Updates that changed the state (each in exactly one breadcrumb).
+    pub updates_applied: u64,
+    /// Updates received that changed nothing: same value as held, delete of an absent
+    /// key, or superseded by a later update of the same key in the same batch.
+    pub noop_updates_dropped: u64,
+    /// `DeltaBatch` frames encoded by [`SnapshotCache::apply`] (one per breadcrumb).
+    pub delta_frames_encoded: u64,
+    /// Calls of [`SnapshotCache::build_snapshot`].
+    pub snapshots_built: u64,
+    /// Breadcrumbs in the log now.
+    pub log_batches: u64,
+    /// Sum of the log's frame sizes now.
+    pub log_bytes: u64,
+}
+
+/// One applied batch: the delta from `from` to `revision`, encoded once.
+#[derive(Debug)]
+pub struct Breadcrumb {
+    /// The revision before the batch.
+    pub from: Revision,
+    /// The revision after the batch.
+    pub revision: Revision,
+    /// The state digest after the batch.
+    pub digest: Digest,
+    /// Each changed key once, with its encoded `KeyValue` (no value = delete): exactly
+    /// the bytes the digest hashed.
+    pub updates: Vec<(Key, Bytes)>,
+    /// The `ServerMessage{deltas}` frame carrying `updates`, shared by every client.
+    pub frame: Bytes,
+}
+
+impl Breadcrumb {
+    /// The bytes this breadcrumb counts against `max_log_bytes`: its frame's size (the
+    /// update bytes are shared with the state's entries until those are replaced).
+    pub fn encoded_len(&self) -> usize {
+        self.frame.len()
+    }
+}
+
+/// The answer of [`SnapshotCache::deltas_since`].
+#[derive(Debug)]
+pub enum DeltasSince {
+    /// `since` is the current revision: nothing to send.
+    UpToDate,
+    /// The breadcrumbs after `since`, oldest first, contiguous, ending at the current
+    /// revision.
+    Crumbs(Vec<Arc<Breadcrumb>>),
+    /// `since` is older than the log's start, or newer than the current revision: the
+    /// client needs a snapshot.
+    Expired,
+}
+
+/// One held entry: the value, its encoded `KeyValue` and its digest contribution.
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    encoded: Bytes,
+    hash: EntryHash,
+}
+
+/// The shared state and its history (see the module docs).
+#[derive(Debug)]
+pub struct SnapshotCache {
+    config: CacheConfig,
+    epoch: String,
+    revision: Revision,
+    digest: Digest,
+    entries: HashMap<Key, Entry>,
+    log: VecDeque<Arc<Breadcrumb>>,
+    log_bytes: usize,
+    stats: CacheStats,
+    /// Atomic so that building a snapshot needs only `&self` (a read lock) and the cache
+    /// stays `Sync`.
+    snapshots_built: AtomicU64,
+}
+
+impl SnapshotCache {
+    /// An empty cache at revision 0 with a fresh random epoch.
+    pub fn new(config: CacheConfig) -> Self {
+        SnapshotCache {
+            config,
+            epoch: format!("{:016x}", rand::random::<u64>()),
+            revision: Revision(0),
+            digest: Digest::EMPTY,
+            entries: HashMap::new(),
+            log: VecDeque::new(),
+            log_bytes: 0,
+            stats: CacheStats::default(),
+            snapshots_built: AtomicU64::new(0),
+        }
+    }
+
+    /// The identity of this cache's history; revisions only compare within one epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The current revision: the number of batches that changed the state.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The digest of the whole current state.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The number of keys held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value held for `key`.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// Every held (key, value), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        self.entries.iter().map(|(k, e)| (k, &e.value))
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            snapshots_built: self.snapshots_built.load(Ordering::Relaxed),
+            log_batches: self.log.len() as u64,
+            log_bytes: self.log_bytes as u64,
+            ..self.stats
+        }
+    }
+
+    /// Applies a batch. Within a batch the last update per key wins. Updates that do not
+    /// change the state (same value as held, delete of an absent key) are dropped and
+    /// counted. Returns `None` when nothing changed (revision unchanged), else the new
+    /// breadcrumb, already appended to the log.
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = Update>) -> Option<Arc<Breadcrumb>> {
+        let batch = last_per_key(updates.into_iter().collect());
+        self.stats.noop_updates_dropped += batch.superseded;
+        let mut changed = Vec::with_capacity(batch.updates.len());
+        for Update { key, value } in batch.updates {
+            match self.change(&key, value) {
+                Some(encoded) => changed.push((key, encoded)),
+                None => self.stats.noop_updates_dropped += 1,
+            }
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let from = self.revision;
+        self.revision = from.next();
+        let frame = frame::delta_batch(
+            from,
+            self.revision,
+            changed.iter().map(|(_, encoded)| encoded),
+            self.digest,
+        );
+        self.stats.batches_applied += 1;
+        self.stats.updates_applied += changed.len() as u64;
+        self.stats.delta_frames_encoded += 1;
+        let crumb = Arc::new(Breadcrumb {
+            from,
+            revision: self.revision,
+            digest: self.digest,
+            updates: changed,
+            frame,
+        });
+        self.log_bytes += crumb.encoded_len();
+        self.log.push_back(Arc::clone(&crumb));
+        self.trim_log();
+        Some(crumb)
+    }
+
+    /// Applies one update to the entries and the digest; the encoded `KeyValue` when it
+    /// changed the state, `None` for a no-op.
+    fn change(&mut self, key: &Key, value: Option<Value>) -> Option<Bytes> {
+        let Some(value) = value else {
+            let old = self.entries.remove(key)?;
+            self.digest.remove(old.hash);
+            return Some(encode_key_value(key, None));
+        };
+        let encoded = encode_key_value(key, Some(&value));
+        let hash = EntryHash::of(&encoded);
+        let new = Entry {
+            value,
+            encoded: encoded.clone(),
+            hash,
+        };
+        match self.entries.entry(key.clone()) {
+            MapEntry::Occupied(mut held) => {
+                if held.get().encoded == encoded {
+                    return None;
+                }
+                self.digest.replace(held.get().hash, hash);
+                held.insert(new);
+            }
+            MapEntry::Vacant(slot) => {
+                self.digest.add(hash);
+                slot.insert(new);
+            }
+        }
+        Some(encoded)
+    }
+
+    /// Drops the oldest breadcrumbs while the log is over a bound, keeping the newest.
+    fn trim_log(&mut self) {
+        while self.log.len() > 1
+            && (self.log.len() > self.config.max_log_batches
+                || self.log_bytes > self.config.max_log_bytes)
+        {
+            if let Some(old) = self.log.pop_front() {
+                self.log_bytes -= old.encoded_len();
+            }
+        }
+    }
+
+    /// The breadcrumbs after `since`, in order.
+    pub fn deltas_since(&self, since: Revision) -> DeltasSince {
+        if since == self.revision {
+            return DeltasSince::UpToDate;
+        }
+        let Some(oldest) = self.log.front() else {
+            return DeltasSince::Expired;
+        };
+        if since > self.revision || since < oldest.from {
+            return DeltasSince::Expired;
+        }
+        // Contiguous log: the crumb starting at `since` sits `since - oldest.from` in.
+        let skip = usize::try_from(since.0 - oldest.from.0).unwrap_or(usize::MAX);
+        DeltasSince::Crumbs(self.log.iter().skip(skip).cloned().collect())
+    }
+
+    /// The whole state at the current revision, as raw (uncompressed) chunks of at most
+    /// `chunk_raw_bytes` each (always at least one chunk, empty for an empty state).
+    pub fn build_snapshot(&self) -> RawSnapshot {
+        self.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        RawSnapshot::build(
+            self.revision,
+            self.digest,
+            self.entries.values().map(|e| &e.encoded),
+            self.config.chunk_raw_bytes,
+        )
+    }
+}
+
+/// A batch reduced to the last update per key, in the order of those last updates.
+struct LastPerKey {
+    updates: Vec<Update>,
+    superseded: u64,
+}
+
+fn last_per_key(updates: Vec<Update>) -> LastPerKey {
+    if updates.len() < 2 {
+        return LastPerKey {
+            updates,
+            superseded: 0,
+        };
+    }
+    let mut last: HashMap<&Key, usize> = HashMap::with_capacity(updates.len());
+    for (i, update) in updates.iter().enumerate() {
+        last.insert(&update.key, i);
+    }
+    if last.len() == updates.len() {
+        return LastPerKey {
+            updates,
+            superseded: 0,
+        };
+    }
+    let keep: Vec<bool> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| last.get(&u.key) == Some(&i))
+        .collect();
+    let total = updates.len();
+    let updates: Vec<Update> = updates
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(u, keep)| keep.then_some(u))
+        .collect();
+    let superseded = (total - updates.len()) as u64;
+    LastPerKey {
+        updates,
+        superseded,
+    }
+}
+
+/// The encoded `KeyValue` of (key, value), byte-identical to [`Update::encode`] (fields
+/// in tag order, `Value` being just its oneof) but without cloning the value into a
+/// `pb::KeyValue` first: values are the bulk of the bytes and cloning them doubled the
+/// cost of applying a batch.
+fn encode_key_value(key: &Key, value: Option<&Value>) -> Bytes {
+    let key = key.to_pb();
+    let value_len = value.map_or(0, |v| v.encoded_len());
+    let mut len = prost::encoding::message::encoded_len(1, &key);
+    if value.is_some() {
+        len += prost::encoding::key_len(2) + encoded_len_varint(value_len as u64) + value_len;
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    prost::encoding::message::encode(1, &key, &mut buf);
+    if let Some(value) = value {
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(value_len as u64, &mut buf);
+        value.encode(&mut buf);
+    }
+    buf.freeze()
+}
+
+/// One `DeltaBatch` frame covering `crumbs[0].from ..= crumbs.last().revision` with the
+/// latest encoded `KeyValue` per key (deleted then re-added: the last value; added then
+/// deleted: a delete, which a client holding no such key treats as a no-op) and the last
+/// crumb's digest. `crumbs` must be contiguous, as [`SnapshotCache::deltas_since`] returns
+/// them. Per-client work, only for lagging clients; `None` for no crumbs.
+pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
+    let (first, last) = (crumbs.first()?, crumbs.last()?);
+    if crumbs.len() == 1 {
+        return Some(first.frame.clone());
+    }
+    let mut latest: Vec<&Bytes> = Vec::new();
+    let mut slot: HashMap<&Key, usize> = HashMap::new();
+    for (key, encoded) in crumbs.iter().flat_map(|c| c.updates.iter()) {
+        match slot.entry(key) {
+            MapEntry::Occupied(at) => latest[*at.get()] = encoded,
+            MapEntry::Vacant(at) => {
+                at.insert(latest.len());
+                latest.push(encoded);
+            }
+        }
+    }
+    Some(frame::delta_batch(
+        first.from,
+        last.revision,
+        latest.iter().copied(),
+        last.digest,
+    ))
+}

@@ -1,0 +1,302 @@
+//! The client's mirror of typha's state: built from a snapshot, moved forward by delta
+//! batches, and proven equal to the server's by the digest.
+//!
+//! Pure: frames in, changes out, no I/O. Invariants:
+//! - the mirror's digest is the sum of its entries' hashes, each the hash of the exact
+//!   `KeyValue` bytes received (see `typha_proto::digest`);
+//! - a snapshot is staged beside the current mirror and swapped in only at InSync, so a
+//!   connection lost mid-snapshot leaves the mirror as it was;
+//! - at the swap only real differences are reported: unchanged keys do not flap;
+//! - a batch applies only at the mirror's revision (`from_revision` == `revision`).
+
+use std::collections::HashMap;
+
+use typha_proto::digest::EntryHash;
+use typha_proto::frame::{RawDeltaBatch, RawSnapshotEntries};
+use typha_proto::{Digest, Key, ModelError, Revision, Update, Value, pb};
+
+/// Decompressed snapshot chunks larger than this are refused (a hostile or broken
+/// server cannot make the client allocate without bound).
+pub const MAX_CHUNK_RAW_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why a frame could not be applied. All of them end the connection; the client then
+/// reconnects and, for a digest mismatch, asks for a fresh snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// A snapshot chunk arrived out of order or for another revision.
+    #[error("snapshot chunk {got} of revision {revision} out of order (expected chunk {expected})")]
+    ChunkOutOfOrder {
+        /// The chunk index expected next.
+        expected: u32,
+        /// The chunk index received.
+        got: u32,
+        /// The chunk's revision.
+        revision: u64,
+    },
+    /// A chunk claimed a decompressed size beyond the limit, or did not match it.
+    #[error("snapshot chunk size {raw_len} invalid (limit {MAX_CHUNK_RAW_BYTES})")]
+    ChunkSize {
+        /// The claimed size.
+        raw_len: u64,
+    },
+    /// A chunk's compression is unknown to this build.
+    #[error("unsupported snapshot compression {0}")]
+    Compression(i32),
+    /// Decompression failed.
+    #[error("decompressing snapshot chunk: {0}")]
+    Decompress(std::io::Error),
+    /// A frame's contents did not decode or validate.
+    #[error("invalid entry: {0}")]
+    Model(#[from] ModelError),
+    /// InSync without a complete snapshot, or for another revision.
+    #[error("in-sync for revision {got} but the snapshot was {expected:?}")]
+    UnexpectedInSync {
+        /// The staged snapshot's revision, if any.
+        expected: Option<u64>,
+        /// The InSync's revision.
+        got: u64,
+    },
+    /// A delta batch did not start at the mirror's revision.
+    #[error("delta batch from revision {from} does not follow the mirror's revision {have}")]
+    RevisionGap {
+        /// The mirror's revision.
+        have: u64,
+        /// The batch's first revision.
+        from: u64,
+    },
+    /// A batch arrived before any snapshot.
+    #[error("delta batch before the first snapshot")]
+    NotSynced,
+    /// The state after a snapshot or batch differs from the server's.
+    #[error("digest mismatch at revision {revision}: server {server}, mirror {mirror}")]
+    DigestMismatch {
+        /// Where.
+        revision: u64,
+        /// The server's digest.
+        server: Digest,
+        /// Ours.
+        mirror: Digest,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Value,
+    hash: EntryHash,
+}
+
+#[derive(Default)]
+struct Staging {
+    revision: u64,
+    next_chunk: u32,
+    count: u32,
+    entries: HashMap<Key, Entry>,
+    digest: Digest,
+}
+
+/// The mirror (see the module docs).
+#[derive(Default)]
+pub struct Mirror {
+    entries: HashMap<Key, Entry>,
+    digest: Digest,
+    revision: Revision,
+    epoch: String,
+    synced: bool,
+    staging: Option<Staging>,
+}
+
+impl Mirror {
+    /// An empty mirror that has never been in sync.
+    pub fn new() -> Mirror {
+        Mirror::default()
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the mirror is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The digest of the mirror.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The server revision the mirror is at.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Whether the mirror has been in sync at least once.
+    pub fn has_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The value held for `key`.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        self.entries.iter().map(|(k, e)| (k, &e.value))
+    }
+
+    /// Where to resume from, once the mirror has synced with a server of `epoch`.
+    pub fn resume_position(&self) -> Option<pb::ResumePosition> {
+        self.synced.then(|| pb::ResumePosition {
+            epoch: self.epoch.clone(),
+            revision: self.revision.0,
+            digest: self.digest.to_bytes().to_vec(),
+        })
+    }
+
+    /// Forgets the resume position (after a digest mismatch: the next server must send
+    /// a snapshot). The entries stay, so the snapshot only reports differences.
+    pub fn forget_position(&mut self) {
+        self.epoch.clear();
+        self.synced = false;
+    }
+
+    /// A new server session started. `resumed`: the server continues from our position;
+    /// otherwise a snapshot follows and any half-received one is discarded.
+    pub fn start_session(&mut self, epoch: &str, resumed: bool) {
+        self.staging = None;
+        if !resumed {
+            self.epoch = epoch.to_string();
+        }
+    }
+
+    /// Stages one snapshot chunk.
+    pub fn apply_chunk(&mut self, chunk: pb::SnapshotChunk) -> Result<(), MirrorError> {
+        if chunk.index == 0 {
+            self.staging = Some(Staging { revision: chunk.revision, count: chunk.count, ..Default::default() });
+        }
+        let staging = self.staging.as_mut().ok_or(MirrorError::ChunkOutOfOrder {
+            expected: 0,
+            got: chunk.index,
+            revision: chunk.revision,
+        })?;
+        if chunk.index != staging.next_chunk || chunk.revision != staging.revision || chunk.index >= staging.count {
+            return Err(MirrorError::ChunkOutOfOrder {
+                expected: staging.next_chunk,
+                got: chunk.index,
+                revision: chunk.revision,
+            });
+        }
+        let raw = decompress(&chunk)?;
+        let entries = <RawSnapshotEntries as prost::Message>::decode(raw.as_slice())
+            .map_err(ModelError::from)?;
+        for encoded in entries.entries {
+            let update = Update::decode(&encoded)?;
+            let Some(value) = update.value else { continue };
+            let entry = Entry { value, hash: EntryHash::of(&encoded) };
+            if let Some(old) = staging.entries.insert(update.key, entry.clone()) {
+                staging.digest.remove(old.hash);
+            }
+            staging.digest.add(entry.hash);
+        }
+        staging.next_chunk += 1;
+        Ok(())
+    }
+
+    /// Swaps the staged snapshot in after checking it against the server's digest, and
+    /// returns only what changed relative to the previous mirror.
+    pub fn finish_snapshot(&mut self, in_sync: &pb::InSync) -> Result<Vec<Update>, MirrorError> {
+        let staging = match self.staging.take() {
+            Some(s) if s.revision == in_sync.revision && s.next_chunk == s.count => s,
+            other => {
+                return Err(MirrorError::UnexpectedInSync {
+                    expected: other.map(|s| s.revision),
+                    got: in_sync.revision,
+                });
+            }
+        };
+        let server = Digest::from_bytes(&in_sync.digest).unwrap_or_default();
+        if server != staging.digest {
+            return Err(MirrorError::DigestMismatch {
+                revision: in_sync.revision,
+                server,
+                mirror: staging.digest,
+            });
+        }
+        let mut changes = Vec::new();
+        for (key, entry) in &staging.entries {
+            if self.entries.get(key).map(|old| old.hash) != Some(entry.hash) {
+                changes.push(Update { key: key.clone(), value: Some(entry.value.clone()) });
+            }
+        }
+        for key in self.entries.keys() {
+            if !staging.entries.contains_key(key) {
+                changes.push(Update::delete(key.clone()));
+            }
+        }
+        self.entries = staging.entries;
+        self.digest = staging.digest;
+        self.revision = Revision(staging.revision);
+        self.synced = true;
+        Ok(changes)
+    }
+
+    /// Applies one delta batch (possibly coalesced) and verifies the digest it carries.
+    /// Returns the changes; deletes of absent keys and unchanged values are not changes.
+    pub fn apply_deltas(&mut self, batch: RawDeltaBatch) -> Result<Vec<Update>, MirrorError> {
+        if !self.synced {
+            return Err(MirrorError::NotSynced);
+        }
+        if batch.from_revision != self.revision.0 {
+            return Err(MirrorError::RevisionGap { have: self.revision.0, from: batch.from_revision });
+        }
+        let mut changes = Vec::with_capacity(batch.updates.len());
+        for encoded in &batch.updates {
+            let update = Update::decode(encoded)?;
+            match update.value {
+                Some(value) => {
+                    let hash = EntryHash::of(encoded);
+                    let old = self.entries.insert(update.key.clone(), Entry { value: value.clone(), hash });
+                    match old {
+                        Some(old) if old.hash == hash => continue,
+                        Some(old) => self.digest.replace(old.hash, hash),
+                        None => self.digest.add(hash),
+                    }
+                    changes.push(Update { key: update.key, value: Some(value) });
+                }
+                None => {
+                    if let Some(old) = self.entries.remove(&update.key) {
+                        self.digest.remove(old.hash);
+                        changes.push(update);
+                    }
+                }
+            }
+        }
+        self.revision = Revision(batch.revision);
+        if let Some(server) = Digest::from_bytes(&batch.digest)
+            && server != self.digest
+        {
+            return Err(MirrorError::DigestMismatch { revision: batch.revision, server, mirror: self.digest });
+        }
+        Ok(changes)
+    }
+}
+
+fn decompress(chunk: &pb::SnapshotChunk) -> Result<Vec<u8>, MirrorError> {
+    if chunk.raw_len > MAX_CHUNK_RAW_BYTES {
+        return Err(MirrorError::ChunkSize { raw_len: chunk.raw_len });
+    }
+    let raw = match pb::Compression::try_from(chunk.compression) {
+        Ok(pb::Compression::Zstd) => {
+            // Capacity-bounded: a payload that inflates beyond raw_len is an error.
+            zstd::bulk::decompress(&chunk.payload, chunk.raw_len as usize).map_err(MirrorError::Decompress)?
+        }
+        Ok(pb::Compression::None) => chunk.payload.to_vec(),
+        Err(_) => return Err(MirrorError::Compression(chunk.compression)),
+    };
+    if raw.len() as u64 != chunk.raw_len {
+        return Err(MirrorError::ChunkSize { raw_len: chunk.raw_len });
+    }
+    Ok(raw)
+}

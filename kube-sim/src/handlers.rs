@@ -1,0 +1,215 @@
+//! Resource verbs: get, list, watch, create, update, patch (merge, strategic, apply),
+//! delete and deletecollection, for any registered kind.
+//!
+//! Server-side apply is simplified: the applied configuration is JSON-merge-patched onto
+//! the live object (or creates it); field managers and ownership conflicts are ignored.
+//! `dryRun` is not supported (requests are applied).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{Method, StatusCode, header};
+use axum::response::Response;
+use bytes::BytesMut;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::http::{App, ResourcePath, error_response, json_response};
+use crate::list::{Filter, ListOptions, VersionMatch};
+use crate::metrics::Metrics;
+use crate::object::StoredObject;
+use crate::patch::{merge_patch, strategic_merge_patch};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{Store, WriteScope};
+use crate::watch::{WatchRequest, watch_start, watch_stream};
+
+/// Routes a parsed resource request to its verb.
+pub async fn dispatch(app: &App, method: Method, path: &ResourcePath, q: &HashMap<String, String>, content_type: &str, body: Bytes) -> Response {
+    if method != Method::GET {
+        Metrics::add(&app.metrics.write_requests, 1);
+    }
+    let result = match (&method, &path.name) {
+        (&Method::GET, None) if is_true(q.get("watch")) => return watch(app, path, q),
+        (&Method::GET, None) => list(app, path, q),
+        (&Method::GET, Some(name)) => get(&app.store, path, name).map(|o| (StatusCode::OK, o.raw.clone())),
+        (&Method::POST, None) => create(&app.store, path, &body).map(|o| (StatusCode::CREATED, o.raw.clone())),
+        (&Method::PUT, Some(name)) => update(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone())),
+        (&Method::PATCH, Some(name)) => patch(&app.store, path, name, content_type, &body).map(|(c, o)| (c, o.raw.clone())),
+        (&Method::DELETE, Some(name)) => delete(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone())),
+        (&Method::DELETE, None) => delete_collection(app, path, q),
+        _ => Err(ApiError::MethodNotAllowed(format!("{method} is not supported on this path"))),
+    };
+    match result {
+        Ok((code, bytes)) => json_response(&app.metrics, code, bytes),
+        Err(e) => error_response(&app.metrics, &e),
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true" | "1"))
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn filter(path: &ResourcePath, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
+    Ok(Filter {
+        namespace: path.namespace.clone(),
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+    })
+}
+
+fn get(store: &Store, path: &ResourcePath, name: &str) -> Result<Arc<StoredObject>, ApiError> {
+    store
+        .get(path.rid, path.namespace.as_deref().unwrap_or(""), name)
+        .ok_or_else(|| ApiError::not_found(&path.rtype.qualified_plural(), name))
+}
+
+fn list_options(path: &ResourcePath, q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+    let limit = match q.get("limit") {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("invalid limit: {l}")))?),
+        None => None,
+    };
+    let version_match = match q.get("resourceVersionMatch").map(String::as_str) {
+        None | Some("") => VersionMatch::Unset,
+        Some("NotOlderThan") => VersionMatch::NotOlderThan,
+        Some("Exact") => VersionMatch::Exact,
+        Some(other) => return Err(ApiError::BadRequest(format!("unsupported resourceVersionMatch: {other}"))),
+    };
+    Ok(ListOptions {
+        filter: filter(path, q)?,
+        limit,
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: q.get("resourceVersion").cloned(),
+        version_match,
+    })
+}
+
+fn list(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Result<(StatusCode, Bytes), ApiError> {
+    Metrics::add(&app.metrics.list_requests, 1);
+    let opts = list_options(path, q)?;
+    if opts.continue_token.is_some() {
+        Metrics::add(&app.metrics.continue_requests, 1);
+    }
+    let page = app.store.list(path.rid, &opts)?;
+    let mut meta = serde_json::json!({"resourceVersion": page.resource_version.to_string()});
+    if let Some(c) = &page.continue_token {
+        meta["continue"] = Value::String(c.clone());
+    }
+    let t = &path.rtype;
+    let head = serde_json::json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(), "metadata": meta});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    // Splice the items into the head object: `{...,"items":[raw,raw]}`.
+    let size: usize = page.items.iter().map(|o| o.raw.len() + 1).sum();
+    let mut buf = BytesMut::with_capacity(head.len() + size + 16);
+    buf.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    buf.extend_from_slice(b",\"items\":[");
+    for (i, o) in page.items.iter().enumerate() {
+        if i > 0 {
+            buf.extend_from_slice(b",");
+        }
+        buf.extend_from_slice(&o.raw);
+    }
+    buf.extend_from_slice(b"]}");
+    Ok((StatusCode::OK, buf.freeze()))
+}
+
+fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Response {
+    Metrics::add(&app.metrics.watch_requests, 1);
+    let req = (|| {
+        let bookmarks = is_true(q.get("allowWatchBookmarks"));
+        let send_initial = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");
+        let start = watch_start(&app.store, q.get("resourceVersion").map(String::as_str), send_initial, bookmarks)?;
+        let timeout = match q.get("timeoutSeconds") {
+            Some(t) => Some(Duration::from_secs(
+                t.parse().map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds: {t}")))?,
+            )),
+            None => None,
+        };
+        Ok::<_, ApiError>(WatchRequest { rid: path.rid, rtype: path.rtype.clone(), filter: filter(path, q)?, start, bookmarks, timeout })
+    })();
+    match req {
+        Ok(req) => {
+            let mut resp = Response::new(Body::from_stream(watch_stream(app.watch.clone(), req)));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => error_response(&app.metrics, &e),
+    }
+}
+
+fn create(store: &Store, path: &ResourcePath, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
+    if path.status {
+        return Err(ApiError::MethodNotAllowed("create is not supported on the status subresource".into()));
+    }
+    store.create(path.rid, path.namespace.as_deref(), parse_body(body)?)
+}
+
+fn scope(path: &ResourcePath) -> WriteScope {
+    if path.status { WriteScope::Status } else { WriteScope::Main }
+}
+
+fn update(store: &Store, path: &ResourcePath, name: &str, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
+    let obj = parse_body(body)?;
+    store.update(path.rid, path.namespace.as_deref().unwrap_or(""), name, obj, scope(path))
+}
+
+fn patch(store: &Store, path: &ResourcePath, name: &str, content_type: &str, body: &[u8]) -> Result<(StatusCode, Arc<StoredObject>), ApiError> {
+    let ns = path.namespace.as_deref().unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    match mime {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            let p = parse_body(body)?;
+            let strategic = mime.starts_with("application/strategic");
+            let f = move |mut cur: Value| {
+                if strategic { strategic_merge_patch(&mut cur, &p) } else { merge_patch(&mut cur, &p) }
+                Ok(cur)
+            };
+            store.modify(path.rid, ns, name, f, scope(path)).map(|o| (StatusCode::OK, o))
+        }
+        "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+            let applied: Value = serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid apply configuration: {e}")))?;
+            if store.get(path.rid, ns, name).is_none() && !path.status {
+                let mut obj = applied;
+                crate::object::metadata_mut(&mut obj).insert("name".into(), Value::String(name.to_string()));
+                return store.create(path.rid, path.namespace.as_deref(), obj).map(|o| (StatusCode::CREATED, o));
+            }
+            let f = move |mut cur: Value| {
+                merge_patch(&mut cur, &applied);
+                Ok(cur)
+            };
+            store.modify(path.rid, ns, name, f, scope(path)).map(|o| (StatusCode::OK, o))
+        }
+        "application/json-patch+json" => Err(ApiError::UnsupportedMediaType("JSON patch (RFC 6902) is not supported by kube-sim".into())),
+        other => Err(ApiError::UnsupportedMediaType(format!("the body of the request was in an unknown format: {other}"))),
+    }
+}
+
+fn delete(store: &Store, path: &ResourcePath, name: &str, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
+    if path.status {
+        return Err(ApiError::MethodNotAllowed("delete is not supported on the status subresource".into()));
+    }
+    let opts: Option<Value> = if body.is_empty() { None } else { Some(parse_body(body)?) };
+    let pre = opts.as_ref().and_then(|o| o.get("preconditions"));
+    store.delete(path.rid, path.namespace.as_deref().unwrap_or(""), name, pre)
+}
+
+fn delete_collection(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Result<(StatusCode, Bytes), ApiError> {
+    let opts = ListOptions { filter: filter(path, q)?, ..Default::default() };
+    let page = app.store.list(path.rid, &opts)?;
+    for o in &page.items {
+        match app.store.delete(path.rid, &o.namespace, &o.name, None) {
+            Ok(_) | Err(ApiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut q2 = q.clone();
+    q2.remove("continue");
+    list(app, path, &q2)
+}

@@ -1,0 +1,156 @@
+//! HTTP front end: URL routing, discovery, and Status responses.
+//!
+//! One fallback handler parses Kubernetes REST paths by hand (the path grammar is small
+//! and the same for every kind); resource verbs live in [`crate::handlers`]. Every
+//! response body is JSON; errors are `Status` objects with the matching HTTP code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::Value;
+
+use crate::discovery;
+use crate::error::ApiError;
+use crate::handlers;
+use crate::metrics::Metrics;
+use crate::resources::{ResourceId, ResourceType};
+use crate::store::Store;
+use crate::watch::WatchContext;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct App {
+    /// The object store.
+    pub store: Arc<Store>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// What watch streams need.
+    pub watch: WatchContext,
+}
+
+/// A request addressed to a resource collection, object or subresource.
+#[derive(Debug, Clone)]
+pub struct ResourcePath {
+    /// The resource type id.
+    pub rid: ResourceId,
+    /// The resource type.
+    pub rtype: ResourceType,
+    /// Namespace from the URL.
+    pub namespace: Option<String>,
+    /// Object name from the URL.
+    pub name: Option<String>,
+    /// Whether the `/status` subresource is addressed.
+    pub status: bool,
+}
+
+/// The router serving every path through [`handle`].
+pub fn router(app: App) -> Router {
+    Router::new().fallback(handle).with_state(app)
+}
+
+/// A JSON response, counted in the metrics.
+pub fn json_response(metrics: &Metrics, code: StatusCode, body: Bytes) -> Response {
+    Metrics::add(&metrics.response_bytes, body.len() as u64);
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = code;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A JSON value response.
+pub fn value_response(metrics: &Metrics, code: StatusCode, v: &Value) -> Response {
+    json_response(metrics, code, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// An error as a Status response.
+pub fn error_response(metrics: &Metrics, err: &ApiError) -> Response {
+    let code = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    value_response(metrics, code, &err.to_status())
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("the server could not find the requested resource".into())
+}
+
+async fn handle(
+    State(app): State<App>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    Metrics::add(&app.metrics.requests, 1);
+    let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let reg = || app.store.registry();
+    let doc = match segs.as_slice() {
+        ["version"] => Some(discovery::version()),
+        ["healthz" | "livez" | "readyz"] => {
+            return json_response(&app.metrics, StatusCode::OK, Bytes::from_static(b"ok"));
+        }
+        ["api"] => Some(discovery::core_versions()),
+        ["api", v] => discovery::resource_list(&reg(), "", v),
+        ["apis"] => Some(discovery::group_list(&reg())),
+        ["apis", g] => discovery::group(&reg(), g),
+        ["apis", g, v] => discovery::resource_list(&reg(), g, v),
+        _ => None,
+    };
+    let is_discovery = matches!(segs.as_slice(), ["version"] | ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _]);
+    if is_discovery {
+        return match doc {
+            Some(d) if method == Method::GET => value_response(&app.metrics, StatusCode::OK, &d),
+            Some(_) => error_response(&app.metrics, &ApiError::MethodNotAllowed("only GET is allowed".into())),
+            None => error_response(&app.metrics, &not_found()),
+        };
+    }
+    let path = match parse_resource_path(&app.store, &segs) {
+        Ok(p) => p,
+        Err(e) => return error_response(&app.metrics, &e),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    handlers::dispatch(&app, method, &path, &query, &content_type, body).await
+}
+
+/// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource paths.
+fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, ApiError> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(not_found()),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if *plural != "status" && *plural != "finalize" => {
+            (Some(ns.to_string()), [&[*plural], tail].concat())
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
+        _ => return Err(not_found()),
+    };
+    let (rid, rtype) = store.resolve_path(group, version, plural).ok_or_else(not_found)?;
+    if namespace.is_some() && !rtype.namespaced {
+        return Err(not_found());
+    }
+    if name.is_some() && rtype.namespaced && namespace.is_none() {
+        return Err(not_found());
+    }
+    let status = match sub {
+        None => false,
+        Some("status") if rtype.status_subresource => true,
+        Some(_) => return Err(not_found()),
+    };
+    Ok(ResourcePath { rid, rtype, namespace, name, status })
+}

@@ -1,0 +1,429 @@
+//! The object store: every object of every kind, one global resourceVersion counter and a
+//! bounded history of change events.
+//!
+//! Invariants (all under one `RwLock`, so a write and its event are atomic):
+//! - `rv` only grows; each write takes the next value, stamps it into the object's
+//!   `metadata.resourceVersion` and appends exactly one event with that rv.
+//! - `history` holds every event with rv > `compacted`, in rv order (at most
+//!   `history_limit` of them); older resourceVersions are "expired" (410).
+//! - A failed request returns an [`ApiError`] before anything is modified.
+//!
+//! Watchers are woken through a `tokio::sync::watch` channel carrying the latest rv; they
+//! read events from `history` themselves, so there are no per-watcher queues.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::object::{ObjectKey, StoredObject, generate_name, metadata_mut, new_uid, now_rfc3339, spec_part, validate_name};
+use crate::resources::{Registry, ResourceId, ResourceType, from_crd};
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl EventKind {
+    /// The watch `type` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Added => "ADDED",
+            EventKind::Modified => "MODIFIED",
+            EventKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One entry of the change history.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The resourceVersion of this change.
+    pub rv: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The object after the change (for deletes: the last state, stamped with `rv`).
+    pub obj: Arc<StoredObject>,
+    /// The object before the change (None for adds).
+    pub prev: Option<Arc<StoredObject>>,
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteScope {
+    /// The main resource: everything but `.status` when the kind has a status subresource.
+    Main,
+    /// The `/status` subresource: only `.status`.
+    Status,
+    /// Everything, status included (in-process library writes only).
+    Full,
+}
+
+pub(crate) struct State {
+    pub(crate) rv: u64,
+    pub(crate) registry: Registry,
+    pub(crate) objects: HashMap<ResourceId, BTreeMap<ObjectKey, Arc<StoredObject>>>,
+    pub(crate) history: VecDeque<Event>,
+    pub(crate) compacted: u64,
+    history_limit: usize,
+}
+
+/// The in-memory datastore behind the API server (usable directly, without HTTP).
+pub struct Store {
+    pub(crate) state: RwLock<State>,
+    notify: watch::Sender<u64>,
+    disconnect: watch::Sender<u64>,
+}
+
+impl Store {
+    /// An empty store keeping at most `history_limit` events; Calico kinds served if `calico_crds`.
+    pub fn new(history_limit: usize, calico_crds: bool) -> Self {
+        Store {
+            state: RwLock::new(State {
+                rv: 1,
+                registry: Registry::new(calico_crds),
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                compacted: 1,
+                history_limit: history_limit.max(1),
+            }),
+            notify: watch::channel(1).0,
+            disconnect: watch::channel(0).0,
+        }
+    }
+
+    /// The current (latest issued) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.state.read().rv
+    }
+
+    /// A copy of the type registry.
+    pub fn registry(&self) -> Registry {
+        self.state.read().registry.clone()
+    }
+
+    /// The served type at group/version/plural.
+    pub fn resolve_path(&self, group: &str, version: &str, plural: &str) -> Option<(ResourceId, ResourceType)> {
+        let st = self.state.read();
+        let id = st.registry.by_path(group, version, plural)?;
+        st.registry.get(id).map(|t| (id, t.clone()))
+    }
+
+    /// The served type of an object (from its apiVersion and kind).
+    pub fn resolve_kind(&self, api_version: &str, kind: &str) -> Result<(ResourceId, ResourceType), ApiError> {
+        let st = self.state.read();
+        st.registry
+            .by_kind(api_version, kind)
+            .and_then(|id| st.registry.get(id).map(|t| (id, t.clone())))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("the server could not find the requested resource ({api_version}, Kind={kind})"))
+            })
+    }
+
+    /// Wakes every watcher when a new rv is committed.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    /// Signals watchers to close their streams (see [`Store::disconnect_watches`]).
+    pub(crate) fn subscribe_disconnect(&self) -> watch::Receiver<u64> {
+        self.disconnect.subscribe()
+    }
+
+    /// Ends every open watch stream (clients then reconnect from their last rv).
+    pub fn disconnect_watches(&self) {
+        self.disconnect.send_modify(|g| *g += 1);
+    }
+
+    /// Drops the whole history and expires every resourceVersion issued so far: watches
+    /// or Exact lists from any earlier rv, and outstanding continue tokens, get 410.
+    pub fn compact(&self) {
+        let rv = {
+            let mut st = self.state.write();
+            st.rv += 1;
+            st.compacted = st.rv;
+            st.history.clear();
+            st.rv
+        };
+        self.notify.send_replace(rv);
+    }
+
+    /// The current object, if any.
+    pub fn get(&self, rid: ResourceId, namespace: &str, name: &str) -> Option<Arc<StoredObject>> {
+        let st = self.state.read();
+        st.objects
+            .get(&rid)?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Creates an object. `namespace` is the URL's namespace (None: take it from the body).
+    pub fn create(&self, rid: ResourceId, namespace: Option<&str>, mut obj: Value) -> Result<Arc<StoredObject>, ApiError> {
+        let mut st = self.state.write();
+        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let ns = prepare_create(&t, namespace, &mut obj)?;
+        let name = metadata_mut(&mut obj).get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let key = (ns, name.clone());
+        if st.objects.get(&rid).is_some_and(|m| m.contains_key(&key)) {
+            return Err(ApiError::AlreadyExists(format!("{} \"{name}\" already exists", t.qualified_plural())));
+        }
+        if t.kind == "CustomResourceDefinition" {
+            let crd = from_crd(&obj).ok_or_else(|| ApiError::Invalid("spec: invalid CustomResourceDefinition".into()))?;
+            st.registry.register(crd);
+        }
+        let out = commit(&mut st, rid, EventKind::Added, obj, None);
+        drop(st);
+        self.notify.send_replace(out.rv);
+        Ok(out)
+    }
+
+    /// Replaces an object (PUT). A non-empty `metadata.resourceVersion` must match (409).
+    pub fn update(&self, rid: ResourceId, namespace: &str, name: &str, obj: Value, scope: WriteScope) -> Result<Arc<StoredObject>, ApiError> {
+        self.modify(rid, namespace, name, |_old| Ok(obj), scope)
+    }
+
+    /// Read-modify-write of one object under the lock: `f` maps the current JSON to the
+    /// desired JSON (used by PUT, all patch types and the library API).
+    pub fn modify(
+        &self,
+        rid: ResourceId,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(Value) -> Result<Value, ApiError>,
+        scope: WriteScope,
+    ) -> Result<Arc<StoredObject>, ApiError> {
+        let mut st = self.state.write();
+        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let key = (namespace.to_string(), name.to_string());
+        let old = st
+            .objects
+            .get(&rid)
+            .and_then(|m| m.get(&key))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&t.qualified_plural(), name))?;
+        let old_value = old.value();
+        let new = f(old_value.clone())?;
+        let new = prepare_update(&t, &old, old_value.clone(), new, scope)?;
+        if new == old_value {
+            return Ok(old);
+        }
+        let out = commit(&mut st, rid, EventKind::Modified, new, Some(old));
+        drop(st);
+        self.notify.send_replace(out.rv);
+        Ok(out)
+    }
+
+    /// Deletes an object, checking optional uid / resourceVersion preconditions. Deleting
+    /// a namespace deletes its objects; deleting a CRD stops serving its kind.
+    pub fn delete(&self, rid: ResourceId, namespace: &str, name: &str, preconditions: Option<&Value>) -> Result<Arc<StoredObject>, ApiError> {
+        let mut st = self.state.write();
+        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let key = (namespace.to_string(), name.to_string());
+        let old = st
+            .objects
+            .get(&rid)
+            .and_then(|m| m.get(&key))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&t.qualified_plural(), name))?;
+        check_preconditions(&t, &old, preconditions)?;
+        if t.kind == "Namespace" && t.group.is_empty() {
+            delete_namespace_contents(&mut st, name);
+        }
+        if t.kind == "CustomResourceDefinition" {
+            drop_crd_kind(&mut st, &old);
+        }
+        let out = commit(&mut st, rid, EventKind::Deleted, old.value(), Some(old));
+        drop(st);
+        self.notify.send_replace(out.rv);
+        Ok(out)
+    }
+}
+
+/// Fills server-managed metadata for a create; returns the namespace ("" if cluster-scoped).
+fn prepare_create(t: &ResourceType, url_ns: Option<&str>, obj: &mut Value) -> Result<String, ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+    }
+    let api_version = t.api_version();
+    let kind = t.kind.clone();
+    if let Value::Object(o) = obj {
+        o.insert("apiVersion".into(), Value::String(api_version));
+        o.insert("kind".into(), Value::String(kind));
+    }
+    let meta = metadata_mut(obj);
+    let body_ns = meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let ns = if t.namespaced {
+        match (url_ns, body_ns) {
+            (Some(u), Some(b)) if u != b => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+            (Some(u), _) => u.to_string(),
+            (None, Some(b)) => b,
+            (None, None) => "default".to_string(),
+        }
+    } else {
+        meta.remove("namespace");
+        String::new()
+    };
+    if t.namespaced {
+        meta.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    let name = match meta.get("name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        Some(n) => n.to_string(),
+        None => match meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(prefix) => generate_name(prefix),
+            None => return Err(ApiError::Invalid("metadata.name: Required value: name or generateName is required".into())),
+        },
+    };
+    validate_name(&name, &t.group)?;
+    meta.insert("name".into(), Value::String(name));
+    meta.insert("uid".into(), Value::String(new_uid()));
+    meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    meta.remove("managedFields");
+    Ok(ns)
+}
+
+/// Builds the stored form of an update from the old object and the requested one.
+fn prepare_update(t: &ResourceType, old: &StoredObject, old_value: Value, mut new: Value, scope: WriteScope) -> Result<Value, ApiError> {
+    if !new.is_object() {
+        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+    }
+    let meta = metadata_mut(&mut new);
+    match meta.get("name").and_then(Value::as_str) {
+        Some(n) if n != old.name => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({})",
+                old.name
+            )));
+        }
+        _ => {}
+    }
+    if let Some(rv) = meta.get("resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+        && rv != old.rv.to_string()
+    {
+        return Err(ApiError::conflict(&t.qualified_plural(), &old.name));
+    }
+    let mut merged = match scope {
+        WriteScope::Status => {
+            let mut base = old_value.clone();
+            if let (Value::Object(b), Some(s)) = (&mut base, new.get("status")) {
+                b.insert("status".into(), s.clone());
+            }
+            base
+        }
+        WriteScope::Full => new,
+        WriteScope::Main => {
+            if t.status_subresource
+                && let Value::Object(n) = &mut new
+            {
+                match old_value.get("status") {
+                    Some(s) => n.insert("status".into(), s.clone()),
+                    None => n.remove("status"),
+                };
+            }
+            new
+        }
+    };
+    let old_meta = old_value.get("metadata").cloned().unwrap_or_default();
+    let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+    let bump = spec_part(&merged) != spec_part(&old_value);
+    if let Value::Object(o) = &mut merged {
+        o.insert("apiVersion".into(), Value::String(t.api_version()));
+        o.insert("kind".into(), Value::String(t.kind.clone()));
+    }
+    let meta = metadata_mut(&mut merged);
+    meta.insert("name".into(), Value::String(old.name.clone()));
+    if t.namespaced {
+        meta.insert("namespace".into(), Value::String(old.namespace.clone()));
+    } else {
+        meta.remove("namespace");
+    }
+    for k in ["uid", "creationTimestamp"] {
+        match old_meta.get(k) {
+            Some(v) => meta.insert(k.into(), v.clone()),
+            None => meta.remove(k),
+        };
+    }
+    meta.insert("generation".into(), json!(if bump { generation + 1 } else { generation }));
+    meta.insert("resourceVersion".into(), Value::String(old.rv.to_string()));
+    meta.remove("managedFields");
+    Ok(merged)
+}
+
+fn check_preconditions(t: &ResourceType, old: &StoredObject, pre: Option<&Value>) -> Result<(), ApiError> {
+    let Some(pre) = pre else { return Ok(()) };
+    if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str)
+        && rv != old.rv.to_string()
+    {
+        return Err(ApiError::conflict(&t.qualified_plural(), &old.name));
+    }
+    if let Some(uid) = pre.get("uid").and_then(Value::as_str)
+        && old.value().pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+    {
+        return Err(ApiError::Conflict(format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: different"
+        )));
+    }
+    Ok(())
+}
+
+fn delete_namespace_contents(st: &mut State, ns: &str) {
+    let namespaced: Vec<ResourceId> = st.registry.iter().filter(|(_, t)| t.namespaced).map(|(id, _)| id).collect();
+    for rid in namespaced {
+        let victims: Vec<Arc<StoredObject>> = match st.objects.get(&rid) {
+            Some(m) => m
+                .range((ns.to_string(), String::new())..)
+                .take_while(|(k, _)| k.0 == ns)
+                .map(|(_, o)| o.clone())
+                .collect(),
+            None => continue,
+        };
+        for old in victims {
+            commit(st, rid, EventKind::Deleted, old.value(), Some(old));
+        }
+    }
+}
+
+fn drop_crd_kind(st: &mut State, crd: &StoredObject) {
+    let v = crd.value();
+    if let Some(t) = from_crd(&v) {
+        for rid in st.registry.set_served(&t.group, &t.plural, false) {
+            st.objects.remove(&rid);
+        }
+    }
+}
+
+/// Takes the next rv, stamps it, stores (or removes) the object and records the event.
+pub(crate) fn commit(st: &mut State, rid: ResourceId, kind: EventKind, mut value: Value, prev: Option<Arc<StoredObject>>) -> Arc<StoredObject> {
+    st.rv += 1;
+    let rv = st.rv;
+    metadata_mut(&mut value).insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let obj = Arc::new(StoredObject::new(rid, &value, rv));
+    let map = st.objects.entry(rid).or_default();
+    if kind == EventKind::Deleted {
+        map.remove(&obj.key());
+    } else {
+        map.insert(obj.key(), obj.clone());
+    }
+    st.history.push_back(Event { rv, kind, obj: obj.clone(), prev });
+    while st.history.len() > st.history_limit {
+        if let Some(e) = st.history.pop_front() {
+            st.compacted = e.rv;
+        }
+    }
+    obj
+}

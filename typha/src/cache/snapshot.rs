@@ -1,0 +1,118 @@
+//! Snapshots: the whole state at one revision, first as raw chunks (concatenated encoded
+//! `KeyValue`s, built under the cache's read lock) and then compressed into shared frames
+//! (pure CPU, done once per snapshot version off the runtime and sent to every client).
+//!
+//! Invariants: a snapshot has at least one chunk (an empty state has one empty chunk); a
+//! chunk holds at most `chunk_raw_bytes` unless a single entry is larger; chunk frames
+//! are numbered `0..count` and every one names the same revision and count.
+
+use bytes::Bytes;
+use typha_proto::{Digest, Revision, frame, pb};
+
+use super::CacheError;
+
+/// The whole state at one revision, as raw (uncompressed) chunks.
+#[derive(Clone, Debug)]
+pub struct RawSnapshot {
+    /// The revision the state is at.
+    pub revision: Revision,
+    /// The digest of the state.
+    pub digest: Digest,
+    /// The number of entries over all chunks.
+    pub key_count: u64,
+    /// Each an encoded `SnapshotEntries`, built with [`frame::snapshot_entries`].
+    pub chunks: Vec<Bytes>,
+    /// The sum of the chunks' sizes.
+    pub raw_bytes: u64,
+}
+
+impl RawSnapshot {
+    /// Cuts `entries` (encoded `KeyValue`s) into chunks of at most `chunk_raw_bytes`.
+    pub(super) fn build<'a>(
+        revision: Revision,
+        digest: Digest,
+        entries: impl ExactSizeIterator<Item = &'a Bytes>,
+        chunk_raw_bytes: usize,
+    ) -> RawSnapshot {
+        let key_count = entries.len() as u64;
+        let mut chunks = Vec::new();
+        let mut pending: Vec<&Bytes> = Vec::new();
+        let mut pending_len = 0;
+        for entry in entries {
+            let len = frame::snapshot_entry_len(entry);
+            if !pending.is_empty() && pending_len + len > chunk_raw_bytes {
+                chunks.push(frame::snapshot_entries(pending.drain(..)).freeze());
+                pending_len = 0;
+            }
+            pending.push(entry);
+            pending_len += len;
+        }
+        chunks.push(frame::snapshot_entries(pending).freeze());
+        let raw_bytes = chunks.iter().map(|c| c.len() as u64).sum();
+        RawSnapshot {
+            revision,
+            digest,
+            key_count,
+            chunks,
+            raw_bytes,
+        }
+    }
+}
+
+/// A snapshot ready to send: compressed chunk frames, then the in-sync frame.
+#[derive(Clone, Debug)]
+pub struct EncodedSnapshot {
+    /// The revision the state is at.
+    pub revision: Revision,
+    /// The digest of the state.
+    pub digest: Digest,
+    /// The number of entries.
+    pub key_count: u64,
+    /// `ServerMessage{snapshot_chunk}` frames, in index order.
+    pub chunk_frames: Vec<Bytes>,
+    /// The `ServerMessage{in_sync}` frame that follows the last chunk.
+    pub in_sync_frame: Bytes,
+    /// Uncompressed payload bytes over all chunks.
+    pub raw_bytes: u64,
+    /// Compressed payload bytes over all chunks.
+    pub compressed_bytes: u64,
+}
+
+/// Compresses each chunk (zstd at `level`) and wraps it as a `ServerMessage{snapshot_chunk}`
+/// frame, plus the `InSync` frame. Pure CPU: run it off the async runtime, once per
+/// snapshot version, and share the result with every client.
+pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheError> {
+    let count =
+        u32::try_from(raw.chunks.len()).map_err(|_| CacheError::TooManyChunks(raw.chunks.len()))?;
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    let mut chunk_frames = Vec::with_capacity(raw.chunks.len());
+    let mut compressed_bytes = 0;
+    for (index, chunk) in (0..count).zip(&raw.chunks) {
+        let payload = Bytes::from(compressor.compress(chunk)?);
+        compressed_bytes += payload.len() as u64;
+        chunk_frames.push(frame::encode(pb::server_message::Msg::SnapshotChunk(
+            pb::SnapshotChunk {
+                revision: raw.revision.0,
+                index,
+                count,
+                compression: pb::Compression::Zstd as i32,
+                raw_len: chunk.len() as u64,
+                payload,
+            },
+        )));
+    }
+    let in_sync_frame = frame::encode(pb::server_message::Msg::InSync(pb::InSync {
+        revision: raw.revision.0,
+        digest: raw.digest.to_bytes().to_vec(),
+        key_count: raw.key_count,
+    }));
+    Ok(EncodedSnapshot {
+        revision: raw.revision,
+        digest: raw.digest,
+        key_count: raw.key_count,
+        chunk_frames,
+        in_sync_frame,
+        raw_bytes: raw.raw_bytes,
+        compressed_bytes,
+    })
+}

@@ -1,0 +1,357 @@
+//! One client's `Sync` stream: handshake, snapshot or resume, then deltas until one side
+//! leaves.
+//!
+//! The session owns a revision cursor and nothing else of the state: it reads shared,
+//! pre-encoded breadcrumbs from the hub and writes them into a small bounded queue that
+//! tonic drains into the HTTP/2 stream. Per-client memory is that queue plus HTTP/2's
+//! bounded send buffer. A client behind by more than `max_uncoalesced` batches gets one
+//! coalesced batch (latest value per key); one behind the hub's history is told to
+//! resync; one whose queue stays full for `write_timeout` is dropped and its connection
+//! killed, so a slow client never delays the others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, timeout};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+use typha_proto::pb::{self, client_message, server_message};
+use typha_proto::{Digest, PROTOCOL_VERSION, Revision, frame};
+
+use super::{PeerInfo, ServerConfig};
+use crate::cache::{self, DeltasSince};
+use crate::hub::Hub;
+
+/// Why a session ended; the `reason` label of `typha_connections_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// No ClientHello within the handshake timeout.
+    HandshakeTimeout,
+    /// The first message was not a valid ClientHello (or a second hello came).
+    BadHello,
+    /// A client message could not be decoded or was too large.
+    MalformedMessage,
+    /// The client closed its side or went away.
+    ClientClosed,
+    /// The client's queue stayed full for the write timeout: it stopped reading.
+    WriteTimeout,
+    /// Nothing heard from the client within the ping timeout.
+    PingTimeout,
+    /// The client fell behind the hub's history; told to resync.
+    TooFarBehind,
+    /// The server is shutting down.
+    Shutdown,
+    /// Building a snapshot failed.
+    Internal,
+}
+
+impl DropReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::HandshakeTimeout => "handshake_timeout",
+            DropReason::BadHello => "bad_hello",
+            DropReason::MalformedMessage => "malformed_message",
+            DropReason::ClientClosed => "client_closed",
+            DropReason::WriteTimeout => "write_timeout",
+            DropReason::PingTimeout => "ping_timeout",
+            DropReason::TooFarBehind => "too_far_behind",
+            DropReason::Shutdown => "shutdown",
+            DropReason::Internal => "internal",
+        }
+    }
+
+    /// Whether the connection must be torn down (the peer may not be reading, so a
+    /// graceful end of stream might never be delivered).
+    fn kills_connection(self) -> bool {
+        matches!(
+            self,
+            DropReason::WriteTimeout
+                | DropReason::PingTimeout
+                | DropReason::HandshakeTimeout
+                | DropReason::MalformedMessage
+        )
+    }
+}
+
+pub(super) struct Session {
+    pub hub: Hub,
+    pub config: Arc<ServerConfig>,
+    pub out: mpsc::Sender<Result<Bytes, Status>>,
+    pub inbound: Streaming<pb::ClientMessage>,
+    pub peer: PeerInfo,
+    pub shutdown: CancellationToken,
+}
+
+const SERVER_CAPABILITIES: [pb::Capability; 3] =
+    [pb::Capability::SnapshotZstd, pb::Capability::Resume, pb::Capability::Digest];
+
+impl Session {
+    pub async fn run(mut self) {
+        let span = tracing::info_span!(
+            "session",
+            node = tracing::field::Empty,
+            peer = ?self.peer.addr,
+            identity = %self.peer.identity,
+        );
+        async move {
+            let active = metrics::gauge!("typha_connections_active");
+            active.increment(1.0);
+            let reason = self.serve().await;
+            active.decrement(1.0);
+            metrics::counter!("typha_connections_dropped_total", "reason" => reason.as_str())
+                .increment(1);
+            tracing::info!(reason = reason.as_str(), "session ended");
+            if reason.kills_connection() {
+                self.peer.kill.cancel();
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(&mut self) -> DropReason {
+        let hello = match self.receive_hello().await {
+            Ok(hello) => hello,
+            Err(reason) => return reason,
+        };
+        tracing::Span::current().record("node", hello.node_name.as_str());
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return DropReason::Shutdown,
+            _ = self.hub.wait_in_sync() => {}
+        }
+        let mut revisions = self.hub.subscribe();
+        revisions.mark_unchanged();
+        let resume_at = self.resume_position(&hello);
+        let server_hello = server_message::Msg::Hello(pb::ServerHello {
+            server_id: self.config.server_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: SERVER_CAPABILITIES.iter().map(|c| *c as i32).collect(),
+            epoch: self.hub.epoch().to_string(),
+            resumed: resume_at.is_some(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        });
+        if let Err(reason) = self.send(frame::encode(server_hello)).await {
+            return reason;
+        }
+        let mut cursor = match resume_at {
+            Some(revision) => {
+                metrics::counter!("typha_resumes_total").increment(1);
+                tracing::info!(%revision, "client resumed");
+                revision
+            }
+            None => match self.send_snapshot().await {
+                Ok(revision) => revision,
+                Err(reason) => return reason,
+            },
+        };
+        self.stream_deltas(&mut cursor, revisions).await
+    }
+
+    async fn receive_hello(&mut self) -> Result<pb::ClientHello, DropReason> {
+        let first = match timeout(self.config.handshake_timeout, self.inbound.message()).await {
+            Err(_) => return Err(DropReason::HandshakeTimeout),
+            Ok(Err(status)) => return Err(self.inbound_error(status)),
+            Ok(Ok(None)) => return Err(DropReason::ClientClosed),
+            Ok(Ok(Some(message))) => message,
+        };
+        let Some(client_message::Msg::Hello(hello)) = first.msg else {
+            self.refuse(Status::invalid_argument("the first message must be a ClientHello")).await;
+            return Err(DropReason::BadHello);
+        };
+        if let Err(problem) = validate_hello(&hello) {
+            tracing::info!(problem, "refusing client hello");
+            self.refuse(Status::invalid_argument(problem)).await;
+            return Err(DropReason::BadHello);
+        }
+        Ok(hello)
+    }
+
+    /// Where a reconnecting client can continue without a snapshot, if anywhere.
+    fn resume_position(&self, hello: &pb::ClientHello) -> Option<Revision> {
+        let position = hello.resume.as_ref()?;
+        if position.epoch != self.hub.epoch() || !offers(hello, pb::Capability::Resume) {
+            return None;
+        }
+        let revision = Revision(position.revision);
+        match self.hub.deltas_since(revision) {
+            DeltasSince::Expired => None,
+            // Nothing to send: resume only if the client holds exactly our state.
+            DeltasSince::UpToDate => {
+                (Digest::from_bytes(&position.digest) == Some(self.hub.digest())).then_some(revision)
+            }
+            // The next batch carries the digest after it; the client verifies that.
+            DeltasSince::Crumbs(_) => Some(revision),
+        }
+    }
+
+    async fn send_snapshot(&mut self) -> Result<Revision, DropReason> {
+        let snapshot = match self.hub.snapshot().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%error, "cannot build snapshot");
+                self.refuse(Status::unavailable("snapshot unavailable, retry")).await;
+                return Err(DropReason::Internal);
+            }
+        };
+        for chunk in &snapshot.chunk_frames {
+            self.send(chunk.clone()).await?;
+        }
+        self.send(snapshot.in_sync_frame.clone()).await?;
+        metrics::counter!("typha_snapshots_sent_total").increment(1);
+        tracing::info!(revision = %snapshot.revision, keys = snapshot.key_count, "snapshot sent");
+        Ok(snapshot.revision)
+    }
+
+    async fn stream_deltas(
+        &mut self,
+        cursor: &mut Revision,
+        mut revisions: tokio::sync::watch::Receiver<Revision>,
+    ) -> DropReason {
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let mut nonce = 0u64;
+        loop {
+            if let Err(reason) = self.catch_up(cursor).await {
+                return reason;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
+                    return DropReason::Shutdown;
+                }
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return DropReason::Shutdown;
+                    }
+                }
+                message = self.inbound.message() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Ok(Some(pb::ClientMessage { msg: Some(client_message::Msg::Ping(p)) })) => {
+                            let pong = pb::Pong { nonce: p.nonce, ping_sent_unix_nanos: p.sent_unix_nanos };
+                            if let Err(reason) = self.send(frame::encode(server_message::Msg::Pong(pong))).await {
+                                return reason;
+                            }
+                        }
+                        Ok(Some(pb::ClientMessage { msg: Some(client_message::Msg::Hello(_)) })) => {
+                            self.refuse(Status::invalid_argument("duplicate ClientHello")).await;
+                            return DropReason::BadHello;
+                        }
+                        // Pongs only prove liveness; unknown messages are ignored.
+                        Ok(Some(_)) => {}
+                        Ok(None) => return DropReason::ClientClosed,
+                        Err(status) => return self.inbound_error(status),
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.config.ping_timeout {
+                        return DropReason::PingTimeout;
+                    }
+                    nonce += 1;
+                    let ping = pb::Ping { nonce, sent_unix_nanos: unix_nanos() };
+                    if let Err(reason) = self.send(frame::encode(server_message::Msg::Ping(ping))).await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends everything after `cursor`: shared frames when close behind, one coalesced
+    /// batch when far behind, goodbye(resync) when beyond the history.
+    async fn catch_up(&mut self, cursor: &mut Revision) -> Result<(), DropReason> {
+        loop {
+            let crumbs = match self.hub.deltas_since(*cursor) {
+                DeltasSince::UpToDate => return Ok(()),
+                DeltasSince::Expired => {
+                    self.goodbye(pb::GoodbyeReason::Resync, "fell behind the server's history");
+                    return Err(DropReason::TooFarBehind);
+                }
+                DeltasSince::Crumbs(crumbs) => crumbs,
+            };
+            let Some(last) = crumbs.last() else { return Ok(()) };
+            let target = last.revision;
+            metrics::histogram!("typha_client_lag_batches").record(crumbs.len() as f64);
+            if crumbs.len() > self.config.max_uncoalesced {
+                if let Some(batch) = cache::coalesce(&crumbs) {
+                    metrics::counter!("typha_deltas_coalesced_total").increment(1);
+                    self.send(batch).await?;
+                }
+            } else {
+                for crumb in &crumbs {
+                    self.send(crumb.frame.clone()).await?;
+                }
+            }
+            *cursor = target;
+        }
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<(), DropReason> {
+        match timeout(self.config.write_timeout, self.out.send(Ok(frame))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(DropReason::ClientClosed),
+            Err(_) => Err(DropReason::WriteTimeout),
+        }
+    }
+
+    /// Best effort: a goodbye must not wait on a client that is not reading.
+    fn goodbye(&self, reason: pb::GoodbyeReason, message: &str) {
+        let goodbye = pb::Goodbye { reason: reason as i32, message: message.to_string() };
+        let _ = self.out.try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
+    }
+
+    /// Ends the stream with an error status the client can log.
+    async fn refuse(&self, status: Status) {
+        let _ = timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
+    }
+
+    fn inbound_error(&self, status: Status) -> DropReason {
+        // tonic reports an oversized or undecodable message as a status on our side.
+        match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                tracing::info!(error = %status.message(), "malformed client message");
+                DropReason::MalformedMessage
+            }
+            _ => DropReason::ClientClosed,
+        }
+    }
+}
+
+fn offers(hello: &pb::ClientHello, capability: pb::Capability) -> bool {
+    hello.capabilities.contains(&(capability as i32))
+}
+
+fn validate_hello(hello: &pb::ClientHello) -> Result<(), &'static str> {
+    let name = &hello.node_name;
+    if name.is_empty() || name.len() > 253 {
+        return Err("node_name must be 1 to 253 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+        return Err("node_name has characters outside [A-Za-z0-9._-]");
+    }
+    if hello.protocol_version < 1 {
+        return Err("protocol_version must be at least 1");
+    }
+    if hello.syncer_type != pb::SyncerType::Felix as i32 {
+        return Err("unsupported syncer_type");
+    }
+    if !offers(hello, pb::Capability::SnapshotZstd) {
+        return Err("protocol v1 clients must accept zstd snapshots");
+    }
+    Ok(())
+}
+
+fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

@@ -1,0 +1,208 @@
+//! Conversion of Kubernetes objects and Calico custom resources into model updates.
+//!
+//! Pure functions, no I/O: each watched type implements [`ToModel`] (its key, and its value
+//! or `None` when the object yields no model object, e.g. a host-network pod). [`convert`]
+//! combines the two into one [`Update`]; an invalid object is a [`Rejection`] carrying the
+//! key (when the object has a name) so the caller can delete a previously valid version.
+//!
+//! Invariants: a key depends only on an object's kind, namespace and name, so every
+//! version of an object maps to the same key; equal objects convert to equal values
+//! (maps are ordered, selectors canonical), so unchanged objects are no-op updates.
+
+mod calico;
+mod net;
+mod node;
+mod pod;
+mod policy;
+mod profile;
+mod resources;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use typha_proto::{Key, ModelError, Update, Value, pb};
+
+use super::Resource;
+use super::selector::SelectorError;
+
+pub use pod::interface_name;
+
+/// Why an object cannot be converted. None of these is retryable: the object must change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConvertError {
+    /// A required field is absent or empty.
+    #[error("missing required field {0}")]
+    Missing(&'static str),
+    /// A CIDR or IP address does not parse.
+    #[error("invalid CIDR or IP address {0:?}")]
+    BadCidr(String),
+    /// A selector does not parse or cannot be written in Calico syntax.
+    #[error(transparent)]
+    BadSelector(#[from] SelectorError),
+    /// A port number outside 1..=65535, or a range whose end precedes its start.
+    #[error("port {0} out of range")]
+    PortOutOfRange(String),
+    /// A port that is neither a number, a range nor a valid port name.
+    #[error("invalid port {0:?}")]
+    BadPort(String),
+    /// A protocol the model has no value for.
+    #[error("unsupported protocol {0:?}")]
+    BadProtocol(String),
+    /// A field holds a value outside its allowed set.
+    #[error("invalid {field}: {value:?}")]
+    BadValue {
+        /// The field.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// The object uses a feature the model cannot express (rejected rather than widened).
+    #[error("{0} cannot be expressed in the model")]
+    Unsupported(&'static str),
+    /// A custom resource's spec does not match its schema.
+    #[error("spec does not parse: {0}")]
+    Spec(String),
+    /// The resulting key or value breaks a model invariant.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A watched type that converts into the model.
+pub trait ToModel {
+    /// The resource this type is watched as.
+    const RESOURCE: Resource;
+    /// The model key of this object: a function of its namespace and name only.
+    fn model_key(&self) -> Result<Key, ConvertError>;
+    /// The model value; `None` when the object yields no model object (its key is deleted).
+    fn model_value(&self) -> Result<Option<Value>, ConvertError>;
+}
+
+/// An object that failed conversion.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{} {object}: {error}", .resource.as_str())]
+pub struct Rejection {
+    /// Where the object came from.
+    pub resource: Resource,
+    /// `namespace/name` of the object, for logs.
+    pub object: String,
+    /// Its key when it has one: delete it so an earlier valid version does not linger.
+    pub key: Option<Key>,
+    /// Why.
+    #[source]
+    pub error: ConvertError,
+}
+
+impl Rejection {
+    /// The update that withdraws the object from the model, if it has a key.
+    pub fn to_delete(&self) -> Option<Update> {
+        self.key.clone().map(Update::delete)
+    }
+}
+
+/// `namespace/name` (or `name`) of an object, for logs.
+pub(crate) fn object_name<T: kube::Resource>(obj: &T) -> String {
+    let meta = obj.meta();
+    let name = meta.name.as_deref().unwrap_or("<unnamed>");
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Converts an added or modified object into an update (a value, or a delete when the
+/// object yields no model object).
+pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Rejection> {
+    let reject = |key: Option<Key>, error| Rejection {
+        resource: T::RESOURCE,
+        object: object_name(obj),
+        key,
+        error,
+    };
+    let key = obj.model_key().map_err(|e| reject(None, e))?;
+    let value = obj
+        .model_value()
+        .map_err(|e| reject(Some(key.clone()), e))?;
+    Update::new(key.clone(), value).map_err(|e| reject(Some(key), e.into()))
+}
+
+/// The update for a deleted object: a delete of its key.
+pub fn convert_delete<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Rejection> {
+    obj.model_key().map(Update::delete).map_err(|error| Rejection {
+        resource: T::RESOURCE,
+        object: object_name(obj),
+        key: None,
+        error,
+    })
+}
+
+fn name_of(meta: &ObjectMeta) -> Result<&str, ConvertError> {
+    meta.name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or(ConvertError::Missing("metadata.name"))
+}
+
+fn namespace_of(meta: &ObjectMeta) -> Result<&str, ConvertError> {
+    meta.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or(ConvertError::Missing("metadata.namespace"))
+}
+
+fn labels_of(meta: &ObjectMeta) -> std::collections::BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+/// A protocol from its Kubernetes name (absent = TCP).
+fn k8s_protocol(protocol: Option<&str>) -> Result<pb::Protocol, ConvertError> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Ok(pb::Protocol::Tcp),
+        "UDP" => Ok(pb::Protocol::Udp),
+        "SCTP" => Ok(pb::Protocol::Sctp),
+        other => Err(ConvertError::BadProtocol(other.to_string())),
+    }
+}
+
+/// A port number in 1..=65535.
+fn port_number(port: i64) -> Result<u32, ConvertError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .map(u32::from)
+        .ok_or_else(|| ConvertError::PortOutOfRange(port.to_string()))
+}
+
+/// Whether `name` is a valid port name (an IANA service name: lowercase letters, digits
+/// and inner dashes, at most 15 characters, at least one letter).
+fn is_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn port_range(first: u32, last: u32) -> pb::PortRange {
+    pb::PortRange {
+        first,
+        last,
+        name: String::new(),
+    }
+}
+
+fn named_port(name: &str) -> Result<pb::PortRange, ConvertError> {
+    if !is_port_name(name) {
+        return Err(ConvertError::BadPort(name.to_string()));
+    }
+    Ok(pb::PortRange {
+        first: 0,
+        last: 0,
+        name: name.to_string(),
+    })
+}
+
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;

@@ -1,0 +1,105 @@
+//! Pod -> WorkloadEndpoint.
+//!
+//! A pod is an endpoint only while it is scheduled, not host-networked, has an IP and has
+//! not finished; otherwise its value is `None` (its key is deleted), so a pod that loses
+//! its IP or completes disappears from the model.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use sha1::{Digest, Sha1};
+use typha_proto::{Key, Kind, Value, pb};
+
+use super::{ConvertError, ToModel, k8s_protocol, labels_of, name_of, namespace_of, net};
+use crate::upstream::Resource;
+use crate::upstream::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
+
+/// The host-side interface name of a pod: "cali" + the first 11 hex digits of
+/// sha1("<namespace>.<pod>") (Calico's default for the Kubernetes datastore).
+pub fn interface_name(namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+fn pod_ip_nets(pod: &Pod) -> Result<Vec<String>, ConvertError> {
+    let Some(status) = &pod.status else {
+        return Ok(Vec::new());
+    };
+    let ips: Vec<&str> = match (&status.pod_ips, &status.pod_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.iter().map(|p| p.ip.as_str()).collect(),
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+        _ => Vec::new(),
+    };
+    ips.into_iter().map(net::host_net).collect()
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed" | "Completed"))
+}
+
+fn named_ports(pod: &Pod) -> Result<Vec<pb::NamedPort>, ConvertError> {
+    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    let mut ports = Vec::new();
+    for port in containers.flat_map(|c| c.ports.iter().flatten()) {
+        let Some(name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        ports.push(pb::NamedPort {
+            name: name.to_string(),
+            protocol: k8s_protocol(port.protocol.as_deref())? as i32,
+            port: super::port_number(i64::from(port.container_port))?,
+        });
+    }
+    Ok(ports)
+}
+
+impl ToModel for Pod {
+    const RESOURCE: Resource = Resource::Pods;
+
+    fn model_key(&self) -> Result<Key, ConvertError> {
+        Ok(Key::new(
+            Kind::WorkloadEndpoint,
+            namespace_of(&self.metadata)?,
+            name_of(&self.metadata)?,
+        )?)
+    }
+
+    fn model_value(&self) -> Result<Option<Value>, ConvertError> {
+        let (ns, name) = (namespace_of(&self.metadata)?, name_of(&self.metadata)?);
+        let spec = self.spec.as_ref();
+        let node = spec.and_then(|s| s.node_name.as_deref()).unwrap_or("");
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        if node.is_empty() || host_network || is_finished(self) {
+            return Ok(None);
+        }
+        let ip_nets = pod_ip_nets(self)?;
+        if ip_nets.is_empty() {
+            return Ok(None);
+        }
+        let sa = spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("");
+        let mut labels: BTreeMap<String, String> = labels_of(&self.metadata);
+        labels.insert(NAMESPACE_LABEL.into(), ns.into());
+        labels.insert(ORCHESTRATOR_LABEL.into(), "k8s".into());
+        let mut profile_ids = vec![format!("kns.{ns}")];
+        if !sa.is_empty() {
+            labels.insert(SERVICE_ACCOUNT_LABEL.into(), sa.into());
+            profile_ids.push(format!("ksa.{ns}.{sa}"));
+        }
+        Ok(Some(Value::WorkloadEndpoint(pb::WorkloadEndpoint {
+            namespace: ns.into(),
+            pod: name.into(),
+            node: node.into(),
+            interface_name: interface_name(ns, name),
+            ip_nets,
+            labels,
+            profile_ids,
+            ports: named_ports(self)?,
+            service_account: sa.into(),
+            mac: String::new(),
+        })))
+    }
+}

@@ -1,0 +1,565 @@
+//! Calico selectors: a small parser, a canonical printer, and Kubernetes label selector
+//! translation.
+//!
+//! Every selector that enters the model goes through [`Selector`], so it is valid and
+//! printed one canonical way (`app == 'web' && has(tier)`): equal meaning from the same
+//! input gives equal bytes, which keeps no-op updates no-ops. Label keys and values are
+//! checked when built, so printing cannot fail: a value holding both quote characters
+//! cannot be written and is rejected up front.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Label key prefix of labels inherited from a namespace profile.
+pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
+/// Label key prefix of labels inherited from a service-account profile.
+pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
+/// The name label a profile carries (after its prefix).
+pub const NAME_LABEL: &str = "projectcalico.org/name";
+/// The namespace label every workload endpoint carries.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+/// The orchestrator label every workload endpoint carries.
+pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
+/// The service-account label of workload endpoints that have one.
+pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+
+/// A selector could not be parsed or expressed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("selector {selector:?}: {reason}")]
+pub struct SelectorError {
+    /// The selector text (or a description of the Kubernetes selector).
+    pub selector: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(selector: &str, reason: impl Into<String>) -> SelectorError {
+    SelectorError {
+        selector: selector.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A parsed, valid Calico selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// `all()`.
+    All,
+    /// `global()`: objects outside any namespace.
+    Global,
+    /// `has(key)`.
+    Has(String),
+    /// `key == 'value'`.
+    Eq(String, String),
+    /// `key != 'value'`.
+    Ne(String, String),
+    /// `key in { 'a', 'b' }`.
+    In(String, Vec<String>),
+    /// `key not in { 'a', 'b' }`.
+    NotIn(String, Vec<String>),
+    /// `key contains 'v'`.
+    Contains(String, String),
+    /// `key starts with 'v'`.
+    StartsWith(String, String),
+    /// `key ends with 'v'`.
+    EndsWith(String, String),
+    /// `!x`.
+    Not(Box<Selector>),
+    /// `a && b && ...` (two or more).
+    And(Vec<Selector>),
+    /// `a || b || ...` (two or more).
+    Or(Vec<Selector>),
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-')
+}
+
+fn check_key(key: &str, context: &str) -> Result<(), SelectorError> {
+    if key.is_empty() || !key.chars().all(is_key_char) {
+        return Err(err(context, format!("invalid label key {key:?}")));
+    }
+    Ok(())
+}
+
+fn check_value(value: &str, context: &str) -> Result<(), SelectorError> {
+    if value.contains('\'') && value.contains('"') {
+        return Err(err(context, format!("value {value:?} holds both quotes")));
+    }
+    Ok(())
+}
+
+impl Selector {
+    /// `key == 'value'`, validated.
+    pub fn eq(key: &str, value: &str) -> Result<Selector, SelectorError> {
+        check_key(key, key)?;
+        check_value(value, key)?;
+        Ok(Selector::Eq(key.into(), value.into()))
+    }
+
+    /// Parses Calico selector syntax. Empty (or blank) text gives `None`: no constraint.
+    pub fn parse(text: &str) -> Result<Option<Selector>, SelectorError> {
+        let tokens = lex(text)?;
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let mut parser = Parser {
+            text,
+            tokens,
+            pos: 0,
+        };
+        let sel = parser.or()?;
+        if parser.pos != parser.tokens.len() {
+            return Err(err(text, "unexpected trailing input"));
+        }
+        Ok(Some(sel))
+    }
+
+    /// The conjunction of `parts` (flattened); `None` when there are none.
+    pub fn and_all(parts: impl IntoIterator<Item = Selector>) -> Option<Selector> {
+        let mut flat = Vec::new();
+        for part in parts {
+            match part {
+                Selector::And(inner) => flat.extend(inner),
+                Selector::All => {}
+                other => flat.push(other),
+            }
+        }
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(Selector::And(flat)),
+        }
+    }
+
+    /// Rewrites a selector over namespace labels into one over the labels endpoints inherit
+    /// from their namespace profile (`pcns.` keys); `all()` becomes "in some namespace" and
+    /// `global()` "in no namespace".
+    pub fn into_profile_scope(self, prefix: &str) -> Selector {
+        let k = |key: String| format!("{prefix}{key}");
+        let in_scope = || Selector::Has(format!("{prefix}{NAME_LABEL}"));
+        match self {
+            Selector::All => in_scope(),
+            Selector::Global => Selector::Not(Box::new(in_scope())),
+            Selector::Has(key) => Selector::Has(k(key)),
+            Selector::Eq(key, v) => Selector::Eq(k(key), v),
+            Selector::Ne(key, v) => Selector::Ne(k(key), v),
+            Selector::In(key, v) => Selector::In(k(key), v),
+            Selector::NotIn(key, v) => Selector::NotIn(k(key), v),
+            Selector::Contains(key, v) => Selector::Contains(k(key), v),
+            Selector::StartsWith(key, v) => Selector::StartsWith(k(key), v),
+            Selector::EndsWith(key, v) => Selector::EndsWith(k(key), v),
+            Selector::Not(inner) => Selector::Not(Box::new(inner.into_profile_scope(prefix))),
+            Selector::And(parts) => Selector::And(
+                parts
+                    .into_iter()
+                    .map(|p| p.into_profile_scope(prefix))
+                    .collect(),
+            ),
+            Selector::Or(parts) => Selector::Or(
+                parts
+                    .into_iter()
+                    .map(|p| p.into_profile_scope(prefix))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Translates a Kubernetes label selector. An empty selector gives `None` (matches all).
+    pub fn from_label_selector(ls: &LabelSelector) -> Result<Option<Selector>, SelectorError> {
+        let mut parts = Vec::new();
+        for (key, value) in ls.match_labels.iter().flatten() {
+            parts.push(Selector::eq(key, value)?);
+        }
+        for req in ls.match_expressions.iter().flatten() {
+            let key = &req.key;
+            check_key(key, key)?;
+            let values = req.values.clone().unwrap_or_default();
+            for v in &values {
+                check_value(v, key)?;
+            }
+            let needs_values = |op: &str| {
+                if values.is_empty() {
+                    Err(err(key, format!("operator {op} without values")))
+                } else {
+                    Ok(())
+                }
+            };
+            parts.push(match req.operator.as_str() {
+                "In" => {
+                    needs_values("In")?;
+                    Selector::In(key.clone(), values)
+                }
+                "NotIn" => {
+                    needs_values("NotIn")?;
+                    Selector::NotIn(key.clone(), values)
+                }
+                "Exists" => Selector::Has(key.clone()),
+                "DoesNotExist" => Selector::Not(Box::new(Selector::Has(key.clone()))),
+                other => return Err(err(key, format!("unknown operator {other:?}"))),
+            });
+        }
+        Ok(Selector::and_all(parts))
+    }
+
+    fn precedence(&self) -> u8 {
+        match self {
+            Selector::Or(_) => 0,
+            Selector::And(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+fn quote(value: &str) -> String {
+    if value.contains('\'') {
+        format!("\"{value}\"")
+    } else {
+        format!("'{value}'")
+    }
+}
+
+fn fmt_set(values: &[String]) -> String {
+    if values.is_empty() {
+        return "{}".to_string();
+    }
+    let quoted: Vec<String> = values.iter().map(|v| quote(v)).collect();
+    format!("{{ {} }}", quoted.join(", "))
+}
+
+fn fmt_child(f: &mut fmt::Formatter<'_>, child: &Selector, min: u8) -> fmt::Result {
+    if child.precedence() < min {
+        write!(f, "({child})")
+    } else {
+        write!(f, "{child}")
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::All => f.write_str("all()"),
+            Selector::Global => f.write_str("global()"),
+            Selector::Has(k) => write!(f, "has({k})"),
+            Selector::Eq(k, v) => write!(f, "{k} == {}", quote(v)),
+            Selector::Ne(k, v) => write!(f, "{k} != {}", quote(v)),
+            Selector::In(k, v) => write!(f, "{k} in {}", fmt_set(v)),
+            Selector::NotIn(k, v) => write!(f, "{k} not in {}", fmt_set(v)),
+            Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
+            Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
+            Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
+            Selector::Not(inner) => {
+                f.write_str("!")?;
+                fmt_child(f, inner, 2)
+            }
+            Selector::And(parts) | Selector::Or(parts) => {
+                let (sep, min) = match self {
+                    Selector::And(_) => (" && ", 2),
+                    _ => (" || ", 1),
+                };
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(sep)?;
+                    }
+                    fmt_child(f, part, min)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    LParen,
+    RParen,
+    LBrace,
+    RBrace,
+    Comma,
+    Bang,
+    AndAnd,
+    OrOr,
+    EqEq,
+    NotEq,
+    Str(String),
+    Ident(String),
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, SelectorError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let (token, len) = match (c, next) {
+            (c, _) if c.is_whitespace() => {
+                i += 1;
+                continue;
+            }
+            ('(', _) => (Token::LParen, 1),
+            (')', _) => (Token::RParen, 1),
+            ('{', _) => (Token::LBrace, 1),
+            ('}', _) => (Token::RBrace, 1),
+            (',', _) => (Token::Comma, 1),
+            ('&', Some('&')) => (Token::AndAnd, 2),
+            ('|', Some('|')) => (Token::OrOr, 2),
+            ('=', Some('=')) => (Token::EqEq, 2),
+            ('!', Some('=')) => (Token::NotEq, 2),
+            ('!', _) => (Token::Bang, 1),
+            ('\'' | '"', _) => {
+                let end = chars[i + 1..]
+                    .iter()
+                    .position(|&d| d == c)
+                    .ok_or_else(|| err(text, "unterminated string"))?;
+                let s: String = chars[i + 1..i + 1 + end].iter().collect();
+                (Token::Str(s), end + 2)
+            }
+            (c, _) if is_key_char(c) => {
+                let len = chars[i..].iter().take_while(|&&d| is_key_char(d)).count();
+                (Token::Ident(chars[i..i + len].iter().collect()), len)
+            }
+            (c, _) => return Err(err(text, format!("unexpected character {c:?}"))),
+        };
+        tokens.push(token);
+        i += len;
+    }
+    Ok(tokens)
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn bump(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn expect(&mut self, want: &Token) -> Result<(), SelectorError> {
+        match self.bump() {
+            Some(t) if &t == want => Ok(()),
+            other => Err(err(self.text, format!("expected {want:?}, found {other:?}"))),
+        }
+    }
+
+    fn or(&mut self) -> Result<Selector, SelectorError> {
+        let mut parts = vec![self.and()?];
+        while self.peek() == Some(&Token::OrOr) {
+            self.pos += 1;
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Selector::Or(parts)
+        })
+    }
+
+    fn and(&mut self) -> Result<Selector, SelectorError> {
+        let mut parts = vec![self.unary()?];
+        while self.peek() == Some(&Token::AndAnd) {
+            self.pos += 1;
+            parts.push(self.unary()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Selector::And(parts)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Selector, SelectorError> {
+        match self.bump() {
+            Some(Token::Bang) => Ok(Selector::Not(Box::new(self.unary()?))),
+            Some(Token::LParen) => {
+                let inner = self.or()?;
+                self.expect(&Token::RParen)?;
+                Ok(inner)
+            }
+            Some(Token::Ident(word)) if self.peek() == Some(&Token::LParen) => {
+                self.pos += 1;
+                let sel = match word.as_str() {
+                    "all" => Selector::All,
+                    "global" => Selector::Global,
+                    "has" => Selector::Has(self.ident()?),
+                    other => return Err(err(self.text, format!("unknown function {other}()"))),
+                };
+                self.expect(&Token::RParen)?;
+                Ok(sel)
+            }
+            Some(Token::Ident(key)) => self.comparison(key),
+            other => Err(err(self.text, format!("unexpected {other:?}"))),
+        }
+    }
+
+    fn ident(&mut self) -> Result<String, SelectorError> {
+        match self.bump() {
+            Some(Token::Ident(s)) => Ok(s),
+            other => Err(err(self.text, format!("expected a label key, found {other:?}"))),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, SelectorError> {
+        match self.bump() {
+            Some(Token::Str(s)) => Ok(s),
+            other => Err(err(self.text, format!("expected a string, found {other:?}"))),
+        }
+    }
+
+    fn keyword(&mut self, word: &str) -> Result<(), SelectorError> {
+        match self.bump() {
+            Some(Token::Ident(w)) if w == word => Ok(()),
+            other => Err(err(self.text, format!("expected {word:?}, found {other:?}"))),
+        }
+    }
+
+    fn set(&mut self) -> Result<Vec<String>, SelectorError> {
+        self.expect(&Token::LBrace)?;
+        let mut values = Vec::new();
+        if self.peek() == Some(&Token::RBrace) {
+            self.pos += 1;
+            return Ok(values);
+        }
+        loop {
+            values.push(self.string()?);
+            match self.bump() {
+                Some(Token::Comma) => {}
+                Some(Token::RBrace) => return Ok(values),
+                other => return Err(err(self.text, format!("bad set, found {other:?}"))),
+            }
+        }
+    }
+
+    fn comparison(&mut self, key: String) -> Result<Selector, SelectorError> {
+        let op = self.bump();
+        Ok(match op {
+            Some(Token::EqEq) => Selector::Eq(key, self.string()?),
+            Some(Token::NotEq) => Selector::Ne(key, self.string()?),
+            Some(Token::Ident(word)) => match word.as_str() {
+                "in" => Selector::In(key, self.set()?),
+                "not" => {
+                    self.keyword("in")?;
+                    Selector::NotIn(key, self.set()?)
+                }
+                "contains" => Selector::Contains(key, self.string()?),
+                "starts" => {
+                    self.keyword("with")?;
+                    Selector::StartsWith(key, self.string()?)
+                }
+                "ends" => {
+                    self.keyword("with")?;
+                    Selector::EndsWith(key, self.string()?)
+                }
+                other => return Err(err(self.text, format!("unknown operator {other:?}"))),
+            },
+            other => return Err(err(self.text, format!("expected an operator, found {other:?}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn canon(text: &str) -> String {
+        Selector::parse(text).unwrap().unwrap().to_string()
+    }
+
+    #[test]
+    fn parses_and_prints_canonically() {
+        assert_eq!(canon("app=='web'&&has(tier)"), "app == 'web' && has(tier)");
+        assert_eq!(
+            canon("a in {'x',\"y\"} || !(b != 'c' && c not in {})"),
+            "a in { 'x', 'y' } || !(b != 'c' && c not in {})"
+        );
+        assert_eq!(canon("(a == 'x' || b == 'y') && all()"), "(a == 'x' || b == 'y') && all()");
+        assert_eq!(
+            canon("k starts with 'p' && k ends with 's' && k contains \"it's\""),
+            "k starts with 'p' && k ends with 's' && k contains \"it's\""
+        );
+        assert_eq!(Selector::parse("  ").unwrap(), None);
+        // Canonical output parses back to the same tree.
+        let s = Selector::parse("!has(x) && (a == 'b' || global())").unwrap().unwrap();
+        assert_eq!(Selector::parse(&s.to_string()).unwrap().unwrap(), s);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["app ==", "app = 'x'", "has(", "foo()", "a == 'x' b", "'x' == a", "a == 'x"] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn namespace_scope_prefixes_keys() {
+        let s = Selector::parse("team == 'a' && !has(x)").unwrap().unwrap();
+        assert_eq!(
+            s.into_profile_scope(NAMESPACE_LABEL_PREFIX).to_string(),
+            "pcns.team == 'a' && !has(pcns.x)"
+        );
+        assert_eq!(
+            Selector::All.into_profile_scope("pcns.").to_string(),
+            "has(pcns.projectcalico.org/name)"
+        );
+    }
+
+    #[test]
+    fn label_selector_translation() {
+        let ls = LabelSelector {
+            match_labels: Some([("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into()),
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: "c".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["x".into(), "y".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "d".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["z".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "e".into(),
+                    operator: "Exists".into(),
+                    values: None,
+                },
+                LabelSelectorRequirement {
+                    key: "f".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+            ]),
+        };
+        assert_eq!(
+            Selector::from_label_selector(&ls).unwrap().unwrap().to_string(),
+            "a == '1' && b == '2' && c in { 'x', 'y' } && d not in { 'z' } && has(e) && !has(f)"
+        );
+        assert_eq!(Selector::from_label_selector(&LabelSelector::default()).unwrap(), None);
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "c".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert!(Selector::from_label_selector(&bad).is_err());
+        let bad_key = LabelSelector {
+            match_labels: Some([("a b".to_string(), "1".to_string())].into()),
+            ..Default::default()
+        };
+        assert!(Selector::from_label_selector(&bad_key).is_err());
+    }
+}

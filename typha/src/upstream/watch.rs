@@ -1,0 +1,380 @@
+//! The watch loop: one `kube::runtime::watcher` per resource, converted, batched, sent.
+//!
+//! Each resource runs as its own stream (watcher + kube's default backoff + conversion);
+//! all are merged and drained by one loop that owns every [`ResourceState`], so there is
+//! no shared mutable state. A batch is "whatever is ready now" (up to `batch_max`), so an
+//! API burst becomes few [`UpstreamEvent::Updates`] messages without adding a timer;
+//! within a batch each key appears once (its last update, in the position of its first).
+//!
+//! Failure policy: watch errors are logged, counted and retried with backoff, never fatal.
+//! A Calico CRD that is not installed (404) is skipped, retried every `crd_retry`, and
+//! does not hold back [`UpstreamEvent::InSync`]; if it disappears, its keys are deleted.
+//! The only error `run` returns is a closed downstream channel.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use typha_proto::{Key, Update};
+
+use super::convert::{ToModel, convert, convert_delete, object_name};
+use super::crd::{
+    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
+    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
+};
+use super::state::{Input, ResourceState};
+use super::{Rejection, Resource};
+
+/// What the upstream tells its consumer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UpstreamEvent {
+    /// Model updates in order; may contain no-ops (the cache drops them and counts them).
+    Updates(Vec<Update>),
+    /// Every watched resource has completed its initial list at least once (or is a CRD
+    /// that is not installed). Sent once; after that, relists are just Updates.
+    InSync,
+}
+
+/// How to watch.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Use watch-list streaming (`sendInitialEvents`) instead of paginated lists.
+    pub streaming_lists: bool,
+    /// Page size of paginated lists.
+    pub page_size: u32,
+    /// How often to retry a Calico CRD that is not installed.
+    pub crd_retry: Duration,
+    /// Most updates in one [`UpstreamEvent::Updates`].
+    pub batch_max: usize,
+    /// The resources to watch (default: all of [`Resource::ALL`]).
+    pub resources: Vec<Resource>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            streaming_lists: false,
+            page_size: 500,
+            crd_retry: Duration::from_secs(30),
+            batch_max: 1000,
+            resources: Resource::ALL.to_vec(),
+        }
+    }
+}
+
+/// Why [`run`] stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The receiver of upstream events was dropped. Not retryable: the consumer is gone.
+    #[error("upstream event channel closed")]
+    ChannelClosed,
+}
+
+/// What one resource stream reports to the loop.
+#[derive(Debug)]
+enum Signal {
+    Input(Input),
+    /// The resource's CRD is not installed (404).
+    NotInstalled,
+}
+
+type Tagged = (Resource, Signal);
+type BoxedSignals = Pin<Box<dyn Stream<Item = Tagged> + Send>>;
+
+/// Runs one watcher per resource (exactly one watch per kind per process, however many
+/// clients), converting and forwarding events until `shutdown` is cancelled. Errors from
+/// the watcher streams are logged, counted (`typha_upstream_watch_errors_total{resource}`)
+/// and retried with backoff, never fatal.
+pub async fn run(
+    client: kube::Client,
+    config: UpstreamConfig,
+    tx: mpsc::Sender<UpstreamEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), UpstreamError> {
+    let mut wc = watcher::Config::default();
+    wc = if config.streaming_lists {
+        wc.streaming_lists()
+    } else {
+        wc.page_size(config.page_size.max(1))
+    };
+    let resources: Vec<Resource> = {
+        let mut seen = HashSet::new();
+        config.resources.iter().copied().filter(|r| seen.insert(*r)).collect()
+    };
+    let streams: Vec<BoxedSignals> = resources
+        .iter()
+        .map(|r| stream_for(*r, &client, &wc, config.crd_retry))
+        .collect();
+    let merged = futures::stream::select_all(streams);
+    drive(merged, &resources, config.batch_max, tx, shutdown).await
+}
+
+fn stream_for(
+    resource: Resource,
+    client: &kube::Client,
+    wc: &watcher::Config,
+    crd_retry: Duration,
+) -> BoxedSignals {
+    let c = client.clone();
+    let wc = wc.clone();
+    match resource {
+        Resource::Pods => resource_stream(Api::<Pod>::all(c), wc, crd_retry),
+        Resource::Namespaces => resource_stream(Api::<Namespace>::all(c), wc, crd_retry),
+        Resource::ServiceAccounts => resource_stream(Api::<ServiceAccount>::all(c), wc, crd_retry),
+        Resource::Nodes => resource_stream(Api::<Node>::all(c), wc, crd_retry),
+        Resource::KubernetesNetworkPolicies => {
+            resource_stream(Api::<K8sNetworkPolicy>::all(c), wc, crd_retry)
+        }
+        Resource::NetworkPolicies => {
+            resource_stream(Api::<CalicoObject<NetworkPolicy>>::all(c), wc, crd_retry)
+        }
+        Resource::GlobalNetworkPolicies => {
+            resource_stream(Api::<CalicoObject<GlobalNetworkPolicy>>::all(c), wc, crd_retry)
+        }
+        Resource::GlobalNetworkSets => {
+            resource_stream(Api::<CalicoObject<GlobalNetworkSet>>::all(c), wc, crd_retry)
+        }
+        Resource::NetworkSets => {
+            resource_stream(Api::<CalicoObject<NetworkSet>>::all(c), wc, crd_retry)
+        }
+        Resource::HostEndpoints => {
+            resource_stream(Api::<CalicoObject<HostEndpoint>>::all(c), wc, crd_retry)
+        }
+        Resource::IpPools => resource_stream(Api::<CalicoObject<IPPool>>::all(c), wc, crd_retry),
+        Resource::FelixConfigurations => {
+            resource_stream(Api::<CalicoObject<FelixConfiguration>>::all(c), wc, crd_retry)
+        }
+        Resource::ClusterInformations => {
+            resource_stream(Api::<CalicoObject<ClusterInformation>>::all(c), wc, crd_retry)
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Logs a rejection once per (object, error) and counts every occurrence.
+struct RejectionLog {
+    seen: HashMap<String, String>,
+}
+
+impl RejectionLog {
+    fn note(&mut self, r: &Rejection) {
+        metrics::counter!("typha_upstream_rejected_total", "kind" => r.resource.model_kind().as_str())
+            .increment(1);
+        let error = r.error.to_string();
+        if self.seen.get(&r.object) != Some(&error) {
+            tracing::warn!(resource = r.resource.as_str(), object = %r.object, %error, "rejected object");
+            self.seen.insert(r.object.clone(), error);
+        }
+    }
+
+    fn clear<K: kube::Resource>(&mut self, obj: &K) {
+        if !self.seen.is_empty() {
+            self.seen.remove(&object_name(obj));
+        }
+    }
+}
+
+/// Converts one watcher event into loop inputs (rejections become deletes of their key).
+fn inputs<K>(event: watcher::Event<K>, log: &mut RejectionLog) -> Vec<Input>
+where
+    K: ToModel + kube::Resource,
+{
+    let mut applied = |obj: &K, init: bool| -> Option<Input> {
+        let update = match convert(obj) {
+            Ok(u) => {
+                log.clear(obj);
+                u
+            }
+            Err(r) => {
+                log.note(&r);
+                r.to_delete()?
+            }
+        };
+        Some(if init {
+            Input::InitApply(update)
+        } else {
+            Input::Apply(update)
+        })
+    };
+    match event {
+        watcher::Event::Apply(obj) => applied(&obj, false).into_iter().collect(),
+        watcher::Event::InitApply(obj) => applied(&obj, true).into_iter().collect(),
+        watcher::Event::Delete(obj) => match convert_delete(&obj) {
+            Ok(u) => vec![Input::Delete(u.key)],
+            Err(r) => {
+                log.note(&r);
+                Vec::new()
+            }
+        },
+        watcher::Event::Init => vec![Input::Init],
+        watcher::Event::InitDone => vec![Input::InitDone],
+    }
+}
+
+/// One resource: watcher with kube's default backoff, conversion, and the CRD-absent retry.
+fn resource_stream<K>(api: Api<K>, wc: watcher::Config, crd_retry: Duration) -> BoxedSignals
+where
+    K: ToModel + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let resource = K::RESOURCE;
+    let name = resource.as_str();
+    Box::pin(async_stream::stream! {
+        let mut log = RejectionLog { seen: HashMap::new() };
+        loop {
+            let mut events = std::pin::pin!(watcher(api.clone(), wc.clone()).default_backoff());
+            let mut absent = false;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        metrics::counter!("typha_upstream_events_total", "resource" => name).increment(1);
+                        metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name)
+                            .set(unix_now());
+                        for input in inputs(event, &mut log) {
+                            yield (resource, Signal::Input(input));
+                        }
+                    }
+                    Err(e) if resource.is_crd() && is_not_found(&e) => {
+                        tracing::info!(resource = name, retry = ?crd_retry, "CRD not installed; skipping");
+                        absent = true;
+                        break;
+                    }
+                    Err(e) => {
+                        metrics::counter!("typha_upstream_watch_errors_total", "resource" => name).increment(1);
+                        tracing::warn!(resource = name, error = %e, "watch error; retrying with backoff");
+                    }
+                }
+            }
+            if absent {
+                yield (resource, Signal::NotInstalled);
+                tokio::time::sleep(crd_retry).await;
+            }
+        }
+    })
+}
+
+/// Accumulates one batch: the last update per key, in the position of the key's first.
+#[derive(Default)]
+struct Batch {
+    updates: Vec<Update>,
+    index: HashMap<Key, usize>,
+}
+
+impl Batch {
+    fn push(&mut self, update: Update) {
+        match self.index.get(&update.key) {
+            Some(&i) => self.updates[i] = update,
+            None => {
+                self.index.insert(update.key.clone(), self.updates.len());
+                self.updates.push(update);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.updates.len()
+    }
+}
+
+/// The loop: owns the per-resource states, batches, tracks InSync, sends.
+async fn drive<S>(
+    mut merged: S,
+    resources: &[Resource],
+    batch_max: usize,
+    tx: mpsc::Sender<UpstreamEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), UpstreamError>
+where
+    S: Stream<Item = Tagged> + Unpin,
+{
+    metrics::gauge!("typha_upstream_in_sync").set(0.0);
+    let mut states: HashMap<Resource, ResourceState> =
+        resources.iter().map(|r| (*r, ResourceState::new())).collect();
+    let mut absent: HashSet<Resource> = HashSet::new();
+    let mut in_sync = false;
+    let mut scratch = Vec::new();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            item = merged.next() => item,
+        };
+        let Some(mut item) = first else {
+            return Ok(());
+        };
+        let mut batch = Batch::default();
+        loop {
+            let (resource, signal) = item;
+            let state = states.entry(resource).or_default();
+            match signal {
+                Signal::Input(input) => {
+                    if matches!(input, Input::Init | Input::InitApply(_) | Input::InitDone) {
+                        absent.remove(&resource);
+                    }
+                    state.apply(input, &mut scratch);
+                }
+                Signal::NotInstalled => {
+                    absent.insert(resource);
+                    state.apply(Input::Gone, &mut scratch);
+                }
+            }
+            scratch.drain(..).for_each(|u| batch.push(u));
+            if batch.len() >= batch_max.max(1) {
+                break;
+            }
+            match merged.next().now_or_never() {
+                Some(Some(next)) => item = next,
+                _ => break,
+            }
+        }
+        if !batch.updates.is_empty() {
+            send(&tx, &shutdown, UpstreamEvent::Updates(batch.updates)).await?;
+        }
+        if !in_sync
+            && states
+                .iter()
+                .all(|(r, s)| s.is_synced() || absent.contains(r))
+        {
+            in_sync = true;
+            metrics::gauge!("typha_upstream_in_sync").set(1.0);
+            tracing::info!("upstream in sync");
+            send(&tx, &shutdown, UpstreamEvent::InSync).await?;
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<UpstreamEvent>,
+    shutdown: &CancellationToken,
+    event: UpstreamEvent,
+) -> Result<(), UpstreamError> {
+    tokio::select! {
+        // Shutting down: dropping the event is fine, nobody will read it.
+        _ = shutdown.cancelled() => Ok(()),
+        sent = tx.send(event) => sent.map_err(|_| UpstreamError::ChannelClosed),
+    }
+}
+
