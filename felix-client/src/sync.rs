@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -80,8 +80,11 @@ impl SyncConfig {
 }
 
 /// Live counters of one sync client (also exported as `felix_sync_*` metrics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncStatus {
+    /// The revision the mirror is at, published after every applied snapshot or batch
+    /// (tests and the load test await it instead of polling).
+    pub applied: watch::Sender<Revision>,
     /// Whether the mirror currently equals the server's state (false while disconnected).
     pub in_sync: AtomicBool,
     /// Keys in the mirror.
@@ -96,6 +99,21 @@ pub struct SyncStatus {
     pub digest_mismatches: AtomicU64,
     /// Delta batches applied.
     pub batches: AtomicU64,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        SyncStatus {
+            applied: watch::Sender::new(Revision::default()),
+            in_sync: AtomicBool::default(),
+            keys: AtomicU64::default(),
+            reconnects: AtomicU64::default(),
+            snapshots: AtomicU64::default(),
+            resumes: AtomicU64::default(),
+            digest_mismatches: AtomicU64::default(),
+            batches: AtomicU64::default(),
+        }
+    }
 }
 
 /// Errors that stop the client for good.
@@ -273,6 +291,7 @@ impl SyncClient {
                 let changes = self.mirror.apply_deltas(batch)?;
                 self.status.batches.fetch_add(1, Ordering::Relaxed);
                 self.status.keys.store(self.mirror.len() as u64, Ordering::Relaxed);
+                self.status.applied.send_replace(self.mirror.revision());
                 if !changes.is_empty() {
                     let _ = events.send(SyncEvent::Changes(changes)).await;
                 }
@@ -297,6 +316,7 @@ impl SyncClient {
         self.status.keys.store(keys as u64, Ordering::Relaxed);
         metrics::gauge!("felix_sync_in_sync").set(1.0);
         metrics::gauge!("felix_sync_keys").set(keys as f64);
+        self.status.applied.send_replace(self.mirror.revision());
         let event = SyncEvent::InSync { revision: self.mirror.revision(), digest: self.mirror.digest(), keys };
         let _ = events.send(event).await;
     }

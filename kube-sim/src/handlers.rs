@@ -26,20 +26,39 @@ use crate::store::{Store, WriteScope};
 use crate::watch::{WatchRequest, watch_start, watch_stream};
 
 /// Routes a parsed resource request to its verb.
-pub async fn dispatch(app: &App, method: Method, path: &ResourcePath, q: &HashMap<String, String>, content_type: &str, body: Bytes) -> Response {
+pub async fn dispatch(
+    app: &App,
+    method: Method,
+    path: &ResourcePath,
+    q: &HashMap<String, String>,
+    content_type: &str,
+    body: Bytes,
+) -> Response {
     if method != Method::GET {
         Metrics::add(&app.metrics.write_requests, 1);
     }
     let result = match (&method, &path.name) {
         (&Method::GET, None) if is_true(q.get("watch")) => return watch(app, path, q),
         (&Method::GET, None) => list(app, path, q),
-        (&Method::GET, Some(name)) => get(&app.store, path, name).map(|o| (StatusCode::OK, o.raw.clone())),
-        (&Method::POST, None) => create(&app.store, path, &body).map(|o| (StatusCode::CREATED, o.raw.clone())),
-        (&Method::PUT, Some(name)) => update(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone())),
-        (&Method::PATCH, Some(name)) => patch(&app.store, path, name, content_type, &body).map(|(c, o)| (c, o.raw.clone())),
-        (&Method::DELETE, Some(name)) => delete(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone())),
+        (&Method::GET, Some(name)) => {
+            get(&app.store, path, name).map(|o| (StatusCode::OK, o.raw.clone()))
+        }
+        (&Method::POST, None) => {
+            create(&app.store, path, &body).map(|o| (StatusCode::CREATED, o.raw.clone()))
+        }
+        (&Method::PUT, Some(name)) => {
+            update(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone()))
+        }
+        (&Method::PATCH, Some(name)) => {
+            patch(&app.store, path, name, content_type, &body).map(|(c, o)| (c, o.raw.clone()))
+        }
+        (&Method::DELETE, Some(name)) => {
+            delete(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone()))
+        }
         (&Method::DELETE, None) => delete_collection(app, path, q),
-        _ => Err(ApiError::MethodNotAllowed(format!("{method} is not supported on this path"))),
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not supported on this path"
+        ))),
     };
     match result {
         Ok((code, bytes)) => json_response(&app.metrics, code, bytes),
@@ -52,7 +71,8 @@ fn is_true(v: Option<&String>) -> bool {
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn filter(path: &ResourcePath, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
@@ -71,14 +91,21 @@ fn get(store: &Store, path: &ResourcePath, name: &str) -> Result<Arc<StoredObjec
 
 fn list_options(path: &ResourcePath, q: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     let limit = match q.get("limit") {
-        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("invalid limit: {l}")))?),
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid limit: {l}")))?,
+        ),
         None => None,
     };
     let version_match = match q.get("resourceVersionMatch").map(String::as_str) {
         None | Some("") => VersionMatch::Unset,
         Some("NotOlderThan") => VersionMatch::NotOlderThan,
         Some("Exact") => VersionMatch::Exact,
-        Some(other) => return Err(ApiError::BadRequest(format!("unsupported resourceVersionMatch: {other}"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unsupported resourceVersionMatch: {other}"
+            )));
+        }
     };
     Ok(ListOptions {
         filter: filter(path, q)?,
@@ -89,7 +116,11 @@ fn list_options(path: &ResourcePath, q: &HashMap<String, String>) -> Result<List
     })
 }
 
-fn list(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Result<(StatusCode, Bytes), ApiError> {
+fn list(
+    app: &App,
+    path: &ResourcePath,
+    q: &HashMap<String, String>,
+) -> Result<(StatusCode, Bytes), ApiError> {
     Metrics::add(&app.metrics.list_requests, 1);
     let opts = list_options(path, q)?;
     if opts.continue_token.is_some() {
@@ -123,20 +154,34 @@ fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Respons
     let req = (|| {
         let bookmarks = is_true(q.get("allowWatchBookmarks"));
         let send_initial = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");
-        let start = watch_start(&app.store, q.get("resourceVersion").map(String::as_str), send_initial, bookmarks)?;
+        let start = watch_start(
+            &app.store,
+            q.get("resourceVersion").map(String::as_str),
+            send_initial,
+            bookmarks,
+        )?;
         let timeout = match q.get("timeoutSeconds") {
-            Some(t) => Some(Duration::from_secs(
-                t.parse().map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds: {t}")))?,
-            )),
+            Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::BadRequest(format!("invalid timeoutSeconds: {t}"))
+            })?)),
             None => None,
         };
-        Ok::<_, ApiError>(WatchRequest { rid: path.rid, rtype: path.rtype.clone(), filter: filter(path, q)?, start, bookmarks, timeout })
+        Ok::<_, ApiError>(WatchRequest {
+            rid: path.rid,
+            rtype: path.rtype.clone(),
+            filter: filter(path, q)?,
+            start,
+            bookmarks,
+            timeout,
+        })
     })();
     match req {
         Ok(req) => {
             let mut resp = Response::new(Body::from_stream(watch_stream(app.watch.clone(), req)));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Err(e) => error_response(&app.metrics, &e),
@@ -145,21 +190,44 @@ fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Respons
 
 fn create(store: &Store, path: &ResourcePath, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
     if path.status {
-        return Err(ApiError::MethodNotAllowed("create is not supported on the status subresource".into()));
+        return Err(ApiError::MethodNotAllowed(
+            "create is not supported on the status subresource".into(),
+        ));
     }
     store.create(path.rid, path.namespace.as_deref(), parse_body(body)?)
 }
 
 fn scope(path: &ResourcePath) -> WriteScope {
-    if path.status { WriteScope::Status } else { WriteScope::Main }
+    if path.status {
+        WriteScope::Status
+    } else {
+        WriteScope::Main
+    }
 }
 
-fn update(store: &Store, path: &ResourcePath, name: &str, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
+fn update(
+    store: &Store,
+    path: &ResourcePath,
+    name: &str,
+    body: &[u8],
+) -> Result<Arc<StoredObject>, ApiError> {
     let obj = parse_body(body)?;
-    store.update(path.rid, path.namespace.as_deref().unwrap_or(""), name, obj, scope(path))
+    store.update(
+        path.rid,
+        path.namespace.as_deref().unwrap_or(""),
+        name,
+        obj,
+        scope(path),
+    )
 }
 
-fn patch(store: &Store, path: &ResourcePath, name: &str, content_type: &str, body: &[u8]) -> Result<(StatusCode, Arc<StoredObject>), ApiError> {
+fn patch(
+    store: &Store,
+    path: &ResourcePath,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(StatusCode, Arc<StoredObject>), ApiError> {
     let ns = path.namespace.as_deref().unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     match mime {
@@ -167,41 +235,74 @@ fn patch(store: &Store, path: &ResourcePath, name: &str, content_type: &str, bod
             let p = parse_body(body)?;
             let strategic = mime.starts_with("application/strategic");
             let f = move |mut cur: Value| {
-                if strategic { strategic_merge_patch(&mut cur, &p) } else { merge_patch(&mut cur, &p) }
+                if strategic {
+                    strategic_merge_patch(&mut cur, &p)
+                } else {
+                    merge_patch(&mut cur, &p)
+                }
                 Ok(cur)
             };
-            store.modify(path.rid, ns, name, f, scope(path)).map(|o| (StatusCode::OK, o))
+            store
+                .modify(path.rid, ns, name, f, scope(path))
+                .map(|o| (StatusCode::OK, o))
         }
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             let applied: Value = serde_yaml::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid apply configuration: {e}")))?;
             if store.get(path.rid, ns, name).is_none() && !path.status {
                 let mut obj = applied;
-                crate::object::metadata_mut(&mut obj).insert("name".into(), Value::String(name.to_string()));
-                return store.create(path.rid, path.namespace.as_deref(), obj).map(|o| (StatusCode::CREATED, o));
+                crate::object::metadata_mut(&mut obj)
+                    .insert("name".into(), Value::String(name.to_string()));
+                return store
+                    .create(path.rid, path.namespace.as_deref(), obj)
+                    .map(|o| (StatusCode::CREATED, o));
             }
             let f = move |mut cur: Value| {
                 merge_patch(&mut cur, &applied);
                 Ok(cur)
             };
-            store.modify(path.rid, ns, name, f, scope(path)).map(|o| (StatusCode::OK, o))
+            store
+                .modify(path.rid, ns, name, f, scope(path))
+                .map(|o| (StatusCode::OK, o))
         }
-        "application/json-patch+json" => Err(ApiError::UnsupportedMediaType("JSON patch (RFC 6902) is not supported by kube-sim".into())),
-        other => Err(ApiError::UnsupportedMediaType(format!("the body of the request was in an unknown format: {other}"))),
+        "application/json-patch+json" => Err(ApiError::UnsupportedMediaType(
+            "JSON patch (RFC 6902) is not supported by kube-sim".into(),
+        )),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format: {other}"
+        ))),
     }
 }
 
-fn delete(store: &Store, path: &ResourcePath, name: &str, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
+fn delete(
+    store: &Store,
+    path: &ResourcePath,
+    name: &str,
+    body: &[u8],
+) -> Result<Arc<StoredObject>, ApiError> {
     if path.status {
-        return Err(ApiError::MethodNotAllowed("delete is not supported on the status subresource".into()));
+        return Err(ApiError::MethodNotAllowed(
+            "delete is not supported on the status subresource".into(),
+        ));
     }
-    let opts: Option<Value> = if body.is_empty() { None } else { Some(parse_body(body)?) };
+    let opts: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        Some(parse_body(body)?)
+    };
     let pre = opts.as_ref().and_then(|o| o.get("preconditions"));
     store.delete(path.rid, path.namespace.as_deref().unwrap_or(""), name, pre)
 }
 
-fn delete_collection(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Result<(StatusCode, Bytes), ApiError> {
-    let opts = ListOptions { filter: filter(path, q)?, ..Default::default() };
+fn delete_collection(
+    app: &App,
+    path: &ResourcePath,
+    q: &HashMap<String, String>,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    let opts = ListOptions {
+        filter: filter(path, q)?,
+        ..Default::default()
+    };
     let page = app.store.list(path.rid, &opts)?;
     for o in &page.items {
         match app.store.delete(path.rid, &o.namespace, &o.name, None) {

@@ -18,6 +18,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers;
 use crate::metrics::Metrics;
+use crate::openapi;
 use crate::resources::{ResourceId, ResourceType};
 use crate::store::Store;
 use crate::watch::WatchContext;
@@ -58,14 +59,20 @@ pub fn json_response(metrics: &Metrics, code: StatusCode, body: Bytes) -> Respon
     Metrics::add(&metrics.response_bytes, body.len() as u64);
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A JSON value response.
 pub fn value_response(metrics: &Metrics, code: StatusCode, v: &Value) -> Response {
-    json_response(metrics, code, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+    json_response(
+        metrics,
+        code,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
 }
 
 /// An error as a Status response.
@@ -99,13 +106,28 @@ async fn handle(
         ["apis"] => Some(discovery::group_list(&reg())),
         ["apis", g] => discovery::group(&reg(), g),
         ["apis", g, v] => discovery::resource_list(&reg(), g, v),
+        ["openapi", "v3"] => Some(openapi::root(&reg())),
+        ["openapi", "v3", "api", v] => openapi::group_version(&reg(), "", v),
+        ["openapi", "v3", "apis", g, v] => openapi::group_version(&reg(), g, v),
         _ => None,
     };
-    let is_discovery = matches!(segs.as_slice(), ["version"] | ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _]);
+    let is_discovery = matches!(
+        segs.as_slice(),
+        ["version"]
+            | ["api"]
+            | ["api", _]
+            | ["apis"]
+            | ["apis", _]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    );
     if is_discovery {
         return match doc {
             Some(d) if method == Method::GET => value_response(&app.metrics, StatusCode::OK, &d),
-            Some(_) => error_response(&app.metrics, &ApiError::MethodNotAllowed("only GET is allowed".into())),
+            Some(_) => error_response(
+                &app.metrics,
+                &ApiError::MethodNotAllowed("only GET is allowed".into()),
+            ),
             None => error_response(&app.metrics, &not_found()),
         };
     }
@@ -140,7 +162,9 @@ fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, Api
         [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
         _ => return Err(not_found()),
     };
-    let (rid, rtype) = store.resolve_path(group, version, plural).ok_or_else(not_found)?;
+    let (rid, rtype) = store
+        .resolve_path(group, version, plural)
+        .ok_or_else(not_found)?;
     if namespace.is_some() && !rtype.namespaced {
         return Err(not_found());
     }
@@ -152,5 +176,11 @@ fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, Api
         Some("status") if rtype.status_subresource => true,
         Some(_) => return Err(not_found()),
     };
-    Ok(ResourcePath { rid, rtype, namespace, name, status })
+    Ok(ResourcePath {
+        rid,
+        rtype,
+        namespace,
+        name,
+        status,
+    })
 }

@@ -3,7 +3,7 @@
 //! It speaks enough of the real API (discovery, CRUD, merge/strategic/apply patches, the
 //! status subresource, paginated LIST, WATCH with bookmarks and streaming lists, 410
 //! expiry) that unmodified `kubectl` and the `kube` crate use it as a cluster. It is not
-//! a production API server: no auth, no admission, no OpenAPI, no protobuf, simplified
+//! a production API server: no auth, no admission, no OpenAPI schemas, no protobuf, simplified
 //! server-side apply. Start it in-process with [`KubeSim::start`] (binds 127.0.0.1:0 by
 //! default), or run the `kube-sim` binary.
 
@@ -15,11 +15,14 @@ pub mod http;
 pub mod list;
 pub mod metrics;
 pub mod object;
+pub mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod seed;
 pub mod selectors;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -92,10 +95,14 @@ impl KubeSim {
     pub async fn start_with_store(config: Config, store: Arc<Store>) -> Result<Self, StartError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let app = http::App {
@@ -110,13 +117,20 @@ impl KubeSim {
         };
         let token = shutdown.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, http::router(app)).with_graceful_shutdown(token.cancelled_owned());
+            let serve = axum::serve(listener, http::router(app))
+                .with_graceful_shutdown(token.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "kube-sim server stopped with an error");
             }
         });
         tracing::info!(%addr, "kube-sim listening");
-        Ok(KubeSim { addr, store, metrics, shutdown, server: Some(server) })
+        Ok(KubeSim {
+            addr,
+            store,
+            metrics,
+            shutdown,
+            server: Some(server),
+        })
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -43,7 +43,9 @@ pub struct Filter {
 impl Filter {
     /// Whether `obj` is selected.
     pub fn matches(&self, obj: &StoredObject) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| ns == obj.namespace)
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| ns == obj.namespace)
             && self.labels.matches(&obj.labels)
             && self.fields.matches(|p| obj.field(p))
     }
@@ -80,7 +82,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..s.len())
@@ -111,7 +113,11 @@ fn parse_rv(s: &str) -> Result<u64, ApiError> {
 }
 
 /// For keys of `rid` changed after `rv`: their value at `rv` (None = absent then).
-fn undo_overlay(st: &State, rid: ResourceId, rv: u64) -> BTreeMap<ObjectKey, Option<Arc<StoredObject>>> {
+fn undo_overlay(
+    st: &State,
+    rid: ResourceId,
+    rv: u64,
+) -> BTreeMap<ObjectKey, Option<Arc<StoredObject>>> {
     let start = st.history.partition_point(|e| e.rv <= rv);
     let mut overlay = BTreeMap::new();
     for e in st.history.range(start..).filter(|e| e.obj.resource == rid) {
@@ -138,10 +144,17 @@ impl Store {
             }
             None => (snapshot_rv(&st, opts)?, None),
         };
-        let overlay = if snapshot < st.rv { undo_overlay(&st, rid, snapshot) } else { BTreeMap::new() };
+        let overlay = if snapshot < st.rv {
+            undo_overlay(&st, rid, snapshot)
+        } else {
+            BTreeMap::new()
+        };
         let lower = match &after {
             Some(k) => Bound::Excluded(k.clone()),
-            None => Bound::Included((opts.filter.namespace.clone().unwrap_or_default(), String::new())),
+            None => Bound::Included((
+                opts.filter.namespace.clone().unwrap_or_default(),
+                String::new(),
+            )),
         };
         let empty = BTreeMap::new();
         let current = st.objects.get(&rid).unwrap_or(&empty);
@@ -153,21 +166,33 @@ impl Store {
             .range((lower, Bound::Unbounded))
             .filter_map(|(k, o)| o.clone().map(|o| (k, o)));
         let in_ns = |k: &ObjectKey| opts.filter.namespace.as_deref().is_none_or(|ns| k.0 == ns);
-        let mut merged = MergeByKey { a: cur.peekable(), b: old.peekable() }
-            .take_while(|(k, _)| in_ns(k))
-            .filter(|(_, o)| opts.filter.matches(o));
+        let mut merged = MergeByKey {
+            a: cur.peekable(),
+            b: old.peekable(),
+        }
+        .take_while(|(k, _)| in_ns(k))
+        .filter(|(_, o)| opts.filter.matches(o));
         let limit = opts.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let items: Vec<Arc<StoredObject>> = merged.by_ref().take(limit).map(|(_, o)| o).collect();
         let continue_token = match (items.last(), merged.next()) {
             (Some(last), Some(_)) => Some(encode_continue(snapshot, &last.key())),
             _ => None,
         };
-        Ok(ListPage { items, resource_version: snapshot, continue_token })
+        Ok(ListPage {
+            items,
+            resource_version: snapshot,
+            continue_token,
+        })
     }
 
     /// Events after `pos` that pass `keep` (at most `max`), and the rv scanned up to.
     /// 410 if `pos` is older than the retained history.
-    pub fn events_after(&self, pos: u64, max: usize, keep: impl Fn(&Event) -> bool) -> Result<(Vec<Event>, u64), ApiError> {
+    pub fn events_after(
+        &self,
+        pos: u64,
+        max: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<(Vec<Event>, u64), ApiError> {
         let st = self.state.read();
         if pos < st.compacted {
             return Err(ApiError::expired(pos));

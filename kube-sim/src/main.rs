@@ -48,7 +48,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     if args.bookmark_secs == 0 {
@@ -83,7 +85,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let sim = KubeSim::start_with_store(config, store).await?;
     println!("kube-sim serving on {}", sim.url());
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
     sim.shutdown().await;
     Ok(())
 }

@@ -113,7 +113,14 @@ pub fn new_uid() -> String {
     let b: u128 = rand::random::<u128>() & !(0xf000u128 << 64) & !(0xc000u128 << 48);
     let b = b | (0x4000u128 << 64) | (0x8000u128 << 48);
     let h = format!("{b:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// `prefix` plus five random characters, as the API server expands `generateName`.
@@ -155,7 +162,9 @@ pub fn spec_part(v: &Value) -> Map<String, Value> {
     v.as_object()
         .map(|o| {
             o.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -167,8 +176,12 @@ pub fn metadata_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
     }
-    let Value::Object(obj) = v else { unreachable!("made an object above") };
-    let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(obj) = v else {
+        unreachable!("made an object above")
+    };
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -179,6 +192,7 @@ pub fn metadata_mut(v: &mut Value) -> &mut Map<String, Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

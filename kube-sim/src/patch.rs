@@ -31,7 +31,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// The merge key of a list-valued field, for the list fields kubectl patches in practice.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "readinessGates" => "name",
         "ports" => "containerPort",
         "volumeMounts" => "mountPath",
@@ -115,7 +120,10 @@ fn merge_list(field: &str, cur: &mut Vec<Value>, patch: &[Value]) {
         *cur = patch.iter().cloned().map(strip_directives).collect();
         return;
     };
-    if patch.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if patch
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         *cur = patch
             .iter()
             .filter(|i| i.get("$patch").is_none())
@@ -154,6 +162,7 @@ fn strip_directives(v: Value) -> Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -161,8 +170,14 @@ mod tests {
     #[test]
     fn merge_patch_rfc7386() {
         let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}));
-        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}));
+        merge_patch(
+            &mut t,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            t,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
     }
 
     #[test]
@@ -175,9 +190,12 @@ mod tests {
             "containers": [{"name": "a", "image": "a:2"}, {"name": "b", "$patch": "delete"},
                            {"name": "c", "image": "c:1"}]}});
         strategic_merge_patch(&mut t, &p);
-        assert_eq!(t, json!({"spec": {"containers": [
+        assert_eq!(
+            t,
+            json!({"spec": {"containers": [
             {"name": "a", "image": "a:2", "ports": [{"containerPort": 80}]},
-            {"name": "c", "image": "c:1"}]}}));
+            {"name": "c", "image": "c:1"}]}})
+        );
     }
 
     #[test]
@@ -188,14 +206,20 @@ mod tests {
                                     "$deleteFromPrimitiveList/finalizers": ["x"]},
                        "spec": {"tolerations": [{"key": "z"}], "$retainKeys": ["tolerations"]}});
         strategic_merge_patch(&mut t, &p);
-        assert_eq!(t, json!({"metadata": {"labels": {"b": "2", "c": "3"}, "finalizers": ["y"]},
-                             "spec": {"tolerations": [{"key": "z"}]}}));
+        assert_eq!(
+            t,
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}, "finalizers": ["y"]},
+                             "spec": {"tolerations": [{"key": "z"}]}})
+        );
     }
 
     #[test]
     fn strategic_replace_directive() {
         let mut t = json!({"spec": {"selector": {"a": "1", "b": "2"}}});
-        strategic_merge_patch(&mut t, &json!({"spec": {"selector": {"$patch": "replace", "c": "3"}}}));
+        strategic_merge_patch(
+            &mut t,
+            &json!({"spec": {"selector": {"$patch": "replace", "c": "3"}}}),
+        );
         assert_eq!(t, json!({"spec": {"selector": {"c": "3"}}}));
     }
 }

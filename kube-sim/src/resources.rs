@@ -54,29 +54,117 @@ impl ResourceType {
 }
 
 /// (group, version, plural, kind, namespaced, short names, status subresource)
-type Builtin = (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str], bool);
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static [&'static str],
+    bool,
+);
 
 /// Kinds a real cluster always serves.
 pub const BUILTINS: &[Builtin] = &[
     ("", "v1", "pods", "Pod", true, &["po"], true),
     ("", "v1", "namespaces", "Namespace", false, &["ns"], true),
-    ("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+    (
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+    ),
     ("", "v1", "nodes", "Node", false, &["no"], true),
     ("", "v1", "services", "Service", true, &["svc"], true),
     ("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
     ("", "v1", "secrets", "Secret", true, &[], false),
     ("", "v1", "endpoints", "Endpoints", true, &["ep"], false),
     ("", "v1", "events", "Event", true, &["ev"], false),
-    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, &["netpol"], false),
-    ("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
+    (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+        false,
+    ),
+    (
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+    ),
     ("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
-    ("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false),
-    ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false),
-    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false),
-    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true),
-    ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true, &[], false),
-    ("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        true,
+        &[],
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        &[],
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        false,
+    ),
+    (
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        true,
+    ),
+    (
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "EndpointSlice",
+        true,
+        &[],
+        false,
+    ),
+    (
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        &[],
+        false,
+    ),
     (
         "apiextensions.k8s.io",
         "v1",
@@ -93,14 +181,70 @@ pub const CALICO_GROUP: &str = "crd.projectcalico.org";
 
 /// Calico's CRD kinds (group `crd.projectcalico.org`, version `v1`).
 pub const CALICO: &[Builtin] = &[
-    (CALICO_GROUP, "v1", "globalnetworkpolicies", "GlobalNetworkPolicy", false, &["gnp"], false),
-    (CALICO_GROUP, "v1", "networkpolicies", "NetworkPolicy", true, &["cnp"], false),
-    (CALICO_GROUP, "v1", "globalnetworksets", "GlobalNetworkSet", false, &[], false),
-    (CALICO_GROUP, "v1", "networksets", "NetworkSet", true, &[], false),
-    (CALICO_GROUP, "v1", "hostendpoints", "HostEndpoint", false, &["hep"], false),
+    (
+        CALICO_GROUP,
+        "v1",
+        "globalnetworkpolicies",
+        "GlobalNetworkPolicy",
+        false,
+        &["gnp"],
+        false,
+    ),
+    (
+        CALICO_GROUP,
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        &["cnp"],
+        false,
+    ),
+    (
+        CALICO_GROUP,
+        "v1",
+        "globalnetworksets",
+        "GlobalNetworkSet",
+        false,
+        &[],
+        false,
+    ),
+    (
+        CALICO_GROUP,
+        "v1",
+        "networksets",
+        "NetworkSet",
+        true,
+        &[],
+        false,
+    ),
+    (
+        CALICO_GROUP,
+        "v1",
+        "hostendpoints",
+        "HostEndpoint",
+        false,
+        &["hep"],
+        false,
+    ),
     (CALICO_GROUP, "v1", "ippools", "IPPool", false, &[], false),
-    (CALICO_GROUP, "v1", "felixconfigurations", "FelixConfiguration", false, &[], false),
-    (CALICO_GROUP, "v1", "clusterinformations", "ClusterInformation", false, &[], false),
+    (
+        CALICO_GROUP,
+        "v1",
+        "felixconfigurations",
+        "FelixConfiguration",
+        false,
+        &[],
+        false,
+    ),
+    (
+        CALICO_GROUP,
+        "v1",
+        "clusterinformations",
+        "ClusterInformation",
+        false,
+        &[],
+        false,
+    ),
 ];
 
 /// All resource types known to the server, served or not.
@@ -139,13 +283,18 @@ impl Registry {
 
     /// All types with their ids, served or not.
     pub fn iter(&self) -> impl Iterator<Item = (ResourceId, &ResourceType)> {
-        self.types.iter().enumerate().map(|(i, t)| (ResourceId(i as u32), t))
+        self.types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (ResourceId(i as u32), t))
     }
 
     /// The served type at `group/version/plural`.
     pub fn by_path(&self, group: &str, version: &str, plural: &str) -> Option<ResourceId> {
         self.iter()
-            .find(|(_, t)| t.served && t.group == group && t.version == version && t.plural == plural)
+            .find(|(_, t)| {
+                t.served && t.group == group && t.version == version && t.plural == plural
+            })
             .map(|(id, _)| id)
     }
 
@@ -187,9 +336,15 @@ impl Registry {
     /// Served API groups (core excluded) with their served versions, in registry order.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for t in self.types.iter().filter(|t| t.served && !t.group.is_empty()) {
+        for t in self
+            .types
+            .iter()
+            .filter(|t| t.served && !t.group.is_empty())
+        {
             match out.iter_mut().find(|(g, _)| *g == t.group) {
-                Some((_, versions)) if !versions.contains(&t.version) => versions.push(t.version.clone()),
+                Some((_, versions)) if !versions.contains(&t.version) => {
+                    versions.push(t.version.clone())
+                }
                 Some(_) => {}
                 None => out.push((t.group.clone(), vec![t.version.clone()])),
             }
@@ -230,7 +385,11 @@ pub fn from_crd(crd: &serde_json::Value) -> Option<ResourceType> {
         short_names: names
             .get("shortNames")
             .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default(),
         status_subresource: version.pointer("/subresources/status").is_some(),
         served: true,
@@ -238,6 +397,7 @@ pub fn from_crd(crd: &serde_json::Value) -> Option<ResourceType> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -36,7 +36,13 @@ pub struct SeedConfig {
 
 impl Default for SeedConfig {
     fn default() -> Self {
-        SeedConfig { nodes: 3, pods_per_node: 5, namespaces: 2, policies_per_namespace: 1, host_network_every: 10 }
+        SeedConfig {
+            nodes: 3,
+            pods_per_node: 5,
+            namespaces: 2,
+            policies_per_namespace: 1,
+            host_network_every: 10,
+        }
     }
 }
 
@@ -78,14 +84,17 @@ pub fn node_name(i: usize) -> String {
 }
 
 fn hash_hex(a: usize, b: usize) -> String {
-    let h = (a as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (b as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let h = (a as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (b as u64 + 1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     format!("{:010x}", h & 0xff_ffff_ffff)
 }
 
 /// Creates the synthetic cluster in `store` (which should not already hold these names).
 pub fn seed(store: &Store, cfg: &SeedConfig) -> Result<SeedStats, SeedError> {
     if cfg.nodes > 65_536 || cfg.pods_per_node > 250 {
-        return Err(SeedError::Config("at most 65536 nodes and 250 pods per node".into()));
+        return Err(SeedError::Config(
+            "at most 65536 nodes and 250 pods per node".into(),
+        ));
     }
     if cfg.namespaces == 0 && cfg.nodes * cfg.pods_per_node > 0 {
         return Err(SeedError::Config("pods need at least one namespace".into()));
@@ -97,7 +106,10 @@ pub fn seed(store: &Store, cfg: &SeedConfig) -> Result<SeedStats, SeedError> {
         objects += 1;
         Ok(())
     };
-    if store.resolve_kind(&format!("{CALICO_GROUP}/v1"), "IPPool").is_ok() {
+    if store
+        .resolve_kind(&format!("{CALICO_GROUP}/v1"), "IPPool")
+        .is_ok()
+    {
         for v in calico_defaults() {
             put(v)?;
         }
@@ -113,12 +125,17 @@ pub fn seed(store: &Store, cfg: &SeedConfig) -> Result<SeedStats, SeedError> {
     let mut pods = 0;
     for i in 0..cfg.nodes {
         for k in 0..cfg.pods_per_node {
-            let host = cfg.host_network_every > 0 && k % cfg.host_network_every == cfg.host_network_every - 1;
+            let host = cfg.host_network_every > 0
+                && k % cfg.host_network_every == cfg.host_network_every - 1;
             put(pod(cfg, i, k, host))?;
             pods += 1;
         }
     }
-    Ok(SeedStats { objects, pods, elapsed: start.elapsed() })
+    Ok(SeedStats {
+        objects,
+        pods,
+        elapsed: start.elapsed(),
+    })
 }
 
 fn node(i: usize) -> Value {
@@ -142,7 +159,7 @@ fn namespace_objects(n: usize, policies: usize) -> Vec<Value> {
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": ns, "labels": {
             "kubernetes.io/metadata.name": ns, "team": format!("team-{}", n % 5),
-            "env": if n % 2 == 0 { "prod" } else { "dev" }}},
+            "env": if n.is_multiple_of(2) { "prod" } else { "dev" }}},
     })];
     out.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}));
     for a in 0..APPS {
@@ -175,7 +192,11 @@ fn pod(cfg: &SeedConfig, i: usize, k: usize, host_network: bool) -> Value {
     let a = (g / cfg.namespaces) % APPS;
     let app = format!("app-{a}");
     let hash = hash_hex(n, a);
-    let ip = if host_network { node_ip(i) } else { format!("10.{}.{}.{}", i / 256, i % 256, k + 2) };
+    let ip = if host_network {
+        node_ip(i)
+    } else {
+        format!("10.{}.{}.{}", i / 256, i % 256, k + 2)
+    };
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
@@ -215,30 +236,66 @@ fn calico_defaults() -> Vec<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn small_seed_is_consistent() {
         let store = Store::new(100, true);
-        let cfg = SeedConfig { nodes: 4, pods_per_node: 10, namespaces: 3, policies_per_namespace: 2, host_network_every: 5 };
+        let cfg = SeedConfig {
+            nodes: 4,
+            pods_per_node: 10,
+            namespaces: 3,
+            policies_per_namespace: 2,
+            host_network_every: 5,
+        };
         let stats = seed(&store, &cfg).unwrap();
         assert_eq!(stats.pods, 40);
         let pods = store.list_objects("v1", "Pod");
         assert_eq!(pods.len(), 40);
         for p in &pods {
-            let node: usize = p["spec"]["nodeName"].as_str().unwrap()[5..].parse().unwrap();
+            let node: usize = p["spec"]["nodeName"].as_str().unwrap()[5..]
+                .parse()
+                .unwrap();
             let ip = p["status"]["podIP"].as_str().unwrap();
             if p["spec"]["hostNetwork"] == true {
                 assert_eq!(ip, node_ip(node));
             } else {
-                assert!(ip.starts_with(&format!("10.{}.{}.", node / 256, node % 256)), "{ip}");
+                assert!(
+                    ip.starts_with(&format!("10.{}.{}.", node / 256, node % 256)),
+                    "{ip}"
+                );
             }
         }
-        assert_eq!(pods.iter().filter(|p| p["spec"]["hostNetwork"] == true).count(), 8);
-        assert_eq!(store.list_objects("networking.k8s.io/v1", "NetworkPolicy").len(), 6);
+        assert_eq!(
+            pods.iter()
+                .filter(|p| p["spec"]["hostNetwork"] == true)
+                .count(),
+            8
+        );
+        assert_eq!(
+            store
+                .list_objects("networking.k8s.io/v1", "NetworkPolicy")
+                .len(),
+            6
+        );
         assert_eq!(store.list_objects("v1", "Node").len(), 4);
-        assert_eq!(store.list_objects("crd.projectcalico.org/v1", "ClusterInformation").len(), 1);
-        assert!(seed(&store, &SeedConfig { pods_per_node: 251, ..cfg }).is_err());
+        assert_eq!(
+            store
+                .list_objects("crd.projectcalico.org/v1", "ClusterInformation")
+                .len(),
+            1
+        );
+        assert!(
+            seed(
+                &store,
+                &SeedConfig {
+                    pods_per_node: 251,
+                    ..cfg
+                }
+            )
+            .is_err()
+        );
     }
 }

@@ -54,7 +54,9 @@ fn split_top_level(s: &str) -> Vec<&str> {
 }
 
 fn bad(sel: &str) -> ApiError {
-    ApiError::BadRequest(format!("unable to parse requirement: invalid selector: '{sel}'"))
+    ApiError::BadRequest(format!(
+        "unable to parse requirement: invalid selector: '{sel}'"
+    ))
 }
 
 fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, ApiError> {
@@ -72,8 +74,7 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, ApiError> {
 
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
@@ -81,13 +82,23 @@ fn parse_requirement(part: &str) -> Result<LabelRequirement, ApiError> {
     let p = part.trim();
     if let Some(key) = p.strip_prefix('!') {
         let key = key.trim();
-        return if valid_key(key) { Ok(LabelRequirement::DoesNotExist(key.to_string())) } else { Err(bad(p)) };
+        return if valid_key(key) {
+            Ok(LabelRequirement::DoesNotExist(key.to_string()))
+        } else {
+            Err(bad(p))
+        };
     }
     if let Some((k, v)) = p.split_once("!=") {
-        return Ok(LabelRequirement::NotEquals(k.trim().to_string(), v.trim().to_string()));
+        return Ok(LabelRequirement::NotEquals(
+            k.trim().to_string(),
+            v.trim().to_string(),
+        ));
     }
     if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
-        return Ok(LabelRequirement::Equals(k.trim().to_string(), v.trim().to_string()));
+        return Ok(LabelRequirement::Equals(
+            k.trim().to_string(),
+            v.trim().to_string(),
+        ));
     }
     if let Some(idx) = p.find(" notin ").or_else(|| p.find(" notin(")) {
         let set = parse_set(&p[idx + 6..], p)?;
@@ -97,7 +108,11 @@ fn parse_requirement(part: &str) -> Result<LabelRequirement, ApiError> {
         let set = parse_set(&p[idx + 3..], p)?;
         return Ok(LabelRequirement::In(p[..idx].trim().to_string(), set));
     }
-    if valid_key(p) { Ok(LabelRequirement::Exists(p.to_string())) } else { Err(bad(p)) }
+    if valid_key(p) {
+        Ok(LabelRequirement::Exists(p.to_string()))
+    } else {
+        Err(bad(p))
+    }
 }
 
 impl LabelSelector {
@@ -157,7 +172,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (k, v, true)
             } else {
-                return Err(ApiError::BadRequest(format!("invalid field selector: '{part}'")));
+                return Err(ApiError::BadRequest(format!(
+                    "invalid field selector: '{part}'"
+                )));
             };
             requirements.push(FieldRequirement {
                 path: path.trim().to_string(),
@@ -196,11 +213,15 @@ pub fn json_field(obj: &serde_json::Value, path: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -244,8 +265,16 @@ mod tests {
         let obj = serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}});
         let f = |p: &str| json_field(&obj, p);
         assert!(FieldSelector::parse("spec.nodeName=n1").unwrap().matches(f));
-        assert!(FieldSelector::parse("spec.nodeName==n1,metadata.name=p").unwrap().matches(f));
-        assert!(!FieldSelector::parse("spec.nodeName!=n1").unwrap().matches(f));
+        assert!(
+            FieldSelector::parse("spec.nodeName==n1,metadata.name=p")
+                .unwrap()
+                .matches(f)
+        );
+        assert!(
+            !FieldSelector::parse("spec.nodeName!=n1")
+                .unwrap()
+                .matches(f)
+        );
         assert!(FieldSelector::parse("spec.missing=").unwrap().matches(f));
         assert!(FieldSelector::parse("nonsense").is_err());
     }

@@ -19,7 +19,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
-use crate::object::{ObjectKey, StoredObject, generate_name, metadata_mut, new_uid, now_rfc3339, spec_part, validate_name};
+use crate::object::{
+    ObjectKey, StoredObject, generate_name, metadata_mut, new_uid, now_rfc3339, spec_part,
+    validate_name,
+};
 use crate::resources::{Registry, ResourceId, ResourceType, from_crd};
 
 /// What happened to an object.
@@ -112,20 +115,31 @@ impl Store {
     }
 
     /// The served type at group/version/plural.
-    pub fn resolve_path(&self, group: &str, version: &str, plural: &str) -> Option<(ResourceId, ResourceType)> {
+    pub fn resolve_path(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<(ResourceId, ResourceType)> {
         let st = self.state.read();
         let id = st.registry.by_path(group, version, plural)?;
         st.registry.get(id).map(|t| (id, t.clone()))
     }
 
     /// The served type of an object (from its apiVersion and kind).
-    pub fn resolve_kind(&self, api_version: &str, kind: &str) -> Result<(ResourceId, ResourceType), ApiError> {
+    pub fn resolve_kind(
+        &self,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<(ResourceId, ResourceType), ApiError> {
         let st = self.state.read();
         st.registry
             .by_kind(api_version, kind)
             .and_then(|id| st.registry.get(id).map(|t| (id, t.clone())))
             .ok_or_else(|| {
-                ApiError::NotFound(format!("the server could not find the requested resource ({api_version}, Kind={kind})"))
+                ApiError::NotFound(format!(
+                    "the server could not find the requested resource ({api_version}, Kind={kind})"
+                ))
             })
     }
 
@@ -167,17 +181,35 @@ impl Store {
     }
 
     /// Creates an object. `namespace` is the URL's namespace (None: take it from the body).
-    pub fn create(&self, rid: ResourceId, namespace: Option<&str>, mut obj: Value) -> Result<Arc<StoredObject>, ApiError> {
+    pub fn create(
+        &self,
+        rid: ResourceId,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
-        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let t = st
+            .registry
+            .get(rid)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
         let ns = prepare_create(&t, namespace, &mut obj)?;
-        let name = metadata_mut(&mut obj).get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = metadata_mut(&mut obj)
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let key = (ns, name.clone());
         if st.objects.get(&rid).is_some_and(|m| m.contains_key(&key)) {
-            return Err(ApiError::AlreadyExists(format!("{} \"{name}\" already exists", t.qualified_plural())));
+            return Err(ApiError::AlreadyExists(format!(
+                "{} \"{name}\" already exists",
+                t.qualified_plural()
+            )));
         }
         if t.kind == "CustomResourceDefinition" {
-            let crd = from_crd(&obj).ok_or_else(|| ApiError::Invalid("spec: invalid CustomResourceDefinition".into()))?;
+            let crd = from_crd(&obj).ok_or_else(|| {
+                ApiError::Invalid("spec: invalid CustomResourceDefinition".into())
+            })?;
             st.registry.register(crd);
         }
         let out = commit(&mut st, rid, EventKind::Added, obj, None);
@@ -187,7 +219,14 @@ impl Store {
     }
 
     /// Replaces an object (PUT). A non-empty `metadata.resourceVersion` must match (409).
-    pub fn update(&self, rid: ResourceId, namespace: &str, name: &str, obj: Value, scope: WriteScope) -> Result<Arc<StoredObject>, ApiError> {
+    pub fn update(
+        &self,
+        rid: ResourceId,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+        scope: WriteScope,
+    ) -> Result<Arc<StoredObject>, ApiError> {
         self.modify(rid, namespace, name, |_old| Ok(obj), scope)
     }
 
@@ -202,7 +241,11 @@ impl Store {
         scope: WriteScope,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
-        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let t = st
+            .registry
+            .get(rid)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
         let key = (namespace.to_string(), name.to_string());
         let old = st
             .objects
@@ -224,9 +267,19 @@ impl Store {
 
     /// Deletes an object, checking optional uid / resourceVersion preconditions. Deleting
     /// a namespace deletes its objects; deleting a CRD stops serving its kind.
-    pub fn delete(&self, rid: ResourceId, namespace: &str, name: &str, preconditions: Option<&Value>) -> Result<Arc<StoredObject>, ApiError> {
+    pub fn delete(
+        &self,
+        rid: ResourceId,
+        namespace: &str,
+        name: &str,
+        preconditions: Option<&Value>,
+    ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
-        let t = st.registry.get(rid).cloned().ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+        let t = st
+            .registry
+            .get(rid)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
         let key = (namespace.to_string(), name.to_string());
         let old = st
             .objects
@@ -249,9 +302,15 @@ impl Store {
 }
 
 /// Fills server-managed metadata for a create; returns the namespace ("" if cluster-scoped).
-fn prepare_create(t: &ResourceType, url_ns: Option<&str>, obj: &mut Value) -> Result<String, ApiError> {
+fn prepare_create(
+    t: &ResourceType,
+    url_ns: Option<&str>,
+    obj: &mut Value,
+) -> Result<String, ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
     let api_version = t.api_version();
     let kind = t.kind.clone();
@@ -260,7 +319,11 @@ fn prepare_create(t: &ResourceType, url_ns: Option<&str>, obj: &mut Value) -> Re
         o.insert("kind".into(), Value::String(kind));
     }
     let meta = metadata_mut(obj);
-    let body_ns = meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let body_ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let ns = if t.namespaced {
         match (url_ns, body_ns) {
             (Some(u), Some(b)) if u != b => {
@@ -279,11 +342,23 @@ fn prepare_create(t: &ResourceType, url_ns: Option<&str>, obj: &mut Value) -> Re
     if t.namespaced {
         meta.insert("namespace".into(), Value::String(ns.clone()));
     }
-    let name = match meta.get("name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    let name = match meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         Some(n) => n.to_string(),
-        None => match meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        None => match meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             Some(prefix) => generate_name(prefix),
-            None => return Err(ApiError::Invalid("metadata.name: Required value: name or generateName is required".into())),
+            None => {
+                return Err(ApiError::Invalid(
+                    "metadata.name: Required value: name or generateName is required".into(),
+                ));
+            }
         },
     };
     validate_name(&name, &t.group)?;
@@ -298,9 +373,17 @@ fn prepare_create(t: &ResourceType, url_ns: Option<&str>, obj: &mut Value) -> Re
 }
 
 /// Builds the stored form of an update from the old object and the requested one.
-fn prepare_update(t: &ResourceType, old: &StoredObject, old_value: Value, mut new: Value, scope: WriteScope) -> Result<Value, ApiError> {
+fn prepare_update(
+    t: &ResourceType,
+    old: &StoredObject,
+    old_value: Value,
+    mut new: Value,
+    scope: WriteScope,
+) -> Result<Value, ApiError> {
     if !new.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
     let meta = metadata_mut(&mut new);
     match meta.get("name").and_then(Value::as_str) {
@@ -312,7 +395,10 @@ fn prepare_update(t: &ResourceType, old: &StoredObject, old_value: Value, mut ne
         }
         _ => {}
     }
-    if let Some(rv) = meta.get("resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+    if let Some(rv) = meta
+        .get("resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
         && rv != old.rv.to_string()
     {
         return Err(ApiError::conflict(&t.qualified_plural(), &old.name));
@@ -339,7 +425,10 @@ fn prepare_update(t: &ResourceType, old: &StoredObject, old_value: Value, mut ne
         }
     };
     let old_meta = old_value.get("metadata").cloned().unwrap_or_default();
-    let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+    let generation = old_meta
+        .get("generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let bump = spec_part(&merged) != spec_part(&old_value);
     if let Value::Object(o) = &mut merged {
         o.insert("apiVersion".into(), Value::String(t.api_version()));
@@ -358,13 +447,20 @@ fn prepare_update(t: &ResourceType, old: &StoredObject, old_value: Value, mut ne
             None => meta.remove(k),
         };
     }
-    meta.insert("generation".into(), json!(if bump { generation + 1 } else { generation }));
+    meta.insert(
+        "generation".into(),
+        json!(if bump { generation + 1 } else { generation }),
+    );
     meta.insert("resourceVersion".into(), Value::String(old.rv.to_string()));
     meta.remove("managedFields");
     Ok(merged)
 }
 
-fn check_preconditions(t: &ResourceType, old: &StoredObject, pre: Option<&Value>) -> Result<(), ApiError> {
+fn check_preconditions(
+    t: &ResourceType,
+    old: &StoredObject,
+    pre: Option<&Value>,
+) -> Result<(), ApiError> {
     let Some(pre) = pre else { return Ok(()) };
     if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str)
         && rv != old.rv.to_string()
@@ -382,7 +478,12 @@ fn check_preconditions(t: &ResourceType, old: &StoredObject, pre: Option<&Value>
 }
 
 fn delete_namespace_contents(st: &mut State, ns: &str) {
-    let namespaced: Vec<ResourceId> = st.registry.iter().filter(|(_, t)| t.namespaced).map(|(id, _)| id).collect();
+    let namespaced: Vec<ResourceId> = st
+        .registry
+        .iter()
+        .filter(|(_, t)| t.namespaced)
+        .map(|(id, _)| id)
+        .collect();
     for rid in namespaced {
         let victims: Vec<Arc<StoredObject>> = match st.objects.get(&rid) {
             Some(m) => m
@@ -408,7 +509,13 @@ fn drop_crd_kind(st: &mut State, crd: &StoredObject) {
 }
 
 /// Takes the next rv, stamps it, stores (or removes) the object and records the event.
-pub(crate) fn commit(st: &mut State, rid: ResourceId, kind: EventKind, mut value: Value, prev: Option<Arc<StoredObject>>) -> Arc<StoredObject> {
+pub(crate) fn commit(
+    st: &mut State,
+    rid: ResourceId,
+    kind: EventKind,
+    mut value: Value,
+    prev: Option<Arc<StoredObject>>,
+) -> Arc<StoredObject> {
     st.rv += 1;
     let rv = st.rv;
     metadata_mut(&mut value).insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -419,7 +526,12 @@ pub(crate) fn commit(st: &mut State, rid: ResourceId, kind: EventKind, mut value
     } else {
         map.insert(obj.key(), obj.clone());
     }
-    st.history.push_back(Event { rv, kind, obj: obj.clone(), prev });
+    st.history.push_back(Event {
+        rv,
+        kind,
+        obj: obj.clone(),
+        prev,
+    });
     while st.history.len() > st.history_limit {
         if let Some(e) = st.history.pop_front() {
             st.compacted = e.rv;

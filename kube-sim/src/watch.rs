@@ -130,16 +130,19 @@ impl Drop for OpenGuard {
 }
 
 /// The body of a WATCH response.
-pub fn watch_stream(ctx: WatchContext, req: WatchRequest) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+pub fn watch_stream(
+    ctx: WatchContext,
+    req: WatchRequest,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     ctx.metrics.open_watches.fetch_add(1, Ordering::Relaxed);
     let guard = OpenGuard(ctx.metrics.clone());
+    // Subscribe before the body is first polled so no disconnect or write is missed.
+    let mut notify = ctx.store.subscribe();
+    let mut disconnect = ctx.store.subscribe_disconnect();
+    disconnect.borrow_and_update();
     async_stream::stream! {
         let _guard = guard;
         let WatchContext { store, metrics, bookmark_interval, shutdown } = ctx;
-        let mut notify = store.subscribe();
-        let mut disconnect = store.subscribe_disconnect();
-        disconnect.borrow_and_update();
-        notify.borrow_and_update();
         let deadline = req.timeout.map(|t| Instant::now() + t);
         let timeout = async move {
             match deadline {
@@ -214,13 +217,24 @@ pub fn watch_stream(ctx: WatchContext, req: WatchRequest) -> impl Stream<Item = 
 
 /// Validates a watch's start from its query parameters. An expired rv is not rejected
 /// here: like a real server, the stream answers 200 and then one ERROR (410) event.
-pub fn watch_start(store: &Store, rv: Option<&str>, send_initial: Option<bool>, bookmarks: bool) -> Result<WatchStart, ApiError> {
+pub fn watch_start(
+    store: &Store,
+    rv: Option<&str>,
+    send_initial: Option<bool>,
+    bookmarks: bool,
+) -> Result<WatchStart, ApiError> {
     let legacy_initial = matches!(rv, None | Some("") | Some("0"));
     match send_initial {
-        Some(true) => Ok(WatchStart::Initial { end_bookmark: bookmarks }),
-        Some(false) | None if !legacy_initial => Ok(WatchStart::From(parse_watch_rv(rv.unwrap_or_default())?)),
+        Some(true) => Ok(WatchStart::Initial {
+            end_bookmark: bookmarks,
+        }),
+        Some(false) | None if !legacy_initial => {
+            Ok(WatchStart::From(parse_watch_rv(rv.unwrap_or_default())?))
+        }
         Some(false) => Ok(WatchStart::From(store.resource_version())),
-        None => Ok(WatchStart::Initial { end_bookmark: false }),
+        None => Ok(WatchStart::Initial {
+            end_bookmark: false,
+        }),
     }
 }
 

@@ -9,6 +9,13 @@
 //! `DeltaBatch` frame, and a snapshot is a concatenation of held entries, never a
 //! re-encoding. Per-client work is only [`coalesce`] for clients that lag.
 //!
+//! The state is a `BTreeMap` rather than a `HashMap`, on measurement (benches/snapshot.rs,
+//! 150k endpoints): key order puts the pods of one workload next to each other in a
+//! snapshot, so their shared labels, profiles and ports compress against each other
+//! (14:1 instead of 5:1 at zstd level 1, and compression twice as fast), snapshots and
+//! `iter` are deterministic, and there is no rehash pause as the state grows. Applying
+//! costs about the same.
+//!
 //! Invariants:
 //! - `revision` grows by exactly one per batch that changed the state; a batch that
 //!   changes nothing leaves revision, digest and log untouched;
@@ -25,8 +32,9 @@ mod props;
 #[cfg(test)]
 mod tests;
 
+use std::collections::btree_map::Entry as StateEntry;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,7 +55,8 @@ pub struct CacheConfig {
     /// Raw (uncompressed) `SnapshotEntries` bytes per snapshot chunk; an entry larger
     /// than this gets a chunk of its own.
     pub chunk_raw_bytes: usize,
-    /// zstd level for snapshot chunks (1 measured best: see benches/snapshot.rs).
+    /// zstd level for snapshot chunks. 1: level 3 gains 2% in size for ~30% more time
+    /// (benches/snapshot.rs).
     pub zstd_level: i32,
 }
 
@@ -146,7 +155,7 @@ pub struct SnapshotCache {
     epoch: String,
     revision: Revision,
     digest: Digest,
-    entries: HashMap<Key, Entry>,
+    entries: BTreeMap<Key, Entry>,
     log: VecDeque<Arc<Breadcrumb>>,
     log_bytes: usize,
     stats: CacheStats,
@@ -163,7 +172,7 @@ impl SnapshotCache {
             epoch: format!("{:016x}", rand::random::<u64>()),
             revision: Revision(0),
             digest: Digest::EMPTY,
-            entries: HashMap::new(),
+            entries: BTreeMap::new(),
             log: VecDeque::new(),
             log_bytes: 0,
             stats: CacheStats::default(),
@@ -273,14 +282,14 @@ impl SnapshotCache {
             hash,
         };
         match self.entries.entry(key.clone()) {
-            MapEntry::Occupied(mut held) => {
+            StateEntry::Occupied(mut held) => {
                 if held.get().encoded == encoded {
                     return None;
                 }
                 self.digest.replace(held.get().hash, hash);
                 held.insert(new);
             }
-            MapEntry::Vacant(slot) => {
+            StateEntry::Vacant(slot) => {
                 self.digest.add(hash);
                 slot.insert(new);
             }
@@ -372,8 +381,8 @@ fn last_per_key(updates: Vec<Update>) -> LastPerKey {
 
 /// The encoded `KeyValue` of (key, value), byte-identical to [`Update::encode`] (fields
 /// in tag order, `Value` being just its oneof) but without cloning the value into a
-/// `pb::KeyValue` first: values are the bulk of the bytes and cloning them doubled the
-/// cost of applying a batch.
+/// `pb::KeyValue` first: values are the bulk of the bytes, and cloning them doubled the
+/// cost of encoding (measured: 150k endpoints in ~130 ms instead of ~260 ms).
 fn encode_key_value(key: &Key, value: Option<&Value>) -> Bytes {
     let key = key.to_pb();
     let value_len = value.map_or(0, |v| v.encoded_len());

@@ -4,6 +4,8 @@
 //! the oracle at m, the same through `coalesce`, and the digest recomputed from scratch
 //! equals the cache's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use typha_proto::{Kind, pb};
 
@@ -89,7 +91,11 @@ fn run(batches: &[Vec<Op>], config: CacheConfig) -> Run {
             };
         }
         let crumb = cache.apply(updates);
-        assert_eq!(crumb.is_none(), oracle == before, "None iff the state is unchanged");
+        assert_eq!(
+            crumb.is_none(),
+            oracle == before,
+            "None iff the state is unchanged"
+        );
         assert_eq!(state_of(&cache), oracle);
         assert_eq!(cache.digest(), digest_of(cache.iter()));
         if let Some(crumb) = crumb {

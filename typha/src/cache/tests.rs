@@ -1,5 +1,7 @@
 //! Unit tests of the snapshot cache, and the decoding helpers the property tests share.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -43,7 +45,9 @@ fn del(update: &Update) -> Update {
 pub(super) fn digest_of<'a>(state: impl IntoIterator<Item = (&'a Key, &'a Value)>) -> Digest {
     let mut digest = Digest::EMPTY;
     for (key, value) in state {
-        let encoded = Update::new(key.clone(), Some(value.clone())).unwrap().encode();
+        let encoded = Update::new(key.clone(), Some(value.clone()))
+            .unwrap()
+            .encode();
         digest.add(EntryHash::of(&encoded));
     }
     digest
@@ -66,7 +70,10 @@ pub(super) fn decode_snapshot(snapshot: &EncodedSnapshot) -> Mirror {
         assert_eq!(chunk.compression, pb::Compression::Zstd as i32);
         let raw = zstd::stream::decode_all(&chunk.payload[..]).unwrap();
         assert_eq!(raw.len() as u64, chunk.raw_len);
-        for entry in RawSnapshotEntries::decode(Bytes::from(raw)).unwrap().entries {
+        for entry in RawSnapshotEntries::decode(Bytes::from(raw))
+            .unwrap()
+            .entries
+        {
             let update = Update::decode(&entry).unwrap();
             let value = update.value.expect("snapshot entries carry values");
             assert!(mirror.insert(update.key, value).is_none(), "key twice");
@@ -79,7 +86,11 @@ pub(super) fn decode_snapshot(snapshot: &EncodedSnapshot) -> Mirror {
     assert_eq!(in_sync.revision, snapshot.revision.0);
     assert_eq!(in_sync.key_count, mirror.len() as u64);
     assert_eq!(Digest::from_bytes(&in_sync.digest), Some(snapshot.digest));
-    assert_eq!(digest_of(&mirror), snapshot.digest, "digest of decoded state");
+    assert_eq!(
+        digest_of(&mirror),
+        snapshot.digest,
+        "digest of decoded state"
+    );
     mirror
 }
 
@@ -125,7 +136,10 @@ fn noop_updates_are_dropped_and_counted() {
     let digest = cache.digest();
 
     assert!(cache.apply([a.clone()]).is_none(), "same value twice");
-    assert!(cache.apply([del(&node("n1", "1.1.1.1"))]).is_none(), "delete absent");
+    assert!(
+        cache.apply([del(&node("n1", "1.1.1.1"))]).is_none(),
+        "delete absent"
+    );
     assert!(cache.apply([]).is_none(), "empty batch");
     assert_eq!(cache.revision(), Revision(1));
     assert_eq!(cache.digest(), digest);
@@ -145,27 +159,46 @@ fn noop_updates_are_dropped_and_counted() {
 #[test]
 fn last_update_per_key_wins_within_a_batch() {
     let mut cache = SnapshotCache::new(CacheConfig::default());
-    let (a1, a2, b) = (wep("x", "a", "1"), wep("x", "a", "2"), node("n1", "1.1.1.1"));
+    let (a1, a2, b) = (
+        wep("x", "a", "1"),
+        wep("x", "a", "2"),
+        node("n1", "1.1.1.1"),
+    );
     let crumb = cache
         .apply([a1.clone(), b.clone(), del(&a1), a2.clone()])
         .unwrap();
     let keys: Vec<&Key> = crumb.updates.iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec![&b.key, &a2.key], "each key once, in last-update order");
+    assert_eq!(
+        keys,
+        vec![&b.key, &a2.key],
+        "each key once, in last-update order"
+    );
     assert_eq!(crumb.updates[1].1, a2.encode());
     assert_eq!(cache.get(&a1.key), a2.value.as_ref());
-    assert_eq!(cache.stats().noop_updates_dropped, 2, "two superseded updates");
+    assert_eq!(
+        cache.stats().noop_updates_dropped,
+        2,
+        "two superseded updates"
+    );
 
     // Changes that cancel out within a batch are no change at all.
     assert!(cache.apply([del(&a2), a2.clone()]).is_none());
     // A set then a delete of an absent key is a no-op too.
-    assert!(cache.apply([wep("y", "c", "1"), del(&wep("y", "c", "1"))]).is_none());
+    assert!(
+        cache
+            .apply([wep("y", "c", "1"), del(&wep("y", "c", "1"))])
+            .is_none()
+    );
     assert_eq!(cache.revision(), Revision(1));
 }
 
 #[test]
 fn revision_and_digest_follow_the_state() {
     let mut cache = SnapshotCache::new(CacheConfig::default());
-    assert_eq!((cache.revision(), cache.digest()), (Revision(0), Digest::EMPTY));
+    assert_eq!(
+        (cache.revision(), cache.digest()),
+        (Revision(0), Digest::EMPTY)
+    );
     assert!(cache.is_empty());
     assert_eq!(cache.epoch().len(), 16);
     assert_ne!(
@@ -173,7 +206,11 @@ fn revision_and_digest_follow_the_state() {
         SnapshotCache::new(CacheConfig::default()).epoch()
     );
 
-    let (a, b, a2) = (wep("x", "a", "1"), node("n1", "1.1.1.1"), wep("x", "a", "2"));
+    let (a, b, a2) = (
+        wep("x", "a", "1"),
+        node("n1", "1.1.1.1"),
+        wep("x", "a", "2"),
+    );
     let first = cache.apply([a.clone(), b.clone()]).unwrap();
     assert_eq!((first.from, first.revision), (Revision(0), Revision(1)));
     assert_eq!(first.digest, cache.digest());
@@ -194,7 +231,10 @@ fn revision_and_digest_follow_the_state() {
     assert_ne!(other.revision(), cache.revision());
 
     cache.apply([del(&a), del(&b)]).unwrap();
-    assert_eq!((cache.revision(), cache.digest()), (Revision(3), Digest::EMPTY));
+    assert_eq!(
+        (cache.revision(), cache.digest()),
+        (Revision(3), Digest::EMPTY)
+    );
     assert!(cache.is_empty());
 }
 
@@ -208,7 +248,10 @@ fn breadcrumb_updates_and_frame_match_the_encoded_key_values() {
     assert_eq!(crumb.updates[1].1, node("n1", "1.1.1.1").encode());
     let mut mirror: Mirror = [(a.key.clone(), a.value.clone().unwrap())].into();
     let (from, to, digest) = apply_frame(&mut mirror, &crumb.frame);
-    assert_eq!((from, to, digest), (Revision(1), Revision(2), cache.digest()));
+    assert_eq!(
+        (from, to, digest),
+        (Revision(1), Revision(2), cache.digest())
+    );
     assert_eq!(mirror, state_of(&cache));
     assert_eq!(crumb.encoded_len(), crumb.frame.len());
 }
@@ -217,7 +260,9 @@ fn breadcrumb_updates_and_frame_match_the_encoded_key_values() {
 fn one_delta_frame_is_encoded_per_batch() {
     let mut cache = SnapshotCache::new(CacheConfig::default());
     for i in 0..5 {
-        let batch: Vec<Update> = (0..10).map(|j| wep("x", &format!("p{j}"), &i.to_string())).collect();
+        let batch: Vec<Update> = (0..10)
+            .map(|j| wep("x", &format!("p{j}"), &i.to_string()))
+            .collect();
         cache.apply(batch).unwrap();
         cache.apply([wep("x", "p0", &i.to_string())]);
     }
@@ -249,9 +294,18 @@ fn log_is_trimmed_by_count() {
     let mut cache = SnapshotCache::new(config);
     apply_n(&mut cache, 5);
     assert_eq!(cache.stats().log_batches, 3);
-    assert!(matches!(cache.deltas_since(Revision(0)), DeltasSince::Expired));
-    assert!(matches!(cache.deltas_since(Revision(1)), DeltasSince::Expired));
-    assert_eq!(revisions(&crumbs(cache.deltas_since(Revision(2)))), vec![3, 4, 5]);
+    assert!(matches!(
+        cache.deltas_since(Revision(0)),
+        DeltasSince::Expired
+    ));
+    assert!(matches!(
+        cache.deltas_since(Revision(1)),
+        DeltasSince::Expired
+    ));
+    assert_eq!(
+        revisions(&crumbs(cache.deltas_since(Revision(2)))),
+        vec![3, 4, 5]
+    );
     assert_eq!(revisions(&crumbs(cache.deltas_since(Revision(4)))), vec![5]);
 }
 
@@ -268,9 +322,18 @@ fn log_is_trimmed_by_bytes_and_keeps_the_newest() {
     let mut cache = SnapshotCache::new(config);
     apply_n(&mut cache, 6);
     let stats = cache.stats();
-    assert_eq!((stats.log_batches, stats.log_bytes), (2, 2 * frame_len as u64));
-    assert_eq!(revisions(&crumbs(cache.deltas_since(Revision(4)))), vec![5, 6]);
-    assert!(matches!(cache.deltas_since(Revision(3)), DeltasSince::Expired));
+    assert_eq!(
+        (stats.log_batches, stats.log_bytes),
+        (2, 2 * frame_len as u64)
+    );
+    assert_eq!(
+        revisions(&crumbs(cache.deltas_since(Revision(4)))),
+        vec![5, 6]
+    );
+    assert!(matches!(
+        cache.deltas_since(Revision(3)),
+        DeltasSince::Expired
+    ));
 
     let tiny = CacheConfig {
         max_log_bytes: 0,
@@ -279,19 +342,38 @@ fn log_is_trimmed_by_bytes_and_keeps_the_newest() {
     };
     let mut cache = SnapshotCache::new(tiny);
     apply_n(&mut cache, 3);
-    assert_eq!(cache.stats().log_batches, 1, "the newest crumb is always kept");
+    assert_eq!(
+        cache.stats().log_batches,
+        1,
+        "the newest crumb is always kept"
+    );
     assert_eq!(revisions(&crumbs(cache.deltas_since(Revision(2)))), vec![3]);
 }
 
 #[test]
 fn deltas_since_boundaries() {
     let mut cache = SnapshotCache::new(CacheConfig::default());
-    assert!(matches!(cache.deltas_since(Revision(0)), DeltasSince::UpToDate));
-    assert!(matches!(cache.deltas_since(Revision(1)), DeltasSince::Expired));
+    assert!(matches!(
+        cache.deltas_since(Revision(0)),
+        DeltasSince::UpToDate
+    ));
+    assert!(matches!(
+        cache.deltas_since(Revision(1)),
+        DeltasSince::Expired
+    ));
     apply_n(&mut cache, 3);
-    assert!(matches!(cache.deltas_since(Revision(3)), DeltasSince::UpToDate));
-    assert!(matches!(cache.deltas_since(Revision(4)), DeltasSince::Expired));
-    assert!(matches!(cache.deltas_since(Revision(u64::MAX)), DeltasSince::Expired));
+    assert!(matches!(
+        cache.deltas_since(Revision(3)),
+        DeltasSince::UpToDate
+    ));
+    assert!(matches!(
+        cache.deltas_since(Revision(4)),
+        DeltasSince::Expired
+    ));
+    assert!(matches!(
+        cache.deltas_since(Revision(u64::MAX)),
+        DeltasSince::Expired
+    ));
     let all = crumbs(cache.deltas_since(Revision(0)));
     assert_eq!(revisions(&all), vec![1, 2, 3]);
     assert_eq!(all[0].from, Revision(0));
@@ -346,8 +428,14 @@ fn compress_round_trips_the_state_in_several_chunks() {
     assert_eq!(cache.stats().snapshots_built, 1);
     assert!(raw.chunks.len() > 3, "{} chunks", raw.chunks.len());
     assert!(raw.chunks.iter().all(|c| c.len() <= 400));
-    assert_eq!(raw.raw_bytes, raw.chunks.iter().map(|c| c.len() as u64).sum::<u64>());
-    assert_eq!((raw.key_count, raw.revision, raw.digest), (54, Revision(2), cache.digest()));
+    assert_eq!(
+        raw.raw_bytes,
+        raw.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+    );
+    assert_eq!(
+        (raw.key_count, raw.revision, raw.digest),
+        (54, Revision(2), cache.digest())
+    );
 
     let encoded = compress(&raw, 3).unwrap();
     assert_eq!(encoded.chunk_frames.len(), raw.chunks.len());
@@ -381,7 +469,11 @@ fn an_empty_state_is_one_empty_chunk() {
 
 #[test]
 fn encoding_matches_update_encode() {
-    for update in [wep("x", "a", "1"), node("n", "1.2.3.4"), del(&wep("x", "a", "1"))] {
+    for update in [
+        wep("x", "a", "1"),
+        node("n", "1.2.3.4"),
+        del(&wep("x", "a", "1")),
+    ] {
         assert_eq!(
             encode_key_value(&update.key, update.value.as_ref()),
             update.encode()

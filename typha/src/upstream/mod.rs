@@ -26,7 +26,7 @@ pub mod selector;
 pub mod state;
 pub mod watch;
 
-pub use convert::{ConvertError, Rejection, ToModel, convert};
+pub use convert::{ConvertError, Rejection, ToModel, convert, convert_delete, interface_name};
 pub use state::ResourceState;
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};
 

@@ -348,7 +348,10 @@ impl Parser<'_> {
     fn expect(&mut self, want: &Token) -> Result<(), SelectorError> {
         match self.bump() {
             Some(t) if &t == want => Ok(()),
-            other => Err(err(self.text, format!("expected {want:?}, found {other:?}"))),
+            other => Err(err(
+                self.text,
+                format!("expected {want:?}, found {other:?}"),
+            )),
         }
     }
 
@@ -405,21 +408,30 @@ impl Parser<'_> {
     fn ident(&mut self) -> Result<String, SelectorError> {
         match self.bump() {
             Some(Token::Ident(s)) => Ok(s),
-            other => Err(err(self.text, format!("expected a label key, found {other:?}"))),
+            other => Err(err(
+                self.text,
+                format!("expected a label key, found {other:?}"),
+            )),
         }
     }
 
     fn string(&mut self) -> Result<String, SelectorError> {
         match self.bump() {
             Some(Token::Str(s)) => Ok(s),
-            other => Err(err(self.text, format!("expected a string, found {other:?}"))),
+            other => Err(err(
+                self.text,
+                format!("expected a string, found {other:?}"),
+            )),
         }
     }
 
     fn keyword(&mut self, word: &str) -> Result<(), SelectorError> {
         match self.bump() {
             Some(Token::Ident(w)) if w == word => Ok(()),
-            other => Err(err(self.text, format!("expected {word:?}, found {other:?}"))),
+            other => Err(err(
+                self.text,
+                format!("expected {word:?}, found {other:?}"),
+            )),
         }
     }
 
@@ -462,7 +474,12 @@ impl Parser<'_> {
                 }
                 other => return Err(err(self.text, format!("unknown operator {other:?}"))),
             },
-            other => return Err(err(self.text, format!("expected an operator, found {other:?}"))),
+            other => {
+                return Err(err(
+                    self.text,
+                    format!("expected an operator, found {other:?}"),
+                ));
+            }
         })
     }
 }
@@ -484,20 +501,33 @@ mod tests {
             canon("a in {'x',\"y\"} || !(b != 'c' && c not in {})"),
             "a in { 'x', 'y' } || !(b != 'c' && c not in {})"
         );
-        assert_eq!(canon("(a == 'x' || b == 'y') && all()"), "(a == 'x' || b == 'y') && all()");
+        assert_eq!(
+            canon("(a == 'x' || b == 'y') && all()"),
+            "(a == 'x' || b == 'y') && all()"
+        );
         assert_eq!(
             canon("k starts with 'p' && k ends with 's' && k contains \"it's\""),
             "k starts with 'p' && k ends with 's' && k contains \"it's\""
         );
         assert_eq!(Selector::parse("  ").unwrap(), None);
         // Canonical output parses back to the same tree.
-        let s = Selector::parse("!has(x) && (a == 'b' || global())").unwrap().unwrap();
+        let s = Selector::parse("!has(x) && (a == 'b' || global())")
+            .unwrap()
+            .unwrap();
         assert_eq!(Selector::parse(&s.to_string()).unwrap().unwrap(), s);
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["app ==", "app = 'x'", "has(", "foo()", "a == 'x' b", "'x' == a", "a == 'x"] {
+        for bad in [
+            "app ==",
+            "app = 'x'",
+            "has(",
+            "foo()",
+            "a == 'x' b",
+            "'x' == a",
+            "a == 'x",
+        ] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }
     }
@@ -518,7 +548,9 @@ mod tests {
     #[test]
     fn label_selector_translation() {
         let ls = LabelSelector {
-            match_labels: Some([("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into()),
+            match_labels: Some(
+                [("b".to_string(), "2".to_string()), ("a".into(), "1".into())].into(),
+            ),
             match_expressions: Some(vec![
                 LabelSelectorRequirement {
                     key: "c".into(),
@@ -543,10 +575,16 @@ mod tests {
             ]),
         };
         assert_eq!(
-            Selector::from_label_selector(&ls).unwrap().unwrap().to_string(),
+            Selector::from_label_selector(&ls)
+                .unwrap()
+                .unwrap()
+                .to_string(),
             "a == '1' && b == '2' && c in { 'x', 'y' } && d not in { 'z' } && has(e) && !has(f)"
         );
-        assert_eq!(Selector::from_label_selector(&LabelSelector::default()).unwrap(), None);
+        assert_eq!(
+            Selector::from_label_selector(&LabelSelector::default()).unwrap(),
+            None
+        );
         let bad = LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "c".into(),

@@ -144,7 +144,11 @@ mod tests {
         assert!(!s.is_synced());
         let out = run(
             &mut s,
-            vec![Input::Init, Input::InitApply(node("a", "1")), Input::InitApply(node("b", "1"))],
+            vec![
+                Input::Init,
+                Input::InitApply(node("a", "1")),
+                Input::InitApply(node("b", "1")),
+            ],
         );
         assert_eq!(out, vec![node("a", "1"), node("b", "1")]);
         assert!(!s.is_synced(), "not synced before InitDone");
@@ -176,7 +180,10 @@ mod tests {
                 Input::InitDone,
             ],
         );
-        assert_eq!(out, vec![node("a", "2"), node("c", "1"), Update::delete(key("b"))]);
+        assert_eq!(
+            out,
+            vec![node("a", "2"), node("c", "1"), Update::delete(key("b"))]
+        );
         assert_eq!(s.len(), 2);
     }
 
@@ -238,9 +245,16 @@ mod tests {
         let mut s = ResourceState::new();
         run(
             &mut s,
-            vec![Input::Init, Input::InitApply(node("a", "1")), Input::InitDone],
+            vec![
+                Input::Init,
+                Input::InitApply(node("a", "1")),
+                Input::InitDone,
+            ],
         );
-        run(&mut s, vec![Input::Apply(node("b", "1")), Input::Delete(key("a"))]);
+        run(
+            &mut s,
+            vec![Input::Apply(node("b", "1")), Input::Delete(key("a"))],
+        );
         assert_eq!(s.len(), 1);
         let out = run(&mut s, vec![Input::Gone]);
         assert_eq!(out, vec![Update::delete(key("b"))]);

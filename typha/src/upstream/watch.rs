@@ -80,6 +80,8 @@ pub enum UpstreamError {
 }
 
 /// What one resource stream reports to the loop.
+// Signals pass one at a time through the merged stream: their size does not add up.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Signal {
     Input(Input),
@@ -108,7 +110,12 @@ pub async fn run(
     };
     let resources: Vec<Resource> = {
         let mut seen = HashSet::new();
-        config.resources.iter().copied().filter(|r| seen.insert(*r)).collect()
+        config
+            .resources
+            .iter()
+            .copied()
+            .filter(|r| seen.insert(*r))
+            .collect()
     };
     let streams: Vec<BoxedSignals> = resources
         .iter()
@@ -137,9 +144,11 @@ fn stream_for(
         Resource::NetworkPolicies => {
             resource_stream(Api::<CalicoObject<NetworkPolicy>>::all(c), wc, crd_retry)
         }
-        Resource::GlobalNetworkPolicies => {
-            resource_stream(Api::<CalicoObject<GlobalNetworkPolicy>>::all(c), wc, crd_retry)
-        }
+        Resource::GlobalNetworkPolicies => resource_stream(
+            Api::<CalicoObject<GlobalNetworkPolicy>>::all(c),
+            wc,
+            crd_retry,
+        ),
         Resource::GlobalNetworkSets => {
             resource_stream(Api::<CalicoObject<GlobalNetworkSet>>::all(c), wc, crd_retry)
         }
@@ -150,12 +159,16 @@ fn stream_for(
             resource_stream(Api::<CalicoObject<HostEndpoint>>::all(c), wc, crd_retry)
         }
         Resource::IpPools => resource_stream(Api::<CalicoObject<IPPool>>::all(c), wc, crd_retry),
-        Resource::FelixConfigurations => {
-            resource_stream(Api::<CalicoObject<FelixConfiguration>>::all(c), wc, crd_retry)
-        }
-        Resource::ClusterInformations => {
-            resource_stream(Api::<CalicoObject<ClusterInformation>>::all(c), wc, crd_retry)
-        }
+        Resource::FelixConfigurations => resource_stream(
+            Api::<CalicoObject<FelixConfiguration>>::all(c),
+            wc,
+            crd_retry,
+        ),
+        Resource::ClusterInformations => resource_stream(
+            Api::<CalicoObject<ClusterInformation>>::all(c),
+            wc,
+            crd_retry,
+        ),
     }
 }
 
@@ -245,12 +258,18 @@ where
     let name = resource.as_str();
     Box::pin(async_stream::stream! {
         let mut log = RejectionLog { seen: HashMap::new() };
+        // Log a missing CRD once, not on every retry.
+        let mut reported_absent = false;
         loop {
             let mut events = std::pin::pin!(watcher(api.clone(), wc.clone()).default_backoff());
             let mut absent = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
+                        if reported_absent && matches!(event, watcher::Event::Init) {
+                            tracing::info!(resource = name, "CRD installed; watching");
+                            reported_absent = false;
+                        }
                         metrics::counter!("typha_upstream_events_total", "resource" => name).increment(1);
                         metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name)
                             .set(unix_now());
@@ -259,7 +278,10 @@ where
                         }
                     }
                     Err(e) if resource.is_crd() && is_not_found(&e) => {
-                        tracing::info!(resource = name, retry = ?crd_retry, "CRD not installed; skipping");
+                        if !reported_absent {
+                            tracing::info!(resource = name, retry = ?crd_retry, "CRD not installed; skipping");
+                        }
+                        reported_absent = true;
                         absent = true;
                         break;
                     }
@@ -312,8 +334,10 @@ where
     S: Stream<Item = Tagged> + Unpin,
 {
     metrics::gauge!("typha_upstream_in_sync").set(0.0);
-    let mut states: HashMap<Resource, ResourceState> =
-        resources.iter().map(|r| (*r, ResourceState::new())).collect();
+    let mut states: HashMap<Resource, ResourceState> = resources
+        .iter()
+        .map(|r| (*r, ResourceState::new()))
+        .collect();
     let mut absent: HashSet<Resource> = HashSet::new();
     let mut in_sync = false;
     let mut scratch = Vec::new();
@@ -378,3 +402,6 @@ async fn send(
     }
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;

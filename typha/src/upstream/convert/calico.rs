@@ -86,7 +86,10 @@ fn entity(spec: &EntitySpec, ns: Option<&str>) -> Result<pb::EntityRule, Convert
     let not_selector = parse(spec.not_selector.as_deref())?;
     let ns_selector = parse(spec.namespace_selector.as_deref())?;
     let (selector, namespace_selector) = match (ns_selector, ns) {
-        (Some(nss), _) => (selector, Some(nss.into_profile_scope(NAMESPACE_LABEL_PREFIX))),
+        (Some(nss), _) => (
+            selector,
+            Some(nss.into_profile_scope(NAMESPACE_LABEL_PREFIX)),
+        ),
         (None, Some(ns)) if selector.is_some() || not_selector.is_some() => {
             let scope = Selector::eq(NAMESPACE_LABEL, ns)?;
             (Selector::and_all([scope].into_iter().chain(selector)), None)
@@ -122,10 +125,12 @@ fn action(text: &str) -> Result<pb::Action, ConvertError> {
 fn icmp_field(value: Option<i64>, field: &'static str) -> Result<Option<i32>, ConvertError> {
     value
         .map(|v| {
-            u8::try_from(v).map(i32::from).map_err(|_| ConvertError::BadValue {
-                field,
-                value: v.to_string(),
-            })
+            u8::try_from(v)
+                .map(i32::from)
+                .map_err(|_| ConvertError::BadValue {
+                    field,
+                    value: v.to_string(),
+                })
         })
         .transpose()
 }
@@ -225,13 +230,19 @@ fn policy(spec: &PolicySpec, ns: Option<&str>) -> Result<pb::Policy, ConvertErro
     {
         parts.push(nss.into_profile_scope(NAMESPACE_LABEL_PREFIX));
     } else if ns.is_some() && spec.namespace_selector.is_some() {
-        return Err(ConvertError::Unsupported("namespaceSelector on a namespaced policy"));
+        return Err(ConvertError::Unsupported(
+            "namespaceSelector on a namespaced policy",
+        ));
     }
     if let Some(sas) = parse(spec.service_account_selector.as_deref())? {
         parts.push(sas.into_profile_scope(SERVICE_ACCOUNT_LABEL_PREFIX));
     }
     let selector = Selector::and_all(parts).unwrap_or(Selector::All);
-    let rules = |list: &[RuleSpec]| list.iter().map(|r| rule(r, ns)).collect::<Result<Vec<_>, _>>();
+    let rules = |list: &[RuleSpec]| {
+        list.iter()
+            .map(|r| rule(r, ns))
+            .collect::<Result<Vec<_>, _>>()
+    };
     Ok(pb::Policy {
         namespace: ns.unwrap_or_default().to_string(),
         order: spec.order.unwrap_or_default(),
@@ -240,7 +251,11 @@ fn policy(spec: &PolicySpec, ns: Option<&str>) -> Result<pb::Policy, ConvertErro
         inbound_rules: rules(&spec.ingress)?,
         outbound_rules: rules(&spec.egress)?,
         types: types(spec)?,
-        tier: spec.tier.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| "default".into()),
+        tier: spec
+            .tier
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "default".into()),
         apply_on_forward: spec.apply_on_forward,
         pre_dnat: spec.pre_dnat,
         do_not_track: spec.do_not_track,
@@ -270,7 +285,10 @@ impl ToModel for CalicoObject<GlobalNetworkPolicy> {
     const RESOURCE: Resource = Resource::GlobalNetworkPolicies;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::GlobalNetworkPolicy, name_of(&self.metadata)?)?)
+        Ok(Key::cluster(
+            Kind::GlobalNetworkPolicy,
+            name_of(&self.metadata)?,
+        )?)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {

@@ -109,12 +109,14 @@ pub(crate) fn object_name<T: kube::Resource>(obj: &T) -> String {
 
 /// Converts an added or modified object into an update (a value, or a delete when the
 /// object yields no model object).
-pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Rejection> {
-    let reject = |key: Option<Key>, error| Rejection {
-        resource: T::RESOURCE,
-        object: object_name(obj),
-        key,
-        error,
+pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Box<Rejection>> {
+    let reject = |key: Option<Key>, error| {
+        Box::new(Rejection {
+            resource: T::RESOURCE,
+            object: object_name(obj),
+            key,
+            error,
+        })
     };
     let key = obj.model_key().map_err(|e| reject(None, e))?;
     let value = obj
@@ -124,12 +126,14 @@ pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Rejection
 }
 
 /// The update for a deleted object: a delete of its key.
-pub fn convert_delete<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Rejection> {
-    obj.model_key().map(Update::delete).map_err(|error| Rejection {
-        resource: T::RESOURCE,
-        object: object_name(obj),
-        key: None,
-        error,
+pub fn convert_delete<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Box<Rejection>> {
+    obj.model_key().map(Update::delete).map_err(|error| {
+        Box::new(Rejection {
+            resource: T::RESOURCE,
+            object: object_name(obj),
+            key: None,
+            error,
+        })
     })
 }
 
@@ -201,7 +205,6 @@ fn named_port(name: &str) -> Result<pb::PortRange, ConvertError> {
         name: name.to_string(),
     })
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -69,7 +69,14 @@ mod tests {
         assert_eq!(cidr("0.0.0.0/0").unwrap(), "0.0.0.0/0");
         assert_eq!(cidr("fd00:0:0::1/64").unwrap(), "fd00::/64");
         assert_eq!(cidr("::/0").unwrap(), "::/0");
-        for bad in ["10.0.0.0/33", "10.0.0/8", "x", "10.0.0.0/", "10.0.0.0/+8", "::/129"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "::/129",
+        ] {
             assert!(matches!(cidr(bad), Err(ConvertError::BadCidr(_))), "{bad}");
         }
         assert_eq!(host_net("fd00::0001").unwrap(), "fd00::1/128");

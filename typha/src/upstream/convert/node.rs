@@ -20,7 +20,10 @@ impl ToModel for Node {
         let name = name_of(&self.metadata)?;
         let mut addresses: Vec<String> = Vec::new();
         let mut ipv4_address = String::new();
-        let node_addresses = self.status.iter().flat_map(|s| s.addresses.iter().flatten());
+        let node_addresses = self
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten());
         for a in node_addresses {
             if !matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
                 continue;

@@ -54,7 +54,9 @@ fn peer_entity(peer: Option<&NetworkPolicyPeer>, ns: &str) -> Result<pb::EntityR
             let ns_sel = Selector::from_label_selector(ns_sel)?.unwrap_or(Selector::All);
             Ok(pb::EntityRule {
                 selector: pod_selector(peer.pod_selector.as_ref(), None)?.to_string(),
-                namespace_selector: ns_sel.into_profile_scope(NAMESPACE_LABEL_PREFIX).to_string(),
+                namespace_selector: ns_sel
+                    .into_profile_scope(NAMESPACE_LABEL_PREFIX)
+                    .to_string(),
                 ..Default::default()
             })
         }
@@ -66,7 +68,9 @@ fn peer_entity(peer: Option<&NetworkPolicyPeer>, ns: &str) -> Result<pb::EntityR
 }
 
 /// One port entry: its protocol and its range (`None` = every port of the protocol).
-fn port_entry(port: &NetworkPolicyPort) -> Result<(pb::Protocol, Option<pb::PortRange>), ConvertError> {
+fn port_entry(
+    port: &NetworkPolicyPort,
+) -> Result<(pb::Protocol, Option<pb::PortRange>), ConvertError> {
     let protocol = k8s_protocol(port.protocol.as_deref())?;
     let first = match &port.port {
         None => return Ok((protocol, None)),
@@ -94,7 +98,9 @@ fn simplify(ports: Vec<pb::PortRange>) -> Vec<pb::PortRange> {
     let mut out: Vec<pb::PortRange> = Vec::new();
     for p in numeric {
         match out.last_mut() {
-            Some(prev) if p.first <= prev.last.saturating_add(1) => prev.last = prev.last.max(p.last),
+            Some(prev) if p.first <= prev.last.saturating_add(1) => {
+                prev.last = prev.last.max(p.last)
+            }
             _ => out.push(p),
         }
     }
@@ -114,7 +120,8 @@ fn port_groups(
     if ports.is_empty() {
         return Ok(vec![(pb::Protocol::Unspecified, Vec::new())]);
     }
-    let mut groups: BTreeMap<&'static str, (pb::Protocol, Option<Vec<pb::PortRange>>)> = BTreeMap::new();
+    let mut groups: BTreeMap<&'static str, (pb::Protocol, Option<Vec<pb::PortRange>>)> =
+        BTreeMap::new();
     for port in ports {
         let (protocol, range) = port_entry(port)?;
         let entry = groups
@@ -148,9 +155,21 @@ fn k8s_rules(
         for peer in &peers {
             let peer = peer_entity(*peer, ns)?;
             let (source, destination) = if ingress {
-                (peer, pb::EntityRule { ports: ports.clone(), ..Default::default() })
+                (
+                    peer,
+                    pb::EntityRule {
+                        ports: ports.clone(),
+                        ..Default::default()
+                    },
+                )
             } else {
-                (pb::EntityRule::default(), pb::EntityRule { ports: ports.clone(), ..peer })
+                (
+                    pb::EntityRule::default(),
+                    pb::EntityRule {
+                        ports: ports.clone(),
+                        ..peer
+                    },
+                )
             };
             rules.push(pb::Rule {
                 action: pb::Action::Allow as i32,
@@ -169,7 +188,11 @@ impl ToModel for NetworkPolicy {
 
     fn model_key(&self) -> Result<Key, ConvertError> {
         let (ns, name) = (namespace_of(&self.metadata)?, name_of(&self.metadata)?);
-        Ok(Key::new(Kind::K8sNetworkPolicy, ns, format!("{K8S_POLICY_PREFIX}{name}"))?)
+        Ok(Key::new(
+            Kind::K8sNetworkPolicy,
+            ns,
+            format!("{K8S_POLICY_PREFIX}{name}"),
+        )?)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
@@ -178,12 +201,22 @@ impl ToModel for NetworkPolicy {
         let mut inbound = Vec::new();
         for rule in spec.ingress.iter().flatten() {
             let peers = rule.from.as_deref().unwrap_or_default();
-            inbound.extend(k8s_rules(peers, rule.ports.as_deref().unwrap_or_default(), ns, true)?);
+            inbound.extend(k8s_rules(
+                peers,
+                rule.ports.as_deref().unwrap_or_default(),
+                ns,
+                true,
+            )?);
         }
         let mut outbound = Vec::new();
         for rule in spec.egress.iter().flatten() {
             let peers = rule.to.as_deref().unwrap_or_default();
-            outbound.extend(k8s_rules(peers, rule.ports.as_deref().unwrap_or_default(), ns, false)?);
+            outbound.extend(k8s_rules(
+                peers,
+                rule.ports.as_deref().unwrap_or_default(),
+                ns,
+                false,
+            )?);
         }
         let listed = spec.policy_types.unwrap_or_default();
         let mut types = Vec::new();

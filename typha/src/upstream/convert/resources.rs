@@ -42,7 +42,11 @@ impl ToModel for CalicoObject<IPPool> {
             return Err(ConvertError::Missing("spec.cidr"));
         }
         let cidr = net::cidr(&spec.cidr)?;
-        let (default_block, max) = if cidr.contains(':') { (122, 128) } else { (26, 32) };
+        let (default_block, max) = if cidr.contains(':') {
+            (122, 128)
+        } else {
+            (26, 32)
+        };
         let block_size = spec.block_size.unwrap_or(default_block);
         let block_size = u32::try_from(block_size)
             .ok()
@@ -51,8 +55,8 @@ impl ToModel for CalicoObject<IPPool> {
                 field: "spec.blockSize",
                 value: block_size.to_string(),
             })?;
-        let node_selector = Selector::parse(spec.node_selector.as_deref().unwrap_or(""))?
-            .unwrap_or(Selector::All);
+        let node_selector =
+            Selector::parse(spec.node_selector.as_deref().unwrap_or(""))?.unwrap_or(Selector::All);
         Ok(Some(Value::IpPool(pb::IpPool {
             cidr,
             nat_outgoing: spec.nat_outgoing,
@@ -86,7 +90,10 @@ impl ToModel for CalicoObject<GlobalNetworkSet> {
     const RESOURCE: Resource = Resource::GlobalNetworkSets;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::GlobalNetworkSet, name_of(&self.metadata)?)?)
+        Ok(Key::cluster(
+            Kind::GlobalNetworkSet,
+            name_of(&self.metadata)?,
+        )?)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
@@ -111,7 +118,9 @@ impl ToModel for CalicoObject<HostEndpoint> {
             return Err(ConvertError::Missing("spec.node"));
         }
         if spec.interface_name.is_empty() && spec.expected_ips.is_empty() {
-            return Err(ConvertError::Missing("spec.interfaceName or spec.expectedIPs"));
+            return Err(ConvertError::Missing(
+                "spec.interfaceName or spec.expectedIPs",
+            ));
         }
         let expected_ips = spec
             .expected_ips
@@ -153,7 +162,10 @@ impl ToModel for CalicoObject<FelixConfiguration> {
     const RESOURCE: Resource = Resource::FelixConfigurations;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::FelixConfiguration, name_of(&self.metadata)?)?)
+        Ok(Key::cluster(
+            Kind::FelixConfiguration,
+            name_of(&self.metadata)?,
+        )?)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
@@ -173,7 +185,10 @@ impl ToModel for CalicoObject<ClusterInformation> {
     const RESOURCE: Resource = Resource::ClusterInformations;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::ClusterInformation, name_of(&self.metadata)?)?)
+        Ok(Key::cluster(
+            Kind::ClusterInformation,
+            name_of(&self.metadata)?,
+        )?)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {

@@ -26,8 +26,12 @@ fn meta(ns: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: ns.map(Into::into),
-        labels: (!labels.is_empty())
-            .then(|| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -72,7 +76,12 @@ fn policy(update: &Update) -> &pb::Policy {
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSelector {
     LabelSelector {
-        match_labels: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        match_labels: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -156,7 +165,11 @@ fn pod_labels_profiles_and_fields() {
     p.spec.as_mut().unwrap().service_account_name = None;
     let u = convert(&p).unwrap();
     assert_eq!(wep(&u).profile_ids, vec!["kns.x"]);
-    assert!(!wep(&u).labels.contains_key("projectcalico.org/serviceaccount"));
+    assert!(
+        !wep(&u)
+            .labels
+            .contains_key("projectcalico.org/serviceaccount")
+    );
 }
 
 #[test]
@@ -274,7 +287,9 @@ fn namespace_and_service_account_profiles() {
     };
     assert_eq!(p.labels.get("pcns.team").map(String::as_str), Some("blue"));
     assert_eq!(
-        p.labels.get("pcns.projectcalico.org/name").map(String::as_str),
+        p.labels
+            .get("pcns.projectcalico.org/name")
+            .map(String::as_str),
         Some("x")
     );
     assert_eq!(p.labels.len(), 2);
@@ -290,7 +305,9 @@ fn namespace_and_service_account_profiles() {
     };
     assert_eq!(p.labels.get("pcsa.tier").map(String::as_str), Some("api"));
     assert_eq!(
-        p.labels.get("pcsa.projectcalico.org/name").map(String::as_str),
+        p.labels
+            .get("pcsa.projectcalico.org/name")
+            .map(String::as_str),
         Some("sa")
     );
     assert_eq!(convert_delete(&sa).unwrap(), Update::delete(u.key));
@@ -333,14 +350,20 @@ fn k8s_policy_key_selector_order_and_types_default() {
         vec![pb::PolicyType::Ingress, pb::PolicyType::Egress]
     );
     // Empty podSelector: every pod of the namespace.
-    assert_eq!(p.selector, format!("projectcalico.org/namespace == 'x' && {POD_SEL}"));
+    assert_eq!(
+        p.selector,
+        format!("projectcalico.org/namespace == 'x' && {POD_SEL}")
+    );
 
     // Listed types are taken as they are.
     let np = knp(NetworkPolicySpec {
         policy_types: Some(vec!["Egress".into()]),
         ..Default::default()
     });
-    assert_eq!(types(policy(&convert(&np).unwrap())), vec![pb::PolicyType::Egress]);
+    assert_eq!(
+        types(policy(&convert(&np).unwrap())),
+        vec![pb::PolicyType::Egress]
+    );
 }
 
 #[test]
@@ -405,8 +428,14 @@ fn ingress_peers_pod_namespace_both_and_ipblock() {
     assert_eq!(sources[0].namespace_selector, "");
     assert_eq!(sources[1].selector, POD_SEL);
     assert_eq!(sources[1].namespace_selector, "pcns.team == 'blue'");
-    assert_eq!(sources[2].selector, format!("{POD_SEL} && role in {{ 'a', 'b' }}"));
-    assert_eq!(sources[2].namespace_selector, "has(pcns.projectcalico.org/name)");
+    assert_eq!(
+        sources[2].selector,
+        format!("{POD_SEL} && role in {{ 'a', 'b' }}")
+    );
+    assert_eq!(
+        sources[2].namespace_selector,
+        "has(pcns.projectcalico.org/name)"
+    );
     assert_eq!(sources[3].nets, vec!["10.0.0.0/8"]);
     assert_eq!(sources[3].not_nets, vec!["10.1.0.0/16"]);
     assert_eq!(sources[3].selector, "");
@@ -492,7 +521,11 @@ fn ports_end_port_named_and_one_rule_per_protocol() {
     );
 
     // A port entry without a port: all ports of its protocol (TCP by default).
-    let u = convert(&knp(ingress(vec![], vec![NetworkPolicyPort::default(), tcp(80)]))).unwrap();
+    let u = convert(&knp(ingress(
+        vec![],
+        vec![NetworkPolicyPort::default(), tcp(80)],
+    )))
+    .unwrap();
     let rules = &policy(&u).inbound_rules;
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].protocol, t);
@@ -528,12 +561,18 @@ fn calico_global_network_policy() {
         }),
     );
     let u = convert(&gnp).unwrap();
-    assert_eq!(u.key, Key::cluster(Kind::GlobalNetworkPolicy, "deny-db").unwrap());
+    assert_eq!(
+        u.key,
+        Key::cluster(Kind::GlobalNetworkPolicy, "deny-db").unwrap()
+    );
     let p = policy(&u);
     assert_eq!((p.order, p.has_order), (10.5, true));
     assert_eq!(p.namespace, "");
     assert_eq!(p.selector, "role == 'db' && pcns.env == 'prod'");
-    assert_eq!(types(p), vec![pb::PolicyType::Ingress, pb::PolicyType::Egress]);
+    assert_eq!(
+        types(p),
+        vec![pb::PolicyType::Ingress, pb::PolicyType::Egress]
+    );
     assert!(p.apply_on_forward);
     assert_eq!(p.tier, "default");
     let r0 = &p.inbound_rules[0];
@@ -545,7 +584,11 @@ fn calico_global_network_policy() {
     assert_eq!(src.not_nets, vec!["10.0.0.0/8"]);
     assert_eq!(
         r0.destination.as_ref().unwrap().ports,
-        vec![port_range(5432, 5432), port_range(6000, 6010), named_port("metrics").unwrap()]
+        vec![
+            port_range(5432, 5432),
+            port_range(6000, 6010),
+            named_port("metrics").unwrap()
+        ]
     );
     let r1 = &p.inbound_rules[1];
     assert_eq!(r1.action, pb::Action::Deny as i32);
@@ -554,7 +597,10 @@ fn calico_global_network_policy() {
     assert_eq!(e0.protocol, pb::Protocol::Icmp as i32);
     assert!(e0.has_icmp);
     assert_eq!((e0.icmp_type, e0.icmp_code), (8, -1));
-    assert_eq!(e0.destination.as_ref().unwrap().nets, vec!["192.168.1.7/32"]);
+    assert_eq!(
+        e0.destination.as_ref().unwrap().nets,
+        vec!["192.168.1.7/32"]
+    );
 }
 
 #[test]
@@ -573,14 +619,26 @@ fn calico_network_policy_is_namespace_scoped() {
         }),
     );
     let u = convert(&np).unwrap();
-    assert_eq!(u.key, Key::new(Kind::NetworkPolicy, "x", "allow-web").unwrap());
+    assert_eq!(
+        u.key,
+        Key::new(Kind::NetworkPolicy, "x", "allow-web").unwrap()
+    );
     let p = policy(&u);
-    assert_eq!(p.selector, "projectcalico.org/namespace == 'x' && app == 'db'");
+    assert_eq!(
+        p.selector,
+        "projectcalico.org/namespace == 'x' && app == 'db'"
+    );
     assert!(!p.has_order);
     // No types listed, both rule lists present: both types.
-    assert_eq!(types(p), vec![pb::PolicyType::Ingress, pb::PolicyType::Egress]);
+    assert_eq!(
+        types(p),
+        vec![pb::PolicyType::Ingress, pb::PolicyType::Egress]
+    );
     let src = |i: usize| p.inbound_rules[i].source.clone().unwrap();
-    assert_eq!(src(0).selector, "projectcalico.org/namespace == 'x' && app == 'web'");
+    assert_eq!(
+        src(0).selector,
+        "projectcalico.org/namespace == 'x' && app == 'web'"
+    );
     assert_eq!(src(1).selector, "app == 'mon'");
     assert_eq!(src(1).namespace_selector, "pcns.team == 'ops'");
     assert_eq!(src(2).selector, "", "nets alone are not namespace scoped");
@@ -589,7 +647,10 @@ fn calico_network_policy_is_namespace_scoped() {
     // Egress rules only: Egress only.
     let np: CalicoObject<crd::NetworkPolicy> =
         calico(Some("x"), "e", json!({"egress": [{"action": "Deny"}]}));
-    assert_eq!(types(policy(&convert(&np).unwrap())), vec![pb::PolicyType::Egress]);
+    assert_eq!(
+        types(policy(&convert(&np).unwrap())),
+        vec![pb::PolicyType::Egress]
+    );
     // Empty selector in a namespaced policy: every endpoint of the namespace.
     assert_eq!(
         policy(&convert(&np).unwrap()).selector,
@@ -717,11 +778,19 @@ fn network_sets_host_endpoints_felix_config_cluster_info() {
     let keys: Vec<&str> = f.settings.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        vec!["bpfEnabled", "failsafeInboundHostPorts", "logSeverityScreen", "reportingInterval"]
+        vec![
+            "bpfEnabled",
+            "failsafeInboundHostPorts",
+            "logSeverityScreen",
+            "reportingInterval"
+        ]
     );
     assert_eq!(f.settings["bpfEnabled"], "false");
     assert_eq!(f.settings["logSeverityScreen"], "Info");
-    assert_eq!(f.settings["failsafeInboundHostPorts"], r#"[{"port":22,"protocol":"tcp"}]"#);
+    assert_eq!(
+        f.settings["failsafeInboundHostPorts"],
+        r#"[{"port":22,"protocol":"tcp"}]"#
+    );
 
     let ci: CalicoObject<crd::ClusterInformation> = calico(
         None,
@@ -744,7 +813,7 @@ fn network_sets_host_endpoints_felix_config_cluster_info() {
 // Invalid objects
 // ---------------------------------------------------------------------------------
 
-fn rejected<T: ToModel + kube::Resource>(obj: &T) -> Rejection {
+fn rejected<T: ToModel + kube::Resource>(obj: &T) -> Box<Rejection> {
     convert(obj).expect_err("should be rejected")
 }
 
@@ -763,14 +832,20 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
     ));
     let r = rejected(&np);
     assert_eq!(r.error, ConvertError::BadCidr("10.0.0.0/33".into()));
-    assert_eq!(r.resource, crate::upstream::Resource::KubernetesNetworkPolicies);
+    assert_eq!(
+        r.resource,
+        crate::upstream::Resource::KubernetesNetworkPolicies
+    );
     let key = Key::new(Kind::K8sNetworkPolicy, "x", "knp.default.np").unwrap();
     assert_eq!(r.to_delete(), Some(Update::delete(key)));
     assert_eq!(r.object, "x/np");
 
     // A port out of range, and an endPort before its port.
     let np = knp(ingress(vec![], vec![tcp(70000)]));
-    assert!(matches!(rejected(&np).error, ConvertError::PortOutOfRange(_)));
+    assert!(matches!(
+        rejected(&np).error,
+        ConvertError::PortOutOfRange(_)
+    ));
     let np = knp(ingress(
         vec![],
         vec![NetworkPolicyPort {
@@ -779,7 +854,10 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
             ..Default::default()
         }],
     ));
-    assert!(matches!(rejected(&np).error, ConvertError::PortOutOfRange(_)));
+    assert!(matches!(
+        rejected(&np).error,
+        ConvertError::PortOutOfRange(_)
+    ));
 
     // A selector that cannot be expressed: an unknown operator.
     let np = knp(NetworkPolicySpec {
@@ -806,9 +884,15 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
             json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["90:80"]}}]}),
             "reversed range",
         ),
-        (json!({"ingress": [{"action": "Allow", "notProtocol": "TCP"}]}), "notProtocol"),
+        (
+            json!({"ingress": [{"action": "Allow", "notProtocol": "TCP"}]}),
+            "notProtocol",
+        ),
         (json!({"ingress": [{"action": "Jump"}]}), "action"),
-        (json!({"ingress": [{"action": "Allow", "destination": {"ports": [80]}}]}), "ports without protocol"),
+        (
+            json!({"ingress": [{"action": "Allow", "destination": {"ports": [80]}}]}),
+            "ports without protocol",
+        ),
         (json!({"order": "first"}), "spec type"),
     ] {
         let gnp: CalicoObject<crd::GlobalNetworkPolicy> = calico(None, "g", spec);
@@ -831,7 +915,9 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
 
     // A pod with a garbage IP.
     let mut p = pod("x", "a");
-    p.status.as_mut().unwrap().pod_ips = Some(vec![PodIP { ip: "10.0.0".into() }]);
+    p.status.as_mut().unwrap().pod_ips = Some(vec![PodIP {
+        ip: "10.0.0".into(),
+    }]);
     assert_eq!(rejected(&p).error, ConvertError::BadCidr("10.0.0".into()));
 
     // A node with an unparsable pod CIDR.

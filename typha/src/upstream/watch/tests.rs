@@ -1,0 +1,391 @@
+//! The watch loop without a server: synthetic resource streams into `drive`, and watcher
+//! events through `inputs`.
+
+use futures::channel::mpsc::unbounded;
+use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use typha_proto::{Kind, Value, pb};
+
+use super::*;
+
+fn key(name: &str) -> Key {
+    Key::cluster(Kind::Node, name).unwrap()
+}
+
+fn node(name: &str, version: &str) -> Update {
+    let value = Value::Node(pb::Node {
+        name: name.into(),
+        labels: [("v".to_string(), version.to_string())].into(),
+        ..Default::default()
+    });
+    Update::new(key(name), Some(value)).unwrap()
+}
+
+fn nodes(input: Input) -> Tagged {
+    (Resource::Nodes, Signal::Input(input))
+}
+
+fn metric(snap: &Snapshotter, name: &str, label: (&str, &str)) -> Option<DebugValue> {
+    snap.snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| {
+            k.key().name() == name
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == label.0 && l.value() == label.1)
+        })
+        .map(|(.., v)| v)
+}
+
+#[tokio::test]
+async fn drive_batches_coalesces_and_signals_in_sync_once() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let (signals, stream) = unbounded::<Tagged>();
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    // The initial list of nodes is all ready at once: one batch.
+    for input in [
+        Input::Init,
+        Input::InitApply(node("a", "1")),
+        Input::InitApply(node("b", "1")),
+        Input::InitDone,
+    ] {
+        signals.unbounded_send(nodes(input)).unwrap();
+    }
+    let resources = [Resource::Nodes, Resource::IpPools];
+    let driver = drive(stream, &resources, 100, tx, shutdown.clone());
+    let test = async {
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![node("a", "1"), node("b", "1")]))
+        );
+        // IP pools' CRD is missing: that completes the sync (and nothing else is sent first).
+        signals
+            .unbounded_send((Resource::IpPools, Signal::NotInstalled))
+            .unwrap();
+        assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
+
+        // A burst: the same key twice coalesces to its last value, in one message.
+        for input in [
+            Input::Apply(node("a", "2")),
+            Input::Apply(node("c", "1")),
+            Input::Apply(node("a", "3")),
+        ] {
+            signals.unbounded_send(nodes(input)).unwrap();
+        }
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![node("a", "3"), node("c", "1")]))
+        );
+
+        // A relist after a 410: b and c vanished meanwhile; no second InSync.
+        for input in [
+            Input::Init,
+            Input::InitApply(node("a", "3")),
+            Input::InitDone,
+        ] {
+            signals.unbounded_send(nodes(input)).unwrap();
+        }
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![
+                node("a", "3"),
+                Update::delete(key("b")),
+                Update::delete(key("c")),
+            ]))
+        );
+        signals
+            .unbounded_send(nodes(Input::Delete(key("a"))))
+            .unwrap();
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![Update::delete(key("a"))]))
+        );
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::join!(driver, test);
+    assert!(result.is_ok());
+    let in_sync = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| k.key().name() == "typha_upstream_in_sync")
+        .map(|(.., v)| v);
+    assert_eq!(in_sync, Some(DebugValue::Gauge(1.0.into())));
+}
+
+#[tokio::test]
+async fn drive_respects_batch_max_and_waits_for_every_resource() {
+    let (signals, stream) = unbounded::<Tagged>();
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    for input in [
+        Input::Init,
+        Input::InitApply(node("a", "1")),
+        Input::InitApply(node("b", "1")),
+        Input::InitApply(node("c", "1")),
+        Input::InitDone,
+    ] {
+        signals.unbounded_send(nodes(input)).unwrap();
+    }
+    let resources = [Resource::Nodes, Resource::Pods];
+    let driver = drive(stream, &resources, 2, tx, shutdown.clone());
+    let test = async {
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![node("a", "1"), node("b", "1")]))
+        );
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Updates(vec![node("c", "1")]))
+        );
+        // Pods have not listed: no InSync until they do (an empty list counts).
+        for input in [Input::Init, Input::InitDone] {
+            signals
+                .unbounded_send((Resource::Pods, Signal::Input(input)))
+                .unwrap();
+        }
+        assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::join!(driver, test);
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn drive_reports_a_closed_channel() {
+    let (signals, stream) = unbounded::<Tagged>();
+    let (tx, rx) = mpsc::channel(1);
+    drop(rx);
+    signals
+        .unbounded_send(nodes(Input::Apply(node("a", "1"))))
+        .unwrap();
+    let result = drive(stream, &[Resource::Nodes], 10, tx, CancellationToken::new()).await;
+    assert!(matches!(result, Err(UpstreamError::ChannelClosed)));
+}
+
+fn pod(ip: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("x".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("n".into()),
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+            ..Default::default()
+        }),
+    }
+}
+
+#[test]
+fn watcher_events_become_inputs_and_rejections_deletes() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut log = RejectionLog {
+        seen: HashMap::new(),
+    };
+    let wep = Key::new(Kind::WorkloadEndpoint, "x", "a").unwrap();
+
+    let good = inputs(watcher::Event::InitApply(pod("10.0.0.1")), &mut log);
+    assert!(matches!(&good[..], [Input::InitApply(u)] if u.key == wep && u.value.is_some()));
+
+    // An invalid version withdraws the key and is counted (twice: counted each time,
+    // logged once).
+    for _ in 0..2 {
+        let bad = inputs(watcher::Event::Apply(pod("not-an-ip")), &mut log);
+        assert_eq!(bad, vec![Input::Apply(Update::delete(wep.clone()))]);
+    }
+    assert_eq!(log.seen.len(), 1);
+    assert_eq!(
+        metric(
+            &snap,
+            "typha_upstream_rejected_total",
+            ("kind", "workload_endpoint")
+        ),
+        Some(DebugValue::Counter(2))
+    );
+    // A valid version clears the log entry.
+    inputs(watcher::Event::Apply(pod("10.0.0.2")), &mut log);
+    assert!(log.seen.is_empty());
+
+    let deleted = inputs(watcher::Event::Delete(pod("not-an-ip")), &mut log);
+    assert_eq!(deleted, vec![Input::Delete(wep)]);
+    assert_eq!(
+        inputs::<Pod>(watcher::Event::Init, &mut log),
+        vec![Input::Init]
+    );
+    assert_eq!(
+        inputs::<Pod>(watcher::Event::InitDone, &mut log),
+        vec![Input::InitDone]
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// `run` against an in-process fake API server (a tower service, no sockets)
+// ---------------------------------------------------------------------------------
+
+mod fake_api {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+
+    fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    /// A watch that stays open and never sends anything.
+    fn open_watch() -> Response<Body> {
+        let pending = futures::stream::pending::<Result<Bytes, Infallible>>();
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::from_stream(pending))
+            .unwrap()
+    }
+
+    /// Serves nodes and clusterinformations lists; every other CRD is not installed.
+    pub fn client(seen: Arc<Mutex<Vec<String>>>) -> kube::Client {
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let uri = req.uri().to_string();
+                seen.lock().unwrap().push(uri.clone());
+                let path = req.uri().path().to_string();
+                let watch = uri.contains("watch=true");
+                let list = |kind: &str, items: serde_json::Value| {
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": kind,
+                        "metadata": {"resourceVersion": "5"}, "items": items,
+                    })
+                };
+                let response = match (path.as_str(), watch) {
+                    (_, true) if !path.contains("ippools") => open_watch(),
+                    ("/api/v1/nodes", false) => json(
+                        StatusCode::OK,
+                        list(
+                            "NodeList",
+                            serde_json::json!([
+                                {"metadata": {"name": "n1", "resourceVersion": "3"},
+                                 "spec": {"podCIDR": "10.244.1.0/24"}},
+                                {"metadata": {"name": "bad", "resourceVersion": "4"},
+                                 "spec": {"podCIDR": "10.244.1.0/99"}}
+                            ]),
+                        ),
+                    ),
+                    ("/apis/crd.projectcalico.org/v1/clusterinformations", false) => json(
+                        StatusCode::OK,
+                        list(
+                            "ClusterInformationList",
+                            serde_json::json!([
+                                {"apiVersion": "crd.projectcalico.org/v1", "kind": "ClusterInformation",
+                                 "metadata": {"name": "default", "resourceVersion": "2"},
+                                 "spec": {"datastoreReady": true}}
+                            ]),
+                        ),
+                    ),
+                    _ => json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({
+                            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                            "reason": "NotFound", "code": 404, "message": "not found",
+                        }),
+                    ),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+}
+
+#[tokio::test]
+async fn run_lists_converts_skips_missing_crds_and_syncs() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = fake_api::client(seen.clone());
+    let config = UpstreamConfig {
+        page_size: 7,
+        crd_retry: Duration::from_secs(3600),
+        resources: vec![
+            Resource::Nodes,
+            Resource::IpPools,
+            Resource::ClusterInformations,
+        ],
+        ..UpstreamConfig::default()
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let runner = run(client, config, tx, shutdown.clone());
+    let test = async {
+        let mut updates = Vec::new();
+        while let UpstreamEvent::Updates(batch) = rx.recv().await.expect("run ended early") {
+            updates.extend(batch);
+        }
+        updates.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Vec<(Kind, &str, bool)> = updates
+            .iter()
+            .map(|u| (u.key.kind(), u.key.name(), u.value.is_some()))
+            .collect();
+        // The invalid node is withdrawn (a delete), not forwarded; the IP pool CRD is
+        // missing and did not hold back InSync.
+        assert_eq!(
+            keys,
+            vec![
+                (Kind::Node, "bad", false),
+                (Kind::Node, "n1", true),
+                (Kind::ClusterInformation, "default", true),
+            ]
+        );
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::join!(runner, test);
+    assert!(result.is_ok());
+
+    let uris = seen.lock().unwrap().clone();
+    assert!(
+        uris.iter()
+            .any(|u| u.starts_with("/api/v1/nodes?") && u.contains("limit=7")),
+        "paginated list with the configured page size: {uris:?}"
+    );
+    assert_eq!(
+        metric(&snap, "typha_upstream_rejected_total", ("kind", "node")),
+        Some(DebugValue::Counter(1))
+    );
+    assert_eq!(
+        metric(
+            &snap,
+            "typha_upstream_watch_errors_total",
+            ("resource", "ippools")
+        ),
+        None,
+        "a missing CRD is skipped, not retried as a watch error"
+    );
+    assert!(
+        metric(
+            &snap,
+            "typha_upstream_last_event_timestamp_seconds",
+            ("resource", "nodes")
+        )
+        .is_some()
+    );
+}
