@@ -43,7 +43,10 @@ pub async fn connect(
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<Channel, ConnectError> {
-    let bad = |reason: String| ConnectError::BadAddress { addr: addr.to_string(), reason };
+    let bad = |reason: String| ConnectError::BadAddress {
+        addr: addr.to_string(),
+        reason,
+    };
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(timeout)
@@ -53,7 +56,12 @@ pub async fn connect(
     let connector = tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
         async move {
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().unwrap_or(5473);
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
@@ -71,5 +79,8 @@ pub async fn connect(
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|source| ConnectError::Connect { addr: addr.to_string(), source })
+        .map_err(|source| ConnectError::Connect {
+            addr: addr.to_string(),
+            source,
+        })
 }

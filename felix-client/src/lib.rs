@@ -1,8 +1,10 @@
 //! felix-client: the per-node agent. It syncs the cluster's network state from typha
 //! ([`sync`], keeping a [`mirror::Mirror`] proven equal to the server's by digest) and
-//! hands changes to the rest of the agent.
+//! hands changes to the rest of the agent. Without typha, [`local`] watches the API
+//! itself through typha's upstream code and feeds the same mirror and events.
 
 pub mod connect;
+pub mod local;
 pub mod mirror;
 pub mod sync;
 

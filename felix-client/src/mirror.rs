@@ -174,14 +174,21 @@ impl Mirror {
     /// Stages one snapshot chunk.
     pub fn apply_chunk(&mut self, chunk: pb::SnapshotChunk) -> Result<(), MirrorError> {
         if chunk.index == 0 {
-            self.staging = Some(Staging { revision: chunk.revision, count: chunk.count, ..Default::default() });
+            self.staging = Some(Staging {
+                revision: chunk.revision,
+                count: chunk.count,
+                ..Default::default()
+            });
         }
         let staging = self.staging.as_mut().ok_or(MirrorError::ChunkOutOfOrder {
             expected: 0,
             got: chunk.index,
             revision: chunk.revision,
         })?;
-        if chunk.index != staging.next_chunk || chunk.revision != staging.revision || chunk.index >= staging.count {
+        if chunk.index != staging.next_chunk
+            || chunk.revision != staging.revision
+            || chunk.index >= staging.count
+        {
             return Err(MirrorError::ChunkOutOfOrder {
                 expected: staging.next_chunk,
                 got: chunk.index,
@@ -194,7 +201,10 @@ impl Mirror {
         for encoded in entries.entries {
             let update = Update::decode(&encoded)?;
             let Some(value) = update.value else { continue };
-            let entry = Entry { value, hash: EntryHash::of(&encoded) };
+            let entry = Entry {
+                value,
+                hash: EntryHash::of(&encoded),
+            };
             if let Some(old) = staging.entries.insert(update.key, entry.clone()) {
                 staging.digest.remove(old.hash);
             }
@@ -227,7 +237,10 @@ impl Mirror {
         let mut changes = Vec::new();
         for (key, entry) in &staging.entries {
             if self.entries.get(key).map(|old| old.hash) != Some(entry.hash) {
-                changes.push(Update { key: key.clone(), value: Some(entry.value.clone()) });
+                changes.push(Update {
+                    key: key.clone(),
+                    value: Some(entry.value.clone()),
+                });
             }
         }
         for key in self.entries.keys() {
@@ -249,7 +262,10 @@ impl Mirror {
             return Err(MirrorError::NotSynced);
         }
         if batch.from_revision != self.revision.0 {
-            return Err(MirrorError::RevisionGap { have: self.revision.0, from: batch.from_revision });
+            return Err(MirrorError::RevisionGap {
+                have: self.revision.0,
+                from: batch.from_revision,
+            });
         }
         let mut changes = Vec::with_capacity(batch.updates.len());
         for encoded in &batch.updates {
@@ -257,13 +273,22 @@ impl Mirror {
             match update.value {
                 Some(value) => {
                     let hash = EntryHash::of(encoded);
-                    let old = self.entries.insert(update.key.clone(), Entry { value: value.clone(), hash });
+                    let old = self.entries.insert(
+                        update.key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            hash,
+                        },
+                    );
                     match old {
                         Some(old) if old.hash == hash => continue,
                         Some(old) => self.digest.replace(old.hash, hash),
                         None => self.digest.add(hash),
                     }
-                    changes.push(Update { key: update.key, value: Some(value) });
+                    changes.push(Update {
+                        key: update.key,
+                        value: Some(value),
+                    });
                 }
                 None => {
                     if let Some(old) = self.entries.remove(&update.key) {
@@ -277,7 +302,11 @@ impl Mirror {
         if let Some(server) = Digest::from_bytes(&batch.digest)
             && server != self.digest
         {
-            return Err(MirrorError::DigestMismatch { revision: batch.revision, server, mirror: self.digest });
+            return Err(MirrorError::DigestMismatch {
+                revision: batch.revision,
+                server,
+                mirror: self.digest,
+            });
         }
         Ok(changes)
     }
@@ -285,18 +314,23 @@ impl Mirror {
 
 fn decompress(chunk: &pb::SnapshotChunk) -> Result<Vec<u8>, MirrorError> {
     if chunk.raw_len > MAX_CHUNK_RAW_BYTES {
-        return Err(MirrorError::ChunkSize { raw_len: chunk.raw_len });
+        return Err(MirrorError::ChunkSize {
+            raw_len: chunk.raw_len,
+        });
     }
     let raw = match pb::Compression::try_from(chunk.compression) {
         Ok(pb::Compression::Zstd) => {
             // Capacity-bounded: a payload that inflates beyond raw_len is an error.
-            zstd::bulk::decompress(&chunk.payload, chunk.raw_len as usize).map_err(MirrorError::Decompress)?
+            zstd::bulk::decompress(&chunk.payload, chunk.raw_len as usize)
+                .map_err(MirrorError::Decompress)?
         }
         Ok(pb::Compression::None) => chunk.payload.to_vec(),
         Err(_) => return Err(MirrorError::Compression(chunk.compression)),
     };
     if raw.len() as u64 != chunk.raw_len {
-        return Err(MirrorError::ChunkSize { raw_len: chunk.raw_len });
+        return Err(MirrorError::ChunkSize {
+            raw_len: chunk.raw_len,
+        });
     }
     Ok(raw)
 }

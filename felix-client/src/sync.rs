@@ -148,7 +148,11 @@ pub struct SyncClient {
 impl SyncClient {
     /// A client with an empty mirror.
     pub fn new(config: SyncConfig) -> SyncClient {
-        SyncClient { config, mirror: Mirror::new(), status: Arc::new(SyncStatus::default()) }
+        SyncClient {
+            config,
+            mirror: Mirror::new(),
+            status: Arc::new(SyncStatus::default()),
+        }
     }
 
     /// The live counters.
@@ -222,20 +226,35 @@ impl SyncClient {
             node_name: self.config.node_name.clone(),
             syncer_type: pb::SyncerType::Felix as i32,
             protocol_version: PROTOCOL_VERSION,
-            capabilities: [pb::Capability::SnapshotZstd, pb::Capability::Resume, pb::Capability::Digest]
-                .iter()
-                .map(|c| *c as i32)
-                .collect(),
+            capabilities: [
+                pb::Capability::SnapshotZstd,
+                pb::Capability::Resume,
+                pb::Capability::Digest,
+            ]
+            .iter()
+            .map(|c| *c as i32)
+            .collect(),
             resume: self.mirror.resume_position(),
             client_version: concat!("felix-client/", env!("CARGO_PKG_VERSION")).to_string(),
         };
-        let _ = up.send(pb::ClientMessage { msg: Some(client_message::Msg::Hello(hello)) }).await;
+        let _ = up
+            .send(pb::ClientMessage {
+                msg: Some(client_message::Msg::Hello(hello)),
+            })
+            .await;
         let mut client = TyphaClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-        let call = timeout(self.config.connect_timeout, client.sync(ReceiverStream::new(up_rx)));
+        let call = timeout(
+            self.config.connect_timeout,
+            client.sync(ReceiverStream::new(up_rx)),
+        );
         let mut frames = match call.await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => return Ok(SessionEnd::Failed(format!("sync refused: {status}"))),
-            Err(_) => return Ok(SessionEnd::Failed("timed out waiting for the server".into())),
+            Err(_) => {
+                return Ok(SessionEnd::Failed(
+                    "timed out waiting for the server".into(),
+                ));
+            }
         };
         loop {
             let frame = tokio::select! {
@@ -243,8 +262,14 @@ impl SyncClient {
                 frame = timeout(self.config.read_timeout, frames.message()) => frame,
             };
             let frame = match frame {
-                Err(_) => return Ok(SessionEnd::Failed("server silent past the read timeout".into())),
-                Ok(Err(status)) => return Ok(SessionEnd::Failed(format!("stream error: {status}"))),
+                Err(_) => {
+                    return Ok(SessionEnd::Failed(
+                        "server silent past the read timeout".into(),
+                    ));
+                }
+                Ok(Err(status)) => {
+                    return Ok(SessionEnd::Failed(format!("stream error: {status}")));
+                }
                 Ok(Ok(None)) => return Ok(SessionEnd::Failed("server closed the stream".into())),
                 Ok(Ok(Some(frame))) => frame,
             };
@@ -253,7 +278,9 @@ impl SyncClient {
                 Ok(Some(end)) => return Ok(end),
                 Err(error) => {
                     if matches!(error, MirrorError::DigestMismatch { .. }) {
-                        self.status.digest_mismatches.fetch_add(1, Ordering::Relaxed);
+                        self.status
+                            .digest_mismatches
+                            .fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("felix_sync_digest_mismatches_total").increment(1);
                         self.mirror.forget_position();
                     }
@@ -272,7 +299,11 @@ impl SyncClient {
         match frame {
             ServerFrame::Hello(hello) => {
                 self.mirror.start_session(&hello.epoch, hello.resumed);
-                tracing::info!(server = hello.server_id, resumed = hello.resumed, "connected to typha");
+                tracing::info!(
+                    server = hello.server_id,
+                    resumed = hello.resumed,
+                    "connected to typha"
+                );
                 if hello.resumed {
                     self.status.resumes.fetch_add(1, Ordering::Relaxed);
                     self.in_sync(events).await;
@@ -290,15 +321,22 @@ impl SyncClient {
             ServerFrame::Deltas(batch) => {
                 let changes = self.mirror.apply_deltas(batch)?;
                 self.status.batches.fetch_add(1, Ordering::Relaxed);
-                self.status.keys.store(self.mirror.len() as u64, Ordering::Relaxed);
+                self.status
+                    .keys
+                    .store(self.mirror.len() as u64, Ordering::Relaxed);
                 self.status.applied.send_replace(self.mirror.revision());
                 if !changes.is_empty() {
                     let _ = events.send(SyncEvent::Changes(changes)).await;
                 }
             }
             ServerFrame::Ping(ping) => {
-                let pong = pb::Pong { nonce: ping.nonce, ping_sent_unix_nanos: ping.sent_unix_nanos };
-                let _ = up.try_send(pb::ClientMessage { msg: Some(client_message::Msg::Pong(pong)) });
+                let pong = pb::Pong {
+                    nonce: ping.nonce,
+                    ping_sent_unix_nanos: ping.sent_unix_nanos,
+                };
+                let _ = up.try_send(pb::ClientMessage {
+                    msg: Some(client_message::Msg::Pong(pong)),
+                });
             }
             ServerFrame::Goodbye(goodbye) => {
                 let reason = pb::GoodbyeReason::try_from(goodbye.reason).unwrap_or_default();
@@ -317,14 +355,21 @@ impl SyncClient {
         metrics::gauge!("felix_sync_in_sync").set(1.0);
         metrics::gauge!("felix_sync_keys").set(keys as f64);
         self.status.applied.send_replace(self.mirror.revision());
-        let event = SyncEvent::InSync { revision: self.mirror.revision(), digest: self.mirror.digest(), keys };
+        let event = SyncEvent::InSync {
+            revision: self.mirror.revision(),
+            digest: self.mirror.digest(),
+            keys,
+        };
         let _ = events.send(event).await;
     }
 }
 
 /// Exponential backoff with full jitter between 50% and 100% of the step.
 fn backoff(config: &SyncConfig, attempt: u32) -> Duration {
-    let step = config.backoff_min.saturating_mul(1u32 << attempt.min(16)).min(config.backoff_max);
+    let step = config
+        .backoff_min
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(config.backoff_max);
     jitter(step)
 }
 
@@ -348,8 +393,14 @@ mod tests {
         let config = SyncConfig::new("n", vec!["a:1".into()]);
         for attempt in 0..40 {
             let d = backoff(&config, attempt);
-            let step = config.backoff_min.saturating_mul(1u32 << attempt.min(16)).min(config.backoff_max);
-            assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?} vs {step:?}");
+            let step = config
+                .backoff_min
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(config.backoff_max);
+            assert!(
+                d >= step / 2 && d <= step,
+                "attempt {attempt}: {d:?} vs {step:?}"
+            );
         }
         assert!(backoff(&config, 30) >= config.backoff_max / 2);
     }

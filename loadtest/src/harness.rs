@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use felix_client::{Mirror, SyncClient, SyncConfig, SyncStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,6 @@ use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
 use typha::tls::{PeerIdentity, client_config, server_config};
 use typha::upstream::UpstreamEvent;
-use felix_client::{Mirror, SyncClient, SyncConfig, SyncStatus};
 use typha_proto::Revision;
 
 /// How to start typha.
@@ -32,7 +32,11 @@ pub struct TyphaSpec {
 
 impl Default for TyphaSpec {
     fn default() -> Self {
-        TyphaSpec { server: ServerConfig::default(), hub: HubConfig::default(), tls: true }
+        TyphaSpec {
+            server: ServerConfig::default(),
+            hub: HubConfig::default(),
+            tls: true,
+        }
     }
 }
 
@@ -76,13 +80,23 @@ impl Harness {
             metrics: None,
         };
         let typha = app::start(options).await?;
-        Ok(Harness { pki, typha, feed: None, tls: spec.tls })
+        Ok(Harness {
+            pki,
+            typha,
+            feed: None,
+            tls: spec.tls,
+        })
     }
 
     /// Sends one upstream event (panics in tests if typha is gone).
     pub async fn send(&self, event: UpstreamEvent) -> anyhow::Result<()> {
-        let feed = self.feed.as_ref().context("typha was started with a Kubernetes upstream")?;
-        feed.send(event).await.context("typha's upstream channel closed")
+        let feed = self
+            .feed
+            .as_ref()
+            .context("typha was started with a Kubernetes upstream")?;
+        feed.send(event)
+            .await
+            .context("typha's upstream channel closed")
     }
 
     /// The TLS config a legitimate client uses (checks the server's CN).
@@ -130,7 +144,11 @@ impl ClientHandle {
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let task = tokio::spawn(client.run(tx, shutdown.clone()));
-        ClientHandle { status, shutdown, task }
+        ClientHandle {
+            status,
+            shutdown,
+            task,
+        }
     }
 
     /// Waits until the client's mirror is at `revision` or later.
@@ -157,7 +175,11 @@ impl ClientSet {
     pub async fn wait_all(&self, revision: Revision, limit: Duration) -> anyhow::Result<()> {
         let all = futures::future::join_all(self.clients.iter().map(|c| c.wait_for(revision)));
         tokio::time::timeout(limit, all).await.map_err(|_| {
-            let behind = self.clients.iter().filter(|c| *c.status.applied.borrow() < revision).count();
+            let behind = self
+                .clients
+                .iter()
+                .filter(|c| *c.status.applied.borrow() < revision)
+                .count();
             anyhow::anyhow!("{behind} clients still behind revision {revision} after {limit:?}")
         })?;
         Ok(())

@@ -3,3 +3,4 @@
 
 pub mod harness;
 pub mod model;
+pub mod steady;

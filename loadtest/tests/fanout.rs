@@ -34,15 +34,24 @@ fn counters(snapshotter: &Snapshotter) -> HashMap<(String, String), u64> {
     let mut out = HashMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         if let DebugValue::Counter(c) = value {
-            let label = key.key().labels().next().map(|l| l.value().to_string()).unwrap_or_default();
-            *out.entry((key.key().name().to_string(), label)).or_default() += c;
+            let label = key
+                .key()
+                .labels()
+                .next()
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            *out.entry((key.key().name().to_string(), label))
+                .or_default() += c;
         }
     }
     out
 }
 
 fn get(counters: &HashMap<(String, String), u64>, name: &str, label: &str) -> u64 {
-    counters.get(&(name.to_string(), label.to_string())).copied().unwrap_or(0)
+    counters
+        .get(&(name.to_string(), label.to_string()))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn oracle_apply(oracle: &mut BTreeMap<Key, Value>, updates: &[Update]) {
@@ -94,7 +103,11 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
     assert_eq!(hub.revision(), target);
     assert_eq!(hub.stats().delta_frames_encoded - encoded_before, batches);
 
-    let delivered: u64 = clients.clients.iter().map(|c| c.status.batches.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let delivered: u64 = clients
+        .clients
+        .iter()
+        .map(|c| c.status.batches.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     let digest = hub.digest();
     let mirrors = clients.stop().await.unwrap();
     assert!(delivered >= 500, "every client received deltas");
@@ -103,7 +116,10 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
         assert_eq!(mirror.revision(), target);
         assert_eq!(mirror.len(), oracle.len());
     }
-    let first: BTreeMap<Key, Value> = mirrors[0].iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let first: BTreeMap<Key, Value> = mirrors[0]
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     assert_eq!(first, oracle);
 }
 
@@ -113,7 +129,10 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
 async fn each_delta_is_encoded_once_for_all_clients() {
     let snapshotter = recorder();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
-    harness.send(UpstreamEvent::Updates(model::cluster(5, 10, 2, 1))).await.unwrap();
+    harness
+        .send(UpstreamEvent::Updates(model::cluster(5, 10, 2, 1)))
+        .await
+        .unwrap();
     harness.send(UpstreamEvent::InSync).await.unwrap();
     let clients = harness.spawn_clients(40).unwrap();
     let mut revision = harness.typha.hub.revision();
@@ -121,13 +140,19 @@ async fn each_delta_is_encoded_once_for_all_clients() {
     let encoded_before = harness.typha.hub.stats().delta_frames_encoded;
     for generation in 1..=20u32 {
         let update = model::endpoint("ns-0", "pod-0", "node-0", 0, generation);
-        harness.send(UpstreamEvent::Updates(vec![update])).await.unwrap();
+        harness
+            .send(UpstreamEvent::Updates(vec![update]))
+            .await
+            .unwrap();
         revision = revision.next();
         clients.wait_all(revision, LIMIT).await.unwrap();
     }
     let encoded = harness.typha.hub.stats().delta_frames_encoded - encoded_before;
     assert_eq!(encoded, 20);
-    assert_eq!(get(&counters(&snapshotter), "typha_deltas_coalesced_total", ""), 0);
+    assert_eq!(
+        get(&counters(&snapshotter), "typha_deltas_coalesced_total", ""),
+        0
+    );
     let per_client: Vec<u64> = clients
         .clients
         .iter()
@@ -140,9 +165,16 @@ async fn each_delta_is_encoded_once_for_all_clients() {
 async fn raw_session(
     harness: &Harness,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> (tokio::sync::mpsc::Sender<pb::ClientMessage>, Result<tonic::Streaming<ServerFrame>, tonic::Status>) {
-    let channel = felix_client::connect::connect(&harness.typha.grpc_addr.to_string(), tls, Duration::from_secs(10))
-        .await;
+) -> (
+    tokio::sync::mpsc::Sender<pb::ClientMessage>,
+    Result<tonic::Streaming<ServerFrame>, tonic::Status>,
+) {
+    let channel = felix_client::connect::connect(
+        &harness.typha.grpc_addr.to_string(),
+        tls,
+        Duration::from_secs(10),
+    )
+    .await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = pb::ClientHello {
         node_name: "raw".into(),
@@ -151,11 +183,17 @@ async fn raw_session(
         capabilities: vec![pb::Capability::SnapshotZstd as i32],
         ..Default::default()
     };
-    tx.send(pb::ClientMessage { msg: Some(client_message::Msg::Hello(hello)) }).await.unwrap();
+    tx.send(pb::ClientMessage {
+        msg: Some(client_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
     let Ok(channel) = channel else {
         return (tx, Err(tonic::Status::unavailable("connect failed")));
     };
-    let response = TyphaClient::new(channel).sync(ReceiverStream::new(rx)).await;
+    let response = TyphaClient::new(channel)
+        .sync(ReceiverStream::new(rx))
+        .await;
     (tx, response.map(|r| r.into_inner()))
 }
 
@@ -163,8 +201,13 @@ async fn raw_session(
 async fn state_frames(stream: Result<tonic::Streaming<ServerFrame>, tonic::Status>) -> usize {
     let Ok(mut stream) = stream else { return 0 };
     let mut n = 0;
-    while let Ok(Ok(Some(frame))) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-        if matches!(frame, ServerFrame::SnapshotChunk(_) | ServerFrame::InSync(_) | ServerFrame::Deltas(_)) {
+    while let Ok(Ok(Some(frame))) =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await
+    {
+        if matches!(
+            frame,
+            ServerFrame::SnapshotChunk(_) | ServerFrame::InSync(_) | ServerFrame::Deltas(_)
+        ) {
             n += 1;
         }
     }
@@ -173,9 +216,14 @@ async fn state_frames(stream: Result<tonic::Streaming<ServerFrame>, tonic::Statu
 
 fn no_client_cert(harness: &Harness) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls_pemfile::certs(&mut harness.pki.ca.cert_pem.as_bytes()).next().unwrap().unwrap();
+    let ca = rustls_pemfile::certs(&mut harness.pki.ca.cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
     roots.add(ca).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
@@ -186,7 +234,10 @@ fn no_client_cert(harness: &Harness) -> Arc<rustls::ClientConfig> {
 async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
     let snapshotter = recorder();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
-    harness.send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1))).await.unwrap();
+    harness
+        .send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1)))
+        .await
+        .unwrap();
     harness.send(UpstreamEvent::InSync).await.unwrap();
     let server_identity = PeerIdentity::with_cn(typha::certs::DEFAULT_SERVER_CN);
 
@@ -203,7 +254,10 @@ async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
     assert_eq!(state_frames(stream).await, 0);
 
     // The right CA, the wrong identity.
-    let wrong = harness.pki.issue(&typha::certs::CertSpec::new("intruder", false)).unwrap();
+    let wrong = harness
+        .pki
+        .issue(&typha::certs::CertSpec::new("intruder", false))
+        .unwrap();
     let tls = typha::tls::client_config(&harness.pki.material(&wrong), &server_identity).unwrap();
     let (_tx, stream) = raw_session(&harness, Some(tls)).await;
     assert_eq!(state_frames(stream).await, 0);
@@ -233,14 +287,24 @@ async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
 async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
     let snapshotter = recorder();
     let spec = TyphaSpec {
-        server: ServerConfig { write_timeout: Duration::from_millis(500), out_buffer_frames: 4, ..Default::default() },
+        server: ServerConfig {
+            write_timeout: Duration::from_millis(500),
+            out_buffer_frames: 4,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let harness = Harness::start(spec).await.unwrap();
-    harness.send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1))).await.unwrap();
+    harness
+        .send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1)))
+        .await
+        .unwrap();
     harness.send(UpstreamEvent::InSync).await.unwrap();
     let clients = harness.spawn_clients(20).unwrap();
-    clients.wait_all(harness.typha.hub.revision(), LIMIT).await.unwrap();
+    clients
+        .wait_all(harness.typha.hub.revision(), LIMIT)
+        .await
+        .unwrap();
 
     // The stalled client reads its hello and snapshot, then nothing more.
     let (_tx, stream) = raw_session(&harness, harness.client_tls().unwrap()).await;
@@ -255,7 +319,15 @@ async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
     let mut revision = harness.typha.hub.revision();
     for round in 0..300u32 {
         let batch: Vec<Update> = (0..100u32)
-            .map(|i| model::endpoint("ns-0", &format!("bulk-{round}-{i}"), "node-0", 500_000 + round * 100 + i, 1))
+            .map(|i| {
+                model::endpoint(
+                    "ns-0",
+                    &format!("bulk-{round}-{i}"),
+                    "node-0",
+                    500_000 + round * 100 + i,
+                    1,
+                )
+            })
             .collect();
         harness.send(UpstreamEvent::Updates(batch)).await.unwrap();
         revision = revision.next();
@@ -266,8 +338,16 @@ async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
     // The stalled client's session ends with a write timeout; poll the counter with a
     // deadline (there is no event to await from outside the server).
     let deadline = tokio::time::Instant::now() + LIMIT;
-    while get(&counters(&snapshotter), "typha_connections_dropped_total", "write_timeout") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "stalled client never dropped");
+    while get(
+        &counters(&snapshotter),
+        "typha_connections_dropped_total",
+        "write_timeout",
+    ) == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled client never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Its connection was killed: after whatever was already buffered, the stream ends in

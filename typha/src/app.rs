@@ -129,21 +129,31 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         }
     });
     let listener = server::bind(options.listen).await?;
-    let grpc_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr: options.listen, source })?;
-    tasks.spawn(server::serve(listener, hub.clone(), options.server, options.transport, shutdown.clone()));
+    let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    tasks.spawn(server::serve(
+        listener,
+        hub.clone(),
+        options.server,
+        options.transport,
+        shutdown.clone(),
+    ));
     let health_addr = match options.health_listen {
         None => None,
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AppError::HealthBind { addr, source })?;
-            let bound = listener.local_addr().map_err(|source| AppError::HealthBind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AppError::HealthBind { addr, source })?;
             let app = health_router(hub.clone(), options.metrics);
             let token = shutdown.clone();
             tasks.spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
+                let serve =
+                    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "health server failed");
                 }
@@ -153,7 +163,13 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         }
     };
     tracing::info!(%grpc_addr, ?health_addr, "typha started");
-    Ok(Running { grpc_addr, health_addr, hub, shutdown, tasks })
+    Ok(Running {
+        grpc_addr,
+        health_addr,
+        hub,
+        shutdown,
+        tasks,
+    })
 }
 
 #[derive(Clone)]
@@ -181,6 +197,9 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, &'static str) 
 async fn render_metrics(State(state): State<HealthState>) -> (StatusCode, String) {
     match state.metrics {
         Some(handle) => (StatusCode::OK, handle.render()),
-        None => (StatusCode::NOT_FOUND, "no metrics recorder installed\n".to_string()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no metrics recorder installed\n".to_string(),
+        ),
     }
 }

@@ -13,7 +13,11 @@ use crate::tls::{PeerIdentity, TlsFiles};
 
 /// The typha command line.
 #[derive(Debug, Parser)]
-#[command(name = "typha", version, about = "Fan-out proxy for Kubernetes network state")]
+#[command(
+    name = "typha",
+    version,
+    about = "Fan-out proxy for Kubernetes network state"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -103,10 +107,14 @@ pub struct ServeArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// TLS flags incomplete.
-    #[error("--tls-ca, --tls-cert and --tls-key are all required (or --insecure-plaintext for development)")]
+    #[error(
+        "--tls-ca, --tls-cert and --tls-key are all required (or --insecure-plaintext for development)"
+    )]
     TlsIncomplete,
     /// No client identity check.
-    #[error("with TLS, set --client-cn and/or --client-uri-san: typha must know which clients to accept")]
+    #[error(
+        "with TLS, set --client-cn and/or --client-uri-san: typha must know which clients to accept"
+    )]
     NoClientIdentity,
     /// Both TLS and plaintext.
     #[error("--insecure-plaintext cannot be combined with --tls-* flags")]
@@ -133,22 +141,33 @@ impl ServeArgs {
             _ if self.insecure_plaintext && any_tls => return Err(ConfigError::Contradictory),
             _ if self.insecure_plaintext => TransportChoice::Plaintext,
             (Some(ca), Some(cert), Some(key)) => {
-                let identity = PeerIdentity { cn: self.client_cn.clone(), uri_san: self.client_uri_san.clone() };
+                let identity = PeerIdentity {
+                    cn: self.client_cn.clone(),
+                    uri_san: self.client_uri_san.clone(),
+                };
                 if identity.is_empty() {
                     return Err(ConfigError::NoClientIdentity);
                 }
                 TransportChoice::Tls(
-                    TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() },
+                    TlsFiles {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
                     identity,
                 )
             }
             _ => return Err(ConfigError::TlsIncomplete),
         };
         if self.ping_timeout <= self.ping_interval {
-            return Err(ConfigError::Invalid("--ping-timeout must exceed --ping-interval"));
+            return Err(ConfigError::Invalid(
+                "--ping-timeout must exceed --ping-interval",
+            ));
         }
         if self.history_batches == 0 || self.max_connections == 0 {
-            return Err(ConfigError::Invalid("--history-batches and --max-connections must be positive"));
+            return Err(ConfigError::Invalid(
+                "--history-batches and --max-connections must be positive",
+            ));
         }
         let server = ServerConfig {
             server_id: self.server_id.clone().unwrap_or_else(default_server_id),
@@ -167,7 +186,11 @@ fn default_server_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .unwrap_or_else(|| "typha".to_string())
 }
 
@@ -186,27 +209,60 @@ mod tests {
 
     #[test]
     fn tls_is_the_default_and_must_be_complete() {
-        assert!(matches!(parse(&[]).validate(), Err(ConfigError::TlsIncomplete)));
-        assert!(matches!(parse(&["--tls-ca", "a"]).validate(), Err(ConfigError::TlsIncomplete)));
+        assert!(matches!(
+            parse(&[]).validate(),
+            Err(ConfigError::TlsIncomplete)
+        ));
+        assert!(matches!(
+            parse(&["--tls-ca", "a"]).validate(),
+            Err(ConfigError::TlsIncomplete)
+        ));
         let no_identity = parse(&["--tls-ca", "a", "--tls-cert", "b", "--tls-key", "c"]);
-        assert!(matches!(no_identity.validate(), Err(ConfigError::NoClientIdentity)));
-        let ok = parse(&["--tls-ca", "a", "--tls-cert", "b", "--tls-key", "c", "--client-cn", "x"]);
+        assert!(matches!(
+            no_identity.validate(),
+            Err(ConfigError::NoClientIdentity)
+        ));
+        let ok = parse(&[
+            "--tls-ca",
+            "a",
+            "--tls-cert",
+            "b",
+            "--tls-key",
+            "c",
+            "--client-cn",
+            "x",
+        ]);
         assert!(matches!(ok.validate(), Ok((TransportChoice::Tls(..), _))));
     }
 
     #[test]
     fn plaintext_is_explicit_and_exclusive() {
-        assert!(matches!(parse(&["--insecure-plaintext"]).validate(), Ok((TransportChoice::Plaintext, _))));
+        assert!(matches!(
+            parse(&["--insecure-plaintext"]).validate(),
+            Ok((TransportChoice::Plaintext, _))
+        ));
         let both = parse(&["--insecure-plaintext", "--tls-ca", "a"]);
         assert!(matches!(both.validate(), Err(ConfigError::Contradictory)));
     }
 
     #[test]
     fn durations_parse_and_are_checked() {
-        let args = parse(&["--insecure-plaintext", "--ping-interval", "500ms", "--ping-timeout", "2s"]);
+        let args = parse(&[
+            "--insecure-plaintext",
+            "--ping-interval",
+            "500ms",
+            "--ping-timeout",
+            "2s",
+        ]);
         let (_, server) = args.validate().unwrap();
         assert_eq!(server.ping_interval, Duration::from_millis(500));
-        let bad = parse(&["--insecure-plaintext", "--ping-interval", "5s", "--ping-timeout", "1s"]);
+        let bad = parse(&[
+            "--insecure-plaintext",
+            "--ping-interval",
+            "5s",
+            "--ping-timeout",
+            "1s",
+        ]);
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         assert!(Cli::try_parse_from(["typha", "serve", "--write-timeout", "soon"]).is_err());
     }

@@ -37,7 +37,10 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { cache: CacheConfig::default(), snapshot_max_age: Duration::from_secs(10) }
+        HubConfig {
+            cache: CacheConfig::default(),
+            snapshot_max_age: Duration::from_secs(10),
+        }
     }
 }
 
@@ -179,7 +182,10 @@ impl Hub {
         metrics::gauge!("typha_snapshot_raw_bytes").set(snapshot.raw_bytes as f64);
         metrics::gauge!("typha_snapshot_compressed_bytes").set(snapshot.compressed_bytes as f64);
         metrics::counter!("typha_snapshots_built_total").increment(1);
-        *memo = Some(Memo { snapshot: snapshot.clone(), built_at: Instant::now() });
+        *memo = Some(Memo {
+            snapshot: snapshot.clone(),
+            built_at: Instant::now(),
+        });
         Ok(snapshot)
     }
 

@@ -59,19 +59,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("reading kubeconfig {}", path.display()))?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
             }
-            None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+            None => kube::Config::infer()
+                .await
+                .context("no kubeconfig and not in a cluster")?,
         };
-        let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+        let client =
+            kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
         let mut hub = HubConfig::default();
         hub.cache.max_log_batches = args.history_batches;
-        let upstream = UpstreamConfig { streaming_lists: args.streaming_lists, ..UpstreamConfig::default() };
+        let upstream = UpstreamConfig {
+            streaming_lists: args.streaming_lists,
+            ..UpstreamConfig::default()
+        };
         let options = TyphaOptions {
             listen: args.listen,
             health_listen: Some(args.health_listen),
             transport,
             server,
             hub,
-            upstream: Upstream::Kube { client, config: upstream },
+            upstream: Upstream::Kube {
+                client,
+                config: upstream,
+            },
             metrics: Some(metrics),
         };
         let mut running = app::start(options).await?;

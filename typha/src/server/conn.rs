@@ -40,9 +40,11 @@ pub struct ConnGuard {
 impl ConnGuard {
     /// Takes a slot if fewer than `limit` connections are open.
     pub fn try_acquire(open: &Arc<AtomicUsize>, limit: usize) -> Option<ConnGuard> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .ok()
-            .map(|_| ConnGuard { open: open.clone() })
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ConnGuard { open: open.clone() })
     }
 }
 
@@ -64,7 +66,12 @@ impl<S> Conn<S> {
     /// Wraps `io`; `info.kill` closes it.
     pub fn new(io: S, info: PeerInfo, guard: ConnGuard) -> Conn<S> {
         let killed = Box::pin(info.kill.clone().cancelled_owned());
-        Conn { io, info, killed, _guard: guard }
+        Conn {
+            io,
+            info,
+            killed,
+            _guard: guard,
+        }
     }
 }
 
@@ -93,9 +100,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.info.kill.is_cancelled() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "killed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "killed",
+            )));
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -114,7 +128,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.info.kill.is_cancelled() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "killed")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "killed",
+            )));
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }

@@ -98,7 +98,9 @@ pub enum ServerError {
 
 /// Binds the listen address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Serves `Sync` streams from `hub` on `listener` until `shutdown` fires, then tells
@@ -111,7 +113,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     if matches!(transport, Transport::Plaintext) {
-        tracing::warn!("serving WITHOUT TLS: any client can read the cluster's state; development only");
+        tracing::warn!(
+            "serving WITHOUT TLS: any client can read the cluster's state; development only"
+        );
     }
     let config = Arc::new(config);
     let sessions = TaskTracker::new();
@@ -123,7 +127,12 @@ pub async fn serve(
         conn_tx,
         shutdown.clone(),
     ));
-    let service = SyncService { hub, config: config.clone(), sessions: sessions.clone(), shutdown: shutdown.clone() };
+    let service = SyncService {
+        hub,
+        config: config.clone(),
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+    };
     let grpc = TyphaServer::new(service).max_decoding_message_size(config.max_client_message_bytes);
     let incoming = ReceiverStream::new(conn_rx);
     let result = tonic::transport::Server::builder()
@@ -194,12 +203,17 @@ async fn handshake(
     let kill = CancellationToken::new();
     match transport {
         Transport::Plaintext => {
-            let info = PeerInfo { addr: Some(addr), identity: Arc::from("plaintext"), kill };
+            let info = PeerInfo {
+                addr: Some(addr),
+                identity: Arc::from("plaintext"),
+                kill,
+            };
             Some(Conn::new(Box::new(tcp) as Box<dyn IoStream>, info, guard))
         }
         Transport::Tls(tls) => {
             let accepted =
-                tokio::time::timeout(config.handshake_timeout, TlsAcceptor::from(tls).accept(tcp)).await;
+                tokio::time::timeout(config.handshake_timeout, TlsAcceptor::from(tls).accept(tcp))
+                    .await;
             let stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -220,8 +234,16 @@ async fn handshake(
                 .and_then(|certs| certs.first())
                 .map(peer_summary)
                 .unwrap_or_default();
-            let info = PeerInfo { addr: Some(addr), identity: Arc::from(identity), kill };
-            Some(Conn::new(Box::new(stream) as Box<dyn IoStream>, info, guard))
+            let info = PeerInfo {
+                addr: Some(addr),
+                identity: Arc::from(identity),
+                kill,
+            };
+            Some(Conn::new(
+                Box::new(stream) as Box<dyn IoStream>,
+                info,
+                guard,
+            ))
         }
     }
 }
@@ -246,11 +268,15 @@ impl Typha for SyncService {
         &self,
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let peer = request.extensions().get::<PeerInfo>().cloned().unwrap_or_else(|| PeerInfo {
-            addr: None,
-            identity: Arc::from("unknown"),
-            kill: CancellationToken::new(),
-        });
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .unwrap_or_else(|| PeerInfo {
+                addr: None,
+                identity: Arc::from("unknown"),
+                kill: CancellationToken::new(),
+            });
         let (tx, rx) = mpsc::channel(self.config.out_buffer_frames.max(1));
         metrics::counter!("typha_connections_accepted_total").increment(1);
         let session = session::Session {

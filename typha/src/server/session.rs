@@ -86,8 +86,11 @@ pub(super) struct Session {
     pub shutdown: CancellationToken,
 }
 
-const SERVER_CAPABILITIES: [pb::Capability; 3] =
-    [pb::Capability::SnapshotZstd, pb::Capability::Resume, pb::Capability::Digest];
+const SERVER_CAPABILITIES: [pb::Capability; 3] = [
+    pb::Capability::SnapshotZstd,
+    pb::Capability::Resume,
+    pb::Capability::Digest,
+];
 
 impl Session {
     pub async fn run(mut self) {
@@ -159,7 +162,10 @@ impl Session {
             Ok(Ok(Some(message))) => message,
         };
         let Some(client_message::Msg::Hello(hello)) = first.msg else {
-            self.refuse(Status::invalid_argument("the first message must be a ClientHello")).await;
+            self.refuse(Status::invalid_argument(
+                "the first message must be a ClientHello",
+            ))
+            .await;
             return Err(DropReason::BadHello);
         };
         if let Err(problem) = validate_hello(&hello) {
@@ -180,9 +186,9 @@ impl Session {
         match self.hub.deltas_since(revision) {
             DeltasSince::Expired => None,
             // Nothing to send: resume only if the client holds exactly our state.
-            DeltasSince::UpToDate => {
-                (Digest::from_bytes(&position.digest) == Some(self.hub.digest())).then_some(revision)
-            }
+            DeltasSince::UpToDate => (Digest::from_bytes(&position.digest)
+                == Some(self.hub.digest()))
+            .then_some(revision),
             // The next batch carries the digest after it; the client verifies that.
             DeltasSince::Crumbs(_) => Some(revision),
         }
@@ -193,7 +199,8 @@ impl Session {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 tracing::error!(%error, "cannot build snapshot");
-                self.refuse(Status::unavailable("snapshot unavailable, retry")).await;
+                self.refuse(Status::unavailable("snapshot unavailable, retry"))
+                    .await;
                 return Err(DropReason::Internal);
             }
         };
@@ -272,12 +279,17 @@ impl Session {
             let crumbs = match self.hub.deltas_since(*cursor) {
                 DeltasSince::UpToDate => return Ok(()),
                 DeltasSince::Expired => {
-                    self.goodbye(pb::GoodbyeReason::Resync, "fell behind the server's history");
+                    self.goodbye(
+                        pb::GoodbyeReason::Resync,
+                        "fell behind the server's history",
+                    );
                     return Err(DropReason::TooFarBehind);
                 }
                 DeltasSince::Crumbs(crumbs) => crumbs,
             };
-            let Some(last) = crumbs.last() else { return Ok(()) };
+            let Some(last) = crumbs.last() else {
+                return Ok(());
+            };
             let target = last.revision;
             metrics::histogram!("typha_client_lag_batches").record(crumbs.len() as f64);
             if crumbs.len() > self.config.max_uncoalesced {
@@ -304,8 +316,13 @@ impl Session {
 
     /// Best effort: a goodbye must not wait on a client that is not reading.
     fn goodbye(&self, reason: pb::GoodbyeReason, message: &str) {
-        let goodbye = pb::Goodbye { reason: reason as i32, message: message.to_string() };
-        let _ = self.out.try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
+        let goodbye = pb::Goodbye {
+            reason: reason as i32,
+            message: message.to_string(),
+        };
+        let _ = self
+            .out
+            .try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
     }
 
     /// Ends the stream with an error status the client can log.
@@ -316,7 +333,9 @@ impl Session {
     fn inbound_error(&self, status: Status) -> DropReason {
         // tonic reports an oversized or undecodable message as a status on our side.
         match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            tonic::Code::InvalidArgument
+            | tonic::Code::OutOfRange
+            | tonic::Code::ResourceExhausted => {
                 tracing::info!(error = %status.message(), "malformed client message");
                 DropReason::MalformedMessage
             }
@@ -334,7 +353,10 @@ fn validate_hello(hello: &pb::ClientHello) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 253 {
         return Err("node_name must be 1 to 253 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
         return Err("node_name has characters outside [A-Za-z0-9._-]");
     }
     if hello.protocol_version < 1 {
