@@ -93,7 +93,7 @@ pub async fn run_local(
                     Err(join) => join.to_string(),
                 };
                 if shutdown.is_cancelled() {
-                    break;
+                    return Ok(local.finish());
                 }
                 return Err(LocalError::UpstreamEnded(reason));
             }
@@ -101,8 +101,7 @@ pub async fn run_local(
     }
     token.cancel();
     let _ = upstream.await;
-    local.status.in_sync.store(false, Ordering::Relaxed);
-    Ok(local.mirror)
+    Ok(local.finish())
 }
 
 /// Sends an event unless shutdown fires first; a dropped receiver is not an error (the
@@ -181,6 +180,13 @@ impl Local {
         metrics::gauge!("felix_sync_keys").set(keys as f64);
         self.status.applied.send_replace(self.mirror.revision());
         Ok((!changes.is_empty()).then_some(changes))
+    }
+
+    /// Stopped: the mirror no longer follows the API.
+    fn finish(self) -> Mirror {
+        self.status.in_sync.store(false, Ordering::Relaxed);
+        metrics::gauge!("felix_sync_in_sync").set(0.0);
+        self.mirror
     }
 
     /// Marks the mirror in sync and returns the event announcing it.

@@ -87,6 +87,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Staging {
+    epoch: String,
     revision: u64,
     next_chunk: u32,
     count: u32,
@@ -103,6 +104,9 @@ pub struct Mirror {
     epoch: String,
     synced: bool,
     staging: Option<Staging>,
+    /// The epoch of the session in progress; adopted only when its snapshot completes,
+    /// so a lost snapshot never pairs a new epoch with the old history's position.
+    session_epoch: String,
 }
 
 impl Mirror {
@@ -167,7 +171,7 @@ impl Mirror {
     pub fn start_session(&mut self, epoch: &str, resumed: bool) {
         self.staging = None;
         if !resumed {
-            self.epoch = epoch.to_string();
+            self.session_epoch = epoch.to_string();
         }
     }
 
@@ -175,6 +179,7 @@ impl Mirror {
     pub fn apply_chunk(&mut self, chunk: pb::SnapshotChunk) -> Result<(), MirrorError> {
         if chunk.index == 0 {
             self.staging = Some(Staging {
+                epoch: self.session_epoch.clone(),
                 revision: chunk.revision,
                 count: chunk.count,
                 ..Default::default()
@@ -187,6 +192,7 @@ impl Mirror {
         })?;
         if chunk.index != staging.next_chunk
             || chunk.revision != staging.revision
+            || chunk.count != staging.count
             || chunk.index >= staging.count
         {
             return Err(MirrorError::ChunkOutOfOrder {
@@ -251,28 +257,53 @@ impl Mirror {
         self.entries = staging.entries;
         self.digest = staging.digest;
         self.revision = Revision(staging.revision);
+        self.epoch = staging.epoch;
         self.synced = true;
         Ok(changes)
     }
 
     /// Applies one delta batch (possibly coalesced) and verifies the digest it carries.
-    /// Returns the changes; deletes of absent keys and unchanged values are not changes.
+    /// All or nothing: the batch is decoded and its digest checked before anything
+    /// changes, so a refused batch leaves the mirror as it was and, once resent or
+    /// replaced by a snapshot, all its changes are still reported. Returns the changes;
+    /// deletes of absent keys and unchanged values are not changes.
     pub fn apply_deltas(&mut self, batch: RawDeltaBatch) -> Result<Vec<Update>, MirrorError> {
         if !self.synced {
             return Err(MirrorError::NotSynced);
         }
-        if batch.from_revision != self.revision.0 {
+        if batch.from_revision != self.revision.0 || batch.revision <= batch.from_revision {
             return Err(MirrorError::RevisionGap {
                 have: self.revision.0,
                 from: batch.from_revision,
             });
         }
-        let mut changes = Vec::with_capacity(batch.updates.len());
+        let server = Digest::from_bytes(&batch.digest)
+            .ok_or(MirrorError::Model(ModelError::Missing("DeltaBatch.digest")))?;
+        let mut decoded = Vec::with_capacity(batch.updates.len());
+        let mut digest = self.digest;
         for encoded in &batch.updates {
             let update = Update::decode(encoded)?;
+            let hash = EntryHash::of(encoded);
+            let old = self.entries.get(&update.key).map(|e| e.hash);
+            match (&update.value, old) {
+                (Some(_), Some(old)) => digest.replace(old, hash),
+                (Some(_), None) => digest.add(hash),
+                (None, Some(old)) => digest.remove(old),
+                (None, None) => {}
+            }
+            decoded.push((update, hash));
+        }
+        if server != digest {
+            return Err(MirrorError::DigestMismatch {
+                revision: batch.revision,
+                server,
+                mirror: digest,
+            });
+        }
+        let mut changes = Vec::with_capacity(decoded.len());
+        for (update, hash) in decoded {
             match update.value {
                 Some(value) => {
-                    let hash = EntryHash::of(encoded);
                     let old = self.entries.insert(
                         update.key.clone(),
                         Entry {
@@ -280,34 +311,22 @@ impl Mirror {
                             hash,
                         },
                     );
-                    match old {
-                        Some(old) if old.hash == hash => continue,
-                        Some(old) => self.digest.replace(old.hash, hash),
-                        None => self.digest.add(hash),
+                    if old.is_none_or(|old| old.hash != hash) {
+                        changes.push(Update {
+                            key: update.key,
+                            value: Some(value),
+                        });
                     }
-                    changes.push(Update {
-                        key: update.key,
-                        value: Some(value),
-                    });
                 }
                 None => {
-                    if let Some(old) = self.entries.remove(&update.key) {
-                        self.digest.remove(old.hash);
+                    if self.entries.remove(&update.key).is_some() {
                         changes.push(update);
                     }
                 }
             }
         }
+        self.digest = digest;
         self.revision = Revision(batch.revision);
-        if let Some(server) = Digest::from_bytes(&batch.digest)
-            && server != self.digest
-        {
-            return Err(MirrorError::DigestMismatch {
-                revision: batch.revision,
-                server,
-                mirror: self.digest,
-            });
-        }
         Ok(changes)
     }
 }

@@ -4,11 +4,12 @@
 //! oracle of the server's history at the mirror's revision, with a matching digest, and
 //! converges to the cache once everything is delivered. The consumer's view, built only
 //! from the emitted changes, always equals the mirror, and a snapshot reports exactly the
-//! difference from the old mirror. Unit tests cover the mirror's error paths.
+//! difference from the old mirror. Unit tests cover the mirror's error paths, and
+//! regression tests that a refused batch or a lost snapshot changes nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,49 +22,39 @@ use typha_proto::{Digest, Key, Kind, Revision, Update, Value, pb};
 
 type State = BTreeMap<Key, Value>;
 
-/// Size of the key space: small, so that updates collide (replace, delete, re-add, no-op).
-const KEYS: usize = 8;
-
-fn key(index: usize) -> Key {
-    match index {
-        0 => Key::new(Kind::WorkloadEndpoint, "x", "pod-a"),
-        1 => Key::new(Kind::WorkloadEndpoint, "x", "pod-b"),
-        2 => Key::new(Kind::WorkloadEndpoint, "y", "pod-a"),
-        3 => Key::cluster(Kind::Profile, "kns.x"),
-        4 => Key::cluster(Kind::Profile, "kns.y"),
-        5 => Key::cluster(Kind::Node, "n1"),
-        6 => Key::cluster(Kind::Node, "n2"),
-        _ => Key::new(Kind::K8sNetworkPolicy, "x", "allow-web"),
-    }
-    .unwrap()
-}
+/// The key space: small, so that updates collide (replace, delete, re-add, no-op).
+const KEYS: [(Kind, &str, &str); 8] = [
+    (Kind::WorkloadEndpoint, "x", "pod-a"),
+    (Kind::WorkloadEndpoint, "x", "pod-b"),
+    (Kind::WorkloadEndpoint, "y", "pod-a"),
+    (Kind::Profile, "", "kns.x"),
+    (Kind::Profile, "", "kns.y"),
+    (Kind::Node, "", "n1"),
+    (Kind::Node, "", "n2"),
+    (Kind::K8sNetworkPolicy, "x", "allow-web"),
+];
 
 /// One of three values for the key's kind, differing in labels (or selector).
 fn value(key: &Key, variant: u8) -> Value {
-    let labels: BTreeMap<String, String> = [
-        ("app".to_string(), format!("web-{variant}")),
-        ("tier".to_string(), "frontend".to_string()),
-    ]
-    .into();
+    let labels = BTreeMap::from([("app".to_string(), format!("web-{variant}"))]);
+    let (namespace, name) = (key.namespace().to_string(), key.name().to_string());
     match key.kind() {
         Kind::WorkloadEndpoint => Value::WorkloadEndpoint(pb::WorkloadEndpoint {
-            namespace: key.namespace().into(),
-            pod: key.name().into(),
-            node: "n1".into(),
+            profile_ids: vec![format!("kns.{namespace}")],
             ip_nets: vec![format!("10.0.0.{variant}/32")],
+            namespace,
+            pod: name,
             labels,
-            profile_ids: vec![format!("kns.{}", key.namespace())],
             ..Default::default()
         }),
         Kind::Profile => Value::Profile(pb::Profile { labels }),
         Kind::Node => Value::Node(pb::Node {
-            name: key.name().into(),
+            name,
             labels,
-            ipv4_address: format!("192.168.0.{variant}"),
             ..Default::default()
         }),
         _ => Value::Policy(pb::Policy {
-            namespace: key.namespace().into(),
+            namespace,
             selector: format!("app == 'web-{variant}'"),
             ..Default::default()
         }),
@@ -74,13 +65,13 @@ fn value(key: &Key, variant: u8) -> Value {
 type Op = (usize, Option<u8>);
 
 fn update((index, variant): Op) -> Update {
-    let key = key(index);
+    let (kind, namespace, name) = KEYS[index];
+    let key = Key::new(kind, namespace, name).unwrap();
     let value = variant.map(|v| value(&key, v));
     Update::new(key, value).unwrap()
 }
 
-/// One event of a run: the server applies a batch, or the client's connection does
-/// something.
+/// One event of a run: the server applies a batch, or the client's connection acts.
 #[derive(Clone, Debug)]
 enum Step {
     Server(Vec<Op>),
@@ -92,7 +83,7 @@ enum Step {
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    let op = (0..KEYS, proptest::option::weighted(0.7, 0u8..3));
+    let op = (0..KEYS.len(), proptest::option::weighted(0.7, 0u8..3));
     let step = prop_oneof![
         5 => prop::collection::vec(op, 0..5).prop_map(Step::Server),
         3 => Just(Step::Deliver),
@@ -119,6 +110,13 @@ fn state_of<'a>(entries: impl Iterator<Item = (&'a Key, &'a Value)>) -> State {
     entries.map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+fn apply_to(state: &mut State, update: Update) {
+    match update.value {
+        Some(v) => state.insert(update.key, v),
+        None => state.remove(&update.key),
+    };
+}
+
 fn deltas(frame: Bytes) -> RawDeltaBatch {
     match ServerFrame::decode(frame).unwrap() {
         ServerFrame::Deltas(batch) => batch,
@@ -129,18 +127,24 @@ fn deltas(frame: Bytes) -> RawDeltaBatch {
 /// The snapshot of `cache`'s current state, as the client decodes it.
 fn snapshot(cache: &SnapshotCache) -> (Vec<pb::SnapshotChunk>, pb::InSync) {
     let encoded = compress(&cache.build_snapshot(), 1).unwrap();
-    let chunks =
-        encoded
-            .chunk_frames
-            .iter()
-            .map(|f| match ServerFrame::decode(f.clone()).unwrap() {
-                ServerFrame::SnapshotChunk(chunk) => chunk,
-                other => panic!("not a chunk: {other:?}"),
-            });
+    let chunk = |frame: &Bytes| match ServerFrame::decode(frame.clone()).unwrap() {
+        ServerFrame::SnapshotChunk(chunk) => chunk,
+        other => panic!("not a chunk: {other:?}"),
+    };
     let ServerFrame::InSync(in_sync) = ServerFrame::decode(encoded.in_sync_frame).unwrap() else {
         panic!("not in-sync");
     };
-    (chunks.collect(), in_sync)
+    (encoded.chunk_frames.iter().map(chunk).collect(), in_sync)
+}
+
+/// A fresh-snapshot session from `cache`: every chunk, then InSync.
+fn load(mirror: &mut Mirror, cache: &SnapshotCache) -> Result<Vec<Update>, MirrorError> {
+    mirror.start_session(cache.epoch(), false);
+    let (chunks, in_sync) = snapshot(cache);
+    for chunk in chunks {
+        mirror.apply_chunk(chunk)?;
+    }
+    mirror.finish_snapshot(&in_sync)
 }
 
 /// A server, its history (the oracle at every revision) and one client.
@@ -152,13 +156,18 @@ struct World {
     view: State,
     /// Crumbs the server still owes the client; `None` while disconnected.
     pending: Option<VecDeque<Arc<Breadcrumb>>>,
-    /// Resumes refused because the log had moved on.
+    /// Resumes refused because the log had moved on, and snapshots loaded.
     expired: usize,
     snapshots: usize,
 }
 
 impl World {
-    fn new(config: CacheConfig) -> World {
+    fn new(max_log_batches: usize, chunk_raw_bytes: usize) -> World {
+        let config = CacheConfig {
+            max_log_batches,
+            chunk_raw_bytes,
+            ..CacheConfig::default()
+        };
         World {
             cache: SnapshotCache::new(config),
             history: vec![State::new()],
@@ -179,17 +188,15 @@ impl World {
                 }
             }
             Step::Coalesced(n) => {
-                let Some(pending) = self.pending.as_mut() else {
-                    return;
-                };
-                let crumbs: Vec<_> = pending.drain(..(*n).min(pending.len())).collect();
+                let pending = self.pending.as_mut().map(|p| p.drain(..(*n).min(p.len())));
+                let crumbs: Vec<_> = pending.into_iter().flatten().collect();
                 if let Some(frame) = coalesce(&crumbs) {
                     self.feed(frame);
                 }
             }
             Step::Resume => self.reconnect(true),
             Step::Resnapshot => self.reconnect(false),
-            Step::LoseMidSnapshot(cut) => self.lose_mid_snapshot(*cut),
+            Step::LoseMidSnapshot(cut) => self.snapshot_session(Some(*cut)),
         }
         self.check();
     }
@@ -197,11 +204,8 @@ impl World {
     fn server(&mut self, ops: &[Op]) {
         let updates: Vec<Update> = ops.iter().copied().map(update).collect();
         let mut oracle = self.history.last().unwrap().clone();
-        for u in &updates {
-            match &u.value {
-                Some(v) => oracle.insert(u.key.clone(), v.clone()),
-                None => oracle.remove(&u.key),
-            };
+        for u in updates.iter().cloned() {
+            apply_to(&mut oracle, u);
         }
         let crumb = self.cache.apply(updates);
         assert_eq!(crumb.is_none(), &oracle == self.history.last().unwrap());
@@ -222,15 +226,9 @@ impl World {
     /// Applies `changes` to the consumer's view; each must really change it.
     fn consume(&mut self, changes: Vec<Update>) {
         for change in changes {
-            assert_ne!(
-                self.view.get(&change.key),
-                change.value.as_ref(),
-                "no-op change {change:?}"
-            );
-            match change.value {
-                Some(v) => self.view.insert(change.key, v),
-                None => self.view.remove(&change.key),
-            };
+            let old = self.view.get(&change.key);
+            assert_ne!(old, change.value.as_ref(), "no-op change {change:?}");
+            apply_to(&mut self.view, change);
         }
     }
 
@@ -241,90 +239,78 @@ impl World {
             assert_eq!(position.epoch, epoch);
             assert_eq!(position.revision, self.mirror.revision().0);
             assert_eq!(position.digest, self.mirror.digest().to_bytes());
-            match self.cache.deltas_since(Revision(position.revision)) {
-                DeltasSince::UpToDate => {
-                    self.mirror.start_session(&epoch, true);
-                    self.pending = Some(VecDeque::new());
-                    return;
-                }
-                DeltasSince::Crumbs(crumbs) => {
-                    self.mirror.start_session(&epoch, true);
-                    self.pending = Some(crumbs.into());
-                    return;
-                }
-                DeltasSince::Expired => self.expired += 1,
+            let crumbs = match self.cache.deltas_since(Revision(position.revision)) {
+                DeltasSince::UpToDate => Some(VecDeque::new()),
+                DeltasSince::Crumbs(crumbs) => Some(crumbs.into()),
+                DeltasSince::Expired => None,
+            };
+            if crumbs.is_some() {
+                self.mirror.start_session(&epoch, true);
+                self.pending = crumbs;
+                return;
             }
+            self.expired += 1;
         }
-        self.mirror.start_session(&epoch, false);
-        let (chunks, in_sync) = snapshot(&self.cache);
-        let before = self.view.clone();
-        for chunk in chunks {
-            self.mirror.apply_chunk(chunk).unwrap();
-        }
-        assert_eq!(
-            state_of(self.mirror.iter()),
-            before,
-            "staged, not yet swapped in"
-        );
-        let changes = self.mirror.finish_snapshot(&in_sync).unwrap();
-        self.snapshots += 1;
-        // Exactly the difference: upserts for new or changed keys, deletes for vanished.
-        let now = &self.history[self.cache.revision().0 as usize];
-        let mut expected: BTreeMap<Key, Option<Value>> = now
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect();
-        expected.extend(
-            before
-                .keys()
-                .filter(|k| !now.contains_key(*k))
-                .map(|k| (k.clone(), None)),
-        );
-        let got: BTreeMap<Key, Option<Value>> = changes
-            .iter()
-            .map(|u| (u.key.clone(), u.value.clone()))
-            .collect();
-        assert_eq!(
-            got.len(),
-            changes.len(),
-            "a key reported twice: {changes:?}"
-        );
-        assert_eq!(got, expected);
-        self.consume(changes);
-        self.pending = Some(VecDeque::new());
+        self.snapshot_session(None);
     }
 
-    fn lose_mid_snapshot(&mut self, cut: usize) {
+    /// A fresh-snapshot session; with `cut`, the connection drops after that many chunks
+    /// (fewer than all) and the mirror must be as it was.
+    fn snapshot_session(&mut self, cut: Option<usize>) {
         self.pending = None;
-        let (revision, digest, before) = (
+        let before = (
             self.mirror.revision(),
             self.mirror.digest(),
             self.view.clone(),
         );
         self.mirror.start_session(self.cache.epoch(), false);
-        let (chunks, _) = snapshot(&self.cache);
-        let cut = cut % chunks.len();
+        let (chunks, in_sync) = snapshot(&self.cache);
+        let (count, cut) = (
+            chunks.len(),
+            cut.map_or(chunks.len(), |cut| cut % chunks.len()),
+        );
         for chunk in chunks.into_iter().take(cut) {
             self.mirror.apply_chunk(chunk).unwrap();
         }
-        assert_eq!(
-            (self.mirror.revision(), self.mirror.digest()),
-            (revision, digest)
+        let now = (
+            self.mirror.revision(),
+            self.mirror.digest(),
+            self.mirror_state(),
         );
-        assert_eq!(state_of(self.mirror.iter()), before);
+        assert_eq!(now, before, "a snapshot is staged until InSync");
+        if cut < count {
+            return;
+        }
+        let changes = self.mirror.finish_snapshot(&in_sync).unwrap();
+        self.snapshots += 1;
+        // Exactly the difference: upserts for new or changed keys, deletes for vanished.
+        let (old, new) = (&before.2, &self.history[self.cache.revision().0 as usize]);
+        let keys: BTreeSet<&Key> = old.keys().chain(new.keys()).collect();
+        let expected: BTreeMap<_, _> = (keys.into_iter())
+            .filter(|k| old.get(*k) != new.get(*k))
+            .map(|k| (k, new.get(k).cloned()))
+            .collect();
+        let got: BTreeMap<_, _> = changes.iter().map(|u| (&u.key, u.value.clone())).collect();
+        assert_eq!(got.len(), changes.len(), "a key twice: {changes:?}");
+        assert_eq!(got, expected);
+        self.consume(changes);
+        self.pending = Some(VecDeque::new());
+    }
+
+    fn mirror_state(&self) -> State {
+        state_of(self.mirror.iter())
     }
 
     /// Invariants after every step.
     fn check(&self) {
-        let mirror = state_of(self.mirror.iter());
+        let mirror = self.mirror_state();
         assert_eq!(mirror, self.view, "the change stream rebuilds the mirror");
         assert_eq!(self.mirror.len(), mirror.len());
         assert_eq!(self.mirror.digest(), digest_of(&mirror));
+        let at = self.mirror.revision().0 as usize;
         assert_eq!(
-            mirror,
-            self.history[self.mirror.revision().0 as usize],
-            "state at its revision"
+            mirror, self.history[at],
+            "the state at the mirror's revision"
         );
         if self.pending.as_ref().is_some_and(VecDeque::is_empty) {
             assert_eq!(self.mirror.revision(), self.cache.revision());
@@ -347,30 +333,20 @@ impl World {
     }
 }
 
-fn config(max_log_batches: usize, chunk_raw_bytes: usize) -> CacheConfig {
-    CacheConfig {
-        max_log_batches,
-        chunk_raw_bytes,
-        ..CacheConfig::default()
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn mirror_converges_under_any_interleaving(steps in steps(), max_log in 1usize..5) {
-        let mut world = World::new(config(max_log, 256));
-        for step in &steps {
-            world.step(step);
-        }
+        let mut world = World::new(max_log, 256);
+        steps.iter().for_each(|step| world.step(step));
         world.converge();
     }
 
     #[test]
     fn change_stream_alone_rebuilds_the_mirror(steps in steps()) {
         // One entry per chunk and a one-crumb log: the most snapshots and chunk edges.
-        let mut world = World::new(config(1, 1));
+        let mut world = World::new(1, 1);
         for step in &steps {
             world.step(step);
             prop_assert_eq!(&world.view, &state_of(world.mirror.iter()));
@@ -382,125 +358,77 @@ proptest! {
 
 #[test]
 fn resume_after_log_expiry_falls_back_to_snapshot() {
-    let mut world = World::new(config(2, 256));
+    let mut world = World::new(2, 256);
     world.step(&Step::Resume); // never synced: a snapshot
     world.step(&Step::Server(vec![(0, Some(0)), (3, Some(1))]));
     world.step(&Step::Deliver);
     world.step(&Step::Resume); // up to date
     world.step(&Step::LoseMidSnapshot(0));
-    for variant in 0..5 {
-        world.step(&Step::Server(vec![
-            (5, Some(variant % 3)),
-            (7, Some(variant % 3)),
-            (1, None),
-        ]));
+    for v in 0..5 {
+        world.step(&Step::Server(vec![(5, Some(v % 3)), (7, None), (1, None)]));
     }
     world.converge();
     assert_eq!((world.expired, world.snapshots), (1, 2));
-    assert!(world.cache.len() >= 3);
+    assert_eq!(world.cache.len(), 3);
 }
 
-/// A cache with a few entries over several chunks and a mirror in sync with it.
+/// `assert_err!(result => pattern)`: the result is an error matching the pattern.
+macro_rules! assert_err {
+    ($result:expr => $pattern:pat $(if $guard:expr)?) => {
+        match $result {
+            Err($pattern) $(if $guard)? => {}
+            other => panic!("expected {}, got {other:?}", stringify!($pattern)),
+        }
+    };
+}
+
+/// A cache of every key (revision 1, several chunks) and a mirror in sync with it.
 fn synced() -> (SnapshotCache, Mirror) {
-    let mut cache = SnapshotCache::new(config(4, 128));
-    cache.apply((0..KEYS).map(|i| update((i, Some(0)))));
+    let mut cache = SnapshotCache::new(CacheConfig {
+        chunk_raw_bytes: 128,
+        ..Default::default()
+    });
+    cache.apply((0..KEYS.len()).map(|i| update((i, Some(0)))));
+    assert!(snapshot(&cache).0.len() >= 3, "several chunks");
     let mut mirror = Mirror::new();
-    mirror.start_session(cache.epoch(), false);
-    let (chunks, in_sync) = snapshot(&cache);
-    assert!(chunks.len() >= 3, "several chunks");
-    for chunk in chunks {
-        mirror.apply_chunk(chunk).unwrap();
-    }
-    assert_eq!(mirror.finish_snapshot(&in_sync).unwrap().len(), KEYS);
+    assert_eq!(load(&mut mirror, &cache).unwrap().len(), KEYS.len());
     (cache, mirror)
 }
 
 #[test]
-fn chunk_out_of_order_is_refused() {
+fn chunks_out_of_order_and_in_sync_without_snapshot_are_refused() {
     let (cache, mut mirror) = synced();
     let (chunks, in_sync) = snapshot(&cache);
-    let err = Mirror::new().apply_chunk(chunks[1].clone()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MirrorError::ChunkOutOfOrder {
-                expected: 0,
-                got: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    mirror.apply_chunk(chunks[0].clone()).unwrap();
-    let err = mirror.apply_chunk(chunks[2].clone()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MirrorError::ChunkOutOfOrder {
-                expected: 1,
-                got: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let other_revision = pb::SnapshotChunk {
-        revision: 99,
-        ..chunks[1].clone()
-    };
-    assert!(matches!(
-        mirror.apply_chunk(other_revision),
-        Err(MirrorError::ChunkOutOfOrder { .. })
-    ));
-    // An incomplete snapshot cannot be finished.
-    let err = mirror.finish_snapshot(&in_sync).unwrap_err();
-    assert!(matches!(err, MirrorError::UnexpectedInSync { .. }), "{err}");
-}
-
-#[test]
-fn in_sync_without_snapshot_is_refused() {
-    let (cache, _) = synced();
-    let (_, in_sync) = snapshot(&cache);
-    let err = Mirror::new().finish_snapshot(&in_sync).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MirrorError::UnexpectedInSync {
-                expected: None,
-                got: 1
-            }
-        ),
-        "{err}"
-    );
+    let (mut other_revision, c) = (chunks[1].clone(), |i: usize| chunks[i].clone());
+    other_revision.revision = 99;
+    use MirrorError::{ChunkOutOfOrder as Order, UnexpectedInSync as InSync};
+    assert_err!(Mirror::new().apply_chunk(c(1)) => Order { expected: 0, got: 1, .. });
+    assert_err!(Mirror::new().finish_snapshot(&in_sync) => InSync { expected: None, got: 1 });
+    mirror.apply_chunk(c(0)).unwrap();
+    assert_err!(mirror.apply_chunk(c(2)) => Order { expected: 1, got: 2, .. });
+    assert_err!(mirror.apply_chunk(other_revision) => Order { expected: 1, got: 1, .. });
+    // An incomplete snapshot cannot be finished; the failures left the mirror as it was.
+    assert_err!(mirror.finish_snapshot(&in_sync) => InSync { expected: Some(1), got: 1 });
+    assert_eq!(mirror.digest(), cache.digest());
+    assert_eq!(state_of(mirror.iter()), state_of(cache.iter()));
 }
 
 #[test]
 fn revision_gap_and_unsynced_batches_are_refused() {
     let (mut cache, mut mirror) = synced();
-    let first = cache.apply([update((0, Some(1)))]).unwrap();
-    let second = cache.apply([update((1, None))]).unwrap();
-    let err = Mirror::new()
-        .apply_deltas(deltas(first.frame.clone()))
-        .unwrap_err();
-    assert!(matches!(err, MirrorError::NotSynced), "{err}");
-    let err = mirror
-        .apply_deltas(deltas(second.frame.clone()))
-        .unwrap_err();
-    assert!(
-        matches!(err, MirrorError::RevisionGap { have: 1, from: 2 }),
-        "{err}"
-    );
+    let first = deltas(cache.apply([update((0, Some(1)))]).unwrap().frame.clone());
+    let second = deltas(cache.apply([update((1, None))]).unwrap().frame.clone());
+    assert_err!(Mirror::new().apply_deltas(first.clone()) => MirrorError::NotSynced);
+    let gap = mirror.apply_deltas(second.clone());
+    assert_err!(gap => MirrorError::RevisionGap { have: 1, from: 2 });
     assert_eq!(
         mirror.revision(),
         Revision(1),
         "a refused batch changes nothing"
     );
-    mirror.apply_deltas(deltas(first.frame.clone())).unwrap();
-    mirror.apply_deltas(deltas(second.frame.clone())).unwrap();
-    assert_eq!(
-        (mirror.revision(), mirror.digest()),
-        (cache.revision(), cache.digest())
-    );
+    assert_eq!(mirror.apply_deltas(first).unwrap().len(), 1);
+    assert_eq!(mirror.apply_deltas(second).unwrap().len(), 1);
+    assert_eq!(mirror.digest(), cache.digest());
 }
 
 #[test]
@@ -509,56 +437,93 @@ fn tampered_digest_is_a_mismatch() {
     let (chunks, mut in_sync) = snapshot(&cache);
     in_sync.digest[15] ^= 1;
     mirror.start_session(cache.epoch(), false);
-    for chunk in chunks {
-        mirror.apply_chunk(chunk).unwrap();
-    }
-    let (revision, digest) = (mirror.revision(), mirror.digest());
-    let err = mirror.finish_snapshot(&in_sync).unwrap_err();
-    assert!(
-        matches!(err, MirrorError::DigestMismatch { revision: 1, .. }),
-        "{err}"
-    );
+    chunks
+        .into_iter()
+        .for_each(|c| mirror.apply_chunk(c).unwrap());
+    let mismatch = mirror.finish_snapshot(&in_sync);
+    assert_err!(mismatch => MirrorError::DigestMismatch { revision: 1, .. });
     assert_eq!(
-        (mirror.revision(), mirror.digest()),
-        (revision, digest),
-        "not swapped in"
+        mirror.digest(),
+        cache.digest(),
+        "the bad snapshot was not swapped in"
     );
 
-    let crumb = cache.apply([update((2, Some(2)))]).unwrap();
-    let mut batch = deltas(crumb.frame.clone());
-    let mut tampered = batch.digest.to_vec();
-    tampered[0] ^= 0x80;
-    batch.digest = tampered.into();
-    let err = mirror.apply_deltas(batch).unwrap_err();
-    assert!(
-        matches!(err, MirrorError::DigestMismatch { revision: 2, .. }),
-        "{err}"
+    let mut batch = deltas(cache.apply([update((2, Some(2)))]).unwrap().frame.clone());
+    batch.digest = Bytes::from(vec![0xa5; 16]);
+    assert_err!(mirror.apply_deltas(batch) => MirrorError::DigestMismatch { revision: 2, .. });
+}
+
+#[test]
+fn oversized_short_and_unknown_chunks_are_refused() {
+    let chunk = snapshot(&synced().0).0.remove(0);
+    let (mut huge, mut short, mut unknown) = (chunk.clone(), chunk.clone(), chunk.clone());
+    huge.raw_len = MAX_CHUNK_RAW_BYTES + 1;
+    short.raw_len -= 1; // the payload inflates beyond the claimed size
+    unknown.compression = 7;
+    assert_err!(Mirror::new().apply_chunk(huge) => MirrorError::ChunkSize { raw_len }
+        if raw_len == MAX_CHUNK_RAW_BYTES + 1);
+    assert_err!(Mirror::new().apply_chunk(short) => MirrorError::Decompress(_));
+    assert_err!(Mirror::new().apply_chunk(unknown) => MirrorError::Compression(7));
+}
+
+#[test]
+fn changes_of_a_batch_refused_for_its_digest_reach_the_consumer_after_resync() {
+    let (mut cache, mut mirror) = synced();
+    let mut view = state_of(mirror.iter());
+    let mut batch = deltas(cache.apply([update((2, Some(2)))]).unwrap().frame.clone());
+    batch.digest = Bytes::from(vec![0xa5; 16]);
+    assert_err!(mirror.apply_deltas(batch) => MirrorError::DigestMismatch { .. });
+    // What the sync client does: forget the position, load a snapshot, emit its changes.
+    mirror.forget_position();
+    let changes = load(&mut mirror, &cache).unwrap();
+    changes.into_iter().for_each(|u| apply_to(&mut view, u));
+    assert_eq!(
+        view,
+        state_of(cache.iter()),
+        "the consumer missed key 2's new value"
     );
 }
 
 #[test]
-fn oversized_and_unknown_chunks_are_refused() {
-    let (cache, _) = synced();
-    let (chunks, _) = snapshot(&cache);
-    let huge = pb::SnapshotChunk {
-        raw_len: MAX_CHUNK_RAW_BYTES + 1,
-        ..chunks[0].clone()
-    };
-    let err = Mirror::new().apply_chunk(huge).unwrap_err();
-    assert!(
-        matches!(err, MirrorError::ChunkSize { raw_len } if raw_len == MAX_CHUNK_RAW_BYTES + 1),
-        "{err}"
+fn a_batch_refused_for_an_invalid_update_is_all_reported_when_resent() {
+    let (mut cache, mut mirror) = synced();
+    let crumb = cache.apply([update((2, Some(2)))]).unwrap();
+    let mut batch = deltas(crumb.frame.clone());
+    // A KeyValue whose key has kind 99, unknown to this build.
+    batch
+        .updates
+        .push(Bytes::from_static(&[0x0a, 0x02, 0x08, 99]));
+    assert_err!(mirror.apply_deltas(batch) => MirrorError::Model(_));
+    // The client reconnects at the same revision; the server sends the batch again.
+    let changes = mirror.apply_deltas(deltas(crumb.frame.clone())).unwrap();
+    assert_eq!(
+        changes.len(),
+        1,
+        "key 2's change was swallowed by the refused batch"
     );
-    // A payload that inflates beyond its claimed size is refused too.
-    let short = pb::SnapshotChunk {
-        raw_len: chunks[0].raw_len - 1,
-        ..chunks[0].clone()
-    };
-    assert!(Mirror::new().apply_chunk(short).is_err());
-    let unknown = pb::SnapshotChunk {
-        compression: 7,
-        ..chunks[0].clone()
-    };
-    let err = Mirror::new().apply_chunk(unknown).unwrap_err();
-    assert!(matches!(err, MirrorError::Compression(7)), "{err}");
+}
+
+#[test]
+fn a_lost_snapshot_from_a_restarted_server_keeps_the_old_resume_position() {
+    let (cache, mut mirror) = synced();
+    let mut restarted = SnapshotCache::new(CacheConfig {
+        chunk_raw_bytes: 128,
+        ..Default::default()
+    });
+    restarted.apply((0..KEYS.len()).map(|i| update((i, Some(1)))));
+    restarted.apply([update((0, None))]);
+    mirror.start_session(restarted.epoch(), false);
+    let first_chunk = snapshot(&restarted).0.remove(0);
+    mirror.apply_chunk(first_chunk).unwrap(); // then the connection drops
+    let position = mirror.resume_position().unwrap();
+    // As it is, the position names the new epoch, whose server would resume at revision 1
+    // of its own, different history.
+    assert!(matches!(
+        restarted.deltas_since(Revision(1)),
+        DeltasSince::Crumbs(_)
+    ));
+    assert_eq!(
+        (position.revision, position.epoch.as_str()),
+        (1, cache.epoch())
+    );
 }

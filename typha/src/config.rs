@@ -26,6 +26,7 @@ pub struct Cli {
 
 /// typha's subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup; boxing buys nothing
 pub enum Command {
     /// Watch the Kubernetes API and serve agents.
     Serve(ServeArgs),

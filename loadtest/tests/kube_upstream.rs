@@ -1,0 +1,589 @@
+//! typha against a Kubernetes API (kube-sim) end to end: the real upstream watchers, the
+//! hub, mutual TLS, felix-client sync clients, and felix-client's local (no typha) mode.
+//!
+//! The oracle is the API's own state converted through the model (`typha::upstream::
+//! convert` of every stored object): mirrors must equal it, and their digests the hub's.
+//! Waits are on signals (the hub's revision channel, client `applied` revisions, client
+//! events); where no signal exists (cache no-op counters) the hub is polled against a
+//! deadline. Nothing asserts on timing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use felix_client::local::run_local;
+use felix_client::{Mirror, SyncClient, SyncEvent, SyncStatus};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use kube_sim::{KubeSim, SeedConfig, Store};
+use loadtest::harness::{ClientSet, Harness, TyphaSpec};
+use serde::de::DeserializeOwned;
+use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use typha::app::Upstream;
+use typha::cache::DeltasSince;
+use typha::hub::Hub;
+use typha::upstream::crd::{
+    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
+    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
+};
+use typha::upstream::{ToModel, UpstreamConfig, convert};
+use typha_proto::{Digest, Key, Revision, Update, Value};
+
+/// Generous bound on every wait: a hung test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(120);
+/// Resources typha watches (one relist each after a forced 410).
+const WATCHED: u64 = typha::upstream::Resource::ALL.len() as u64;
+
+type Model = BTreeMap<Key, Value>;
+
+// ---------------------------------------------------------------- the oracle
+
+/// The model of one stored object, through the upstream's conversion.
+fn model_of<T>(obj: &Json) -> Update
+where
+    T: DeserializeOwned + ToModel + kube::Resource,
+{
+    let typed: T = serde_json::from_value(obj.clone()).unwrap();
+    convert(&typed).unwrap_or_else(|r| panic!("fixture rejected: {r}"))
+}
+
+fn add_kind<T>(store: &Store, api_version: &str, kind: &str, model: &mut Model) -> usize
+where
+    T: DeserializeOwned + ToModel + kube::Resource,
+{
+    let objects = store.list_objects(api_version, kind);
+    for obj in &objects {
+        let update = model_of::<T>(obj);
+        if let Some(value) = update.value {
+            model.insert(update.key, value);
+        }
+    }
+    objects.len()
+}
+
+/// The API's whole state as the model, and the number of stored objects it came from.
+fn api_model(store: &Store) -> (Model, usize) {
+    let mut m = Model::new();
+    let crd = "crd.projectcalico.org/v1";
+    let objects = add_kind::<Pod>(store, "v1", "Pod", &mut m)
+        + add_kind::<Namespace>(store, "v1", "Namespace", &mut m)
+        + add_kind::<ServiceAccount>(store, "v1", "ServiceAccount", &mut m)
+        + add_kind::<Node>(store, "v1", "Node", &mut m)
+        + add_kind::<K8sNetworkPolicy>(store, "networking.k8s.io/v1", "NetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<NetworkPolicy>>(store, crd, "NetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<GlobalNetworkPolicy>>(store, crd, "GlobalNetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<GlobalNetworkSet>>(store, crd, "GlobalNetworkSet", &mut m)
+        + add_kind::<CalicoObject<NetworkSet>>(store, crd, "NetworkSet", &mut m)
+        + add_kind::<CalicoObject<HostEndpoint>>(store, crd, "HostEndpoint", &mut m)
+        + add_kind::<CalicoObject<IPPool>>(store, crd, "IPPool", &mut m)
+        + add_kind::<CalicoObject<FelixConfiguration>>(store, crd, "FelixConfiguration", &mut m)
+        + add_kind::<CalicoObject<ClusterInformation>>(store, crd, "ClusterInformation", &mut m);
+    (m, objects)
+}
+
+fn mirror_model(mirror: &Mirror) -> Model {
+    mirror.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+// ---------------------------------------------------------------- fixtures
+
+fn seed_config() -> SeedConfig {
+    SeedConfig {
+        nodes: 20,
+        pods_per_node: 10,
+        namespaces: 5,
+        policies_per_namespace: 2,
+        host_network_every: 10,
+    }
+}
+
+fn pod_json(ns: &str, name: &str, node: &str, ip: &str, app: &str) -> Json {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": app, "tier": "frontend"}},
+        "spec": {
+            "nodeName": node, "serviceAccountName": "default",
+            "containers": [{"name": "main", "image": "registry.example/x:1",
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}],
+        },
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+fn k8s_policy_json(ns: &str, name: &str, port: u16) -> Json {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"tier": "frontend"}}}],
+                         "ports": [{"protocol": "TCP", "port": port}]}],
+        },
+    })
+}
+
+/// The stored pods that are endpoints (not host-networked), in key order.
+fn endpoint_pods(store: &Store) -> Vec<Json> {
+    store
+        .list_objects("v1", "Pod")
+        .into_iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .collect()
+}
+
+fn set_label(obj: &mut Json, key: &str, value: &str) {
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    labels[key] = json!(value);
+}
+
+/// Upserts `obj` and returns the stored version.
+fn write(store: &Store, obj: Json) -> Json {
+    store.upsert_object(obj).unwrap()
+}
+
+// ---------------------------------------------------------------- the rig
+
+/// kube-sim seeded with [`seed_config`], and typha watching it.
+struct Rig {
+    sim: KubeSim,
+    harness: Harness,
+}
+
+fn kube_client(sim: &KubeSim) -> kube::Client {
+    let config = kube::Config::new(sim.url().parse().unwrap());
+    kube::Client::try_from(config).unwrap()
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
+        kube_sim::seed(sim.store(), &seed_config()).unwrap();
+        let upstream = Upstream::Kube {
+            client: kube_client(&sim),
+            config: UpstreamConfig::default(),
+        };
+        let harness = Harness::start_with(TyphaSpec::default(), upstream)
+            .await
+            .unwrap();
+        tokio::time::timeout(LIMIT, harness.typha.hub.wait_in_sync())
+            .await
+            .expect("typha never in sync");
+        Rig { sim, harness }
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.harness.typha.hub
+    }
+
+    fn store(&self) -> &Store {
+        self.sim.store()
+    }
+
+    /// Waits until the hub moves past `before`; returns the new revision.
+    async fn next_revision(&self, before: Revision) -> Revision {
+        let mut rx = self.hub().subscribe();
+        let waited = tokio::time::timeout(LIMIT, rx.wait_for(|r| *r > before)).await;
+        *waited.expect("hub revision did not advance").unwrap()
+    }
+
+    /// Asserts that exactly one breadcrumb with exactly one update (of `key`) follows
+    /// `before`, i.e. one API change became exactly one delta.
+    fn assert_one_delta(&self, before: Revision, key: &Key) {
+        assert_eq!(
+            self.hub().revision(),
+            before.next(),
+            "more than one revision for one change"
+        );
+        let DeltasSince::Crumbs(crumbs) = self.hub().deltas_since(before) else {
+            panic!("no breadcrumbs after {before}")
+        };
+        assert_eq!(crumbs.len(), 1);
+        let keys: Vec<&Key> = crumbs[0].updates.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![key]);
+    }
+
+    /// Polls the hub's no-op counter (no signal exists for it) until it reaches `at_least`.
+    async fn wait_noops(&self, at_least: u64) {
+        let deadline = Instant::now() + LIMIT;
+        while self.hub().stats().noop_updates_dropped < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "hub never dropped {at_least} no-op updates"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A client whose events are folded into a map, so a test can wait for a specific value.
+struct Observer {
+    status: Arc<SyncStatus>,
+    events: mpsc::Receiver<SyncEvent>,
+    state: Model,
+    last_in_sync: Option<(Revision, Digest, usize)>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<Mirror>>,
+}
+
+impl Observer {
+    fn through_typha(harness: &Harness, name: &str) -> Observer {
+        let client = SyncClient::new(harness.sync_config(name).unwrap());
+        let status = client.status();
+        let (tx, events) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { Ok(client.run(tx, token).await?) });
+        Observer {
+            status,
+            events,
+            state: Model::new(),
+            last_in_sync: None,
+            shutdown,
+            task,
+        }
+    }
+
+    fn local(sim: &KubeSim) -> Observer {
+        let status = Arc::new(SyncStatus::default());
+        let (tx, events) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let (client, token, st) = (kube_client(sim), shutdown.clone(), status.clone());
+        let task = tokio::spawn(async move {
+            Ok(run_local(client, UpstreamConfig::default(), tx, st, token).await?)
+        });
+        Observer {
+            status,
+            events,
+            state: Model::new(),
+            last_in_sync: None,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Consumes events until `done(state)` holds.
+    async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
+        let deadline = Instant::now() + LIMIT;
+        while !done(self) {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
+            match event {
+                SyncEvent::Changes(changes) => {
+                    for u in changes {
+                        match u.value {
+                            Some(v) => self.state.insert(u.key, v),
+                            None => self.state.remove(&u.key),
+                        };
+                    }
+                }
+                SyncEvent::InSync {
+                    revision,
+                    digest,
+                    keys,
+                } => {
+                    self.last_in_sync = Some((revision, digest, keys));
+                }
+                SyncEvent::Disconnected { reason } => panic!("observer disconnected: {reason}"),
+            }
+        }
+    }
+
+    /// Waits until the observer holds `expected` (a value, or absence) for its key.
+    async fn until_holds(&mut self, expected: &Update) {
+        let what = format!("{:?} = {}", expected.key, expected.value.is_some());
+        self.until(&what, |o| {
+            o.state.get(&expected.key) == expected.value.as_ref()
+        })
+        .await;
+    }
+
+    async fn stop(self) -> (Mirror, Model) {
+        self.shutdown.cancel();
+        (self.task.await.unwrap().unwrap(), self.state)
+    }
+}
+
+/// Stops `clients` and checks every mirror against the oracle and the hub's digest.
+async fn assert_mirrors(clients: ClientSet, hub: &Hub, oracle: &Model) {
+    for (i, client) in clients.clients.iter().enumerate() {
+        assert_eq!(
+            client.status.digest_mismatches.load(Ordering::Relaxed),
+            0,
+            "client {i}"
+        );
+    }
+    let mirrors = clients.stop().await.unwrap();
+    for (i, mirror) in mirrors.iter().enumerate() {
+        assert_eq!(mirror.digest(), hub.digest(), "client {i} digest");
+        assert_eq!(mirror.revision(), hub.revision(), "client {i} revision");
+        assert!(
+            mirror_model(mirror) == *oracle,
+            "client {i}: mirror differs from the API state"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- the tests
+
+/// (a) 500 sync clients through typha against a seeded API all end with exactly the
+/// API's state (through the model) and the hub's digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_clients_mirror_the_api() {
+    let rig = Rig::start().await;
+    let (oracle, objects) = api_model(rig.store());
+    // 5 namespaces x (1 + 11 SAs + 2 policies), 20 nodes, 180 endpoint pods (20 are
+    // host-networked), 4 Calico defaults.
+    assert_eq!(objects, 5 * 14 + 20 + 200 + 4);
+    assert_eq!(oracle.len(), 5 * 14 + 20 + 180 + 4);
+    assert_eq!(rig.hub().len(), oracle.len());
+
+    let clients = rig.harness.spawn_clients(500).unwrap();
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+    assert!(
+        clients
+            .clients
+            .iter()
+            .all(|c| c.status.in_sync.load(Ordering::Relaxed))
+    );
+    assert_eq!(
+        rig.hub().stats().snapshots_built,
+        1,
+        "one snapshot shared by all"
+    );
+    assert_mirrors(clients, rig.hub(), &oracle).await;
+}
+
+/// (b) Changes made through the API reach every client, one delta per change; a
+/// namespace label change is one Profile delta (not one per pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_changes_reach_every_client() {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(30).unwrap();
+    let mut observers: Vec<Observer> = (0..3)
+        .map(|i| Observer::through_typha(&rig.harness, &format!("observer-{i}")))
+        .collect();
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+
+    let store = rig.store();
+    let created = pod_json(
+        "ns-0",
+        "web-new",
+        &kube_sim::seed::node_name(0),
+        "10.0.0.200",
+        "web",
+    );
+    let mut relabeled = created.clone();
+    set_label(&mut relabeled, "version", "v2");
+    let mut ns = store.get_object("v1", "Namespace", "", "ns-0").unwrap();
+    set_label(&mut ns, "team", "team-new");
+    type ToModelFn = fn(&Json) -> Update;
+    let steps: Vec<(&str, Json, ToModelFn)> = vec![
+        ("pod create", created.clone(), model_of::<Pod>),
+        ("pod label update", relabeled, model_of::<Pod>),
+        ("namespace label", ns, model_of::<Namespace>),
+        (
+            "policy create",
+            k8s_policy_json("ns-1", "allow-web", 80),
+            model_of::<K8sNetworkPolicy>,
+        ),
+        (
+            "policy edit",
+            k8s_policy_json("ns-1", "allow-web", 443),
+            model_of::<K8sNetworkPolicy>,
+        ),
+    ];
+    for (what, obj, to_model) in steps {
+        let before = rig.hub().revision();
+        let expected = to_model(&write(store, obj));
+        let revision = rig.next_revision(before).await;
+        rig.assert_one_delta(before, &expected.key);
+        clients
+            .wait_all(revision, LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        for o in &mut observers {
+            o.until_holds(&expected).await;
+        }
+    }
+
+    // Pod delete.
+    let before = rig.hub().revision();
+    store.delete_object("v1", "Pod", "ns-0", "web-new").unwrap();
+    let gone = Update::delete(model_of::<Pod>(&created).key);
+    let revision = rig.next_revision(before).await;
+    rig.assert_one_delta(before, &gone.key);
+    clients.wait_all(revision, LIMIT).await.unwrap();
+    for o in &mut observers {
+        o.until_holds(&gone).await;
+    }
+
+    let (oracle, _) = api_model(store);
+    for o in observers {
+        let (mirror, events) = o.stop().await;
+        assert_eq!(mirror.digest(), rig.hub().digest());
+        assert!(
+            events == oracle,
+            "the observer's events do not add up to the API state"
+        );
+    }
+    assert_mirrors(clients, rig.hub(), &oracle).await;
+}
+
+/// (c) A forced 410 (history compacted, watches cut) makes typha relist everything; the
+/// relist of unchanged objects produces zero deltas and exactly the one real change made
+/// while the watch was down arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_410_relists_and_delivers_only_the_real_change() {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(20).unwrap();
+    let mut observer = Observer::through_typha(&rig.harness, "observer");
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+    let (_, objects) = api_model(rig.store());
+
+    let before = rig.hub().revision();
+    let noops = rig.hub().stats().noop_updates_dropped;
+    let lists = rig.sim.metrics().snapshot().list_requests;
+    rig.sim.compact();
+    rig.sim.disconnect_watches();
+    let mut pod = endpoint_pods(rig.store()).swap_remove(7);
+    set_label(&mut pod, "version", "while-cut");
+    let changed = model_of::<Pod>(&write(rig.store(), pod));
+
+    let revision = rig.next_revision(before).await;
+    // Every other object came back through a relist as a no-op.
+    rig.wait_noops(noops + objects as u64 - 1).await;
+    eprintln!(
+        "DEBUG lists {lists} -> {:?}; noops {noops} -> {}; objects {objects}",
+        rig.sim.metrics().snapshot(),
+        rig.hub().stats().noop_updates_dropped
+    );
+    assert!(
+        rig.sim.metrics().snapshot().list_requests >= lists + WATCHED,
+        "no relist happened"
+    );
+    rig.assert_one_delta(before, &changed.key);
+    clients.wait_all(revision, LIMIT).await.unwrap();
+    observer.until_holds(&changed).await;
+
+    let (oracle, _) = api_model(rig.store());
+    let (mirror, _) = observer.stop().await;
+    assert!(mirror_model(&mirror) == oracle);
+    assert_mirrors(clients, rig.hub(), &oracle).await;
+}
+
+/// (d) Status-only updates (condition timestamps, node heartbeats) reach typha but
+/// produce zero deltas: the next real change advances the revision by exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_only_updates_produce_no_deltas() {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(10).unwrap();
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+    let store = rig.store();
+
+    // Pods: five condition-timestamp updates, then one label change (same watch stream,
+    // so the status updates were processed first).
+    let before = rig.hub().revision();
+    let noops = rig.hub().stats().noop_updates_dropped;
+    let mut pods = endpoint_pods(store);
+    for (i, pod) in pods.iter_mut().take(5).enumerate() {
+        let stamp = format!("2030-01-01T00:00:0{i}Z");
+        pod["status"]["conditions"] = json!([
+            {"type": "Ready", "status": "True", "lastProbeTime": stamp, "lastTransitionTime": stamp},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": stamp},
+        ]);
+        pod["status"]["startTime"] = json!(stamp);
+        write(store, pod.clone());
+    }
+    let mut sentinel = pods[10].clone();
+    set_label(&mut sentinel, "version", "sentinel");
+    let sentinel = model_of::<Pod>(&write(store, sentinel));
+    let revision = rig.next_revision(before).await;
+    rig.assert_one_delta(before, &sentinel.key);
+    assert!(
+        rig.hub().stats().noop_updates_dropped >= noops + 5,
+        "status updates never reached the cache"
+    );
+
+    // Nodes: heartbeats, then a label change.
+    let before = revision;
+    let noops = rig.hub().stats().noop_updates_dropped;
+    let mut nodes = store.list_objects("v1", "Node");
+    for (i, node) in nodes.iter_mut().take(5).enumerate() {
+        let stamp = format!("2030-01-01T00:01:0{i}Z");
+        node["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "True", "lastHeartbeatTime": stamp}]);
+        write(store, node.clone());
+    }
+    let mut sentinel = nodes[6].clone();
+    set_label(&mut sentinel, "sentinel", "yes");
+    let sentinel = model_of::<Node>(&write(store, sentinel));
+    let revision = rig.next_revision(before).await;
+    rig.assert_one_delta(before, &sentinel.key);
+    assert!(
+        rig.hub().stats().noop_updates_dropped >= noops + 5,
+        "heartbeats never reached the cache"
+    );
+
+    clients.wait_all(revision, LIMIT).await.unwrap();
+    let (oracle, _) = api_model(store);
+    assert_mirrors(clients, rig.hub(), &oracle).await;
+}
+
+/// (e) felix-client without typha (local mode, same upstream code) reaches the same state
+/// as the clients through typha: same digest as the hub, same entries, and follows a
+/// change made afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_matches_typha() {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(2).unwrap();
+    let mut local = Observer::local(&rig.sim);
+    local
+        .until("local in-sync", |o| o.last_in_sync.is_some())
+        .await;
+    let (revision, digest, keys) = local.last_in_sync.unwrap();
+    assert_eq!(digest, rig.hub().digest());
+    assert_eq!(keys, rig.hub().len());
+    assert!(revision.0 >= 1);
+    assert!(local.status.in_sync.load(Ordering::Relaxed));
+    let (oracle, _) = api_model(rig.store());
+    assert!(
+        local.state == oracle,
+        "local events before in-sync differ from the API state"
+    );
+
+    let before = rig.hub().revision();
+    let mut pod = endpoint_pods(rig.store()).swap_remove(3);
+    set_label(&mut pod, "app", "moved");
+    let changed = model_of::<Pod>(&write(rig.store(), pod));
+    let revision = rig.next_revision(before).await;
+    local.until_holds(&changed).await;
+    clients.wait_all(revision, LIMIT).await.unwrap();
+
+    let (oracle, _) = api_model(rig.store());
+    assert_eq!(local.status.digest_mismatches.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        local.status.keys.load(Ordering::Relaxed),
+        oracle.len() as u64
+    );
+    let (mirror, events) = local.stop().await;
+    assert_eq!(mirror.digest(), rig.hub().digest());
+    assert!(mirror_model(&mirror) == oracle);
+    assert!(events == oracle);
+    assert_mirrors(clients, rig.hub(), &oracle).await;
+}
