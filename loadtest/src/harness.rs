@@ -99,6 +99,15 @@ impl Harness {
             .context("typha's upstream channel closed")
     }
 
+    /// Loads the initial state and marks the upstream in sync; returns once the hub has
+    /// applied it (events are applied in order, so in-sync means the state is in).
+    pub async fn load(&self, initial: Vec<typha_proto::Update>) -> anyhow::Result<Revision> {
+        self.send(UpstreamEvent::Updates(initial)).await?;
+        self.send(UpstreamEvent::InSync).await?;
+        self.typha.hub.wait_in_sync().await;
+        Ok(self.typha.hub.revision())
+    }
+
     /// The TLS config a legitimate client uses (checks the server's CN).
     pub fn client_tls(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
         if !self.tls {

@@ -71,8 +71,7 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
     let mut oracle = BTreeMap::new();
     let initial = model::cluster(50, 20, 10, 2);
     oracle_apply(&mut oracle, &initial);
-    harness.send(UpstreamEvent::Updates(initial)).await.unwrap();
-    harness.send(UpstreamEvent::InSync).await.unwrap();
+    harness.load(initial).await.unwrap();
 
     let clients = harness.spawn_clients(500).unwrap();
     let start = harness.typha.hub.revision();
@@ -129,11 +128,7 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
 async fn each_delta_is_encoded_once_for_all_clients() {
     let snapshotter = recorder();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
-    harness
-        .send(UpstreamEvent::Updates(model::cluster(5, 10, 2, 1)))
-        .await
-        .unwrap();
-    harness.send(UpstreamEvent::InSync).await.unwrap();
+    harness.load(model::cluster(5, 10, 2, 1)).await.unwrap();
     let clients = harness.spawn_clients(40).unwrap();
     let mut revision = harness.typha.hub.revision();
     clients.wait_all(revision, LIMIT).await.unwrap();
@@ -234,11 +229,7 @@ fn no_client_cert(harness: &Harness) -> Arc<rustls::ClientConfig> {
 async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
     let snapshotter = recorder();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
-    harness
-        .send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1)))
-        .await
-        .unwrap();
-    harness.send(UpstreamEvent::InSync).await.unwrap();
+    harness.load(model::cluster(2, 5, 1, 1)).await.unwrap();
     let server_identity = PeerIdentity::with_cn(typha::certs::DEFAULT_SERVER_CN);
 
     // No client certificate at all.
@@ -295,11 +286,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
         ..Default::default()
     };
     let harness = Harness::start(spec).await.unwrap();
-    harness
-        .send(UpstreamEvent::Updates(model::cluster(2, 5, 1, 1)))
-        .await
-        .unwrap();
-    harness.send(UpstreamEvent::InSync).await.unwrap();
+    harness.load(model::cluster(2, 5, 1, 1)).await.unwrap();
     let clients = harness.spawn_clients(20).unwrap();
     clients
         .wait_all(harness.typha.hub.revision(), LIMIT)
@@ -362,5 +349,68 @@ async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
     assert!(ended, "the stalled client's stream is still open");
     for mirror in clients.stop().await.unwrap() {
         assert_eq!(mirror.digest(), digest);
+    }
+}
+
+/// An oversized client message closes only that stream, with a counted reason; the
+/// other clients keep receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_client_message_closes_only_its_stream() {
+    let snapshotter = recorder();
+    let harness = Harness::start(TyphaSpec::default()).await.unwrap();
+    harness.load(model::cluster(2, 5, 1, 1)).await.unwrap();
+    let clients = harness.spawn_clients(5).unwrap();
+    clients
+        .wait_all(harness.typha.hub.revision(), LIMIT)
+        .await
+        .unwrap();
+
+    let (tx, stream) = raw_session(&harness, harness.client_tls().unwrap()).await;
+    let mut stream = stream.unwrap();
+    loop {
+        if let ServerFrame::InSync(_) = stream.message().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    // A 1 MiB message: far above the server's 64 KiB limit for client messages.
+    let hello = pb::ClientHello {
+        client_version: "x".repeat(1 << 20),
+        ..Default::default()
+    };
+    tx.send(pb::ClientMessage {
+        msg: Some(client_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let ended = loop {
+        match tokio::time::timeout(LIMIT, stream.message())
+            .await
+            .expect("stream still open")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break true,
+        }
+    };
+    assert!(ended);
+
+    let target = harness.typha.hub.revision().next();
+    let update = model::endpoint("ns-0", "pod-0", "node-0", 0, 9);
+    harness
+        .send(UpstreamEvent::Updates(vec![update]))
+        .await
+        .unwrap();
+    clients.wait_all(target, LIMIT).await.unwrap();
+    let counted = counters(&snapshotter);
+    assert_eq!(
+        get(
+            &counted,
+            "typha_connections_dropped_total",
+            "malformed_message"
+        ),
+        1,
+        "{counted:?}"
+    );
+    for mirror in clients.stop().await.unwrap() {
+        assert_eq!(mirror.digest(), harness.typha.hub.digest());
     }
 }

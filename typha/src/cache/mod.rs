@@ -148,6 +148,18 @@ struct Entry {
     hash: EntryHash,
 }
 
+impl Entry {
+    fn new(key: &Key, value: Value) -> Entry {
+        let encoded = encode_key_value(key, Some(&value));
+        let hash = EntryHash::of(&encoded);
+        Entry {
+            value,
+            encoded,
+            hash,
+        }
+    }
+}
+
 /// The shared state and its history (see the module docs).
 #[derive(Debug)]
 pub struct SnapshotCache {
@@ -267,34 +279,35 @@ impl SnapshotCache {
     }
 
     /// Applies one update to the entries and the digest; the encoded `KeyValue` when it
-    /// changed the state, `None` for a no-op.
+    /// changed the state, `None` for a no-op. An unchanged value is recognised before
+    /// encoding (a relist re-sends every object), and by its bytes after (for values
+    /// that encode equally without comparing equal, such as a NaN order).
     fn change(&mut self, key: &Key, value: Option<Value>) -> Option<Bytes> {
         let Some(value) = value else {
             let old = self.entries.remove(key)?;
             self.digest.remove(old.hash);
             return Some(encode_key_value(key, None));
         };
-        let encoded = encode_key_value(key, Some(&value));
-        let hash = EntryHash::of(&encoded);
-        let new = Entry {
-            value,
-            encoded: encoded.clone(),
-            hash,
-        };
         match self.entries.entry(key.clone()) {
             StateEntry::Occupied(mut held) => {
-                if held.get().encoded == encoded {
+                if held.get().value == value {
                     return None;
                 }
-                self.digest.replace(held.get().hash, hash);
+                let new = Entry::new(key, value);
+                if held.get().encoded == new.encoded {
+                    return None;
+                }
+                self.digest.replace(held.get().hash, new.hash);
+                let encoded = new.encoded.clone();
                 held.insert(new);
+                Some(encoded)
             }
             StateEntry::Vacant(slot) => {
-                self.digest.add(hash);
-                slot.insert(new);
+                let new = Entry::new(key, value);
+                self.digest.add(new.hash);
+                Some(slot.insert(new).encoded.clone())
             }
         }
-        Some(encoded)
     }
 
     /// Drops the oldest breadcrumbs while the log is over a bound, keeping the newest.

@@ -480,3 +480,28 @@ fn encoding_matches_update_encode() {
         );
     }
 }
+
+#[test]
+fn a_value_that_encodes_the_same_is_a_noop_even_if_it_compares_unequal() {
+    let key = Key::new(Kind::NetworkPolicy, "x", "p").unwrap();
+    let policy = Value::Policy(pb::Policy {
+        namespace: "x".into(),
+        order: f64::NAN,
+        has_order: true,
+        ..Default::default()
+    });
+    assert_ne!(policy, policy.clone(), "NaN != NaN");
+    let mut cache = SnapshotCache::new(CacheConfig::default());
+    assert!(
+        cache
+            .apply([Update::new(key.clone(), Some(policy.clone())).unwrap()])
+            .is_some()
+    );
+    assert!(
+        cache
+            .apply([Update::new(key, Some(policy)).unwrap()])
+            .is_none()
+    );
+    assert_eq!(cache.stats().noop_updates_dropped, 1);
+    assert_eq!(cache.digest(), digest_of(cache.iter()));
+}

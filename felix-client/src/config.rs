@@ -1,0 +1,401 @@
+//! felix-client's command line: flags with FELIX_* environment equivalents, validated once
+//! into a typed [`Config`]. Invalid configuration is an error naming the flag; the binary
+//! prints it and exits non-zero.
+//!
+//! Where the state comes from: with `--typha-addr` the agent syncs from typha over mutual
+//! TLS (plaintext only with the loudly logged `--insecure-plaintext`); without it, it
+//! watches the Kubernetes API itself (local mode, Calico's behaviour for small clusters).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use typha::tls::{PeerIdentity, TlsFiles};
+
+/// The felix-client command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "felix-client",
+    version,
+    about = "Per-node agent: syncs network state and programs the dataplane"
+)]
+pub struct Cli {
+    /// This node's name (as in the Kubernetes Node object).
+    #[arg(long, env = "FELIX_NODE_NAME")]
+    pub node_name: String,
+    /// Typha addresses, HOST:PORT[,HOST:PORT...]. Without one, watch the API directly.
+    #[arg(long, env = "FELIX_TYPHA_ADDR", value_delimiter = ',')]
+    pub typha_addr: Vec<String>,
+    /// CA bundle that typha's certificate must chain to.
+    #[arg(long, env = "FELIX_TYPHA_CA_FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to typha.
+    #[arg(long, env = "FELIX_TYPHA_CERT_FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "FELIX_TYPHA_KEY_FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept a typha whose certificate has this Common Name.
+    #[arg(long, env = "FELIX_TYPHA_CN")]
+    pub typha_cn: Option<String>,
+    /// Accept a typha whose certificate has this URI SAN.
+    #[arg(long, env = "FELIX_TYPHA_URI_SAN")]
+    pub typha_uri_san: Option<String>,
+    /// Talk to typha without TLS. Anyone on the path can forge the state: development only.
+    #[arg(long, env = "FELIX_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// kubeconfig for local mode (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Which dataplane to program.
+    #[arg(long, env = "FELIX_DATAPLANE", value_enum, default_value_t = Dataplane::Iptables)]
+    pub dataplane: Dataplane,
+    /// Policy only, or policy plus routes between nodes.
+    #[arg(long, env = "FELIX_MODE", value_enum, default_value_t = Mode::PolicyOnly)]
+    pub mode: Mode,
+    /// Bound on connecting to typha (TCP + TLS + HTTP/2 + ServerHello).
+    #[arg(long, env = "FELIX_TYPHA_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Silence from typha for this long ends the session (typha pings every 10 s).
+    #[arg(long, env = "FELIX_TYPHA_READ_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+    /// First reconnect delay.
+    #[arg(long, env = "FELIX_TYPHA_BACKOFF_MIN", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub backoff_min: Duration,
+    /// Reconnect delay cap.
+    #[arg(long, env = "FELIX_TYPHA_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "FELIX_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The dataplane programmer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dataplane {
+    /// iptables-restore, ipset and routes (not implemented yet: refused at startup).
+    Iptables,
+    /// Program nothing; log what would change.
+    None,
+}
+
+/// What the agent is responsible for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Network policy only (another CNI does the routing).
+    PolicyOnly,
+    /// Network policy plus pod routes between nodes.
+    Networking,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The node name is empty or has whitespace.
+    #[error("--node-name must be a non-empty name without whitespace")]
+    NodeName,
+    /// A typha address is not HOST:PORT.
+    #[error("--typha-addr {0:?} is not HOST:PORT")]
+    BadAddress(String),
+    /// TLS flags incomplete.
+    #[error(
+        "--tls-ca, --tls-cert and --tls-key are all required with --typha-addr (or --insecure-plaintext for development)"
+    )]
+    TlsIncomplete,
+    /// Both TLS and plaintext.
+    #[error("--insecure-plaintext cannot be combined with --tls-*, --typha-cn or --typha-uri-san")]
+    Contradictory,
+    /// Typha connection flags without a typha.
+    #[error(
+        "--tls-*, --typha-cn, --typha-uri-san and --insecure-plaintext need --typha-addr (without it the agent watches the API itself)"
+    )]
+    TyphaFlagsWithoutTypha,
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// How the connection to typha is secured, once validated.
+#[derive(Debug)]
+pub enum TransportChoice {
+    /// Mutual TLS with these files; typha's certificate must show `identity` (or, when
+    /// it is empty, the host name dialled).
+    Tls(TlsFiles, PeerIdentity),
+    /// Plaintext (development).
+    Plaintext,
+}
+
+/// Where the state comes from, once validated.
+#[derive(Debug)]
+pub enum Source {
+    /// Sync from typha.
+    Typha {
+        /// HOST:PORT addresses.
+        addresses: Vec<String>,
+        /// TLS or plaintext.
+        transport: TransportChoice,
+    },
+    /// Watch the Kubernetes API directly.
+    Local {
+        /// kubeconfig path, if given.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// This node's name.
+    pub node_name: String,
+    /// Where the state comes from.
+    pub source: Source,
+    /// Which dataplane to program.
+    pub dataplane: Dataplane,
+    /// Policy only or networking.
+    pub mode: Mode,
+    /// Connect bound (typha mode).
+    pub connect_timeout: Duration,
+    /// Read bound (typha mode).
+    pub read_timeout: Duration,
+    /// First reconnect delay (typha mode).
+    pub backoff_min: Duration,
+    /// Reconnect delay cap (typha mode).
+    pub backoff_max: Duration,
+}
+
+impl Cli {
+    /// Checks the flags and returns the typed configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.node_name.is_empty() || self.node_name.chars().any(char::is_whitespace) {
+            return Err(ConfigError::NodeName);
+        }
+        let identity = PeerIdentity {
+            cn: self.typha_cn.clone(),
+            uri_san: self.typha_uri_san.clone(),
+        };
+        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
+        let source = if self.typha_addr.is_empty() {
+            if any_tls || self.insecure_plaintext || !identity.is_empty() {
+                return Err(ConfigError::TyphaFlagsWithoutTypha);
+            }
+            Source::Local {
+                kubeconfig: self.kubeconfig.clone(),
+            }
+        } else {
+            let addresses = self
+                .typha_addr
+                .iter()
+                .map(|a| check_address(a))
+                .collect::<Result<_, _>>()?;
+            let transport = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                _ if self.insecure_plaintext && (any_tls || !identity.is_empty()) => {
+                    return Err(ConfigError::Contradictory);
+                }
+                _ if self.insecure_plaintext => TransportChoice::Plaintext,
+                (Some(ca), Some(cert), Some(key)) => TransportChoice::Tls(
+                    TlsFiles {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
+                    identity,
+                ),
+                _ => return Err(ConfigError::TlsIncomplete),
+            };
+            Source::Typha {
+                addresses,
+                transport,
+            }
+        };
+        if self.connect_timeout.is_zero() || self.read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--connect-timeout and --read-timeout must be positive",
+            ));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(ConfigError::Invalid(
+                "--backoff-min must be positive and at most --backoff-max",
+            ));
+        }
+        Ok(Config {
+            node_name: self.node_name.clone(),
+            source,
+            dataplane: self.dataplane,
+            mode: self.mode,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        })
+    }
+}
+
+/// HOST:PORT with a non-empty host and a port in 1..=65535 (IPv6 hosts in brackets).
+fn check_address(addr: &str) -> Result<String, ConfigError> {
+    let addr = addr.trim();
+    let bad = || ConfigError::BadAddress(addr.to_string());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    if host.is_empty() || port == 0 || (host.contains(':') && !bracketed) {
+        return Err(bad());
+    }
+    Ok(addr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["felix-client"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        cli(args).unwrap().validate()
+    }
+
+    const TLS: [&str; 6] = ["--tls-ca", "ca", "--tls-cert", "c", "--tls-key", "k"];
+
+    #[test]
+    fn node_name_is_required_and_checked() {
+        assert!(cli(&[]).is_err());
+        assert!(matches!(
+            parse(&["--node-name", ""]),
+            Err(ConfigError::NodeName)
+        ));
+        assert!(matches!(
+            parse(&["--node-name", "a b"]),
+            Err(ConfigError::NodeName)
+        ));
+    }
+
+    #[test]
+    fn no_typha_means_local_mode_and_rejects_typha_flags() {
+        let config = parse(&["--node-name", "n1"]).unwrap();
+        assert!(matches!(config.source, Source::Local { kubeconfig: None }));
+        assert_eq!(config.dataplane, Dataplane::Iptables);
+        assert_eq!(config.mode, Mode::PolicyOnly);
+        assert!(matches!(
+            parse(&["--node-name", "n1", "--tls-ca", "x"]),
+            Err(ConfigError::TyphaFlagsWithoutTypha)
+        ));
+        assert!(matches!(
+            parse(&["--node-name", "n1", "--insecure-plaintext"]),
+            Err(ConfigError::TyphaFlagsWithoutTypha)
+        ));
+    }
+
+    #[test]
+    fn typha_needs_complete_tls_or_explicit_plaintext() {
+        let addr = ["--node-name", "n1", "--typha-addr", "typha:5473"];
+        assert!(matches!(parse(&addr), Err(ConfigError::TlsIncomplete)));
+        let mut tls = addr.to_vec();
+        tls.extend_from_slice(&TLS);
+        let Source::Typha {
+            addresses,
+            transport,
+        } = parse(&tls).unwrap().source
+        else {
+            panic!()
+        };
+        assert_eq!(addresses, vec!["typha:5473"]);
+        // No identity flags: hostname verification.
+        assert!(matches!(transport, TransportChoice::Tls(_, ref id) if id.is_empty()));
+        tls.extend_from_slice(&["--typha-cn", "typha-server"]);
+        let Source::Typha { transport, .. } = parse(&tls).unwrap().source else {
+            panic!()
+        };
+        assert!(
+            matches!(transport, TransportChoice::Tls(_, ref id) if id.cn.as_deref() == Some("typha-server"))
+        );
+
+        let mut plain = addr.to_vec();
+        plain.push("--insecure-plaintext");
+        assert!(matches!(
+            parse(&plain).unwrap().source,
+            Source::Typha {
+                transport: TransportChoice::Plaintext,
+                ..
+            }
+        ));
+        plain.extend_from_slice(&["--typha-cn", "x"]);
+        assert!(matches!(parse(&plain), Err(ConfigError::Contradictory)));
+    }
+
+    #[test]
+    fn addresses_are_split_and_checked() {
+        let ok = parse(&[
+            "--node-name",
+            "n",
+            "--typha-addr",
+            "a:1,[::1]:5473,10.0.0.1:2",
+            "--insecure-plaintext",
+        ]);
+        let Source::Typha { addresses, .. } = ok.unwrap().source else {
+            panic!()
+        };
+        assert_eq!(addresses, vec!["a:1", "[::1]:5473", "10.0.0.1:2"]);
+        for bad in [
+            "nohost", ":5473", "a:0", "a:99999", "::1:5473", "a:b", "a:1,",
+        ] {
+            let result = parse(&[
+                "--node-name",
+                "n",
+                "--typha-addr",
+                bad,
+                "--insecure-plaintext",
+            ]);
+            assert!(
+                matches!(result, Err(ConfigError::BadAddress(_))),
+                "{bad}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn enums_and_durations_parse_and_are_checked() {
+        let config = parse(&[
+            "--node-name",
+            "n",
+            "--dataplane",
+            "none",
+            "--mode",
+            "networking",
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.dataplane, config.mode),
+            (Dataplane::None, Mode::Networking)
+        );
+        assert!(cli(&["--node-name", "n", "--dataplane", "ebpf"]).is_err());
+        let config = parse(&[
+            "--node-name",
+            "n",
+            "--backoff-min",
+            "50ms",
+            "--backoff-max",
+            "1s",
+        ])
+        .unwrap();
+        assert_eq!(config.backoff_min, Duration::from_millis(50));
+        assert!(matches!(
+            parse(&[
+                "--node-name",
+                "n",
+                "--backoff-min",
+                "5s",
+                "--backoff-max",
+                "1s"
+            ]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&["--node-name", "n", "--read-timeout", "0s"]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(cli(&["--node-name", "n", "--read-timeout", "soon"]).is_err());
+    }
+}

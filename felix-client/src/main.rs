@@ -1,0 +1,141 @@
+//! The felix-client binary: parse and validate, pick the state source (typha, or the API
+//! itself in local mode), run the sync, hand its events to the dataplane, drain on signal.
+
+mod config;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use felix_client::local::run_local;
+use felix_client::{SyncClient, SyncConfig, SyncEvent, SyncStatus};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use typha::tls::{TlsMaterial, client_config};
+use typha::upstream::UpstreamConfig;
+
+use crate::config::{Cli, Config, Dataplane, Source, TransportChoice};
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("felix-client: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.validate()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .init();
+    if config.dataplane == Dataplane::Iptables {
+        anyhow::bail!("--dataplane iptables is not implemented yet; use --dataplane none");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(sync(config))
+}
+
+async fn sync(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let (tx, rx) = mpsc::channel(64);
+    let dataplane = tokio::spawn(log_dataplane(rx, config.mode));
+    tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
+    let mirror = match config.source {
+        Source::Typha {
+            addresses,
+            transport,
+        } => {
+            let mut sync = SyncConfig::new(config.node_name.clone(), addresses);
+            sync.tls = match transport {
+                TransportChoice::Plaintext => {
+                    tracing::warn!(
+                        "INSECURE: talking to typha without TLS; the state can be read and forged"
+                    );
+                    None
+                }
+                TransportChoice::Tls(files, identity) => {
+                    Some(client_config(&TlsMaterial::load(&files)?, &identity)?)
+                }
+            };
+            sync.connect_timeout = config.connect_timeout;
+            sync.read_timeout = config.read_timeout;
+            sync.backoff_min = config.backoff_min;
+            sync.backoff_max = config.backoff_max;
+            SyncClient::new(sync).run(tx, shutdown).await?
+        }
+        Source::Local { kubeconfig } => {
+            let kube_config = match &kubeconfig {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+                }
+                None => kube::Config::infer()
+                    .await
+                    .context("no kubeconfig and not in a cluster")?,
+            };
+            let client =
+                kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+            let status = Arc::new(SyncStatus::default());
+            run_local(client, UpstreamConfig::default(), tx, status, shutdown).await?
+        }
+    };
+    let _ = dataplane.await;
+    tracing::info!(keys = mirror.len(), revision = %mirror.revision(), "felix-client stopped");
+    Ok(())
+}
+
+/// `--dataplane none`: programs nothing, logs what it would do.
+async fn log_dataplane(mut events: mpsc::Receiver<SyncEvent>, mode: config::Mode) {
+    while let Some(event) = events.recv().await {
+        match event {
+            SyncEvent::Changes(changes) => {
+                tracing::info!(
+                    count = changes.len(),
+                    ?mode,
+                    "dataplane none: would apply changes"
+                );
+                for change in &changes {
+                    let action = if change.value.is_some() {
+                        "set"
+                    } else {
+                        "remove"
+                    };
+                    tracing::debug!(key = ?change.key, action, "dataplane none: would program");
+                }
+            }
+            SyncEvent::InSync {
+                revision,
+                digest,
+                keys,
+            } => {
+                tracing::info!(%revision, %digest, keys, "in sync: dataplane none would now do a full resync");
+            }
+            SyncEvent::Disconnected { reason } => {
+                tracing::warn!(reason, "sync disconnected; keeping state")
+            }
+        }
+    }
+}
+
+async fn stop_on_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+    }
+    token.cancel();
+}
