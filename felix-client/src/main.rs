@@ -43,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn sync(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(typha::app::stop_on_signal(shutdown.clone()));
     let (tx, rx) = mpsc::channel(64);
     let dataplane = tokio::spawn(log_dataplane(rx, config.mode));
     tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
@@ -123,19 +123,4 @@ async fn log_dataplane(mut events: mpsc::Receiver<SyncEvent>, mode: config::Mode
             }
         }
     }
-}
-
-async fn stop_on_signal(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-    }
-    token.cancel();
 }

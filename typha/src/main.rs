@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use typha::app::{self, TyphaOptions, Upstream};
 use typha::certs::DevPki;
 use typha::config::{Cli, Command, ServeArgs, TransportChoice};
@@ -85,24 +84,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let mut running = app::start(options).await?;
         let token = running.shutdown_token();
-        tokio::spawn(stop_on_signal(token));
+        tokio::spawn(typha::app::stop_on_signal(token));
         running.join().await?;
         tracing::info!("typha stopped");
         Ok(())
     })
-}
-
-async fn stop_on_signal(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-    }
-    token.cancel();
 }
