@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use typha::tls::{PeerIdentity, TlsFiles};
+use typha::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The felix-client command line.
 #[derive(Debug, Parser)]
@@ -97,14 +97,9 @@ pub enum ConfigError {
     /// A typha address is not HOST:PORT.
     #[error("--typha-addr {0:?} is not HOST:PORT")]
     BadAddress(String),
-    /// TLS flags incomplete.
-    #[error(
-        "--tls-ca, --tls-cert and --tls-key are all required with --typha-addr (or --insecure-plaintext for development)"
-    )]
-    TlsIncomplete,
-    /// Both TLS and plaintext.
-    #[error("--insecure-plaintext cannot be combined with --tls-*, --typha-cn or --typha-uri-san")]
-    Contradictory,
+    /// The TLS flags are incomplete or contradictory.
+    #[error(transparent)]
+    Tls(#[from] TlsFlagsError),
     /// Typha connection flags without a typha.
     #[error(
         "--tls-*, --typha-cn, --typha-uri-san and --insecure-plaintext need --typha-addr (without it the agent watches the API itself)"
@@ -113,16 +108,6 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("{0}")]
     Invalid(&'static str),
-}
-
-/// How the connection to typha is secured, once validated.
-#[derive(Debug)]
-pub enum TransportChoice {
-    /// Mutual TLS with these files; typha's certificate must show `identity` (or, when
-    /// it is empty, the host name dialled).
-    Tls(TlsFiles, PeerIdentity),
-    /// Plaintext (development).
-    Plaintext,
 }
 
 /// Where the state comes from, once validated.
@@ -187,21 +172,13 @@ impl Cli {
                 .iter()
                 .map(|a| check_address(a))
                 .collect::<Result<_, _>>()?;
-            let transport = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-                _ if self.insecure_plaintext && (any_tls || !identity.is_empty()) => {
-                    return Err(ConfigError::Contradictory);
-                }
-                _ if self.insecure_plaintext => TransportChoice::Plaintext,
-                (Some(ca), Some(cert), Some(key)) => TransportChoice::Tls(
-                    TlsFiles {
-                        ca: ca.clone(),
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    },
-                    identity,
-                ),
-                _ => return Err(ConfigError::TlsIncomplete),
-            };
+            let transport = TransportChoice::from_flags(
+                &self.tls_ca,
+                &self.tls_cert,
+                &self.tls_key,
+                identity,
+                self.insecure_plaintext,
+            )?;
             Source::Typha {
                 addresses,
                 transport,
@@ -291,7 +268,10 @@ mod tests {
     #[test]
     fn typha_needs_complete_tls_or_explicit_plaintext() {
         let addr = ["--node-name", "n1", "--typha-addr", "typha:5473"];
-        assert!(matches!(parse(&addr), Err(ConfigError::TlsIncomplete)));
+        assert!(matches!(
+            parse(&addr),
+            Err(ConfigError::Tls(TlsFlagsError::Incomplete))
+        ));
         let mut tls = addr.to_vec();
         tls.extend_from_slice(&TLS);
         let Source::Typha {
@@ -322,7 +302,10 @@ mod tests {
             }
         ));
         plain.extend_from_slice(&["--typha-cn", "x"]);
-        assert!(matches!(parse(&plain), Err(ConfigError::Contradictory)));
+        assert!(matches!(
+            parse(&plain),
+            Err(ConfigError::Tls(TlsFlagsError::Contradictory))
+        ));
     }
 
     #[test]

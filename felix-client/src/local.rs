@@ -8,8 +8,8 @@
 //! the mirror's digest is checked against the cache's after every batch.
 //!
 //! Invariants:
-//! - the mirror starts from a snapshot of the empty cache at revision 0 (so it is
-//!   "synced" for delta purposes), and then moves one breadcrumb at a time: its revision
+//! - the mirror starts as [`Mirror::following`] the empty cache at revision 0, and then
+//!   moves one breadcrumb at a time: its revision
 //!   and digest equal the cache's after every batch (a mismatch is a bug and is fatal);
 //! - [`SyncEvent::InSync`] is emitted once, when the upstream has listed every resource;
 //!   `status.in_sync` is set then and stays set (relists are just changes);
@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::cache::{self, CacheConfig, CacheError, SnapshotCache};
+use typha::cache::{CacheConfig, SnapshotCache};
 use typha::upstream::{self, UpstreamConfig, UpstreamError, UpstreamEvent};
 use typha_proto::frame::ServerFrame;
 
@@ -31,9 +31,6 @@ use crate::sync::{SyncEvent, SyncStatus};
 /// or a dead upstream, and the agent should exit (and be restarted) rather than go stale.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    /// Building the initial (empty) snapshot failed.
-    #[error("building the initial snapshot: {0}")]
-    Snapshot(#[from] CacheError),
     /// A frame built by the local cache did not decode.
     #[error("decoding a local frame: {0}")]
     Decode(#[from] prost::DecodeError),
@@ -63,7 +60,7 @@ pub async fn run_local(
     status: Arc<SyncStatus>,
     shutdown: CancellationToken,
 ) -> Result<Mirror, LocalError> {
-    let mut local = Local::new(status)?;
+    let mut local = Local::new(status);
     let token = shutdown.child_token();
     let (tx, mut rx) = mpsc::channel(64);
     let mut upstream = tokio::spawn(upstream::run(client, config, tx, token.clone()));
@@ -121,8 +118,8 @@ struct Local {
 }
 
 impl Local {
-    /// An empty cache and a mirror synced to its empty snapshot at revision 0.
-    fn new(status: Arc<SyncStatus>) -> Result<Local, LocalError> {
+    /// An empty cache and a mirror following it from revision 0.
+    fn new(status: Arc<SyncStatus>) -> Local {
         // Only the newest breadcrumb is ever read: keep no history.
         let config = CacheConfig {
             max_log_batches: 1,
@@ -130,24 +127,12 @@ impl Local {
             ..CacheConfig::default()
         };
         let cache = SnapshotCache::new(config);
-        let mut mirror = Mirror::new();
-        let snapshot = cache::compress(&cache.build_snapshot(), 1)?;
-        mirror.start_session(cache.epoch(), false);
-        for chunk in &snapshot.chunk_frames {
-            match ServerFrame::decode(chunk.clone())? {
-                ServerFrame::SnapshotChunk(chunk) => mirror.apply_chunk(chunk)?,
-                _ => return Err(LocalError::UnexpectedFrame("expected a snapshot chunk")),
-            }
-        }
-        match ServerFrame::decode(snapshot.in_sync_frame.clone())? {
-            ServerFrame::InSync(in_sync) => mirror.finish_snapshot(&in_sync)?,
-            _ => return Err(LocalError::UnexpectedFrame("expected in-sync")),
-        };
-        Ok(Local {
+        let mirror = Mirror::following(cache.epoch());
+        Local {
             cache,
             mirror,
             status,
-        })
+        }
     }
 
     /// Applies one upstream batch to the cache and its breadcrumb to the mirror; the
@@ -162,48 +147,24 @@ impl Local {
         let ServerFrame::Deltas(batch) = ServerFrame::decode(crumb.frame.clone())? else {
             return Err(LocalError::UnexpectedFrame("expected a delta batch"));
         };
-        let changes = match self.mirror.apply_deltas(batch) {
-            Ok(changes) => changes,
-            Err(error) => {
-                if matches!(error, MirrorError::DigestMismatch { .. }) {
-                    self.status
-                        .digest_mismatches
-                        .fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("felix_sync_digest_mismatches_total").increment(1);
-                }
-                return Err(error.into());
-            }
-        };
-        let keys = self.mirror.len();
-        self.status.batches.fetch_add(1, Ordering::Relaxed);
-        self.status.keys.store(keys as u64, Ordering::Relaxed);
-        metrics::gauge!("felix_sync_keys").set(keys as f64);
-        self.status.applied.send_replace(self.mirror.revision());
+        let changes = self.mirror.apply_deltas(batch).inspect_err(|error| {
+            self.status.refused(error);
+        })?;
+        self.status.batch_applied(&self.mirror);
         Ok((!changes.is_empty()).then_some(changes))
     }
 
     /// Stopped: the mirror no longer follows the API.
     fn finish(self) -> Mirror {
-        self.status.in_sync.store(false, Ordering::Relaxed);
-        metrics::gauge!("felix_sync_in_sync").set(0.0);
+        self.status.out_of_sync();
         self.mirror
     }
 
     /// Marks the mirror in sync and returns the event announcing it.
     fn in_sync(&self) -> SyncEvent {
-        let keys = self.mirror.len();
-        self.status.in_sync.store(true, Ordering::Relaxed);
-        self.status.keys.store(keys as u64, Ordering::Relaxed);
         self.status.snapshots.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("felix_sync_in_sync").set(1.0);
-        metrics::gauge!("felix_sync_keys").set(keys as f64);
-        self.status.applied.send_replace(self.mirror.revision());
-        tracing::info!(revision = %self.mirror.revision(), keys, "local mode in sync");
-        SyncEvent::InSync {
-            revision: self.mirror.revision(),
-            digest: self.mirror.digest(),
-            keys,
-        }
+        tracing::info!(revision = %self.mirror.revision(), keys = self.mirror.len(), "local mode in sync");
+        self.status.in_sync(&self.mirror)
     }
 }
 
@@ -228,7 +189,7 @@ mod tests {
     #[test]
     fn mirror_follows_the_cache_with_digests() {
         let status = Arc::new(SyncStatus::default());
-        let mut local = Local::new(status.clone()).unwrap();
+        let mut local = Local::new(status.clone());
         assert!(local.mirror.has_synced());
         assert_eq!(local.mirror.revision().0, 0);
 

@@ -12,10 +12,10 @@ use felix_client::local::run_local;
 use felix_client::{SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::tls::{TlsMaterial, client_config};
+use typha::tls::{TlsMaterial, TransportChoice, client_config};
 use typha::upstream::UpstreamConfig;
 
-use crate::config::{Cli, Config, Dataplane, Source, TransportChoice};
+use crate::config::{Cli, Config, Dataplane, Source};
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -71,18 +71,7 @@ async fn sync(config: Config) -> anyhow::Result<()> {
             SyncClient::new(sync).run(tx, shutdown).await?
         }
         Source::Local { kubeconfig } => {
-            let kube_config = match &kubeconfig {
-                Some(path) => {
-                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-                }
-                None => kube::Config::infer()
-                    .await
-                    .context("no kubeconfig and not in a cluster")?,
-            };
-            let client =
-                kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+            let client = typha::upstream::kube_client(kubeconfig.as_deref()).await?;
             let status = Arc::new(SyncStatus::default());
             run_local(client, UpstreamConfig::default(), tx, status, shutdown).await?
         }

@@ -116,6 +116,50 @@ impl Default for SyncStatus {
     }
 }
 
+impl SyncStatus {
+    /// The mirror equals its source's state: publishes that and returns the event.
+    pub(crate) fn in_sync(&self, mirror: &Mirror) -> SyncEvent {
+        let keys = mirror.len();
+        self.in_sync.store(true, Ordering::Relaxed);
+        metrics::gauge!("felix_sync_in_sync").set(1.0);
+        self.publish(mirror);
+        SyncEvent::InSync {
+            revision: mirror.revision(),
+            digest: mirror.digest(),
+            keys,
+        }
+    }
+
+    /// A delta batch was applied to `mirror`.
+    pub(crate) fn batch_applied(&self, mirror: &Mirror) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.publish(mirror);
+    }
+
+    /// The mirror no longer follows its source (disconnected or stopped).
+    pub(crate) fn out_of_sync(&self) {
+        self.in_sync.store(false, Ordering::Relaxed);
+        metrics::gauge!("felix_sync_in_sync").set(0.0);
+    }
+
+    /// A frame was refused; counts it when it was a digest mismatch, and says so.
+    pub(crate) fn refused(&self, error: &MirrorError) -> bool {
+        let mismatch = matches!(error, MirrorError::DigestMismatch { .. });
+        if mismatch {
+            self.digest_mismatches.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("felix_sync_digest_mismatches_total").increment(1);
+        }
+        mismatch
+    }
+
+    fn publish(&self, mirror: &Mirror) {
+        let keys = mirror.len();
+        self.keys.store(keys as u64, Ordering::Relaxed);
+        metrics::gauge!("felix_sync_keys").set(keys as f64);
+        self.applied.send_replace(mirror.revision());
+    }
+}
+
 /// Errors that stop the client for good.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -177,8 +221,7 @@ impl SyncClient {
             let addr = self.config.addresses[order[next % order.len()]].clone();
             next += 1;
             let end = self.session(&addr, &events, &shutdown).await;
-            self.status.in_sync.store(false, Ordering::Relaxed);
-            metrics::gauge!("felix_sync_in_sync").set(0.0);
+            self.status.out_of_sync();
             let delay = match end {
                 Ok(SessionEnd::Shutdown) => return Ok(self.mirror),
                 Err(e @ ConnectError::BadAddress { .. }) => return Err(SyncError::Config(e)),
@@ -277,11 +320,7 @@ impl SyncClient {
                 Ok(None) => {}
                 Ok(Some(end)) => return Ok(end),
                 Err(error) => {
-                    if matches!(error, MirrorError::DigestMismatch { .. }) {
-                        self.status
-                            .digest_mismatches
-                            .fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("felix_sync_digest_mismatches_total").increment(1);
+                    if self.status.refused(&error) {
                         self.mirror.forget_position();
                     }
                     return Ok(SessionEnd::Failed(error.to_string()));
@@ -320,11 +359,7 @@ impl SyncClient {
             }
             ServerFrame::Deltas(batch) => {
                 let changes = self.mirror.apply_deltas(batch)?;
-                self.status.batches.fetch_add(1, Ordering::Relaxed);
-                self.status
-                    .keys
-                    .store(self.mirror.len() as u64, Ordering::Relaxed);
-                self.status.applied.send_replace(self.mirror.revision());
+                self.status.batch_applied(&self.mirror);
                 if !changes.is_empty() {
                     let _ = events.send(SyncEvent::Changes(changes)).await;
                 }
@@ -349,18 +384,7 @@ impl SyncClient {
     }
 
     async fn in_sync(&self, events: &mpsc::Sender<SyncEvent>) {
-        let keys = self.mirror.len();
-        self.status.in_sync.store(true, Ordering::Relaxed);
-        self.status.keys.store(keys as u64, Ordering::Relaxed);
-        metrics::gauge!("felix_sync_in_sync").set(1.0);
-        metrics::gauge!("felix_sync_keys").set(keys as f64);
-        self.status.applied.send_replace(self.mirror.revision());
-        let event = SyncEvent::InSync {
-            revision: self.mirror.revision(),
-            digest: self.mirror.digest(),
-            keys,
-        };
-        let _ = events.send(event).await;
+        let _ = events.send(self.status.in_sync(&self.mirror)).await;
     }
 }
 

@@ -18,7 +18,6 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::http::{App, ResourcePath, error_response, json_response};
 use crate::list::{Filter, ListOptions, VersionMatch};
-use crate::metrics::Metrics;
 use crate::object::StoredObject;
 use crate::patch::{merge_patch, strategic_merge_patch};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -35,7 +34,7 @@ pub async fn dispatch(
     body: Bytes,
 ) -> Response {
     if method != Method::GET {
-        Metrics::add(&app.metrics.write_requests, 1);
+        app.metrics.add(&app.metrics.write_requests, 1);
     }
     let result = match (&method, &path.name) {
         (&Method::GET, None) if is_true(q.get("watch")) => return watch(app, path, q),
@@ -121,10 +120,10 @@ fn list(
     path: &ResourcePath,
     q: &HashMap<String, String>,
 ) -> Result<(StatusCode, Bytes), ApiError> {
-    Metrics::add(&app.metrics.list_requests, 1);
+    app.metrics.add(&app.metrics.list_requests, 1);
     let opts = list_options(path, q)?;
     if opts.continue_token.is_some() {
-        Metrics::add(&app.metrics.continue_requests, 1);
+        app.metrics.add(&app.metrics.continue_requests, 1);
     }
     let page = app.store.list(path.rid, &opts)?;
     let mut meta = serde_json::json!({"resourceVersion": page.resource_version.to_string()});
@@ -150,7 +149,7 @@ fn list(
 }
 
 fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Response {
-    Metrics::add(&app.metrics.watch_requests, 1);
+    app.metrics.add(&app.metrics.watch_requests, 1);
     let req = (|| {
         let bookmarks = is_true(q.get("allowWatchBookmarks"));
         let send_initial = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");

@@ -56,7 +56,7 @@ pub fn router(app: App) -> Router {
 
 /// A JSON response, counted in the metrics.
 pub fn json_response(metrics: &Metrics, code: StatusCode, body: Bytes) -> Response {
-    Metrics::add(&metrics.response_bytes, body.len() as u64);
+    metrics.add(&metrics.response_bytes, body.len() as u64);
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = code;
     resp.headers_mut().insert(
@@ -93,7 +93,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    Metrics::add(&app.metrics.requests, 1);
+    app.metrics.add(&app.metrics.requests, 1);
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let reg = || app.store.registry();
     let doc = match segs.as_slice() {

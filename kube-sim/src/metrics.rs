@@ -26,6 +26,8 @@ pub struct Metrics {
     pub watch_bytes: AtomicU64,
     /// Watch events written (bookmarks and errors included).
     pub watch_events: AtomicU64,
+    /// Woken on every change, so tests can await a condition instead of polling.
+    changed: tokio::sync::Notify,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -68,7 +70,28 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    /// Waits until `done` holds for a snapshot (checked now and after every change).
+    pub async fn wait_until(&self, done: impl Fn(&MetricsSnapshot) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Register before checking, so a change between the check and the await wakes us.
+            changed.as_mut().enable();
+            if done(&self.snapshot()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    pub(crate) fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// A watch stream opened (+1) or closed (-1).
+    pub(crate) fn watch_opened(&self, delta: i64) {
+        self.open_watches.fetch_add(delta, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 }

@@ -71,6 +71,28 @@ pub enum WriteScope {
     Full,
 }
 
+/// The type of `rid` and its current object `namespace/name`, or the 404 a client gets.
+fn existing(
+    st: &State,
+    rid: ResourceId,
+    namespace: &str,
+    name: &str,
+) -> Result<(ResourceType, Arc<StoredObject>), ApiError> {
+    let t = st
+        .registry
+        .get(rid)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
+    let key = (namespace.to_string(), name.to_string());
+    let old = st
+        .objects
+        .get(&rid)
+        .and_then(|m| m.get(&key))
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&t.qualified_plural(), name))?;
+    Ok((t, old))
+}
+
 pub(crate) struct State {
     pub(crate) rv: u64,
     pub(crate) registry: Registry,
@@ -241,18 +263,7 @@ impl Store {
         scope: WriteScope,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
-        let t = st
-            .registry
-            .get(rid)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
-        let key = (namespace.to_string(), name.to_string());
-        let old = st
-            .objects
-            .get(&rid)
-            .and_then(|m| m.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&t.qualified_plural(), name))?;
+        let (t, old) = existing(&st, rid, namespace, name)?;
         let old_value = old.value();
         let new = f(old_value.clone())?;
         let new = prepare_update(&t, &old, old_value.clone(), new, scope)?;
@@ -275,18 +286,7 @@ impl Store {
         preconditions: Option<&Value>,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
-        let t = st
-            .registry
-            .get(rid)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound("unknown resource".into()))?;
-        let key = (namespace.to_string(), name.to_string());
-        let old = st
-            .objects
-            .get(&rid)
-            .and_then(|m| m.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&t.qualified_plural(), name))?;
+        let (t, old) = existing(&st, rid, namespace, name)?;
         check_preconditions(&t, &old, preconditions)?;
         if t.kind == "Namespace" && t.group.is_empty() {
             delete_namespace_contents(&mut st, name);

@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -115,9 +114,9 @@ fn initial_chunks(objs: &[Arc<StoredObject>]) -> Vec<(Bytes, u64)> {
 }
 
 fn count(m: &Metrics, bytes: usize, events: u64) {
-    Metrics::add(&m.watch_bytes, bytes as u64);
-    Metrics::add(&m.response_bytes, bytes as u64);
-    Metrics::add(&m.watch_events, events);
+    m.add(&m.watch_bytes, bytes as u64);
+    m.add(&m.response_bytes, bytes as u64);
+    m.add(&m.watch_events, events);
 }
 
 /// Decrements `open_watches` when the stream is dropped (client gone or stream ended).
@@ -125,7 +124,7 @@ struct OpenGuard(Arc<Metrics>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open_watches.fetch_sub(1, Ordering::Relaxed);
+        self.0.watch_opened(-1);
     }
 }
 
@@ -134,7 +133,7 @@ pub fn watch_stream(
     ctx: WatchContext,
     req: WatchRequest,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    ctx.metrics.open_watches.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.watch_opened(1);
     let guard = OpenGuard(ctx.metrics.clone());
     // Subscribe before the body is first polled so no disconnect or write is missed.
     let mut notify = ctx.store.subscribe();

@@ -4,8 +4,8 @@
 //! The oracle is the API's own state converted through the model (`typha::upstream::
 //! convert` of every stored object): mirrors must equal it, and their digests the hub's.
 //! Waits are on signals (the hub's revision channel, client `applied` revisions, client
-//! events); where no signal exists (cache no-op counters) the hub is polled against a
-//! deadline. Nothing asserts on timing.
+//! events, the hub's counters after each batch, kube-sim's request counters), each under a
+//! generous deadline. Nothing asserts on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -216,22 +216,14 @@ impl Rig {
         assert_eq!(keys, vec![key]);
     }
 
-    /// Polls the hub's no-op counter (no signal exists for it) until it reaches `at_least`.
+    /// Waits until the hub has dropped at least `at_least` no-op updates in all.
     async fn wait_noops(&self, at_least: u64) {
-        let hub = self.hub().clone();
-        poll_until("no-op updates dropped", || {
-            hub.stats().noop_updates_dropped >= at_least
-        })
-        .await;
-    }
-}
-
-/// Polls `done` against a deadline, for state that has no change signal.
-async fn poll_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let noops = self
+            .hub()
+            .wait_stats(|stats| stats.noop_updates_dropped >= at_least);
+        tokio::time::timeout(LIMIT, noops)
+            .await
+            .expect("no-op updates never reached the hub");
     }
 }
 
@@ -470,11 +462,12 @@ async fn forced_410_relists_and_delivers_only_the_real_change() {
     // Every resource relisted and watches again (kinds without objects relist nothing),
     // and every other object came back through a relist as a no-op.
     let metrics = rig.sim.metrics().clone();
-    poll_until("every resource relisted and watching", || {
-        let now = metrics.snapshot();
+    let relisted = metrics.wait_until(|now| {
         now.list_requests >= lists + WATCHED && now.open_watches == WATCHED as i64
-    })
-    .await;
+    });
+    tokio::time::timeout(LIMIT, relisted)
+        .await
+        .expect("resources never relisted and watched again");
     rig.wait_noops(noops + objects as u64 - 1).await;
     rig.assert_one_delta(before, &changed.key);
     clients.wait_all(revision, LIMIT).await.unwrap();
@@ -484,6 +477,36 @@ async fn forced_410_relists_and_delivers_only_the_real_change() {
     let (mirror, _) = observer.stop().await;
     assert!(mirror_model(&mirror) == oracle);
     assert_mirrors(clients, rig.hub(), &oracle).await;
+}
+
+/// Writes `status` (with a distinct timestamp) to the first five `objects`, then a label
+/// change to the last one: the status writes reach the cache as no-ops and exactly one
+/// delta, the label change, follows. Returns the revision after it.
+async fn status_writes_then_one_change<K>(
+    rig: &Rig,
+    mut objects: Vec<Json>,
+    status: impl Fn(&mut Json, &str),
+) -> Revision
+where
+    K: DeserializeOwned + ToModel + kube::Resource,
+{
+    let store = rig.store();
+    let before = rig.hub().revision();
+    let noops = rig.hub().stats().noop_updates_dropped;
+    let mut sentinel = objects.pop().expect("a sentinel object");
+    for (i, object) in objects.iter_mut().take(5).enumerate() {
+        status(object, &format!("2030-01-01T00:00:0{i}Z"));
+        write(store, object.clone());
+    }
+    set_label(&mut sentinel, "sentinel", "yes");
+    let sentinel = model_of::<K>(&write(store, sentinel));
+    let revision = rig.next_revision(before).await;
+    rig.assert_one_delta(before, &sentinel.key);
+    assert!(
+        rig.hub().stats().noop_updates_dropped >= noops + 5,
+        "status writes never reached the cache"
+    );
+    revision
 }
 
 /// (d) Status-only updates (condition timestamps, node heartbeats) reach typha but
@@ -497,47 +520,28 @@ async fn status_only_updates_produce_no_deltas() {
 
     // Pods: five condition-timestamp updates, then one label change (same watch stream,
     // so the status updates were processed first).
-    let before = rig.hub().revision();
-    let noops = rig.hub().stats().noop_updates_dropped;
-    let mut pods = endpoint_pods(store);
-    for (i, pod) in pods.iter_mut().take(5).enumerate() {
-        let stamp = format!("2030-01-01T00:00:0{i}Z");
+    let pods = endpoint_pods(store).into_iter().take(11).collect();
+    let revision = status_writes_then_one_change::<Pod>(&rig, pods, |pod, stamp| {
         pod["status"]["conditions"] = json!([
             {"type": "Ready", "status": "True", "lastProbeTime": stamp, "lastTransitionTime": stamp},
             {"type": "ContainersReady", "status": "True", "lastTransitionTime": stamp},
         ]);
         pod["status"]["startTime"] = json!(stamp);
-        write(store, pod.clone());
-    }
-    let mut sentinel = pods[10].clone();
-    set_label(&mut sentinel, "version", "sentinel");
-    let sentinel = model_of::<Pod>(&write(store, sentinel));
-    let revision = rig.next_revision(before).await;
-    rig.assert_one_delta(before, &sentinel.key);
-    assert!(
-        rig.hub().stats().noop_updates_dropped >= noops + 5,
-        "status updates never reached the cache"
-    );
-
+    })
+    .await;
     // Nodes: heartbeats, then a label change.
-    let before = revision;
-    let noops = rig.hub().stats().noop_updates_dropped;
-    let mut nodes = store.list_objects("v1", "Node");
-    for (i, node) in nodes.iter_mut().take(5).enumerate() {
-        let stamp = format!("2030-01-01T00:01:0{i}Z");
+    let nodes = store
+        .list_objects("v1", "Node")
+        .into_iter()
+        .take(7)
+        .collect();
+    let revision_after_nodes = status_writes_then_one_change::<Node>(&rig, nodes, |node, stamp| {
         node["status"]["conditions"] =
             json!([{"type": "Ready", "status": "True", "lastHeartbeatTime": stamp}]);
-        write(store, node.clone());
-    }
-    let mut sentinel = nodes[6].clone();
-    set_label(&mut sentinel, "sentinel", "yes");
-    let sentinel = model_of::<Node>(&write(store, sentinel));
-    let revision = rig.next_revision(before).await;
-    rig.assert_one_delta(before, &sentinel.key);
-    assert!(
-        rig.hub().stats().noop_updates_dropped >= noops + 5,
-        "heartbeats never reached the cache"
-    );
+    })
+    .await;
+    assert_eq!(revision_after_nodes, revision.next());
+    let revision = revision_after_nodes;
 
     clients.wait_all(revision, LIMIT).await.unwrap();
     let (oracle, _) = api_model(store);

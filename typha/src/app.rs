@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, HubConfig};
-use crate::server::{self, ServerConfig, ServerError, Transport};
+use crate::server::{self, ServerConfig, ServerError, SessionEnds, Transport};
 use crate::upstream::{self, UpstreamConfig, UpstreamEvent};
 
 /// Where the state comes from.
@@ -72,6 +72,8 @@ pub struct Running {
     pub health_addr: Option<SocketAddr>,
     /// The hub, for tests and the load test to observe.
     pub hub: Hub,
+    /// Every session's end, with its reason.
+    pub session_ends: SessionEnds,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), ServerError>>,
 }
@@ -133,11 +135,13 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         addr: options.listen,
         source,
     })?;
+    let session_ends = SessionEnds::new(4096);
     tasks.spawn(server::serve(
         listener,
         hub.clone(),
         options.server,
         options.transport,
+        session_ends.clone(),
         shutdown.clone(),
     ));
     let health_addr = match options.health_listen {
@@ -167,6 +171,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         grpc_addr,
         health_addr,
         hub,
+        session_ends,
         shutdown,
         tasks,
     })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::server::ServerConfig;
-use crate::tls::{PeerIdentity, TlsFiles};
+use crate::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The typha command line.
 #[derive(Debug, Parser)]
@@ -107,59 +107,36 @@ pub struct ServeArgs {
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// TLS flags incomplete.
-    #[error(
-        "--tls-ca, --tls-cert and --tls-key are all required (or --insecure-plaintext for development)"
-    )]
-    TlsIncomplete,
+    /// The TLS flags are incomplete or contradictory.
+    #[error(transparent)]
+    Tls(#[from] TlsFlagsError),
     /// No client identity check.
     #[error(
         "with TLS, set --client-cn and/or --client-uri-san: typha must know which clients to accept"
     )]
     NoClientIdentity,
-    /// Both TLS and plaintext.
-    #[error("--insecure-plaintext cannot be combined with --tls-* flags")]
-    Contradictory,
     /// A value out of range.
     #[error("{0}")]
     Invalid(&'static str),
 }
 
-/// How clients will be secured, once validated.
-#[derive(Debug)]
-pub enum TransportChoice {
-    /// Mutual TLS from these files, accepting this identity.
-    Tls(TlsFiles, PeerIdentity),
-    /// Plaintext (development).
-    Plaintext,
-}
-
 impl ServeArgs {
     /// Checks the flags and returns the transport and server settings.
     pub fn validate(&self) -> Result<(TransportChoice, ServerConfig), ConfigError> {
-        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
-        let transport = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            _ if self.insecure_plaintext && any_tls => return Err(ConfigError::Contradictory),
-            _ if self.insecure_plaintext => TransportChoice::Plaintext,
-            (Some(ca), Some(cert), Some(key)) => {
-                let identity = PeerIdentity {
-                    cn: self.client_cn.clone(),
-                    uri_san: self.client_uri_san.clone(),
-                };
-                if identity.is_empty() {
-                    return Err(ConfigError::NoClientIdentity);
-                }
-                TransportChoice::Tls(
-                    TlsFiles {
-                        ca: ca.clone(),
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    },
-                    identity,
-                )
-            }
-            _ => return Err(ConfigError::TlsIncomplete),
+        let identity = PeerIdentity {
+            cn: self.client_cn.clone(),
+            uri_san: self.client_uri_san.clone(),
         };
+        let transport = TransportChoice::from_flags(
+            &self.tls_ca,
+            &self.tls_cert,
+            &self.tls_key,
+            identity,
+            self.insecure_plaintext,
+        )?;
+        if matches!(&transport, TransportChoice::Tls(_, identity) if identity.is_empty()) {
+            return Err(ConfigError::NoClientIdentity);
+        }
         if self.ping_timeout <= self.ping_interval {
             return Err(ConfigError::Invalid(
                 "--ping-timeout must exceed --ping-interval",
@@ -212,11 +189,11 @@ mod tests {
     fn tls_is_the_default_and_must_be_complete() {
         assert!(matches!(
             parse(&[]).validate(),
-            Err(ConfigError::TlsIncomplete)
+            Err(ConfigError::Tls(TlsFlagsError::Incomplete))
         ));
         assert!(matches!(
             parse(&["--tls-ca", "a"]).validate(),
-            Err(ConfigError::TlsIncomplete)
+            Err(ConfigError::Tls(TlsFlagsError::Incomplete))
         ));
         let no_identity = parse(&["--tls-ca", "a", "--tls-cert", "b", "--tls-key", "c"]);
         assert!(matches!(
@@ -243,7 +220,10 @@ mod tests {
             Ok((TransportChoice::Plaintext, _))
         ));
         let both = parse(&["--insecure-plaintext", "--tls-ca", "a"]);
-        assert!(matches!(both.validate(), Err(ConfigError::Contradictory)));
+        assert!(matches!(
+            both.validate(),
+            Err(ConfigError::Tls(TlsFlagsError::Contradictory))
+        ));
     }
 
     #[test]

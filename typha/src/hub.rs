@@ -64,6 +64,9 @@ struct Shared {
     cache: RwLock<SnapshotCache>,
     epoch: String,
     revision: watch::Sender<Revision>,
+    /// The cache's counters after every batch, changed or not: what a no-op batch did is
+    /// observable (tests and the load test await it rather than poll).
+    stats: watch::Sender<CacheStats>,
     in_sync: watch::Sender<bool>,
     memo: Mutex<Option<Memo>>,
     config: HubConfig,
@@ -81,12 +84,14 @@ impl Hub {
         let cache = SnapshotCache::new(config.cache.clone());
         let epoch = cache.epoch().to_string();
         let (revision, _) = watch::channel(cache.revision());
+        let (stats, _) = watch::channel(cache.stats());
         let (in_sync, _) = watch::channel(false);
         Hub {
             shared: Arc::new(Shared {
                 cache: RwLock::new(cache),
                 epoch,
                 revision,
+                stats,
                 in_sync,
                 memo: Mutex::new(None),
                 config,
@@ -102,8 +107,14 @@ impl Hub {
 
     /// Applies one batch and publishes the new revision, if anything changed.
     pub fn apply(&self, updates: Vec<Update>) -> Option<Arc<Breadcrumb>> {
-        let crumb = self.shared.cache.write().apply(updates)?;
-        metrics::gauge!("typha_snapshot_keys").set(self.len() as f64);
+        let (crumb, keys, stats) = {
+            let mut cache = self.shared.cache.write();
+            let crumb = cache.apply(updates);
+            (crumb, cache.len(), cache.stats())
+        };
+        self.shared.stats.send_replace(stats);
+        let crumb = crumb?;
+        metrics::gauge!("typha_snapshot_keys").set(keys as f64);
         metrics::counter!("typha_delta_batches_total").increment(1);
         metrics::counter!("typha_delta_updates_total").increment(crumb.updates.len() as u64);
         self.shared.revision.send_replace(crumb.revision);
@@ -152,9 +163,22 @@ impl Hub {
         self.len() == 0
     }
 
+    /// Whether the history still covers a client at `since` (see [`SnapshotCache::covers`]).
+    pub fn covers(&self, since: Revision) -> bool {
+        self.shared.cache.read().covers(since)
+    }
+
     /// The breadcrumbs after `since`.
     pub fn deltas_since(&self, since: Revision) -> DeltasSince {
         self.shared.cache.read().deltas_since(since)
+    }
+
+    /// Waits until the cache's counters satisfy `done` (checked now and after every
+    /// batch the hub applies, including batches that changed nothing).
+    pub async fn wait_stats(&self, done: impl Fn(&CacheStats) -> bool) {
+        let mut rx = self.shared.stats.subscribe();
+        // An Err means the sender is gone, which cannot happen while `self` lives.
+        let _ = rx.wait_for(|stats| done(stats)).await;
     }
 
     /// The cache's counters.
@@ -168,7 +192,7 @@ impl Hub {
         let mut memo = self.shared.memo.lock().await;
         if let Some(m) = memo.as_ref() {
             let fresh = m.built_at.elapsed() <= self.shared.config.snapshot_max_age;
-            let covered = !matches!(self.deltas_since(m.snapshot.revision), DeltasSince::Expired);
+            let covered = self.covers(m.snapshot.revision);
             if fresh && covered {
                 return Ok(m.snapshot.clone());
             }

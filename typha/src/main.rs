@@ -6,10 +6,10 @@ use anyhow::Context;
 use clap::Parser;
 use typha::app::{self, TyphaOptions, Upstream};
 use typha::certs::DevPki;
-use typha::config::{Cli, Command, ServeArgs, TransportChoice};
+use typha::config::{Cli, Command, ServeArgs};
 use typha::hub::HubConfig;
 use typha::server::Transport;
-use typha::tls::{TlsMaterial, server_config};
+use typha::tls::{TlsMaterial, TransportChoice, server_config};
 use typha::upstream::UpstreamConfig;
 
 fn main() -> ExitCode {
@@ -52,18 +52,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let kube_config = match &args.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("no kubeconfig and not in a cluster")?,
-        };
-        let client =
-            kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+        let client = typha::upstream::kube_client(args.kubeconfig.as_deref()).await?;
         let mut hub = HubConfig::default();
         hub.cache.max_log_batches = args.history_batches;
         let upstream = UpstreamConfig {

@@ -199,15 +199,32 @@ async fn client_from_another_ca_is_refused() {
     init();
     let pki = DevPki::generate().unwrap();
     let other = DevPki::generate().unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
     // Trusts the real CA (so it accepts the server) but presents the other CA's client cert.
     let material = TlsMaterial {
         ca_pem: pki.ca.cert_pem.clone().into_bytes(),
         ..other.client_material()
     };
-    let client_cfg = client_config(&material, &PeerIdentity::default()).unwrap();
+    assert_client_refused(
+        &pki,
+        client_identity(),
+        &material,
+        HandshakeFailure::UnknownCa,
+    )
+    .await;
+}
+
+/// A client presenting `client` to a server of `pki` accepting `accept` is refused by the
+/// server's handshake for `expected`, and reads no application data.
+async fn assert_client_refused(
+    pki: &DevPki,
+    accept: PeerIdentity,
+    client: &TlsMaterial,
+    expected: HandshakeFailure,
+) {
+    let server_cfg = server_config(&pki.server_material(), &accept).unwrap();
+    let client_cfg = client_config(client, &PeerIdentity::default()).unwrap();
     let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    assert_rejected_by_server(outcome, HandshakeFailure::UnknownCa).await;
+    assert_rejected_by_server(outcome, expected).await;
 }
 
 #[tokio::test]
@@ -220,10 +237,13 @@ async fn client_with_wrong_cn_and_uri_san_is_refused() {
             Some("spiffe://cluster.local/ns/x/sa/intruder"),
         ))
         .unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(&pki.material(&leaf), &PeerIdentity::default()).unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    assert_rejected_by_server(outcome, HandshakeFailure::BadIdentity).await;
+    assert_client_refused(
+        &pki,
+        client_identity(),
+        &pki.material(&leaf),
+        HandshakeFailure::BadIdentity,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -231,14 +251,13 @@ async fn right_cn_is_refused_when_only_uri_san_is_configured() {
     init();
     let pki = DevPki::generate().unwrap();
     let leaf = pki.issue(&spec_with(DEFAULT_CLIENT_CN, None)).unwrap();
-    let server_cfg = server_config(
-        &pki.server_material(),
-        &PeerIdentity::with_uri_san(DEFAULT_CLIENT_URI_SAN),
+    assert_client_refused(
+        &pki,
+        PeerIdentity::with_uri_san(DEFAULT_CLIENT_URI_SAN),
+        &pki.material(&leaf),
+        HandshakeFailure::BadIdentity,
     )
-    .unwrap();
-    let client_cfg = client_config(&pki.material(&leaf), &PeerIdentity::default()).unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    assert_rejected_by_server(outcome, HandshakeFailure::BadIdentity).await;
+    .await;
 }
 
 #[tokio::test]
@@ -253,10 +272,13 @@ async fn expired_client_certificate_is_refused() {
             ..CertSpec::default_client()
         })
         .unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(&pki.material(&leaf), &PeerIdentity::default()).unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    assert_rejected_by_server(outcome, HandshakeFailure::Expired).await;
+    assert_client_refused(
+        &pki,
+        client_identity(),
+        &pki.material(&leaf),
+        HandshakeFailure::Expired,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -264,14 +286,13 @@ async fn server_certificate_is_not_accepted_as_a_client_certificate() {
     // Right CA and a CN the server would accept, but serverAuth EKU only.
     init();
     let pki = DevPki::generate().unwrap();
-    let server_cfg = server_config(
+    assert_client_refused(
+        &pki,
+        PeerIdentity::with_cn(DEFAULT_SERVER_CN),
         &pki.server_material(),
-        &PeerIdentity::with_cn(DEFAULT_SERVER_CN),
+        HandshakeFailure::Other,
     )
-    .unwrap();
-    let client_cfg = client_config(&pki.server_material(), &PeerIdentity::default()).unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    assert_rejected_by_server(outcome, HandshakeFailure::Other).await;
+    .await;
 }
 
 #[tokio::test]

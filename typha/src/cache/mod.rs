@@ -327,15 +327,21 @@ impl SnapshotCache {
         if since == self.revision {
             return DeltasSince::UpToDate;
         }
-        let Some(oldest) = self.log.front() else {
+        let Some(oldest) = self.log.front().filter(|_| self.covers(since)) else {
             return DeltasSince::Expired;
         };
-        if since > self.revision || since < oldest.from {
-            return DeltasSince::Expired;
-        }
         // Contiguous log: the crumb starting at `since` sits `since - oldest.from` in.
         let skip = usize::try_from(since.0 - oldest.from.0).unwrap_or(usize::MAX);
         DeltasSince::Crumbs(self.log.iter().skip(skip).cloned().collect())
+    }
+
+    /// Whether a client at `since` can catch up from the history (it is current, or every
+    /// batch after it is still in the log): [`Self::deltas_since`] would not answer
+    /// `Expired`. O(1), without collecting the crumbs.
+    pub fn covers(&self, since: Revision) -> bool {
+        since == self.revision
+            || (since < self.revision
+                && self.log.front().is_some_and(|oldest| since >= oldest.from))
     }
 
     /// The whole state at the current revision, as raw (uncompressed) chunks of at most

@@ -75,6 +75,14 @@ impl<S> Conn<S> {
     }
 }
 
+/// The error reads and writes of a killed connection return.
+fn killed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by typha",
+    )
+}
+
 impl<S> Connected for Conn<S> {
     type ConnectInfo = PeerInfo;
 
@@ -90,10 +98,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.killed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed by typha",
-            )));
+            return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
@@ -106,10 +111,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.info.kill.is_cancelled() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "killed",
-            )));
+            return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -128,10 +130,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.info.kill.is_cancelled() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "killed",
-            )));
+            return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }

@@ -29,6 +29,38 @@ use typha_proto::server::typha_server::{Typha, TyphaServer};
 pub use conn::{Conn, ConnGuard, PeerInfo};
 pub use session::DropReason;
 
+/// A session ended: who and why. Published on [`SessionEnds`] for whoever listens (the
+/// load test counts drops and resyncs by reason; tests await a specific drop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEnded {
+    /// The client's node name (empty when it never sent a valid hello).
+    pub node: String,
+    /// Why it ended.
+    pub reason: DropReason,
+}
+
+/// The broadcast of [`SessionEnded`]; sending never blocks and nobody has to listen.
+#[derive(Clone, Debug)]
+pub struct SessionEnds(tokio::sync::broadcast::Sender<SessionEnded>);
+
+impl SessionEnds {
+    /// A broadcast keeping up to `capacity` ends for slow listeners (older ones are lost
+    /// to a listener that falls behind; the metrics still count them).
+    pub fn new(capacity: usize) -> SessionEnds {
+        SessionEnds(tokio::sync::broadcast::Sender::new(capacity.max(1)))
+    }
+
+    /// A listener for ends from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SessionEnded> {
+        self.0.subscribe()
+    }
+
+    pub(crate) fn publish(&self, ended: SessionEnded) {
+        // No listener is fine.
+        let _ = self.0.send(ended);
+    }
+}
+
 use crate::hub::Hub;
 use crate::tls::{HandshakeFailure, peer_summary};
 
@@ -110,6 +142,7 @@ pub async fn serve(
     hub: Hub,
     config: ServerConfig,
     transport: Transport,
+    ends: SessionEnds,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     if matches!(transport, Transport::Plaintext) {
@@ -129,6 +162,7 @@ pub async fn serve(
     ));
     let service = SyncService {
         hub,
+        ends,
         config: config.clone(),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
@@ -255,6 +289,7 @@ fn drop_connection(addr: Option<SocketAddr>, reason: &'static str) {
 
 struct SyncService {
     hub: Hub,
+    ends: SessionEnds,
     config: Arc<ServerConfig>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
@@ -286,6 +321,8 @@ impl Typha for SyncService {
             inbound: request.into_inner(),
             peer,
             shutdown: self.shutdown.clone(),
+            ends: self.ends.clone(),
+            node: String::new(),
         };
         self.sessions.spawn(session.run());
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use typha_proto::pb::{self, client_message, server_message};
 use typha_proto::{Digest, PROTOCOL_VERSION, Revision, frame};
 
-use super::{PeerInfo, ServerConfig};
+use super::{PeerInfo, ServerConfig, SessionEnded, SessionEnds};
 use crate::cache::{self, DeltasSince};
 use crate::hub::Hub;
 
@@ -84,6 +84,9 @@ pub(super) struct Session {
     pub inbound: Streaming<pb::ClientMessage>,
     pub peer: PeerInfo,
     pub shutdown: CancellationToken,
+    pub ends: SessionEnds,
+    /// Set from the hello.
+    pub node: String,
 }
 
 const SERVER_CAPABILITIES: [pb::Capability; 3] = [
@@ -111,6 +114,10 @@ impl Session {
             if reason.kills_connection() {
                 self.peer.kill.cancel();
             }
+            self.ends.publish(SessionEnded {
+                node: std::mem::take(&mut self.node),
+                reason,
+            });
         }
         .instrument(span)
         .await
@@ -122,6 +129,7 @@ impl Session {
             Err(reason) => return reason,
         };
         tracing::Span::current().record("node", hello.node_name.as_str());
+        self.node = hello.node_name.clone();
         tokio::select! {
             _ = self.shutdown.cancelled() => return DropReason::Shutdown,
             _ = self.hub.wait_in_sync() => {}
@@ -183,15 +191,18 @@ impl Session {
             return None;
         }
         let revision = Revision(position.revision);
-        match self.hub.deltas_since(revision) {
-            DeltasSince::Expired => None,
-            // Nothing to send: resume only if the client holds exactly our state.
-            DeltasSince::UpToDate => (Digest::from_bytes(&position.digest)
-                == Some(self.hub.digest()))
-            .then_some(revision),
-            // The next batch carries the digest after it; the client verifies that.
-            DeltasSince::Crumbs(_) => Some(revision),
+        if !self.hub.covers(revision) {
+            return None;
         }
+        // Nothing to send when the client is current: resume only if it holds exactly our
+        // state. Otherwise the next batch carries the digest after it, which the client
+        // verifies.
+        if revision == self.hub.revision()
+            && Digest::from_bytes(&position.digest) != Some(self.hub.digest())
+        {
+            return None;
+        }
+        Some(revision)
     }
 
     async fn send_snapshot(&mut self) -> Result<Revision, DropReason> {
@@ -224,9 +235,11 @@ impl Session {
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        // Registered once per session: this loop runs for every batch for every client.
+        let lag = metrics::histogram!("typha_client_lag_batches");
         let mut nonce = 0u64;
         loop {
-            if let Err(reason) = self.catch_up(cursor).await {
+            if let Err(reason) = self.catch_up(cursor, &lag).await {
                 return reason;
             }
             tokio::select! {
@@ -274,7 +287,11 @@ impl Session {
 
     /// Sends everything after `cursor`: shared frames when close behind, one coalesced
     /// batch when far behind, goodbye(resync) when beyond the history.
-    async fn catch_up(&mut self, cursor: &mut Revision) -> Result<(), DropReason> {
+    async fn catch_up(
+        &mut self,
+        cursor: &mut Revision,
+        lag: &metrics::Histogram,
+    ) -> Result<(), DropReason> {
         loop {
             let crumbs = match self.hub.deltas_since(*cursor) {
                 DeltasSince::UpToDate => return Ok(()),
@@ -291,7 +308,7 @@ impl Session {
                 return Ok(());
             };
             let target = last.revision;
-            metrics::histogram!("typha_client_lag_batches").record(crumbs.len() as f64);
+            lag.record(crumbs.len() as f64);
             if crumbs.len() > self.config.max_uncoalesced {
                 if let Some(batch) = cache::coalesce(&crumbs) {
                     metrics::counter!("typha_deltas_coalesced_total").increment(1);

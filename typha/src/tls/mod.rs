@@ -14,6 +14,7 @@
 //!   hostname (DNS / IP SAN) of the `ServerName` passed to `connect()`.
 
 mod failure;
+mod flags;
 mod identity;
 mod verifier;
 
@@ -29,6 +30,7 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use failure::HandshakeFailure;
+pub use flags::{TlsFlagsError, TransportChoice};
 pub use identity::{IdentityMismatch, PeerIdentity, PresentedIdentity, peer_summary};
 
 /// The ALPN protocol both sides offer: gRPC runs over HTTP/2.

@@ -20,12 +20,14 @@
 //!
 //! Nothing here knows about the typha server: felix-client's "no Typha" mode reuses it.
 
+pub mod client;
 pub mod convert;
 pub mod crd;
 pub mod selector;
 pub mod state;
 pub mod watch;
 
+pub use client::{KubeClientError, kube_client};
 pub use convert::{ConvertError, Rejection, ToModel, convert, convert_delete, interface_name};
 pub use state::ResourceState;
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};

@@ -1,0 +1,41 @@
+//! The Kubernetes API client both binaries build: from `--kubeconfig` when given, else as
+//! `kube::Config::infer` does (KUBECONFIG, ~/.kube/config, then in-cluster).
+
+use std::path::{Path, PathBuf};
+
+/// The Kubernetes client could not be configured. Not retryable: the configuration is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeClientError {
+    /// The given kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was found and this is not a pod in a cluster.
+    #[error("no kubeconfig and not in a cluster: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("building the Kubernetes client: {0}")]
+    Build(#[from] kube::Error),
+}
+
+/// Builds the API client from `kubeconfig`, or infers the configuration.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| KubeClientError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(bad)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
