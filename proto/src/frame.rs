@@ -42,9 +42,15 @@ fn len_delimited_len(tag: u32, body_len: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(body_len as u64) + body_len
 }
 
-/// The encoded `SnapshotEntries` holding `entries` (each an encoded `KeyValue`).
-pub fn snapshot_entries<'a>(entries: impl IntoIterator<Item = &'a Bytes>) -> BytesMut {
-    let mut buf = BytesMut::new();
+/// The encoded `SnapshotEntries` holding `entries` (each an encoded `KeyValue`), in one
+/// allocation of the exact size.
+pub fn snapshot_entries<'a>(entries: impl IntoIterator<Item = &'a Bytes> + Clone) -> BytesMut {
+    let len = entries
+        .clone()
+        .into_iter()
+        .map(|e| snapshot_entry_len(e))
+        .sum();
+    let mut buf = BytesMut::with_capacity(len);
     for entry in entries {
         put_len_delimited(1, entry, &mut buf);
     }

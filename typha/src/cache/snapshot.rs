@@ -41,13 +41,14 @@ impl RawSnapshot {
         for entry in entries {
             let len = frame::snapshot_entry_len(entry);
             if !pending.is_empty() && pending_len + len > chunk_raw_bytes {
-                chunks.push(frame::snapshot_entries(pending.drain(..)).freeze());
+                chunks.push(frame::snapshot_entries(pending.iter().copied()).freeze());
+                pending.clear();
                 pending_len = 0;
             }
             pending.push(entry);
             pending_len += len;
         }
-        chunks.push(frame::snapshot_entries(pending).freeze());
+        chunks.push(frame::snapshot_entries(pending.iter().copied()).freeze());
         let raw_bytes = chunks.iter().map(|c| c.len() as u64).sum();
         RawSnapshot {
             revision,
