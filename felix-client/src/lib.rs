@@ -3,7 +3,9 @@
 //! hands changes to the rest of the agent. Without typha, [`local`] watches the API
 //! itself through typha's upstream code and feeds the same mirror and events.
 
+pub mod calc;
 pub mod connect;
+pub mod dataplane;
 pub mod local;
 pub mod mirror;
 pub mod sync;

@@ -75,7 +75,12 @@ pub async fn run_local(
         match event {
             Some(UpstreamEvent::Updates(updates)) => {
                 if let Some(changes) = local.apply(updates)? {
-                    send(&events, &shutdown, SyncEvent::Changes(changes)).await;
+                    let revision = local.mirror.revision();
+                    let event = SyncEvent::Changes {
+                        revision,
+                        updates: changes,
+                    };
+                    send(&events, &shutdown, event).await;
                 }
             }
             Some(UpstreamEvent::InSync) => {

@@ -85,7 +85,9 @@ async fn sync(config: Config) -> anyhow::Result<()> {
 async fn log_dataplane(mut events: mpsc::Receiver<SyncEvent>, mode: config::Mode) {
     while let Some(event) = events.recv().await {
         match event {
-            SyncEvent::Changes(changes) => {
+            SyncEvent::Changes {
+                updates: changes, ..
+            } => {
                 tracing::info!(
                     count = changes.len(),
                     ?mode,

@@ -28,7 +28,12 @@ use crate::mirror::{Mirror, MirrorError};
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyncEvent {
     /// Changes to the mirror, in order. Deletions have `value: None`.
-    Changes(Vec<Update>),
+    Changes {
+        /// The mirror's revision after these changes.
+        revision: Revision,
+        /// The changes; deletions have `value: None`.
+        updates: Vec<Update>,
+    },
     /// The mirror equals the server's state at `revision` (after a snapshot or resume).
     InSync {
         /// The server revision.
@@ -353,16 +358,27 @@ impl SyncClient {
                 let changes = self.mirror.finish_snapshot(&in_sync)?;
                 self.status.snapshots.fetch_add(1, Ordering::Relaxed);
                 if !changes.is_empty() {
-                    let _ = events.send(SyncEvent::Changes(changes)).await;
+                    let revision = self.mirror.revision();
+                    let _ = events
+                        .send(SyncEvent::Changes {
+                            revision,
+                            updates: changes,
+                        })
+                        .await;
                 }
                 self.in_sync(events).await;
             }
             ServerFrame::Deltas(batch) => {
                 let changes = self.mirror.apply_deltas(batch)?;
                 self.status.batch_applied(&self.mirror);
-                if !changes.is_empty() {
-                    let _ = events.send(SyncEvent::Changes(changes)).await;
-                }
+                // Sent even when empty, so that consumers can follow the revision.
+                let revision = self.mirror.revision();
+                let _ = events
+                    .send(SyncEvent::Changes {
+                        revision,
+                        updates: changes,
+                    })
+                    .await;
             }
             ServerFrame::Ping(ping) => {
                 let pong = pb::Pong {

@@ -282,7 +282,9 @@ impl Observer {
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
                 .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
             match event {
-                SyncEvent::Changes(changes) => {
+                SyncEvent::Changes {
+                    updates: changes, ..
+                } => {
                     for u in changes {
                         match u.value {
                             Some(v) => self.state.insert(u.key, v),

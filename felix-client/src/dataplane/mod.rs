@@ -1,0 +1,2 @@
+//! dataplane: writes [`crate::calc::Desired`] into the kernel (stub: the dataplane owner
+//! replaces this).
