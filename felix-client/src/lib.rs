@@ -4,6 +4,8 @@
 //! itself through typha's upstream code and feeds the same mirror and events.
 
 pub mod calc;
+pub mod cli;
+pub mod config;
 pub mod connect;
 pub mod dataplane;
 pub mod local;

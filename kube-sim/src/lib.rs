@@ -7,6 +7,7 @@
 //! server-side apply. Start it in-process with [`KubeSim::start`] (binds 127.0.0.1:0 by
 //! default), or run the `kube-sim` binary.
 
+pub mod cli;
 pub mod direct;
 pub mod discovery;
 pub mod error;

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cache;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod server;

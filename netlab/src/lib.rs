@@ -1,0 +1,1 @@
+//! netlab: a network-namespace test bench (stub; the netlab owner replaces this).
