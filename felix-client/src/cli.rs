@@ -1,6 +1,11 @@
-//! The felix-client command line: parse and validate, pick the state source (typha, or
-//! the API itself in local mode), run the sync, hand its events to the dataplane, drain
-//! on signal. A library function so that the binary and multi-call tools share it.
+//! The felix-client command line: parse and validate, pick the state source (typha at
+//! fixed addresses or discovered through a Service, or the API itself in local mode),
+//! serve health and metrics, run the sync, hand its events to the dataplane, drain on
+//! signal. A library function so that the binary and multi-call tools share it.
+//!
+//! The pieces are separate functions ([`typha_sync_config`], [`start_health`], the
+//! dataplane consumer) so that another dataplane plugs in at one place: whatever
+//! consumes the `SyncEvent` channel.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -8,12 +13,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use typha::discovery::Discovery;
 use typha::tls::{TlsMaterial, TransportChoice, client_config};
 use typha::upstream::UpstreamConfig;
 
-use crate::config::{self, Cli, Config, Dataplane, Source};
+use crate::calc::{Calc, CalcConfig, CalcMode};
+use crate::config::{self, Cli, Config, Dataplane, Mode, Source, TyphaTarget};
+use crate::dataplane::{self, DataplaneConfig, DataplaneStatus};
+use crate::discovery::TyphaSource;
+use crate::health::{self, HealthServer};
 use crate::local::run_local;
 use crate::{SyncClient, SyncConfig, SyncEvent, SyncStatus};
 
@@ -51,51 +62,144 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
         .try_init()
         .ok();
-    if config.dataplane == Dataplane::Iptables {
-        anyhow::bail!("--dataplane iptables is not implemented yet; use --dataplane none");
-    }
+    let metrics = match config.health_listen {
+        Some(_) => Some(health::install_recorder().context("installing the metrics recorder")?),
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(sync(config))
+    runtime.block_on(sync(config, metrics))
 }
 
-async fn sync(config: Config) -> anyhow::Result<()> {
+async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(typha::app::stop_on_signal(shutdown.clone()));
+    let status = Arc::new(SyncStatus::default());
+    let dataplane_status = Arc::new(DataplaneStatus::default());
+    let health = start_health(&config, status.clone(), metrics, shutdown.clone()).await?;
     let (tx, rx) = mpsc::channel(64);
-    let dataplane = tokio::spawn(log_dataplane(rx, config.mode));
-    tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
-    let mirror = match config.source {
-        Source::Typha {
-            addresses,
-            transport,
-        } => {
-            let mut sync = SyncConfig::new(config.node_name.clone(), addresses);
-            sync.tls = match transport {
-                TransportChoice::Plaintext => {
-                    tracing::warn!(
-                        "INSECURE: talking to typha without TLS; the state can be read and forged"
-                    );
-                    None
-                }
-                TransportChoice::Tls(files, identity) => {
-                    Some(client_config(&TlsMaterial::load(&files)?, &identity)?)
-                }
+    let dataplane = match config.dataplane {
+        Dataplane::None => tokio::spawn(async move {
+            log_dataplane(rx, config.mode).await;
+            Ok(())
+        }),
+        Dataplane::Iptables => {
+            let calc = Calc::new(CalcConfig {
+                node_name: config.node_name.clone(),
+                mode: match config.mode {
+                    Mode::PolicyOnly => CalcMode::PolicyOnly,
+                    Mode::Networking => CalcMode::Networking,
+                },
+                cluster_cidrs: config.cluster_cidrs.clone(),
+            });
+            let dataplane_config = DataplaneConfig {
+                netns: config.netns.clone(),
+                refresh_interval: config.dataplane_refresh,
+                ipv6: config.ipv6,
+                ..DataplaneConfig::default()
             };
-            sync.connect_timeout = config.connect_timeout;
-            sync.read_timeout = config.read_timeout;
-            sync.backoff_min = config.backoff_min;
-            sync.backoff_max = config.backoff_max;
-            SyncClient::new(sync).run(tx, shutdown).await?
-        }
-        Source::Local { kubeconfig } => {
-            let client = typha::upstream::kube_client(kubeconfig.as_deref()).await?;
-            let status = Arc::new(SyncStatus::default());
-            run_local(client, UpstreamConfig::default(), tx, status, shutdown).await?
+            tokio::spawn(dataplane::run(
+                dataplane_config,
+                calc,
+                rx,
+                dataplane_status,
+                shutdown.clone(),
+            ))
         }
     };
-    let _ = dataplane.await;
+    tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
+    let result = match config.source {
+        Source::Typha {
+            ref target,
+            ref transport,
+        } => {
+            let sync = typha_sync_config(&config, target, transport, &shutdown).await?;
+            SyncClient::with_status(sync, status)
+                .run(tx, shutdown.clone())
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Source::Local { ref kubeconfig } => {
+            let client = typha::upstream::kube_client(kubeconfig.as_deref()).await?;
+            run_local(
+                client,
+                UpstreamConfig::default(),
+                tx,
+                status,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(anyhow::Error::from)
+        }
+    };
+    // Whatever ended the sync ends the agent: stop the health server too.
+    shutdown.cancel();
+    match dataplane.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "the dataplane stopped with an error"),
+        Err(join) => tracing::error!(%join, "the dataplane task failed"),
+    }
+    if let Some(health) = health {
+        health.join().await;
+    }
+    let mirror = result?;
     tracing::info!(keys = mirror.len(), revision = %mirror.revision(), "felix-client stopped");
     Ok(())
+}
+
+/// The sync client's settings for typha mode: TLS, timeouts, and the candidate source
+/// (fixed addresses, or a discovery watch started here and stopped with `shutdown`).
+pub async fn typha_sync_config(
+    config: &Config,
+    target: &TyphaTarget,
+    transport: &TransportChoice,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SyncConfig> {
+    let source = match target {
+        TyphaTarget::Addresses(addresses) => TyphaSource::fixed(addresses.clone()),
+        TyphaTarget::Service {
+            discovery,
+            kubeconfig,
+        } => {
+            let client = typha::upstream::kube_client(kubeconfig.as_deref())
+                .await
+                .with_context(|| format!("Kubernetes access for --typha-service ({discovery})"))?;
+            tracing::info!(%discovery, "discovering typha through EndpointSlices");
+            TyphaSource::discovered(Discovery::spawn(client, discovery.clone(), shutdown))
+        }
+    };
+    let mut sync = SyncConfig::with_source(config.node_name.clone(), source);
+    sync.tls = match transport {
+        TransportChoice::Plaintext => {
+            tracing::warn!(
+                "INSECURE: talking to typha without TLS; the state can be read and forged"
+            );
+            None
+        }
+        TransportChoice::Tls(files, identity) => {
+            Some(client_config(&TlsMaterial::load(files)?, identity)?)
+        }
+    };
+    sync.connect_timeout = config.connect_timeout;
+    sync.read_timeout = config.read_timeout;
+    sync.backoff_min = config.backoff_min;
+    sync.backoff_max = config.backoff_max;
+    sync.start_timeout = config.start_timeout;
+    Ok(sync)
+}
+
+/// Serves /livez, /readyz (ready while `status` is in sync) and /metrics on
+/// `--health-listen`, unless disabled.
+pub async fn start_health(
+    config: &Config,
+    status: Arc<SyncStatus>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<HealthServer>> {
+    let Some(listen) = config.health_listen else {
+        return Ok(None);
+    };
+    let ready = health::sync_ready(status);
+    Ok(Some(health::serve(listen, ready, metrics, shutdown).await?))
 }
 
 /// `--dataplane none`: programs nothing, logs what it would do.

@@ -2,14 +2,18 @@
 //! into a typed [`Config`]. Invalid configuration is an error naming the flag; the binary
 //! prints it and exits non-zero.
 //!
-//! Where the state comes from: with `--typha-addr` the agent syncs from typha over mutual
-//! TLS (plaintext only with the loudly logged `--insecure-plaintext`); without it, it
-//! watches the Kubernetes API itself (local mode, Calico's behaviour for small clusters).
+//! Where the state comes from: with `--typha-addr` (fixed addresses) or `--typha-service`
+//! (a Service's ready EndpointSlice endpoints, which needs Kubernetes access) the agent
+//! syncs from typha over mutual TLS (plaintext only with the loudly logged
+//! `--insecure-plaintext`); with neither, it watches the Kubernetes API itself (local
+//! mode, Calico's behaviour for small clusters).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use typha::discovery::{DEFAULT_PORT_NAME, DiscoveryConfig, ServiceRefError};
 use typha::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The felix-client command line.
@@ -26,6 +30,17 @@ pub struct Cli {
     /// Typha addresses, HOST:PORT[,HOST:PORT...]. Without one, watch the API directly.
     #[arg(long, env = "FELIX_TYPHA_ADDR", value_delimiter = ',')]
     pub typha_addr: Vec<String>,
+    /// Discover typha through this Service's EndpointSlices, NAMESPACE/NAME (instead of
+    /// --typha-addr; needs --kubeconfig or in-cluster access).
+    #[arg(long, env = "FELIX_TYPHA_SERVICE", conflicts_with = "typha_addr")]
+    pub typha_service: Option<String>,
+    /// The Service port (by name) to connect to; a Service with one port uses it anyway.
+    #[arg(long, env = "FELIX_TYPHA_PORT_NAME", default_value = DEFAULT_PORT_NAME)]
+    pub typha_port_name: String,
+    /// Exit non-zero when not in sync with any typha this long after start ("0s": wait
+    /// forever).
+    #[arg(long, env = "FELIX_TYPHA_START_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub typha_start_timeout: Duration,
     /// CA bundle that typha's certificate must chain to.
     #[arg(long, env = "FELIX_TYPHA_CA_FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -44,7 +59,8 @@ pub struct Cli {
     /// Talk to typha without TLS. Anyone on the path can forge the state: development only.
     #[arg(long, env = "FELIX_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
-    /// kubeconfig for local mode (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    /// kubeconfig for local mode and --typha-service (default: KUBECONFIG,
+    /// ~/.kube/config, then in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Which dataplane to program.
@@ -65,6 +81,23 @@ pub struct Cli {
     /// Reconnect delay cap.
     #[arg(long, env = "FELIX_TYPHA_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
+    /// The cluster's pod CIDRs, CIDR[,CIDR...]: pod traffic to them is never NATed
+    /// (networking mode, natOutgoing pools).
+    #[arg(long, env = "FELIX_CLUSTER_CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// How often the dataplane re-reads the kernel and repairs drift.
+    #[arg(long, env = "FELIX_DATAPLANE_REFRESH", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub dataplane_refresh: Duration,
+    /// Do not program ip6tables (hosts without IPv6).
+    #[arg(long, env = "FELIX_DISABLE_IPV6")]
+    pub disable_ipv6: bool,
+    /// Program the network namespace /var/run/netns/NAME instead of the agent's own
+    /// (development and tests: one host standing in for several nodes).
+    #[arg(long, env = "FELIX_NETNS")]
+    pub netns: Option<String>,
+    /// /livez, /readyz and /metrics listen address; "none" disables it.
+    #[arg(long, env = "FELIX_HEALTH_LISTEN", default_value = "127.0.0.1:9099")]
+    pub health_listen: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "FELIX_LOG", default_value = "info")]
     pub log: String,
@@ -73,7 +106,7 @@ pub struct Cli {
 /// The dataplane programmer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Dataplane {
-    /// iptables-restore, ipset and routes (not implemented yet: refused at startup).
+    /// iptables-restore, ipset and netlink routes.
     Iptables,
     /// Program nothing; log what would change.
     None,
@@ -102,9 +135,18 @@ pub enum ConfigError {
     Tls(#[from] TlsFlagsError),
     /// Typha connection flags without a typha.
     #[error(
-        "--tls-*, --typha-cn, --typha-uri-san and --insecure-plaintext need --typha-addr (without it the agent watches the API itself)"
+        "--tls-*, --typha-cn, --typha-uri-san and --insecure-plaintext need --typha-addr or --typha-service (without either the agent watches the API itself)"
     )]
     TyphaFlagsWithoutTypha,
+    /// `--typha-service` is not NAMESPACE/NAME.
+    #[error("--typha-service: {0}")]
+    Service(#[from] ServiceRefError),
+    /// `--health-listen` is neither an address nor "none".
+    #[error("--health-listen {0:?} is not IP:PORT or \"none\"")]
+    HealthListen(String),
+    /// `--cluster-cidr` has a value that is not a CIDR.
+    #[error("--cluster-cidr {0:?} is not a CIDR like 10.244.0.0/16")]
+    ClusterCidr(String),
     /// A value out of range.
     #[error("{0}")]
     Invalid(&'static str),
@@ -115,14 +157,28 @@ pub enum ConfigError {
 pub enum Source {
     /// Sync from typha.
     Typha {
-        /// HOST:PORT addresses.
-        addresses: Vec<String>,
+        /// Which typha replicas.
+        target: TyphaTarget,
         /// TLS or plaintext.
         transport: TransportChoice,
     },
     /// Watch the Kubernetes API directly.
     Local {
         /// kubeconfig path, if given.
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// How the typha replicas are found.
+#[derive(Debug)]
+pub enum TyphaTarget {
+    /// A fixed list of HOST:PORT addresses.
+    Addresses(Vec<String>),
+    /// The ready endpoints of a Service.
+    Service {
+        /// Which Service and port.
+        discovery: DiscoveryConfig,
+        /// kubeconfig path, if given (else inferred).
         kubeconfig: Option<PathBuf>,
     },
 }
@@ -146,6 +202,18 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Reconnect delay cap (typha mode).
     pub backoff_max: Duration,
+    /// Give up when not in sync this long after start (typha mode); `None`: never.
+    pub start_timeout: Option<Duration>,
+    /// Where to serve /livez, /readyz and /metrics; `None`: nowhere.
+    pub health_listen: Option<SocketAddr>,
+    /// The cluster's pod CIDRs (validated).
+    pub cluster_cidrs: Vec<String>,
+    /// Drift repair period.
+    pub dataplane_refresh: Duration,
+    /// Program ip6tables.
+    pub ipv6: bool,
+    /// Network namespace to program (development); `None`: the agent's own.
+    pub netns: Option<String>,
 }
 
 impl Cli {
@@ -159,7 +227,7 @@ impl Cli {
             uri_san: self.typha_uri_san.clone(),
         };
         let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
-        let source = if self.typha_addr.is_empty() {
+        let source = if self.typha_addr.is_empty() && self.typha_service.is_none() {
             if any_tls || self.insecure_plaintext || !identity.is_empty() {
                 return Err(ConfigError::TyphaFlagsWithoutTypha);
             }
@@ -167,11 +235,25 @@ impl Cli {
                 kubeconfig: self.kubeconfig.clone(),
             }
         } else {
-            let addresses = self
-                .typha_addr
-                .iter()
-                .map(|a| check_address(a))
-                .collect::<Result<_, _>>()?;
+            let target = match &self.typha_service {
+                Some(service) => {
+                    let mut discovery = DiscoveryConfig::parse(service)?;
+                    if self.typha_port_name.trim().is_empty() {
+                        return Err(ConfigError::Invalid("--typha-port-name must not be empty"));
+                    }
+                    discovery.port_name = self.typha_port_name.clone();
+                    TyphaTarget::Service {
+                        discovery,
+                        kubeconfig: self.kubeconfig.clone(),
+                    }
+                }
+                None => TyphaTarget::Addresses(
+                    self.typha_addr
+                        .iter()
+                        .map(|a| check_address(a))
+                        .collect::<Result<_, _>>()?,
+                ),
+            };
             let transport = TransportChoice::from_flags(
                 &self.tls_ca,
                 &self.tls_cert,
@@ -179,15 +261,15 @@ impl Cli {
                 identity,
                 self.insecure_plaintext,
             )?;
-            Source::Typha {
-                addresses,
-                transport,
-            }
+            Source::Typha { target, transport }
         };
         if self.connect_timeout.is_zero() || self.read_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "--connect-timeout and --read-timeout must be positive",
             ));
+        }
+        if self.dataplane_refresh.is_zero() {
+            return Err(ConfigError::Invalid("--dataplane-refresh must be positive"));
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
             return Err(ConfigError::Invalid(
@@ -203,7 +285,50 @@ impl Cli {
             read_timeout: self.read_timeout,
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
+            start_timeout: (!self.typha_start_timeout.is_zero())
+                .then_some(self.typha_start_timeout),
+            health_listen: parse_health_listen(&self.health_listen)?,
+            cluster_cidrs: self
+                .cluster_cidr
+                .iter()
+                .map(|cidr| check_cidr(cidr))
+                .collect::<Result<_, _>>()?,
+            dataplane_refresh: self.dataplane_refresh,
+            ipv6: !self.disable_ipv6,
+            netns: match &self.netns {
+                Some(name) if name.is_empty() || name.contains('/') => {
+                    return Err(ConfigError::Invalid(
+                        "--netns must be a bare namespace name",
+                    ));
+                }
+                other => other.clone(),
+            },
         })
+    }
+}
+
+/// An IPv4 or IPv6 CIDR (`10.244.0.0/16`), trimmed.
+fn check_cidr(cidr: &str) -> Result<String, ConfigError> {
+    let cidr = cidr.trim();
+    let bad = || ConfigError::ClusterCidr(cidr.to_string());
+    let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max || cidr.is_empty() {
+        return Err(bad());
+    }
+    Ok(cidr.to_string())
+}
+
+/// An IP:PORT, or `none` / `off` / empty for no health endpoint.
+fn parse_health_listen(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.trim() {
+        "" | "none" | "off" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::HealthListen(value.to_string())),
     }
 }
 
@@ -275,7 +400,7 @@ mod tests {
         let mut tls = addr.to_vec();
         tls.extend_from_slice(&TLS);
         let Source::Typha {
-            addresses,
+            target: TyphaTarget::Addresses(addresses),
             transport,
         } = parse(&tls).unwrap().source
         else {
@@ -317,7 +442,11 @@ mod tests {
             "a:1,[::1]:5473,10.0.0.1:2",
             "--insecure-plaintext",
         ]);
-        let Source::Typha { addresses, .. } = ok.unwrap().source else {
+        let Source::Typha {
+            target: TyphaTarget::Addresses(addresses),
+            ..
+        } = ok.unwrap().source
+        else {
             panic!()
         };
         assert_eq!(addresses, vec!["a:1", "[::1]:5473", "10.0.0.1:2"]);
@@ -380,5 +509,90 @@ mod tests {
             Err(ConfigError::Invalid(_))
         ));
         assert!(cli(&["--node-name", "n", "--read-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn typha_service_is_an_alternative_to_addresses() {
+        let base = ["--node-name", "n", "--insecure-plaintext"];
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--typha-service", "kube-system/calico-typha"]);
+        let config = parse(&args).unwrap();
+        let Source::Typha {
+            target:
+                TyphaTarget::Service {
+                    discovery,
+                    kubeconfig,
+                },
+            ..
+        } = config.source
+        else {
+            panic!()
+        };
+        assert_eq!(
+            discovery,
+            DiscoveryConfig::new("kube-system", "calico-typha")
+        );
+        assert_eq!(kubeconfig, None);
+        assert_eq!(config.start_timeout, Some(Duration::from_secs(300)));
+
+        args.extend_from_slice(&["--typha-port-name", "grpc", "--kubeconfig", "/k"]);
+        let Source::Typha {
+            target:
+                TyphaTarget::Service {
+                    discovery,
+                    kubeconfig,
+                },
+            ..
+        } = parse(&args).unwrap().source
+        else {
+            panic!()
+        };
+        assert_eq!(discovery.port_name, "grpc");
+        assert_eq!(kubeconfig, Some(PathBuf::from("/k")));
+
+        // Not both, and well formed.
+        let mut both = args.clone();
+        both.extend_from_slice(&["--typha-addr", "a:1"]);
+        assert!(cli(&both).is_err());
+        let mut bad = base.to_vec();
+        bad.extend_from_slice(&["--typha-service", "calico-typha"]);
+        assert!(matches!(parse(&bad), Err(ConfigError::Service(_))));
+        // A service alone makes TLS flags legal (no TyphaFlagsWithoutTypha).
+        assert!(
+            parse(&[
+                "--node-name",
+                "n",
+                "--typha-service",
+                "a/b",
+                "--typha-cn",
+                "x"
+            ])
+            .is_err_and(|e| matches!(e, ConfigError::Tls(_)))
+        );
+    }
+
+    #[test]
+    fn start_timeout_and_health_listen() {
+        let config = parse(&[
+            "--node-name",
+            "n",
+            "--typha-start-timeout",
+            "0s",
+            "--health-listen",
+            "none",
+        ])
+        .unwrap();
+        assert_eq!((config.start_timeout, config.health_listen), (None, None));
+        let config = parse(&["--node-name", "n"]).unwrap();
+        assert_eq!(
+            config.health_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9099)))
+        );
+        let config = parse(&["--node-name", "n", "--typha-start-timeout", "2s"]).unwrap();
+        assert_eq!(config.start_timeout, Some(Duration::from_secs(2)));
+        assert!(matches!(
+            parse(&["--node-name", "n", "--health-listen", "localhost"]),
+            Err(ConfigError::HealthListen(_))
+        ));
     }
 }

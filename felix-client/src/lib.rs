@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod dataplane;
+pub mod discovery;
+pub mod health;
 pub mod local;
 pub mod mirror;
 pub mod sync;

@@ -73,7 +73,8 @@ pub async fn run_local(
             event = rx.recv() => event,
         };
         match event {
-            Some(UpstreamEvent::Updates(updates)) => {
+            // Local mode follows one cache: resourceVersions are of no use to it.
+            Some(UpstreamEvent::Updates(updates) | UpstreamEvent::Marked { updates, .. }) => {
                 if let Some(changes) = local.apply(updates)? {
                     let revision = local.mirror.revision();
                     let event = SyncEvent::Changes {

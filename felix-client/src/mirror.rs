@@ -7,13 +7,20 @@
 //! - a snapshot is staged beside the current mirror and swapped in only at InSync, so a
 //!   connection lost mid-snapshot leaves the mirror as it was;
 //! - at the swap only real differences are reported: unchanged keys do not flap;
-//! - a batch applies only at the mirror's revision (`from_revision` == `revision`).
+//! - a batch applies only at the mirror's revision (`from_revision` == `revision`),
+//!   except the one rebase batch after a cross-replica resume (ServerHello resumed with
+//!   another epoch), which moves the mirror onto the new server's history: it carries
+//!   the current value of every key that may differ and the digest, so a mirror that
+//!   would not match refuses it and gets a snapshot instead;
+//! - the version vector is kept only while the server granted
+//!   `CAPABILITY_RESOURCE_VERSIONS`: set at InSync and by a rebase batch, raised by
+//!   every delta batch, and sent back in the resume position.
 
 use std::collections::HashMap;
 
 use typha_proto::digest::EntryHash;
 use typha_proto::frame::{RawDeltaBatch, RawSnapshotEntries};
-use typha_proto::{Digest, Key, ModelError, Revision, Update, Value, pb};
+use typha_proto::{Digest, Key, ModelError, Revision, Update, Value, VersionVector, pb};
 
 /// Decompressed snapshot chunks larger than this are refused (a hostile or broken
 /// server cannot make the client allocate without bound).
@@ -107,6 +114,12 @@ pub struct Mirror {
     /// The epoch of the session in progress; adopted only when its snapshot completes,
     /// so a lost snapshot never pairs a new epoch with the old history's position.
     session_epoch: String,
+    /// The version vector, while the servers grant it (see the module docs).
+    versions: Option<VersionVector>,
+    /// Whether the session in progress granted `CAPABILITY_RESOURCE_VERSIONS`.
+    session_versions: bool,
+    /// A cross-replica resume is in progress: the new epoch, adopted with the rebase batch.
+    rebasing: Option<String>,
 }
 
 impl Mirror {
@@ -167,7 +180,17 @@ impl Mirror {
             epoch: self.epoch.clone(),
             revision: self.revision.0,
             digest: self.digest.to_bytes().to_vec(),
+            versions: self
+                .versions
+                .as_ref()
+                .map(VersionVector::to_pb)
+                .unwrap_or_default(),
         })
+    }
+
+    /// The version vector, when the server grants resource versions.
+    pub fn versions(&self) -> Option<&VersionVector> {
+        self.versions.as_ref()
     }
 
     /// Forgets the resume position (after a digest mismatch: the next server must send
@@ -175,15 +198,40 @@ impl Mirror {
     pub fn forget_position(&mut self) {
         self.epoch.clear();
         self.synced = false;
+        self.versions = None;
+        self.rebasing = None;
     }
 
     /// A new server session started. `resumed`: the server continues from our position;
     /// otherwise a snapshot follows and any half-received one is discarded.
     pub fn start_session(&mut self, epoch: &str, resumed: bool) {
         self.staging = None;
+        self.rebasing = None;
         if !resumed {
             self.session_epoch = epoch.to_string();
         }
+    }
+
+    /// A new server session started with `hello`: as [`Self::start_session`], plus the
+    /// granted capabilities, and a cross-replica resume when the server resumes us on a
+    /// history of another epoch (the rebase batch follows; [`Self::is_rebasing`]).
+    pub fn accept_hello(&mut self, hello: &pb::ServerHello) {
+        self.start_session(&hello.epoch, hello.resumed);
+        self.session_versions = hello
+            .capabilities
+            .contains(&(pb::Capability::ResourceVersions as i32));
+        if !self.session_versions {
+            self.versions = None;
+        }
+        if hello.resumed && hello.epoch != self.epoch {
+            self.rebasing = Some(hello.epoch.clone());
+        }
+    }
+
+    /// Whether the next delta batch is the rebase batch of a cross-replica resume (the
+    /// mirror is in sync with the new server only once it applied).
+    pub fn is_rebasing(&self) -> bool {
+        self.rebasing.is_some()
     }
 
     /// Stages one snapshot chunk.
@@ -270,6 +318,9 @@ impl Mirror {
         self.revision = Revision(staging.revision);
         self.epoch = staging.epoch;
         self.synced = true;
+        self.versions = self
+            .session_versions
+            .then(|| VersionVector::from_pb(&in_sync.versions));
         Ok(changes)
     }
 
@@ -282,7 +333,12 @@ impl Mirror {
         if !self.synced {
             return Err(MirrorError::NotSynced);
         }
-        if batch.from_revision != self.revision.0 || batch.revision <= batch.from_revision {
+        let follows = if self.rebasing.is_some() {
+            batch.from_revision == batch.revision
+        } else {
+            batch.from_revision == self.revision.0 && batch.revision > batch.from_revision
+        };
+        if !follows {
             return Err(MirrorError::RevisionGap {
                 have: self.revision.0,
                 from: batch.from_revision,
@@ -338,6 +394,19 @@ impl Mirror {
         }
         self.digest = digest;
         self.revision = Revision(batch.revision);
+        match self.rebasing.take() {
+            Some(epoch) => {
+                self.epoch = epoch;
+                self.versions = self
+                    .session_versions
+                    .then(|| VersionVector::from_pb(&batch.versions));
+            }
+            None => {
+                if let Some(versions) = self.versions.as_mut() {
+                    versions.merge(&batch.versions);
+                }
+            }
+        }
         Ok(changes)
     }
 }

@@ -6,14 +6,26 @@
 //! reconnects with jittered exponential backoff (immediately after a goodbye), resumes
 //! where the server's history allows, and otherwise receives a snapshot of which only
 //! the real differences are reported.
+//!
+//! Which typha: the candidates come from a [`TyphaSource`] (a fixed list, or a Service's
+//! ready endpoints followed through discovery) and are tried in a [`Picker`] order:
+//! shuffled, this node's typha first, never one that was removed, never the one that just
+//! said goodbye (rebalance, shutdown) while another exists. A goodbye is not a failure:
+//! the backoff does not grow and the reconnect is counted under its own reason.
+//!
+//! Start timeout: until the first in-sync, `start_timeout` bounds the whole effort (no
+//! endpoint, unreachable endpoints, or no in-sync from any); then [`SyncError::StartTimeout`]
+//! names the source and what was tried. Nothing has reached the dataplane by then: events
+//! before the first in-sync are only snapshot changes, which come with that in-sync.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use typha_proto::client::typha_client::TyphaClient;
@@ -22,6 +34,7 @@ use typha_proto::pb::{self, client_message};
 use typha_proto::{Digest, PROTOCOL_VERSION, Revision, Update};
 
 use crate::connect::{ConnectError, connect};
+use crate::discovery::{Picker, TyphaSource};
 use crate::mirror::{Mirror, MirrorError};
 
 /// What the sync client tells the rest of the agent.
@@ -55,8 +68,8 @@ pub enum SyncEvent {
 pub struct SyncConfig {
     /// This node's name, sent in ClientHello.
     pub node_name: String,
-    /// Typha addresses (HOST:PORT), tried in a shuffled rotation.
-    pub addresses: Vec<String>,
+    /// Where the typha candidates come from (a fixed list or discovery).
+    pub typha: TyphaSource,
     /// The TLS client configuration; `None` for plaintext (development only).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Bound on TCP + TLS + HTTP/2 setup and on the wait for ServerHello.
@@ -67,19 +80,28 @@ pub struct SyncConfig {
     pub backoff_min: Duration,
     /// Reconnect delay cap.
     pub backoff_max: Duration,
+    /// Give up (with [`SyncError::StartTimeout`]) when not in sync this long after
+    /// start; `None` waits forever. Only before the first in-sync.
+    pub start_timeout: Option<Duration>,
 }
 
 impl SyncConfig {
-    /// Defaults for `node_name` and `addresses`.
+    /// Defaults for `node_name` and a fixed list of HOST:PORT `addresses`.
     pub fn new(node_name: impl Into<String>, addresses: Vec<String>) -> SyncConfig {
+        SyncConfig::with_source(node_name, TyphaSource::fixed(addresses))
+    }
+
+    /// Defaults for `node_name` and the candidates of `typha`.
+    pub fn with_source(node_name: impl Into<String>, typha: TyphaSource) -> SyncConfig {
         SyncConfig {
             node_name: node_name.into(),
-            addresses,
+            typha,
             tls: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(90),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            start_timeout: None,
         }
     }
 }
@@ -104,6 +126,15 @@ pub struct SyncStatus {
     pub digest_mismatches: AtomicU64,
     /// Delta batches applied.
     pub batches: AtomicU64,
+    /// Whether the mirror has been in sync at least once.
+    pub synced_once: AtomicBool,
+    /// Reconnects after a goodbye that is not a failure (rebalance, shutdown, resync).
+    pub goodbyes: AtomicU64,
+    /// Reconnects after a failure (connect error, broken session, protocol goodbye).
+    pub failures: AtomicU64,
+    /// The typha (HOST:PORT) of the current session once it answered; `None` between
+    /// sessions, set after the ended session was counted (tests await it).
+    pub endpoint: watch::Sender<Option<String>>,
 }
 
 impl Default for SyncStatus {
@@ -117,6 +148,10 @@ impl Default for SyncStatus {
             resumes: AtomicU64::default(),
             digest_mismatches: AtomicU64::default(),
             batches: AtomicU64::default(),
+            synced_once: AtomicBool::default(),
+            goodbyes: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            endpoint: watch::Sender::new(None),
         }
     }
 }
@@ -126,6 +161,7 @@ impl SyncStatus {
     pub(crate) fn in_sync(&self, mirror: &Mirror) -> SyncEvent {
         let keys = mirror.len();
         self.in_sync.store(true, Ordering::Relaxed);
+        self.synced_once.store(true, Ordering::Relaxed);
         metrics::gauge!("felix_sync_in_sync").set(1.0);
         self.publish(mirror);
         SyncEvent::InSync {
@@ -139,6 +175,16 @@ impl SyncStatus {
     pub(crate) fn batch_applied(&self, mirror: &Mirror) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.publish(mirror);
+    }
+
+    /// Whether the mirror has been in sync at least once.
+    pub fn has_synced(&self) -> bool {
+        self.synced_once.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots plus resumes: how many times a session reached in-sync.
+    fn syncs(&self) -> u64 {
+        self.snapshots.load(Ordering::Relaxed) + self.resumes.load(Ordering::Relaxed)
     }
 
     /// The mirror no longer follows its source (disconnected or stopped).
@@ -174,7 +220,32 @@ pub enum SyncError {
     /// An address is malformed.
     #[error(transparent)]
     Config(ConnectError),
+    /// Not in sync with any typha within the start timeout. Not retried in-process: the
+    /// agent exits (and is restarted) so that the failure is visible.
+    #[error(
+        "no typha brought this agent in sync within {} (--typha-start-timeout); following {typha}; tried: {tried}",
+        humantime::format_duration(*.waited)
+    )]
+    StartTimeout {
+        /// The start timeout.
+        waited: Duration,
+        /// The candidate source and its state (service, addresses, discovery errors).
+        typha: String,
+        /// Each address tried, with attempts and the last outcome.
+        tried: String,
+    },
 }
+
+/// Every `reason` label of `felix_sync_reconnects_total`.
+pub const RECONNECT_REASONS: &[&str] = &[
+    "goodbye_rebalance",
+    "goodbye_shutdown",
+    "goodbye_resync",
+    "goodbye_protocol_error",
+    "goodbye_unspecified",
+    "connect_error",
+    "error",
+];
 
 /// How a session ended.
 #[derive(Debug)]
@@ -192,6 +263,8 @@ pub struct SyncClient {
     config: SyncConfig,
     mirror: Mirror,
     status: Arc<SyncStatus>,
+    /// The address of the current session.
+    current: String,
 }
 
 impl SyncClient {
@@ -201,6 +274,16 @@ impl SyncClient {
             config,
             mirror: Mirror::new(),
             status: Arc::new(SyncStatus::default()),
+            current: String::new(),
+        }
+    }
+
+    /// A client with an empty mirror that publishes into `status` (shared with the
+    /// health endpoint, for example).
+    pub fn with_status(config: SyncConfig, status: Arc<SyncStatus>) -> SyncClient {
+        SyncClient {
+            status,
+            ..SyncClient::new(config)
         }
     }
 
@@ -209,52 +292,120 @@ impl SyncClient {
         self.status.clone()
     }
 
-    /// Runs until `shutdown` fires; returns the mirror as it stands then.
+    /// Runs until `shutdown` fires; returns the mirror as it stands then. Stops early with
+    /// [`SyncError::StartTimeout`] when not in sync within `start_timeout`.
     pub async fn run(
         mut self,
         events: mpsc::Sender<SyncEvent>,
         shutdown: CancellationToken,
     ) -> Result<Mirror, SyncError> {
-        if self.config.addresses.is_empty() {
+        if self.config.typha.is_empty_fixed() {
             return Err(SyncError::NoAddresses);
         }
-        let mut order: Vec<usize> = (0..self.config.addresses.len()).collect();
-        shuffle(&mut order);
+        crate::health::register_sync_metrics();
+        let status = self.status.clone();
+        let mut source = self.config.typha.clone();
+        let mut picker = Picker::new(self.config.node_name.clone());
+        let start = self
+            .config
+            .start_timeout
+            .map(|limit| (limit, Instant::now() + limit));
+        let mut tried = Tried::default();
         let mut attempt: u32 = 0;
-        let mut next = 0usize;
+        let mut avoid: Option<String> = None;
         loop {
-            let addr = self.config.addresses[order[next % order.len()]].clone();
-            next += 1;
-            let end = self.session(&addr, &events, &shutdown).await;
-            self.status.out_of_sync();
-            let delay = match end {
+            if picker.update(source.current()) {
+                let candidates: Vec<&str> = picker
+                    .candidates()
+                    .iter()
+                    .map(|c| c.addr.as_str())
+                    .collect();
+                tracing::info!(?candidates, "typha candidates changed");
+                metrics::gauge!("felix_sync_typha_candidates").set(candidates.len() as f64);
+            }
+            let Some(addr) = picker.next(avoid.take().as_deref()) else {
+                tracing::warn!(
+                    source = source.describe(),
+                    "no typha endpoint; waiting for one"
+                );
+                let timed_out = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(self.mirror),
+                    _ = source.changed() => false,
+                    _ = start_deadline(&status, start) => true,
+                };
+                if timed_out {
+                    return Err(start_timeout(start, &source, &tried));
+                }
+                continue;
+            };
+            let syncs_before = status.syncs();
+            let end = tokio::select! {
+                end = self.session(&addr, &events, &shutdown) => end,
+                _ = start_deadline(&status, start) => {
+                    status.out_of_sync();
+                    return Err(start_timeout(start, &source, &tried));
+                }
+            };
+            status.out_of_sync();
+            if status.syncs() > syncs_before {
+                // The session worked: a later failure starts the backoff afresh.
+                attempt = 0;
+            }
+            let (reason, delay) = match end {
                 Ok(SessionEnd::Shutdown) => return Ok(self.mirror),
                 Err(e @ ConnectError::BadAddress { .. }) => return Err(SyncError::Config(e)),
                 Ok(SessionEnd::Goodbye(reason, message)) => {
                     tracing::info!(%addr, ?reason, message, "typha said goodbye; reconnecting");
-                    attempt = 0;
-                    if reason == pb::GoodbyeReason::Resync {
-                        self.mirror.forget_position();
+                    tried.note(&addr, format!("goodbye {reason:?}: {message}"));
+                    let label = goodbye_label(reason);
+                    match reason {
+                        pb::GoodbyeReason::Rebalance | pb::GoodbyeReason::Shutdown => {
+                            // Go elsewhere, at once: this is load spreading, not failure.
+                            avoid = Some(addr.clone());
+                            status.goodbyes.fetch_add(1, Ordering::Relaxed);
+                            (label, jitter(self.config.backoff_min))
+                        }
+                        pb::GoodbyeReason::Resync => {
+                            self.mirror.forget_position();
+                            status.goodbyes.fetch_add(1, Ordering::Relaxed);
+                            (label, jitter(self.config.backoff_min))
+                        }
+                        // Protocol error, unspecified, or newer than this client: a
+                        // failure, so the backoff grows.
+                        _ => {
+                            status.failures.fetch_add(1, Ordering::Relaxed);
+                            attempt = attempt.saturating_add(1);
+                            (label, backoff(&self.config, attempt))
+                        }
                     }
-                    jitter(self.config.backoff_min)
                 }
                 Ok(SessionEnd::Failed(reason)) => {
                     tracing::warn!(%addr, reason, "sync session failed");
+                    tried.note(&addr, reason.clone());
                     let _ = events.send(SyncEvent::Disconnected { reason }).await;
+                    status.failures.fetch_add(1, Ordering::Relaxed);
                     attempt = attempt.saturating_add(1);
-                    backoff(&self.config, attempt)
+                    ("error", backoff(&self.config, attempt))
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot connect to typha");
+                    let error = error_chain(&error);
+                    tracing::warn!(error, "cannot connect to typha");
+                    tried.note(&addr, error);
+                    status.failures.fetch_add(1, Ordering::Relaxed);
                     attempt = attempt.saturating_add(1);
-                    backoff(&self.config, attempt)
+                    ("connect_error", backoff(&self.config, attempt))
                 }
             };
-            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("felix_sync_reconnects_total").increment(1);
+            status.reconnects.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("felix_sync_reconnects_total", "reason" => reason).increment(1);
+            // Cleared after the counters, so that a waiter on it sees them updated.
+            status.endpoint.send_replace(None);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(self.mirror),
                 _ = tokio::time::sleep(delay) => {}
+                _ = start_deadline(&status, start) => {
+                    return Err(start_timeout(start, &source, &tried));
+                }
             }
         }
     }
@@ -265,6 +416,7 @@ impl SyncClient {
         events: &mpsc::Sender<SyncEvent>,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, ConnectError> {
+        self.current = addr.to_string();
         let channel = tokio::select! {
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
             channel = connect(addr, self.config.tls.clone(), self.config.connect_timeout) => channel?,
@@ -278,6 +430,7 @@ impl SyncClient {
                 pb::Capability::SnapshotZstd,
                 pb::Capability::Resume,
                 pb::Capability::Digest,
+                pb::Capability::ResourceVersions,
             ]
             .iter()
             .map(|c| *c as i32)
@@ -342,7 +495,10 @@ impl SyncClient {
     ) -> Result<Option<SessionEnd>, MirrorError> {
         match frame {
             ServerFrame::Hello(hello) => {
-                self.mirror.start_session(&hello.epoch, hello.resumed);
+                self.mirror.accept_hello(&hello);
+                self.status
+                    .endpoint
+                    .send_replace(Some(self.current.clone()));
                 tracing::info!(
                     server = hello.server_id,
                     resumed = hello.resumed,
@@ -350,7 +506,10 @@ impl SyncClient {
                 );
                 if hello.resumed {
                     self.status.resumes.fetch_add(1, Ordering::Relaxed);
-                    self.in_sync(events).await;
+                    // Resumed by another replica: in sync once its rebase batch applied.
+                    if !self.mirror.is_rebasing() {
+                        self.in_sync(events).await;
+                    }
                 }
             }
             ServerFrame::SnapshotChunk(chunk) => self.mirror.apply_chunk(chunk)?,
@@ -369,6 +528,7 @@ impl SyncClient {
                 self.in_sync(events).await;
             }
             ServerFrame::Deltas(batch) => {
+                let rebased = self.mirror.is_rebasing();
                 let changes = self.mirror.apply_deltas(batch)?;
                 self.status.batch_applied(&self.mirror);
                 // Sent even when empty, so that consumers can follow the revision.
@@ -379,6 +539,9 @@ impl SyncClient {
                         updates: changes,
                     })
                     .await;
+                if rebased {
+                    self.in_sync(events).await;
+                }
             }
             ServerFrame::Ping(ping) => {
                 let pong = pb::Pong {
@@ -404,24 +567,98 @@ impl SyncClient {
     }
 }
 
-/// Exponential backoff with full jitter between 50% and 100% of the step.
+/// Exponential backoff with jitter between 50% and 100% of the step: `backoff_min` at
+/// the first failure (`attempt` 1), doubling up to `backoff_max`.
 fn backoff(config: &SyncConfig, attempt: u32) -> Duration {
-    let step = config
+    jitter(backoff_step(config, attempt))
+}
+
+fn backoff_step(config: &SyncConfig, attempt: u32) -> Duration {
+    config
         .backoff_min
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(config.backoff_max);
-    jitter(step)
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(config.backoff_max)
+}
+
+/// The `reason` label of a reconnect after `reason`.
+fn goodbye_label(reason: pb::GoodbyeReason) -> &'static str {
+    match reason {
+        pb::GoodbyeReason::Rebalance => "goodbye_rebalance",
+        pb::GoodbyeReason::Shutdown => "goodbye_shutdown",
+        pb::GoodbyeReason::Resync => "goodbye_resync",
+        pb::GoodbyeReason::ProtocolError => "goodbye_protocol_error",
+        _ => "goodbye_unspecified",
+    }
+}
+
+/// `error` and its sources, `: `-separated (tonic's "transport error" alone says little).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What was tried before the first in-sync, for the start-timeout error.
+#[derive(Default)]
+struct Tried(BTreeMap<String, (u32, String)>);
+
+impl Tried {
+    fn note(&mut self, addr: &str, outcome: String) {
+        let entry = self.0.entry(addr.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 = outcome;
+    }
+}
+
+impl std::fmt::Display for Tried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("nothing (no typha endpoint was ever available)");
+        }
+        for (i, (addr, (attempts, last))) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{addr} ({attempts} attempt(s), last: {last})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves at the start deadline if the mirror has never been in sync by then; never
+/// otherwise.
+async fn start_deadline(status: &SyncStatus, start: Option<(Duration, Instant)>) {
+    if let Some((_, deadline)) = start
+        && !status.has_synced()
+    {
+        tokio::time::sleep_until(deadline).await;
+        if !status.has_synced() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+fn start_timeout(
+    start: Option<(Duration, Instant)>,
+    source: &TyphaSource,
+    tried: &Tried,
+) -> SyncError {
+    SyncError::StartTimeout {
+        waited: start.map(|(limit, _)| limit).unwrap_or_default(),
+        typha: source.describe(),
+        tried: tried.to_string(),
+    }
 }
 
 fn jitter(step: Duration) -> Duration {
     step.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
-fn shuffle(order: &mut [usize]) {
-    let mut rng = rand::rng();
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.random_range(0..=i));
-    }
 }
 
 #[cfg(test)]
@@ -431,17 +668,35 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {
         let config = SyncConfig::new("n", vec!["a:1".into()]);
-        for attempt in 0..40 {
+        assert_eq!(backoff_step(&config, 1), config.backoff_min);
+        assert_eq!(backoff_step(&config, 2), config.backoff_min * 2);
+        for attempt in 1..40 {
             let d = backoff(&config, attempt);
-            let step = config
-                .backoff_min
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(config.backoff_max);
+            let step = backoff_step(&config, attempt);
+            assert!(step <= config.backoff_max);
+            assert!(step >= backoff_step(&config, attempt - 1));
             assert!(
                 d >= step / 2 && d <= step,
                 "attempt {attempt}: {d:?} vs {step:?}"
             );
         }
-        assert!(backoff(&config, 30) >= config.backoff_max / 2);
+        assert_eq!(backoff_step(&config, 30), config.backoff_max);
+    }
+
+    #[test]
+    fn tried_names_every_address() {
+        let mut tried = Tried::default();
+        assert!(
+            tried
+                .to_string()
+                .contains("no typha endpoint was ever available")
+        );
+        tried.note("a:1", "refused".into());
+        tried.note("a:1", "refused again".into());
+        tried.note("b:2", "timed out".into());
+        assert_eq!(
+            tried.to_string(),
+            "a:1 (2 attempt(s), last: refused again); b:2 (1 attempt(s), last: timed out)"
+        );
     }
 }

@@ -527,3 +527,147 @@ fn a_lost_snapshot_from_a_restarted_server_keeps_the_old_resume_position() {
         (1, cache.epoch())
     );
 }
+
+// ------------------------------------------------------------ cross-replica resume
+
+/// A ServerHello as `cache`'s server sends it.
+fn hello(cache: &SnapshotCache, resumed: bool, versions: bool) -> pb::ServerHello {
+    let mut capabilities = vec![
+        pb::Capability::SnapshotZstd as i32,
+        pb::Capability::Resume as i32,
+        pb::Capability::Digest as i32,
+    ];
+    if versions {
+        capabilities.push(pb::Capability::ResourceVersions as i32);
+    }
+    pb::ServerHello {
+        epoch: cache.epoch().to_string(),
+        resumed,
+        capabilities,
+        protocol_version: if versions { 2 } else { 1 },
+        ..Default::default()
+    }
+}
+
+/// Two replicas fed the same versioned changes (`pods` at resourceVersion 10 + i for
+/// change i), in different batchings, both in sync after the first change.
+fn replicas(changes: &[Op], a_cut: usize, b_cut: usize) -> (SnapshotCache, SnapshotCache) {
+    use typha::cache::ResourceMark;
+    let feed = |cut: usize| {
+        let mut cache = SnapshotCache::new(CacheConfig::default());
+        let mut pending: Vec<Update> = Vec::new();
+        let mut version = 0;
+        for (i, op) in changes.iter().enumerate() {
+            let u = update(*op);
+            if pending.iter().any(|p| p.key == u.key) || (i > 0 && i % cut == 0) {
+                cache.apply_marked(
+                    std::mem::take(&mut pending),
+                    &[ResourceMark::watched("pods", version)],
+                );
+            }
+            pending.push(u);
+            version = 10 + i as u64;
+            if i == 0 {
+                cache.apply_marked(
+                    std::mem::take(&mut pending),
+                    &[ResourceMark::listed("pods", Some(version))],
+                );
+                cache.mark_in_sync();
+            }
+        }
+        cache.apply_marked(pending, &[ResourceMark::watched("pods", version)]);
+        cache
+    };
+    (feed(a_cut), feed(b_cut))
+}
+
+/// A mirror of A halfway moves to B: one rebase batch brings it to B's exact state,
+/// it adopts B's epoch, revision and versions, and B's next batch applies normally.
+#[test]
+fn a_rebase_batch_moves_the_mirror_to_another_replica() {
+    let changes: Vec<Op> = (0..40)
+        .map(|i| (i % KEYS.len(), Some((i % 3) as u8)))
+        .collect();
+    let (a_half, _) = replicas(&changes[..20], 3, 5);
+    let (_, mut b) = replicas(&changes, 3, 5);
+    let mut mirror = Mirror::new();
+    mirror.accept_hello(&hello(&a_half, false, true));
+    let (chunks, in_sync) = snapshot(&a_half);
+    for chunk in chunks {
+        mirror.apply_chunk(chunk).unwrap();
+    }
+    mirror.finish_snapshot(&in_sync).unwrap();
+    let position = mirror.resume_position().unwrap();
+    assert_eq!(position.epoch, a_half.epoch());
+    let client = typha_proto::VersionVector::from_pb(&position.versions);
+    assert_eq!(&client, a_half.versions());
+
+    mirror.accept_hello(&hello(&b, true, true));
+    assert!(mirror.is_rebasing());
+    let rebase = b.rebase(&client).unwrap();
+    let changes = mirror.apply_deltas(deltas(rebase.frame)).unwrap();
+    assert!(!changes.is_empty());
+    assert!(!mirror.is_rebasing());
+    assert_eq!(mirror.digest(), b.digest());
+    assert_eq!(mirror.revision(), b.revision());
+    assert_eq!(mirror_state(&mirror), state_of(b.iter()));
+    let position = mirror.resume_position().unwrap();
+    assert_eq!(position.epoch, b.epoch());
+    assert_eq!(mirror.versions(), Some(b.versions()));
+
+    let crumb = b
+        .apply_marked(
+            [update((0, None))],
+            &[typha::cache::ResourceMark::watched("pods", 99)],
+        )
+        .unwrap();
+    mirror.apply_deltas(deltas(crumb.frame.clone())).unwrap();
+    assert_eq!(mirror.digest(), b.digest());
+    assert_eq!(mirror.versions().unwrap().get("pods"), 99);
+}
+
+/// A mirror that does not hold what its versions claim refuses the rebase batch (digest
+/// mismatch) and is left as it was; a server that does not grant resource versions
+/// makes the mirror forget (and stop sending) its vector.
+#[test]
+fn a_wrong_mirror_refuses_the_rebase_and_ungranted_versions_are_dropped() {
+    let changes: Vec<Op> = (0..12)
+        .map(|i| (i % KEYS.len(), Some((i % 3) as u8)))
+        .collect();
+    let (a, _) = replicas(&changes[..6], 2, 4);
+    let (_, b) = replicas(&changes, 2, 4);
+    let mut mirror = Mirror::new();
+    mirror.accept_hello(&hello(&a, false, true));
+    let (chunks, in_sync) = snapshot(&a);
+    for chunk in chunks {
+        mirror.apply_chunk(chunk).unwrap();
+    }
+    mirror.finish_snapshot(&in_sync).unwrap();
+    // Claim a newer position than the mirror holds: B sends too little.
+    let mut claimed = mirror.versions().unwrap().clone();
+    claimed.advance("pods", 10 + changes.len() as u64 - 1);
+    let (digest, revision) = (mirror.digest(), mirror.revision());
+    mirror.accept_hello(&hello(&b, true, true));
+    let rebase = b.rebase(&claimed).unwrap();
+    assert_eq!(rebase.keys, 0);
+    assert!(matches!(
+        mirror.apply_deltas(deltas(rebase.frame)),
+        Err(MirrorError::DigestMismatch { .. })
+    ));
+    assert_eq!((mirror.digest(), mirror.revision()), (digest, revision));
+
+    let mut old = Mirror::new();
+    old.accept_hello(&hello(&a, false, false));
+    let (chunks, in_sync) = snapshot(&a);
+    for chunk in chunks {
+        old.apply_chunk(chunk).unwrap();
+    }
+    old.finish_snapshot(&in_sync).unwrap();
+    assert_eq!(old.versions(), None);
+    assert!(old.resume_position().unwrap().versions.is_empty());
+    assert_eq!(old.digest(), a.digest());
+}
+
+fn mirror_state(mirror: &Mirror) -> State {
+    state_of(mirror.iter())
+}

@@ -15,7 +15,7 @@ use clap::Parser;
 /// In-memory Kubernetes API server for tests and load tests (not for production).
 #[derive(Debug, Parser)]
 #[command(name = "kube-sim", version)]
-struct Args {
+pub struct Args {
     /// Listen address (plain HTTP).
     #[arg(long, env = "KUBE_SIM_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,

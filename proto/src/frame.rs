@@ -69,6 +69,18 @@ pub fn delta_batch<'a>(
     updates: impl IntoIterator<Item = &'a Bytes> + Clone,
     digest: Digest,
 ) -> Bytes {
+    delta_batch_with_versions(from, to, updates, digest, &[])
+}
+
+/// A `ServerMessage{deltas}` frame from encoded `KeyValue`s (at most one per key) that
+/// also carries version vector entries (field 5; older clients skip it).
+pub fn delta_batch_with_versions<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+    versions: &[pb::ResourceVersion],
+) -> Bytes {
     let updates_len: usize = updates
         .clone()
         .into_iter()
@@ -78,7 +90,8 @@ pub fn delta_batch<'a>(
     let body_len = prost::encoding::uint64::encoded_len(1, &to.0)
         + updates_len
         + len_delimited_len(3, digest.len())
-        + prost::encoding::uint64::encoded_len(4, &from.0);
+        + prost::encoding::uint64::encoded_len(4, &from.0)
+        + prost::encoding::message::encoded_len_repeated(5, versions);
     let mut buf = BytesMut::with_capacity(len_delimited_len(field::DELTAS, body_len));
     encode_key(field::DELTAS, WireType::LengthDelimited, &mut buf);
     encode_varint(body_len as u64, &mut buf);
@@ -88,6 +101,9 @@ pub fn delta_batch<'a>(
     }
     put_len_delimited(3, &digest, &mut buf);
     prost::encoding::uint64::encode(4, &from.0, &mut buf);
+    for version in versions {
+        prost::encoding::message::encode(5, version, &mut buf);
+    }
     buf.freeze()
 }
 
@@ -106,6 +122,10 @@ pub struct RawDeltaBatch {
     /// The first revision covered.
     #[prost(uint64, tag = "4")]
     pub from_revision: u64,
+    /// The version vector entries the batch advances (the full vector after a
+    /// cross-replica resume).
+    #[prost(message, repeated, tag = "5")]
+    pub versions: Vec<pb::ResourceVersion>,
 }
 
 /// A `SnapshotEntries` decoded with each entry kept as received.
@@ -201,6 +221,57 @@ mod tests {
         };
         assert_eq!(raw.updates, updates);
         assert_eq!(Digest::from_bytes(&raw.digest), Some(digest));
+    }
+
+    #[test]
+    fn delta_batch_versions_decode_and_old_readers_skip_them() {
+        let updates = vec![node("a")];
+        let versions = vec![
+            pb::ResourceVersion {
+                resource: "nodes".into(),
+                version: 42,
+            },
+            pb::ResourceVersion {
+                resource: "pods".into(),
+                version: 7,
+            },
+        ];
+        let frame =
+            delta_batch_with_versions(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
+        let Some(pb::server_message::Msg::Deltas(batch)) =
+            pb::ServerMessage::decode(frame.clone()).unwrap().msg
+        else {
+            panic!("not deltas")
+        };
+        assert_eq!(batch.versions, versions);
+        let ServerFrame::Deltas(raw) = ServerFrame::decode(frame.clone()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(raw.versions, versions);
+        // A version 1 reader (no field 5) decodes the same batch, minus the versions.
+        #[derive(Clone, PartialEq, Message)]
+        struct V1DeltaBatch {
+            #[prost(uint64, tag = "1")]
+            revision: u64,
+            #[prost(bytes = "bytes", repeated, tag = "2")]
+            updates: Vec<Bytes>,
+            #[prost(bytes = "bytes", tag = "3")]
+            digest: Bytes,
+            #[prost(uint64, tag = "4")]
+            from_revision: u64,
+        }
+        let mut body = frame;
+        let (tag, _) = decode_key(&mut body).unwrap();
+        assert_eq!(tag, field::DELTAS);
+        let _len = prost::encoding::decode_varint(&mut body).unwrap();
+        let v1 = V1DeltaBatch::decode(body).unwrap();
+        assert_eq!((v1.from_revision, v1.revision), (1, 2));
+        assert_eq!(v1.updates, updates);
+        // And without versions the frame is byte-identical to the version 1 builder's.
+        assert_eq!(
+            delta_batch(Revision(1), Revision(2), &updates, Digest::EMPTY),
+            delta_batch_with_versions(Revision(1), Revision(2), &updates, Digest::EMPTY, &[])
+        );
     }
 
     #[test]

@@ -32,10 +32,14 @@ pub mod client {
 }
 
 pub use digest::Digest;
-pub use model::{Key, Kind, ModelError, Revision, Update, Value};
+pub use model::{Key, Kind, ModelError, Revision, Update, Value, VersionVector};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The highest protocol version this build speaks. Version 2 is version 1 plus
+/// `CAPABILITY_RESOURCE_VERSIONS` (version vectors, cross-replica resume).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The lowest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The gRPC path of the one RPC, for logs and tests.
 pub const SYNC_PATH: &str = "/typha.sync.v1.Typha/Sync";

@@ -4,6 +4,7 @@
 //! - a key's kind is known; namespaced kinds carry a namespace, cluster kinds none;
 //! - a value's variant matches its key's kind (a Policy under a policy key, ...).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -28,6 +29,99 @@ impl Revision {
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// A version vector: per Kubernetes API resource (e.g. `pods`), a resourceVersion such
+/// that every change of that resource up to it is reflected in the state it describes.
+/// An absent resource is version 0. Replicas watching the same API agree on it, so it is
+/// a position every replica understands (unlike an epoch's revision).
+#[derive(Clone, Default, PartialEq, Eq, Hash, Debug)]
+pub struct VersionVector(BTreeMap<String, u64>);
+
+impl VersionVector {
+    /// The empty vector (every resource at 0).
+    pub fn new() -> VersionVector {
+        VersionVector::default()
+    }
+
+    /// The version of `resource` (0 when absent).
+    pub fn get(&self, resource: &str) -> u64 {
+        self.0.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Raises `resource` to `version`; whether it rose (versions never go down).
+    pub fn advance(&mut self, resource: &str, version: u64) -> bool {
+        match self.0.get_mut(resource) {
+            Some(held) if *held >= version => false,
+            Some(held) => {
+                *held = version;
+                true
+            }
+            None if version == 0 => false,
+            None => {
+                self.0.insert(resource.to_string(), version);
+                true
+            }
+        }
+    }
+
+    /// Raises every entry to the wire entries' versions (a delta batch's advances).
+    pub fn merge(&mut self, entries: &[pb::ResourceVersion]) {
+        for e in entries {
+            self.advance(&e.resource, e.version);
+        }
+    }
+
+    /// The vector of the wire entries (duplicates: the highest wins).
+    pub fn from_pb(entries: &[pb::ResourceVersion]) -> VersionVector {
+        let mut v = VersionVector::new();
+        v.merge(entries);
+        v
+    }
+
+    /// The wire form, in resource order.
+    pub fn to_pb(&self) -> Vec<pb::ResourceVersion> {
+        self.0
+            .iter()
+            .map(|(resource, version)| pb::ResourceVersion {
+                resource: resource.clone(),
+                version: *version,
+            })
+            .collect()
+    }
+
+    /// Every (resource, version) with a non-zero version, in resource order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(r, v)| (r.as_str(), *v))
+    }
+
+    /// Whether every resource is at 0.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Removes every entry, returning them (the advances since the last drain).
+    pub fn take(&mut self) -> VersionVector {
+        std::mem::take(self)
+    }
+
+    /// The first resource at which `self` is above `other`, if any.
+    pub fn first_above(&self, other: &VersionVector) -> Option<&str> {
+        self.iter().find(|(r, v)| *v > other.get(r)).map(|(r, _)| r)
+    }
+}
+
+impl fmt::Display for VersionVector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (r, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}:{v}")?;
+        }
+        f.write_str("}")
     }
 }
 
@@ -379,6 +473,34 @@ mod tests {
             ..Default::default()
         });
         Update::new(key, Some(value)).unwrap()
+    }
+
+    #[test]
+    fn version_vectors_only_rise_and_round_trip() {
+        let mut v = VersionVector::new();
+        assert!(v.advance("pods", 5));
+        assert!(!v.advance("pods", 3));
+        assert!(!v.advance("nodes", 0));
+        assert_eq!((v.get("pods"), v.get("nodes")), (5, 0));
+        let wire = v.to_pb();
+        assert_eq!(VersionVector::from_pb(&wire), v);
+        let mut w = VersionVector::new();
+        w.merge(&[
+            pb::ResourceVersion {
+                resource: "pods".into(),
+                version: 9,
+            },
+            pb::ResourceVersion {
+                resource: "pods".into(),
+                version: 7,
+            },
+        ]);
+        assert_eq!(w.get("pods"), 9);
+        assert_eq!(w.first_above(&v), Some("pods"));
+        assert_eq!(v.first_above(&w), None);
+        assert_eq!(w.to_string(), "{pods:9}");
+        assert_eq!(w.take().get("pods"), 9);
+        assert!(w.is_empty());
     }
 
     #[test]

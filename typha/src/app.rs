@@ -1,20 +1,26 @@
 //! Wiring: the parts of one typha process, started together and stopped together.
 //! The binary, the integration tests and the load test all start typha through
 //! [`start`], so what is tested is what runs.
+//!
+//! Upstream events pass through a small tap on their way to the hub: it marks the
+//! upstream fresh and counts the Node objects (the rebalancer's `nodes`). Two ways to
+//! stop: [`Running::shutdown`] at once (every client told goodbye together; tests, the
+//! load test) and [`Running::drain`] gracefully (what SIGTERM does in the binary).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use typha_proto::Kind;
 
+use crate::drain::{self, DrainConfig, DrainReport};
+use crate::health::{self, Freshness, Health};
 use crate::hub::{Hub, HubConfig};
-use crate::server::{self, ServerConfig, ServerError, SessionEnds, Transport};
+use crate::rebalance::{self, RebalanceConfig};
+use crate::server::{self, ServerConfig, ServerError, ServerHandle, SessionEnds, Transport};
 use crate::upstream::{self, UpstreamConfig, UpstreamEvent};
 
 /// Where the state comes from.
@@ -74,6 +80,14 @@ pub struct Running {
     pub hub: Hub,
     /// Every session's end, with its reason.
     pub session_ends: SessionEnds,
+    /// Readiness (and the upstream's freshness).
+    pub health: Health,
+    /// The live sessions and the listener.
+    pub server: ServerHandle,
+    /// The number of Node objects in the state.
+    pub nodes: watch::Receiver<usize>,
+    rebalance: RebalanceConfig,
+    drain: DrainConfig,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), ServerError>>,
 }
@@ -84,10 +98,66 @@ impl Running {
         self.shutdown.clone()
     }
 
-    /// Stops typha: clients get goodbye(shutdown); waits for every task.
+    /// Stops typha at once: every client gets goodbye(shutdown) together; waits for
+    /// every task.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.shutdown.cancel();
         self.join().await
+    }
+
+    /// The first, immediate steps of a drain: not ready from now on, and the listener
+    /// closes (await [`ServerHandle::accept_closed`] to know it is closed). Idempotent.
+    pub fn begin_drain(&self) {
+        self.health.set_draining();
+        self.server.stop_accepting();
+    }
+
+    /// Graceful shutdown: [`Running::begin_drain`], then goodbye(shutdown) to every
+    /// client spread over the drain duration, then stops everything and waits.
+    pub async fn drain(mut self) -> Result<DrainReport, ServerError> {
+        tracing::info!("draining");
+        self.begin_drain();
+        self.server.accept_closed().await;
+        let report = drain::drain_sessions(&self.server.sessions, &self.drain).await;
+        tracing::info!(goodbyes = report.goodbyes, "drained; stopping");
+        self.shutdown.cancel();
+        self.join().await?;
+        Ok(report)
+    }
+
+    /// Starts load spreading: `replicas` is the live number of ready typha replicas
+    /// (see [`crate::discovery::Discovery::replicas`]). An owned task.
+    pub fn start_rebalancing(&mut self, replicas: watch::Receiver<usize>) {
+        self.tasks.spawn({
+            let run = rebalance::run(
+                self.server.sessions.clone(),
+                self.hub.clone(),
+                self.nodes.clone(),
+                replicas,
+                self.rebalance.clone(),
+                self.shutdown.clone(),
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
+    }
+
+    /// Creates the default IPPool (if `cluster_cidr` is set and no pool exists) and marks
+    /// ClusterInformation ready, once the upstream is in sync; an owned task.
+    pub fn spawn_bootstrap(
+        &mut self,
+        client: kube::Client,
+        cluster_cidr: Option<upstream::bootstrap::ClusterCidr>,
+    ) {
+        let hub = self.hub.clone();
+        let in_sync = async move { hub.wait_in_sync().await };
+        let token = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            upstream::bootstrap::run(client, in_sync, cluster_cidr, token).await;
+            Ok(())
+        });
     }
 
     /// Waits until typha stops (after the shutdown token fires).
@@ -106,12 +176,15 @@ impl Running {
 
 /// Starts the upstream, the hub, the gRPC server and the health server.
 pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
+    health::register_metrics();
     let shutdown = CancellationToken::new();
     let hub = Hub::new(options.hub);
     let mut tasks = JoinSet::new();
-    let events = match options.upstream {
+    let freshness = Freshness::new();
+    let raw_events = match options.upstream {
         Upstream::Channel(rx) => rx,
         Upstream::Kube { client, config } => {
+            let client = health::observe_kube(client, freshness.clone());
             let (tx, rx) = mpsc::channel(64);
             let token = shutdown.clone();
             tasks.spawn(async move {
@@ -123,6 +196,19 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
             rx
         }
     };
+    let (events_tx, events) = mpsc::channel(64);
+    let (nodes_tx, nodes) = watch::channel(0);
+    tasks.spawn({
+        let tap = tap_upstream(raw_events, events_tx, freshness.clone(), nodes_tx);
+        let token = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tap => {}
+            }
+            Ok(())
+        }
+    });
     tasks.spawn({
         let (hub, token) = (hub.clone(), shutdown.clone());
         async move {
@@ -136,34 +222,26 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         source,
     })?;
     let session_ends = SessionEnds::new(4096);
+    let server_handle = ServerHandle::new(&shutdown);
+    let health = Health::new(hub.clone(), freshness, options.server.max_staleness);
+    let (rebalance, drain) = (
+        options.server.rebalance.clone(),
+        options.server.drain.clone(),
+    );
     tasks.spawn(server::serve(
         listener,
         hub.clone(),
         options.server,
         options.transport,
         session_ends.clone(),
+        server_handle.clone(),
         shutdown.clone(),
     ));
     let health_addr = match options.health_listen {
         None => None,
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::HealthBind { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| AppError::HealthBind { addr, source })?;
-            let app = health_router(hub.clone(), options.metrics);
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                let serve =
-                    axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
-                if let Err(error) = serve.await {
-                    tracing::error!(%error, "health server failed");
-                }
-                Ok(())
-            });
-            Some(bound)
+            let app = health::router(health.clone(), options.metrics);
+            Some(spawn_health(addr, app, &mut tasks, &shutdown).await?)
         }
     };
     tracing::info!(%grpc_addr, ?health_addr, "typha started");
@@ -172,40 +250,67 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         health_addr,
         hub,
         session_ends,
+        health,
+        server: server_handle,
+        nodes,
+        rebalance,
+        drain,
         shutdown,
         tasks,
     })
 }
 
-#[derive(Clone)]
-struct HealthState {
-    hub: Hub,
-    metrics: Option<PrometheusHandle>,
+async fn spawn_health(
+    addr: SocketAddr,
+    app: axum::Router,
+    tasks: &mut JoinSet<Result<(), ServerError>>,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::HealthBind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::HealthBind { addr, source })?;
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "health server failed");
+        }
+        Ok(())
+    });
+    Ok(bound)
 }
 
-fn health_router(hub: Hub, metrics: Option<PrometheusHandle>) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .with_state(HealthState { hub, metrics })
-}
-
-async fn readyz(State(state): State<HealthState>) -> (StatusCode, &'static str) {
-    if state.hub.is_in_sync() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "upstream not in sync\n")
-    }
-}
-
-async fn render_metrics(State(state): State<HealthState>) -> (StatusCode, String) {
-    match state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
-        None => (
-            StatusCode::NOT_FOUND,
-            "no metrics recorder installed\n".to_string(),
-        ),
+/// Forwards upstream events to the hub, marking the upstream fresh and counting the
+/// Node objects on the way (the same updates the cache applies, so the same count).
+async fn tap_upstream(
+    mut from: mpsc::Receiver<UpstreamEvent>,
+    to: mpsc::Sender<UpstreamEvent>,
+    freshness: Freshness,
+    nodes: watch::Sender<usize>,
+) {
+    let mut names: HashSet<String> = HashSet::new();
+    while let Some(event) = from.recv().await {
+        freshness.touch();
+        match &event {
+            UpstreamEvent::Updates(updates) | UpstreamEvent::Marked { updates, .. } => {
+                for update in updates.iter().filter(|u| u.key.kind() == Kind::Node) {
+                    if update.value.is_some() {
+                        names.insert(update.key.name().to_string());
+                    } else {
+                        names.remove(update.key.name());
+                    }
+                }
+                let count = names.len();
+                nodes.send_if_modified(|old| std::mem::replace(old, count) != count);
+            }
+            UpstreamEvent::InSync => metrics::gauge!("typha_upstream_in_sync").set(1.0),
+        }
+        if to.send(event).await.is_err() {
+            return;
+        }
     }
 }
 

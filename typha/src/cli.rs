@@ -5,15 +5,19 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use crate::app::{self, TyphaOptions, Upstream};
+use crate::app::{self, Running, TyphaOptions, Upstream};
 use crate::certs::DevPki;
 use crate::config::{Cli, Command, ServeArgs};
+use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::hub::HubConfig;
 use crate::server::Transport;
-use crate::tls::{TlsMaterial, TransportChoice, server_config};
+use crate::tls::{ReloadableServerTls, TlsFileWatcher, TlsMaterial, TransportChoice};
 use crate::upstream::UpstreamConfig;
 use anyhow::Context;
 use clap::Parser;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Runs the typha command line with `args` (the first is the program name) and returns
 /// the process exit code. Installs the ring crypto provider.
@@ -60,11 +64,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .try_init()
         .ok();
     let (transport, server) = args.validate()?;
-    let transport = match transport {
-        TransportChoice::Plaintext => Transport::Plaintext,
+    let (transport, tls_watcher) = match transport {
+        TransportChoice::Plaintext => (Transport::Plaintext, None),
         TransportChoice::Tls(files, identity) => {
             let material = TlsMaterial::load(&files)?;
-            Transport::Tls(server_config(&material, &identity)?)
+            let tls = ReloadableServerTls::new(&material, &identity)?;
+            let transport = Transport::Tls(tls.config());
+            (transport, Some(TlsFileWatcher::new(files, tls, material)))
         }
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -73,6 +79,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let client = crate::upstream::kube_client(args.kubeconfig.as_deref()).await?;
+        let bootstrap_client = client.clone();
+        let discovery_client = client.clone();
+        let upkeep = metrics.clone();
         let mut hub = HubConfig::default();
         hub.cache.max_log_batches = args.history_batches;
         let upstream = UpstreamConfig {
@@ -92,10 +101,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics: Some(metrics),
         };
         let mut running = app::start(options).await?;
+        running.spawn_bootstrap(bootstrap_client, args.cluster_cidr);
         let token = running.shutdown_token();
-        tokio::spawn(crate::app::stop_on_signal(token));
-        running.join().await?;
+        if let Some(watcher) = tls_watcher {
+            tokio::spawn(watcher.run(args.tls_reload_interval, token.clone()));
+        }
+        tokio::spawn(metrics_upkeep(upkeep, token.clone()));
+        // Kept alive until exit: dropping it stops the EndpointSlice watch.
+        let discovery = args.own_service().map(|service| {
+            let config = DiscoveryConfig::new(service.namespace, service.name);
+            tracing::info!(%config, "spreading agents over the ready replicas");
+            let discovery = Discovery::spawn(discovery_client, config, &token);
+            running.start_rebalancing(discovery.replicas());
+            discovery
+        });
+        if discovery.is_none() {
+            tracing::info!("no --service-namespace/--service-name: load spreading is off");
+        }
+        run_until_signal(running).await?;
+        drop(discovery);
         tracing::info!("typha stopped");
         Ok(())
     })
+}
+
+/// Runs until SIGTERM/SIGINT, then drains (goodbyes spread over --drain-duration).
+async fn run_until_signal(mut running: Running) -> anyhow::Result<()> {
+    let term = CancellationToken::new();
+    tokio::spawn(crate::app::stop_on_signal(term.clone()));
+    let stopped = tokio::select! {
+        _ = term.cancelled() => false,
+        stopped = running.join() => { stopped?; true }
+    };
+    if !stopped {
+        let report = running.drain().await?;
+        tracing::info!(
+            goodbyes = report.goodbyes,
+            lingering = report.lingering,
+            "drained"
+        );
+    }
+    Ok(())
+}
+
+/// Drains the Prometheus recorder's histogram buffers between scrapes.
+async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => handle.run_upkeep(),
+        }
+    }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::drain::DrainConfig;
+use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
 use crate::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
@@ -102,6 +104,37 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TYPHA_LOG", default_value = "info")]
     pub log: String,
+    /// Namespace of typha's own Service; with --service-name, typha counts its ready
+    /// replicas from the Service's EndpointSlices and spreads the agents over them.
+    #[arg(long, env = "TYPHA_SERVICE_NAMESPACE")]
+    pub service_namespace: Option<String>,
+    /// Name of typha's own Service (see --service-namespace).
+    #[arg(long, env = "TYPHA_SERVICE_NAME")]
+    pub service_name: Option<String>,
+    /// Share of the agents a replica keeps beyond an even split before it sheds
+    /// (target = ceil(nodes / replicas * (1 + headroom))).
+    #[arg(long, env = "TYPHA_REBALANCE_HEADROOM", default_value_t = 0.1)]
+    pub rebalance_headroom: f64,
+    /// Most clients told to move to another replica per second.
+    #[arg(long, env = "TYPHA_REBALANCE_RATE", default_value_t = 10.0)]
+    pub rebalance_rate: f64,
+    /// On SIGTERM, spread the clients' goodbyes over this long (keep it below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, env = "TYPHA_DRAIN_DURATION", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_duration: Duration,
+    /// Most time between two goodbyes while draining (few clients drain quickly).
+    #[arg(long, env = "TYPHA_DRAIN_MAX_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub drain_max_interval: Duration,
+    /// Not ready when nothing (event, bookmark, list page) was heard from the API server
+    /// for this long.
+    #[arg(long, env = "TYPHA_MAX_STALENESS", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub max_staleness: Duration,
+    /// How often to check the TLS files for a new certificate, key or CA.
+    #[arg(long, env = "TYPHA_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Pod CIDR for the default IPPool, created at first start only if no pool exists.
+    #[arg(long, env = "TYPHA_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<crate::upstream::bootstrap::ClusterCidr>,
 }
 
 /// A configuration problem.
@@ -118,6 +151,15 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("{0}")]
     Invalid(&'static str),
+}
+
+/// The Service typha counts its replicas from (`--service-namespace --service-name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnService {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
 }
 
 impl ServeArgs {
@@ -147,6 +189,7 @@ impl ServeArgs {
                 "--history-batches and --max-connections must be positive",
             ));
         }
+        self.validate_ops()?;
         let server = ServerConfig {
             server_id: self.server_id.clone().unwrap_or_else(default_server_id),
             handshake_timeout: self.handshake_timeout,
@@ -154,9 +197,56 @@ impl ServeArgs {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_connections: self.max_connections,
+            rebalance: RebalanceConfig {
+                headroom: self.rebalance_headroom,
+                rate: self.rebalance_rate,
+            },
+            drain: DrainConfig {
+                duration: self.drain_duration,
+                max_interval: self.drain_max_interval,
+            },
+            max_staleness: self.max_staleness,
             ..ServerConfig::default()
         };
         Ok((transport, server))
+    }
+
+    /// The Service to count replicas from, if both flags are set (checked by `validate`).
+    pub fn own_service(&self) -> Option<OwnService> {
+        match (&self.service_namespace, &self.service_name) {
+            (Some(namespace), Some(name)) => Some(OwnService {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn validate_ops(&self) -> Result<(), ConfigError> {
+        if self.service_namespace.is_some() != self.service_name.is_some() {
+            return Err(ConfigError::Invalid(
+                "--service-namespace and --service-name go together",
+            ));
+        }
+        if !(self.rebalance_headroom.is_finite() && self.rebalance_headroom >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "--rebalance-headroom must be a number >= 0",
+            ));
+        }
+        if !(self.rebalance_rate.is_finite() && self.rebalance_rate > 0.0) {
+            return Err(ConfigError::Invalid("--rebalance-rate must be positive"));
+        }
+        if self.drain_max_interval.is_zero() && !self.drain_duration.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--drain-max-interval must be positive",
+            ));
+        }
+        if self.max_staleness.is_zero() || self.tls_reload_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--max-staleness and --tls-reload-interval must be positive",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -246,5 +336,41 @@ mod tests {
         ]);
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         assert!(Cli::try_parse_from(["typha", "serve", "--write-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn ops_flags_have_defaults_and_are_checked() {
+        let (_, server) = parse(&["--insecure-plaintext"]).validate().unwrap();
+        assert_eq!(server.rebalance, RebalanceConfig::default());
+        assert_eq!(server.drain, DrainConfig::default());
+        assert_eq!(server.max_staleness, Duration::from_secs(90));
+        let args = parse(&[
+            "--insecure-plaintext",
+            "--drain-duration",
+            "10s",
+            "--rebalance-headroom",
+            "0.25",
+            "--service-namespace",
+            "calico-system",
+            "--service-name",
+            "calico-typha",
+        ]);
+        let (_, server) = args.validate().unwrap();
+        assert_eq!(server.drain.duration, Duration::from_secs(10));
+        assert_eq!(server.rebalance.headroom, 0.25);
+        assert_eq!(args.own_service().unwrap().name, "calico-typha");
+        for bad in [
+            &["--service-name", "calico-typha"][..],
+            &["--rebalance-headroom=-1"],
+            &["--rebalance-rate", "0"],
+            &["--max-staleness", "0s"],
+        ] {
+            let mut argv = vec!["--insecure-plaintext"];
+            argv.extend_from_slice(bad);
+            assert!(
+                matches!(parse(&argv).validate(), Err(ConfigError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

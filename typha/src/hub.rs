@@ -7,21 +7,28 @@
 //! blocking thread, memoized, and shared by every client that needs one until the cache
 //! history no longer covers them or they are older than `snapshot_max_age`.
 //!
+//! Cross-replica resume: the hub marks the cache's base when the upstream is first in
+//! sync, and answers a client's version vector with a [`Rebase`] (waiting a bounded time
+//! when the client is ahead of this replica). Per-hub session counters
+//! ([`SessionStats`]) let tests tell replicas in one process apart, which the global
+//! metrics cannot.
+//!
 //! Invariants: the published revision only grows; a memoized snapshot's revision is never
 //! newer than the cache's; nothing here blocks the runtime for longer than one batch
 //! apply or one raw snapshot concatenation (compression runs off the runtime).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use typha_proto::{Digest, Revision, Update};
+use typha_proto::{Digest, Revision, Update, VersionVector};
 
 use crate::cache::{
-    self, Breadcrumb, CacheConfig, CacheError, CacheStats, DeltasSince, EncodedSnapshot,
-    SnapshotCache,
+    self, Breadcrumb, CacheConfig, CacheError, CacheStats, DeltasSince, EncodedSnapshot, Rebase,
+    RebaseRefusal, ResourceMark, SnapshotCache,
 };
 use crate::upstream::UpstreamEvent;
 
@@ -55,6 +62,39 @@ pub enum HubError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How the sessions of one hub started: snapshots and resumes (the metrics count the
+/// same, process-wide).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Snapshots sent.
+    pub snapshots_sent: u64,
+    /// Resumes of clients that followed this hub's own history.
+    pub resumes_same_replica: u64,
+    /// Resumes of clients that followed another replica (one rebase batch each).
+    pub resumes_cross_replica: u64,
+    /// Clients that sent a resume position and got a snapshot.
+    pub resume_refusals: u64,
+}
+
+#[derive(Default)]
+struct SessionCounters {
+    snapshots_sent: AtomicU64,
+    resumes_same_replica: AtomicU64,
+    resumes_cross_replica: AtomicU64,
+    resume_refusals: AtomicU64,
+}
+
+/// How a session started, for [`Hub::count_session_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStart {
+    /// A snapshot was sent.
+    Snapshot,
+    /// Resumed on this hub's own history.
+    SameReplica,
+    /// Resumed from a version vector with one rebase batch.
+    CrossReplica,
+}
+
 struct Memo {
     snapshot: Arc<EncodedSnapshot>,
     built_at: Instant,
@@ -70,6 +110,7 @@ struct Shared {
     in_sync: watch::Sender<bool>,
     memo: Mutex<Option<Memo>>,
     config: HubConfig,
+    sessions: SessionCounters,
 }
 
 /// A cheap, clonable handle to the one cache and its publication channels.
@@ -95,6 +136,7 @@ impl Hub {
                 in_sync,
                 memo: Mutex::new(None),
                 config,
+                sessions: SessionCounters::default(),
             }),
         }
     }
@@ -105,11 +147,23 @@ impl Hub {
         &self.shared.epoch
     }
 
-    /// Applies one batch and publishes the new revision, if anything changed.
+    /// Applies one batch without resourceVersions (see [`SnapshotCache::apply`]) and
+    /// publishes the new revision, if anything changed.
     pub fn apply(&self, updates: Vec<Update>) -> Option<Arc<Breadcrumb>> {
+        self.apply_marked(updates, &[])
+    }
+
+    /// Applies one batch with the resourceVersions it stands for (see
+    /// [`SnapshotCache::apply_marked`]) and publishes the new revision, if anything
+    /// changed.
+    pub fn apply_marked(
+        &self,
+        updates: Vec<Update>,
+        marks: &[ResourceMark],
+    ) -> Option<Arc<Breadcrumb>> {
         let (crumb, keys, stats) = {
             let mut cache = self.shared.cache.write();
-            let crumb = cache.apply(updates);
+            let crumb = cache.apply_marked(updates, marks);
             (crumb, cache.len(), cache.stats())
         };
         self.shared.stats.send_replace(stats);
@@ -121,8 +175,12 @@ impl Hub {
         Some(crumb)
     }
 
-    /// Marks the upstream as in sync (every kind listed): sessions may start streaming.
+    /// Marks the upstream as in sync (every kind listed): sessions may start streaming,
+    /// and (the first time) the state now is the base of cross-replica resumes.
     pub fn set_in_sync(&self, in_sync: bool) {
+        if in_sync {
+            self.shared.cache.write().mark_in_sync();
+        }
         self.shared.in_sync.send_replace(in_sync);
     }
 
@@ -161,6 +219,67 @@ impl Hub {
     /// Whether the state is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The current version vector.
+    pub fn versions(&self) -> VersionVector {
+        self.shared.cache.read().versions().clone()
+    }
+
+    /// The rebase of a client that followed another replica, at vector `client` (see
+    /// [`SnapshotCache::rebase`]). A client ahead of this replica is given up to
+    /// `catch_up` for this replica to get there; past that, or for any other refusal,
+    /// the refusal.
+    pub async fn rebase(
+        &self,
+        client: &VersionVector,
+        catch_up: Duration,
+    ) -> Result<Rebase, RebaseRefusal> {
+        let mut batches = self.shared.stats.subscribe();
+        let deadline = tokio::time::Instant::now() + catch_up;
+        loop {
+            batches.mark_unchanged();
+            match self.shared.cache.read().rebase(client) {
+                Err(RebaseRefusal::Ahead(resource)) => {
+                    tracing::debug!(resource, "client ahead of this replica; waiting");
+                }
+                done => return done,
+            }
+            // Every applied batch (changed or not) is published on the stats watch.
+            match tokio::time::timeout_at(deadline, batches.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.shared.cache.read().rebase(client),
+            }
+        }
+    }
+
+    /// Counts how a session started (per hub, besides the global metrics).
+    pub fn count_session_start(&self, start: SessionStart) {
+        let counter = match start {
+            SessionStart::Snapshot => &self.shared.sessions.snapshots_sent,
+            SessionStart::SameReplica => &self.shared.sessions.resumes_same_replica,
+            SessionStart::CrossReplica => &self.shared.sessions.resumes_cross_replica,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client whose resume position was refused.
+    pub fn count_resume_refusal(&self) {
+        self.shared
+            .sessions
+            .resume_refusals
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This hub's session counters.
+    pub fn session_stats(&self) -> SessionStats {
+        let s = &self.shared.sessions;
+        SessionStats {
+            snapshots_sent: s.snapshots_sent.load(Ordering::Relaxed),
+            resumes_same_replica: s.resumes_same_replica.load(Ordering::Relaxed),
+            resumes_cross_replica: s.resumes_cross_replica.load(Ordering::Relaxed),
+            resume_refusals: s.resume_refusals.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the history still covers a client at `since` (see [`SnapshotCache::covers`]).
@@ -223,6 +342,9 @@ impl Hub {
             match event {
                 Some(UpstreamEvent::Updates(updates)) => {
                     self.apply(updates);
+                }
+                Some(UpstreamEvent::Marked { updates, marks }) => {
+                    self.apply_marked(updates, &marks);
                 }
                 Some(UpstreamEvent::InSync) => {
                     tracing::info!(revision = %self.revision(), keys = self.len(), "upstream in sync");

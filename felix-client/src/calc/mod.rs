@@ -10,6 +10,30 @@
 //! `cali-POSTROUTING` (nat) always exist, and the dataplane hooks them from the kernel's
 //! built-in chains. Rules are iptables rule arguments without the `-A <chain>` prefix
 //! and without a comment; the dataplane adds a hash comment per rule.
+//!
+//! Mark bits: policy chains set [`names::MARK_ACCEPT`] (0x10000) on allow and
+//! [`names::MARK_PASS`] (0x20000) on pass; endpoint chains clear both on entry. Nothing
+//! outside calc's chains needs to read them: a return from a dispatch chain means
+//! "allowed" (see render.rs). ipset members are canonical CIDRs (`10.0.0.1/32`) and
+//! `ip,proto:port`; an `Arc::ptr_eq` between the member sets of two [`Desired`]s proves
+//! them equal (members are updated copy-on-write).
+//!
+//! Layout: `objects` (endpoints and network sets as labelled objects), `index`
+//! (active selectors, their matches and the ipsets derived from them), `rules` (one
+//! policy's rules to iptables), `policy` (a policy's rendered state), `render`
+//! (tables), `engine` (update rules and caches), [`names`] (every name and mark).
+//! Determinism: every output is ordered (BTreeMap) and every name a hash of what it
+//! names, so the same state gives a byte-identical [`Desired`] whatever the update order.
+
+mod engine;
+mod index;
+pub mod names;
+mod objects;
+mod policy;
+mod render;
+mod rules;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -109,26 +133,44 @@ pub struct CalcConfig {
     pub cluster_cidrs: Vec<String>,
 }
 
-/// The incremental calculation (stub: the calc owner replaces the body).
-#[derive(Debug)]
+/// The incremental calculation: fold model updates in with [`Calc::apply`], read the
+/// result with [`Calc::desired`].
 pub struct Calc {
-    config: CalcConfig,
+    engine: engine::Engine,
+}
+
+impl std::fmt::Debug for Calc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calc")
+            .field("active_selectors", &self.engine.active_selectors())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Calc {
     /// A calculation with no state.
     pub fn new(config: CalcConfig) -> Calc {
-        Calc { config }
+        Calc {
+            engine: engine::Engine::new(config),
+        }
     }
 
-    /// Folds changes in (in order; deletions have `value: None`).
+    /// Folds changes in (in order; deletions have `value: None`). Cost: an endpoint
+    /// update evaluates the active selectors of its namespace plus unscoped ones; a
+    /// policy update evaluates its selector on the local endpoints and scans the
+    /// cluster (or one namespace) once per selector no active policy used before.
     pub fn apply(&mut self, updates: &[Update]) {
-        let _ = updates;
+        self.engine.apply(updates);
     }
 
-    /// What the kernel should hold now.
+    /// What the kernel should hold now. Cost: cloning the cached tables and routes and
+    /// one `Arc` per ipset; never proportional to the cluster's endpoints.
     pub fn desired(&self) -> Desired {
-        let _ = &self.config;
-        Desired::default()
+        self.engine.desired()
+    }
+
+    /// The number of selectors whose matches are maintained (for metrics and tests).
+    pub fn active_selectors(&self) -> usize {
+        self.engine.active_selectors()
     }
 }

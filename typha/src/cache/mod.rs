@@ -23,12 +23,17 @@
 //! - the log's breadcrumbs are contiguous (`log[i].revision == log[i + 1].from`), the
 //!   newest ends at `revision`, and the log is empty only while `revision` is 0;
 //! - the log is trimmed from the oldest end to its bounds, always keeping the newest crumb;
-//! - within one breadcrumb each key appears once.
+//! - within one breadcrumb each key appears once;
+//! - version bookkeeping (resourceVersions per breadcrumb, the current vector and the
+//!   history's floor, for cross-replica resume) follows the rules of [`versions`].
 
 mod snapshot;
+pub mod versions;
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod resume_props;
 #[cfg(test)]
 mod tests;
 
@@ -41,9 +46,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use typha_proto::digest::EntryHash;
-use typha_proto::{Digest, Key, Revision, Update, Value, frame};
+use typha_proto::{Digest, Key, Revision, Update, Value, VersionVector, frame};
 
 pub use snapshot::{EncodedSnapshot, RawSnapshot, compress};
+pub use versions::{CrumbVersions, RebaseRefusal, ResourceMark, Touch};
+
+use versions::Ledger;
 
 /// Bounds and tuning of a [`SnapshotCache`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +125,8 @@ pub struct Breadcrumb {
     pub updates: Vec<(Key, Bytes)>,
     /// The `ServerMessage{deltas}` frame carrying `updates`, shared by every client.
     pub frame: Bytes,
+    /// The resourceVersions the batch stands for (cross-replica resume).
+    pub versions: CrumbVersions,
 }
 
 impl Breadcrumb {
@@ -138,6 +148,20 @@ pub enum DeltasSince {
     /// `since` is older than the log's start, or newer than the current revision: the
     /// client needs a snapshot.
     Expired,
+}
+
+/// The answer of [`SnapshotCache::rebase`]: what moves a client that followed another
+/// replica to this cache's current state.
+#[derive(Debug)]
+pub struct Rebase {
+    /// One `DeltaBatch` frame (`from_revision == revision`) with the current value, or
+    /// deletion, of every key a relevant breadcrumb touched, the full version vector and
+    /// the digest.
+    pub frame: Bytes,
+    /// The revision the client is at once it applied the frame.
+    pub revision: Revision,
+    /// How many keys the frame carries.
+    pub keys: usize,
 }
 
 /// One held entry: the value, its encoded `KeyValue` and its digest contribution.
@@ -171,6 +195,7 @@ pub struct SnapshotCache {
     log: VecDeque<Arc<Breadcrumb>>,
     log_bytes: usize,
     stats: CacheStats,
+    ledger: Ledger,
     /// Atomic so that building a snapshot needs only `&self` (a read lock) and the cache
     /// stays `Sync`.
     snapshots_built: AtomicU64,
@@ -188,6 +213,7 @@ impl SnapshotCache {
             log: VecDeque::new(),
             log_bytes: 0,
             stats: CacheStats::default(),
+            ledger: Ledger::default(),
             snapshots_built: AtomicU64::new(0),
         }
     }
@@ -237,13 +263,32 @@ impl SnapshotCache {
         }
     }
 
+    /// Applies a batch without resourceVersions (tests, harnesses, local mode): if it
+    /// changes anything, cross-replica resume is off for good. See [`Self::apply_marked`].
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = Update>) -> Option<Arc<Breadcrumb>> {
+        self.apply_marked(updates, &[])
+    }
+
     /// Applies a batch. Within a batch the last update per key wins. Updates that do not
     /// change the state (same value as held, delete of an absent key) are dropped and
-    /// counted. Returns `None` when nothing changed (revision unchanged), else the new
+    /// counted. `marks` say which resourceVersions the batch stands for (one per API
+    /// resource it touched; they advance the version vector even when nothing changed);
+    /// a marked batch must change each key at most once (else cross-replica resume is
+    /// switched off: the value in between would be missing from the history).
+    /// Returns `None` when nothing changed (revision unchanged), else the new
     /// breadcrumb, already appended to the log.
-    pub fn apply(&mut self, updates: impl IntoIterator<Item = Update>) -> Option<Arc<Breadcrumb>> {
+    pub fn apply_marked(
+        &mut self,
+        updates: impl IntoIterator<Item = Update>,
+        marks: &[ResourceMark],
+    ) -> Option<Arc<Breadcrumb>> {
         let batch = last_per_key(updates.into_iter().collect());
         self.stats.noop_updates_dropped += batch.superseded;
+        if batch.superseded > 0 && !marks.is_empty() {
+            // A key changed twice in one versioned batch: its value in between is gone
+            // from the history, so versions can no longer prove what a client lacks.
+            self.ledger.disable();
+        }
         let mut changed = Vec::with_capacity(batch.updates.len());
         for Update { key, value } in batch.updates {
             match self.change(&key, value) {
@@ -251,16 +296,15 @@ impl SnapshotCache {
                 None => self.stats.noop_updates_dropped += 1,
             }
         }
-        if changed.is_empty() {
-            return None;
-        }
+        let versions = self.ledger.record(marks, !changed.is_empty())?;
         let from = self.revision;
         self.revision = from.next();
-        let frame = frame::delta_batch(
+        let frame = frame::delta_batch_with_versions(
             from,
             self.revision,
             changed.iter().map(|(_, encoded)| encoded),
             self.digest,
+            &versions.advanced.to_pb(),
         );
         self.stats.batches_applied += 1;
         self.stats.updates_applied += changed.len() as u64;
@@ -271,6 +315,7 @@ impl SnapshotCache {
             digest: self.digest,
             updates: changed,
             frame,
+            versions,
         });
         self.log_bytes += crumb.encoded_len();
         self.log.push_back(Arc::clone(&crumb));
@@ -318,6 +363,7 @@ impl SnapshotCache {
         {
             if let Some(old) = self.log.pop_front() {
                 self.log_bytes -= old.encoded_len();
+                self.ledger.evicted(old.from, &old.versions);
             }
         }
     }
@@ -344,6 +390,63 @@ impl SnapshotCache {
                 && self.log.front().is_some_and(|oldest| since >= oldest.from))
     }
 
+    /// The current version vector (every resource's changes up to it are in the state).
+    pub fn versions(&self) -> &VersionVector {
+        self.ledger.current()
+    }
+
+    /// The vector at the oldest point the history covers for cross-replica resumes, and
+    /// the resources whose floor is unknown (see [`versions`]).
+    pub fn version_floor(&self) -> (&VersionVector, &std::collections::BTreeSet<String>) {
+        self.ledger.floor()
+    }
+
+    /// The upstream is in sync: the state now is the base from which the history serves
+    /// cross-replica resumes. Only the first call counts.
+    pub fn mark_in_sync(&mut self) {
+        self.ledger.set_base(self.revision);
+    }
+
+    /// Whether a client at version vector `client` could be rebased here now (see
+    /// [`Self::rebase`]), without building anything.
+    pub fn can_rebase(&self, client: &VersionVector) -> Result<(), RebaseRefusal> {
+        self.ledger.check(client)
+    }
+
+    /// Brings a client that followed another replica, at version vector `client`, to
+    /// the current state: one batch with the current value (or deletion) of every key
+    /// touched by a breadcrumb relevant to it (see [`CrumbVersions::relevant_to`]).
+    /// Refused when the history cannot prove that suffices.
+    pub fn rebase(&self, client: &VersionVector) -> Result<Rebase, RebaseRefusal> {
+        self.ledger.check(client)?;
+        let base = self.ledger.base().unwrap_or(self.revision);
+        let mut touched: std::collections::BTreeSet<&Key> = std::collections::BTreeSet::new();
+        for crumb in self.log.iter().filter(|c| c.from >= base) {
+            if crumb.versions.relevant_to(client) {
+                touched.extend(crumb.updates.iter().map(|(key, _)| key));
+            }
+        }
+        let updates: Vec<Bytes> = touched
+            .iter()
+            .map(|key| match self.entries.get(*key) {
+                Some(entry) => entry.encoded.clone(),
+                None => encode_key_value(key, None),
+            })
+            .collect();
+        let frame = frame::delta_batch_with_versions(
+            self.revision,
+            self.revision,
+            &updates,
+            self.digest,
+            &self.ledger.current().to_pb(),
+        );
+        Ok(Rebase {
+            frame,
+            revision: self.revision,
+            keys: updates.len(),
+        })
+    }
+
     /// The whole state at the current revision, as raw (uncompressed) chunks of at most
     /// `chunk_raw_bytes` each (always at least one chunk, empty for an empty state).
     pub fn build_snapshot(&self) -> RawSnapshot {
@@ -351,6 +454,7 @@ impl SnapshotCache {
         RawSnapshot::build(
             self.revision,
             self.digest,
+            self.ledger.current().clone(),
             self.entries.values().map(|e| &e.encoded),
             self.config.chunk_raw_bytes,
         )
@@ -431,6 +535,12 @@ pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
     }
     let mut latest: Vec<&Bytes> = Vec::new();
     let mut slot: HashMap<&Key, usize> = HashMap::new();
+    let mut advanced = VersionVector::new();
+    for crumb in crumbs {
+        for (resource, version) in crumb.versions.advanced.iter() {
+            advanced.advance(resource, version);
+        }
+    }
     for (key, encoded) in crumbs.iter().flat_map(|c| c.updates.iter()) {
         match slot.entry(key) {
             MapEntry::Occupied(at) => latest[*at.get()] = encoded,
@@ -440,10 +550,11 @@ pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
             }
         }
     }
-    Some(frame::delta_batch(
+    Some(frame::delta_batch_with_versions(
         first.from,
         last.revision,
         latest.iter().copied(),
         last.digest,
+        &advanced.to_pb(),
     ))
 }

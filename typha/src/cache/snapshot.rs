@@ -7,7 +7,7 @@
 //! are numbered `0..count` and every one names the same revision and count.
 
 use bytes::Bytes;
-use typha_proto::{Digest, Revision, frame, pb};
+use typha_proto::{Digest, Revision, VersionVector, frame, pb};
 
 use super::CacheError;
 
@@ -18,6 +18,8 @@ pub struct RawSnapshot {
     pub revision: Revision,
     /// The digest of the state.
     pub digest: Digest,
+    /// The state's version vector (sent in InSync).
+    pub versions: VersionVector,
     /// The number of entries over all chunks.
     pub key_count: u64,
     /// Each an encoded `SnapshotEntries`, built with [`frame::snapshot_entries`].
@@ -31,6 +33,7 @@ impl RawSnapshot {
     pub(super) fn build<'a>(
         revision: Revision,
         digest: Digest,
+        versions: VersionVector,
         entries: impl ExactSizeIterator<Item = &'a Bytes>,
         chunk_raw_bytes: usize,
     ) -> RawSnapshot {
@@ -53,6 +56,7 @@ impl RawSnapshot {
         RawSnapshot {
             revision,
             digest,
+            versions,
             key_count,
             chunks,
             raw_bytes,
@@ -67,6 +71,8 @@ pub struct EncodedSnapshot {
     pub revision: Revision,
     /// The digest of the state.
     pub digest: Digest,
+    /// The state's version vector.
+    pub versions: VersionVector,
     /// The number of entries.
     pub key_count: u64,
     /// `ServerMessage{snapshot_chunk}` frames, in index order.
@@ -106,10 +112,12 @@ pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheE
         revision: raw.revision.0,
         digest: raw.digest.to_bytes().to_vec(),
         key_count: raw.key_count,
+        versions: raw.versions.to_pb(),
     }));
     Ok(EncodedSnapshot {
         revision: raw.revision,
         digest: raw.digest,
+        versions: raw.versions.clone(),
         key_count: raw.key_count,
         chunk_frames,
         in_sync_frame,

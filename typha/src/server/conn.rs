@@ -1,5 +1,10 @@
-//! An accepted connection as tonic sees it: the (TLS) stream, who the peer is, and a
-//! kill switch.
+//! An accepted connection as tonic sees it: the (TLS) stream, who the peer is, a kill
+//! switch, and the count of `Sync` streams open on it.
+//!
+//! Invariants: a connection holds one [`ConnGuard`] slot from accept until it is dropped
+//! (`typha_connections_open` is the number of slots taken, whatever phase they are in:
+//! TLS handshake, waiting for a stream, or streaming); [`OpenStreams`] counts the
+//! sessions running on it and never exceeds the per-connection limit.
 //!
 //! A session that drops a client (write timeout, ping timeout, protocol error) must free
 //! the connection even when the peer stopped reading: then hyper is parked on a write
@@ -8,16 +13,17 @@
 //! connection, and the read registers its waker with the switch, so killing wakes it
 //! and hyper tears the connection (and every buffer it holds) down.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 /// What a session knows about its peer; a request extension.
@@ -29,28 +35,156 @@ pub struct PeerInfo {
     pub identity: Arc<str>,
     /// Cancelling closes the connection.
     pub kill: CancellationToken,
+    /// The `Sync` streams open on this connection.
+    pub streams: OpenStreams,
 }
 
-/// Counts open connections; the count drops when the connection is dropped.
+/// How many `Sync` streams (sessions) are open on one connection; the server refuses
+/// streams beyond its per-connection limit and closes connections that stay without a
+/// stream (see `server::refusal`).
+#[derive(Clone, Debug)]
+pub struct OpenStreams {
+    open: Arc<watch::Sender<usize>>,
+    stats: ConnStats,
+}
+
+impl OpenStreams {
+    /// No stream open yet; streams are also counted in `stats` (all connections).
+    pub fn new(stats: ConnStats) -> OpenStreams {
+        OpenStreams {
+            open: Arc::new(watch::Sender::new(0)),
+            stats,
+        }
+    }
+
+    /// Opens a stream if fewer than `limit` are open; the stream counts until the guard
+    /// is dropped.
+    pub fn try_open(&self, limit: usize) -> Option<StreamGuard> {
+        let opened = self.open.send_if_modified(|open| {
+            let room = *open < limit;
+            if room {
+                *open += 1;
+            }
+            room
+        });
+        if opened {
+            self.stats.0.send_modify(|counts| counts.streams += 1);
+        }
+        opened.then(|| StreamGuard(self.clone()))
+    }
+
+    /// How many streams are open now.
+    pub fn count(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Follows the count.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.open.subscribe()
+    }
+}
+
+/// One open stream of an [`OpenStreams`]; dropping it closes the stream's slot.
+#[derive(Debug)]
+pub struct StreamGuard(OpenStreams);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams
+            .open
+            .send_modify(|open| *open = open.saturating_sub(1));
+        streams
+            .stats
+            .0
+            .send_modify(|counts| counts.streams = counts.streams.saturating_sub(1));
+    }
+}
+
+/// What one server's accept path has seen: the connections holding a slot now, and the
+/// connections it refused or closed before a session, by reason (the same counts as
+/// `typha_connections_open` and the accept-path part of
+/// `typha_connections_dropped_total`, per server, to await in tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    /// Connections holding a slot (handshaking, waiting for a stream, or streaming).
+    pub open: usize,
+    /// `Sync` streams open, over all connections (a session's stream counts until its
+    /// session task has finished).
+    pub streams: usize,
+    /// Refusals by reason label.
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+impl ConnCounts {
+    /// Refusals with this reason so far.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.refused.get(reason).copied().unwrap_or(0)
+    }
+}
+
+/// The live [`ConnCounts`] of one server.
+#[derive(Clone, Debug, Default)]
+pub struct ConnStats(Arc<watch::Sender<ConnCounts>>);
+
+impl ConnStats {
+    /// Nothing open, nothing refused.
+    pub fn new() -> ConnStats {
+        ConnStats::default()
+    }
+
+    /// The counts now.
+    pub fn counts(&self) -> ConnCounts {
+        self.0.borrow().clone()
+    }
+
+    /// Follows the counts (e.g. `wait_for(|c| c.refused("tls_timeout") >= 1)`).
+    pub fn subscribe(&self) -> watch::Receiver<ConnCounts> {
+        self.0.subscribe()
+    }
+
+    /// Counts one refusal here and in `typha_connections_dropped_total{reason}`.
+    pub(super) fn refuse(&self, reason: &'static str) {
+        // Counted under the watch's lock, like the gauge: see `ConnGuard::try_acquire`.
+        self.0.send_modify(|counts| {
+            *counts.refused.entry(reason).or_default() += 1;
+            metrics::counter!("typha_connections_dropped_total", "reason" => reason).increment(1);
+        });
+    }
+}
+
+/// Holds one connection slot (and one `typha_connections_open`); dropping it frees the
+/// slot.
 #[derive(Debug)]
 pub struct ConnGuard {
-    open: Arc<AtomicUsize>,
+    stats: ConnStats,
 }
 
 impl ConnGuard {
     /// Takes a slot if fewer than `limit` connections are open.
-    pub fn try_acquire(open: &Arc<AtomicUsize>, limit: usize) -> Option<ConnGuard> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
+    pub fn try_acquire(stats: &ConnStats, limit: usize) -> Option<ConnGuard> {
+        // The gauge moves under the watch's lock, before watchers are woken, so both
+        // always agree for whoever awaits the counts.
+        let taken = stats.0.send_if_modified(|counts| {
+            let room = counts.open < limit;
+            if room {
+                counts.open += 1;
+                metrics::gauge!("typha_connections_open").increment(1.0);
+            }
+            room
+        });
+        taken.then(|| ConnGuard {
+            stats: stats.clone(),
         })
-        .ok()
-        .map(|_| ConnGuard { open: open.clone() })
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.stats.0.send_modify(|counts| {
+            counts.open = counts.open.saturating_sub(1);
+            metrics::gauge!("typha_connections_open").decrement(1.0);
+        });
     }
 }
 
@@ -60,17 +194,20 @@ pub struct Conn<S> {
     info: PeerInfo,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: ConnGuard,
+    _closed: DropGuard,
 }
 
 impl<S> Conn<S> {
-    /// Wraps `io`; `info.kill` closes it.
-    pub fn new(io: S, info: PeerInfo, guard: ConnGuard) -> Conn<S> {
+    /// Wraps `io`; `info.kill` closes it; `closed` fires when the connection is dropped
+    /// (watchers of the connection end with it).
+    pub fn new(io: S, info: PeerInfo, guard: ConnGuard, closed: CancellationToken) -> Conn<S> {
         let killed = Box::pin(info.kill.clone().cancelled_owned());
         Conn {
             io,
             info,
             killed,
             _guard: guard,
+            _closed: closed.drop_guard(),
         }
     }
 }

@@ -6,16 +6,23 @@
 //! is counted in `typha_connections_dropped_total{reason}` before a byte of cluster state
 //! could reach it: TLS failures (no certificate, unknown CA, wrong identity, expired,
 //! TLS 1.2) are refused by the handshake, which completes before tonic sees the stream.
+//!
+//! Every phase of a connection has a deadline or a bound: the connection limit at
+//! accept, `handshake_timeout` for TLS, `handshake_timeout` again for opening a `Sync`
+//! stream (and after the last one ended: [`refusal`]), then the session's own hello,
+//! write and ping timeouts; at most `max_streams_per_connection` sessions per connection.
 
 mod conn;
+mod fanout;
+mod refusal;
+mod registry;
+mod resume;
 mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -26,8 +33,15 @@ use tonic::{Request, Response, Status, Streaming};
 use typha_proto::pb;
 use typha_proto::server::typha_server::{Typha, TyphaServer};
 
-pub use conn::{Conn, ConnGuard, PeerInfo};
-pub use session::DropReason;
+pub use conn::{Conn, ConnCounts, ConnGuard, ConnStats, OpenStreams, PeerInfo, StreamGuard};
+pub use fanout::FanoutStream;
+pub use refusal::{LOG_BURST, NO_STREAM_TIMEOUT, TOO_MANY_CONNECTIONS, TOO_MANY_STREAMS};
+pub use registry::{Farewell, Registration, SessionCounts, Sessions};
+pub use resume::{Agreed, ProtocolOffer};
+pub use session::{DropReason, validate_hello};
+
+use crate::drain::DrainConfig;
+use crate::rebalance::RebalanceConfig;
 
 /// A session ended: who and why. Published on [`SessionEnds`] for whoever listens (the
 /// load test counts drops and resyncs by reason; tests await a specific drop).
@@ -69,7 +83,9 @@ use crate::tls::{HandshakeFailure, peer_summary};
 pub struct ServerConfig {
     /// This replica's id, sent in ServerHello.
     pub server_id: String,
-    /// TLS handshake plus ClientHello must complete within this.
+    /// Each step of the handshake must complete within this: the TLS handshake, opening
+    /// a `Sync` stream on the connection (also after its last stream ended), and sending
+    /// the ClientHello on it.
     pub handshake_timeout: Duration,
     /// A client whose buffer stays full this long is dropped (it stopped reading).
     pub write_timeout: Duration,
@@ -85,6 +101,21 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// ClientMessages larger than this close the stream.
     pub max_client_message_bytes: usize,
+    /// `Sync` streams (sessions) one connection may carry at once; more are refused.
+    /// A felix-client uses one.
+    pub max_streams_per_connection: usize,
+    /// Load spreading across replicas.
+    pub rebalance: RebalanceConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// `/readyz` fails when nothing was heard from the upstream for this long.
+    pub max_staleness: Duration,
+    /// The protocol versions and capabilities offered in the handshake (a compatibility
+    /// and test knob: `ProtocolOffer::v1()` makes this replica speak like version 1).
+    pub protocol: ProtocolOffer,
+    /// A client resuming from another replica whose versions are ahead of this one's
+    /// waits at most this long for this replica to catch up, then gets a snapshot.
+    pub resume_catch_up: Duration,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +130,12 @@ impl Default for ServerConfig {
             out_buffer_frames: 16,
             max_connections: 20_000,
             max_client_message_bytes: 64 * 1024,
+            max_streams_per_connection: 4,
+            rebalance: RebalanceConfig::default(),
+            drain: DrainConfig::default(),
+            max_staleness: Duration::from_secs(90),
+            protocol: ProtocolOffer::default(),
+            resume_catch_up: Duration::from_secs(2),
         }
     }
 }
@@ -135,14 +172,50 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// Steers a running server from outside: its live sessions, and closing its listener.
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    /// The live sessions (rebalancing and draining tell them goodbye).
+    pub sessions: Sessions,
+    /// Open connections and the accept path's refusals.
+    pub connections: ConnStats,
+    stop_accepting: CancellationToken,
+    accept_closed: CancellationToken,
+}
+
+impl ServerHandle {
+    /// A handle for a server stopped by `shutdown` (which also stops accepting).
+    pub fn new(shutdown: &CancellationToken) -> ServerHandle {
+        ServerHandle {
+            sessions: Sessions::new(),
+            connections: ConnStats::new(),
+            stop_accepting: shutdown.child_token(),
+            accept_closed: CancellationToken::new(),
+        }
+    }
+
+    /// Stops accepting connections and closes the listening socket; open connections
+    /// and their sessions carry on.
+    pub fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
+    /// Waits until the listening socket is closed (new connections are refused).
+    pub async fn accept_closed(&self) {
+        self.accept_closed.cancelled().await;
+    }
+}
+
 /// Serves `Sync` streams from `hub` on `listener` until `shutdown` fires, then tells
-/// every client goodbye(shutdown) and waits for the sessions to finish.
+/// every client goodbye(shutdown) and waits for the sessions to finish. `handle` closes
+/// the listener earlier and reaches the live sessions.
 pub async fn serve(
     listener: TcpListener,
     hub: Hub,
     config: ServerConfig,
     transport: Transport,
     ends: SessionEnds,
+    handle: ServerHandle,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     if matches!(transport, Transport::Plaintext) {
@@ -153,18 +226,30 @@ pub async fn serve(
     let config = Arc::new(config);
     let sessions = TaskTracker::new();
     let (conn_tx, conn_rx) = mpsc::channel(256);
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        transport,
-        config.clone(),
-        conn_tx,
-        shutdown.clone(),
-    ));
+    let accept = tokio::spawn({
+        let (config, stop, closed, stats) = (
+            config.clone(),
+            handle.stop_accepting.clone(),
+            handle.accept_closed.clone(),
+            handle.connections.clone(),
+        );
+        async move {
+            // Fires when this task ends, returns or is aborted, after the listener (owned
+            // by the loop) is closed.
+            let _closed = closed.drop_guard();
+            accept_loop(listener, transport, config, stats, conn_tx, stop).await;
+        }
+    });
+    let arrivals = fanout::Arrivals::new(hub.clone());
+    tokio::spawn(arrivals.clone().follow(shutdown.clone()));
     let service = SyncService {
         hub,
         ends,
         config: config.clone(),
         sessions: sessions.clone(),
+        registry: handle.sessions.clone(),
+        connections: handle.connections.clone(),
+        arrivals,
         shutdown: shutdown.clone(),
     };
     let grpc = TyphaServer::new(service).max_decoding_message_size(config.max_client_message_bytes);
@@ -195,10 +280,10 @@ async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
     config: Arc<ServerConfig>,
+    stats: ConnStats,
     conns: mpsc::Sender<Connection>,
     shutdown: CancellationToken,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -213,14 +298,20 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(guard) = ConnGuard::try_acquire(&open, config.max_connections) else {
-            drop_connection(Some(addr), "too_many_connections");
+        let Some(guard) = ConnGuard::try_acquire(&stats, config.max_connections) else {
+            // Dropping the socket closes it at once: nothing is read, nothing is kept.
+            refusal::drop_connection(&stats, Some(addr), refusal::TOO_MANY_CONNECTIONS, None);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (transport, config, conns) = (transport.clone(), config.clone(), conns.clone());
+        let (transport, config, conns, stats) = (
+            transport.clone(),
+            config.clone(),
+            conns.clone(),
+            stats.clone(),
+        );
         tokio::spawn(async move {
-            if let Some(conn) = handshake(tcp, addr, transport, &config, guard).await {
+            if let Some(conn) = handshake(tcp, addr, transport, &config, &stats, guard).await {
                 let _ = conns.send(conn).await;
             }
         });
@@ -232,18 +323,11 @@ async fn handshake(
     addr: SocketAddr,
     transport: Transport,
     config: &ServerConfig,
+    stats: &ConnStats,
     guard: ConnGuard,
 ) -> Option<Connection> {
-    let kill = CancellationToken::new();
-    match transport {
-        Transport::Plaintext => {
-            let info = PeerInfo {
-                addr: Some(addr),
-                identity: Arc::from("plaintext"),
-                kill,
-            };
-            Some(Conn::new(Box::new(tcp) as Box<dyn IoStream>, info, guard))
-        }
+    let (io, identity): (Box<dyn IoStream>, String) = match transport {
+        Transport::Plaintext => (Box::new(tcp), "plaintext".to_string()),
         Transport::Tls(tls) => {
             let accepted =
                 tokio::time::timeout(config.handshake_timeout, TlsAcceptor::from(tls).accept(tcp))
@@ -252,12 +336,12 @@ async fn handshake(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
                     let failure = HandshakeFailure::classify(&error);
-                    tracing::info!(peer = %addr, reason = failure.as_str(), %error, "TLS handshake refused");
-                    drop_connection(Some(addr), failure.as_str());
+                    refusal::drop_connection(stats, Some(addr), failure.as_str(), Some(&error));
                     return None;
                 }
                 Err(_) => {
-                    drop_connection(Some(addr), HandshakeFailure::Timeout.as_str());
+                    let reason = HandshakeFailure::Timeout.as_str();
+                    refusal::drop_connection(stats, Some(addr), reason, None);
                     return None;
                 }
             };
@@ -268,23 +352,26 @@ async fn handshake(
                 .and_then(|certs| certs.first())
                 .map(peer_summary)
                 .unwrap_or_default();
-            let info = PeerInfo {
-                addr: Some(addr),
-                identity: Arc::from(identity),
-                kill,
-            };
-            Some(Conn::new(
-                Box::new(stream) as Box<dyn IoStream>,
-                info,
-                guard,
-            ))
+            (Box::new(stream), identity)
         }
-    }
-}
-
-fn drop_connection(addr: Option<SocketAddr>, reason: &'static str) {
-    tracing::debug!(peer = ?addr, reason, "connection dropped");
-    metrics::counter!("typha_connections_dropped_total", "reason" => reason).increment(1);
+    };
+    let info = PeerInfo {
+        addr: Some(addr),
+        identity: Arc::from(identity),
+        kill: CancellationToken::new(),
+        streams: OpenStreams::new(stats.clone()),
+    };
+    // The watchdog ends with the connection: `closed` fires when tonic drops it.
+    let closed = CancellationToken::new();
+    tokio::spawn(refusal::close_when_idle(
+        stats.clone(),
+        info.streams.subscribe(),
+        config.handshake_timeout,
+        info.kill.clone(),
+        closed.clone(),
+        Some(addr),
+    ));
+    Some(Conn::new(io, info, guard, closed))
 }
 
 struct SyncService {
@@ -292,12 +379,15 @@ struct SyncService {
     ends: SessionEnds,
     config: Arc<ServerConfig>,
     sessions: TaskTracker,
+    registry: Sessions,
+    connections: ConnStats,
+    arrivals: fanout::Arrivals,
     shutdown: CancellationToken,
 }
 
 #[tonic::async_trait]
 impl Typha for SyncService {
-    type SyncStream = ReceiverStream<Result<Bytes, Status>>;
+    type SyncStream = FanoutStream;
 
     async fn sync(
         &self,
@@ -311,9 +401,25 @@ impl Typha for SyncService {
                 addr: None,
                 identity: Arc::from("unknown"),
                 kill: CancellationToken::new(),
+                streams: OpenStreams::new(self.connections.clone()),
             });
+        let Some(stream) = peer
+            .streams
+            .try_open(self.config.max_streams_per_connection)
+        else {
+            refusal::drop_connection(
+                &self.connections,
+                peer.addr,
+                refusal::TOO_MANY_STREAMS,
+                None,
+            );
+            return Err(Status::resource_exhausted(
+                "too many Sync streams on this connection",
+            ));
+        };
         let (tx, rx) = mpsc::channel(self.config.out_buffer_frames.max(1));
         metrics::counter!("typha_connections_accepted_total").increment(1);
+        let (registration, farewell) = self.registry.register();
         let session = session::Session {
             hub: self.hub.clone(),
             config: self.config.clone(),
@@ -322,9 +428,18 @@ impl Typha for SyncService {
             peer,
             shutdown: self.shutdown.clone(),
             ends: self.ends.clone(),
+            farewell,
             node: String::new(),
         };
-        self.sessions.spawn(session.run());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.sessions.spawn(async move {
+            // Registered, and counted on its connection, for exactly as long as the
+            // session task runs.
+            let (_registration, _stream) = (registration, stream);
+            session.run().await;
+        });
+        Ok(Response::new(FanoutStream::new(
+            ReceiverStream::new(rx),
+            self.arrivals.clone(),
+        )))
     }
 }

@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 use typha_proto::pb::{self, client_message, server_message};
-use typha_proto::{Digest, PROTOCOL_VERSION, Revision, frame};
+use typha_proto::{MIN_PROTOCOL_VERSION, Revision, frame};
 
+use super::resume;
 use super::{PeerInfo, ServerConfig, SessionEnded, SessionEnds};
 use crate::cache::{self, DeltasSince};
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionStart};
 
 /// Why a session ended; the `reason` label of `typha_connections_dropped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum DropReason {
     TooFarBehind,
     /// The server is shutting down.
     Shutdown,
+    /// Told to move to another replica (load spreading).
+    Rebalance,
     /// Building a snapshot failed.
     Internal,
 }
@@ -60,6 +63,7 @@ impl DropReason {
             DropReason::PingTimeout => "ping_timeout",
             DropReason::TooFarBehind => "too_far_behind",
             DropReason::Shutdown => "shutdown",
+            DropReason::Rebalance => "rebalance",
             DropReason::Internal => "internal",
         }
     }
@@ -85,15 +89,11 @@ pub(super) struct Session {
     pub peer: PeerInfo,
     pub shutdown: CancellationToken,
     pub ends: SessionEnds,
+    /// Becomes `Some(reason)` when the server asks this session to say goodbye and end.
+    pub farewell: super::registry::Farewell,
     /// Set from the hello.
     pub node: String,
 }
-
-const SERVER_CAPABILITIES: [pb::Capability; 3] = [
-    pb::Capability::SnapshotZstd,
-    pb::Capability::Resume,
-    pb::Capability::Digest,
-];
 
 impl Session {
     pub async fn run(mut self) {
@@ -136,25 +136,36 @@ impl Session {
         }
         let mut revisions = self.hub.subscribe();
         revisions.mark_unchanged();
-        let resume_at = self.resume_position(&hello);
+        let agreed = self.config.protocol.negotiate(&hello);
+        let start = tokio::select! {
+            _ = self.shutdown.cancelled() => return DropReason::Shutdown,
+            start = resume::decide(&self.hub, &hello, &agreed, self.config.resume_catch_up) => start,
+        };
         let server_hello = server_message::Msg::Hello(pb::ServerHello {
             server_id: self.config.server_id.clone(),
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: SERVER_CAPABILITIES.iter().map(|c| *c as i32).collect(),
+            protocol_version: agreed.version,
+            capabilities: agreed.wire_capabilities(),
             epoch: self.hub.epoch().to_string(),
-            resumed: resume_at.is_some(),
+            resumed: start.resumed(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         });
         if let Err(reason) = self.send(frame::encode(server_hello)).await {
             return reason;
         }
-        let mut cursor = match resume_at {
-            Some(revision) => {
-                metrics::counter!("typha_resumes_total").increment(1);
+        resume::count(&self.hub, &start);
+        let mut cursor = match start {
+            resume::Start::SameReplica(revision) => {
                 tracing::info!(%revision, "client resumed");
                 revision
             }
-            None => match self.send_snapshot().await {
+            resume::Start::CrossReplica(rebase) => {
+                tracing::info!(revision = %rebase.revision, keys = rebase.keys, "client of another replica resumed");
+                if let Err(reason) = self.send(rebase.frame).await {
+                    return reason;
+                }
+                rebase.revision
+            }
+            resume::Start::Snapshot => match self.send_snapshot().await {
                 Ok(revision) => revision,
                 Err(reason) => return reason,
             },
@@ -184,27 +195,6 @@ impl Session {
         Ok(hello)
     }
 
-    /// Where a reconnecting client can continue without a snapshot, if anywhere.
-    fn resume_position(&self, hello: &pb::ClientHello) -> Option<Revision> {
-        let position = hello.resume.as_ref()?;
-        if position.epoch != self.hub.epoch() || !offers(hello, pb::Capability::Resume) {
-            return None;
-        }
-        let revision = Revision(position.revision);
-        if !self.hub.covers(revision) {
-            return None;
-        }
-        // Nothing to send when the client is current: resume only if it holds exactly our
-        // state. Otherwise the next batch carries the digest after it, which the client
-        // verifies.
-        if revision == self.hub.revision()
-            && Digest::from_bytes(&position.digest) != Some(self.hub.digest())
-        {
-            return None;
-        }
-        Some(revision)
-    }
-
     async fn send_snapshot(&mut self) -> Result<Revision, DropReason> {
         let snapshot = match self.hub.snapshot().await {
             Ok(snapshot) => snapshot,
@@ -220,6 +210,7 @@ impl Session {
         }
         self.send(snapshot.in_sync_frame.clone()).await?;
         metrics::counter!("typha_snapshots_sent_total").increment(1);
+        self.hub.count_session_start(SessionStart::Snapshot);
         tracing::info!(revision = %snapshot.revision, keys = snapshot.key_count, "snapshot sent");
         Ok(snapshot.revision)
     }
@@ -244,6 +235,16 @@ impl Session {
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
+                    self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
+                    return DropReason::Shutdown;
+                }
+                farewell = async { self.farewell.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
+                    // None: the registry entry is gone, which means the server is going away.
+                    let reason = farewell.unwrap_or(pb::GoodbyeReason::Shutdown);
+                    if reason == pb::GoodbyeReason::Rebalance {
+                        self.goodbye(reason, "moving to another replica to spread the load");
+                        return DropReason::Rebalance;
+                    }
                     self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
                     return DropReason::Shutdown;
                 }
@@ -365,7 +366,9 @@ fn offers(hello: &pb::ClientHello, capability: pb::Capability) -> bool {
     hello.capabilities.contains(&(capability as i32))
 }
 
-fn validate_hello(hello: &pb::ClientHello) -> Result<(), &'static str> {
+/// Checks a ClientHello (node name, version, syncer type, zstd); `Err` says what is
+/// wrong. Pure, so it can be fuzzed and tested without a stream.
+pub fn validate_hello(hello: &pb::ClientHello) -> Result<(), &'static str> {
     let name = &hello.node_name;
     if name.is_empty() || name.len() > 253 {
         return Err("node_name must be 1 to 253 characters");
@@ -376,14 +379,14 @@ fn validate_hello(hello: &pb::ClientHello) -> Result<(), &'static str> {
     {
         return Err("node_name has characters outside [A-Za-z0-9._-]");
     }
-    if hello.protocol_version < 1 {
+    if hello.protocol_version < MIN_PROTOCOL_VERSION {
         return Err("protocol_version must be at least 1");
     }
     if hello.syncer_type != pb::SyncerType::Felix as i32 {
         return Err("unsupported syncer_type");
     }
     if !offers(hello, pb::Capability::SnapshotZstd) {
-        return Err("protocol v1 clients must accept zstd snapshots");
+        return Err("clients must accept zstd snapshots (protocol versions 1 and 2)");
     }
     Ok(())
 }

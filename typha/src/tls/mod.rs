@@ -5,6 +5,10 @@
 //! (Subject CN or URI SAN) rather than by hostname, so the verifiers here wrap rustls's
 //! WebPki verifiers and add that identity check (see [`verifier`]).
 //!
+//! [`ReloadableServerTls`] is the server config typha runs with: its certificate, key and
+//! client CA are swapped at runtime by [`TlsFileWatcher`];
+//! [`ReloadableCertKey`] also serves as a client's reloadable certificate resolver.
+//!
 //! Invariants:
 //! - Both configs speak TLS 1.3 only, use the ring provider explicitly (they do not depend
 //!   on the process-wide default provider) and advertise ALPN `h2` (the stream is HTTP/2).
@@ -16,6 +20,7 @@
 mod failure;
 mod flags;
 mod identity;
+mod reload;
 mod verifier;
 
 use std::fs;
@@ -26,12 +31,14 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use failure::HandshakeFailure;
 pub use flags::{TlsFlagsError, TransportChoice};
 pub use identity::{IdentityMismatch, PeerIdentity, PresentedIdentity, peer_summary};
+pub use reload::{ReloadOutcome, ReloadableCertKey, ReloadableServerTls, TlsFileWatcher};
 
 /// The ALPN protocol both sides offer: gRPC runs over HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -143,9 +150,7 @@ pub fn server_config(
         return Err(TlsError::NoIdentity("--client-cn and/or --client-uri-san"));
     }
     let provider = provider();
-    let roots = Arc::new(root_store(&material.ca_pem)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let verifier = Arc::new(verifier::ClientIdentityVerifier::new(inner, client.clone()));
+    let verifier = client_verifier(&material.ca_pem, client, &provider)?;
     let key = certified_key(material, &provider)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -178,6 +183,21 @@ pub fn client_config(
     let mut config = builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The server's check of client certificates: chained to the CA bundle, then `client`'s
+/// CN or URI SAN.
+fn client_verifier(
+    ca_pem: &[u8],
+    client: &PeerIdentity,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = Arc::new(root_store(ca_pem)?);
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    Ok(Arc::new(verifier::ClientIdentityVerifier::new(
+        inner,
+        client.clone(),
+    )))
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -20,6 +20,7 @@
 //!
 //! Nothing here knows about the typha server: felix-client's "no Typha" mode reuses it.
 
+pub mod bootstrap;
 pub mod client;
 pub mod convert;
 pub mod crd;

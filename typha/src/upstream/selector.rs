@@ -203,6 +203,41 @@ impl Selector {
         Ok(Selector::and_all(parts))
     }
 
+    /// Evaluates the selector over labels given by `get` (label key -> value), with
+    /// Calico's semantics: `!=` and `not in` also match when the label is absent, the
+    /// other comparisons need it present, and `global()` matches everything (scoping to
+    /// non-namespaced objects is expressed over labels by the converters).
+    pub fn matches<'l, F>(&self, get: &F) -> bool
+    where
+        F: Fn(&str) -> Option<&'l str>,
+    {
+        match self {
+            Selector::All | Selector::Global => true,
+            Selector::Has(k) => get(k).is_some(),
+            Selector::Eq(k, v) => get(k) == Some(v.as_str()),
+            Selector::Ne(k, v) => get(k) != Some(v.as_str()),
+            Selector::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Selector::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Selector::Contains(k, v) => get(k).is_some_and(|x| x.contains(v.as_str())),
+            Selector::StartsWith(k, v) => get(k).is_some_and(|x| x.starts_with(v.as_str())),
+            Selector::EndsWith(k, v) => get(k).is_some_and(|x| x.ends_with(v.as_str())),
+            Selector::Not(inner) => !inner.matches(get),
+            Selector::And(parts) => parts.iter().all(|p| p.matches(get)),
+            Selector::Or(parts) => parts.iter().any(|p| p.matches(get)),
+        }
+    }
+
+    /// The namespace every match must be in, when the selector requires
+    /// `projectcalico.org/namespace == '<ns>'` at its top level (alone or in a
+    /// conjunction): lets an index consider only that namespace's objects.
+    pub fn required_namespace(&self) -> Option<&str> {
+        match self {
+            Selector::Eq(k, v) if k == NAMESPACE_LABEL => Some(v),
+            Selector::And(parts) => parts.iter().find_map(Selector::required_namespace),
+            _ => None,
+        }
+    }
+
     fn precedence(&self) -> u8 {
         match self {
             Selector::Or(_) => 0,
@@ -515,6 +550,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(Selector::parse(&s.to_string()).unwrap().unwrap(), s);
+    }
+
+    #[test]
+    fn evaluates_with_calico_semantics() {
+        let labels: std::collections::BTreeMap<&str, &str> = [
+            ("app", "web"),
+            ("tier", "front-end"),
+            (NAMESPACE_LABEL, "x"),
+        ]
+        .into();
+        let get = |k: &str| labels.get(k).copied();
+        let yes = |t: &str| Selector::parse(t).unwrap().unwrap().matches(&get);
+        assert!(yes("app == 'web' && has(tier)"));
+        assert!(!yes("app == 'db'"));
+        assert!(yes("missing != 'x'"), "!= matches an absent label");
+        assert!(yes("missing not in { 'a' }"));
+        assert!(!yes("missing in { 'a' }"));
+        assert!(!yes("app not in { 'web' }"));
+        assert!(yes(
+            "tier starts with 'front' && tier ends with 'end' && tier contains 't-e'"
+        ));
+        assert!(!yes("missing starts with ''"));
+        assert!(yes("!has(missing) || app == 'no'"));
+        assert!(yes("all() && global()"));
+        let scoped = Selector::parse("a == 'b' && projectcalico.org/namespace == 'x'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(scoped.required_namespace(), Some("x"));
+        let unscoped = Selector::parse("a == 'b' || projectcalico.org/namespace == 'x'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(unscoped.required_namespace(), None);
     }
 
     #[test]

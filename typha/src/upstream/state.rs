@@ -8,11 +8,160 @@
 //! as no-ops, so relisting an unchanged cluster yields zero deltas) and only the key set
 //! is held, not the objects.
 //!
+//! Each resource also has a [`VersionTracker`]: the resourceVersions its events carry,
+//! summarised per batch as a [`ResourceMark`] (the resource's version after the batch,
+//! unknown during a list or after an unparsable version; whether the changes came from
+//! a list). A completed list counts as the highest resourceVersion among its objects
+//! (kube's watcher does not expose the list's own resourceVersion); an empty one as 0.
+//!
 //! Pure: no I/O, no clock; driven by [`Input`]s, returns the updates to emit.
 
 use std::collections::HashSet;
 
 use typha_proto::{Key, Update};
+
+use crate::cache::ResourceMark;
+
+/// The resourceVersion of one watcher event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventVersion {
+    /// The object's `metadata.resourceVersion`, parsed.
+    Known(u64),
+    /// The object's resourceVersion is absent or not an integer.
+    Unparsable,
+    /// The event carries no object (`Init`, `InitDone`, a CRD gone).
+    NoObject,
+}
+
+impl EventVersion {
+    /// Parses a `metadata.resourceVersion` (etcd-backed API servers and kube-sim use
+    /// decimal integers).
+    pub fn parse(raw: Option<&str>) -> EventVersion {
+        match raw.and_then(|s| s.parse::<u64>().ok()) {
+            Some(v) => EventVersion::Known(v),
+            None => EventVersion::Unparsable,
+        }
+    }
+}
+
+/// What kind of event a [`VersionTracker`] observes (an [`Input`] without its payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// A (re)list starts.
+    ListStart,
+    /// An object of the (re)list.
+    Listed,
+    /// The (re)list is complete.
+    ListDone,
+    /// A watch event (added, modified, deleted).
+    Watched,
+    /// The resource is gone (CRD not installed).
+    Gone,
+}
+
+impl Observed {
+    /// The kind of `input`.
+    pub fn of(input: &Input) -> Observed {
+        match input {
+            Input::Init => Observed::ListStart,
+            Input::InitApply(_) => Observed::Listed,
+            Input::InitDone => Observed::ListDone,
+            Input::Apply(_) | Input::Delete(_) => Observed::Watched,
+            Input::Gone => Observed::Gone,
+        }
+    }
+}
+
+/// One resource's resourceVersion bookkeeping (see the module docs).
+#[derive(Debug, Default)]
+pub struct VersionTracker {
+    /// Every change up to this version has been emitted.
+    version: Option<u64>,
+    /// During a list: the highest version listed so far.
+    list_max: Option<u64>,
+    listing: bool,
+    /// An unparsable version was seen, and no parsable watch event since.
+    unparsable: bool,
+    /// The resource went away (CRD removed) and has not listed since.
+    gone: bool,
+    /// Since the last mark: whether anything was observed, and whether from a list.
+    touched: bool,
+    listed: bool,
+}
+
+impl VersionTracker {
+    /// A tracker that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Observes one event; `emitted`: how many updates it produced. Returns true when
+    /// the version just became unparsable (log it once).
+    pub fn observe(&mut self, event: Observed, version: EventVersion, emitted: usize) -> bool {
+        let was_unparsable = self.unparsable;
+        match event {
+            Observed::ListStart => {
+                self.listing = true;
+                self.list_max = None;
+                self.touched = true;
+                self.listed = true;
+            }
+            Observed::Listed => {
+                self.touched = true;
+                self.listed = true;
+                match version {
+                    EventVersion::Known(v) => {
+                        self.list_max = self.list_max.max(Some(v));
+                    }
+                    EventVersion::Unparsable => self.unparsable = true,
+                    EventVersion::NoObject => {}
+                }
+            }
+            Observed::ListDone => {
+                self.touched = true;
+                self.listed = true;
+                self.listing = false;
+                self.gone = false;
+                self.version = self.version.max(self.list_max.take());
+            }
+            Observed::Watched => {
+                self.touched = true;
+                match version {
+                    EventVersion::Known(v) => {
+                        self.version = self.version.max(Some(v));
+                        self.unparsable = false;
+                    }
+                    EventVersion::Unparsable => self.unparsable = true,
+                    EventVersion::NoObject => {}
+                }
+            }
+            Observed::Gone => {
+                self.listing = false;
+                self.list_max = None;
+                if emitted > 0 {
+                    self.gone = true;
+                    self.touched = true;
+                    self.listed = true;
+                }
+            }
+        }
+        self.unparsable && !was_unparsable
+    }
+
+    /// The mark for the batch that ends now, if this resource was observed in it.
+    pub fn take_mark(&mut self, resource: &str) -> Option<ResourceMark> {
+        if !std::mem::take(&mut self.touched) {
+            return None;
+        }
+        let known = !(self.listing || self.unparsable || self.gone);
+        Some(ResourceMark {
+            resource: resource.to_string(),
+            // A resource that never had an object is consistently at 0.
+            version: known.then(|| self.version.unwrap_or(0)),
+            listed: std::mem::take(&mut self.listed) || self.unparsable,
+        })
+    }
+}
 
 /// One already-converted watcher event.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +285,100 @@ mod tests {
             state.apply(i, &mut out);
         }
         out
+    }
+
+    fn observe_all(t: &mut VersionTracker, events: &[(Input, EventVersion)]) {
+        for (input, version) in events {
+            t.observe(Observed::of(input), *version, 1);
+        }
+    }
+
+    #[test]
+    fn version_tracker_marks_lists_watches_and_unparsable() {
+        use EventVersion::{Known, NoObject, Unparsable};
+        let mut t = VersionTracker::new();
+        assert_eq!(t.take_mark("nodes"), None);
+        observe_all(
+            &mut t,
+            &[
+                (Input::Init, NoObject),
+                (Input::InitApply(node("a", "1")), Known(7)),
+            ],
+        );
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::listed("nodes", None))
+        );
+        observe_all(
+            &mut t,
+            &[
+                (Input::InitApply(node("b", "1")), Known(4)),
+                (Input::InitDone, NoObject),
+            ],
+        );
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::listed("nodes", Some(7)))
+        );
+        observe_all(&mut t, &[(Input::Apply(node("a", "2")), Known(9))]);
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::watched("nodes", 9))
+        );
+        // A relist that lists only older objects keeps the version.
+        observe_all(
+            &mut t,
+            &[
+                (Input::Init, NoObject),
+                (Input::InitApply(node("a", "2")), Known(9)),
+                (Input::InitDone, NoObject),
+            ],
+        );
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::listed("nodes", Some(9)))
+        );
+        // Unparsable: unknown (and listed: always resent) until a parsable event.
+        assert!(t.observe(Observed::Watched, Unparsable, 1));
+        assert!(!t.observe(Observed::Watched, Unparsable, 1));
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::listed("nodes", None))
+        );
+        observe_all(&mut t, &[(Input::Apply(node("a", "5")), Known(12))]);
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::watched("nodes", 12))
+        );
+    }
+
+    #[test]
+    fn version_tracker_empty_lists_and_gone() {
+        let mut t = VersionTracker::new();
+        observe_all(
+            &mut t,
+            &[
+                (Input::Init, EventVersion::NoObject),
+                (Input::InitDone, EventVersion::NoObject),
+            ],
+        );
+        // Never had an object: consistently at 0.
+        assert_eq!(
+            t.take_mark("ippools"),
+            Some(ResourceMark::listed("ippools", Some(0)))
+        );
+        // A CRD that is not installed and produced nothing is not a change.
+        t.observe(Observed::Gone, EventVersion::NoObject, 0);
+        assert_eq!(t.take_mark("ippools"), None);
+        // One whose keys were withdrawn is unknown until it lists again.
+        t.observe(Observed::Gone, EventVersion::NoObject, 2);
+        assert_eq!(
+            t.take_mark("ippools"),
+            Some(ResourceMark::listed("ippools", None))
+        );
+        assert_eq!(EventVersion::parse(Some("42")), EventVersion::Known(42));
+        assert_eq!(EventVersion::parse(Some("x1")), EventVersion::Unparsable);
+        assert_eq!(EventVersion::parse(None), EventVersion::Unparsable);
     }
 
     #[test]

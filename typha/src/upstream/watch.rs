@@ -3,8 +3,13 @@
 //! Each resource runs as its own stream (watcher + kube's default backoff + conversion);
 //! all are merged and drained by one loop that owns every [`ResourceState`], so there is
 //! no shared mutable state. A batch is "whatever is ready now" (up to `batch_max`), so an
-//! API burst becomes few [`UpstreamEvent::Updates`] messages without adding a timer;
-//! within a batch each key appears once (its last update, in the position of its first).
+//! API burst becomes few [`UpstreamEvent::Marked`] messages without adding a timer;
+//! within a batch each key appears once: a second change of a key starts a new batch (a
+//! client of another replica may hold the value in between, so no change is hidden).
+//! Each batch carries one [`ResourceMark`] per resource it observed (its resourceVersion
+//! after the batch; see [`VersionTracker`]), so replicas agree on positions; an
+//! unparsable resourceVersion is counted (`typha_upstream_unparsable_versions_total`)
+//! and logged once, and disables cross-replica resume for that resource's changes.
 //!
 //! Failure policy: watch errors are logged, counted and retried with backoff, never fatal.
 //! A Calico CRD that is not installed (404) is skipped, retried every `crd_retry`, and
@@ -31,14 +36,26 @@ use super::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
     HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
 };
-use super::state::{Input, ResourceState};
+use super::state::{EventVersion, Input, Observed, ResourceState, VersionTracker};
 use super::{Rejection, Resource};
+use crate::cache::ResourceMark;
 
 /// What the upstream tells its consumer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum UpstreamEvent {
-    /// Model updates in order; may contain no-ops (the cache drops them and counts them).
+    /// Model updates in order, without resourceVersions (tests and harnesses feed these;
+    /// a cache fed one that changes something cannot resume clients of other replicas).
     Updates(Vec<Update>),
+    /// Model updates in order with the resourceVersions they stand for: one mark per
+    /// API resource the batch's events came from (what [`run`] sends). Either kind may
+    /// contain no-ops (the cache drops them and counts them).
+    Marked {
+        /// The updates.
+        updates: Vec<Update>,
+        /// Per resource touched: its version after the batch, and whether the changes
+        /// came from a list (see [`ResourceMark`]).
+        marks: Vec<ResourceMark>,
+    },
     /// Every watched resource has completed its initial list at least once (or is a CRD
     /// that is not installed). Sent once; after that, relists are just Updates.
     InSync,
@@ -84,7 +101,8 @@ pub enum UpstreamError {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Signal {
-    Input(Input),
+    /// A converted event and the resourceVersion of its object.
+    Input(Input, EventVersion),
     /// The resource's CRD is not installed (404).
     NotInstalled,
 }
@@ -212,6 +230,18 @@ impl RejectionLog {
     }
 }
 
+/// The resourceVersion of the object an event carries.
+fn event_version<K: kube::Resource>(event: &watcher::Event<K>) -> EventVersion {
+    match event {
+        watcher::Event::Apply(obj)
+        | watcher::Event::InitApply(obj)
+        | watcher::Event::Delete(obj) => {
+            EventVersion::parse(obj.meta().resource_version.as_deref())
+        }
+        watcher::Event::Init | watcher::Event::InitDone => EventVersion::NoObject,
+    }
+}
+
 /// Converts one watcher event into loop inputs (rejections become deletes of their key).
 fn inputs<K>(event: watcher::Event<K>, log: &mut RejectionLog) -> Vec<Input>
 where
@@ -273,8 +303,9 @@ where
                         metrics::counter!("typha_upstream_events_total", "resource" => name).increment(1);
                         metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name)
                             .set(unix_now());
+                        let version = event_version(&event);
                         for input in inputs(event, &mut log) {
-                            yield (resource, Signal::Input(input));
+                            yield (resource, Signal::Input(input, version));
                         }
                     }
                     Err(e) if resource.is_crd() && is_not_found(&e) => {
@@ -338,6 +369,10 @@ where
         .iter()
         .map(|r| (*r, ResourceState::new()))
         .collect();
+    let mut versions: HashMap<Resource, VersionTracker> = resources
+        .iter()
+        .map(|r| (*r, VersionTracker::new()))
+        .collect();
     let mut absent: HashSet<Resource> = HashSet::new();
     let mut in_sync = false;
     let mut scratch = Vec::new();
@@ -353,17 +388,29 @@ where
         loop {
             let (resource, signal) = item;
             let state = states.entry(resource).or_default();
-            match signal {
-                Signal::Input(input) => {
+            let (input, version) = match signal {
+                Signal::Input(input, version) => {
                     if matches!(input, Input::Init | Input::InitApply(_) | Input::InitDone) {
                         absent.remove(&resource);
                     }
-                    state.apply(input, &mut scratch);
+                    (input, version)
                 }
                 Signal::NotInstalled => {
                     absent.insert(resource);
-                    state.apply(Input::Gone, &mut scratch);
+                    (Input::Gone, EventVersion::NoObject)
                 }
+            };
+            let observed = Observed::of(&input);
+            state.apply(input, &mut scratch);
+            // A key changes at most once per batch: a client of another replica may hold
+            // the value in between, which a coalesced batch would hide from the history.
+            if scratch.iter().any(|u| batch.index.contains_key(&u.key)) {
+                let full = std::mem::take(&mut batch);
+                flush(full, resources, &mut versions, &tx, &shutdown).await?;
+            }
+            let tracker = versions.entry(resource).or_default();
+            if tracker.observe(observed, version, scratch.len()) {
+                unparsable(resource);
             }
             scratch.drain(..).for_each(|u| batch.push(u));
             if batch.len() >= batch_max.max(1) {
@@ -374,9 +421,7 @@ where
                 _ => break,
             }
         }
-        if !batch.updates.is_empty() {
-            send(&tx, &shutdown, UpstreamEvent::Updates(batch.updates)).await?;
-        }
+        flush(batch, resources, &mut versions, &tx, &shutdown).await?;
         if !in_sync
             && states
                 .iter()
@@ -388,6 +433,38 @@ where
             send(&tx, &shutdown, UpstreamEvent::InSync).await?;
         }
     }
+}
+
+/// Sends one batch with the marks of the resources observed since the last one.
+async fn flush(
+    batch: Batch,
+    resources: &[Resource],
+    versions: &mut HashMap<Resource, VersionTracker>,
+    tx: &mpsc::Sender<UpstreamEvent>,
+    shutdown: &CancellationToken,
+) -> Result<(), UpstreamError> {
+    let marks: Vec<ResourceMark> = resources
+        .iter()
+        .filter_map(|r| versions.get_mut(r)?.take_mark(r.as_str()))
+        .collect();
+    if batch.updates.is_empty() && marks.is_empty() {
+        return Ok(());
+    }
+    let event = UpstreamEvent::Marked {
+        updates: batch.updates,
+        marks,
+    };
+    send(tx, shutdown, event).await
+}
+
+/// Counts (and logs once per stretch) a resourceVersion that does not parse.
+fn unparsable(resource: Resource) {
+    metrics::counter!("typha_upstream_unparsable_versions_total", "resource" => resource.as_str())
+        .increment(1);
+    tracing::warn!(
+        resource = resource.as_str(),
+        "resourceVersion is not an integer: clients of other replicas resume with a snapshot"
+    );
 }
 
 async fn send(

@@ -23,7 +23,27 @@ fn node(name: &str, version: &str) -> Update {
 }
 
 fn nodes(input: Input) -> Tagged {
-    (Resource::Nodes, Signal::Input(input))
+    (
+        Resource::Nodes,
+        Signal::Input(input, EventVersion::NoObject),
+    )
+}
+
+fn nodes_at(input: Input, version: u64) -> Tagged {
+    (
+        Resource::Nodes,
+        Signal::Input(input, EventVersion::Known(version)),
+    )
+}
+
+/// The updates of an updates event (`None` for anything else).
+fn updates_of(event: Option<UpstreamEvent>) -> Option<Vec<Update>> {
+    match event {
+        Some(UpstreamEvent::Marked { updates, .. }) | Some(UpstreamEvent::Updates(updates)) => {
+            Some(updates)
+        }
+        _ => None,
+    }
 }
 
 fn metric(snap: &Snapshotter, name: &str, label: (&str, &str)) -> Option<DebugValue> {
@@ -61,8 +81,8 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
     let driver = drive(stream, &resources, 100, tx, shutdown.clone());
     let test = async {
         assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![node("a", "1"), node("b", "1")]))
+            updates_of(rx.recv().await),
+            Some(vec![node("a", "1"), node("b", "1")])
         );
         // IP pools' CRD is missing: that completes the sync (and nothing else is sent first).
         signals
@@ -70,7 +90,8 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
             .unwrap();
         assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
 
-        // A burst: the same key twice coalesces to its last value, in one message.
+        // A burst is one message, but a key changes at most once per message: its
+        // second change starts the next one.
         for input in [
             Input::Apply(node("a", "2")),
             Input::Apply(node("c", "1")),
@@ -79,9 +100,10 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
             signals.unbounded_send(nodes(input)).unwrap();
         }
         assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![node("a", "3"), node("c", "1")]))
+            updates_of(rx.recv().await),
+            Some(vec![node("a", "2"), node("c", "1")])
         );
+        assert_eq!(updates_of(rx.recv().await), Some(vec![node("a", "3")]));
 
         // A relist after a 410: b and c vanished meanwhile; no second InSync.
         for input in [
@@ -92,19 +114,19 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
             signals.unbounded_send(nodes(input)).unwrap();
         }
         assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![
+            updates_of(rx.recv().await),
+            Some(vec![
                 node("a", "3"),
                 Update::delete(key("b")),
                 Update::delete(key("c")),
-            ]))
+            ])
         );
         signals
             .unbounded_send(nodes(Input::Delete(key("a"))))
             .unwrap();
         assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![Update::delete(key("a"))]))
+            updates_of(rx.recv().await),
+            Some(vec![Update::delete(key("a"))])
         );
         shutdown.cancel();
     };
@@ -117,6 +139,77 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
         .find(|(k, ..)| k.key().name() == "typha_upstream_in_sync")
         .map(|(.., v)| v);
     assert_eq!(in_sync, Some(DebugValue::Gauge(1.0.into())));
+}
+
+/// Batches carry the resourceVersions of their events: a list settles at its highest
+/// object version, a watch batch at its highest event version, a batch with no change
+/// still advances the vector, and an unparsable version is counted and marks the
+/// resource unknown.
+#[tokio::test]
+async fn drive_marks_batches_with_resource_versions() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (signals, stream) = unbounded::<Tagged>();
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    signals.unbounded_send(nodes(Input::Init)).unwrap();
+    signals
+        .unbounded_send(nodes_at(Input::InitApply(node("a", "1")), 12))
+        .unwrap();
+    signals
+        .unbounded_send(nodes_at(Input::InitApply(node("b", "1")), 5))
+        .unwrap();
+    signals.unbounded_send(nodes(Input::InitDone)).unwrap();
+    let resources = [Resource::Nodes];
+    let driver = drive(stream, &resources, 100, tx, shutdown.clone());
+    let test = async {
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Marked {
+                updates: vec![node("a", "1"), node("b", "1")],
+                marks: vec![ResourceMark::listed("nodes", Some(12))],
+            })
+        );
+        assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
+        for (input, version) in [
+            (Input::Apply(node("a", "2")), 13),
+            (Input::Apply(node("c", "1")), 15),
+        ] {
+            signals.unbounded_send(nodes_at(input, version)).unwrap();
+        }
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Marked {
+                updates: vec![node("a", "2"), node("c", "1")],
+                marks: vec![ResourceMark::watched("nodes", 15)],
+            })
+        );
+        signals
+            .unbounded_send((
+                Resource::Nodes,
+                Signal::Input(Input::Apply(node("c", "2")), EventVersion::Unparsable),
+            ))
+            .unwrap();
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Marked {
+                updates: vec![node("c", "2")],
+                marks: vec![ResourceMark::listed("nodes", None)],
+            })
+        );
+        shutdown.cancel();
+    };
+    let (result, ()) = tokio::join!(driver, test);
+    assert!(result.is_ok());
+    assert_eq!(
+        metric(
+            &snap,
+            "typha_upstream_unparsable_versions_total",
+            ("resource", "nodes")
+        ),
+        Some(DebugValue::Counter(1))
+    );
 }
 
 #[tokio::test]
@@ -137,19 +230,24 @@ async fn drive_respects_batch_max_and_waits_for_every_resource() {
     let driver = drive(stream, &resources, 2, tx, shutdown.clone());
     let test = async {
         assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![node("a", "1"), node("b", "1")]))
+            updates_of(rx.recv().await),
+            Some(vec![node("a", "1"), node("b", "1")])
         );
-        assert_eq!(
-            rx.recv().await,
-            Some(UpstreamEvent::Updates(vec![node("c", "1")]))
-        );
-        // Pods have not listed: no InSync until they do (an empty list counts).
+        assert_eq!(updates_of(rx.recv().await), Some(vec![node("c", "1")]));
+        // Pods have not listed: no InSync until they do (an empty list counts, and its
+        // mark says pods are consistently at version 0).
         for input in [Input::Init, Input::InitDone] {
             signals
-                .unbounded_send((Resource::Pods, Signal::Input(input)))
+                .unbounded_send((Resource::Pods, Signal::Input(input, EventVersion::NoObject)))
                 .unwrap();
         }
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Marked {
+                updates: vec![],
+                marks: vec![ResourceMark::listed("pods", Some(0))],
+            })
+        );
         assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
         shutdown.cancel();
     };
@@ -338,7 +436,9 @@ async fn run_lists_converts_skips_missing_crds_and_syncs() {
     let runner = run(client, config, tx, shutdown.clone());
     let test = async {
         let mut updates = Vec::new();
-        while let UpstreamEvent::Updates(batch) = rx.recv().await.expect("run ended early") {
+        while let UpstreamEvent::Marked { updates: batch, .. } =
+            rx.recv().await.expect("run ended early")
+        {
             updates.extend(batch);
         }
         updates.sort_by(|a, b| a.key.cmp(&b.key));

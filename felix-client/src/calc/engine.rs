@@ -1,0 +1,340 @@
+//! The calculation's state and its update rules: which endpoints are local, which
+//! policies select them (and are therefore active: only their rules' ipsets are kept),
+//! routes, pools; and the cached output tables, re-rendered at the end of a batch only
+//! when something they depend on changed (remote endpoint churn changes ipset members,
+//! never chains).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use typha_proto::{Key, Kind, Update, Value, pb};
+
+use super::index::Index;
+use super::names::usable_interface;
+use super::objects::{Net, Obj, label_lookup};
+use super::policy::{PolicyState, SortKey};
+use super::render::{FilterInput, filter_table, nat};
+use super::{CalcConfig, CalcMode, Desired, Family, IpSet, Route, RouteTarget, Tables};
+
+/// Who wants a route (a local endpoint wins over a node for the same destination).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum RouteOwner {
+    Endpoint(Key),
+    Node(String),
+}
+
+/// The whole calculation state.
+pub(super) struct Engine {
+    config: CalcConfig,
+    index: Index,
+    policies: HashMap<Key, PolicyState>,
+    order: BTreeSet<SortKey>,
+    local: BTreeMap<Key, Arc<Obj>>,
+    pools: BTreeMap<String, pb::IpPool>,
+    routes: BTreeMap<String, BTreeMap<RouteOwner, RouteTarget>>,
+    route_dsts: HashMap<RouteOwner, Vec<String>>,
+    v4: Tables,
+    v6: Tables,
+    pool_sets: BTreeMap<String, IpSet>,
+    filter_dirty: bool,
+    nat_dirty: bool,
+}
+
+impl Engine {
+    pub fn new(config: CalcConfig) -> Engine {
+        let mut engine = Engine {
+            config,
+            index: Index::default(),
+            policies: HashMap::new(),
+            order: BTreeSet::new(),
+            local: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            route_dsts: HashMap::new(),
+            v4: Tables::default(),
+            v6: Tables::default(),
+            pool_sets: BTreeMap::new(),
+            filter_dirty: true,
+            nat_dirty: true,
+        };
+        engine.render();
+        engine
+    }
+
+    pub fn apply(&mut self, updates: &[Update]) {
+        for update in updates {
+            self.apply_one(update);
+        }
+        self.render();
+    }
+
+    fn apply_one(&mut self, update: &Update) {
+        let key = &update.key;
+        match (key.kind(), &update.value) {
+            (Kind::WorkloadEndpoint, Some(Value::WorkloadEndpoint(wep))) => {
+                self.set_endpoint(key, Some(wep))
+            }
+            (Kind::WorkloadEndpoint, None) => self.set_endpoint(key, None),
+            (Kind::Profile, Some(Value::Profile(p))) => {
+                self.set_profile(key.name(), Some(p.labels.clone().into_iter().collect()))
+            }
+            (Kind::Profile, None) => self.set_profile(key.name(), None),
+            (
+                Kind::K8sNetworkPolicy | Kind::NetworkPolicy | Kind::GlobalNetworkPolicy,
+                Some(Value::Policy(p)),
+            ) => self.set_policy(key, Some(p)),
+            (Kind::K8sNetworkPolicy | Kind::NetworkPolicy | Kind::GlobalNetworkPolicy, None) => {
+                self.set_policy(key, None)
+            }
+            (Kind::NetworkSet | Kind::GlobalNetworkSet, Some(Value::NetworkSet(s))) => {
+                self.index.set_object(key, Some(Obj::network_set(key, s)))
+            }
+            (Kind::NetworkSet | Kind::GlobalNetworkSet, None) => self.index.set_object(key, None),
+            (Kind::Node, value) => {
+                let node = match value {
+                    Some(Value::Node(n)) => Some(n),
+                    _ => None,
+                };
+                self.set_node(key.name(), node);
+            }
+            (Kind::IpPool, value) => {
+                match value {
+                    Some(Value::IpPool(p)) => self.pools.insert(key.name().to_string(), p.clone()),
+                    _ => self.pools.remove(key.name()),
+                };
+                self.nat_dirty = true;
+            }
+            (Kind::HostEndpoint | Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
+            (kind, Some(value)) => {
+                tracing::debug!(
+                    ?kind,
+                    value = typha_proto::model::value_type(value),
+                    "ignored mismatched update"
+                );
+            }
+        }
+    }
+
+    fn set_endpoint(&mut self, key: &Key, wep: Option<&pb::WorkloadEndpoint>) {
+        let obj = wep.map(Obj::endpoint);
+        let is_local = wep.is_some_and(|w| {
+            let local = w.node == self.config.node_name;
+            if local && !usable_interface(&w.interface_name) {
+                tracing::warn!(endpoint = %key, iface = w.interface_name, "local endpoint without a usable interface");
+            }
+            local && usable_interface(&w.interface_name)
+        });
+        self.index.set_object(key, obj);
+        if !is_local && !self.local.contains_key(key) {
+            return;
+        }
+        let owner = RouteOwner::Endpoint(key.clone());
+        self.remove_routes(&owner);
+        match self.index.object(key).filter(|_| is_local).cloned() {
+            Some(obj) => {
+                if let Some(ep) = &obj.endpoint {
+                    let target = RouteTarget::Interface(ep.iface.clone());
+                    let routes = obj.nets.iter().map(|n| (n.text(), target.clone()));
+                    self.add_routes(owner, routes.collect());
+                }
+                self.local.insert(key.clone(), obj);
+            }
+            None => {
+                self.local.remove(key);
+            }
+        }
+        self.refresh_local(key);
+    }
+
+    /// Re-evaluates every policy's selector on local endpoint `key`.
+    fn refresh_local(&mut self, key: &Key) {
+        self.filter_dirty = true;
+        let obj = self.local.get(key);
+        let profiles = self.index.profiles();
+        let mut acquire = Vec::new();
+        let mut release = Vec::new();
+        for (pkey, policy) in &mut self.policies {
+            let now = match (obj, &policy.selector) {
+                (Some(o), Some(sel)) => sel.matches(&label_lookup(o, profiles)),
+                _ => false,
+            };
+            let was_active = !policy.local.is_empty();
+            if now {
+                policy.local.insert(key.clone());
+            } else {
+                policy.local.remove(key);
+            }
+            match (was_active, !policy.local.is_empty()) {
+                (false, true) => acquire.push(pkey.clone()),
+                (true, false) => release.push(pkey.clone()),
+                _ => {}
+            }
+        }
+        for pkey in acquire {
+            if let Some(p) = self.policies.get(&pkey) {
+                p.sets.iter().for_each(|s| self.index.acquire_set(s));
+            }
+        }
+        for pkey in release {
+            if let Some(p) = self.policies.get(&pkey) {
+                p.sets.iter().for_each(|s| self.index.release_set(s));
+            }
+        }
+    }
+
+    fn set_profile(&mut self, name: &str, labels: Option<BTreeMap<String, String>>) {
+        self.index.set_profile(name, labels);
+        let affected: Vec<Key> = self
+            .local
+            .iter()
+            .filter(|(_, o)| o.profiles.iter().any(|p| p == name))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in affected {
+            self.refresh_local(&key);
+        }
+    }
+
+    fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) {
+        self.filter_dirty = true;
+        let new = policy.map(|p| {
+            let mut state = PolicyState::new(key, p);
+            let profiles = self.index.profiles();
+            if let Some(sel) = &state.selector {
+                state.local = self
+                    .local
+                    .iter()
+                    .filter(|(_, o)| sel.matches(&label_lookup(o, profiles)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+            }
+            state
+        });
+        // Acquire the new sets before releasing the old ones, so a selector both use is
+        // never dropped and rescanned.
+        if let Some(p) = new.as_ref().filter(|p| !p.local.is_empty()) {
+            p.sets.iter().for_each(|s| self.index.acquire_set(s));
+        }
+        if let Some(old) = self.policies.remove(key) {
+            self.order.remove(&old.sort);
+            if !old.local.is_empty() {
+                old.sets.iter().for_each(|s| self.index.release_set(s));
+            }
+        }
+        if let Some(p) = new {
+            self.order.insert(p.sort.clone());
+            self.policies.insert(key.clone(), p);
+        }
+    }
+
+    fn set_node(&mut self, name: &str, node: Option<&pb::Node>) {
+        if self.config.mode != CalcMode::Networking || name == self.config.node_name {
+            return;
+        }
+        let owner = RouteOwner::Node(name.to_string());
+        self.remove_routes(&owner);
+        let Some(node) = node else {
+            return;
+        };
+        let addresses: Vec<IpAddr> = node
+            .ipv4_address
+            .parse()
+            .ok()
+            .into_iter()
+            .chain(node.addresses.iter().filter_map(|a| a.parse().ok()))
+            .collect();
+        let mut routes = Vec::new();
+        for net in node.pod_cidrs.iter().filter_map(|c| Net::parse(c)) {
+            let gateway = addresses.iter().find(|a| {
+                matches!(
+                    (a, net.family),
+                    (IpAddr::V4(_), Family::V4) | (IpAddr::V6(_), Family::V6)
+                )
+            });
+            if let Some(gw) = gateway {
+                routes.push((net.text(), RouteTarget::Gateway(*gw)));
+            }
+        }
+        self.add_routes(owner, routes);
+    }
+
+    fn add_routes(&mut self, owner: RouteOwner, routes: Vec<(String, RouteTarget)>) {
+        let mut dsts = Vec::new();
+        for (dst, target) in routes {
+            self.routes
+                .entry(dst.clone())
+                .or_default()
+                .insert(owner.clone(), target);
+            dsts.push(dst);
+        }
+        if !dsts.is_empty() {
+            self.route_dsts.insert(owner, dsts);
+        }
+    }
+
+    fn remove_routes(&mut self, owner: &RouteOwner) {
+        for dst in self.route_dsts.remove(owner).unwrap_or_default() {
+            if let Some(owners) = self.routes.get_mut(&dst) {
+                owners.remove(owner);
+                if owners.is_empty() {
+                    self.routes.remove(&dst);
+                }
+            }
+        }
+    }
+
+    fn render(&mut self) {
+        if self.filter_dirty {
+            let input = FilterInput {
+                local: &self.local,
+                policies: &self.policies,
+                order: &self.order,
+            };
+            self.v4.filter = filter_table(Family::V4, &input);
+            self.v6.filter = filter_table(Family::V6, &input);
+            self.filter_dirty = false;
+        }
+        if self.nat_dirty {
+            let mut sets = BTreeMap::new();
+            let (pools, cidrs) = (&self.pools, &self.config.cluster_cidrs);
+            self.v4.nat = nat(Family::V4, self.config.mode, pools, cidrs, &mut sets);
+            self.v6.nat = nat(Family::V6, self.config.mode, pools, cidrs, &mut sets);
+            // Keep the old Arc for an unchanged set, so ptr_eq keeps meaning "unchanged".
+            for (name, set) in &mut sets {
+                if let Some(old) = self.pool_sets.get(name)
+                    && old == set
+                {
+                    set.members = Arc::clone(&old.members);
+                }
+            }
+            self.pool_sets = sets;
+            self.nat_dirty = false;
+        }
+    }
+
+    pub fn desired(&self) -> Desired {
+        let mut ipsets = self.pool_sets.clone();
+        self.index.ipsets(&mut ipsets);
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|(dst, owners)| {
+                owners.values().next().map(|target| Route {
+                    dst: dst.clone(),
+                    target: target.clone(),
+                })
+            })
+            .collect();
+        Desired {
+            v4: self.v4.clone(),
+            v6: self.v6.clone(),
+            ipsets,
+            routes,
+        }
+    }
+
+    pub fn active_selectors(&self) -> usize {
+        self.index.active_selectors()
+    }
+}

@@ -1,0 +1,192 @@
+//! One policy as calc keeps it: parsed selector, types, sort position, and its chains
+//! rendered once per family (a policy's chains depend on the policy alone, so they are
+//! rendered when it changes, never when endpoints change).
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use typha::upstream::selector::Selector;
+use typha_proto::{Key, pb};
+
+use super::Family;
+use super::index::SetSpec;
+use super::names::{Dir, policy_chain};
+use super::rules::{BadSelector, RenderContext, parse_selector, render_rules};
+
+/// A policy's `order` with Calico's rule: no order sorts after every order.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Order(pub f64);
+
+impl PartialEq for Order {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Order {}
+impl PartialOrd for Order {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Order {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Where a policy sorts: tiers by name with `default` last (the model carries no tier
+/// orders), then order ascending, then name, namespace and kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct SortKey {
+    /// `false` for named tiers, `true` for `default` (so it sorts last).
+    pub default_tier: bool,
+    /// The tier's name.
+    pub tier: String,
+    /// The order.
+    pub order: Order,
+    /// The key, for the tie-break (name first).
+    pub name: String,
+    /// Namespace tie-break.
+    pub namespace: String,
+    /// The full key.
+    pub key: Key,
+}
+
+/// The rendered chains of one family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct FamilyChains {
+    /// Inbound rules (when the policy has the Ingress type).
+    pub inbound: Option<Vec<String>>,
+    /// Outbound rules (when the policy has the Egress type).
+    pub outbound: Option<Vec<String>>,
+}
+
+/// One policy.
+pub(super) struct PolicyState {
+    /// Sort position.
+    pub sort: SortKey,
+    /// Endpoints it applies to; `None` = none (unparsable selector).
+    pub selector: Option<Selector>,
+    /// Chain names.
+    pub chain_in: String,
+    /// Chain names.
+    pub chain_out: String,
+    /// IPv4 chains.
+    pub v4: FamilyChains,
+    /// IPv6 chains.
+    pub v6: FamilyChains,
+    /// The ipsets its rules reference (both families).
+    pub sets: BTreeSet<SetSpec>,
+    /// Local endpoints it selects.
+    pub local: BTreeSet<Key>,
+}
+
+impl PolicyState {
+    /// Builds the state of `policy` stored under `key`.
+    pub fn new(key: &Key, policy: &pb::Policy) -> PolicyState {
+        let tier = if policy.tier.is_empty() {
+            "default".to_string()
+        } else {
+            policy.tier.clone()
+        };
+        let sort = SortKey {
+            default_tier: tier == "default",
+            tier,
+            order: Order(if policy.has_order {
+                policy.order
+            } else {
+                f64::INFINITY
+            }),
+            name: key.name().to_string(),
+            namespace: key.namespace().to_string(),
+            key: key.clone(),
+        };
+        let selector = match parse_selector(&policy.selector) {
+            Ok(s) => Some(s.unwrap_or(Selector::All)),
+            Err(e) => {
+                tracing::warn!(policy = %key, error = %e, "policy selects nothing");
+                None
+            }
+        };
+        // Workload endpoints ignore host-endpoint-only policies, as Calico does.
+        let selector = selector.filter(|_| !policy.pre_dnat && !policy.do_not_track);
+        let (ingress, egress) = types(policy);
+        let mut sets = BTreeSet::new();
+        let mut failed = false;
+        let mut render = |family: Family| -> FamilyChains {
+            let mut chains = |rules: &[pb::Rule], on: bool, is_ingress: bool| {
+                on.then(|| {
+                    let ctx = RenderContext {
+                        family,
+                        policy_selector: selector.as_ref(),
+                        ingress: is_ingress,
+                    };
+                    let mut out = Vec::new();
+                    match render_rules(rules, &ctx, &mut sets, &mut out) {
+                        Ok(()) => out,
+                        Err(BadSelector(s)) => {
+                            tracing::warn!(policy = %key, selector = s, "policy fails closed");
+                            failed = true;
+                            Vec::new()
+                        }
+                    }
+                })
+            };
+            let inbound = chains(&policy.inbound_rules, ingress, true);
+            let outbound = chains(&policy.outbound_rules, egress, false);
+            FamilyChains { inbound, outbound }
+        };
+        let mut v4 = render(Family::V4);
+        let mut v6 = render(Family::V6);
+        if failed {
+            // Fail closed: every chain of the policy drops and references no set.
+            sets.clear();
+            for chains in [&mut v4, &mut v6] {
+                for c in [&mut chains.inbound, &mut chains.outbound]
+                    .into_iter()
+                    .flatten()
+                {
+                    *c = vec!["-j DROP".to_string()];
+                }
+            }
+        }
+        PolicyState {
+            sort,
+            selector,
+            chain_in: policy_chain(Dir::Ingress, key),
+            chain_out: policy_chain(Dir::Egress, key),
+            v4,
+            v6,
+            sets,
+            local: BTreeSet::new(),
+        }
+    }
+
+    /// The chains of `family`.
+    pub fn chains(&self, family: Family) -> &FamilyChains {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+/// Whether the policy applies to ingress and/or egress; an empty type list defaults as
+/// Calico does (Ingress, plus Egress when there are outbound rules; Egress alone when
+/// there are only outbound rules).
+fn types(policy: &pb::Policy) -> (bool, bool) {
+    let listed: Vec<pb::PolicyType> = policy
+        .types
+        .iter()
+        .filter_map(|t| pb::PolicyType::try_from(*t).ok())
+        .collect();
+    if listed.is_empty() {
+        let has_in = !policy.inbound_rules.is_empty();
+        let has_out = !policy.outbound_rules.is_empty();
+        return (has_in || !has_out, has_out);
+    }
+    (
+        listed.contains(&pb::PolicyType::Ingress),
+        listed.contains(&pb::PolicyType::Egress),
+    )
+}

@@ -1,0 +1,209 @@
+//! Assembles the tables of one family from the calculation's state: the root chains,
+//! the dispatch chains, one chain per local endpoint and direction, the active
+//! policies' chains, and the NAT chain.
+//!
+//! Packet path (filter): `cali-FORWARD` accepts established flows, drops invalid ones,
+//! sends traffic from a `cali+` interface through `cali-from-wl-dispatch` (the source
+//! endpoint's egress policy) and traffic to a `cali+` interface through
+//! `cali-to-wl-dispatch` (the destination's ingress policy), then accepts. Dispatch
+//! chains `goto` the endpoint chain of the exact interface and drop any other `cali`
+//! interface. Invariant: an endpoint chain either drops or returns, and returns only when
+//! the packet is allowed, so "came back" means "allowed".
+//!
+//! Endpoint chain with policies: clear the accept and pass bits, then per tier jump to
+//! each policy's chain while no policy of the tier passed, returning as soon as one
+//! accepted; at the end of a tier drop unless a policy passed. After the last tier the
+//! chain returns (the namespace profile allows, as in Calico's Kubernetes profiles).
+//! Without policies in a direction the chain is empty: allowed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use typha_proto::{Key, pb};
+
+use super::names::{
+    Dir, FORWARD, FROM_WL_DISPATCH, INPUT, MARK_ACCEPT, MARK_PASS, OUTPUT, POSTROUTING,
+    TO_WL_DISPATCH, all_pools_set, endpoint_chain, masq_pools_set,
+};
+use super::objects::{Net, Obj};
+use super::policy::{PolicyState, SortKey};
+use super::{CalcMode, Chains, Family, IpSet, IpSetKind};
+
+/// What the filter table is built from.
+pub(super) struct FilterInput<'a> {
+    /// Local endpoints.
+    pub local: &'a BTreeMap<Key, Arc<Obj>>,
+    /// Policies by key.
+    pub policies: &'a HashMap<Key, PolicyState>,
+    /// Policies in order.
+    pub order: &'a BTreeSet<SortKey>,
+}
+
+fn root_chains(chains: &mut Chains) {
+    let s = |v: &[&str]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    chains.insert(
+        FORWARD.into(),
+        s(&[
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-m conntrack --ctstate INVALID -j DROP",
+            &format!("-i cali+ -j {FROM_WL_DISPATCH}"),
+            &format!("-o cali+ -j {TO_WL_DISPATCH}"),
+            "-i cali+ -j ACCEPT",
+            "-o cali+ -j ACCEPT",
+        ]),
+    );
+    // Kubernetes NetworkPolicy: traffic between a pod and the node it runs on is always
+    // allowed (kubelet probes, node-local agents), whatever policy selects the pod.
+    chains.insert(
+        INPUT.into(),
+        s(&[
+            "-i cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-i cali+ -m conntrack --ctstate INVALID -j DROP",
+            "-i cali+ -j ACCEPT",
+        ]),
+    );
+    chains.insert(
+        OUTPUT.into(),
+        s(&[
+            "-o cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-o cali+ -m conntrack --ctstate INVALID -j DROP",
+            "-o cali+ -j ACCEPT",
+        ]),
+    );
+}
+
+/// The rules of one endpoint chain, given its policies' (tier, chain) in order.
+fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
+    if policies.is_empty() {
+        return Vec::new();
+    }
+    let both = MARK_ACCEPT | MARK_PASS;
+    let mut rules = vec![format!("-j MARK --set-xmark 0x0/{both:#x}")];
+    let mut i = 0;
+    while i < policies.len() {
+        let tier = policies[i].0;
+        if i > 0 {
+            rules.push(format!("-j MARK --set-xmark 0x0/{MARK_PASS:#x}"));
+        }
+        while i < policies.len() && policies[i].0 == tier {
+            rules.push(format!(
+                "-m mark --mark 0x0/{MARK_PASS:#x} -j {}",
+                policies[i].1
+            ));
+            rules.push(format!(
+                "-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j RETURN"
+            ));
+            i += 1;
+        }
+        rules.push(format!("-m mark --mark 0x0/{MARK_PASS:#x} -j DROP"));
+    }
+    rules
+}
+
+/// The filter table of `family`.
+pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
+    let mut chains = Chains::new();
+    root_chains(&mut chains);
+    // (tier, chain) per local endpoint and direction, in policy order.
+    type Lists<'a> = BTreeMap<&'a Key, [Vec<(&'a str, &'a str)>; 2]>;
+    let mut lists: Lists<'_> = BTreeMap::new();
+    for sort in input.order {
+        let Some(p) = input.policies.get(&sort.key) else {
+            continue;
+        };
+        if p.local.is_empty() {
+            continue;
+        }
+        let fc = p.chains(family);
+        if let Some(rules) = &fc.inbound {
+            chains.insert(p.chain_in.clone(), rules.clone());
+        }
+        if let Some(rules) = &fc.outbound {
+            chains.insert(p.chain_out.clone(), rules.clone());
+        }
+        for ep in &p.local {
+            let entry = lists.entry(ep).or_default();
+            if fc.inbound.is_some() {
+                entry[0].push((&sort.tier, &p.chain_in));
+            }
+            if fc.outbound.is_some() {
+                entry[1].push((&sort.tier, &p.chain_out));
+            }
+        }
+    }
+    let mut by_iface: BTreeMap<&str, &Key> = BTreeMap::new();
+    for (key, obj) in input.local {
+        if let Some(ep) = &obj.endpoint {
+            by_iface.entry(ep.iface.as_str()).or_insert(key);
+        }
+    }
+    let mut from_dispatch = Vec::new();
+    let mut to_dispatch = Vec::new();
+    for (iface, key) in by_iface {
+        let tw = endpoint_chain(Dir::Ingress, iface);
+        let fw = endpoint_chain(Dir::Egress, iface);
+        let [ingress, egress] = lists.remove(key).unwrap_or_default();
+        chains.insert(tw.clone(), endpoint_rules(&ingress));
+        chains.insert(fw.clone(), endpoint_rules(&egress));
+        from_dispatch.push(format!("-i {iface} -g {fw}"));
+        to_dispatch.push(format!("-o {iface} -g {tw}"));
+    }
+    from_dispatch.push("-j DROP".into());
+    to_dispatch.push("-j DROP".into());
+    chains.insert(FROM_WL_DISPATCH.into(), from_dispatch);
+    chains.insert(TO_WL_DISPATCH.into(), to_dispatch);
+    chains
+}
+
+/// The pool sets and NAT chain of `family`.
+pub(super) fn nat(
+    family: Family,
+    mode: CalcMode,
+    pools: &BTreeMap<String, pb::IpPool>,
+    cluster_cidrs: &[String],
+    sets: &mut BTreeMap<String, IpSet>,
+) -> Chains {
+    let mut chains = Chains::new();
+    chains.insert(POSTROUTING.into(), Vec::new());
+    if mode != CalcMode::Networking {
+        return chains;
+    }
+    let mut masq = BTreeSet::new();
+    let mut all = BTreeSet::new();
+    let mut everything = false;
+    for pool in pools.values() {
+        let Some(net) = Net::parse(&pool.cidr).filter(|n| n.family == family) else {
+            continue;
+        };
+        everything |= net.prefix == 0;
+        all.extend(net.hash_net_members());
+        if pool.nat_outgoing && !pool.disabled {
+            masq.extend(net.hash_net_members());
+        }
+    }
+    for net in cluster_cidrs.iter().filter_map(|c| Net::parse(c)) {
+        if net.family == family {
+            everything |= net.prefix == 0;
+            all.extend(net.hash_net_members());
+        }
+    }
+    if masq.is_empty() || everything {
+        return chains;
+    }
+    let (masq_name, all_name) = (masq_pools_set(family), all_pools_set(family));
+    let rule = format!(
+        "-m set --match-set {masq_name} src -m set ! --match-set {all_name} dst -j MASQUERADE"
+    );
+    chains.insert(POSTROUTING.into(), vec![rule]);
+    for (name, members) in [(masq_name, masq), (all_name, all)] {
+        sets.insert(
+            name,
+            IpSet {
+                kind: IpSetKind::Net,
+                family,
+                members: Arc::new(members),
+            },
+        );
+    }
+    chains
+}

@@ -1,0 +1,352 @@
+//! Renders one policy's model rules into iptables rule arguments for one IP family.
+//!
+//! A model rule is a conjunction: protocol, ICMP type, and for each side (source,
+//! destination) selector (AND namespace selector), not-selector, nets (OR within),
+//! not-nets (none may match), ports (numeric ranges OR named ports) and not-ports.
+//! Conjunctions become matches of one iptables rule; the only disjunctions left after
+//! using ipsets for multi-CIDR lists are the port lists (a multiport match holds 15
+//! ports, and named ports are separate sets), so a model rule renders as the cross
+//! product of its source-port and destination-port alternatives: usually one rule.
+//!
+//! Actions: allow sets [`MARK_ACCEPT`] and returns, pass sets [`MARK_PASS`] and returns,
+//! deny drops, log logs and continues. A rule that cannot match in this family (only
+//! nets of the other family, ICMP of the other family, a not-net covering everything)
+//! renders nothing, as Calico does.
+
+use std::collections::BTreeSet;
+
+use typha::upstream::selector::Selector;
+use typha_proto::pb;
+
+use super::Family;
+use super::index::SetSpec;
+use super::names::{MARK_ACCEPT, MARK_PASS};
+use super::objects::{Net, port_protocol};
+
+/// A selector in a policy did not parse: the policy is rendered fail-closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid selector {0:?}")]
+pub(super) struct BadSelector(pub String);
+
+/// Parses an optional selector text (`""` = no constraint).
+pub(super) fn parse_selector(text: &str) -> Result<Option<Selector>, BadSelector> {
+    Selector::parse(text).map_err(|_| BadSelector(text.to_string()))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+impl Side {
+    fn flag(self) -> &'static str {
+        match self {
+            Side::Src => "-s",
+            Side::Dst => "-d",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Side::Src => "src",
+            Side::Dst => "dst",
+        }
+    }
+
+    fn ports(self) -> &'static str {
+        match self {
+            Side::Src => "--sports",
+            Side::Dst => "--dports",
+        }
+    }
+}
+
+/// The matches of one rule under construction.
+#[derive(Default)]
+struct Matches {
+    /// `-s`/`-d` matches (iptables prints them first).
+    head: Vec<String>,
+    /// `-p`.
+    protocol: Option<&'static str>,
+    /// Module matches, all required.
+    tail: Vec<String>,
+    /// Groups of alternatives: one of each group must match.
+    any_of: Vec<Vec<String>>,
+}
+
+/// What the renderer needs besides the rules.
+pub(super) struct RenderContext<'a> {
+    /// The family rendered.
+    pub family: Family,
+    /// The policy's own selector: in an ingress rule the destination, in an egress rule
+    /// the source, is an endpoint it selects; used to scope named-port sets.
+    pub policy_selector: Option<&'a Selector>,
+    /// Inbound (true) or outbound rules.
+    pub ingress: bool,
+}
+
+/// Renders `rules` into `out`, recording the ipsets they reference in `sets`.
+pub(super) fn render_rules(
+    rules: &[pb::Rule],
+    ctx: &RenderContext<'_>,
+    sets: &mut BTreeSet<SetSpec>,
+    out: &mut Vec<String>,
+) -> Result<(), BadSelector> {
+    for rule in rules {
+        render_rule(rule, ctx, sets, out)?;
+    }
+    Ok(())
+}
+
+fn render_rule(
+    rule: &pb::Rule,
+    ctx: &RenderContext<'_>,
+    sets: &mut BTreeSet<SetSpec>,
+    out: &mut Vec<String>,
+) -> Result<(), BadSelector> {
+    let family = ctx.family;
+    let mut m = Matches::default();
+    let protocol = pb::Protocol::try_from(rule.protocol).unwrap_or(pb::Protocol::Unspecified);
+    m.protocol = match (protocol, family) {
+        (pb::Protocol::Unspecified, _) => None,
+        (pb::Protocol::Icmp, Family::V4) => Some("icmp"),
+        (pb::Protocol::Icmpv6, Family::V6) => Some("ipv6-icmp"),
+        (pb::Protocol::Icmp | pb::Protocol::Icmpv6, _) => return Ok(()),
+        _ => port_protocol(rule.protocol),
+    };
+    let mut rule_sets = BTreeSet::new();
+    let empty = pb::EntityRule::default();
+    let sides = [
+        (Side::Src, rule.source.as_ref().unwrap_or(&empty)),
+        (Side::Dst, rule.destination.as_ref().unwrap_or(&empty)),
+    ];
+    for (side, entity) in sides {
+        let local = matches!((side, ctx.ingress), (Side::Dst, true) | (Side::Src, false));
+        let scope = if local { ctx.policy_selector } else { None };
+        if !side_matches(side, entity, scope, &mut m, family, &mut rule_sets)? {
+            return Ok(());
+        }
+    }
+    if rule.has_icmp {
+        let code = if rule.icmp_code >= 0 {
+            format!("/{}", rule.icmp_code)
+        } else {
+            String::new()
+        };
+        match m.protocol {
+            Some("icmp") => m
+                .tail
+                .push(format!("-m icmp --icmp-type {}{code}", rule.icmp_type)),
+            Some("ipv6-icmp") => m
+                .tail
+                .push(format!("-m icmp6 --icmpv6-type {}{code}", rule.icmp_type)),
+            _ => return Ok(()),
+        }
+    }
+    let action = match pb::Action::try_from(rule.action).unwrap_or(pb::Action::Unspecified) {
+        pb::Action::Allow => Some(format!(
+            "-j MARK --set-xmark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"
+        )),
+        pb::Action::Pass => Some(format!("-j MARK --set-xmark {MARK_PASS:#x}/{MARK_PASS:#x}")),
+        pb::Action::Deny => Some("-j DROP".to_string()),
+        pb::Action::Log => Some("-j LOG --log-prefix calico-packet:".to_string()),
+        pb::Action::Unspecified => None,
+    };
+    let Some(action) = action else {
+        return Ok(());
+    };
+    sets.extend(rule_sets);
+    let mut prefix: Vec<String> = m.head;
+    if let Some(p) = m.protocol {
+        prefix.push(format!("-p {p}"));
+    }
+    prefix.extend(m.tail);
+    let mut lines: Vec<Vec<String>> = vec![prefix];
+    for group in &m.any_of {
+        lines = lines
+            .iter()
+            .flat_map(|line| {
+                group.iter().map(move |alt| {
+                    let mut l = line.clone();
+                    l.push(alt.clone());
+                    l
+                })
+            })
+            .collect();
+    }
+    for mut line in lines {
+        line.push(action.clone());
+        out.push(line.join(" "));
+    }
+    match pb::Action::try_from(rule.action) {
+        Ok(pb::Action::Allow) => out.push(format!(
+            "-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j RETURN"
+        )),
+        Ok(pb::Action::Pass) => out.push(format!(
+            "-m mark --mark {MARK_PASS:#x}/{MARK_PASS:#x} -j RETURN"
+        )),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Nets of `family` from `texts`: `None` when the list is not empty but holds none of
+/// this family (the constraint cannot be met here).
+fn family_nets(texts: &[String], family: Family) -> Option<Vec<Net>> {
+    let all: Vec<Net> = texts.iter().filter_map(|t| Net::parse(t)).collect();
+    let mine: Vec<Net> = all.iter().filter(|n| n.family == family).cloned().collect();
+    if !texts.is_empty() && mine.is_empty() {
+        return None;
+    }
+    Some(mine)
+}
+
+fn nets_set(family: Family, nets: &[Net]) -> SetSpec {
+    let mut texts: Vec<String> = nets.iter().map(Net::text).collect();
+    texts.sort();
+    texts.dedup();
+    SetSpec::Nets {
+        family,
+        nets: texts,
+    }
+}
+
+/// Adds one side's matches; `false` when the side can never match in this family.
+fn side_matches(
+    side: Side,
+    entity: &pb::EntityRule,
+    local_scope: Option<&Selector>,
+    m: &mut Matches,
+    family: Family,
+    sets: &mut BTreeSet<SetSpec>,
+) -> Result<bool, BadSelector> {
+    let selector = Selector::and_all(
+        [
+            parse_selector(&entity.selector)?,
+            parse_selector(&entity.namespace_selector)?,
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    let dir = side.dir();
+    if let Some(sel) = &selector {
+        let spec = SetSpec::Selector {
+            family,
+            selector: sel.to_string(),
+        };
+        m.tail
+            .push(format!("-m set --match-set {} {dir}", spec.name()));
+        sets.insert(spec);
+    }
+    if let Some(not) = parse_selector(&entity.not_selector)? {
+        let spec = SetSpec::Selector {
+            family,
+            selector: not.to_string(),
+        };
+        m.tail
+            .push(format!("-m set ! --match-set {} {dir}", spec.name()));
+        sets.insert(spec);
+    }
+    let Some(nets) = family_nets(&entity.nets, family) else {
+        return Ok(false);
+    };
+    let mut flag_used = false;
+    if !nets.is_empty() && nets.iter().all(|n| n.prefix > 0) {
+        let distinct: BTreeSet<&Net> = nets.iter().collect();
+        if distinct.len() == 1 {
+            m.head.push(format!("{} {}", side.flag(), nets[0].text()));
+            flag_used = true;
+        } else {
+            let spec = nets_set(family, &nets);
+            m.tail
+                .push(format!("-m set --match-set {} {dir}", spec.name()));
+            sets.insert(spec);
+        }
+    }
+    let not_nets = family_nets(&entity.not_nets, family).unwrap_or_default();
+    if not_nets.iter().any(|n| n.prefix == 0) {
+        return Ok(false);
+    }
+    let distinct: BTreeSet<&Net> = not_nets.iter().collect();
+    if distinct.len() == 1 && !flag_used {
+        m.head
+            .push(format!("! {} {}", side.flag(), not_nets[0].text()));
+    } else if !not_nets.is_empty() {
+        let spec = nets_set(family, &not_nets);
+        m.tail
+            .push(format!("-m set ! --match-set {} {dir}", spec.name()));
+        sets.insert(spec);
+    }
+    if entity.ports.is_empty() && entity.not_ports.is_empty() {
+        return Ok(true);
+    }
+    let Some(protocol) = m.protocol.filter(|p| matches!(*p, "tcp" | "udp" | "sctp")) else {
+        // Ports without a port protocol cannot match (the converters reject this).
+        return Ok(false);
+    };
+    let named_scope = Selector::and_all(selector.clone().into_iter().chain(local_scope.cloned()))
+        .unwrap_or(Selector::All)
+        .to_string();
+    let named = |name: &str, sets: &mut BTreeSet<SetSpec>| {
+        let spec = SetSpec::NamedPort {
+            family,
+            selector: named_scope.clone(),
+            protocol,
+            port: name.to_string(),
+        };
+        let set_name = spec.name();
+        sets.insert(spec);
+        set_name
+    };
+    let pair = format!("{dir},{dir}");
+    if !entity.ports.is_empty() {
+        let mut alternatives: Vec<String> = multiport_chunks(&entity.ports)
+            .into_iter()
+            .map(|list| format!("-m multiport {} {list}", side.ports()))
+            .collect();
+        for p in entity.ports.iter().filter(|p| !p.name.is_empty()) {
+            let set = named(&p.name, sets);
+            alternatives.push(format!("-m set --match-set {set} {pair}"));
+        }
+        if alternatives.len() == 1 {
+            m.tail.extend(alternatives);
+        } else {
+            m.any_of.push(alternatives);
+        }
+    }
+    for list in multiport_chunks(&entity.not_ports) {
+        m.tail
+            .push(format!("-m multiport ! {} {list}", side.ports()));
+    }
+    for p in entity.not_ports.iter().filter(|p| !p.name.is_empty()) {
+        let set = named(&p.name, sets);
+        m.tail.push(format!("-m set ! --match-set {set} {pair}"));
+    }
+    Ok(true)
+}
+
+/// Numeric ports as multiport lists of at most 15 slots (a range takes two).
+fn multiport_chunks(ports: &[pb::PortRange]) -> Vec<String> {
+    let mut chunks: Vec<String> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut used = 0;
+    for p in ports.iter().filter(|p| p.name.is_empty()) {
+        let (item, cost) = if p.first == p.last {
+            (p.first.to_string(), 1)
+        } else {
+            (format!("{}:{}", p.first, p.last), 2)
+        };
+        if used + cost > 15 {
+            chunks.push(current.join(","));
+            current.clear();
+            used = 0;
+        }
+        current.push(item);
+        used += cost;
+    }
+    if !current.is_empty() {
+        chunks.push(current.join(","));
+    }
+    chunks
+}

@@ -1,0 +1,118 @@
+//! The health endpoint over a real socket: /livez, /readyz following the sync status
+//! (not ready before the first in-sync, ready after), and /metrics naming every
+//! felix_sync_* series. Local mode against kube-sim brings the status in sync, so the
+//! test does not depend on a typha. One test per process: the recorder is global.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use felix_client::health::{self, sync_ready};
+use felix_client::local::run_local;
+use felix_client::{SyncEvent, SyncStatus};
+use kube_sim::KubeSim;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use typha::upstream::UpstreamConfig;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// GET `path` over HTTP/1.1; the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn assert_series(metrics: &str) {
+    for name in [
+        "felix_sync_in_sync",
+        "felix_sync_keys",
+        "felix_sync_digest_mismatches_total",
+        "felix_sync_reconnects_total{reason=\"goodbye_rebalance\"}",
+        "felix_sync_reconnects_total{reason=\"goodbye_shutdown\"}",
+        "felix_sync_reconnects_total{reason=\"goodbye_resync\"}",
+        "felix_sync_reconnects_total{reason=\"error\"}",
+        "felix_sync_reconnects_total{reason=\"connect_error\"}",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn readyz_follows_the_sync_and_metrics_name_every_series() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let handle = health::install_recorder().unwrap();
+    let status = Arc::new(SyncStatus::default());
+    let shutdown = CancellationToken::new();
+    let server = health::serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        sync_ready(status.clone()),
+        Some(handle),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.addr;
+
+    assert_eq!(get(addr, "/livez").await, (200, "ok\n".to_string()));
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!((code, body.as_str()), (503, "not in sync yet\n"));
+    let (code, metrics) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_series(&metrics);
+    assert!(metrics.contains("felix_sync_in_sync 0"), "{metrics}");
+
+    // Local mode against an empty cluster: in sync once every resource is listed.
+    let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
+    let client = kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
+    let (tx, mut events) = mpsc::channel(64);
+    let local = tokio::spawn(run_local(
+        client,
+        UpstreamConfig::default(),
+        tx,
+        status.clone(),
+        shutdown.child_token(),
+    ));
+    let in_sync = async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, SyncEvent::InSync { .. }) {
+                return;
+            }
+        }
+        panic!("local mode stopped before in-sync");
+    };
+    tokio::time::timeout(LIMIT, in_sync)
+        .await
+        .expect("never in sync");
+
+    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_string()));
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert_series(&metrics);
+    assert!(metrics.contains("felix_sync_in_sync 1"), "{metrics}");
+
+    // Stopped: no longer in sync, so not ready.
+    shutdown.cancel();
+    local.await.unwrap().unwrap();
+    assert!(!status.in_sync.load(std::sync::atomic::Ordering::Relaxed));
+    server.join().await;
+    let ready = sync_ready(status);
+    assert_eq!(ready(), Err("reconnecting to typha\n".to_string()));
+}

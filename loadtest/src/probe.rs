@@ -1,0 +1,202 @@
+//! Stamps and their detection: how propagation latency is measured across processes.
+//!
+//! Every churn write carries a stamp, the nanoseconds since the probe's epoch at which
+//! it was sent: a pod label `lt-stamp`, or a policy podSelector `lt-stamp` (deletions are
+//! looked up by pod name, registered just before the DELETE is sent). Clients in this
+//! process detect stamps in what they apply and record `now - stamp`, so the writer and
+//! the readers share one monotonic clock and no coordination is needed per change. The
+//! measured span starts before the API accepted the write, so it slightly overstates
+//! "accepted -> applied" by the write's own round trip (reported separately).
+//!
+//! A barrier (label `lt-barrier` on the pod `lt-barrier`) is written after churn; a
+//! client has converged once it applied the latest barrier and is in sync.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use typha_proto::{Kind, Update, Value};
+
+use crate::latency::LatencySeries;
+
+/// The label (and policy podSelector key) carrying a stamp.
+pub const STAMP_LABEL: &str = "lt-stamp";
+/// The label carrying the barrier number.
+pub const BARRIER_LABEL: &str = "lt-barrier";
+/// The pod whose label is the barrier.
+pub const BARRIER_POD: &str = "lt-barrier";
+
+/// What one applied change tells the probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// A stamped change (nanoseconds since the epoch when written).
+    Stamp(u64),
+    /// The barrier reached this number.
+    Barrier(u64),
+    /// A pod's endpoint was deleted (its name, to look up the stamp).
+    Deleted(String),
+}
+
+/// Shared by the writer and every client of a scenario.
+pub struct Probe {
+    epoch: Instant,
+    /// Latency of normal clients.
+    pub normal: LatencySeries,
+    /// Latency of deliberately slow clients (slow scenario).
+    pub slow: LatencySeries,
+    deleted: RwLock<HashMap<String, u64>>,
+    /// Woken whenever a client reaches a barrier.
+    pub barrier_reached: Notify,
+}
+
+impl Probe {
+    /// A probe whose per-second series hold `seconds` seconds.
+    pub fn new(seconds: usize) -> Arc<Probe> {
+        Arc::new(Probe {
+            epoch: Instant::now(),
+            normal: LatencySeries::new(seconds),
+            slow: LatencySeries::new(seconds),
+            deleted: RwLock::new(HashMap::new()),
+            barrier_reached: Notify::new(),
+        })
+    }
+
+    /// Time since the epoch.
+    pub fn elapsed(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// A stamp for a write about to be sent.
+    pub fn stamp(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers the deletion of `pod` and returns its stamp.
+    pub fn stamp_delete(&self, pod: &str) -> u64 {
+        let stamp = self.stamp();
+        if let Ok(mut deleted) = self.deleted.write() {
+            deleted.insert(pod.to_string(), stamp);
+        }
+        stamp
+    }
+
+    /// Records that a client applied the change stamped `stamp` just now.
+    pub fn observe(&self, stamp: u64, slow: bool) {
+        let written = Duration::from_nanos(stamp);
+        let latency = self.epoch.elapsed().saturating_sub(written);
+        let series = if slow { &self.slow } else { &self.normal };
+        series.record(written, latency);
+    }
+
+    /// Records a mark; returns the barrier number if it was one.
+    pub fn observe_mark(&self, mark: &Mark, slow: bool) -> Option<u64> {
+        match mark {
+            Mark::Stamp(stamp) => self.observe(*stamp, slow),
+            Mark::Deleted(pod) => {
+                let stamp = self.deleted.read().ok().and_then(|d| d.get(pod).copied());
+                if let Some(stamp) = stamp {
+                    self.observe(stamp, slow);
+                }
+            }
+            Mark::Barrier(n) => return Some(*n),
+        }
+        None
+    }
+}
+
+/// The digits that follow `key` in `text` (`lt-stamp == '123'` -> 123).
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let start = rest.find(|c: char| c.is_ascii_digit())?;
+    let digits: String = rest[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The mark an applied model update carries, if any.
+pub fn mark_of(update: &Update) -> Option<Mark> {
+    match (&update.value, update.key.kind()) {
+        (Some(Value::WorkloadEndpoint(wep)), _) => {
+            if let Some(n) = wep.labels.get(BARRIER_LABEL) {
+                return n.parse().ok().map(Mark::Barrier);
+            }
+            wep.labels
+                .get(STAMP_LABEL)
+                .and_then(|s| s.parse().ok())
+                .map(Mark::Stamp)
+        }
+        (Some(Value::Policy(policy)), _) => {
+            number_after(&policy.selector, STAMP_LABEL).map(Mark::Stamp)
+        }
+        (None, Kind::WorkloadEndpoint) if update.key.name().starts_with("lt-") => {
+            Some(Mark::Deleted(update.key.name().to_string()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use typha_proto::{Key, pb};
+
+    fn wep(name: &str, labels: &[(&str, &str)]) -> Update {
+        let value = pb::WorkloadEndpoint {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        Update::new(
+            Key::new(Kind::WorkloadEndpoint, "ns-0", name).unwrap(),
+            Some(Value::WorkloadEndpoint(value)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn marks_are_found_in_endpoints_policies_and_deletions() {
+        assert_eq!(
+            mark_of(&wep("p", &[(STAMP_LABEL, "42")])),
+            Some(Mark::Stamp(42))
+        );
+        assert_eq!(
+            mark_of(&wep(BARRIER_POD, &[(BARRIER_LABEL, "3")])),
+            Some(Mark::Barrier(3))
+        );
+        assert_eq!(mark_of(&wep("p", &[("app", "x")])), None);
+        let gone = Update::delete(Key::new(Kind::WorkloadEndpoint, "ns-0", "lt-7").unwrap());
+        assert_eq!(mark_of(&gone), Some(Mark::Deleted("lt-7".into())));
+        let policy = pb::Policy {
+            selector: "projectcalico.org/namespace == 'ns-0' && lt-stamp == '977'".into(),
+            ..Default::default()
+        };
+        let update = Update::new(
+            Key::new(Kind::K8sNetworkPolicy, "ns-0", "knp.default.lt-policy").unwrap(),
+            Some(Value::Policy(policy)),
+        )
+        .unwrap();
+        assert_eq!(mark_of(&update), Some(Mark::Stamp(977)));
+    }
+
+    #[test]
+    fn deletions_are_timed_from_their_registration() {
+        let probe = Probe::new(10);
+        probe.stamp_delete("lt-1");
+        assert_eq!(
+            probe.observe_mark(&Mark::Deleted("lt-1".into()), false),
+            None
+        );
+        assert_eq!(
+            probe.observe_mark(&Mark::Deleted("lt-2".into()), false),
+            None
+        );
+        assert_eq!(probe.normal.total.count(), 1);
+        assert_eq!(probe.observe_mark(&Mark::Barrier(5), true), Some(5));
+    }
+}

@@ -1,0 +1,287 @@
+//! The servers of a scenario as child processes: kube-sim seeded with a synthetic
+//! cluster, and typha replicas watching it, each on unique loopback ports with
+//! development certificates written to a scratch directory.
+//!
+//! Invariants: every process here is a child of this one and is killed by PID when the
+//! [`Stack`] drops; a replica restarted after a kill or a roll gets the same ports, so
+//! clients find it where it was.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use typha::tls::{PeerIdentity, client_config};
+
+use crate::http1::{self, Scrape};
+use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
+
+/// The synthetic cluster and the replicas.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StackConfig {
+    /// Nodes.
+    pub nodes: usize,
+    /// Pods per node.
+    pub pods_per_node: usize,
+    /// Namespaces.
+    pub namespaces: usize,
+    /// Kubernetes NetworkPolicies per namespace.
+    pub policies: usize,
+    /// typha replicas (0: kube-sim only, for the direct baseline).
+    pub replicas: usize,
+    /// Extra `typha serve` flags (e.g. a short --write-timeout for the slow scenario).
+    pub typha_args: Vec<String>,
+}
+
+/// How a replica goes away in the restart scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// SIGKILL: connections vanish without a goodbye.
+    Kill,
+    /// SIGTERM: the replica drains (goodbye to every client) and exits.
+    Roll,
+}
+
+/// One typha replica.
+pub struct Replica {
+    /// Its name (`typha-<i>`).
+    pub name: String,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// /readyz and /metrics address.
+    pub health: SocketAddr,
+    args: Vec<String>,
+    proc: ChildProc,
+    /// CPU and bytes of earlier incarnations (before restarts), so totals span them.
+    retired: ProcStats,
+}
+
+/// kube-sim and the replicas.
+pub struct Stack {
+    /// Scratch directory (certificates, kubeconfig, logs).
+    pub dir: ScratchDir,
+    /// kube-sim.
+    pub kube: ChildProc,
+    /// kube-sim's address.
+    pub kube_addr: SocketAddr,
+    /// Replicas in index order.
+    pub replicas: Vec<Replica>,
+    /// Objects kube-sim seeded.
+    pub seeded_objects: u64,
+    pki: DevPki,
+}
+
+async fn wait_ready(
+    addr: SocketAddr,
+    path: &str,
+    proc: &mut ChildProc,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if http1::get_text(addr, path).await.is_ok() {
+            return Ok(());
+        }
+        proc.check_alive()?;
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "{} not ready on {addr}{path} after {limit:?}; log:\n{}",
+            proc.name(),
+            proc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Stack {
+    /// Starts kube-sim (seeded) and the replicas; returns once all are ready.
+    pub async fn start(config: &StackConfig, tag: &str) -> anyhow::Result<Stack> {
+        let dir = ScratchDir::create(tag)?;
+        let pki = DevPki::generate().context("generating certificates")?;
+        pki.write_to_dir(dir.path(), true)
+            .context("writing certificates")?;
+        let kube_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let args: Vec<String> = [
+            "kube-sim".to_string(),
+            "--listen".into(),
+            kube_addr.to_string(),
+            "--nodes".into(),
+            config.nodes.to_string(),
+            "--pods-per-node".into(),
+            config.pods_per_node.to_string(),
+            "--namespaces".into(),
+            config.namespaces.to_string(),
+            "--policies".into(),
+            config.policies.to_string(),
+            "--history".into(),
+            "100000".into(),
+        ]
+        .into();
+        let mut kube = ChildProc::spawn("kube-sim", &args, dir.path())?;
+        wait_ready(kube_addr, "/readyz", &mut kube, Duration::from_secs(300)).await?;
+        let log = std::fs::read_to_string(dir.path().join("kube-sim.log")).unwrap_or_default();
+        let seeded_objects = log
+            .split("seeded ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"http://{kube_addr}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
+            ),
+        )?;
+        let mut stack = Stack {
+            dir,
+            kube,
+            kube_addr,
+            replicas: Vec::new(),
+            seeded_objects,
+            pki,
+        };
+        for i in 0..config.replicas {
+            let replica = stack.spawn_replica(i, &kubeconfig, &config.typha_args)?;
+            stack.replicas.push(replica);
+        }
+        for i in 0..stack.replicas.len() {
+            stack.wait_replica(i).await?;
+        }
+        Ok(stack)
+    }
+
+    fn spawn_replica(
+        &self,
+        i: usize,
+        kubeconfig: &std::path::Path,
+        extra: &[String],
+    ) -> anyhow::Result<Replica> {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let file = |name: &str| -> String { self.dir.path().join(name).display().to_string() };
+        let mut args: Vec<String> = vec![
+            "typha".into(),
+            "serve".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--listen".into(),
+            grpc.to_string(),
+            "--health-listen".into(),
+            health.to_string(),
+            "--tls-ca".into(),
+            file("ca.crt"),
+            "--tls-cert".into(),
+            file("typha.crt"),
+            "--tls-key".into(),
+            file("typha.key"),
+            "--client-cn".into(),
+            DEFAULT_CLIENT_CN.into(),
+            "--server-id".into(),
+            format!("typha-{i}"),
+            "--log".into(),
+            "warn".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let name = format!("typha-{i}");
+        let proc = ChildProc::spawn(&name, &args, self.dir.path())?;
+        Ok(Replica {
+            name,
+            grpc,
+            health,
+            args,
+            proc,
+            retired: ProcStats::default(),
+        })
+    }
+
+    async fn wait_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        let replica = self.replicas.get_mut(i).context("no such replica")?;
+        wait_ready(
+            replica.health,
+            "/readyz",
+            &mut replica.proc,
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
+    /// Kills (SIGKILL) or rolls (SIGTERM, drain) replica `i`, then starts it again on the
+    /// same ports and waits until it is ready. Returns how long it was gone.
+    pub async fn restart_replica(
+        &mut self,
+        i: usize,
+        mode: RestartMode,
+    ) -> anyhow::Result<Duration> {
+        let dir = self.dir.path().to_path_buf();
+        let replica = self.replicas.get_mut(i).context("no such replica")?;
+        let before = replica.proc.stats();
+        let started = Instant::now();
+        match mode {
+            RestartMode::Kill => replica.proc.kill(),
+            RestartMode::Roll => replica.proc.terminate(Duration::from_secs(30)).await,
+        }
+        let last = replica.proc.stats();
+        let last = if last.cpu_seconds >= before.cpu_seconds {
+            last
+        } else {
+            before
+        };
+        replica.retired.cpu_seconds += last.cpu_seconds;
+        replica.retired.bytes_written += last.bytes_written;
+        replica.retired.bytes_read += last.bytes_read;
+        replica.retired.write_calls += last.write_calls;
+        replica.retired.peak_rss_bytes = replica.retired.peak_rss_bytes.max(last.peak_rss_bytes);
+        let generation = started.elapsed().as_nanos();
+        let name = format!("{}-restart-{generation}", replica.name);
+        replica.proc = ChildProc::spawn(&name, &replica.args, &dir)?;
+        self.wait_replica(i).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Each replica's counters, summed over its incarnations.
+    pub fn replica_stats(&mut self) -> Vec<(String, u32, ProcStats)> {
+        self.replicas
+            .iter_mut()
+            .map(|r| {
+                let now = r.proc.stats();
+                let total = ProcStats {
+                    cpu_seconds: now.cpu_seconds + r.retired.cpu_seconds,
+                    rss_bytes: now.rss_bytes,
+                    peak_rss_bytes: now.peak_rss_bytes.max(r.retired.peak_rss_bytes),
+                    bytes_written: now.bytes_written + r.retired.bytes_written,
+                    bytes_read: now.bytes_read + r.retired.bytes_read,
+                    write_calls: now.write_calls + r.retired.write_calls,
+                };
+                (r.name.clone(), r.proc.pid(), total)
+            })
+            .collect()
+    }
+
+    /// Scrapes replica `i`'s /metrics.
+    pub async fn scrape(&self, i: usize) -> anyhow::Result<Scrape> {
+        let replica = self.replicas.get(i).context("no such replica")?;
+        Ok(Scrape::parse(
+            &http1::get_text(replica.health, "/metrics").await?,
+        ))
+    }
+
+    /// The replicas' gRPC addresses.
+    pub fn addresses(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.grpc.to_string()).collect()
+    }
+
+    /// The TLS configuration of a legitimate client.
+    pub fn client_tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
+        Ok(client_config(&self.pki.client_material(), &identity)?)
+    }
+
+    /// Where child logs are.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}

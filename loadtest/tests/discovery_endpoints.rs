@@ -1,0 +1,403 @@
+//! Typha discovery through EndpointSlices, against kube-sim: the shared watcher
+//! (`typha::discovery`: ready filtering, port selection, following creates, updates and
+//! deletes, the replica count) and felix-client sync clients that follow it from one
+//! typha to another (harness typhas, plaintext so that both share no PKI).
+//!
+//! Waits are on the discovery watch and on the clients' status channels, under a generous
+//! deadline that only turns a hang into a failure. Nothing asserts on timing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use felix_client::discovery::TyphaSource;
+use felix_client::{SyncClient, SyncConfig, SyncStatus};
+use kube_sim::KubeSim;
+use loadtest::harness::{Harness, TyphaSpec};
+use serde_json::{Value as Json, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use typha::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
+use typha_proto::{Key, Kind, Update, Value, pb};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const NS: &str = "kube-system";
+const SERVICE: &str = "calico-typha";
+
+fn kube_client(sim: &KubeSim) -> kube::Client {
+    kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap()
+}
+
+/// An endpoint of a slice: (address, ready condition, node).
+type Ep<'a> = (&'a str, Option<bool>, &'a str);
+
+/// An EndpointSlice of `service` with `ports` (name, number) and `endpoints`.
+fn slice(name: &str, service: &str, ports: &[(Option<&str>, u16)], endpoints: &[Ep]) -> Json {
+    let ports: Vec<Json> = ports
+        .iter()
+        .map(|(name, port)| match name {
+            Some(name) => json!({"name": name, "port": port, "protocol": "TCP"}),
+            None => json!({"port": port, "protocol": "TCP"}),
+        })
+        .collect();
+    let endpoints: Vec<Json> = endpoints
+        .iter()
+        .map(|(addr, ready, node)| {
+            let conditions = match ready {
+                Some(ready) => json!({"ready": ready}),
+                None => json!({}),
+            };
+            json!({"addresses": [addr], "conditions": conditions, "nodeName": node})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+fn ep(addr: &str, port: u16, node: &str) -> TyphaEndpoint {
+    TyphaEndpoint {
+        address: addr.into(),
+        port,
+        node_name: Some(node.into()),
+    }
+}
+
+/// Waits until the watch publishes exactly `want`.
+async fn expect(rx: &mut watch::Receiver<Vec<TyphaEndpoint>>, want: Vec<TyphaEndpoint>) {
+    let waited = tokio::time::timeout(LIMIT, rx.wait_for(|got| *got == want))
+        .await
+        .map(|r| r.is_ok());
+    assert!(
+        matches!(waited, Ok(true)),
+        "wanted {want:?}, have {:?}",
+        *rx.borrow()
+    );
+}
+
+async fn start_sim() -> KubeSim {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    KubeSim::start(kube_sim::Config::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn watcher_publishes_ready_endpoints_and_follows_changes() {
+    let sim = start_sim().await;
+    let store = sim.store();
+    let typha_port = Some("calico-typha");
+    // Two ports: the named one is chosen. Unready endpoints are left out, unset counts
+    // as ready. Another service's slice is ignored.
+    store
+        .upsert_object(slice(
+            "typha-a",
+            SERVICE,
+            &[(Some("metrics"), 9093), (typha_port, 5473)],
+            &[
+                ("10.0.0.1", Some(true), "n1"),
+                ("10.0.0.2", Some(false), "n2"),
+                ("10.0.0.3", None, "n3"),
+            ],
+        ))
+        .unwrap();
+    store
+        .upsert_object(slice(
+            "other",
+            "not-typha",
+            &[(typha_port, 5473)],
+            &[("10.9.9.9", Some(true), "n9")],
+        ))
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let discovery = Discovery::spawn(
+        kube_client(&sim),
+        DiscoveryConfig::new(NS, SERVICE),
+        &shutdown,
+    );
+    let mut rx = discovery.endpoints();
+    let mut replicas = discovery.replicas();
+    expect(
+        &mut rx,
+        vec![ep("10.0.0.1", 5473, "n1"), ep("10.0.0.3", 5473, "n3")],
+    )
+    .await;
+    assert!(discovery.state().borrow().listed);
+    assert_eq!(*replicas.borrow_and_update(), 2);
+
+    // n2 becomes ready, n1 stops being ready.
+    store
+        .upsert_object(slice(
+            "typha-a",
+            SERVICE,
+            &[(Some("metrics"), 9093), (typha_port, 5473)],
+            &[
+                ("10.0.0.1", Some(false), "n1"),
+                ("10.0.0.2", Some(true), "n2"),
+                ("10.0.0.3", None, "n3"),
+            ],
+        ))
+        .unwrap();
+    expect(
+        &mut rx,
+        vec![ep("10.0.0.2", 5473, "n2"), ep("10.0.0.3", 5473, "n3")],
+    )
+    .await;
+
+    // A second slice whose only port has another name: that port is used.
+    store
+        .upsert_object(slice(
+            "typha-b",
+            SERVICE,
+            &[(Some("grpc"), 6000)],
+            &[("10.0.1.1", Some(true), "n4")],
+        ))
+        .unwrap();
+    // A slice with two ports, neither named calico-typha: skipped.
+    store
+        .upsert_object(slice(
+            "typha-c",
+            SERVICE,
+            &[(Some("a"), 1), (Some("b"), 2)],
+            &[("10.0.2.1", Some(true), "n5")],
+        ))
+        .unwrap();
+    expect(
+        &mut rx,
+        vec![
+            ep("10.0.0.2", 5473, "n2"),
+            ep("10.0.0.3", 5473, "n3"),
+            ep("10.0.1.1", 6000, "n4"),
+        ],
+    )
+    .await;
+    replicas
+        .wait_for(|n| *n == 3)
+        .await
+        .expect("replica count follows");
+
+    // Deleting a slice removes its endpoints.
+    store
+        .delete_object("discovery.k8s.io/v1", "EndpointSlice", NS, "typha-a")
+        .unwrap();
+    expect(&mut rx, vec![ep("10.0.1.1", 6000, "n4")]).await;
+
+    // A relist (every watch closed and history expired) keeps the same answer.
+    sim.compact();
+    sim.disconnect_watches();
+    store
+        .delete_object("discovery.k8s.io/v1", "EndpointSlice", NS, "typha-b")
+        .unwrap();
+    expect(&mut rx, vec![]).await;
+    replicas.wait_for(|n| *n == 0).await.unwrap();
+    discovery.stop().await;
+}
+
+#[tokio::test]
+async fn port_name_is_configurable() {
+    let sim = start_sim().await;
+    sim.store()
+        .upsert_object(slice(
+            "typha-a",
+            SERVICE,
+            &[(Some("calico-typha"), 5473), (Some("alt"), 7000)],
+            &[("10.0.0.1", Some(true), "n1")],
+        ))
+        .unwrap();
+    let mut config = DiscoveryConfig::new(NS, SERVICE);
+    config.port_name = "alt".into();
+    let discovery = Discovery::spawn(kube_client(&sim), config, &CancellationToken::new());
+    let mut rx = discovery.endpoints();
+    expect(&mut rx, vec![ep("10.0.0.1", 7000, "n1")]).await;
+}
+
+// ---------------------------------------------------------------- clients following it
+
+/// A plaintext harness typha loaded with one Node named `marker` (so that a mirror shows
+/// which typha it came from).
+async fn typha(marker: &str) -> Harness {
+    let spec = TyphaSpec {
+        tls: false,
+        ..TyphaSpec::default()
+    };
+    let harness = Harness::start(spec).await.unwrap();
+    let node = pb::Node {
+        name: marker.into(),
+        ..Default::default()
+    };
+    let update = Update::new(
+        Key::cluster(Kind::Node, marker).unwrap(),
+        Some(Value::Node(node)),
+    )
+    .unwrap();
+    harness.load(vec![update]).await.unwrap();
+    harness
+}
+
+fn port_of(addr: SocketAddr) -> u16 {
+    addr.port()
+}
+
+/// A typha slice for `(port, node)` pairs on 127.0.0.1 (a slice has one port per
+/// Service port, so each typha gets its own slice, as with hostNetwork typhas).
+fn typha_slice(name: &str, port: u16, node: &str) -> Json {
+    slice(
+        name,
+        SERVICE,
+        &[(Some("calico-typha"), port)],
+        &[("127.0.0.1", Some(true), node)],
+    )
+}
+
+struct Client {
+    status: std::sync::Arc<SyncStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<felix_client::Mirror, felix_client::SyncError>>,
+}
+
+fn spawn_client(node: &str, source: TyphaSource) -> Client {
+    let mut config = SyncConfig::with_source(node, source);
+    config.backoff_min = Duration::from_millis(50);
+    config.backoff_max = Duration::from_secs(1);
+    let client = SyncClient::new(config);
+    let status = client.status();
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let task = tokio::spawn(client.run(tx, shutdown.clone()));
+    Client {
+        status,
+        shutdown,
+        task,
+    }
+}
+
+impl Client {
+    /// Waits until the client is in sync with the typha at `addr`.
+    async fn in_sync_with(&self, addr: SocketAddr) {
+        let want = Some(addr.to_string());
+        let mut endpoint = self.status.endpoint.subscribe();
+        let mut applied = self.status.applied.subscribe();
+        let wait = async {
+            endpoint.wait_for(|e| *e == want).await.unwrap();
+            applied
+                .wait_for(|_| self.status.in_sync.load(Ordering::Relaxed))
+                .await
+                .unwrap();
+        };
+        if tokio::time::timeout(LIMIT, wait).await.is_err() {
+            panic!(
+                "not in sync with {addr}: at {:?}, failures {}",
+                *self.status.endpoint.borrow(),
+                self.status.failures.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    async fn stop(self) -> felix_client::Mirror {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+fn has_marker(mirror: &felix_client::Mirror, marker: &str) -> bool {
+    mirror
+        .get(&Key::cluster(Kind::Node, marker).unwrap())
+        .is_some()
+}
+
+#[tokio::test]
+async fn client_moves_to_a_new_endpoint_when_the_old_one_is_removed() {
+    let sim = start_sim().await;
+    let store = sim.store();
+    let a = typha("from-a").await;
+    let b = typha("from-b").await;
+    let (a_addr, b_addr) = (a.typha.grpc_addr, b.typha.grpc_addr);
+    store
+        .upsert_object(typha_slice("typha-a", port_of(a_addr), "node-a"))
+        .unwrap();
+    let discovery = Discovery::spawn(
+        kube_client(&sim),
+        DiscoveryConfig::new(NS, SERVICE),
+        &CancellationToken::new(),
+    );
+    let mut seen = discovery.endpoints();
+    let client = spawn_client("elsewhere", TyphaSource::discovered(discovery));
+    client.in_sync_with(a_addr).await;
+
+    // B becomes ready, A goes away; the client's source is the same watch channel, so
+    // once it shows this, the client's next pick sees it too.
+    store
+        .upsert_object(typha_slice("typha-b", port_of(b_addr), "node-b"))
+        .unwrap();
+    store
+        .delete_object("discovery.k8s.io/v1", "EndpointSlice", NS, "typha-a")
+        .unwrap();
+    expect(&mut seen, vec![ep("127.0.0.1", port_of(b_addr), "node-b")]).await;
+
+    // A shuts down: goodbye(shutdown); the client goes to B and never back to A (which
+    // would be a connection failure now).
+    a.typha.shutdown().await.unwrap();
+    client.in_sync_with(b_addr).await;
+    let status = client.status.clone();
+    let mirror = client.stop().await;
+    assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
+    assert_eq!(status.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
+    assert_eq!(status.snapshots.load(Ordering::Relaxed), 2);
+    b.typha.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn goodbye_moves_to_another_endpoint_without_counting_a_failure() {
+    let sim = start_sim().await;
+    let store = sim.store();
+    let a = typha("from-a").await;
+    let b = typha("from-b").await;
+    let (a_addr, b_addr) = (a.typha.grpc_addr, b.typha.grpc_addr);
+    store
+        .upsert_object(typha_slice("typha-a", port_of(a_addr), "node-a"))
+        .unwrap();
+    store
+        .upsert_object(typha_slice("typha-b", port_of(b_addr), "node-b"))
+        .unwrap();
+    let discovery = Discovery::spawn(
+        kube_client(&sim),
+        DiscoveryConfig::new(NS, SERVICE),
+        &CancellationToken::new(),
+    );
+    let mut seen = discovery.endpoints();
+    let mut both = vec![
+        ep("127.0.0.1", port_of(a_addr), "node-a"),
+        ep("127.0.0.1", port_of(b_addr), "node-b"),
+    ];
+    both.sort();
+    expect(&mut seen, both).await;
+
+    // The client runs on node-a: it prefers the typha there.
+    let client = spawn_client("node-a", TyphaSource::discovered(discovery));
+    client.in_sync_with(a_addr).await;
+    // A says goodbye while still listed (as while draining): the client must not retry
+    // it (refused now, a failure) but move to B.
+    a.typha.shutdown().await.unwrap();
+    client.in_sync_with(b_addr).await;
+    let status = client.status.clone();
+    let mirror = client.stop().await;
+    assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
+    assert_eq!(status.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
+    assert_eq!(status.reconnects.load(Ordering::Relaxed), 1);
+    b.typha.shutdown().await.unwrap();
+}

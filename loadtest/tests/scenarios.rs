@@ -1,0 +1,382 @@
+//! Every load-test scenario end to end through the real binary, on a configuration small
+//! enough for CI: kube-sim and typha run as child processes of `loadtest`, the clients in
+//! it. Asserts convergence, equal digests and the report's shape (every field present),
+//! never the figures themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadtest-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `loadtest --scenario <scenario>` on a tiny cluster; returns the JSON report and
+/// the SVG plot.
+fn run(scenario: &str, extra: &[&str]) -> (Value, String) {
+    let dir = scratch(scenario);
+    let report = dir.join("report.json");
+    let plot = dir.join("plot.svg");
+    // Defaults for CI; a flag in `extra` replaces its default.
+    let defaults = [
+        ("--scenario", scenario),
+        ("--clients", "12"),
+        ("--nodes", "6"),
+        ("--pods-per-node", "4"),
+        ("--namespaces", "3"),
+        ("--policies", "1"),
+        ("--cold-nodes", "10"),
+        ("--cold-pods-per-node", "5"),
+        ("--rate", "40"),
+        ("--duration", "2s"),
+        ("--slow-share", "0.25"),
+        ("--slow-pause", "100ms"),
+        ("--slow-write-timeout", "1s"),
+    ];
+    let mut args: Vec<String> = Vec::new();
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--report".to_string(), report.display().to_string()]);
+    args.extend(["--plot".to_string(), plot.display().to_string()]);
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "loadtest {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("goals:"), "the table is printed: {stdout}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (json, svg)
+}
+
+const SCENARIO_FIELDS: [&str; 22] = [
+    "name",
+    "clients",
+    "replicas",
+    "api_objects",
+    "wall_seconds",
+    "initial_sync_seconds",
+    "converge_seconds",
+    "converged",
+    "digests_equal",
+    "digests_total",
+    "churn",
+    "latency_ms",
+    "slow_latency_ms",
+    "snapshot",
+    "typha_memory",
+    "bytes",
+    "events",
+    "restart",
+    "raw_baseline",
+    "processes",
+    "series",
+    "name",
+];
+
+fn assert_fields(value: &Value, fields: &[&str], what: &str) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {value}"));
+    for field in fields {
+        assert!(object.contains_key(*field), "{what} lacks {field}: {value}");
+    }
+}
+
+/// The shape every scenario report has, and convergence.
+fn check_scenario(s: &Value, typha: bool) {
+    let name = s["name"].as_str().unwrap().to_string();
+    assert_fields(s, &SCENARIO_FIELDS, &name);
+    assert_eq!(s["converged"], true, "{name} converged");
+    assert_eq!(
+        s["digests_equal"], s["digests_total"],
+        "{name}: every digest equals the replica's"
+    );
+    assert_fields(
+        &s["churn"],
+        &[
+            "operations",
+            "creates",
+            "deletes",
+            "label_changes",
+            "policy_edits",
+            "errors",
+            "achieved_rate",
+            "write_ms",
+        ],
+        "churn",
+    );
+    assert_fields(
+        &s["latency_ms"],
+        &["count", "p50", "p99", "max"],
+        "latency_ms",
+    );
+    assert_fields(
+        &s["bytes"],
+        &[
+            "api_sent_total",
+            "api_sent_to_writer",
+            "api_sent_to_watchers",
+            "typha_written",
+            "typha_written_per_client",
+        ],
+        "bytes",
+    );
+    assert_fields(
+        &s["events"],
+        &["drops", "server_resumes", "coalesced", "fleet", "resyncs"],
+        "events",
+    );
+    assert_fields(
+        &s["events"]["fleet"],
+        &[
+            "reconnects",
+            "snapshots",
+            "resumes",
+            "digest_mismatches",
+            "batches",
+        ],
+        "fleet",
+    );
+    assert_fields(&s["series"], &["latency", "connections", "marks"], "series");
+    let processes = s["processes"].as_array().unwrap();
+    let names: Vec<&str> = processes
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"kube-sim") && names.contains(&"client-process"),
+        "{names:?}"
+    );
+    for p in processes {
+        assert_fields(
+            p,
+            &[
+                "name",
+                "pid",
+                "cpu_seconds",
+                "peak_rss_bytes",
+                "rss_bytes",
+                "bytes_written",
+                "bytes_read",
+            ],
+            "process",
+        );
+        assert!(
+            p["peak_rss_bytes"].as_u64().unwrap() > 0,
+            "{p}: measured from /proc"
+        );
+    }
+    if typha {
+        assert!(
+            s["digests_total"].as_u64().unwrap() > s["clients"].as_u64().unwrap(),
+            "clients and reference clients compared"
+        );
+        assert!(names.iter().any(|n| n.starts_with("typha-")), "{names:?}");
+        assert_fields(
+            &s["snapshot"],
+            &[
+                "keys",
+                "builds",
+                "build_seconds_mean",
+                "raw_bytes",
+                "compressed_bytes",
+                "ratio",
+            ],
+            "snapshot",
+        );
+        assert!(
+            s["snapshot"]["builds"].as_f64().unwrap() >= 1.0,
+            "scraped from typha's /metrics"
+        );
+        assert_fields(
+            &s["typha_memory"],
+            &["base_rss_bytes", "loaded_rss_bytes", "per_client_bytes"],
+            "typha_memory",
+        );
+        assert!(!s["series"]["connections"].as_array().unwrap().is_empty());
+    }
+}
+
+fn check_report(json: &Value) {
+    assert_fields(
+        json,
+        &["config", "scenarios", "comparison", "goals"],
+        "report",
+    );
+    assert_fields(
+        &json["config"],
+        &[
+            "scenarios",
+            "clients",
+            "nodes",
+            "pods_per_node",
+            "rate",
+            "duration_seconds",
+            "replicas",
+            "restart_mode",
+            "slow_share",
+            "command",
+        ],
+        "config",
+    );
+    let goals = json["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 6);
+    for g in goals {
+        assert_fields(g, &["goal", "target", "measured", "met"], "goal");
+    }
+}
+
+#[test]
+fn steady_converges_and_reports_everything() {
+    let (json, svg) = run("steady", &[]);
+    check_report(&json);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert!(s["churn"]["operations"].as_u64().unwrap() > 0);
+    assert!(
+        s["latency_ms"]["count"].as_u64().unwrap() > 0,
+        "stamps were detected by clients"
+    );
+    assert_fields(
+        &s["raw_baseline"],
+        &["raw", "typha_cpu_seconds", "typha_bytes", "ratio"],
+        "raw_baseline",
+    );
+    assert!(s["raw_baseline"]["raw"]["bytes"].as_u64().unwrap() > 0);
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+#[test]
+fn cold_start_converges() {
+    let (json, _) = run("cold-start", &[]);
+    check_report(&json);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_eq!(s["churn"]["operations"], 0, "no churn in a cold start");
+}
+
+#[test]
+fn restart_kill_reconnects_every_client() {
+    let (json, _) = run("restart", &["--restart-mode", "kill"]);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_eq!(s["replicas"], 2);
+    let r = &s["restart"];
+    assert_fields(
+        r,
+        &[
+            "mode",
+            "replica",
+            "clients_disconnected",
+            "replica_back_seconds",
+            "reconverge_seconds",
+            "storm",
+        ],
+        "restart",
+    );
+    assert_eq!(r["mode"], "kill");
+    let storm = &r["storm"];
+    // Every disconnected client came back with either a snapshot or a resume.
+    let reconnects = storm["reconnects"].as_u64().unwrap();
+    assert!(reconnects > 0, "{r}");
+    assert!(
+        storm["snapshots"].as_u64().unwrap() + storm["resumes"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+}
+
+#[test]
+fn restart_roll_reconnects_every_client() {
+    let (json, _) = run("restart", &["--restart-mode", "roll"]);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_eq!(s["restart"]["mode"], "roll");
+    assert!(s["restart"]["storm"]["reconnects"].as_u64().unwrap() > 0);
+}
+
+/// Slow and stalled clients lag (their latency is measured apart) and still converge.
+/// Whether typha cuts them off depends on how much the HTTP/2 window (2 MiB in the
+/// client) and the socket buffers absorb, so the test does not insist on drops.
+#[test]
+fn slow_clients_lag_and_recover() {
+    let (json, _) = run("slow", &[]);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert!(
+        s["slow_latency_ms"]["count"].as_u64().unwrap() > 0,
+        "slow clients' latency is measured apart"
+    );
+    assert!(s["latency_ms"]["count"].as_u64().unwrap() > 0);
+}
+
+/// Steady and direct in one invocation: the comparison of API-server bytes and CPU.
+#[test]
+fn direct_baseline_compares_with_steady() {
+    let (json, svg) = run("steady,direct", &["--no-raw-baseline"]);
+    check_report(&json);
+    let names: Vec<&str> = json["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["steady", "direct"]);
+    check_scenario(&json["scenarios"][0], true);
+    let s = &json["scenarios"][1];
+    check_scenario(s, false);
+    assert!(s["bytes"]["api_sent_to_watchers"].as_u64().unwrap() > 0);
+    assert!(
+        s["latency_ms"]["count"].as_u64().unwrap() > 0,
+        "direct clients detect stamps too"
+    );
+    let c = &json["comparison"];
+    assert_fields(
+        c,
+        &[
+            "api_bytes_with_typha",
+            "api_bytes_direct",
+            "bytes_ratio",
+            "api_cpu_with_typha",
+            "api_cpu_direct",
+        ],
+        "comparison",
+    );
+    assert!(c["api_bytes_direct"].as_u64().unwrap() > c["api_bytes_with_typha"].as_u64().unwrap());
+    assert_eq!(svg.matches("connections per replica").count(), 2);
+}
+
+#[test]
+fn multi_call_runs_the_embedded_binaries() {
+    let typha = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["typha", "serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(typha.status.success());
+    assert!(String::from_utf8_lossy(&typha.stdout).contains("--client-cn"));
+    let sim = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["kube-sim", "--help"])
+        .output()
+        .unwrap();
+    assert!(sim.status.success());
+    assert!(String::from_utf8_lossy(&sim.stdout).contains("--pods-per-node"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--clients", "0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

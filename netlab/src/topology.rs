@@ -1,0 +1,509 @@
+//! The bench: nodes and pods as network namespaces.
+//!
+//! Layout (names carry the pid and a per-process counter, so parallel benches never
+//! collide):
+//! - a switch namespace holding a bridge; each node namespace has `eth0` (node IP
+//!   `10.99.0.<n+1>/24`) whose peer is a bridge port: all nodes share one L2 segment;
+//! - each node has a pod CIDR `10.244.<n>.0/24` and IP forwarding on;
+//! - each pod namespace has `eth0` with the pod IP as a /32, a default route via
+//!   169.254.1.1 (onlink) and a permanent neighbour entry for it; the peer, in the node
+//!   namespace, is named like the model's interface (`cali` + sha1 prefix), has Calico's
+//!   `ee:ee:ee:ee:ee:ee` MAC, proxy ARP on and no proxy delay: what Calico's CNI leaves.
+//!
+//! Routes to pods are the dataplane's job and the bench adds none, except through
+//! [`Topology::install_test_routes`], which exists only to test the bench itself.
+//! Invariant: every namespace created is deleted when the [`Topology`] drops, also on a
+//! failed build and during a panic.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::{exec_in, ip, ip_blocking, ip_in, sysctl_in};
+use crate::oracle::{Cluster, ClusterPod};
+use crate::policy::{NamedPort, Protocol};
+use crate::probe::{Endpoint, Matrix, probe_all};
+use crate::{NetlabError, listen};
+
+/// The MAC Calico gives every host-side pod interface.
+const CALI_MAC: &str = "ee:ee:ee:ee:ee:ee";
+/// The pods' default gateway (link-local; answered by the host side).
+const GATEWAY: &str = "169.254.1.1";
+/// The cluster CIDR all pod CIDRs come from.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A pod to create.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Index of its node.
+    pub node: usize,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports.
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodSpec {
+    /// Pod `namespace/name` on node `node`, labelled `pod: <name>` (as the e2e suite does).
+    pub fn new(namespace: &str, name: &str, node: usize) -> PodSpec {
+        PodSpec {
+            namespace: namespace.into(),
+            name: name.into(),
+            node,
+            labels: BTreeMap::from([("pod".to_string(), name.to_string())]),
+            ports: Vec::new(),
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> PodSpec {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Names container ports `serve-<port>-tcp` and `serve-<port>-udp` for every port.
+    pub fn serve_ports(mut self, ports: &[u16]) -> PodSpec {
+        for &port in ports {
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                self.ports.push(NamedPort {
+                    name: format!("serve-{port}-{}", protocol.as_k8s().to_lowercase()),
+                    protocol,
+                    port,
+                });
+            }
+        }
+        self
+    }
+}
+
+/// A node of a built topology.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// The Kubernetes node name (`node-<n>`).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on the shared segment.
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: String,
+}
+
+/// A pod of a built topology.
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Index of its node.
+    pub node: usize,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports.
+    pub ports: Vec<NamedPort>,
+    /// The pod IP.
+    pub ip: Ipv4Addr,
+    /// Its network namespace.
+    pub netns: String,
+    /// The host-side interface in the node namespace.
+    pub iface: String,
+}
+
+impl PodInfo {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Describes a topology; [`TopologyBuilder::build`] creates it.
+#[derive(Clone, Debug, Default)]
+pub struct TopologyBuilder {
+    nodes: usize,
+    pods: Vec<PodSpec>,
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    listen: Vec<u16>,
+}
+
+impl TopologyBuilder {
+    /// The number of nodes.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Adds a pod.
+    pub fn pod(mut self, spec: PodSpec) -> Self {
+        self.pods.push(spec);
+        self
+    }
+
+    /// Adds a label to a namespace. Every namespace of a pod exists and carries
+    /// `kubernetes.io/metadata.name: <ns>` and `ns: <ns>`.
+    pub fn namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Self {
+        self.namespace_labels
+            .entry(namespace.into())
+            .or_default()
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Ports every pod listens on (TCP and UDP).
+    pub fn listen(mut self, ports: &[u16]) -> Self {
+        self.listen = ports.to_vec();
+        self
+    }
+
+    fn validate(&self) -> Result<(), NetlabError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.pods {
+            if p.node >= self.nodes {
+                return Err(NetlabError::Spec(format!(
+                    "{}/{} on node {}",
+                    p.namespace, p.name, p.node
+                )));
+            }
+            if !seen.insert((p.namespace.as_str(), p.name.as_str())) {
+                return Err(NetlabError::Spec(format!(
+                    "duplicate pod {}/{}",
+                    p.namespace, p.name
+                )));
+            }
+        }
+        if self.nodes == 0 || self.nodes > 200 {
+            return Err(NetlabError::Spec(format!("{} nodes", self.nodes)));
+        }
+        Ok(())
+    }
+
+    /// Creates every namespace, link, address and listener.
+    pub async fn build(self) -> Result<Topology, NetlabError> {
+        self.validate()?;
+        let id = format!(
+            "nl{}x{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut topo = Topology {
+            switch: format!("{id}-sw"),
+            id,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            namespaces: BTreeMap::new(),
+            created: Vec::new(),
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        };
+        for p in &self.pods {
+            let labels = topo.namespaces.entry(p.namespace.clone()).or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), p.namespace.clone());
+            labels.insert("ns".into(), p.namespace.clone());
+        }
+        for (ns, extra) in &self.namespace_labels {
+            topo.namespaces
+                .entry(ns.clone())
+                .or_default()
+                .extend(extra.clone());
+        }
+        topo.add_switch().await?;
+        for n in 0..self.nodes {
+            topo.add_node(n).await?;
+        }
+        let mut per_node = vec![0u8; self.nodes];
+        for spec in self.pods {
+            let host = per_node[spec.node]
+                .checked_add(2)
+                .ok_or_else(|| NetlabError::Spec(format!("too many pods on node {}", spec.node)))?;
+            per_node[spec.node] += 1;
+            topo.add_pod(spec, host).await?;
+        }
+        for i in 0..topo.pods.len() {
+            let netns = topo.pods[i].netns.clone();
+            listen::start(&netns, &self.listen, &mut topo.tasks, &topo.stop).await?;
+        }
+        Ok(topo)
+    }
+}
+
+/// A built bench (see the module docs). Dropping it deletes everything.
+pub struct Topology {
+    id: String,
+    switch: String,
+    nodes: Vec<NodeInfo>,
+    pods: Vec<PodInfo>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    created: Vec<String>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Topology {
+    /// Starts describing a topology.
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder::default()
+    }
+
+    /// The prefix of every namespace name of this bench.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The nodes, by index.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// The pods, in creation order.
+    pub fn pods(&self) -> &[PodInfo] {
+        &self.pods
+    }
+
+    /// Pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Namespaces and their labels.
+    pub fn namespaces(&self) -> &BTreeMap<String, BTreeMap<String, String>> {
+        &self.namespaces
+    }
+
+    /// The cluster as the oracle sees it.
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            namespaces: self.namespaces.clone(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| ClusterPod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    ip: p.ip,
+                    ports: p.ports.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Probes every pod pair on every service, concurrently, each within `limit`.
+    pub async fn probe(
+        &self,
+        services: &[(Protocol, u16)],
+        limit: Duration,
+    ) -> Result<Matrix, NetlabError> {
+        let endpoints: Vec<Endpoint> = self
+            .pods
+            .iter()
+            .map(|p| Endpoint {
+                id: p.id(),
+                netns: p.netns.clone(),
+                ip: p.ip,
+            })
+            .collect();
+        probe_all(&endpoints, services, limit).await
+    }
+
+    /// `iptables-save` (IPv4) of node `node`, for diagnostics.
+    pub async fn iptables_save(&self, node: usize) -> Result<String, NetlabError> {
+        let netns = self.node_netns(node)?;
+        exec_in(&netns, "iptables-save", &[]).await
+    }
+
+    /// `ip route` of node `node`, for diagnostics.
+    pub async fn routes(&self, node: usize) -> Result<String, NetlabError> {
+        let netns = self.node_netns(node)?;
+        ip_in(&netns, &["route", "show"]).await
+    }
+
+    fn node_netns(&self, node: usize) -> Result<String, NetlabError> {
+        self.nodes
+            .get(node)
+            .map(|n| n.netns.clone())
+            .ok_or_else(|| NetlabError::Spec(format!("no node {node}")))
+    }
+
+    /// The switch namespace (the bridge joining the nodes).
+    pub fn switch_netns(&self) -> &str {
+        &self.switch
+    }
+
+    /// Gives the switch namespace the address `ip/24` on its bridge: a host outside the
+    /// cluster, on the nodes' segment (`ip` must be in `10.99.0.0/24` and no node's).
+    pub async fn add_external_address(&self, ip: Ipv4Addr) -> Result<(), NetlabError> {
+        if self.nodes.iter().any(|n| n.ip == ip) || ip.octets()[..3] != [10, 99, 0] {
+            return Err(NetlabError::Spec(format!("external address {ip}")));
+        }
+        let cidr = format!("{ip}/24");
+        ip_in(&self.switch, &["addr", "add", &cidr, "dev", "br0"]).await?;
+        Ok(())
+    }
+
+    /// TEST-ONLY: installs the routes the dataplane would (a /32 per local pod via its
+    /// `cali` interface, other nodes' pod CIDRs via their node IPs), to test the bench
+    /// without a dataplane. The end-to-end policy tests must not call this.
+    pub async fn install_test_routes(&self) -> Result<(), NetlabError> {
+        for (n, node) in self.nodes.iter().enumerate() {
+            for pod in self.pods.iter().filter(|p| p.node == n) {
+                let dst = format!("{}/32", pod.ip);
+                ip_in(
+                    &node.netns,
+                    &["route", "replace", &dst, "dev", &pod.iface, "scope", "link"],
+                )
+                .await?;
+            }
+        }
+        self.install_test_node_routes().await
+    }
+
+    /// TEST-ONLY: installs only the routes between nodes (each other node's pod CIDR via
+    /// its node IP, `proto static`): what the user's own networking provides when the
+    /// agent runs in policy-only mode. Not the agent's routes (another protocol).
+    pub async fn install_test_node_routes(&self) -> Result<(), NetlabError> {
+        for node in &self.nodes {
+            for other in self.nodes.iter().filter(|o| o.name != node.name) {
+                let via = other.ip.to_string();
+                ip_in(
+                    &node.netns,
+                    &[
+                        "route",
+                        "replace",
+                        &other.pod_cidr,
+                        "via",
+                        &via,
+                        "dev",
+                        "eth0",
+                        "proto",
+                        "static",
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_netns(&mut self, name: &str) -> Result<(), NetlabError> {
+        ip(&["netns", "add", name]).await?;
+        self.created.push(name.to_string());
+        ip_in(name, &["link", "set", "lo", "up"]).await?;
+        Ok(())
+    }
+
+    async fn add_switch(&mut self) -> Result<(), NetlabError> {
+        let sw = self.switch.clone();
+        self.add_netns(&sw).await?;
+        ip_in(&sw, &["link", "add", "br0", "type", "bridge"]).await?;
+        ip_in(&sw, &["link", "set", "br0", "up"]).await?;
+        Ok(())
+    }
+
+    async fn add_node(&mut self, n: usize) -> Result<(), NetlabError> {
+        let netns = format!("{}-n{n}", self.id);
+        self.add_netns(&netns).await?;
+        let (sw, port) = (self.switch.clone(), format!("p{n}"));
+        ip_in(
+            &sw,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )
+        .await?;
+        ip_in(&sw, &["link", "set", &port, "master", "br0", "up"]).await?;
+        let host = u8::try_from(n + 1).map_err(|_| NetlabError::Spec(format!("node {n}")))?;
+        let ip = Ipv4Addr::new(10, 99, 0, host);
+        ip_in(&netns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).await?;
+        ip_in(&netns, &["link", "set", "eth0", "up"]).await?;
+        sysctl_in(&netns, "net.ipv4.ip_forward", "1").await?;
+        self.nodes.push(NodeInfo {
+            name: format!("node-{n}"),
+            netns,
+            ip,
+            pod_cidr: format!("10.244.{n}.0/24"),
+        });
+        Ok(())
+    }
+
+    async fn add_pod(&mut self, spec: PodSpec, host: u8) -> Result<(), NetlabError> {
+        let node = self.nodes[spec.node].clone();
+        let netns = format!("{}-{}-{}", self.id, spec.namespace, spec.name);
+        self.add_netns(&netns).await?;
+        let iface = typha::upstream::interface_name(&spec.namespace, &spec.name);
+        let third = u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
+        let ip = Ipv4Addr::new(10, 244, third, host);
+        let n = node.netns.as_str();
+        ip_in(
+            n,
+            &[
+                "link", "add", &iface, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )
+        .await?;
+        ip_in(n, &["link", "set", &iface, "address", CALI_MAC]).await?;
+        sysctl_in(n, &format!("net.ipv4.conf.{iface}.proxy_arp"), "1").await?;
+        sysctl_in(n, &format!("net.ipv4.neigh.{iface}.proxy_delay"), "0").await?;
+        ip_in(n, &["link", "set", &iface, "up"]).await?;
+        let p = netns.as_str();
+        ip_in(p, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).await?;
+        ip_in(p, &["link", "set", "eth0", "up"]).await?;
+        ip_in(
+            p,
+            &[
+                "neigh",
+                "replace",
+                GATEWAY,
+                "lladdr",
+                CALI_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .await?;
+        ip_in(
+            p,
+            &[
+                "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink",
+            ],
+        )
+        .await?;
+        self.pods.push(PodInfo {
+            namespace: spec.namespace,
+            name: spec.name,
+            node: spec.node,
+            labels: spec.labels,
+            ports: spec.ports,
+            ip,
+            netns,
+            iface,
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.tasks.abort_all();
+        // Pods first, then nodes, then the switch (reverse creation order).
+        for netns in self.created.iter().rev() {
+            if let Err(error) = ip_blocking(&["netns", "del", netns]) {
+                tracing::warn!(%error, netns, "cannot delete namespace");
+            }
+        }
+    }
+}

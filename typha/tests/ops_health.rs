@@ -1,0 +1,51 @@
+//! /readyz over HTTP: not ready before the upstream is in sync, ready when in sync and
+//! fresh, not ready (saying why) when stale. The freshness boundary itself is tested on
+//! a paused clock in `typha::health`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ops_support;
+
+use std::time::Duration;
+
+use ops_support::{http_get, nodes, start};
+use typha::server::{ServerConfig, Transport};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_when_in_sync_and_fresh() {
+    let server = ServerConfig {
+        max_staleness: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let typha = start(server, Transport::Plaintext, None).await;
+    let port = typha.health_port();
+    assert_eq!(
+        http_get(port, "/readyz").await,
+        (503, "upstream not in sync\n".to_string())
+    );
+    assert_eq!(http_get(port, "/livez").await, (200, "ok\n".to_string()));
+    typha.load(nodes(2)).await;
+    assert_eq!(
+        http_get(port, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
+    typha.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_when_stale() {
+    // Anything heard is already too old by the time /readyz is asked.
+    let server = ServerConfig {
+        max_staleness: Duration::from_nanos(1),
+        ..ServerConfig::default()
+    };
+    let typha = start(server, Transport::Plaintext, None).await;
+    let port = typha.health_port();
+    typha.load(nodes(2)).await;
+    let (status, body) = http_get(port, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("upstream stale: nothing heard for"),
+        "{body}"
+    );
+    typha.running.shutdown().await.unwrap();
+}

@@ -1,0 +1,58 @@
+//! /metrics (Prometheus text) carries every metric operators rely on, by its exact name,
+//! after a little real traffic (a snapshot, a delta, a running rebalancer).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ops_support;
+
+use ops_support::{RawClient, http_get, nodes, start};
+use tokio::sync::watch;
+use typha::server::{ServerConfig, Transport};
+
+const NAMES: [&str; 24] = [
+    "typha_connections_active",
+    "typha_connections_accepted_total",
+    "typha_connections_dropped_total{reason=",
+    "typha_connections_target",
+    "typha_snapshots_sent_total",
+    "typha_snapshots_built_total",
+    "typha_resumes_total",
+    "typha_snapshot_keys",
+    "typha_snapshot_raw_bytes",
+    "typha_snapshot_compressed_bytes",
+    "typha_snapshot_build_seconds",
+    "typha_delta_batches_total",
+    "typha_delta_updates_total",
+    "typha_deltas_coalesced_total",
+    "typha_client_lag_batches",
+    "typha_fanout_latency_seconds",
+    "typha_upstream_in_sync",
+    "typha_upstream_staleness_seconds",
+    "typha_rebalance_goodbyes_total",
+    "typha_shutdown_goodbyes_total",
+    "typha_tls_reloads_total",
+    "typha_tls_reload_errors_total",
+    // Samples, not just names: a gauge at its value.
+    "typha_upstream_in_sync 1",
+    "typha_connections_active 1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_is_exported_by_name() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let mut typha = start(ServerConfig::default(), Transport::Plaintext, Some(handle)).await;
+    typha.load(nodes(5)).await;
+    let (_replicas, replicas_rx) = watch::channel(1usize);
+    typha.running.start_rebalancing(replicas_rx);
+    let mut client = RawClient::connect(typha.running.grpc_addr, "agent-0", None).await;
+    let revision = typha.update(vec![ops_support::node(9)]).await;
+    client.wait_delta(revision).await;
+
+    let (status, text) = http_get(typha.health_port(), "/metrics").await;
+    assert_eq!(status, 200);
+    for name in NAMES {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    typha.running.shutdown().await.unwrap();
+}
