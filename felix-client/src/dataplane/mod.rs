@@ -12,7 +12,8 @@
 //! rule or member deleted by hand comes back), and after any write error (the failed
 //! component is re-read and, when its plan came from the cache, retried at once).
 //! Order within a pass: create/update ipsets ->
-//! iptables (per family and table, one atomic restore each) -> routes -> destroy ipsets
+//! iptables (per family and table, one atomic restore each, the tables concurrently) ->
+//! routes -> destroy ipsets
 //! no longer wanted (only when every iptables write succeeded, so no rule references
 //! them). A failing stage is counted and logged and does not stop the others; the driver
 //! ([`run`]) retries.
