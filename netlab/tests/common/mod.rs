@@ -211,8 +211,12 @@ impl Agent {
     /// last), then until the dataplane settled.
     pub async fn synced(&self, n: u64) {
         let mut tapped = self.tapped.clone();
-        let waited = tokio::time::timeout(LIMIT, tapped.wait_for(|t| t.in_syncs >= n)).await;
-        assert!(waited.is_ok(), "{}: never in sync #{n}", self.name);
+        // `.is_ok()` at once: the watch's read guard must not outlive the wait (held
+        // across the next await it would block the tap's writer, and the runtime).
+        let waited = tokio::time::timeout(LIMIT, tapped.wait_for(|t| t.in_syncs >= n))
+            .await
+            .is_ok();
+        assert!(waited, "{}: never in sync #{n}", self.name);
         self.settled().await;
     }
 
@@ -220,9 +224,11 @@ impl Agent {
     /// dataplane settled.
     pub async fn reached(&self, revision: Revision) {
         let mut tapped = self.tapped.clone();
-        let waited = tokio::time::timeout(LIMIT, tapped.wait_for(|t| t.revision >= revision)).await;
+        let waited = tokio::time::timeout(LIMIT, tapped.wait_for(|t| t.revision >= revision))
+            .await
+            .is_ok();
         assert!(
-            waited.is_ok(),
+            waited,
             "{}: sync at {}, tap at {}, wanted {revision}",
             self.name,
             *self.sync.applied.borrow(),
