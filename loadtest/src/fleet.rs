@@ -47,6 +47,8 @@ pub struct FleetClient {
     pub barrier: Arc<AtomicU64>,
     /// How its consumer reads.
     pub behaviour: Behaviour,
+    /// Its node name.
+    pub name: String,
     shutdown: CancellationToken,
     task: JoinHandle<Result<Mirror, felix_client::SyncError>>,
 }
@@ -54,6 +56,7 @@ pub struct FleetClient {
 impl FleetClient {
     /// Starts a client with `config`, reporting to `probe`.
     pub fn spawn(config: SyncConfig, probe: Arc<Probe>, behaviour: Behaviour) -> FleetClient {
+        let name = config.node_name.clone();
         let client = SyncClient::new(config);
         let status = client.status();
         let shutdown = CancellationToken::new();
@@ -65,6 +68,7 @@ impl FleetClient {
             status,
             barrier,
             behaviour,
+            name,
             shutdown,
             task,
         }
@@ -224,14 +228,15 @@ impl Fleet {
         }
     }
 
-    /// Stops every client and returns their digests.
-    pub async fn stop(self) -> anyhow::Result<Vec<Digest>> {
+    /// Stops every client and returns their names and digests.
+    pub async fn stop(self) -> anyhow::Result<Vec<(String, Digest)>> {
         for c in &self.clients {
             c.shutdown.cancel();
         }
         let mut digests = Vec::with_capacity(self.clients.len());
         for c in self.clients {
-            digests.push(c.stop().await?.digest());
+            let name = c.name.clone();
+            digests.push((name, c.stop().await?.digest()));
         }
         Ok(digests)
     }

@@ -221,6 +221,8 @@ pub struct ScenarioReport {
     pub digests_equal: usize,
     /// Digests compared.
     pub digests_total: usize,
+    /// Clients whose digest differed from the replica's (node names).
+    pub digests_differ: Vec<String>,
     /// Churn.
     pub churn: ChurnStats,
     /// Propagation latency of normal clients, ms.
@@ -477,6 +479,9 @@ fn print_scenario(s: &ScenarioReport) {
             s.digests_total
         ),
     );
+    if !s.digests_differ.is_empty() {
+        row("DIGEST DIFFERS for", s.digests_differ.join(", "));
+    }
     let c = &s.churn;
     if c.operations > 0 {
         row(

@@ -281,7 +281,7 @@ async fn reference_digest(
         .stop()
         .await?
         .first()
-        .copied()
+        .map(|(_, digest)| *digest)
         .context("no reference digest")
 }
 
@@ -480,6 +480,10 @@ async fn typha_body(
     };
     marks.push((progress.t(), "converged".to_string()));
     progress.set("digests");
+    // The pinned reference clients follow their replica through a restart too.
+    refs.wait_until(&probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+        .await
+        .context("the pinned reference clients")?;
     let reference = reference_digest(stack, &probe, barrier).await?;
     let scrapes = scrape_all(stack).await;
     let fleet_counters = fleet.counters();
@@ -490,7 +494,12 @@ async fn typha_body(
     let fleet = Arc::try_unwrap(fleet).map_err(|_| anyhow::anyhow!("fleet still shared"))?;
     let mut digests = fleet.stop().await?;
     digests.extend(refs.stop().await?);
-    let digests_equal = digests.iter().filter(|d| **d == reference).count();
+    let digests_equal = digests.iter().filter(|(_, d)| *d == reference).count();
+    let digests_differ: Vec<String> = digests
+        .iter()
+        .filter(|(_, d)| *d != reference)
+        .map(|(name, _)| name.clone())
+        .collect();
 
     let mut processes = vec![ProcessFigures::new(
         "kube-sim",
@@ -536,6 +545,7 @@ async fn typha_body(
         converged,
         digests_equal,
         digests_total: digests.len(),
+        digests_differ,
         churn: churn.stats.clone(),
         latency_ms: probe.normal.total.percentiles(),
         slow_latency_ms: probe.slow.total.percentiles(),
@@ -755,6 +765,7 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
         converged,
         digests_equal: 0,
         digests_total: 0,
+        digests_differ: Vec::new(),
         churn: churn.stats.clone(),
         latency_ms: probe.normal.total.percentiles(),
         slow_latency_ms: probe.slow.total.percentiles(),

@@ -373,9 +373,14 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
         let max = counts.iter().cloned().fold(0.0, f64::max);
         let mean = total / counts.len() as f64;
         let balanced = counts.len() == 4 && total as usize == CLIENTS && max / mean <= 1.2;
-        balanced
+        // A moved client is counted as connected by its new replica a
+        // moment before it counts its own resume: wait for both.
+        let t = totals(&clients);
+        let settled =
+            t.in_sync == CLIENTS && t.resumes - before.resumes >= t.goodbyes - before.goodbyes;
+        (balanced && settled)
             .then_some(())
-            .ok_or(format!("connections {counts:?}"))
+            .ok_or(format!("connections {counts:?}, {t:?}"))
     })
     .await;
     let after = totals(&clients);

@@ -64,6 +64,7 @@ fn run(scenario: &str, extra: &[&str]) -> (Value, String) {
 }
 
 const SCENARIO_FIELDS: [&str; 22] = [
+    "digests_differ",
     "name",
     "clients",
     "replicas",
@@ -85,7 +86,6 @@ const SCENARIO_FIELDS: [&str; 22] = [
     "raw_baseline",
     "processes",
     "series",
-    "name",
 ];
 
 fn assert_fields(value: &Value, fields: &[&str], what: &str) {

@@ -159,19 +159,22 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     /// Decodes one `ServerMessage`. An empty message or one with only unknown fields is
-    /// [`ServerFrame::Unknown`]; the last oneof member wins, as in protobuf.
+    /// [`ServerFrame::Unknown`]; the last oneof member wins, as in protobuf, and unknown
+    /// fields are skipped without undoing a known member (a newer server may add fields).
     pub fn decode(mut buf: impl Buf) -> Result<ServerFrame, prost::DecodeError> {
         let mut frame = ServerFrame::Unknown(0);
         while buf.has_remaining() {
             let (tag, wire_type) = decode_key(&mut buf)?;
             if wire_type != WireType::LengthDelimited {
                 prost::encoding::skip_field(wire_type, tag, &mut buf, Default::default())?;
-                frame = ServerFrame::Unknown(tag);
+                if let ServerFrame::Unknown(_) = frame {
+                    frame = ServerFrame::Unknown(tag);
+                }
                 continue;
             }
             let mut body = Bytes::new();
             prost::encoding::bytes::merge(wire_type, &mut body, &mut buf, Default::default())?;
-            frame = match tag {
+            let decoded = match tag {
                 field::HELLO => ServerFrame::Hello(Message::decode(body)?),
                 field::SNAPSHOT_CHUNK => ServerFrame::SnapshotChunk(Message::decode(body)?),
                 field::IN_SYNC => ServerFrame::InSync(Message::decode(body)?),
@@ -181,6 +184,11 @@ impl ServerFrame {
                 field::GOODBYE => ServerFrame::Goodbye(Message::decode(body)?),
                 other => ServerFrame::Unknown(other),
             };
+            if !matches!(decoded, ServerFrame::Unknown(_))
+                || matches!(frame, ServerFrame::Unknown(_))
+            {
+                frame = decoded;
+            }
         }
         Ok(frame)
     }
@@ -301,5 +309,19 @@ mod tests {
             ServerFrame::Unknown(42)
         );
         assert!(ServerFrame::decode(&[0x22, 0x05, 0x01][..]).is_err());
+        // A known member followed by unknown fields (any wire type) stays that member.
+        let mut in_sync = encode(pb::server_message::Msg::InSync(pb::InSync {
+            revision: 1,
+            ..Default::default()
+        }))
+        .to_vec();
+        in_sync.extend_from_slice(&[0x59, 1, 2, 3, 4, 5, 6, 7, 8]); // field 11, fixed64
+        let mut unknown = BytesMut::new();
+        put_len_delimited(42, b"x", &mut unknown);
+        in_sync.extend_from_slice(&unknown);
+        assert!(matches!(
+            ServerFrame::decode(&in_sync[..]).unwrap(),
+            ServerFrame::InSync(s) if s.revision == 1
+        ));
     }
 }

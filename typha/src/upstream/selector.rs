@@ -108,6 +108,7 @@ impl Selector {
             text,
             tokens,
             pos: 0,
+            depth: 0,
         };
         let sel = parser.or()?;
         if parser.pos != parser.tokens.len() {
@@ -363,10 +364,17 @@ fn lex(text: &str) -> Result<Vec<Token>, SelectorError> {
     Ok(tokens)
 }
 
+/// How deeply `!` and parentheses may nest. The parser, the printer and evaluation all
+/// recurse per level: without a bound, a hostile selector of a few kilobytes (anyone who
+/// may create a Calico NetworkPolicy can write one) overflows the stack and aborts typha.
+pub const MAX_NESTING: usize = 64;
+
 struct Parser<'a> {
     text: &'a str,
     tokens: Vec<Token>,
     pos: usize,
+    /// Nesting of `unary` calls on the stack (bounded by [`MAX_NESTING`]).
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -417,6 +425,19 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Selector, SelectorError> {
+        if self.depth >= MAX_NESTING {
+            return Err(err(
+                self.text,
+                format!("nested deeper than {MAX_NESTING} levels"),
+            ));
+        }
+        self.depth += 1;
+        let operand = self.operand();
+        self.depth -= 1;
+        operand
+    }
+
+    fn operand(&mut self) -> Result<Selector, SelectorError> {
         match self.bump() {
             Some(Token::Bang) => Ok(Selector::Not(Box::new(self.unary()?))),
             Some(Token::LParen) => {
@@ -596,6 +617,19 @@ mod tests {
             "a == 'x",
         ] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |n: usize| format!("{}a == 'x'{}", "(".repeat(n), ")".repeat(n));
+        assert!(Selector::parse(&nested(MAX_NESTING - 1)).is_ok());
+        assert!(Selector::parse(&"!".repeat(MAX_NESTING - 1)).is_err());
+        assert!(Selector::parse(&format!("{}has(a)", "!".repeat(MAX_NESTING - 1))).is_ok());
+        // Far beyond the bound: refused, not a stack overflow (test threads have 2 MiB).
+        for hostile in [nested(100_000), format!("{}has(a)", "!".repeat(100_000))] {
+            let error = Selector::parse(&hostile).unwrap_err();
+            assert!(error.reason.contains("nested deeper"), "{}", error.reason);
         }
     }
 
