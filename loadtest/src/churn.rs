@@ -1,5 +1,10 @@
-//! Churn through the Kubernetes API (kube-sim over HTTP): pod creates and deletes, label
-//! changes and policy edits at a fixed rate, each stamped (see [`crate::probe`]).
+//! Churn through the Kubernetes API: creates and deletes, label changes and policy edits
+//! at a fixed rate, each stamped (see [`crate::probe`]).
+//!
+//! Against kube-sim the objects are pods of the synthetic cluster ([`Layout::Synthetic`]).
+//! Against a real cluster ([`Layout::Namespace`]) they are service accounts in one
+//! namespace: nothing gets scheduled or run, yet typha forwards every change (as a
+//! Profile), and the setup objects are created or reset, so a run can repeat.
 //!
 //! Writes are sent on a fixed schedule, concurrently when the API server is slow (the
 //! achieved rate and the write round trip are reported). Every byte the API server sends
@@ -7,7 +12,6 @@
 //! from the API server's bytes sent.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
-use crate::http1;
+use crate::api::Api;
 use crate::latency::{Histogram, Percentiles};
 use crate::probe::{BARRIER_LABEL, BARRIER_POD, Probe, STAMP_LABEL};
 
@@ -25,8 +29,25 @@ const MERGE: &str = "application/merge-patch+json";
 const JSON: &str = "application/json";
 /// The loadtest's own policy, edited by churn.
 const POLICY: &str = "lt-policy";
-/// The namespace of the barrier pod and the policy.
+/// The namespace of the barrier pod and the policy in the synthetic cluster.
 const HOME_NS: &str = "ns-0";
+/// Service accounts whose labels churn changes in a real cluster.
+const LABEL_TARGETS: usize = 4;
+
+/// What churn writes, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Pods of kube-sim's synthetic cluster (namespaces `ns-<i>`, its node names).
+    Synthetic {
+        /// Nodes of the synthetic cluster.
+        nodes: usize,
+        /// Namespaces of the synthetic cluster.
+        namespaces: usize,
+    },
+    /// Service accounts and one NetworkPolicy in this namespace of a real cluster
+    /// (created if missing).
+    Namespace(String),
+}
 
 /// What churn did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,10 +110,10 @@ impl Planned {
         }
     }
 
-    async fn execute(self, addr: SocketAddr) -> Done {
+    async fn execute(self, api: Api) -> Done {
         let sent = Instant::now();
         let body = self.body.as_ref().map(|(t, b)| (*t, b.as_slice()));
-        let (result, bytes) = match http1::request(addr, self.method, &self.path, body).await {
+        let (result, bytes) = match api.request(self.method, &self.path, body).await {
             Ok(r) if (200..300).contains(&r.status) => (Ok(()), r.wire_bytes),
             Ok(r) => (
                 Err(anyhow::anyhow!(
@@ -116,14 +137,15 @@ impl Planned {
 
 /// The writer.
 pub struct Churn {
-    addr: SocketAddr,
+    api: Api,
     probe: Arc<Probe>,
-    /// Seeded pods whose labels churn changes: (namespace, name).
+    layout: Layout,
+    /// Objects whose labels churn changes: (namespace, name).
     targets: Vec<(String, String)>,
-    /// Pods churn created and has not deleted yet.
+    /// Objects churn created and has not deleted yet.
     live: VecDeque<(String, String)>,
-    nodes: usize,
-    namespaces: usize,
+    /// Makes created names unique across runs against the same cluster.
+    tag: String,
     seq: u64,
     barrier: u64,
     write_time: Histogram,
@@ -134,65 +156,161 @@ pub struct Churn {
 }
 
 impl Churn {
-    /// Prepares churn against kube-sim at `addr`: picks label targets among the seeded
-    /// pods, and creates the barrier pod and the loadtest policy.
-    pub async fn new(
-        addr: SocketAddr,
-        probe: Arc<Probe>,
-        nodes: usize,
-        namespaces: usize,
-    ) -> anyhow::Result<Churn> {
+    /// Prepares churn through `api`: picks label targets (seeded pods, or service
+    /// accounts it creates), and creates (or resets) the barrier object and the loadtest
+    /// policy, and in a real cluster the namespace.
+    pub async fn new(api: Api, probe: Arc<Probe>, layout: Layout) -> anyhow::Result<Churn> {
+        let layout = match layout {
+            Layout::Synthetic { nodes, namespaces } => Layout::Synthetic {
+                nodes: nodes.max(1),
+                namespaces: namespaces.max(1),
+            },
+            other => other,
+        };
+        let tag = match layout {
+            Layout::Synthetic { .. } => String::new(),
+            Layout::Namespace(_) => format!("{:x}-", std::process::id()),
+        };
         let mut churn = Churn {
-            addr,
+            api,
             probe,
+            layout,
             targets: Vec::new(),
             live: VecDeque::new(),
-            nodes: nodes.max(1),
-            namespaces: namespaces.max(1),
+            tag,
             seq: 0,
             barrier: 0,
             write_time: Histogram::default(),
             stats: ChurnStats::default(),
             bytes_received: 0,
         };
-        let list = churn.send("GET", "/api/v1/pods?limit=500", None).await?;
-        let list: Json = serde_json::from_slice(&list).context("pod list")?;
-        for pod in list["items"].as_array().into_iter().flatten() {
-            let meta = &pod["metadata"];
-            if pod["spec"]["hostNetwork"] == true {
-                continue;
+        let home = churn.home().to_string();
+        match churn.layout.clone() {
+            Layout::Synthetic { .. } => {
+                let list = churn.send("GET", "/api/v1/pods?limit=500", None).await?;
+                let list: Json = serde_json::from_slice(&list).context("pod list")?;
+                for pod in list["items"].as_array().into_iter().flatten() {
+                    let meta = &pod["metadata"];
+                    if pod["spec"]["hostNetwork"] == true {
+                        continue;
+                    }
+                    if let (Some(ns), Some(name)) =
+                        (meta["namespace"].as_str(), meta["name"].as_str())
+                    {
+                        churn.targets.push((ns.to_string(), name.to_string()));
+                    }
+                }
             }
-            if let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) {
-                churn.targets.push((ns.to_string(), name.to_string()));
+            Layout::Namespace(ns) => {
+                let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": ns}});
+                churn
+                    .upsert("/api/v1/namespaces", &ns, namespace)
+                    .await
+                    .with_context(|| format!("creating namespace {ns}"))?;
+                for k in 0..LABEL_TARGETS {
+                    let name = format!("lt-target-{k}");
+                    let sa = churn.object_json(&name, &home, 0, &[("app", "lt".into())]);
+                    let collection = churn.collection(&home);
+                    churn.upsert(&collection, &name, sa).await?;
+                    churn.targets.push((home.clone(), name));
+                }
             }
         }
-        let barrier = churn.pod_json(BARRIER_POD, HOME_NS, 0, &[(BARRIER_LABEL, "0".into())]);
-        churn
-            .send(
-                "POST",
-                &format!("/api/v1/namespaces/{HOME_NS}/pods"),
-                Some((JSON, barrier)),
-            )
-            .await?;
+        let barrier = churn.object_json(BARRIER_POD, &home, 0, &[(BARRIER_LABEL, "0".into())]);
+        let collection = churn.collection(&home);
+        churn.upsert(&collection, BARRIER_POD, barrier).await?;
         let policy = json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": POLICY, "namespace": HOME_NS},
+            "metadata": {"name": POLICY, "namespace": home},
             "spec": {"podSelector": {"matchLabels": {STAMP_LABEL: "0"}},
                      "policyTypes": ["Ingress"],
                      "ingress": [{"ports": [{"protocol": "TCP", "port": 9000}]}]},
         });
         churn
-            .send(
-                "POST",
-                &format!("/apis/networking.k8s.io/v1/namespaces/{HOME_NS}/networkpolicies"),
-                Some((JSON, policy)),
+            .upsert(
+                &format!("/apis/networking.k8s.io/v1/namespaces/{home}/networkpolicies"),
+                POLICY,
+                policy,
             )
             .await?;
         Ok(churn)
     }
 
+    /// The namespace of the barrier and the policy.
+    fn home(&self) -> &str {
+        match &self.layout {
+            Layout::Synthetic { .. } => HOME_NS,
+            Layout::Namespace(ns) => ns,
+        }
+    }
+
+    /// The collection churned objects live in, in `ns`.
+    fn collection(&self, ns: &str) -> String {
+        match self.layout {
+            Layout::Synthetic { .. } => format!("/api/v1/namespaces/{ns}/pods"),
+            Layout::Namespace(_) => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        }
+    }
+
+    /// A churned object: a running pod (synthetic) or a service account (real cluster).
+    fn object_json(&self, name: &str, ns: &str, index: u64, labels: &[(&str, String)]) -> Json {
+        match self.layout {
+            Layout::Synthetic { .. } => self.pod_json(name, ns, index, labels),
+            Layout::Namespace(_) => {
+                let labels: serde_json::Map<String, Json> = labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": name, "namespace": ns, "labels": labels}})
+            }
+        }
+    }
+
+    /// Creates `name` in `collection`, or when it exists already (an earlier run against
+    /// the same cluster) merges `object` into it.
+    async fn upsert(&mut self, collection: &str, name: &str, object: Json) -> anyhow::Result<()> {
+        let body = object.to_string().into_bytes();
+        let created = self
+            .api
+            .request("POST", collection, Some((JSON, &body)))
+            .await?;
+        self.bytes_received += created.wire_bytes;
+        if created.status == 409 {
+            self.send(
+                "PATCH",
+                &format!("{collection}/{name}"),
+                Some((MERGE, object)),
+            )
+            .await?;
+            return Ok(());
+        }
+        anyhow::ensure!(
+            (200..300).contains(&created.status),
+            "POST {collection}: status {}: {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        );
+        Ok(())
+    }
+
+    /// Deletes what churn created and did not delete (a real cluster keeps no litter).
+    pub async fn clean_up(&mut self) {
+        while let Some((ns, name)) = self.live.pop_front() {
+            let path = format!("{}/{name}", self.collection(&ns));
+            if let Err(error) = self.api.request("DELETE", &path, None).await {
+                tracing::warn!(%error, path, "churn clean-up");
+            }
+        }
+    }
+
     fn pod_json(&self, name: &str, ns: &str, index: u64, labels: &[(&str, String)]) -> Json {
-        let node = (index as usize) % self.nodes;
+        let nodes = match self.layout {
+            Layout::Synthetic { nodes, .. } => nodes,
+            Layout::Namespace(_) => 1,
+        };
+        let node = (index as usize) % nodes;
         let ip = format!("10.254.{}.{}", (index / 250) % 256, index % 250 + 2);
         let labels: serde_json::Map<String, Json> = labels
             .iter()
@@ -214,13 +332,14 @@ impl Churn {
         body: Option<(&str, Json)>,
     ) -> anyhow::Result<Vec<u8>> {
         let bytes = body.as_ref().map(|(t, b)| (*t, b.to_string().into_bytes()));
-        let response = http1::request(
-            self.addr,
-            method,
-            path,
-            bytes.as_ref().map(|(t, b)| (*t, b.as_slice())),
-        )
-        .await?;
+        let response = self
+            .api
+            .request(
+                method,
+                path,
+                bytes.as_ref().map(|(t, b)| (*t, b.as_slice())),
+            )
+            .await?;
         self.bytes_received += response.wire_bytes;
         anyhow::ensure!(
             (200..300).contains(&response.status),
@@ -241,39 +360,45 @@ impl Churn {
         let deletable = self.live.len() > 8;
         match seq % 10 {
             1 | 7 => {
-                let name = format!("lt-{seq}");
-                let ns = format!("ns-{}", seq as usize % self.namespaces);
+                let name = format!("lt-{}{seq}", self.tag);
+                let ns = match &self.layout {
+                    Layout::Synthetic { namespaces, .. } => {
+                        format!("ns-{}", seq as usize % namespaces)
+                    }
+                    Layout::Namespace(ns) => ns.clone(),
+                };
                 let labels = [
                     (STAMP_LABEL, self.probe.stamp().to_string()),
                     ("app", "lt".into()),
                 ];
-                let pod = self.pod_json(&name, &ns, seq, &labels);
-                let path = format!("/api/v1/namespaces/{ns}/pods");
+                let object = self.object_json(&name, &ns, seq, &labels);
+                let path = self.collection(&ns);
                 self.live.push_back((ns, name));
-                Planned::new(OpKind::Create, "POST", path, Some((JSON, pod)))
+                Planned::new(OpKind::Create, "POST", path, Some((JSON, object)))
             }
             5 | 9 if deletable => {
                 let (ns, name) = self.live.pop_front().unwrap_or_default();
                 self.probe.stamp_delete(&name);
-                let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+                let path = format!("{}/{name}", self.collection(&ns));
                 Planned::new(OpKind::Delete, "DELETE", path, None)
             }
             3 => {
                 let stamp = self.probe.stamp().to_string();
                 let patch = json!({"spec": {"podSelector": {"matchLabels": {STAMP_LABEL: stamp}}}});
                 let path = format!(
-                    "/apis/networking.k8s.io/v1/namespaces/{HOME_NS}/networkpolicies/{POLICY}"
+                    "/apis/networking.k8s.io/v1/namespaces/{}/networkpolicies/{POLICY}",
+                    self.home()
                 );
                 Planned::new(OpKind::Policy, "PATCH", path, Some((MERGE, patch)))
             }
             _ => {
                 let (ns, name) = match self.targets.get(seq as usize % self.targets.len().max(1)) {
                     Some(target) => target.clone(),
-                    None => (HOME_NS.to_string(), format!("{BARRIER_POD}-missing")),
+                    None => (self.home().to_string(), format!("{BARRIER_POD}-missing")),
                 };
                 let stamp = self.probe.stamp().to_string();
                 let patch = json!({"metadata": {"labels": {STAMP_LABEL: stamp}}});
-                let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+                let path = format!("{}/{name}", self.collection(&ns));
                 Planned::new(OpKind::Label, "PATCH", path, Some((MERGE, patch)))
             }
         }
@@ -308,7 +433,7 @@ impl Churn {
         while started.elapsed() < duration {
             tokio::select! {
                 _ = interval.tick(), if in_flight.len() < 64 => {
-                    in_flight.push(self.plan().execute(self.addr));
+                    in_flight.push(self.plan().execute(self.api.clone()));
                 }
                 Some(done) = in_flight.next() => self.completed(done),
             }
@@ -326,12 +451,8 @@ impl Churn {
     pub async fn barrier(&mut self) -> anyhow::Result<u64> {
         self.barrier += 1;
         let patch = json!({"metadata": {"labels": {BARRIER_LABEL: self.barrier.to_string()}}});
-        self.send(
-            "PATCH",
-            &format!("/api/v1/namespaces/{HOME_NS}/pods/{BARRIER_POD}"),
-            Some((MERGE, patch)),
-        )
-        .await?;
+        let path = format!("{}/{BARRIER_POD}", self.collection(self.home()));
+        self.send("PATCH", &path, Some((MERGE, patch))).await?;
         Ok(self.barrier)
     }
 }

@@ -7,7 +7,6 @@
 //! does not depend on what the receiver keeps.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -15,7 +14,7 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::http1;
+use crate::api::Api;
 use crate::probe::{BARRIER_LABEL, BARRIER_POD, Mark, Probe, STAMP_LABEL};
 
 /// What typha (and so every Felix) watches: the same 13 collections.
@@ -132,8 +131,8 @@ pub struct DirectFleet {
 }
 
 impl DirectFleet {
-    /// Starts `n` clients against the API server at `addr`.
-    pub fn start(addr: SocketAddr, n: usize, probe: Arc<Probe>) -> DirectFleet {
+    /// Starts `n` clients against the API server `api`.
+    pub fn start(api: Api, n: usize, probe: Arc<Probe>) -> DirectFleet {
         let counters = Arc::new(DirectCounters::default());
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -143,7 +142,7 @@ impl DirectFleet {
             barriers.push(barrier.clone());
             for path in COLLECTIONS {
                 let ctx = WatchTask {
-                    addr,
+                    api: api.clone(),
                     path,
                     probe: probe.clone(),
                     counters: counters.clone(),
@@ -181,8 +180,11 @@ impl DirectFleet {
     }
 }
 
+/// The API server does not serve a collection.
+struct Absent;
+
 struct WatchTask {
-    addr: SocketAddr,
+    api: Api,
     path: &'static str,
     probe: Arc<Probe>,
     counters: Arc<DirectCounters>,
@@ -193,19 +195,28 @@ impl WatchTask {
     async fn run(self) {
         let mut listed = false;
         loop {
-            if let Err(error) = self.list_and_watch(&mut listed).await {
-                tracing::debug!(%error, path = self.path, "direct watch ended");
+            match self.list_and_watch(&mut listed).await {
+                // A real cluster may lack some collections (Calico's CRDs): one less to watch.
+                Ok(Absent) => return,
+                Err(error) => tracing::debug!(%error, path = self.path, "direct watch ended"),
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
-    async fn list_and_watch(&self, listed: &mut bool) -> anyhow::Result<()> {
-        let list = http1::request(self.addr, "GET", self.path, None).await?;
+    /// Lists then watches until the watch ends (an error); `Ok` only when the API
+    /// server does not serve the collection (counted as watched).
+    async fn list_and_watch(&self, listed: &mut bool) -> anyhow::Result<Absent> {
+        let list = self.api.request("GET", self.path, None).await?;
         self.counters
             .bytes
             .fetch_add(list.wire_bytes, Ordering::Relaxed);
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        if list.status == 404 && !*listed {
+            *listed = true;
+            self.counters.watching.fetch_add(1, Ordering::Relaxed);
+            return Ok(Absent);
+        }
         anyhow::ensure!(
             list.status == 200,
             "list {}: status {}",
@@ -222,22 +233,22 @@ impl WatchTask {
             "{}?watch=true&allowWatchBookmarks=true&resourceVersion={rv}",
             self.path
         );
-        let mut stream = http1::open(self.addr, "GET", &watch, None).await?;
+        let mut stream = self.api.open(&watch).await?;
         anyhow::ensure!(
-            stream.status == 200,
+            stream.status() == 200,
             "watch {}: status {}",
             self.path,
-            stream.status
+            stream.status()
         );
-        let mut counted = stream.wire_bytes;
+        let mut counted = stream.wire_bytes();
         self.counters.bytes.fetch_add(counted, Ordering::Relaxed);
         let mut buf = Vec::new();
         loop {
             let more = stream.next_chunk(&mut buf).await?;
             self.counters
                 .bytes
-                .fetch_add(stream.wire_bytes - counted, Ordering::Relaxed);
-            counted = stream.wire_bytes;
+                .fetch_add(stream.wire_bytes() - counted, Ordering::Relaxed);
+            counted = stream.wire_bytes();
             while let Some(end) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=end).collect();
                 self.counters.events.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 //! processes of this binary (multi-call: `loadtest kube-sim ...`, `loadtest typha ...`)
 //! so that CPU, memory and bytes are measured per process.
 
+pub mod api;
 pub mod churn;
 pub mod direct;
 pub mod fleet;

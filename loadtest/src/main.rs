@@ -4,6 +4,9 @@
 //! Multi-call: `loadtest kube-sim ...` and `loadtest typha ...` run those binaries'
 //! command lines (the scenarios start their servers this way, so each is measured as
 //! its own process); `loadtest raw-writer ...` is the raw loopback baseline's writer.
+//!
+//! Real-cluster mode: `--kubeconfig` uses an existing API server instead of kube-sim,
+//! `--typha-addr` running replicas instead of local ones (`--tls-*` reach them).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,15 +14,17 @@ use std::time::Duration;
 
 use clap::Parser;
 use loadtest::report::{Report, RunConfig};
-use loadtest::scenarios::{self, Scenario};
-use loadtest::stack::RestartMode;
+use loadtest::scenarios::{self, Scenario, Target};
+use loadtest::stack::{ExternalTypha, RestartMode};
+use typha::tls::{PeerIdentity, TransportChoice};
 
 /// Load test for typha: a synthetic cluster in kube-sim, typha replicas, and thousands
 /// of mutual-TLS sync clients, each with its own mirror and digest check.
 #[derive(Debug, Parser)]
-#[command(name = "loadtest", version)]
+#[command(name = "loadtest", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// Which scenarios to run (comma-separated), in order.
+    /// Which scenarios to run (comma-separated), in order. `all` is steady, cold-start,
+    /// restart, slow and direct; `soak` runs only when named.
     #[arg(
         long,
         value_enum,
@@ -75,6 +80,47 @@ struct Cli {
     /// typha's --write-timeout in the slow scenario (a stalled client is dropped after it).
     #[arg(long, env = "LOADTEST_SLOW_WRITE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     slow_write_timeout: Duration,
+    /// How often the soak takes a replica down (SIGKILL and roll alternately); the soak
+    /// runs --duration / this many rounds, each ending with a barrier and a digest check.
+    #[arg(long, env = "LOADTEST_SOAK_KILL_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    soak_kill_interval: Duration,
+    /// Use the API server of this kubeconfig instead of starting kube-sim (real-cluster
+    /// mode): churn writes service accounts and a NetworkPolicy in --churn-namespace
+    /// (needs create/patch/delete there, and create on namespaces if it is missing);
+    /// local typha replicas watch it with this kubeconfig unless --typha-addr is given.
+    /// The synthetic-cluster flags (--nodes, --pods-per-node, ...) do not apply.
+    #[arg(long, env = "LOADTEST_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace churn writes in against --kubeconfig; created if missing. The objects
+    /// churn creates are deleted at the end of each scenario.
+    #[arg(long, env = "LOADTEST_CHURN_NAMESPACE", default_value = "loadtest")]
+    churn_namespace: String,
+    /// Connect the clients to these running typha replicas (HOST:PORT, repeatable or
+    /// comma-separated) instead of starting replicas; needs --kubeconfig and
+    /// --tls-ca/--tls-cert/--tls-key (or --insecure-plaintext). Scenarios that kill
+    /// replicas (restart, soak) refuse, and typha's own figures are not measured.
+    #[arg(long, env = "LOADTEST_TYPHA_ADDR", value_delimiter = ',')]
+    typha_addr: Vec<String>,
+    /// CA bundle the --typha-addr replicas' certificates chain to.
+    #[arg(long, visible_alias = "ca", env = "LOADTEST_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate the clients present to --typha-addr replicas (the identity
+    /// typha's --client-cn / --client-uri-san accepts).
+    #[arg(long, visible_alias = "cert", env = "LOADTEST_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, visible_alias = "key", env = "LOADTEST_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Require this CN of the --typha-addr replicas' certificate (else the host name).
+    #[arg(long, env = "LOADTEST_TYPHA_CN")]
+    typha_cn: Option<String>,
+    /// Require this URI SAN of the --typha-addr replicas' certificate.
+    #[arg(long, env = "LOADTEST_TYPHA_URI_SAN")]
+    typha_uri_san: Option<String>,
+    /// Reach --typha-addr replicas without TLS (development only; typha must run with
+    /// its plaintext flag).
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// Skip the raw loopback baseline after the steady scenario.
     #[arg(long)]
     no_raw_baseline: bool,
@@ -87,6 +133,80 @@ struct Cli {
     /// Log filter for this process.
     #[arg(long, env = "LOADTEST_LOG", default_value = "error")]
     log: String,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  loadtest                                   every scenario on the embedded cluster
+  loadtest --scenario soak --duration 30m --replicas 2 --soak-kill-interval 60s
+  loadtest --scenario steady,cold-start --kubeconfig ~/.kube/config --replicas 2
+  loadtest --scenario steady --kubeconfig K --typha-addr typha.example:5473 \\
+           --tls-ca ca.crt --tls-cert client.crt --tls-key client.key --typha-cn typha-server
+
+Each sync client is a full mutual-TLS session with its own mirror; run the load test
+on a machine other than typha's when sizing a real deployment.";
+
+/// Real-cluster mode from the flags, or why the flags do not fit together.
+fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
+    let identity = PeerIdentity {
+        cn: cli.typha_cn.clone(),
+        uri_san: cli.typha_uri_san.clone(),
+    };
+    let tls_flags = cli.tls_ca.is_some()
+        || cli.tls_cert.is_some()
+        || cli.tls_key.is_some()
+        || cli.insecure_plaintext
+        || !identity.is_empty();
+    let ns = &cli.churn_namespace;
+    if ns.is_empty()
+        || ns.len() > 63
+        || !ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!("--churn-namespace {ns:?} is not a namespace name"));
+    }
+    let external = if cli.typha_addr.is_empty() {
+        if tls_flags {
+            return Err(
+                "--tls-ca/--tls-cert/--tls-key, --typha-cn, --typha-uri-san and --insecure-plaintext only apply with --typha-addr (local replicas use generated certificates)".into(),
+            );
+        }
+        None
+    } else {
+        if cli.kubeconfig.is_none() {
+            return Err("--typha-addr needs --kubeconfig: churn writes to the API server those replicas watch".into());
+        }
+        if let Some(s) = scenarios.iter().find(|s| s.kills_replicas()) {
+            return Err(format!(
+                "the {} scenario kills and restarts replicas, which it cannot do to the running ones of --typha-addr; choose others with --scenario (e.g. steady,cold-start,slow,direct)",
+                s.name()
+            ));
+        }
+        if let Some(bad) = cli.typha_addr.iter().find(|a| {
+            a.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        }) {
+            return Err(format!("--typha-addr {bad:?} is not HOST:PORT"));
+        }
+        let transport = TransportChoice::from_flags(
+            &cli.tls_ca,
+            &cli.tls_cert,
+            &cli.tls_key,
+            identity,
+            cli.insecure_plaintext,
+        )
+        .map_err(|e| e.to_string())?;
+        Some(ExternalTypha {
+            addresses: cli.typha_addr.clone(),
+            transport,
+        })
+    };
+    Ok(Target {
+        kubeconfig: cli.kubeconfig.clone(),
+        external,
+        churn_namespace: ns.clone(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -109,11 +229,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if cli.clients == 0 || cli.rate == 0 || !(0.0..=1.0).contains(&cli.slow_share) {
-        eprintln!("loadtest: --clients and --rate must be positive, --slow-share in 0..=1");
+    if cli.clients == 0
+        || cli.rate == 0
+        || !(0.0..=1.0).contains(&cli.slow_share)
+        || cli.soak_kill_interval.is_zero()
+    {
+        eprintln!(
+            "loadtest: --clients, --rate and --soak-kill-interval must be positive, --slow-share in 0..=1"
+        );
         return ExitCode::FAILURE;
     }
     let scenarios: Vec<Scenario> = cli.scenario.iter().flat_map(|s| s.expand()).collect();
+    let target = match target(&cli, &scenarios) {
+        Ok(target) => target,
+        Err(error) => {
+            eprintln!("loadtest: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = RunConfig {
         scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
         clients: cli.clients,
@@ -131,6 +264,10 @@ fn main() -> ExitCode {
         slow_pause_ms: cli.slow_pause.as_millis() as u64,
         slow_write_timeout_seconds: cli.slow_write_timeout.as_secs_f64(),
         raw_baseline: !cli.no_raw_baseline,
+        soak_kill_interval_seconds: cli.soak_kill_interval.as_secs_f64(),
+        kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
+        typha_addrs: cli.typha_addr.clone(),
+        churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
         command: args.join(" "),
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -144,7 +281,7 @@ fn main() -> ExitCode {
         tokio::select! {
             // Dropping the run on ctrl-c drops every child-process guard: nothing is left behind.
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-            report = run(&scenarios, config) => report,
+            report = run(&scenarios, config, &target) => report,
         }
     });
     let report = match result {
@@ -162,7 +299,15 @@ fn main() -> ExitCode {
     let failed: Vec<&str> = report
         .scenarios
         .iter()
-        .filter(|s| !s.converged || s.digests_equal != s.digests_total)
+        .filter(|s| {
+            !s.converged
+                || s.digests_equal != s.digests_total
+                || s.soak.as_ref().is_some_and(|k| {
+                    k.digest_mismatches > 0
+                        || k.client_digest_mismatches > 0
+                        || k.shadow_mismatches > 0
+                })
+        })
         .map(|s| s.name.as_str())
         .collect();
     if !failed.is_empty() {
@@ -175,7 +320,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(scenarios: &[Scenario], config: RunConfig) -> anyhow::Result<Report> {
+async fn run(scenarios: &[Scenario], config: RunConfig, target: &Target) -> anyhow::Result<Report> {
     let mut report = Report {
         config,
         scenarios: Vec::new(),
@@ -185,7 +330,7 @@ async fn run(scenarios: &[Scenario], config: RunConfig) -> anyhow::Result<Report
     for scenario in scenarios {
         report
             .scenarios
-            .push(scenarios::run(*scenario, &report.config).await?);
+            .push(scenarios::run(*scenario, &report.config, target).await?);
     }
     report.finish();
     Ok(report)

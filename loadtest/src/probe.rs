@@ -10,6 +10,11 @@
 //!
 //! A barrier (label `lt-barrier` on the pod `lt-barrier`) is written after churn; a
 //! client has converged once it applied the latest barrier and is in sync.
+//!
+//! Against a real cluster churn writes service accounts instead of pods: typha turns
+//! them into Profiles `ksa.<ns>.<name>` whose labels carry the service account's with a
+//! `pcsa.` prefix, so the same marks are found there (a deletion under the service
+//! account's own name, as the writer registered it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -105,6 +110,17 @@ impl Probe {
     }
 }
 
+/// How typha prefixes a service account's labels in its Profile.
+const SA_LABEL_PREFIX: &str = "pcsa.";
+
+/// The service account of a Profile name `ksa.<ns>.<sa>` (namespaces hold no dots).
+fn service_account(profile: &str) -> Option<&str> {
+    profile
+        .strip_prefix("ksa.")?
+        .split_once('.')
+        .map(|(_, sa)| sa)
+}
+
 /// The digits that follow `key` in `text` (`lt-stamp == '123'` -> 123).
 fn number_after(text: &str, key: &str) -> Option<u64> {
     let rest = &text[text.find(key)? + key.len()..];
@@ -134,6 +150,18 @@ pub fn mark_of(update: &Update) -> Option<Mark> {
         (None, Kind::WorkloadEndpoint) if update.key.name().starts_with("lt-") => {
             Some(Mark::Deleted(update.key.name().to_string()))
         }
+        (Some(Value::Profile(profile)), _) => {
+            let label = |name: &str| profile.labels.get(&format!("{SA_LABEL_PREFIX}{name}"));
+            if let Some(n) = label(BARRIER_LABEL) {
+                return n.parse().ok().map(Mark::Barrier);
+            }
+            label(STAMP_LABEL)
+                .and_then(|s| s.parse().ok())
+                .map(Mark::Stamp)
+        }
+        (None, Kind::Profile) => service_account(update.key.name())
+            .filter(|sa| sa.starts_with("lt-"))
+            .map(|sa| Mark::Deleted(sa.to_string())),
         _ => None,
     }
 }
@@ -182,6 +210,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mark_of(&update), Some(Mark::Stamp(977)));
+    }
+
+    #[test]
+    fn marks_are_found_in_service_account_profiles() {
+        let profile = |name: &str, labels: &[(&str, &str)]| {
+            let value = pb::Profile {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (format!("pcsa.{k}"), v.to_string()))
+                    .collect(),
+            };
+            Update::new(
+                Key::cluster(Kind::Profile, format!("ksa.loadtest.{name}")).unwrap(),
+                Some(Value::Profile(value)),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            mark_of(&profile("lt-1", &[(STAMP_LABEL, "8")])),
+            Some(Mark::Stamp(8))
+        );
+        assert_eq!(
+            mark_of(&profile(BARRIER_POD, &[(BARRIER_LABEL, "4")])),
+            Some(Mark::Barrier(4))
+        );
+        assert_eq!(mark_of(&profile("other", &[("app", "x")])), None);
+        let gone = Update::delete(Key::cluster(Kind::Profile, "ksa.loadtest.lt-9").unwrap());
+        assert_eq!(mark_of(&gone), Some(Mark::Deleted("lt-9".into())));
+        let namespace = Update::delete(Key::cluster(Kind::Profile, "kns.lt-x").unwrap());
+        assert_eq!(mark_of(&namespace), None);
     }
 
     #[test]

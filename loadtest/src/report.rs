@@ -51,6 +51,14 @@ pub struct RunConfig {
     pub slow_write_timeout_seconds: f64,
     /// Whether the raw loopback baseline ran after steady.
     pub raw_baseline: bool,
+    /// The soak takes a replica down this often, seconds.
+    pub soak_kill_interval_seconds: f64,
+    /// An existing API server's kubeconfig instead of kube-sim (real-cluster mode).
+    pub kubeconfig: Option<String>,
+    /// Running typha replicas used instead of local ones.
+    pub typha_addrs: Vec<String>,
+    /// The namespace churn writes service accounts in, against an existing API server.
+    pub churn_namespace: Option<String>,
     /// The command line.
     pub command: String,
 }
@@ -164,6 +172,59 @@ pub struct RestartFigures {
     pub storm: FleetCounters,
 }
 
+/// One soak round: a replica taken down while churn runs, then a barrier and every
+/// client's digest compared with a fresh reference client's.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakRound {
+    /// 1-based.
+    pub round: usize,
+    /// The replica's outage (mode, clients disconnected, reconvergence, storm counters).
+    pub restart: RestartFigures,
+    /// From the barrier write until every client had it, seconds.
+    pub barrier_seconds: f64,
+    /// Digests compared (clients and pinned reference clients).
+    pub digests_compared: usize,
+    /// Clients whose digest differed from the fresh reference client's.
+    pub digests_differ: Vec<String>,
+    /// Seconds since the scenario started, at the end of the round.
+    pub t: f64,
+}
+
+/// The soak scenario's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakFigures {
+    /// Rounds completed.
+    pub rounds: usize,
+    /// How often a replica was taken down, seconds.
+    pub kill_interval_seconds: f64,
+    /// Client digests that differed from the round's reference, summed over rounds
+    /// (the goal is zero).
+    pub digest_mismatches: usize,
+    /// Digest mismatches the clients detected themselves (their counters), over the soak.
+    pub client_digest_mismatches: u64,
+    /// In-syncs whose verified digest differed from the load test's live shadow of it.
+    pub shadow_mismatches: u64,
+    /// Reconnects over the soak.
+    pub reconnects: u64,
+    /// Sessions resumed without a snapshot over the soak.
+    pub resumes: u64,
+    /// Snapshots received over the soak.
+    pub snapshots: u64,
+    /// The slowest round's reconvergence after its outage, seconds.
+    pub max_reconverge_seconds: f64,
+    /// The slowest round's barrier convergence, seconds.
+    pub max_barrier_seconds: f64,
+    /// typha RSS (all replicas) when the soak started, bytes.
+    pub typha_rss_start_bytes: u64,
+    /// typha RSS (all replicas) when it ended, bytes. Replicas restart during the soak:
+    /// compare with the per-round figures, not as one process's growth.
+    pub typha_rss_end_bytes: u64,
+    /// typha RSS after each round, bytes.
+    pub typha_rss_by_round: Vec<u64>,
+    /// Every round.
+    pub per_round: Vec<SoakRound>,
+}
+
 /// The raw loopback baseline.
 #[derive(Clone, Debug, Serialize)]
 pub struct RawFigures {
@@ -239,6 +300,8 @@ pub struct ScenarioReport {
     pub events: EventFigures,
     /// Restart figures.
     pub restart: Option<RestartFigures>,
+    /// Soak figures.
+    pub soak: Option<SoakFigures>,
     /// Raw loopback baseline.
     pub raw_baseline: Option<RawFigures>,
     /// Per-process CPU, memory and bytes.
@@ -590,6 +653,9 @@ fn print_scenario(s: &ScenarioReport) {
             ),
         );
     }
+    if let Some(k) = &s.soak {
+        print_soak(k);
+    }
     if let Some(r) = &s.raw_baseline {
         row(
             "fan-out vs raw loopback",
@@ -617,6 +683,58 @@ fn print_scenario(s: &ScenarioReport) {
             p.peak_rss_bytes as f64 / MIB,
             p.rss_bytes as f64 / MIB,
             p.bytes_written
+        );
+    }
+}
+
+fn print_soak(k: &SoakFigures) {
+    row(
+        "soak",
+        format!(
+            "{} rounds (a replica down every {:.0} s, kill and roll alternately)",
+            k.rounds, k.kill_interval_seconds
+        ),
+    );
+    row(
+        "  digests differing at barriers",
+        format!(
+            "{} (clients' own mismatches {}, shadow mismatches {})",
+            k.digest_mismatches, k.client_digest_mismatches, k.shadow_mismatches
+        ),
+    );
+    row(
+        "  reconnects / resumes / snapshots",
+        format!("{} / {} / {}", k.reconnects, k.resumes, k.snapshots),
+    );
+    row(
+        "  max reconvergence / barrier",
+        format!(
+            "{:.2} s / {:.2} s",
+            k.max_reconverge_seconds, k.max_barrier_seconds
+        ),
+    );
+    row(
+        "  typha RSS start -> end",
+        format!(
+            "{:.1} -> {:.1} MiB",
+            k.typha_rss_start_bytes as f64 / MIB,
+            k.typha_rss_end_bytes as f64 / MIB
+        ),
+    );
+    for r in &k.per_round {
+        row(
+            &format!("  round {}", r.round),
+            format!(
+                "{:?} {}: {} disconnected, back {:.2} s, in sync {:.2} s, barrier {:.2} s, digests {}/{} equal",
+                r.restart.mode,
+                r.restart.replica,
+                r.restart.clients_disconnected,
+                r.restart.replica_back_seconds,
+                r.restart.reconverge_seconds,
+                r.barrier_seconds,
+                r.digests_compared - r.digests_differ.len(),
+                r.digests_compared
+            ),
         );
     }
 }

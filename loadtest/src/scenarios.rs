@@ -3,7 +3,17 @@
 //! baseline without typha. Each starts its own servers, so per-process figures belong
 //! to one scenario; the client process's CPU is measured as a delta and its peak RSS is
 //! reset at the start (where the kernel allows).
+//!
+//! The soak (never part of `all`) repeats the restart scenario's outage for a long time:
+//! each round churns for the kill interval while a replica goes down halfway (SIGKILL
+//! and roll alternately), then writes a barrier and compares every client's live digest
+//! with a fresh reference client's.
+//!
+//! In real-cluster mode ([`Target`]) the API server and possibly the replicas already
+//! exist: churn writes service accounts in one namespace, nothing is seeded, and the
+//! scenarios that must kill replicas refuse external ones.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +22,7 @@ use felix_client::SyncConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::churn::Churn;
+use crate::churn::{Churn, Layout};
 use crate::direct::{COLLECTIONS, DirectFleet};
 use crate::fleet::{Behaviour, Fleet, FleetClient};
 use crate::http1::{self, Scrape};
@@ -21,9 +31,9 @@ use crate::procs::{ProcStats, reset_peak_rss};
 use crate::rawnet;
 use crate::report::{
     ByteFigures, ConnectionPoint, EventFigures, ProcessFigures, RawFigures, RestartFigures,
-    RunConfig, ScenarioReport, Series, SnapshotFigures, TyphaMemory,
+    RunConfig, ScenarioReport, Series, SnapshotFigures, SoakFigures, SoakRound, TyphaMemory,
 };
-use crate::stack::{Stack, StackConfig};
+use crate::stack::{ExternalTypha, RestartMode, Stack, StackConfig};
 
 /// The scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -41,6 +51,27 @@ pub enum Scenario {
     Direct,
     /// All of the above, in that order.
     All,
+    /// Churn for the whole duration with a replica killed or rolled every kill interval
+    /// and digests compared after each round (not part of `all`).
+    Soak,
+}
+
+/// Real-cluster mode: what a run uses instead of starting kube-sim or replicas.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// An existing API server instead of kube-sim.
+    pub kubeconfig: Option<PathBuf>,
+    /// Running typha replicas instead of local ones.
+    pub external: Option<ExternalTypha>,
+    /// Where churn writes against an existing API server.
+    pub churn_namespace: String,
+}
+
+impl Scenario {
+    /// Whether the scenario takes replicas down (impossible with external ones).
+    pub fn kills_replicas(self) -> bool {
+        matches!(self, Scenario::Restart | Scenario::Soak)
+    }
 }
 
 impl Scenario {
@@ -53,6 +84,7 @@ impl Scenario {
             Scenario::Slow => "slow",
             Scenario::Direct => "direct",
             Scenario::All => "all",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -159,18 +191,33 @@ impl Sampler {
     }
 }
 
-/// Runs one scenario.
-pub async fn run(scenario: Scenario, config: &RunConfig) -> anyhow::Result<ScenarioReport> {
+/// Runs one scenario against kube-sim and local replicas, or what `target` names.
+pub async fn run(
+    scenario: Scenario,
+    config: &RunConfig,
+    target: &Target,
+) -> anyhow::Result<ScenarioReport> {
     match scenario {
-        Scenario::Direct => run_direct(config).await,
+        Scenario::Direct => run_direct(config, target).await,
         Scenario::All => anyhow::bail!("expand `all` first"),
-        typha => run_typha(typha, config).await,
+        typha => run_typha(typha, config, target).await,
+    }
+}
+
+/// What churn writes: pods of the synthetic cluster, or service accounts in a real one.
+fn layout(config: &RunConfig, target: &Target) -> Layout {
+    match target.kubeconfig {
+        Some(_) => Layout::Namespace(target.churn_namespace.clone()),
+        None => Layout::Synthetic {
+            nodes: config.nodes,
+            namespaces: config.namespaces,
+        },
     }
 }
 
 fn sync_config(stack: &Stack, node: String, addresses: Vec<String>) -> anyhow::Result<SyncConfig> {
     let mut config = SyncConfig::new(node, addresses);
-    config.tls = Some(stack.client_tls()?);
+    config.tls = stack.client_tls();
     config.backoff_max = Duration::from_secs(5);
     Ok(config)
 }
@@ -285,7 +332,16 @@ async fn reference_digest(
         .context("no reference digest")
 }
 
-async fn run_typha(scenario: Scenario, config: &RunConfig) -> anyhow::Result<ScenarioReport> {
+async fn run_typha(
+    scenario: Scenario,
+    config: &RunConfig,
+    target: &Target,
+) -> anyhow::Result<ScenarioReport> {
+    anyhow::ensure!(
+        !(scenario.kills_replicas() && target.external.is_some()),
+        "the {} scenario kills and restarts replicas, which it cannot do to the running ones of --typha-addr",
+        scenario.name()
+    );
     let wall = Instant::now();
     let cold = scenario == Scenario::ColdStart;
     let (nodes, pods_per_node) = if cold {
@@ -293,7 +349,7 @@ async fn run_typha(scenario: Scenario, config: &RunConfig) -> anyhow::Result<Sce
     } else {
         (config.nodes, config.pods_per_node)
     };
-    let replicas = if scenario == Scenario::Restart {
+    let replicas = if scenario.kills_replicas() {
         config.replicas.max(2)
     } else {
         config.replicas.max(1)
@@ -313,20 +369,31 @@ async fn run_typha(scenario: Scenario, config: &RunConfig) -> anyhow::Result<Sce
         policies: config.policies,
         replicas,
         typha_args,
+        kubeconfig: target.kubeconfig.clone(),
+        external: target.external.clone(),
     };
     let progress = Arc::new(Progress {
         scenario: scenario.name(),
         phase: Mutex::new("starting kube-sim and typha".into()),
         started: Instant::now(),
     });
-    eprintln!(
-        "[{}] starting kube-sim ({} nodes x {} pods) and {replicas} typha replica(s)",
-        scenario.name(),
-        nodes,
-        pods_per_node
-    );
+    let api = match &target.kubeconfig {
+        Some(path) => format!("the API server of {}", path.display()),
+        None => format!("kube-sim ({nodes} nodes x {pods_per_node} pods)"),
+    };
+    match &target.external {
+        Some(external) => eprintln!(
+            "[{}] using {api} and typha at {}",
+            scenario.name(),
+            external.addresses.join(",")
+        ),
+        None => eprintln!(
+            "[{}] starting {api} and {replicas} typha replica(s)",
+            scenario.name()
+        ),
+    }
     let mut stack = Stack::start(&stack_config, scenario.name()).await?;
-    let result = typha_body(scenario, config, &mut stack, progress, wall).await;
+    let result = typha_body(scenario, config, target, &mut stack, progress, wall).await;
     if result.is_err() {
         stack.dir.keep = true;
         eprintln!(
@@ -341,19 +408,15 @@ async fn run_typha(scenario: Scenario, config: &RunConfig) -> anyhow::Result<Sce
 async fn typha_body(
     scenario: Scenario,
     config: &RunConfig,
+    target: &Target,
     stack: &mut Stack,
     progress: Arc<Progress>,
     wall: Instant,
 ) -> anyhow::Result<ScenarioReport> {
     let seconds = (config.duration_seconds as usize) * 2 + 600;
     let probe = Probe::new(seconds);
-    let mut churn = Churn::new(
-        stack.kube_addr,
-        probe.clone(),
-        config.nodes,
-        config.namespaces,
-    )
-    .await?;
+    let mut churn = Churn::new(stack.api.clone(), probe.clone(), layout(config, target)).await?;
+    let tracked = scenario == Scenario::Soak;
     let mut marks = Vec::new();
     reset_peak_rss();
     let self_before = ProcStats::this_process().unwrap_or_default();
@@ -364,10 +427,11 @@ async fn typha_body(
     let mut refs = Fleet::default();
     for (i, addr) in stack.addresses().into_iter().enumerate() {
         let config = sync_config(stack, format!("reference-{i}"), vec![addr])?;
-        refs.clients.push(FleetClient::spawn(
+        refs.clients.push(FleetClient::spawn_with(
             config,
             probe.clone(),
             Behaviour::Reference,
+            tracked,
         ));
     }
     refs.wait_until(&probe, SYNC_LIMIT, |c| c.converged(0), |_| {})
@@ -394,10 +458,11 @@ async fn typha_body(
     let mut fleet = Fleet::default();
     for i in 0..config.clients {
         let sync = sync_config(stack, format!("node-{i:05}"), addresses.clone())?;
-        fleet.clients.push(FleetClient::spawn(
+        fleet.clients.push(FleetClient::spawn_with(
             sync,
             probe.clone(),
             behaviour_of(scenario, i, config, &release),
+            tracked,
         ));
     }
     let fleet = Arc::new(fleet);
@@ -432,7 +497,17 @@ async fn typha_body(
         .map(|(_, _, s)| s)
         .collect();
     let mut restart = None;
-    if !matches!(scenario, Scenario::ColdStart) {
+    let mut soak = None;
+    if scenario == Scenario::Soak {
+        marks.push((progress.t(), "soak start".to_string()));
+        soak = Some(
+            soak_rounds(
+                stack, &fleet, &refs, &probe, &mut churn, config, &progress, &mut marks,
+            )
+            .await?,
+        );
+        marks.push((progress.t(), "soak end".to_string()));
+    } else if !matches!(scenario, Scenario::ColdStart) {
         progress.set(format!(
             "churn {}/s for {:.0}s",
             config.rate, config.duration_seconds
@@ -445,7 +520,7 @@ async fn typha_body(
                 stack,
                 &fleet,
                 &probe,
-                config,
+                (0, config.restart_mode),
                 duration / 3,
                 &progress,
                 &mut marks,
@@ -494,6 +569,10 @@ async fn typha_body(
     let fleet = Arc::try_unwrap(fleet).map_err(|_| anyhow::anyhow!("fleet still shared"))?;
     let mut digests = fleet.stop().await?;
     digests.extend(refs.stop().await?);
+    // Only once the mirrors are collected: the deletions would reach them.
+    if target.kubeconfig.is_some() {
+        churn.clean_up().await;
+    }
     let digests_equal = digests.iter().filter(|(_, d)| *d == reference).count();
     let digests_differ: Vec<String> = digests
         .iter()
@@ -501,20 +580,23 @@ async fn typha_body(
         .map(|(name, _)| name.clone())
         .collect();
 
-    let mut processes = vec![ProcessFigures::new(
-        "kube-sim",
-        stack.kube.pid(),
-        &stack.kube.stats(),
-    )];
+    let mut processes = Vec::new();
+    let mut api_total = 0;
+    if let Some(kube) = stack.kube.as_mut() {
+        let stats = kube.stats();
+        api_total = stats.bytes_written;
+        processes.push(ProcessFigures::new("kube-sim", kube.pid(), &stats));
+    }
     let replica_stats = stack.replica_stats();
     for (name, pid, stats) in &replica_stats {
         processes.push(ProcessFigures::new(name, *pid, stats));
     }
     processes.push(self_figures(&self_before));
     let typha_written: u64 = replica_stats.iter().map(|(_, _, s)| s.bytes_written).sum();
-    let api_total = stack.kube.stats().bytes_written;
+    // External replicas are not measured: no figures rather than zeros.
+    let local = !stack.is_external();
 
-    let raw_baseline = if scenario == Scenario::Steady && config.raw_baseline {
+    let raw_baseline = if scenario == Scenario::Steady && config.raw_baseline && local {
         progress.set("raw loopback baseline");
         Some(
             raw_baseline(
@@ -549,8 +631,8 @@ async fn typha_body(
         churn: churn.stats.clone(),
         latency_ms: probe.normal.total.percentiles(),
         slow_latency_ms: probe.slow.total.percentiles(),
-        snapshot: Some(snapshot_figures(&scrapes)),
-        typha_memory: Some(typha_memory),
+        snapshot: local.then(|| snapshot_figures(&scrapes)),
+        typha_memory: local.then_some(typha_memory),
         bytes: ByteFigures {
             api_sent_total: api_total,
             api_sent_to_writer: churn.bytes_received,
@@ -560,38 +642,37 @@ async fn typha_body(
         },
         events: event_figures(&scrapes, fleet_counters, config.clients),
         restart,
+        soak,
         raw_baseline,
         processes,
         series,
     })
 }
 
-/// Takes replica 0 down after `delay` (kill or roll), brings it back, and measures how
+/// Takes replica `i` down after `delay` (kill or roll), brings it back, and measures how
 /// long until every client is in sync again.
 async fn restart_storm(
     stack: &mut Stack,
     fleet: &Fleet,
     probe: &Probe,
-    config: &RunConfig,
+    (i, mode): (usize, RestartMode),
     delay: Duration,
     progress: &Progress,
     marks: &mut Vec<(f64, String)>,
 ) -> anyhow::Result<RestartFigures> {
     tokio::time::sleep(delay).await;
-    // The clients about to lose their replica (less typha-0's pinned reference client).
-    let on_replica = match stack.scrape(0).await {
+    let replica = format!("typha-{i}");
+    // The clients about to lose their replica (less its pinned reference client).
+    let on_replica = match stack.scrape(i).await {
         Ok(scrape) => (scrape.sum("typha_connections_active") as u64).saturating_sub(1),
         Err(_) => 0,
     };
     let before = fleet.counters();
-    progress.set(format!("restart: {:?} typha-0", config.restart_mode));
-    marks.push((
-        progress.t(),
-        format!("{:?} typha-0", config.restart_mode).to_lowercase(),
-    ));
+    progress.set(format!("restart: {mode:?} {replica}"));
+    marks.push((progress.t(), format!("{mode:?} {replica}").to_lowercase()));
     let signalled = Instant::now();
-    let back = stack.restart_replica(0, config.restart_mode).await?;
-    marks.push((progress.t(), "typha-0 back".to_string()));
+    let back = stack.restart_replica(i, mode).await?;
+    marks.push((progress.t(), format!("{replica} back")));
     // Converged again once every one of them has reconnected and every client is in
     // sync (a client may not have noticed the loss yet when the replica is back).
     loop {
@@ -615,12 +696,132 @@ async fn restart_storm(
     marks.push((progress.t(), "all in sync again".to_string()));
     let storm = fleet.counters().since(&before);
     Ok(RestartFigures {
-        mode: config.restart_mode,
-        replica: "typha-0".into(),
+        mode,
+        replica,
         clients_disconnected: on_replica as usize,
         replica_back_seconds: back.as_secs_f64(),
         reconverge_seconds: reconverge.as_secs_f64(),
         storm,
+    })
+}
+
+/// The soak's rounds: churn for the kill interval while a replica goes down halfway
+/// (kill and roll alternately, each replica in turn), then a barrier, and every client's
+/// live digest compared with a fresh reference client's.
+#[allow(clippy::too_many_arguments)]
+async fn soak_rounds(
+    stack: &mut Stack,
+    fleet: &Fleet,
+    refs: &Fleet,
+    probe: &Arc<Probe>,
+    churn: &mut Churn,
+    config: &RunConfig,
+    progress: &Progress,
+    marks: &mut Vec<(f64, String)>,
+) -> anyhow::Result<SoakFigures> {
+    let interval = Duration::from_secs_f64(config.soak_kill_interval_seconds);
+    let rounds =
+        ((config.duration_seconds / config.soak_kill_interval_seconds).round() as usize).max(1);
+    let typha_rss_start_bytes = typha_rss(stack);
+    let before = fleet.counters();
+    let operations_before = churn.stats.operations;
+    let mut per_round: Vec<SoakRound> = Vec::with_capacity(rounds);
+    let mut typha_rss_by_round = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        // Kill then roll the same replica, then the next replica.
+        let mode = if round % 2 == 1 {
+            RestartMode::Kill
+        } else {
+            RestartMode::Roll
+        };
+        let replica = ((round - 1) / 2) % stack.replicas.len().max(1);
+        progress.set(format!("soak round {round}/{rounds}: churn"));
+        let churning = churn.run(config.rate, interval);
+        let storm = restart_storm(
+            stack,
+            fleet,
+            probe,
+            (replica, mode),
+            interval / 2,
+            progress,
+            marks,
+        );
+        let (churned, stormed) = tokio::join!(churning, storm);
+        churned?;
+        let restart = stormed?;
+        progress.set(format!("soak round {round}/{rounds}: barrier and digests"));
+        let barrier = churn.barrier().await?;
+        let barrier_seconds = fleet
+            .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+            .await
+            .with_context(|| format!("soak round {round}: the clients at barrier {barrier}"))?
+            .as_secs_f64();
+        refs.wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+            .await
+            .with_context(|| format!("soak round {round}: the pinned reference clients"))?;
+        let reference = reference_digest(stack, probe, barrier).await?;
+        let live: Vec<_> = fleet
+            .clients
+            .iter()
+            .chain(&refs.clients)
+            .filter_map(|c| c.live.as_ref().map(|l| (&c.name, l.get())))
+            .collect();
+        let digests_differ: Vec<String> = live
+            .iter()
+            .filter(|(_, d)| *d != reference)
+            .map(|(name, _)| (*name).clone())
+            .collect();
+        let verdict = if digests_differ.is_empty() {
+            "digests equal".to_string()
+        } else {
+            format!("{} DIGESTS DIFFER", digests_differ.len())
+        };
+        marks.push((progress.t(), format!("round {round}: {verdict}")));
+        eprintln!(
+            "[soak {:>6.1}s] round {round}/{rounds}: {mode:?} typha-{replica}, in sync again after {:.2} s, barrier {:.2} s, {verdict}",
+            progress.t(),
+            restart.reconverge_seconds,
+            barrier_seconds
+        );
+        typha_rss_by_round.push(typha_rss(stack));
+        per_round.push(SoakRound {
+            round,
+            restart,
+            barrier_seconds,
+            digests_compared: live.len(),
+            digests_differ,
+            t: progress.t(),
+        });
+    }
+    let churned = churn.stats.operations - operations_before;
+    churn.stats.achieved_rate = churned as f64 / (interval.as_secs_f64() * rounds as f64);
+    let over = fleet.counters().since(&before);
+    let shadow_mismatches = fleet
+        .clients
+        .iter()
+        .chain(&refs.clients)
+        .filter_map(|c| c.live.as_ref())
+        .map(|l| {
+            l.shadow_mismatches
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let max = |f: fn(&SoakRound) -> f64| per_round.iter().map(f).fold(0.0, f64::max);
+    Ok(SoakFigures {
+        rounds: per_round.len(),
+        kill_interval_seconds: interval.as_secs_f64(),
+        digest_mismatches: per_round.iter().map(|r| r.digests_differ.len()).sum(),
+        client_digest_mismatches: over.digest_mismatches,
+        shadow_mismatches,
+        reconnects: over.reconnects,
+        resumes: over.resumes,
+        snapshots: over.snapshots,
+        max_reconverge_seconds: max(|r| r.restart.reconverge_seconds),
+        max_barrier_seconds: max(|r| r.barrier_seconds),
+        typha_rss_start_bytes,
+        typha_rss_end_bytes: typha_rss(stack),
+        typha_rss_by_round,
+        per_round,
     })
 }
 
@@ -649,7 +850,7 @@ async fn raw_baseline(
     })
 }
 
-async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
+async fn run_direct(config: &RunConfig, target: &Target) -> anyhow::Result<ScenarioReport> {
     let wall = Instant::now();
     let stack_config = StackConfig {
         nodes: config.nodes,
@@ -658,6 +859,8 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
         policies: config.policies,
         replicas: 0,
         typha_args: Vec::new(),
+        kubeconfig: target.kubeconfig.clone(),
+        external: None,
     };
     eprintln!(
         "[direct] starting kube-sim ({} nodes x {} pods)",
@@ -670,19 +873,13 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
         started: Instant::now(),
     });
     let probe = Probe::new((config.duration_seconds as usize) * 2 + 600);
-    let mut churn = Churn::new(
-        stack.kube_addr,
-        probe.clone(),
-        config.nodes,
-        config.namespaces,
-    )
-    .await?;
+    let mut churn = Churn::new(stack.api.clone(), probe.clone(), layout(config, target)).await?;
     reset_peak_rss();
     let self_before = ProcStats::this_process().unwrap_or_default();
     let mut marks = vec![(progress.t(), "clients start".to_string())];
     let started = Instant::now();
     let fleet = Arc::new(DirectFleet::start(
-        stack.kube_addr,
+        stack.api.clone(),
         config.clients,
         probe.clone(),
     ));
@@ -707,7 +904,9 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
             started.elapsed() < SYNC_LIMIT,
             "direct clients did not all list in {SYNC_LIMIT:?}"
         );
-        stack.kube.check_alive()?;
+        if let Some(kube) = stack.kube.as_mut() {
+            kube.check_alive()?;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let initial_sync_seconds = started.elapsed().as_secs_f64();
@@ -745,12 +944,17 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
     let converge_seconds = converging.elapsed().as_secs_f64();
     marks.push((progress.t(), "converged".to_string()));
     let connections = sampler.finish().await;
-    let kube = stack.kube.stats();
-    let api_total = kube.bytes_written;
-    let processes = vec![
-        ProcessFigures::new("kube-sim", stack.kube.pid(), &kube),
-        self_figures(&self_before),
-    ];
+    if target.kubeconfig.is_some() {
+        churn.clean_up().await;
+    }
+    let mut processes = Vec::new();
+    let mut api_total = 0;
+    if let Some(kube) = stack.kube.as_mut() {
+        let stats = kube.stats();
+        api_total = stats.bytes_written;
+        processes.push(ProcessFigures::new("kube-sim", kube.pid(), &stats));
+    }
+    processes.push(self_figures(&self_before));
     if let Ok(fleet) = Arc::try_unwrap(fleet) {
         fleet.stop().await;
     }
@@ -780,6 +984,7 @@ async fn run_direct(config: &RunConfig) -> anyhow::Result<ScenarioReport> {
         },
         events: EventFigures::default(),
         restart: None,
+        soak: None,
         raw_baseline: None,
         processes,
         series: Series {

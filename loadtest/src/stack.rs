@@ -2,24 +2,38 @@
 //! cluster, and typha replicas watching it, each on unique loopback ports with
 //! development certificates written to a scratch directory.
 //!
+//! Real-cluster mode replaces either part: `kubeconfig` names an existing API server
+//! (no kube-sim; the local replicas watch that one), and `external` names typha replicas
+//! that already run (none are started; clients reach them with the operator's TLS files).
+//!
 //! Invariants: every process here is a child of this one and is killed by PID when the
 //! [`Stack`] drops; a replica restarted after a kill or a roll gets the same ports, so
-//! clients find it where it was.
+//! clients find it where it was. External replicas are never signalled.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
-use typha::tls::{PeerIdentity, client_config};
+use typha::tls::{PeerIdentity, TlsMaterial, TransportChoice, client_config};
 
+use crate::api::Api;
 use crate::http1::{self, Scrape};
 use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
 
+/// typha replicas that already run, outside the load test's control.
+#[derive(Clone, Debug)]
+pub struct ExternalTypha {
+    /// Their gRPC addresses (HOST:PORT).
+    pub addresses: Vec<String>,
+    /// How clients reach them (mutual TLS from files, or plaintext for development).
+    pub transport: TransportChoice,
+}
+
 /// The synthetic cluster and the replicas.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct StackConfig {
     /// Nodes.
     pub nodes: usize,
@@ -33,6 +47,10 @@ pub struct StackConfig {
     pub replicas: usize,
     /// Extra `typha serve` flags (e.g. a short --write-timeout for the slow scenario).
     pub typha_args: Vec<String>,
+    /// An existing API server instead of kube-sim (nothing is seeded then).
+    pub kubeconfig: Option<PathBuf>,
+    /// Running typha replicas instead of `replicas` local ones.
+    pub external: Option<ExternalTypha>,
 }
 
 /// How a replica goes away in the restart scenario.
@@ -43,6 +61,41 @@ pub enum RestartMode {
     Kill,
     /// SIGTERM: the replica drains (goodbye to every client) and exits.
     Roll,
+}
+
+/// Starts kube-sim seeded with the synthetic cluster; returns it, its address and the
+/// objects it seeded.
+async fn start_kube_sim(
+    config: &StackConfig,
+    dir: &Path,
+) -> anyhow::Result<(ChildProc, SocketAddr, u64)> {
+    let kube_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let args: Vec<String> = [
+        "kube-sim".to_string(),
+        "--listen".into(),
+        kube_addr.to_string(),
+        "--nodes".into(),
+        config.nodes.to_string(),
+        "--pods-per-node".into(),
+        config.pods_per_node.to_string(),
+        "--namespaces".into(),
+        config.namespaces.to_string(),
+        "--policies".into(),
+        config.policies.to_string(),
+        "--history".into(),
+        "100000".into(),
+    ]
+    .into();
+    let mut kube = ChildProc::spawn("kube-sim", &args, dir)?;
+    wait_ready(kube_addr, "/readyz", &mut kube, Duration::from_secs(300)).await?;
+    let log = std::fs::read_to_string(dir.join("kube-sim.log")).unwrap_or_default();
+    let seeded_objects = log
+        .split("seeded ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok((kube, kube_addr, seeded_objects))
 }
 
 /// One typha replica.
@@ -63,15 +116,17 @@ pub struct Replica {
 pub struct Stack {
     /// Scratch directory (certificates, kubeconfig, logs).
     pub dir: ScratchDir,
-    /// kube-sim.
-    pub kube: ChildProc,
-    /// kube-sim's address.
-    pub kube_addr: SocketAddr,
-    /// Replicas in index order.
+    /// kube-sim (`None` against an existing API server).
+    pub kube: Option<ChildProc>,
+    /// The API server.
+    pub api: Api,
+    /// Local replicas in index order (none with external ones).
     pub replicas: Vec<Replica>,
-    /// Objects kube-sim seeded.
+    /// External replicas' addresses (empty with local ones).
+    pub external: Vec<String>,
+    /// Objects kube-sim seeded (0 against an existing API server).
     pub seeded_objects: u64,
-    pki: DevPki,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 async fn wait_ready(
@@ -97,56 +152,63 @@ async fn wait_ready(
 }
 
 impl Stack {
-    /// Starts kube-sim (seeded) and the replicas; returns once all are ready.
+    /// Starts kube-sim (seeded) and the replicas, or uses the existing ones the config
+    /// names; returns once all local ones are ready.
     pub async fn start(config: &StackConfig, tag: &str) -> anyhow::Result<Stack> {
         let dir = ScratchDir::create(tag)?;
         let pki = DevPki::generate().context("generating certificates")?;
         pki.write_to_dir(dir.path(), true)
             .context("writing certificates")?;
-        let kube_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let args: Vec<String> = [
-            "kube-sim".to_string(),
-            "--listen".into(),
-            kube_addr.to_string(),
-            "--nodes".into(),
-            config.nodes.to_string(),
-            "--pods-per-node".into(),
-            config.pods_per_node.to_string(),
-            "--namespaces".into(),
-            config.namespaces.to_string(),
-            "--policies".into(),
-            config.policies.to_string(),
-            "--history".into(),
-            "100000".into(),
-        ]
-        .into();
-        let mut kube = ChildProc::spawn("kube-sim", &args, dir.path())?;
-        wait_ready(kube_addr, "/readyz", &mut kube, Duration::from_secs(300)).await?;
-        let log = std::fs::read_to_string(dir.path().join("kube-sim.log")).unwrap_or_default();
-        let seeded_objects = log
-            .split("seeded ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"http://{kube_addr}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
-            ),
-        )?;
+        let (kube, api, seeded_objects, kubeconfig) = match &config.kubeconfig {
+            Some(path) => {
+                let path = std::path::absolute(path)
+                    .with_context(|| format!("kubeconfig {}", path.display()))?;
+                let api = Api::from_kubeconfig(&path).await?;
+                (None, api, 0, path)
+            }
+            None => {
+                let (kube, addr, seeded) = start_kube_sim(config, dir.path()).await?;
+                let kubeconfig = dir.path().join("kubeconfig");
+                std::fs::write(
+                    &kubeconfig,
+                    format!(
+                        "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"http://{addr}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
+                    ),
+                )?;
+                (Some(kube), Api::Sim(addr), seeded, kubeconfig)
+            }
+        };
+        let (external, client_tls) = match &config.external {
+            Some(external) => {
+                let tls = match &external.transport {
+                    TransportChoice::Tls(files, identity) => {
+                        let material = TlsMaterial::load(files)?;
+                        Some(client_config(&material, identity)?)
+                    }
+                    TransportChoice::Plaintext => None,
+                };
+                (external.addresses.clone(), tls)
+            }
+            None => {
+                let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
+                let tls = client_config(&pki.client_material(), &identity)?;
+                (Vec::new(), Some(tls))
+            }
+        };
         let mut stack = Stack {
             dir,
             kube,
-            kube_addr,
+            api,
             replicas: Vec::new(),
+            external,
             seeded_objects,
-            pki,
+            client_tls,
         };
-        for i in 0..config.replicas {
-            let replica = stack.spawn_replica(i, &kubeconfig, &config.typha_args)?;
-            stack.replicas.push(replica);
+        if config.external.is_none() {
+            for i in 0..config.replicas {
+                let replica = stack.spawn_replica(i, &kubeconfig, &config.typha_args)?;
+                stack.replicas.push(replica);
+            }
         }
         for i in 0..stack.replicas.len() {
             stack.wait_replica(i).await?;
@@ -154,10 +216,15 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Whether the replicas run outside the load test (nothing can be restarted).
+    pub fn is_external(&self) -> bool {
+        !self.external.is_empty()
+    }
+
     fn spawn_replica(
         &self,
         i: usize,
-        kubeconfig: &std::path::Path,
+        kubeconfig: &Path,
         extra: &[String],
     ) -> anyhow::Result<Replica> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -269,15 +336,17 @@ impl Stack {
         ))
     }
 
-    /// The replicas' gRPC addresses.
+    /// The replicas' gRPC addresses (local or external).
     pub fn addresses(&self) -> Vec<String> {
+        if self.is_external() {
+            return self.external.clone();
+        }
         self.replicas.iter().map(|r| r.grpc.to_string()).collect()
     }
 
-    /// The TLS configuration of a legitimate client.
-    pub fn client_tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
-        Ok(client_config(&self.pki.client_material(), &identity)?)
+    /// The TLS configuration of a legitimate client (`None`: plaintext, development).
+    pub fn client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.client_tls.clone()
     }
 
     /// Where child logs are.

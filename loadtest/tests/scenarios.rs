@@ -4,8 +4,10 @@
 //! never the figures themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 
 use serde_json::Value;
 
@@ -18,6 +20,12 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs `loadtest --scenario <scenario>` on a tiny cluster; returns the JSON report and
 /// the SVG plot.
 fn run(scenario: &str, extra: &[&str]) -> (Value, String) {
+    let (json, svg, _) = run_in(scenario, extra);
+    (json, svg)
+}
+
+/// [`run`], also returning stdout (the table).
+fn run_in(scenario: &str, extra: &[&str]) -> (Value, String, String) {
     let dir = scratch(scenario);
     let report = dir.join("report.json");
     let plot = dir.join("plot.svg");
@@ -60,10 +68,11 @@ fn run(scenario: &str, extra: &[&str]) -> (Value, String) {
     let json: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let svg = std::fs::read_to_string(&plot).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    (json, svg)
+    (json, svg, stdout.into_owned())
 }
 
-const SCENARIO_FIELDS: [&str; 22] = [
+const SCENARIO_FIELDS: [&str; 23] = [
+    "soak",
     "digests_differ",
     "name",
     "clients",
@@ -379,4 +388,315 @@ fn multi_call_runs_the_embedded_binaries() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+/// The soak, two short rounds: a replica is killed, then rolled, churn runs throughout,
+/// and after each round every client's live digest equals a fresh reference client's.
+#[test]
+fn soak_kills_and_rolls_and_keeps_every_digest() {
+    let (json, svg, table) = run_in(
+        "soak",
+        &[
+            "--duration",
+            "4s",
+            "--soak-kill-interval",
+            "2s",
+            "--no-raw-baseline",
+        ],
+    );
+    check_report(&json);
+    assert_eq!(json["config"]["soak_kill_interval_seconds"], 2.0);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_eq!(s["name"], "soak");
+    assert_eq!(s["replicas"], 2, "the soak needs a second replica");
+    let k = &s["soak"];
+    assert_fields(
+        k,
+        &[
+            "rounds",
+            "kill_interval_seconds",
+            "digest_mismatches",
+            "client_digest_mismatches",
+            "shadow_mismatches",
+            "reconnects",
+            "resumes",
+            "snapshots",
+            "max_reconverge_seconds",
+            "max_barrier_seconds",
+            "typha_rss_start_bytes",
+            "typha_rss_end_bytes",
+            "typha_rss_by_round",
+            "per_round",
+        ],
+        "soak",
+    );
+    assert_eq!(k["rounds"], 2);
+    assert_eq!(k["digest_mismatches"], 0, "{k}");
+    assert_eq!(k["client_digest_mismatches"], 0, "{k}");
+    assert_eq!(
+        k["shadow_mismatches"], 0,
+        "the live digests track the mirrors: {k}"
+    );
+    assert!(k["reconnects"].as_u64().unwrap() > 0, "{k}");
+    assert!(k["typha_rss_start_bytes"].as_u64().unwrap() > 0, "{k}");
+    assert!(k["typha_rss_end_bytes"].as_u64().unwrap() > 0, "{k}");
+    let rounds = k["per_round"].as_array().unwrap();
+    let modes: Vec<&str> = rounds
+        .iter()
+        .map(|r| r["restart"]["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["kill", "roll"], "kill and roll alternate");
+    let clients = s["clients"].as_u64().unwrap();
+    for r in rounds {
+        assert_fields(
+            r,
+            &[
+                "round",
+                "restart",
+                "barrier_seconds",
+                "digests_compared",
+                "digests_differ",
+                "t",
+            ],
+            "round",
+        );
+        assert!(
+            r["digests_compared"].as_u64().unwrap() > clients,
+            "every client and the pinned references: {r}"
+        );
+        assert_eq!(r["digests_differ"].as_array().unwrap().len(), 0, "{r}");
+    }
+    assert_eq!(k["typha_rss_by_round"].as_array().unwrap().len(), 2);
+    assert!(svg.contains("round 1: digests equal") && svg.contains("round 2: digests equal"));
+    assert!(
+        table.contains("soak") && table.contains("round 2"),
+        "{table}"
+    );
+}
+
+/// Scenarios that kill replicas refuse external ones before starting anything, and
+/// --typha-addr without an API server to churn is refused.
+#[test]
+fn external_replicas_refuse_the_killing_scenarios() {
+    for scenario in ["restart", "soak", "all"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["--scenario", scenario, "--kubeconfig", "/nonexistent"])
+            .args(["--typha-addr", "127.0.0.1:1", "--insecure-plaintext"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{scenario}: {stderr}");
+        assert!(stderr.contains("cannot do to the running ones"), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["--scenario", "steady", "--typha-addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --kubeconfig"));
+    let help = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--kubeconfig",
+        "--typha-addr",
+        "--churn-namespace",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--typha-cn",
+        "--typha-uri-san",
+        "--insecure-plaintext",
+        "--soak-kill-interval",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+}
+
+/// A child of the test, killed by PID when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `loadtest <args>` with its output piped, and returns it once a line of its
+/// output contains `marker`, with the text that follows the marker on that line
+/// (colour codes removed).
+fn spawn_until(args: &[&str], marker: &str) -> (Guard, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for pipe in [out, err] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let guard = Guard(child);
+    let mut seen = Vec::new();
+    for line in rx.iter() {
+        let plain = strip_ansi(&line);
+        if let Some((_, rest)) = plain.split_once(marker) {
+            return (guard, rest.to_string());
+        }
+        seen.push(plain);
+    }
+    panic!(
+        "loadtest {args:?} ended without {marker:?}:\n{}",
+        seen.join("\n")
+    );
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Real-cluster mode end to end: an API server and a typha replica that the load test
+/// did not start (kube-sim and `typha serve` as separate processes here), reached with
+/// --kubeconfig and --typha-addr and the operator's TLS files. Churn writes service
+/// accounts in --churn-namespace (created), clients see the stamps through typha's
+/// Profiles, converge and agree on the digest; typha's own figures are not claimed.
+#[test]
+fn steady_against_an_existing_cluster_and_typha() {
+    let dir = scratch("real-cluster");
+    typha::certs::DevPki::generate()
+        .unwrap()
+        .write_to_dir(&dir, true)
+        .unwrap();
+    let (_kube, url) = spawn_until(
+        &[
+            "kube-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            "3",
+            "--namespaces",
+            "2",
+        ],
+        "kube-sim serving on ",
+    );
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c}}}}]\ncurrent-context: c\n",
+            url.trim()
+        ),
+    )
+    .unwrap();
+    let (_typha, started) = spawn_until(
+        &[
+            "typha",
+            "serve",
+            "--kubeconfig",
+            &path(&kubeconfig),
+            "--listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--tls-ca",
+            &path(&dir.join("ca.crt")),
+            "--tls-cert",
+            &path(&dir.join("typha.crt")),
+            "--tls-key",
+            &path(&dir.join("typha.key")),
+            "--client-cn",
+            typha::certs::DEFAULT_CLIENT_CN,
+            "--log",
+            "info",
+        ],
+        "grpc_addr=",
+    );
+    let grpc = started.split_whitespace().next().unwrap().to_string();
+    let (json, _, table) = run_in(
+        "steady",
+        &[
+            "--kubeconfig",
+            &path(&kubeconfig),
+            "--typha-addr",
+            &grpc,
+            "--churn-namespace",
+            "lt-real",
+            "--tls-ca",
+            &path(&dir.join("ca.crt")),
+            "--tls-cert",
+            &path(&dir.join("felix.crt")),
+            "--tls-key",
+            &path(&dir.join("felix.key")),
+            "--typha-cn",
+            typha::certs::DEFAULT_SERVER_CN,
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    check_report(&json);
+    assert_eq!(json["config"]["typha_addrs"][0], grpc.as_str());
+    assert_eq!(json["config"]["churn_namespace"], "lt-real");
+    assert!(json["config"]["kubeconfig"].is_string());
+    let s = &json["scenarios"][0];
+    assert_fields(s, &SCENARIO_FIELDS, "steady");
+    assert_eq!(s["converged"], true, "{table}");
+    assert_eq!(s["digests_equal"], s["digests_total"], "{table}");
+    assert!(
+        s["digests_total"].as_u64().unwrap() > s["clients"].as_u64().unwrap(),
+        "clients and the pinned reference client compared"
+    );
+    assert!(s["churn"]["operations"].as_u64().unwrap() > 0);
+    assert_eq!(
+        s["churn"]["errors"], 0,
+        "every write accepted: {}",
+        s["churn"]
+    );
+    assert!(
+        s["latency_ms"]["count"].as_u64().unwrap() > 0,
+        "stamps on service accounts reach the clients as Profiles"
+    );
+    assert_eq!(s["replicas"], 0, "no replica started here");
+    assert!(s["snapshot"].is_null() && s["typha_memory"].is_null());
+    assert!(s["raw_baseline"].is_null());
+    let names: Vec<&str> = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["client-process"],
+        "only what this run started is measured"
+    );
 }
