@@ -287,6 +287,16 @@ impl SyncClient {
         }
     }
 
+    /// A client that starts from `mirror`, as an earlier [`SyncClient::run`] returned it:
+    /// it resumes from the mirror's position where the server's history allows, and
+    /// otherwise reports only the differences of the snapshot it receives.
+    pub fn with_mirror(config: SyncConfig, mirror: Mirror) -> SyncClient {
+        SyncClient {
+            mirror,
+            ..SyncClient::new(config)
+        }
+    }
+
     /// The live counters.
     pub fn status(&self) -> Arc<SyncStatus> {
         self.status.clone()

@@ -16,13 +16,14 @@ use bytes::BytesMut;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::faults::too_large_response;
 use crate::http::{App, ResourcePath, error_response, json_response};
 use crate::list::{Filter, ListOptions, VersionMatch};
 use crate::object::StoredObject;
 use crate::patch::{merge_patch, strategic_merge_patch};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Store, WriteScope};
-use crate::watch::{WatchRequest, watch_start, watch_stream};
+use crate::watch::{WatchRequest, WatchStart, watch_start, watch_stream};
 
 /// Routes a parsed resource request to its verb.
 pub async fn dispatch(
@@ -175,6 +176,14 @@ fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Respons
         })
     })();
     match req {
+        Ok(WatchRequest {
+            start: WatchStart::From(rv),
+            ..
+        }) if rv > app.store.resource_version() => {
+            // A position this server never issued (it restarted with a fresh history).
+            app.metrics.add(&app.metrics.too_large_versions, 1);
+            too_large_response(&app.metrics, rv, app.store.resource_version())
+        }
         Ok(req) => {
             let mut resp = Response::new(Body::from_stream(watch_stream(app.watch.clone(), req)));
             resp.headers_mut().insert(

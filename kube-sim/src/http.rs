@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::discovery;
 use crate::error::ApiError;
+use crate::faults::{Faults, classify};
 use crate::handlers;
 use crate::metrics::Metrics;
 use crate::openapi;
@@ -30,6 +31,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Injected failures.
+    pub faults: Arc<Faults>,
     /// What watch streams need.
     pub watch: WatchContext,
 }
@@ -135,6 +138,10 @@ async fn handle(
         Ok(p) => p,
         Err(e) => return error_response(&app.metrics, &e),
     };
+    let class = classify(method == Method::GET, path.name.is_some(), &query);
+    if let Some(kind) = app.faults.check(class) {
+        return app.faults.respond(class, kind);
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

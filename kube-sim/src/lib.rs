@@ -11,6 +11,7 @@ pub mod cli;
 pub mod direct;
 pub mod discovery;
 pub mod error;
+pub mod faults;
 pub mod handlers;
 pub mod http;
 pub mod list;
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use faults::{Budget, FaultKind, FaultRule, Faults, Target};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use seed::{SeedConfig, SeedStats, seed};
 pub use store::Store;
@@ -81,6 +83,8 @@ pub struct KubeSim {
     addr: SocketAddr,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+    config: Config,
     shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
 }
@@ -105,10 +109,12 @@ impl KubeSim {
             source,
         })?;
         let metrics = Arc::new(Metrics::default());
+        let faults = Arc::new(Faults::new(store.clone(), metrics.clone()));
         let shutdown = CancellationToken::new();
         let app = http::App {
             store: store.clone(),
             metrics: metrics.clone(),
+            faults: faults.clone(),
             watch: watch::WatchContext {
                 store: store.clone(),
                 metrics: metrics.clone(),
@@ -129,6 +135,11 @@ impl KubeSim {
             addr,
             store,
             metrics,
+            faults,
+            config: Config {
+                listen: addr,
+                ..config
+            },
             shutdown,
             server: Some(server),
         })
@@ -162,6 +173,26 @@ impl KubeSim {
     /// Closes every open watch stream (see [`Store::disconnect_watches`]).
     pub fn disconnect_watches(&self) {
         self.store.disconnect_watches();
+    }
+
+    /// Fault injection: failed requests and cut watches (see [`faults`]).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// The store a restart with a restored datastore would serve: the same objects with
+    /// a fresh, lower resourceVersion history (see [`Store::fresh_copy`]). Write to it,
+    /// then pass it to [`KubeSim::restart_with`].
+    pub fn fresh_store(&self) -> Store {
+        self.store.fresh_copy(self.config.history_limit)
+    }
+
+    /// Stops this server and starts a new one on the same address serving `store`
+    /// (fresh metrics and faults). Open connections and watches end, as in a restart.
+    pub async fn restart_with(self, store: Arc<Store>) -> Result<KubeSim, StartError> {
+        let config = self.config.clone();
+        self.shutdown().await;
+        KubeSim::start_with_store(config, store).await
     }
 
     /// Stops accepting, ends watch streams and waits for the server task.

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub watch_bytes: AtomicU64,
     /// Watch events written (bookmarks and errors included).
     pub watch_events: AtomicU64,
+    /// Requests answered with an injected failure (see [`crate::faults`]).
+    pub faults_injected: AtomicU64,
+    /// Times every open watch was cut through [`crate::faults::Faults::cut_watches`].
+    pub watch_cuts: AtomicU64,
+    /// Watches refused because they start beyond the current resourceVersion (504).
+    pub too_large_versions: AtomicU64,
     /// Woken on every change, so tests can await a condition instead of polling.
     changed: tokio::sync::Notify,
 }
@@ -51,6 +57,12 @@ pub struct MetricsSnapshot {
     pub watch_bytes: u64,
     /// See [`Metrics::watch_events`].
     pub watch_events: u64,
+    /// See [`Metrics::faults_injected`].
+    pub faults_injected: u64,
+    /// See [`Metrics::watch_cuts`].
+    pub watch_cuts: u64,
+    /// See [`Metrics::too_large_versions`].
+    pub too_large_versions: u64,
 }
 
 impl Metrics {
@@ -67,6 +79,9 @@ impl Metrics {
             response_bytes: r(&self.response_bytes),
             watch_bytes: r(&self.watch_bytes),
             watch_events: r(&self.watch_events),
+            faults_injected: r(&self.faults_injected),
+            watch_cuts: r(&self.watch_cuts),
+            too_large_versions: r(&self.too_large_versions),
         }
     }
 

@@ -14,38 +14,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use common::{LIMIT, Rig, RigConfig, node_exec};
-use netlab::flow::{Flow, Pump};
-use netlab::{LabelSelector as Sel, Mismatch, Peer, Policy, Rule};
-
-/// The port of the long-lived test connections (not one the probes use).
-const FLOW_PORT: u16 = 8080;
-/// Pacing of the background exchanges.
-const PUMP_EVERY: Duration = Duration::from_millis(10);
-
-/// Ingress to every pod of `ns` only from namespaces labelled `ns: <from>`.
-fn allow_from(ns: &str, name: &str, selector: Sel, from: &[&str]) -> Policy {
-    let peers = from
-        .iter()
-        .map(|f| Peer::namespaces(Sel::label("ns", f)))
-        .collect();
-    Policy::new(ns, name, selector).ingress(Rule::from_peers(peers))
-}
-
-/// Starts a background exchange on a new connection from pod `from` to pod `to`.
-async fn pump_between(rig: &Rig, from: (&str, &str), to: (&str, &str)) -> Pump {
-    let src = rig.topo.pod(from.0, from.1).unwrap();
-    let dst = rig.topo.pod(to.0, to.1).unwrap();
-    assert_ne!(src.node, dst.node, "the flow must cross nodes");
-    let flow = Flow::open(&src.netns, &dst.netns, dst.ip, FLOW_PORT, LIMIT)
-        .await
-        .unwrap();
-    let pump = flow.pump(PUMP_EVERY, LIMIT);
-    pump.advance(3, LIMIT).await.unwrap();
-    pump
-}
+use common::{LIMIT, Rig, RigConfig, allow_from, node_exec, pump_between};
+use netlab::{LabelSelector as Sel, Mismatch};
 
 /// The agent's rule lines (`-A <chain> ...`) of one table of node `n`, with their
 /// packet counters (`iptables-save -c`): every line that names a `cali` chain or

@@ -4,14 +4,27 @@
 //! frame is one copy into the HTTP/2 buffer) and decodes `ClientMessage`s with prost.
 //! [`ClientCodec`] encodes `ClientMessage`s with prost and decodes [`ServerFrame`]s.
 //! Neither compresses: snapshot chunks are compressed once by the server, per snapshot.
+//!
+//! The server side's buffers start small ([`SERVER_BUFFERS`]): typha holds one encode and
+//! one decode buffer per connected client for as long as it is connected, almost all
+//! frames it sends are deltas of a few hundred bytes and clients send only small
+//! messages. Larger frames grow the buffer as needed.
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::frame::ServerFrame;
 use crate::pb;
+
+/// Initial capacity of the server's per-stream encode and decode buffers (tonic's default
+/// is 8 KiB each), and the usual 32 KiB yield threshold.
+pub const SERVER_BUFFERS: (usize, usize) = (1024, 32 * 1024);
+
+fn server_buffers() -> BufferSettings {
+    BufferSettings::new(SERVER_BUFFERS.0, SERVER_BUFFERS.1)
+}
 
 /// Server side: `Bytes` frames out, `ClientMessage` in.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,6 +88,10 @@ impl Encoder for FrameEncoder {
         buf.put_slice(&item);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        server_buffers()
+    }
 }
 
 impl Encoder for ClientMessageEncoder {
@@ -95,6 +112,10 @@ impl Decoder for ClientMessageDecoder {
         pb::ClientMessage::decode(buf)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed ClientMessage: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        server_buffers()
     }
 }
 

@@ -4,7 +4,16 @@
 //!
 //! Typha can be stopped and started again on the same address with the same PKI (the
 //! agents keep their configuration and find it again); each agent can be stopped and a
-//! fresh one started over the same namespace. Waits are on signals, never sleeps:
+//! fresh one started over the same namespace.
+//!
+//! With [`RigConfig::typha_via_nodes`] each agent's sync client runs on a thread inside
+//! its node's namespace and dials typha at [`RELAY_IP`] on the nodes' segment (an address
+//! of the switch namespace, where a relay forwards to typha's loopback listener): the
+//! agent's connection then crosses the node's own network stack, so a firewall rule in
+//! the node's namespace ([`Rig::partition`]) cuts exactly that node off, as on a real
+//! host. Never the root namespace's firewall.
+//!
+//! Waits are on signals, never sleeps:
 //! - between each agent's sync client and its dataplane sits a tap that forwards every
 //!   event and, after each in-sync, an empty `Changes` at the same revision (what the
 //!   sync client itself sends for empty delta batches). The calc is wrapped to count
@@ -14,21 +23,23 @@
 //! - every wait is bounded by [`LIMIT`]: a hung test fails instead of hanging.
 #![allow(dead_code)] // each test binary uses a part
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use felix_client::calc::{Calc, CalcConfig, CalcMode, Desired};
 use felix_client::dataplane::{self, DataplaneConfig, DataplaneStatus, DesiredSource};
-use felix_client::{SyncClient, SyncConfig, SyncEvent, SyncStatus};
+use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
+use netlab::flow::{Flow, Pump};
 use netlab::kube::{policy_json, topology_objects};
 use netlab::topology::CLUSTER_CIDR;
-use netlab::{PodSpec, Policy, Protocol, Topology};
+use netlab::{LabelSelector, Peer, PodSpec, Policy, Protocol, Rule, Topology};
 use serde_json::Value as Json;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use typha::app::{Running, TyphaOptions, Upstream};
 use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use typha::hub::HubConfig;
@@ -48,6 +59,40 @@ pub const SERVICES: [(Protocol, u16); 4] = [
 pub const PROBE_LIMIT: Duration = Duration::from_millis(300);
 /// Bound on every wait: a hung test fails instead of hanging.
 pub const LIMIT: Duration = Duration::from_secs(60);
+/// Where agents dial typha with [`RigConfig::typha_via_nodes`]: an address of the switch
+/// namespace on the nodes' segment (no node's).
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 250);
+/// The relay's port (typha's default).
+pub const RELAY_PORT: u16 = 5473;
+
+/// The port of the long-lived test connections (not one the probes use).
+pub const FLOW_PORT: u16 = 8080;
+/// Pacing of the background exchanges.
+pub const PUMP_EVERY: Duration = Duration::from_millis(10);
+
+/// Ingress to the pods of `ns` that `selector` picks only from namespaces labelled
+/// `ns: <from>`.
+pub fn allow_from(ns: &str, name: &str, selector: LabelSelector, from: &[&str]) -> Policy {
+    let peers = from
+        .iter()
+        .map(|f| Peer::namespaces(LabelSelector::label("ns", f)))
+        .collect();
+    Policy::new(ns, name, selector).ingress(Rule::from_peers(peers))
+}
+
+/// Starts a background exchange on a new connection from pod `from` to pod `to` (on
+/// different nodes), after three exchanges went through.
+pub async fn pump_between(rig: &Rig, from: (&str, &str), to: (&str, &str)) -> Pump {
+    let src = rig.topo.pod(from.0, from.1).unwrap();
+    let dst = rig.topo.pod(to.0, to.1).unwrap();
+    assert_ne!(src.node, dst.node, "the flow must cross nodes");
+    let flow = Flow::open(&src.netns, &dst.netns, dst.ip, FLOW_PORT, LIMIT)
+        .await
+        .unwrap();
+    let pump = flow.pump(PUMP_EVERY, LIMIT);
+    pump.advance(3, LIMIT).await.unwrap();
+    pump
+}
 
 /// Installs the crypto provider and a test log subscriber (RUST_LOG).
 pub fn init() {
@@ -167,7 +212,12 @@ pub struct Agent {
     /// What the driver folded.
     pub folded: watch::Receiver<Folded>,
     stop: CancellationToken,
+    /// The sync client, which hands back its mirror when stopped.
+    sync_task: JoinHandle<Mirror>,
     tasks: Vec<JoinHandle<()>>,
+    /// Stops everything also when the agent is dropped without [`Agent::stop`] (a
+    /// failed test): the sync thread of a node namespace must not outlive the rig.
+    _guard: DropGuard,
 }
 
 impl Agent {
@@ -237,12 +287,83 @@ impl Agent {
         self.settled().await;
     }
 
-    /// Stops the sync client and the dataplane and waits for both.
-    pub async fn stop(self) {
+    /// Stops the sync client and the dataplane, waits for both, and returns the sync
+    /// client's mirror as it stood then.
+    pub async fn stop(self) -> Mirror {
         self.stop.cancel();
+        let mirror = self.sync_task.await.unwrap();
         for task in self.tasks {
             task.await.unwrap();
         }
+        mirror
+    }
+}
+
+/// Runs the sync client on a dedicated thread inside `netns`, on a runtime of its own:
+/// every socket it opens (the connection to typha) lives in that namespace.
+fn run_sync_in(
+    netns: &str,
+    sync: SyncClient,
+    events: mpsc::Sender<SyncEvent>,
+    stop: CancellationToken,
+) -> JoinHandle<Mirror> {
+    let path = netlab::netns::netns_path(netns);
+    let (done, mirror) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("sync-{netns}"))
+        .spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = done.send(runtime.block_on(sync.run(events, stop)).unwrap());
+        })
+        .unwrap();
+    tokio::spawn(async move { mirror.await.expect("the sync thread failed") })
+}
+
+/// A TCP relay: a listener inside one namespace whose connections are forwarded to
+/// `target`, dialled from the test process's own namespace (typha's loopback address).
+/// When the target refuses, the accepted connection is closed.
+struct Relay {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(netns: &str, ip: Ipv4Addr, port: u16, target: SocketAddr) -> Relay {
+        let listener = netlab::flow::bind(netns, ip, port).await.unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            // Dropped (aborting every open relay) when the relay stops.
+            let mut open = JoinSet::new();
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        open.spawn(async move {
+                            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                                return;
+                            };
+                            let _ = inbound.set_nodelay(true);
+                            let _ = outbound.set_nodelay(true);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        });
+                    }
+                    Some(_) = open.join_next(), if !open.is_empty() => {}
+                }
+            }
+        });
+        Relay { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
     }
 }
 
@@ -253,13 +374,27 @@ pub struct RigConfig {
     pub mode: CalcMode,
     /// The dataplanes' periodic refresh.
     pub refresh: Duration,
+    /// Agents reach typha from inside their node namespace, through [`RELAY_IP`] (see
+    /// the module docs); otherwise from the test's namespace on loopback.
+    pub typha_via_nodes: bool,
+    /// How often typha pings each agent.
+    pub ping_interval: Duration,
+    /// An agent ends a session after this long without a frame (typha's pings included).
+    pub read_timeout: Duration,
+    /// Bound on an agent's connection setup.
+    pub connect_timeout: Duration,
 }
 
 impl Default for RigConfig {
     fn default() -> Self {
+        let sync = SyncConfig::new("defaults", Vec::new());
         RigConfig {
             mode: CalcMode::Networking,
             refresh: Duration::from_secs(600),
+            typha_via_nodes: false,
+            ping_interval: ServerConfig::default().ping_interval,
+            read_timeout: sync.read_timeout,
+            connect_timeout: sync.connect_timeout,
         }
     }
 }
@@ -282,17 +417,27 @@ pub struct Rig {
     pub cluster: netlab::Cluster,
     /// Policies currently in the API.
     pub policies: Vec<Policy>,
+    /// The relay to typha in the switch namespace (with `typha_via_nodes`).
+    relay: Option<Relay>,
     config: RigConfig,
 }
 
-async fn start_typha(sim: &KubeSim, pki: &DevPki, listen: SocketAddr) -> Running {
+async fn start_typha(
+    sim: &KubeSim,
+    pki: &DevPki,
+    listen: SocketAddr,
+    config: &RigConfig,
+) -> Running {
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
     let identity = PeerIdentity::with_cn(DEFAULT_CLIENT_CN);
     let options = TyphaOptions {
         listen,
         health_listen: None,
         transport: Transport::Tls(server_config(&pki.server_material(), &identity).unwrap()),
-        server: ServerConfig::default(),
+        server: ServerConfig {
+            ping_interval: config.ping_interval,
+            ..ServerConfig::default()
+        },
         hub: HubConfig::default(),
         upstream: Upstream::Kube {
             client,
@@ -318,7 +463,14 @@ impl Rig {
             sim.store().upsert_object(obj).unwrap();
         }
         let pki = DevPki::generate().unwrap();
-        let typha = start_typha(&sim, &pki, SocketAddr::from(([127, 0, 0, 1], 0))).await;
+        let typha = start_typha(&sim, &pki, SocketAddr::from(([127, 0, 0, 1], 0)), &config).await;
+        let relay = if config.typha_via_nodes {
+            topo.add_external_address(RELAY_IP).await.unwrap();
+            let switch = topo.switch_netns().to_string();
+            Some(Relay::start(&switch, RELAY_IP, RELAY_PORT, typha.grpc_addr).await)
+        } else {
+            None
+        };
         let mut rig = Rig {
             cluster: topo.cluster(),
             typha_addr: typha.grpc_addr,
@@ -328,6 +480,7 @@ impl Rig {
             sim,
             pki,
             policies: Vec::new(),
+            relay,
             config,
         };
         for n in 0..rig.topo.nodes().len() {
@@ -350,14 +503,21 @@ impl Rig {
         self.agents[n].as_ref().expect("agent stopped")
     }
 
-    /// The sync settings of node `name`'s agent: typha's address, mutual TLS, quick
-    /// reconnects.
+    /// The sync settings of node `name`'s agent: typha's address (or the relay's), mutual
+    /// TLS, quick reconnects, the configured timeouts.
     pub fn sync_config(&self, name: &str) -> SyncConfig {
-        let mut sync = SyncConfig::new(name, vec![self.typha_addr.to_string()]);
+        let addr = if self.config.typha_via_nodes {
+            SocketAddr::from((RELAY_IP, RELAY_PORT))
+        } else {
+            self.typha_addr
+        };
+        let mut sync = SyncConfig::new(name, vec![addr.to_string()]);
         let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
         sync.tls = Some(client_config(&self.pki.client_material(), &identity).unwrap());
         sync.backoff_min = Duration::from_millis(20);
         sync.backoff_max = Duration::from_millis(200);
+        sync.read_timeout = self.config.read_timeout;
+        sync.connect_timeout = self.config.connect_timeout;
         sync
     }
 
@@ -386,11 +546,14 @@ impl Rig {
         };
         let stop = CancellationToken::new();
         let dp = dataplane::run(config, calc, rx, status.clone(), stop.clone());
-        let (name, token) = (node.name.clone(), stop.clone());
+        let sync_task = if self.config.typha_via_nodes {
+            run_sync_in(&node.netns, sync, sync_tx, stop.clone())
+        } else {
+            let token = stop.clone();
+            tokio::spawn(async move { sync.run(sync_tx, token).await.unwrap() })
+        };
+        let name = node.name.clone();
         let tasks = vec![
-            tokio::spawn(async move {
-                sync.run(sync_tx, token).await.unwrap();
-            }),
             tokio::spawn(tap(sync_rx, tx, tapped_tx)),
             tokio::spawn(async move {
                 if let Err(e) = dp.await {
@@ -405,15 +568,42 @@ impl Rig {
             dataplane: status,
             tapped,
             folded,
+            _guard: stop.clone().drop_guard(),
             stop,
+            sync_task,
             tasks,
         }
     }
 
-    /// Stops node `n`'s agent.
-    pub async fn stop_agent(&mut self, n: usize) {
+    /// Stops node `n`'s agent; returns its sync client's mirror.
+    pub async fn stop_agent(&mut self, n: usize) -> Mirror {
         let agent = self.agents[n].take().expect("agent already stopped");
-        agent.stop().await;
+        agent.stop().await
+    }
+
+    /// Cuts node `n` off from typha inside the node's namespace (needs
+    /// [`RigConfig::typha_via_nodes`]): every packet to or from the relay is dropped in
+    /// the raw table (before conntrack; the agent owns no raw rules). The rules go with
+    /// the namespace if the test fails.
+    pub async fn partition(&self, n: usize) {
+        assert!(
+            self.config.typha_via_nodes,
+            "partition needs typha_via_nodes"
+        );
+        for rule in partition_rules() {
+            let mut args = vec!["-t", "raw", "-I"];
+            args.extend(rule.iter().map(String::as_str));
+            node_exec(self, n, "iptables", &args).await;
+        }
+    }
+
+    /// Removes what [`Rig::partition`] added.
+    pub async fn heal(&self, n: usize) {
+        for rule in partition_rules() {
+            let mut args = vec!["-t", "raw", "-D"];
+            args.extend(rule.iter().map(String::as_str));
+            node_exec(self, n, "iptables", &args).await;
+        }
     }
 
     /// Stops typha (every client gets goodbye and then finds nobody listening).
@@ -425,7 +615,7 @@ impl Rig {
     /// Starts typha again on the same address with the same certificates.
     pub async fn restart_typha(&mut self) {
         assert!(self.typha.is_none(), "typha is running");
-        let typha = start_typha(&self.sim, &self.pki, self.typha_addr).await;
+        let typha = start_typha(&self.sim, &self.pki, self.typha_addr, &self.config).await;
         assert_eq!(typha.grpc_addr, self.typha_addr);
         self.typha = Some(typha);
     }
@@ -474,6 +664,13 @@ impl Rig {
 
     /// Makes `policies` the API's policies (deleting the others), then converges.
     pub async fn set_policies(&mut self, policies: Vec<Policy>) {
+        self.put_policies(policies).await;
+        self.converge().await;
+    }
+
+    /// Makes `policies` the API's policies (deleting the others) and waits until typha
+    /// has them, not for the agents.
+    pub async fn put_policies(&mut self, policies: Vec<Policy>) {
         let old = std::mem::take(&mut self.policies);
         for p in old.iter().filter(|o| {
             !policies
@@ -486,7 +683,6 @@ impl Rig {
             self.write(Some(policy_json(p)), None).await;
         }
         self.policies = policies;
-        self.converge().await;
     }
 
     /// Adds a label to a namespace in the API (and the oracle's view), then converges.
@@ -547,6 +743,9 @@ impl Rig {
         for agent in self.agents.iter_mut().filter_map(Option::take) {
             agent.stop().await;
         }
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await;
+        }
         if let Some(typha) = self.typha.take() {
             typha.shutdown().await.unwrap();
         }
@@ -560,4 +759,17 @@ pub async fn node_exec(rig: &Rig, n: usize, program: &str, args: &[&str]) -> Str
     netlab::cmd::exec_in(&rig.topo.nodes()[n].netns, program, args)
         .await
         .unwrap()
+}
+
+/// The rule specs (chain first) that cut a node off from [`RELAY_IP`].
+fn partition_rules() -> [Vec<String>; 2] {
+    let relay = RELAY_IP.to_string();
+    [
+        ["PREROUTING", "-s", &relay, "-j", "DROP"]
+            .map(String::from)
+            .to_vec(),
+        ["OUTPUT", "-d", &relay, "-j", "DROP"]
+            .map(String::from)
+            .to_vec(),
+    ]
 }

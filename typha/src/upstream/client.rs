@@ -37,5 +37,14 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Kube
         }
         None => kube::Config::infer().await?,
     };
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Client::try_from(without_retry(config))?)
+}
+
+/// Turns off the client's own retry layer (up to 15 attempts of 429/503/504 with growing
+/// delays). The watchers retry with their own backoff; the layer only hides errors from
+/// them and their metrics, and held a 504 "Too large resource version" (an API restored
+/// with an older history) for minutes before the watcher could relist.
+pub fn without_retry(mut config: kube::Config) -> kube::Config {
+    config.default_retry = false;
+    config
 }

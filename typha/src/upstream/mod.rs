@@ -28,7 +28,7 @@ pub mod selector;
 pub mod state;
 pub mod watch;
 
-pub use client::{KubeClientError, kube_client};
+pub use client::{KubeClientError, kube_client, without_retry};
 pub use convert::{ConvertError, Rejection, ToModel, convert, convert_delete, interface_name};
 pub use state::ResourceState;
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};

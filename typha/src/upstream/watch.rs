@@ -12,6 +12,10 @@
 //! and logged once, and disables cross-replica resume for that resource's changes.
 //!
 //! Failure policy: watch errors are logged, counted and retried with backoff, never fatal.
+//! A watch start refused for its resourceVersion (410 Gone, or 504 "Too large resource
+//! version" after the API's datastore was restored with a lower history) restarts the
+//! watcher with a fresh list (`typha_upstream_forced_relists_total`): kube's watcher
+//! would otherwise retry the refused position forever.
 //! A Calico CRD that is not installed (404) is skipped, retried every `crd_retry`, and
 //! does not hold back [`UpstreamEvent::InSync`]; if it disappears, its keys are deleted.
 //! The only error `run` returns is a closed downstream channel.
@@ -200,6 +204,27 @@ fn is_not_found(e: &watcher::Error) -> bool {
     }
 }
 
+/// Whether the API server refused the watcher's resourceVersion in a way kube's watcher
+/// does not recover from by itself: 410 Gone at watch start (it retries the same
+/// position forever), or 504 "Too large resource version" (a position the server never
+/// issued: it was restored with an older history). Both need a fresh list.
+fn position_refused(e: &watcher::Error) -> bool {
+    let too_large = |s: &kube::core::Status| {
+        s.code == 504
+            && (s.message.contains("Too large resource version")
+                || s.details.as_ref().is_some_and(|d| {
+                    d.causes
+                        .iter()
+                        .any(|c| c.reason == "ResourceVersionTooLarge")
+                }))
+    };
+    match e {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 410 || too_large(s),
+        watcher::Error::WatchError(s) => too_large(s),
+        _ => false,
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -314,6 +339,14 @@ where
                         }
                         reported_absent = true;
                         absent = true;
+                        break;
+                    }
+                    Err(e) if position_refused(&e) => {
+                        // kube's watcher retries a refused watch start from the same
+                        // resourceVersion forever; only a fresh list gets a valid one.
+                        metrics::counter!("typha_upstream_watch_errors_total", "resource" => name).increment(1);
+                        metrics::counter!("typha_upstream_forced_relists_total", "resource" => name).increment(1);
+                        tracing::warn!(resource = name, error = %e, "resourceVersion refused by the API server; relisting");
                         break;
                     }
                     Err(e) => {
