@@ -391,6 +391,10 @@ impl SyncClient {
                 }
                 Ok(SessionEnd::Failed(reason)) => {
                     tracing::warn!(%addr, reason, "sync session failed");
+                    // A replica that just failed is the worst next pick (it was probably
+                    // killed): try the others first; the picker ignores this when it is
+                    // the only candidate.
+                    avoid = Some(addr.clone());
                     tried.note(&addr, reason.clone());
                     let _ = events.send(SyncEvent::Disconnected { reason }).await;
                     status.failures.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +404,7 @@ impl SyncClient {
                 Err(error) => {
                     let error = error_chain(&error);
                     tracing::warn!(error, "cannot connect to typha");
+                    avoid = Some(addr.clone());
                     tried.note(&addr, error);
                     status.failures.fetch_add(1, Ordering::Relaxed);
                     attempt = attempt.saturating_add(1);

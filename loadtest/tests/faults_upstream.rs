@@ -231,7 +231,12 @@ impl Rig {
     async fn until_sim(&self, what: &str, done: impl Fn(&MetricsSnapshot) -> bool) {
         tokio::time::timeout(LIMIT, self.sim().metrics().wait_until(done))
             .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for {what}: {:?}",
+                    self.sim().metrics().snapshot()
+                )
+            });
     }
 
     /// Waits until every resource watches again after a cut (`watches_before`: the
