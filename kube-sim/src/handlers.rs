@@ -150,7 +150,14 @@ fn list(
 }
 
 fn watch(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Response {
+    // Counted once the answer exists: a stream subscribes to disconnects when it is
+    // made, so a watch counted before a `disconnect_watches` is always cut by it.
+    let response = watch_response(app, path, q);
     app.metrics.add(&app.metrics.watch_requests, 1);
+    response
+}
+
+fn watch_response(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -> Response {
     let req = (|| {
         let bookmarks = is_true(q.get("allowWatchBookmarks"));
         let send_initial = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");

@@ -10,20 +10,17 @@
 //! generous deadline; nothing asserts on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use k8s_openapi::api::core::v1::Pod;
 use kube_sim::{FaultKind, KubeSim, MetricsSnapshot, SeedConfig, Store, Target};
 use loadtest::harness::{ClientSet, Harness, TyphaSpec};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use serde::de::DeserializeOwned;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,65 +28,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
 use typha::hub::Hub;
-use typha::upstream::crd::{
-    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
-    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
-};
-use typha::upstream::{ToModel, UpstreamConfig, convert};
-use typha_proto::{Key, Update, Value};
+use typha::upstream::UpstreamConfig;
+use typha_proto::{Key, Update};
+
+mod upstream_support;
+
+use upstream_support::{Model, api_model, assert_mirrors, endpoint_pods, mirror_model, model_of};
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(60);
 /// Resources typha watches (one watch each).
 const WATCHED: u64 = typha::upstream::Resource::ALL.len() as u64;
-
-type Model = BTreeMap<Key, Value>;
-
-// ---------------------------------------------------------------- the oracle
-
-fn model_of<T>(obj: &Json) -> Update
-where
-    T: DeserializeOwned + ToModel + kube::Resource,
-{
-    let typed: T = serde_json::from_value(obj.clone()).unwrap();
-    convert(&typed).unwrap_or_else(|r| panic!("fixture rejected: {r}"))
-}
-
-fn add_kind<T>(store: &Store, api_version: &str, kind: &str, model: &mut Model)
-where
-    T: DeserializeOwned + ToModel + kube::Resource,
-{
-    for obj in &store.list_objects(api_version, kind) {
-        let update = model_of::<T>(obj);
-        if let Some(value) = update.value {
-            model.insert(update.key, value);
-        }
-    }
-}
-
-/// The API's whole state as the model.
-fn api_model(store: &Store) -> Model {
-    let mut m = Model::new();
-    let crd = "crd.projectcalico.org/v1";
-    add_kind::<Pod>(store, "v1", "Pod", &mut m);
-    add_kind::<Namespace>(store, "v1", "Namespace", &mut m);
-    add_kind::<ServiceAccount>(store, "v1", "ServiceAccount", &mut m);
-    add_kind::<Node>(store, "v1", "Node", &mut m);
-    add_kind::<K8sNetworkPolicy>(store, "networking.k8s.io/v1", "NetworkPolicy", &mut m);
-    add_kind::<CalicoObject<NetworkPolicy>>(store, crd, "NetworkPolicy", &mut m);
-    add_kind::<CalicoObject<GlobalNetworkPolicy>>(store, crd, "GlobalNetworkPolicy", &mut m);
-    add_kind::<CalicoObject<GlobalNetworkSet>>(store, crd, "GlobalNetworkSet", &mut m);
-    add_kind::<CalicoObject<NetworkSet>>(store, crd, "NetworkSet", &mut m);
-    add_kind::<CalicoObject<HostEndpoint>>(store, crd, "HostEndpoint", &mut m);
-    add_kind::<CalicoObject<IPPool>>(store, crd, "IPPool", &mut m);
-    add_kind::<CalicoObject<FelixConfiguration>>(store, crd, "FelixConfiguration", &mut m);
-    add_kind::<CalicoObject<ClusterInformation>>(store, crd, "ClusterInformation", &mut m);
-    m
-}
-
-fn mirror_model(mirror: &Mirror) -> Model {
-    mirror.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
 
 /// Keys whose value differs between two models (added, removed or changed).
 fn changed_keys(before: &Model, after: &Model) -> BTreeSet<Key> {
@@ -112,15 +61,6 @@ fn seed_config() -> SeedConfig {
         policies_per_namespace: 2,
         host_network_every: 10,
     }
-}
-
-/// The stored pods that are endpoints (not host-networked), in key order.
-fn endpoint_pods(store: &Store) -> Vec<Json> {
-    store
-        .list_objects("v1", "Pod")
-        .into_iter()
-        .filter(|p| p["spec"]["hostNetwork"] != true)
-        .collect()
 }
 
 /// Sets a label on endpoint pod `i` through `store`; returns the model update it implies.
@@ -347,30 +287,10 @@ impl Observer {
     }
 }
 
-/// Stops `clients` and checks every mirror against the oracle and the hub's digest.
-async fn assert_mirrors(clients: ClientSet, hub: &Hub, oracle: &Model) {
-    for (i, client) in clients.clients.iter().enumerate() {
-        assert_eq!(
-            client.status.digest_mismatches.load(Ordering::Relaxed),
-            0,
-            "client {i}"
-        );
-    }
-    let mirrors = clients.stop().await.unwrap();
-    for (i, mirror) in mirrors.iter().enumerate() {
-        assert_eq!(mirror.digest(), hub.digest(), "client {i} digest");
-        assert_eq!(mirror.revision(), hub.revision(), "client {i} revision");
-        assert!(
-            mirror_model(mirror) == *oracle,
-            "client {i}: mirror differs from the API state"
-        );
-    }
-}
-
 /// Ends with: hub = API state, every client and observer equal to it (digest too), and
 /// each observer received only the `touched` keys since its baseline.
 async fn finish(rig: &Rig, clients: ClientSet, observers: Vec<Observer>, touched: &BTreeSet<Key>) {
-    let oracle = api_model(rig.store());
+    let oracle = api_model(rig.store()).0;
     let mut stopped = Vec::new();
     for (i, mut o) in observers.into_iter().enumerate() {
         o.converge(&oracle).await;
@@ -388,7 +308,7 @@ async fn finish(rig: &Rig, clients: ClientSet, observers: Vec<Observer>, touched
 
 /// Starts `n` observers through typha and waits until each holds the API state.
 async fn observers(rig: &Rig, n: usize) -> Vec<Observer> {
-    let oracle = api_model(rig.store());
+    let oracle = api_model(rig.store()).0;
     let mut out = Vec::new();
     for i in 0..n {
         let mut o = Observer::start(rig.harness.sync_config(&format!("observer-{i}")).unwrap());
@@ -463,7 +383,7 @@ async fn watch_cuts_while_writing_deliver_only_real_changes() {
     let clients = rig.harness.spawn_clients(20).unwrap();
     let observers = observers(&rig, 2).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store());
+    let before = api_model(rig.store()).0;
     let lists = rig.sim().metrics().snapshot().list_requests;
 
     let mut written = BTreeSet::new();
@@ -476,7 +396,7 @@ async fn watch_cuts_while_writing_deliver_only_real_changes() {
     }
     written.insert(delete_pod(rig.store(), 40).key);
 
-    let touched: BTreeSet<Key> = changed_keys(&before, &api_model(rig.store()));
+    let touched: BTreeSet<Key> = changed_keys(&before, &api_model(rig.store()).0);
     assert_eq!(touched, written, "every write changed the model");
     let m = rig.sim().metrics().snapshot();
     assert_eq!(m.watch_cuts, 5);
@@ -497,7 +417,7 @@ async fn error_storm_keeps_serving_then_converges() {
     let clients = rig.harness.spawn_clients(20).unwrap();
     let observers = observers(&rig, 2).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store());
+    let before = api_model(rig.store()).0;
     // Start counting at the storm.
     counter_since_last("typha_upstream_watch_errors_total");
     let revision = rig.hub().revision();
@@ -540,7 +460,7 @@ async fn error_storm_keeps_serving_then_converges() {
         m.list_requests >= lists + WATCHED && m.open_watches == WATCHED as i64
     })
     .await;
-    let touched = changed_keys(&before, &api_model(rig.store()));
+    let touched = changed_keys(&before, &api_model(rig.store()).0);
     assert_eq!(touched, BTreeSet::from([changed.key, deleted.key]));
     let mut clients = clients;
     clients.clients.extend(latecomer.clients);
@@ -556,7 +476,7 @@ async fn gone_storm_relists_without_flushing_clients() {
     let clients = rig.harness.spawn_clients(20).unwrap();
     let observers = observers(&rig, 2).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store());
+    let before = api_model(rig.store()).0;
     let noops = rig.hub().stats().noop_updates_dropped;
 
     let mut written = BTreeSet::new();
@@ -580,9 +500,9 @@ async fn gone_storm_relists_without_flushing_clients() {
         .await;
     }
     assert_eq!(rig.sim().faults().active_rules(), 0);
-    let touched = changed_keys(&before, &api_model(rig.store()));
+    let touched = changed_keys(&before, &api_model(rig.store()).0);
     assert_eq!(touched, written);
-    let objects = api_model(rig.store()).len() as u64;
+    let objects = api_model(rig.store()).0.len() as u64;
     finish(&rig, clients, observers, &touched).await;
     assert!(
         rig.hub().stats().noop_updates_dropped >= noops + objects,
@@ -606,7 +526,7 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     config.backoff_min = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(500);
     let mut returning = Observer::start(config);
-    let before = api_model(rig.store());
+    let before = api_model(rig.store()).0;
     returning.baseline(&before).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
     let old_rv = rig.store().resource_version();
@@ -622,7 +542,7 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     let sim = rig.sim.take().unwrap();
     rig.sim = Some(sim.restart_with(Arc::new(fresh)).await.unwrap());
 
-    observers[0].converge(&api_model(rig.store())).await;
+    observers[0].converge(&api_model(rig.store()).0).await;
     assert_eq!(
         rig.hub().revision(),
         revision.next(),
@@ -635,11 +555,11 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     assert!(rig.sim().metrics().snapshot().too_large_versions >= 1);
     // The watches follow the new history.
     let after_change = relabel_pod(rig.store(), 6, "after-restart");
-    observers[0].converge(&api_model(rig.store())).await;
+    observers[0].converge(&api_model(rig.store()).0).await;
 
     hop.reopen();
     observers.push(returning);
-    let touched = changed_keys(&before, &api_model(rig.store()));
+    let touched = changed_keys(&before, &api_model(rig.store()).0);
     assert_eq!(touched, BTreeSet::from([down_change.key, after_change.key]));
     finish(&rig, clients, observers, &touched).await;
     let stats = rig.hub().session_stats();

@@ -9,6 +9,16 @@
 //! one decode buffer per connected client for as long as it is connected, almost all
 //! frames it sends are deltas of a few hundred bytes and clients send only small
 //! messages. Larger frames grow the buffer as needed.
+//!
+//! The encoder's yield threshold equals that buffer size (1 KiB). tonic hands the filled
+//! part of its buffer to HTTP/2 and keeps writing into the rest of the same allocation,
+//! so with tonic's 32 KiB threshold the buffer a snapshot grew (tens of KiB) stayed alive
+//! for as long as the client stayed idle: measured as about 23 KiB per idle client.
+//! With 1 KiB, big frames get a buffer of about their own size that is released once
+//! written, and the allocation kept between frames stays within about 2 KiB, while
+//! frames that are queued together still share HTTP/2 DATA frames and socket writes.
+//! The bytes on the wire are the same gRPC messages; only how they are split into
+//! HTTP/2 DATA frames can differ.
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
@@ -19,8 +29,9 @@ use crate::frame::ServerFrame;
 use crate::pb;
 
 /// Initial capacity of the server's per-stream encode and decode buffers (tonic's default
-/// is 8 KiB each), and the usual 32 KiB yield threshold.
-pub const SERVER_BUFFERS: (usize, usize) = (1024, 32 * 1024);
+/// is 8 KiB each), and the encoder's yield threshold, the same 1 KiB (tonic's default is
+/// 32 KiB; see the module docs for why).
+pub const SERVER_BUFFERS: (usize, usize) = (1024, 1024);
 
 fn server_buffers() -> BufferSettings {
     BufferSettings::new(SERVER_BUFFERS.0, SERVER_BUFFERS.1)

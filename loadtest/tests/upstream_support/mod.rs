@@ -1,0 +1,102 @@
+//! The API-state oracle shared by the upstream tests (`kube_upstream.rs`,
+//! `faults_upstream.rs`): kube-sim's stored objects converted to the model through the
+//! upstream's own conversion, mirrors as models, and the end-of-test mirror check.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use felix_client::Mirror;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use kube_sim::Store;
+use loadtest::harness::ClientSet;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+use typha::hub::Hub;
+use typha::upstream::crd::{
+    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
+    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
+};
+use typha::upstream::{ToModel, convert};
+use typha_proto::{Key, Update, Value};
+
+/// The cluster's state as model keys and values.
+pub type Model = BTreeMap<Key, Value>;
+
+/// The model of one stored object, through the upstream's conversion.
+pub fn model_of<T>(obj: &Json) -> Update
+where
+    T: DeserializeOwned + ToModel + kube::Resource,
+{
+    let typed: T = serde_json::from_value(obj.clone()).unwrap();
+    convert(&typed).unwrap_or_else(|r| panic!("fixture rejected: {r}"))
+}
+
+fn add_kind<T>(store: &Store, api_version: &str, kind: &str, model: &mut Model) -> usize
+where
+    T: DeserializeOwned + ToModel + kube::Resource,
+{
+    let objects = store.list_objects(api_version, kind);
+    for obj in &objects {
+        let update = model_of::<T>(obj);
+        if let Some(value) = update.value {
+            model.insert(update.key, value);
+        }
+    }
+    objects.len()
+}
+
+/// The API's whole state as the model, and the number of stored objects it came from.
+pub fn api_model(store: &Store) -> (Model, usize) {
+    let mut m = Model::new();
+    let crd = "crd.projectcalico.org/v1";
+    let objects = add_kind::<Pod>(store, "v1", "Pod", &mut m)
+        + add_kind::<Namespace>(store, "v1", "Namespace", &mut m)
+        + add_kind::<ServiceAccount>(store, "v1", "ServiceAccount", &mut m)
+        + add_kind::<Node>(store, "v1", "Node", &mut m)
+        + add_kind::<K8sNetworkPolicy>(store, "networking.k8s.io/v1", "NetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<NetworkPolicy>>(store, crd, "NetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<GlobalNetworkPolicy>>(store, crd, "GlobalNetworkPolicy", &mut m)
+        + add_kind::<CalicoObject<GlobalNetworkSet>>(store, crd, "GlobalNetworkSet", &mut m)
+        + add_kind::<CalicoObject<NetworkSet>>(store, crd, "NetworkSet", &mut m)
+        + add_kind::<CalicoObject<HostEndpoint>>(store, crd, "HostEndpoint", &mut m)
+        + add_kind::<CalicoObject<IPPool>>(store, crd, "IPPool", &mut m)
+        + add_kind::<CalicoObject<FelixConfiguration>>(store, crd, "FelixConfiguration", &mut m)
+        + add_kind::<CalicoObject<ClusterInformation>>(store, crd, "ClusterInformation", &mut m);
+    (m, objects)
+}
+
+/// A mirror's entries as a model.
+pub fn mirror_model(mirror: &Mirror) -> Model {
+    mirror.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The stored pods that are endpoints (not host-networked), in key order.
+pub fn endpoint_pods(store: &Store) -> Vec<Json> {
+    store
+        .list_objects("v1", "Pod")
+        .into_iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true)
+        .collect()
+}
+
+/// Stops `clients` and checks every mirror against the oracle and the hub's digest.
+pub async fn assert_mirrors(clients: ClientSet, hub: &Hub, oracle: &Model) {
+    for (i, client) in clients.clients.iter().enumerate() {
+        assert_eq!(
+            client.status.digest_mismatches.load(Ordering::Relaxed),
+            0,
+            "client {i}"
+        );
+    }
+    let mirrors = clients.stop().await.unwrap();
+    for (i, mirror) in mirrors.iter().enumerate() {
+        assert_eq!(mirror.digest(), hub.digest(), "client {i} digest");
+        assert_eq!(mirror.revision(), hub.revision(), "client {i} revision");
+        assert!(
+            mirror_model(mirror) == *oracle,
+            "client {i}: mirror differs from the API state"
+        );
+    }
+}
