@@ -112,6 +112,9 @@ pub struct SyncStatus {
     /// The revision the mirror is at, published after every applied snapshot or batch
     /// (tests and the load test await it instead of polling).
     pub applied: watch::Sender<Revision>,
+    /// The mirror's digest, published with `applied` (lets a caller compare a running
+    /// client's state without stopping it).
+    pub digest: watch::Sender<Digest>,
     /// Whether the mirror currently equals the server's state (false while disconnected).
     pub in_sync: AtomicBool,
     /// Keys in the mirror.
@@ -141,6 +144,7 @@ impl Default for SyncStatus {
     fn default() -> Self {
         SyncStatus {
             applied: watch::Sender::new(Revision::default()),
+            digest: watch::Sender::new(Digest::default()),
             in_sync: AtomicBool::default(),
             keys: AtomicU64::default(),
             reconnects: AtomicU64::default(),
@@ -207,6 +211,7 @@ impl SyncStatus {
         let keys = mirror.len();
         self.keys.store(keys as u64, Ordering::Relaxed);
         metrics::gauge!("felix_sync_keys").set(keys as f64);
+        self.digest.send_replace(mirror.digest());
         self.applied.send_replace(mirror.revision());
     }
 }

@@ -6,25 +6,18 @@
 //! until released): the sync client then stops reading its stream, exactly what a slow
 //! agent does to typha. Clients are stopped with their cancellation tokens and return
 //! their mirrors, whose digests the scenario compares.
-//!
-//! A tracked client (the soak) also keeps a shadow of its mirror's digest while it runs:
-//! its consumer applies every change it is told about to a map of key -> entry hash (the
-//! same hash of the same deterministic encoding the mirror uses), so the digest can be
-//! compared at every barrier without stopping the client. The shadow is checked against
-//! the verified digest of every in-sync; a disagreement is counted, never hidden.
+//! A running client's digest is its sync client's published one
+//! ([`SyncStatus::digest`]): the soak compares it at every barrier without stopping it.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use typha_proto::digest::EntryHash;
-use typha_proto::{Digest, Update};
+use typha_proto::Digest;
 
 use crate::probe::{Probe, mark_of};
 
@@ -58,8 +51,6 @@ pub struct FleetClient {
     pub behaviour: Behaviour,
     /// Its node name.
     pub name: String,
-    /// The shadow digest of a tracked client (see the module header).
-    pub live: Option<Arc<LiveDigest>>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<Mirror, felix_client::SyncError>>,
 }
@@ -67,28 +58,16 @@ pub struct FleetClient {
 impl FleetClient {
     /// Starts a client with `config`, reporting to `probe`.
     pub fn spawn(config: SyncConfig, probe: Arc<Probe>, behaviour: Behaviour) -> FleetClient {
-        FleetClient::spawn_with(config, probe, behaviour, false)
-    }
-
-    /// Starts a client; `tracked` keeps a live shadow of its digest.
-    pub fn spawn_with(
-        config: SyncConfig,
-        probe: Arc<Probe>,
-        behaviour: Behaviour,
-        tracked: bool,
-    ) -> FleetClient {
         let name = config.node_name.clone();
         let client = SyncClient::new(config);
         let status = client.status();
         let shutdown = CancellationToken::new();
         let barrier = Arc::new(AtomicU64::new(0));
-        let live = tracked.then(|| Arc::new(LiveDigest::default()));
         let (tx, rx) = mpsc::channel(64);
         let consumer = Consumer {
             probe,
             behaviour: behaviour.clone(),
             barrier: barrier.clone(),
-            live: live.clone(),
         };
         tokio::spawn(consumer.run(rx));
         let task = tokio::spawn(client.run(tx, shutdown.clone()));
@@ -97,7 +76,6 @@ impl FleetClient {
             barrier,
             behaviour,
             name,
-            live,
             shutdown,
             task,
         }
@@ -109,6 +87,11 @@ impl FleetClient {
             && self.barrier.load(Ordering::Relaxed) >= barrier
     }
 
+    /// The client's mirror digest now.
+    pub fn digest(&self) -> Digest {
+        *self.status.digest.borrow()
+    }
+
     /// Stops the client and returns its mirror.
     pub async fn stop(self) -> anyhow::Result<Mirror> {
         self.shutdown.cancel();
@@ -116,58 +99,11 @@ impl FleetClient {
     }
 }
 
-/// A tracked client's digest as its consumer last saw the mirror.
-#[derive(Default)]
-pub struct LiveDigest {
-    digest: Mutex<Digest>,
-    /// In-syncs whose verified digest differed from the shadow (a bug in the shadow or in
-    /// the client's change events; zero in a sound run).
-    pub shadow_mismatches: AtomicU64,
-}
-
-impl LiveDigest {
-    /// The digest now.
-    pub fn get(&self) -> Digest {
-        self.digest.lock().map(|d| *d).unwrap_or_default()
-    }
-}
-
-/// The shadow of a mirror: key (hashed to 64 bits, to keep thousands of shadows small)
-/// -> entry hash, and their digest.
-#[derive(Default)]
-struct Shadow {
-    hasher: RandomState,
-    entries: HashMap<u64, EntryHash>,
-    digest: Digest,
-}
-
-impl Shadow {
-    fn apply(&mut self, updates: &[Update]) {
-        for update in updates {
-            let key = self.hasher.hash_one(&update.key);
-            let old = match &update.value {
-                Some(_) => self.entries.insert(key, EntryHash::of(&update.encode())),
-                None => self.entries.remove(&key),
-            };
-            if let Some(old) = old {
-                self.digest.remove(old);
-            }
-            if update.value.is_some()
-                && let Some(new) = self.entries.get(&key)
-            {
-                self.digest.add(*new);
-            }
-        }
-    }
-}
-
-/// Reads one client's events: records latency, follows the barrier and (tracked) the
-/// shadow digest.
+/// Reads one client's events: records latency and follows the barrier.
 struct Consumer {
     probe: Arc<Probe>,
     behaviour: Behaviour,
     barrier: Arc<AtomicU64>,
-    live: Option<Arc<LiveDigest>>,
 }
 
 impl Consumer {
@@ -176,26 +112,15 @@ impl Consumer {
             probe,
             behaviour,
             barrier,
-            live,
         } = self;
         if let Behaviour::Stall(release) = &behaviour {
             release.cancelled().await;
         }
         let slow = !behaviour.is_normal();
         let record = !matches!(behaviour, Behaviour::Reference);
-        let mut shadow = live.as_ref().map(|_| Shadow::default());
         // Changes reported by the first snapshot are the whole cluster, not propagation.
         let mut synced_once = false;
         while let Some(event) = rx.recv().await {
-            // The shadow first: a client seen at a barrier has its digest published.
-            if let (Some(shadow), Some(live), SyncEvent::Changes { updates, .. }) =
-                (shadow.as_mut(), live.as_ref(), &event)
-            {
-                shadow.apply(updates);
-                if let Ok(mut digest) = live.digest.lock() {
-                    *digest = shadow.digest;
-                }
-            }
             match event {
                 SyncEvent::Changes { updates, .. } if synced_once && record => {
                     for update in &updates {
@@ -217,12 +142,7 @@ impl Consumer {
                         }
                     }
                 }
-                SyncEvent::InSync { digest, .. } => {
-                    if let (Some(shadow), Some(live)) = (&shadow, &live)
-                        && shadow.digest != digest
-                    {
-                        live.shadow_mismatches.fetch_add(1, Ordering::Relaxed);
-                    }
+                SyncEvent::InSync { .. } => {
                     synced_once = true;
                     probe.barrier_reached.notify_waiters();
                 }

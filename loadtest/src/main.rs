@@ -302,11 +302,9 @@ fn main() -> ExitCode {
         .filter(|s| {
             !s.converged
                 || s.digests_equal != s.digests_total
-                || s.soak.as_ref().is_some_and(|k| {
-                    k.digest_mismatches > 0
-                        || k.client_digest_mismatches > 0
-                        || k.shadow_mismatches > 0
-                })
+                || s.soak
+                    .as_ref()
+                    .is_some_and(|k| k.digest_mismatches > 0 || k.client_digest_mismatches > 0)
         })
         .map(|s| s.name.as_str())
         .collect();

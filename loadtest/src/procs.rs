@@ -110,6 +110,16 @@ impl ChildProc {
     /// Runs `current_exe <args>` with stdout and stderr going to `<log_dir>/<name>.log`.
     pub fn spawn(name: &str, args: &[String], log_dir: &Path) -> anyhow::Result<ChildProc> {
         let exe = std::env::current_exe().context("locating the loadtest binary")?;
+        ChildProc::spawn_exe(&exe, name, args, log_dir)
+    }
+
+    /// As [`ChildProc::spawn`], running `exe` (tests name the `loadtest` binary here).
+    pub fn spawn_exe(
+        exe: &Path,
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<ChildProc> {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
@@ -186,14 +196,19 @@ impl ChildProc {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM (through kill(1), by PID), then waits up to `grace` before SIGKILL.
-    pub async fn terminate(&mut self, grace: Duration) {
+    /// SIGTERM (through kill(1), by PID; the workspace forbids unsafe code, so no libc).
+    pub fn signal_term(&mut self) {
         self.stats();
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// SIGTERM, then waits up to `grace` before SIGKILL.
+    pub async fn terminate(&mut self, grace: Duration) {
+        self.signal_term();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

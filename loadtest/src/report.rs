@@ -202,8 +202,6 @@ pub struct SoakFigures {
     pub digest_mismatches: usize,
     /// Digest mismatches the clients detected themselves (their counters), over the soak.
     pub client_digest_mismatches: u64,
-    /// In-syncs whose verified digest differed from the load test's live shadow of it.
-    pub shadow_mismatches: u64,
     /// Reconnects over the soak.
     pub reconnects: u64,
     /// Sessions resumed without a snapshot over the soak.
@@ -698,8 +696,8 @@ fn print_soak(k: &SoakFigures) {
     row(
         "  digests differing at barriers",
         format!(
-            "{} (clients' own mismatches {}, shadow mismatches {})",
-            k.digest_mismatches, k.client_digest_mismatches, k.shadow_mismatches
+            "{} (clients' own mismatches {})",
+            k.digest_mismatches, k.client_digest_mismatches
         ),
     );
     row(

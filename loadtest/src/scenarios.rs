@@ -307,6 +307,19 @@ fn typha_rss(stack: &mut Stack) -> u64 {
         .sum()
 }
 
+/// kube-sim's process figures (none against an external API server) and the bytes it
+/// wrote.
+fn kube_figures(stack: &mut Stack) -> (Vec<ProcessFigures>, u64) {
+    match stack.kube.as_mut() {
+        Some(kube) => {
+            let stats = kube.stats();
+            let figures = ProcessFigures::new("kube-sim", kube.pid(), &stats);
+            (vec![figures], stats.bytes_written)
+        }
+        None => (Vec::new(), 0),
+    }
+}
+
 /// A fresh client's snapshot digest (verified against the server by the protocol).
 async fn reference_digest(
     stack: &Stack,
@@ -416,7 +429,6 @@ async fn typha_body(
     let seconds = (config.duration_seconds as usize) * 2 + 600;
     let probe = Probe::new(seconds);
     let mut churn = Churn::new(stack.api.clone(), probe.clone(), layout(config, target)).await?;
-    let tracked = scenario == Scenario::Soak;
     let mut marks = Vec::new();
     reset_peak_rss();
     let self_before = ProcStats::this_process().unwrap_or_default();
@@ -427,11 +439,10 @@ async fn typha_body(
     let mut refs = Fleet::default();
     for (i, addr) in stack.addresses().into_iter().enumerate() {
         let config = sync_config(stack, format!("reference-{i}"), vec![addr])?;
-        refs.clients.push(FleetClient::spawn_with(
+        refs.clients.push(FleetClient::spawn(
             config,
             probe.clone(),
             Behaviour::Reference,
-            tracked,
         ));
     }
     refs.wait_until(&probe, SYNC_LIMIT, |c| c.converged(0), |_| {})
@@ -458,11 +469,10 @@ async fn typha_body(
     let mut fleet = Fleet::default();
     for i in 0..config.clients {
         let sync = sync_config(stack, format!("node-{i:05}"), addresses.clone())?;
-        fleet.clients.push(FleetClient::spawn_with(
+        fleet.clients.push(FleetClient::spawn(
             sync,
             probe.clone(),
             behaviour_of(scenario, i, config, &release),
-            tracked,
         ));
     }
     let fleet = Arc::new(fleet);
@@ -580,13 +590,7 @@ async fn typha_body(
         .map(|(name, _)| name.clone())
         .collect();
 
-    let mut processes = Vec::new();
-    let mut api_total = 0;
-    if let Some(kube) = stack.kube.as_mut() {
-        let stats = kube.stats();
-        api_total = stats.bytes_written;
-        processes.push(ProcessFigures::new("kube-sim", kube.pid(), &stats));
-    }
+    let (mut processes, api_total) = kube_figures(stack);
     let replica_stats = stack.replica_stats();
     for (name, pid, stats) in &replica_stats {
         processes.push(ProcessFigures::new(name, *pid, stats));
@@ -764,7 +768,7 @@ async fn soak_rounds(
             .clients
             .iter()
             .chain(&refs.clients)
-            .filter_map(|c| c.live.as_ref().map(|l| (&c.name, l.get())))
+            .map(|c| (&c.name, c.digest()))
             .collect();
         let digests_differ: Vec<String> = live
             .iter()
@@ -796,23 +800,12 @@ async fn soak_rounds(
     let churned = churn.stats.operations - operations_before;
     churn.stats.achieved_rate = churned as f64 / (interval.as_secs_f64() * rounds as f64);
     let over = fleet.counters().since(&before);
-    let shadow_mismatches = fleet
-        .clients
-        .iter()
-        .chain(&refs.clients)
-        .filter_map(|c| c.live.as_ref())
-        .map(|l| {
-            l.shadow_mismatches
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
     let max = |f: fn(&SoakRound) -> f64| per_round.iter().map(f).fold(0.0, f64::max);
     Ok(SoakFigures {
         rounds: per_round.len(),
         kill_interval_seconds: interval.as_secs_f64(),
         digest_mismatches: per_round.iter().map(|r| r.digests_differ.len()).sum(),
         client_digest_mismatches: over.digest_mismatches,
-        shadow_mismatches,
         reconnects: over.reconnects,
         resumes: over.resumes,
         snapshots: over.snapshots,
@@ -947,13 +940,7 @@ async fn run_direct(config: &RunConfig, target: &Target) -> anyhow::Result<Scena
     if target.kubeconfig.is_some() {
         churn.clean_up().await;
     }
-    let mut processes = Vec::new();
-    let mut api_total = 0;
-    if let Some(kube) = stack.kube.as_mut() {
-        let stats = kube.stats();
-        api_total = stats.bytes_written;
-        processes.push(ProcessFigures::new("kube-sim", kube.pid(), &stats));
-    }
+    let (mut processes, api_total) = kube_figures(&mut stack);
     processes.push(self_figures(&self_before));
     if let Ok(fleet) = Arc::try_unwrap(fleet) {
         fleet.stop().await;

@@ -129,7 +129,9 @@ pub struct Stack {
     client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-async fn wait_ready(
+/// Polls `http://addr/path` until it answers 2xx; fails as soon as `proc` exits, or after
+/// `limit`, with the tail of its log.
+pub async fn wait_ready(
     addr: SocketAddr,
     path: &str,
     proc: &mut ChildProc,
@@ -229,29 +231,7 @@ impl Stack {
     ) -> anyhow::Result<Replica> {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let file = |name: &str| -> String { self.dir.path().join(name).display().to_string() };
-        let mut args: Vec<String> = vec![
-            "typha".into(),
-            "serve".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--listen".into(),
-            grpc.to_string(),
-            "--health-listen".into(),
-            health.to_string(),
-            "--tls-ca".into(),
-            file("ca.crt"),
-            "--tls-cert".into(),
-            file("typha.crt"),
-            "--tls-key".into(),
-            file("typha.key"),
-            "--client-cn".into(),
-            DEFAULT_CLIENT_CN.into(),
-            "--server-id".into(),
-            format!("typha-{i}"),
-            "--log".into(),
-            "warn".into(),
-        ];
+        let mut args = replica_args(i, self.dir.path(), kubeconfig, grpc, health);
         args.extend(extra.iter().cloned());
         let name = format!("typha-{i}");
         let proc = ChildProc::spawn(&name, &args, self.dir.path())?;
@@ -353,4 +333,39 @@ impl Stack {
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+/// The command line (after the binary) of typha replica `i` (`typha serve`, server id
+/// `typha-<i>`): listening on `grpc` and `health`, watching the API of `kubeconfig`, with
+/// the development PKI of `dir` (ca.crt, typha.crt, typha.key) and the default client CN.
+pub fn replica_args(
+    i: usize,
+    dir: &Path,
+    kubeconfig: &Path,
+    grpc: SocketAddr,
+    health: SocketAddr,
+) -> Vec<String> {
+    let file = |name: &str| -> String { dir.join(name).display().to_string() };
+    vec![
+        "typha".into(),
+        "serve".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--listen".into(),
+        grpc.to_string(),
+        "--health-listen".into(),
+        health.to_string(),
+        "--tls-ca".into(),
+        file("ca.crt"),
+        "--tls-cert".into(),
+        file("typha.crt"),
+        "--tls-key".into(),
+        file("typha.key"),
+        "--client-cn".into(),
+        DEFAULT_CLIENT_CN.into(),
+        "--server-id".into(),
+        format!("typha-{i}"),
+        "--log".into(),
+        "warn".into(),
+    ]
 }

@@ -32,7 +32,9 @@ use typha_proto::{Digest, Key, Revision, Update};
 
 mod upstream_support;
 
-use upstream_support::{Model, api_model, assert_mirrors, endpoint_pods, mirror_model, model_of};
+use upstream_support::{
+    Model, api_model, apply, assert_mirrors, endpoint_pods, mirror_model, model_of, next_event,
+};
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -216,19 +218,10 @@ impl Observer {
     async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
         let deadline = Instant::now() + LIMIT;
         while !done(self) {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-                .unwrap_or_else(|| panic!("client stopped while waiting for {what}"));
-            match event {
-                SyncEvent::Changes {
-                    updates: changes, ..
-                } => {
-                    for u in changes {
-                        match u.value {
-                            Some(v) => self.state.insert(u.key, v),
-                            None => self.state.remove(&u.key),
-                        };
+            match next_event(&mut self.events, deadline, what).await {
+                SyncEvent::Changes { updates, .. } => {
+                    for u in &updates {
+                        apply(&mut self.state, u);
                     }
                 }
                 SyncEvent::InSync {

@@ -16,8 +16,6 @@
 
 mod replica_support;
 
-use std::time::Duration;
-
 use felix_client::discovery::TyphaSource;
 use kube_sim::{KubeSim, SeedConfig};
 use replica_support::{
@@ -198,18 +196,13 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
         .unwrap();
     // As Kubernetes does for a terminating pod: its endpoint stops being ready.
     sim.store().upsert_object(slice(&draining, false)).unwrap();
-    draining.terminate();
     let mut draining = draining;
-    let exit = tokio::time::timeout(LIMIT, async {
-        loop {
-            if let Some(status) = draining.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("drained replica did not exit");
+    draining.terminate();
+    let exit = draining
+        .proc
+        .wait_exit(LIMIT)
+        .await
+        .expect("drained replica did not exit");
     assert!(
         exit.success(),
         "drain exit: {exit}\n{}",

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,11 +21,12 @@ use felix_client::discovery::TyphaSource;
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
 use loadtest::http1::{self, Scrape};
-use loadtest::procs::{ScratchDir, free_port};
+use loadtest::procs::{ChildProc, ScratchDir, free_port};
+use loadtest::stack::{replica_args, wait_ready};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use typha::certs::{DEFAULT_SERVER_CN, DevPki};
 use typha::discovery::TyphaEndpoint;
 use typha::tls::{PeerIdentity, client_config};
 use typha_proto::{Key, Value};
@@ -91,79 +91,36 @@ pub struct Replica {
     /// The health and metrics listener.
     pub health: SocketAddr,
     /// The process.
-    pub child: Child,
-    log: PathBuf,
+    pub proc: ChildProc,
 }
 
 impl Replica {
     fn spawn(i: usize, dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Replica {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-        let file = |name: &str| dir.join(name).display().to_string();
-        let name = format!("typha-{i}");
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut args: Vec<String> = vec![
-            "typha".into(),
-            "serve".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--listen".into(),
-            grpc.to_string(),
-            "--health-listen".into(),
-            health.to_string(),
-            "--tls-ca".into(),
-            file("ca.crt"),
-            "--tls-cert".into(),
-            file("typha.crt"),
-            "--tls-key".into(),
-            file("typha.key"),
-            "--client-cn".into(),
-            DEFAULT_CLIENT_CN.into(),
-            "--server-id".into(),
-            name.clone(),
-            "--log".into(),
-            "warn".into(),
-        ];
+        let mut args = replica_args(i, dir, kubeconfig, grpc, health);
         args.extend(extra.iter().map(|a| a.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
+        let name = format!("typha-{i}");
+        let exe = Path::new(env!("CARGO_BIN_EXE_loadtest"));
+        let proc = ChildProc::spawn_exe(exe, &name, &args, dir).unwrap();
         Replica {
             name,
             grpc,
             health,
-            child,
-            log,
+            proc,
         }
     }
 
     /// The last lines of the replica's log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.proc.log_tail()
     }
 
-    /// Polls /readyz until it answers; fails if the process exits first.
+    /// Waits until /readyz answers; fails if the process exits first.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + LIMIT;
-        while http1::get_text(self.health, "/readyz").await.is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status}:\n{}", self.name, self.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(self.health, "/readyz", &mut self.proc, LIMIT)
+            .await
+            .unwrap();
     }
 
     /// The replica's metrics, or `None` when it does not answer.
@@ -183,20 +140,9 @@ impl Replica {
         }
     }
 
-    /// SIGTERM through the `kill` command (the workspace forbids unsafe code, so no libc).
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGTERM: the replica drains and exits on its own.
+    pub fn terminate(&mut self) {
+        self.proc.signal_term();
     }
 }
 

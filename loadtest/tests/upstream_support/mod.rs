@@ -6,13 +6,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use felix_client::Mirror;
+use felix_client::{Mirror, SyncEvent};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::Store;
 use loadtest::harness::ClientSet;
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use typha::hub::Hub;
 use typha::upstream::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
@@ -99,4 +101,25 @@ pub async fn assert_mirrors(clients: ClientSet, hub: &Hub, oracle: &Model) {
             "client {i}: mirror differs from the API state"
         );
     }
+}
+
+/// Applies one change to `model`.
+pub fn apply(model: &mut Model, update: &Update) {
+    match &update.value {
+        Some(v) => model.insert(update.key.clone(), v.clone()),
+        None => model.remove(&update.key),
+    };
+}
+
+/// The next event of a client before `deadline`; panics naming `what` when the deadline
+/// passes or the client stopped.
+pub async fn next_event(
+    events: &mut mpsc::Receiver<SyncEvent>,
+    deadline: Instant,
+    what: &str,
+) -> SyncEvent {
+    tokio::time::timeout_at(deadline, events.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("client stopped while waiting for {what}"))
 }

@@ -132,11 +132,17 @@ mod tests {
     use super::*;
     use crate::server::conn::OpenStreams;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_without_streams_is_killed_after_the_limit() {
-        let streams = OpenStreams::new(ConnStats::new());
+    /// The idle watchdog of a connection whose streams are `streams` (10 s limit), its
+    /// kill switch and its closed signal.
+    fn watchdog(
+        streams: &OpenStreams,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        CancellationToken,
+    ) {
         let (kill, closed) = (CancellationToken::new(), CancellationToken::new());
-        let watchdog = tokio::spawn(close_when_idle(
+        let task = tokio::spawn(close_when_idle(
             ConnStats::new(),
             streams.subscribe(),
             Duration::from_secs(10),
@@ -144,6 +150,13 @@ mod tests {
             closed.clone(),
             None,
         ));
+        (task, kill, closed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_streams_is_killed_after_the_limit() {
+        let streams = OpenStreams::new(ConnStats::new());
+        let (watchdog, kill, _closed) = watchdog(&streams);
         watchdog.await.unwrap();
         assert!(kill.is_cancelled());
     }
@@ -151,17 +164,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_open_stream_keeps_the_connection_then_idleness_closes_it() {
         let streams = OpenStreams::new(ConnStats::new());
-        let (kill, closed) = (CancellationToken::new(), CancellationToken::new());
         let stream = streams.try_open(1).unwrap();
         assert!(streams.try_open(1).is_none(), "limit of one stream");
-        let watchdog = tokio::spawn(close_when_idle(
-            ConnStats::new(),
-            streams.subscribe(),
-            Duration::from_secs(10),
-            kill.clone(),
-            closed.clone(),
-            None,
-        ));
+        let (watchdog, kill, _closed) = watchdog(&streams);
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(!kill.is_cancelled(), "a connection with a stream stays");
         drop(stream);
@@ -173,15 +178,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_closed_connection_ends_the_watchdog_without_killing() {
         let streams = OpenStreams::new(ConnStats::new());
-        let (kill, closed) = (CancellationToken::new(), CancellationToken::new());
-        let watchdog = tokio::spawn(close_when_idle(
-            ConnStats::new(),
-            streams.subscribe(),
-            Duration::from_secs(10),
-            kill.clone(),
-            closed.clone(),
-            None,
-        ));
+        let (watchdog, kill, closed) = watchdog(&streams);
         closed.cancel();
         watchdog.await.unwrap();
         assert!(!kill.is_cancelled());
