@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use felix_client::SyncConfig;
 use felix_client::discovery::TyphaSource;
-use felix_client::{SyncClient, SyncConfig, SyncStatus};
 use kube_sim::KubeSim;
-use loadtest::harness::{Harness, TyphaSpec};
+use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use serde_json::{Value as Json, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use typha::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
 use typha_proto::{Key, Kind, Update, Value, pb};
@@ -261,54 +261,32 @@ fn typha_slice(name: &str, port: u16, node: &str) -> Json {
     )
 }
 
-struct Client {
-    status: std::sync::Arc<SyncStatus>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<felix_client::Mirror, felix_client::SyncError>>,
-}
-
-fn spawn_client(node: &str, source: TyphaSource) -> Client {
+fn spawn_client(node: &str, source: TyphaSource) -> ClientHandle {
     let mut config = SyncConfig::with_source(node, source);
     config.backoff_min = Duration::from_millis(50);
     config.backoff_max = Duration::from_secs(1);
-    let client = SyncClient::new(config);
-    let status = client.status();
-    let shutdown = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let task = tokio::spawn(client.run(tx, shutdown.clone()));
-    Client {
-        status,
-        shutdown,
-        task,
-    }
+    ClientHandle::spawn(config)
 }
 
-impl Client {
-    /// Waits until the client is in sync with the typha at `addr`.
-    async fn in_sync_with(&self, addr: SocketAddr) {
-        let want = Some(addr.to_string());
-        let mut endpoint = self.status.endpoint.subscribe();
-        let mut applied = self.status.applied.subscribe();
-        let wait = async {
-            endpoint.wait_for(|e| *e == want).await.unwrap();
-            applied
-                .wait_for(|_| self.status.in_sync.load(Ordering::Relaxed))
-                .await
-                .unwrap();
-        };
-        if tokio::time::timeout(LIMIT, wait).await.is_err() {
-            panic!(
-                "not in sync with {addr}: at {:?}, failures {}",
-                *self.status.endpoint.borrow(),
-                self.status.failures.load(Ordering::Relaxed)
-            );
-        }
-    }
-
-    async fn stop(self) -> felix_client::Mirror {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap()
+/// Waits until `client` is in sync with the typha at `addr`.
+async fn in_sync_with(client: &ClientHandle, addr: SocketAddr) {
+    let status = &client.status;
+    let want = Some(addr.to_string());
+    let mut endpoint = status.endpoint.subscribe();
+    let mut applied = status.applied.subscribe();
+    let wait = async {
+        endpoint.wait_for(|e| *e == want).await.unwrap();
+        applied
+            .wait_for(|_| status.in_sync.load(Ordering::Relaxed))
+            .await
+            .unwrap();
+    };
+    if tokio::time::timeout(LIMIT, wait).await.is_err() {
+        panic!(
+            "not in sync with {addr}: at {:?}, failures {}",
+            *status.endpoint.borrow(),
+            status.failures.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -335,7 +313,7 @@ async fn client_moves_to_a_new_endpoint_when_the_old_one_is_removed() {
     );
     let mut seen = discovery.endpoints();
     let client = spawn_client("elsewhere", TyphaSource::discovered(discovery));
-    client.in_sync_with(a_addr).await;
+    in_sync_with(&client, a_addr).await;
 
     // B becomes ready, A goes away; the client's source is the same watch channel, so
     // once it shows this, the client's next pick sees it too.
@@ -350,9 +328,9 @@ async fn client_moves_to_a_new_endpoint_when_the_old_one_is_removed() {
     // A shuts down: goodbye(shutdown); the client goes to B and never back to A (which
     // would be a connection failure now).
     a.typha.shutdown().await.unwrap();
-    client.in_sync_with(b_addr).await;
+    in_sync_with(&client, b_addr).await;
     let status = client.status.clone();
-    let mirror = client.stop().await;
+    let mirror = client.stop().await.unwrap();
     assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
     assert_eq!(status.failures.load(Ordering::Relaxed), 0);
     assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
@@ -388,13 +366,13 @@ async fn goodbye_moves_to_another_endpoint_without_counting_a_failure() {
 
     // The client runs on node-a: it prefers the typha there.
     let client = spawn_client("node-a", TyphaSource::discovered(discovery));
-    client.in_sync_with(a_addr).await;
+    in_sync_with(&client, a_addr).await;
     // A says goodbye while still listed (as while draining): the client must not retry
     // it (refused now, a failure) but move to B.
     a.typha.shutdown().await.unwrap();
-    client.in_sync_with(b_addr).await;
+    in_sync_with(&client, b_addr).await;
     let status = client.status.clone();
-    let mirror = client.stop().await;
+    let mirror = client.stop().await.unwrap();
     assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
     assert_eq!(status.failures.load(Ordering::Relaxed), 0);
     assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);

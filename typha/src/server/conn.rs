@@ -11,7 +11,9 @@
 //! that will never complete and dropping the response stream is not enough. The kill
 //! switch makes the next read fail; hyper always has a read pending on an HTTP/2
 //! connection, and the read registers its waker with the switch, so killing wakes it
-//! and hyper tears the connection (and every buffer it holds) down.
+//! and hyper tears the connection (and every buffer it holds) down. Writes check the
+//! switch too (a wake-up may poll the parked write first); that check is one atomic load
+//! per write, not the token's lock.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,10 +36,42 @@ pub struct PeerInfo {
     pub addr: Option<SocketAddr>,
     /// The verified client identity (e.g. "CN=typha-client"), or "plaintext".
     pub identity: Arc<str>,
-    /// Cancelling closes the connection.
-    pub kill: CancellationToken,
+    /// Killing closes the connection.
+    pub kill: KillSwitch,
     /// The `Sync` streams open on this connection.
     pub streams: OpenStreams,
+}
+
+/// Closes a connection from the outside (see the module docs). Clones share the switch.
+#[derive(Clone, Debug, Default)]
+pub struct KillSwitch(Arc<KillState>);
+
+#[derive(Debug, Default)]
+struct KillState {
+    killed: AtomicBool,
+    token: CancellationToken,
+}
+
+impl KillSwitch {
+    /// Kills the connection: its next read and write fail, and a parked read is woken.
+    pub fn kill(&self) {
+        self.0.killed.store(true, Ordering::Release);
+        self.0.token.cancel();
+    }
+
+    /// Whether the connection was killed (one atomic load: the write path asks per write).
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is killed.
+    pub async fn killed(&self) {
+        self.0.token.cancelled().await
+    }
+
+    fn killed_owned(&self) -> WaitForCancellationFutureOwned {
+        self.0.token.clone().cancelled_owned()
+    }
 }
 
 /// How many `Sync` streams (sessions) are open on one connection; the server refuses
@@ -201,7 +236,7 @@ impl<S> Conn<S> {
     /// Wraps `io`; `info.kill` closes it; `closed` fires when the connection is dropped
     /// (watchers of the connection end with it).
     pub fn new(io: S, info: PeerInfo, guard: ConnGuard, closed: CancellationToken) -> Conn<S> {
-        let killed = Box::pin(info.kill.clone().cancelled_owned());
+        let killed = Box::pin(info.kill.killed_owned());
         Conn {
             io,
             info,
@@ -247,7 +282,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.info.kill.is_cancelled() {
+        if self.info.kill.is_killed() {
             return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
@@ -266,7 +301,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.info.kill.is_cancelled() {
+        if self.info.kill.is_killed() {
             return Poll::Ready(Err(killed()));
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)

@@ -33,7 +33,9 @@ use tonic::{Request, Response, Status, Streaming};
 use typha_proto::pb;
 use typha_proto::server::typha_server::{Typha, TyphaServer};
 
-pub use conn::{Conn, ConnCounts, ConnGuard, ConnStats, OpenStreams, PeerInfo, StreamGuard};
+pub use conn::{
+    Conn, ConnCounts, ConnGuard, ConnStats, KillSwitch, OpenStreams, PeerInfo, StreamGuard,
+};
 pub use fanout::FanoutStream;
 pub use refusal::{LOG_BURST, NO_STREAM_TIMEOUT, TOO_MANY_CONNECTIONS, TOO_MANY_STREAMS};
 pub use registry::{Farewell, Registration, SessionCounts, Sessions};
@@ -358,7 +360,7 @@ async fn handshake(
     let info = PeerInfo {
         addr: Some(addr),
         identity: Arc::from(identity),
-        kill: CancellationToken::new(),
+        kill: KillSwitch::default(),
         streams: OpenStreams::new(stats.clone()),
     };
     // The watchdog ends with the connection: `closed` fires when tonic drops it.
@@ -400,7 +402,7 @@ impl Typha for SyncService {
             .unwrap_or_else(|| PeerInfo {
                 addr: None,
                 identity: Arc::from("unknown"),
-                kill: CancellationToken::new(),
+                kill: KillSwitch::default(),
                 streams: OpenStreams::new(self.connections.clone()),
             });
         let Some(stream) = peer

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::ConnStats;
+use super::conn::{ConnStats, KillSwitch};
 
 /// A TLS (or plaintext) connection opened no `Sync` stream within the handshake timeout,
 /// or stayed without one that long after its last stream ended.
@@ -97,14 +97,14 @@ pub(super) async fn close_when_idle(
     stats: ConnStats,
     mut streams: watch::Receiver<usize>,
     limit: Duration,
-    kill: CancellationToken,
+    kill: KillSwitch,
     closed: CancellationToken,
     addr: Option<SocketAddr>,
 ) {
     loop {
         let idle = tokio::select! {
             _ = closed.cancelled() => return,
-            _ = kill.cancelled() => return,
+            _ = kill.killed() => return,
             idle = streams.wait_for(|open| *open == 0) => idle.is_ok(),
         };
         if !idle {
@@ -112,7 +112,7 @@ pub(super) async fn close_when_idle(
         }
         let started = tokio::select! {
             _ = closed.cancelled() => return,
-            _ = kill.cancelled() => return,
+            _ = kill.killed() => return,
             started = tokio::time::timeout(limit, streams.wait_for(|open| *open > 0)) => started,
         };
         match started {
@@ -120,7 +120,7 @@ pub(super) async fn close_when_idle(
             Ok(Err(_)) => return,
             Err(_) => {
                 drop_connection(&stats, addr, NO_STREAM_TIMEOUT, None);
-                kill.cancel();
+                kill.kill();
                 return;
             }
         }
@@ -136,12 +136,8 @@ mod tests {
     /// kill switch and its closed signal.
     fn watchdog(
         streams: &OpenStreams,
-    ) -> (
-        tokio::task::JoinHandle<()>,
-        CancellationToken,
-        CancellationToken,
-    ) {
-        let (kill, closed) = (CancellationToken::new(), CancellationToken::new());
+    ) -> (tokio::task::JoinHandle<()>, KillSwitch, CancellationToken) {
+        let (kill, closed) = (KillSwitch::default(), CancellationToken::new());
         let task = tokio::spawn(close_when_idle(
             ConnStats::new(),
             streams.subscribe(),
@@ -158,7 +154,7 @@ mod tests {
         let streams = OpenStreams::new(ConnStats::new());
         let (watchdog, kill, _closed) = watchdog(&streams);
         watchdog.await.unwrap();
-        assert!(kill.is_cancelled());
+        assert!(kill.is_killed());
     }
 
     #[tokio::test(start_paused = true)]
@@ -168,11 +164,11 @@ mod tests {
         assert!(streams.try_open(1).is_none(), "limit of one stream");
         let (watchdog, kill, _closed) = watchdog(&streams);
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert!(!kill.is_cancelled(), "a connection with a stream stays");
+        assert!(!kill.is_killed(), "a connection with a stream stays");
         drop(stream);
         assert_eq!(streams.count(), 0);
         watchdog.await.unwrap();
-        assert!(kill.is_cancelled());
+        assert!(kill.is_killed());
     }
 
     #[tokio::test(start_paused = true)]
@@ -181,7 +177,7 @@ mod tests {
         let (watchdog, kill, closed) = watchdog(&streams);
         closed.cancel();
         watchdog.await.unwrap();
-        assert!(!kill.is_cancelled());
+        assert!(!kill.is_killed());
     }
 
     #[test]

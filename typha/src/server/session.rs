@@ -112,7 +112,7 @@ impl Session {
                 .increment(1);
             tracing::info!(reason = reason.as_str(), "session ended");
             if reason.kills_connection() {
-                self.peer.kill.cancel();
+                self.peer.kill.kill();
             }
             self.ends.publish(SessionEnded {
                 node: std::mem::take(&mut self.node),
