@@ -71,6 +71,20 @@ fn spawn_client(
     replica_support::spawn_client(node, source, tls, None, None)
 }
 
+/// Waits until every client is in sync and the live replicas hold exactly `CLIENTS`
+/// connections; returns how long it took.
+async fn all_back(what: &str, replicas: &[Replica], clients: &[Client]) -> std::time::Duration {
+    wait_until(what, || async {
+        let counts: Vec<f64> = connections(replicas).await.into_iter().flatten().collect();
+        let t = totals(clients);
+        let total: f64 = counts.iter().sum();
+        (t.in_sync == CLIENTS && total as usize == CLIENTS)
+            .then_some(())
+            .ok_or(format!("{t:?} connections {counts:?}"))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_rebalance_resume_survive_kill_and_drain() {
     let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
@@ -166,14 +180,11 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
         .delete_object("discovery.k8s.io/v1", "EndpointSlice", NS, &killed.name)
         .unwrap();
     drop(killed);
-    let took = wait_until("clients of the killed replica back in sync", || async {
-        let counts: Vec<f64> = connections(&replicas).await.into_iter().flatten().collect();
-        let t = totals(&clients);
-        let total: f64 = counts.iter().sum();
-        (t.in_sync == CLIENTS && total as usize == CLIENTS)
-            .then_some(())
-            .ok_or(format!("{t:?} connections {counts:?}"))
-    })
+    let took = all_back(
+        "clients of the killed replica back in sync",
+        &replicas,
+        &clients,
+    )
     .await;
     let after = totals(&clients);
     println!(
@@ -208,15 +219,7 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
         "drain exit: {exit}\n{}",
         draining.log_tail()
     );
-    wait_until("drained clients back in sync", || async {
-        let counts: Vec<f64> = connections(&replicas).await.into_iter().flatten().collect();
-        let t = totals(&clients);
-        let total: f64 = counts.iter().sum();
-        (t.in_sync == CLIENTS && total as usize == CLIENTS)
-            .then_some(())
-            .ok_or(format!("{t:?} connections {counts:?}"))
-    })
-    .await;
+    all_back("drained clients back in sync", &replicas, &clients).await;
     let after = totals(&clients);
     println!(
         "after SIGTERM of a replica with {drained} clients: goodbyes {}, resumes {}, snapshots {}, failures {}",
