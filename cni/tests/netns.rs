@@ -80,7 +80,7 @@ fn wiring(prefix: &str, state: &Path, range: Option<(u8, u8)>) -> CniWiring {
     let (prefix, state) = (prefix.to_string(), state.to_path_buf());
     CniWiring {
         plugin: env!("CARGO_BIN_EXE_felix-cni").into(),
-        cni_path: "/usr/lib/cni".into(),
+        cni_path: "/usr/lib/cni:/opt/cni/bin".into(),
         config: Arc::new(move |node| node_config(&prefix, &state, node, range)),
     }
 }
