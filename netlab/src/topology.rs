@@ -441,7 +441,7 @@ impl Topology {
         let node = self.nodes[spec.node].clone();
         let netns = format!("{}-{}-{}", self.id, spec.namespace, spec.name);
         self.add_netns(&netns).await?;
-        let iface = typha::upstream::interface_name(&spec.namespace, &spec.name);
+        let iface = netmodel::interface_name(&spec.namespace, &spec.name);
         let third = u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
         let ip = Ipv4Addr::new(10, 244, third, host);
         let n = node.netns.as_str();
