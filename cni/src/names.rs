@@ -10,7 +10,7 @@ use crate::config::RuntimeEnv;
 /// The host-side interface of this container's pod.
 pub fn host_interface(prefix: &str, env: &RuntimeEnv) -> String {
     match env.pod() {
-        Some((namespace, pod)) => typha::upstream::prefixed_interface_name(prefix, namespace, pod),
-        None => typha::upstream::prefixed_interface_name(prefix, "container", &env.container_id),
+        Some((namespace, pod)) => netmodel::prefixed_interface_name(prefix, namespace, pod),
+        None => netmodel::prefixed_interface_name(prefix, "container", &env.container_id),
     }
 }

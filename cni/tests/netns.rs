@@ -107,7 +107,7 @@ async fn policies_hold_with_prefix(prefix: &str) {
             pod.ip,
             node.pod_cidr
         );
-        let want = typha::upstream::prefixed_interface_name(prefix, &pod.namespace, &pod.name);
+        let want = netmodel::prefixed_interface_name(prefix, &pod.namespace, &pod.name);
         assert_eq!(pod.iface, want, "{}", pod.id());
     }
     let failures = run_cases(&mut rig).await;

@@ -504,7 +504,7 @@ impl Topology {
             self.push_pod(spec, ip, netns, iface);
             return Ok(());
         }
-        let iface = typha::upstream::interface_name(&spec.namespace, &spec.name);
+        let iface = netmodel::interface_name(&spec.namespace, &spec.name);
         let third = u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
         let ip = Ipv4Addr::new(10, 244, third, host);
         let n = node.netns.as_str();

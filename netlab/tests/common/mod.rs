@@ -29,6 +29,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::tls::{PeerIdentity, client_config, server_config};
 use felix_client::calc::{Calc, CalcConfig, CalcMode, Desired};
 use felix_client::dataplane::{self, DataplaneConfig, DataplaneStatus, DesiredSource};
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
@@ -38,17 +40,15 @@ use netlab::flow::{Flow, Pump};
 use netlab::kube::{policy_json, topology_objects};
 use netlab::topology::CLUSTER_CIDR;
 use netlab::{LabelSelector, Peer, PodSpec, Policy, Protocol, Rule, Topology};
+use netmodel::UpstreamConfig;
 use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use typha::app::{Running, TyphaOptions, Upstream};
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
-use typha::tls::{PeerIdentity, client_config, server_config};
-use typha::upstream::UpstreamConfig;
 use typha_proto::{Revision, Update};
 
 /// What every probe matrix covers.

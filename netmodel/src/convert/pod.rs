@@ -11,8 +11,8 @@ use sha1::{Digest, Sha1};
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, k8s_protocol, labels_of, name_of, namespace_of, net};
-use crate::upstream::Resource;
-use crate::upstream::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
+use crate::Resource;
+use crate::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
 
 /// The host-side interface name of a pod: "cali" + the first 11 hex digits of
 /// sha1("<namespace>.<pod>") (Calico's default for the Kubernetes datastore).
