@@ -95,6 +95,7 @@ async fn policies_hold_with_prefix(prefix: &str) {
     let state = Scratch::new(&format!("policy-{prefix}"));
     let config = RigConfig {
         cni: Some(wiring(prefix, state.path(), None)),
+        interface_prefixes: prefix.parse().unwrap(),
         ..RigConfig::default()
     };
     let mut rig = Rig::start(config).await;
@@ -123,6 +124,13 @@ async fn policies_hold_with_prefix(prefix: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_added_by_the_plugin_get_network_policy() {
     policies_hold_with_prefix("cali").await;
+}
+
+/// The same cases with `veth` interfaces: typha names the endpoints `veth...`, the
+/// agents dispatch `veth+`, the plugin creates `veth...` (as another CNI's would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_default_interface_prefix_gets_the_same_policy() {
+    policies_hold_with_prefix("veth").await;
 }
 
 /// The links of a namespace, by name.

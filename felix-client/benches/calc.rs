@@ -225,6 +225,7 @@ fn main() {
         node_name: NODE.into(),
         mode: CalcMode::Networking,
         cluster_cidrs: vec!["10.96.0.0/12".into()],
+        interface_prefixes: Default::default(),
     };
     let mut calc = Calc::new(config);
     let start = Instant::now();

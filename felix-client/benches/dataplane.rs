@@ -271,6 +271,7 @@ async fn latency(store: &Store) {
         node_name: NODE.into(),
         mode: CalcMode::PolicyOnly,
         cluster_cidrs: vec!["10.0.0.0/8".into()],
+        interface_prefixes: Default::default(),
     });
     let started = Instant::now();
     for chunk in updates.chunks(1_000) {

@@ -90,11 +90,13 @@ async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Resu
                     Mode::Networking => CalcMode::Networking,
                 },
                 cluster_cidrs: config.cluster_cidrs.clone(),
+                interface_prefixes: config.interface_prefixes.clone(),
             });
             let dataplane_config = DataplaneConfig {
                 netns: config.netns.clone(),
                 refresh_interval: config.dataplane_refresh,
                 ipv6: config.ipv6,
+                iptables_backend: config.iptables_backend,
                 ..DataplaneConfig::default()
             };
             tokio::spawn(dataplane::run(
@@ -120,15 +122,13 @@ async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Resu
         }
         Source::Local { ref kubeconfig } => {
             let client = netmodel::kube_client(kubeconfig.as_deref()).await?;
-            run_local(
-                client,
-                UpstreamConfig::default(),
-                tx,
-                status,
-                shutdown.clone(),
-            )
-            .await
-            .map_err(anyhow::Error::from)
+            let upstream = UpstreamConfig {
+                interface_prefix: config.interface_prefixes.primary().to_string(),
+                ..UpstreamConfig::default()
+            };
+            run_local(client, upstream, tx, status, shutdown.clone())
+                .await
+                .map_err(anyhow::Error::from)
         }
     };
     // Whatever ended the sync ends the agent: stop the health server too.

@@ -332,6 +332,8 @@ async fn a_missing_interface_fails_only_its_route_until_it_appears() {
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
     assert_eq!(report.route_changes, 2);
     assert_eq!(dp.status().errors.load(Ordering::Relaxed), 1);
+    // The endpoint without its interface is counted (the gauge behind the warning).
+    assert_eq!(*dp.status().endpoints_without_interface.borrow(), 1);
     assert!(
         ns.save("iptables-save", "filter")
             .iter()
@@ -341,6 +343,7 @@ async fn a_missing_interface_fails_only_its_route_until_it_appears() {
     ns.add_link("late0");
     let report = dp.repair().await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(*dp.status().endpoints_without_interface.borrow(), 0);
     assert_eq!(report.route_changes, 1);
     assert!(
         ns.agent_routes()

@@ -33,15 +33,17 @@ pub mod bootstrap;
 pub mod client;
 pub mod convert;
 pub mod crd;
+pub mod prefix;
 pub mod selector;
 pub mod state;
 pub mod watch;
 
 pub use client::{KubeClientError, kube_client, without_retry};
 pub use convert::{
-    ConvertError, Rejection, ToModel, convert, convert_delete, interface_name,
-    prefixed_interface_name,
+    ConvertError, ConvertOptions, DEFAULT_INTERFACE_PREFIX, Rejection, ToModel, convert,
+    convert_delete, convert_with, interface_name, prefixed_interface_name,
 };
+pub use prefix::{InterfacePrefixes, PrefixError};
 pub use state::ResourceState;
 pub use typha_proto::{Key, Kind, ResourceMark, Revision, Update, Value, VersionVector};
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use typha_proto::{Key, Update};
 
-use super::convert::{ToModel, convert, convert_delete, object_name};
+use super::convert::{ConvertOptions, ToModel, convert_delete, convert_with, object_name};
 use super::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
     HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
@@ -78,6 +78,16 @@ pub struct UpstreamConfig {
     pub batch_max: usize,
     /// The resources to watch (default: all of [`Resource::ALL`]).
     pub resources: Vec<Resource>,
+    /// The prefix of pods' host-side interface names in WorkloadEndpoints (default
+    /// `cali`; the first of `--interface-prefix`).
+    pub interface_prefix: String,
+}
+
+/// What every resource's stream needs besides its API.
+#[derive(Clone, Debug)]
+struct StreamSettings {
+    crd_retry: Duration,
+    convert: ConvertOptions,
 }
 
 impl Default for UpstreamConfig {
@@ -88,6 +98,7 @@ impl Default for UpstreamConfig {
             crd_retry: Duration::from_secs(30),
             batch_max: 1000,
             resources: Resource::ALL.to_vec(),
+            interface_prefix: crate::convert::DEFAULT_INTERFACE_PREFIX.to_string(),
         }
     }
 }
@@ -139,9 +150,15 @@ pub async fn run(
             .filter(|r| seen.insert(*r))
             .collect()
     };
+    let settings = StreamSettings {
+        crd_retry: config.crd_retry,
+        convert: ConvertOptions {
+            interface_prefix: config.interface_prefix.clone(),
+        },
+    };
     let streams: Vec<BoxedSignals> = resources
         .iter()
-        .map(|r| stream_for(*r, &client, &wc, config.crd_retry))
+        .map(|r| stream_for(*r, &client, &wc, &settings))
         .collect();
     let merged = futures::stream::select_all(streams);
     drive(merged, &resources, config.batch_max, tx, shutdown).await
@@ -151,45 +168,57 @@ fn stream_for(
     resource: Resource,
     client: &kube::Client,
     wc: &watcher::Config,
-    crd_retry: Duration,
+    settings: &StreamSettings,
 ) -> BoxedSignals {
     let c = client.clone();
     let wc = wc.clone();
     match resource {
-        Resource::Pods => resource_stream(Api::<Pod>::all(c), wc, crd_retry),
-        Resource::Namespaces => resource_stream(Api::<Namespace>::all(c), wc, crd_retry),
-        Resource::ServiceAccounts => resource_stream(Api::<ServiceAccount>::all(c), wc, crd_retry),
-        Resource::Nodes => resource_stream(Api::<Node>::all(c), wc, crd_retry),
+        Resource::Pods => resource_stream(Api::<Pod>::all(c), wc, settings.clone()),
+        Resource::Namespaces => resource_stream(Api::<Namespace>::all(c), wc, settings.clone()),
+        Resource::ServiceAccounts => {
+            resource_stream(Api::<ServiceAccount>::all(c), wc, settings.clone())
+        }
+        Resource::Nodes => resource_stream(Api::<Node>::all(c), wc, settings.clone()),
         Resource::KubernetesNetworkPolicies => {
-            resource_stream(Api::<K8sNetworkPolicy>::all(c), wc, crd_retry)
+            resource_stream(Api::<K8sNetworkPolicy>::all(c), wc, settings.clone())
         }
-        Resource::NetworkPolicies => {
-            resource_stream(Api::<CalicoObject<NetworkPolicy>>::all(c), wc, crd_retry)
-        }
+        Resource::NetworkPolicies => resource_stream(
+            Api::<CalicoObject<NetworkPolicy>>::all(c),
+            wc,
+            settings.clone(),
+        ),
         Resource::GlobalNetworkPolicies => resource_stream(
             Api::<CalicoObject<GlobalNetworkPolicy>>::all(c),
             wc,
-            crd_retry,
+            settings.clone(),
         ),
-        Resource::GlobalNetworkSets => {
-            resource_stream(Api::<CalicoObject<GlobalNetworkSet>>::all(c), wc, crd_retry)
+        Resource::GlobalNetworkSets => resource_stream(
+            Api::<CalicoObject<GlobalNetworkSet>>::all(c),
+            wc,
+            settings.clone(),
+        ),
+        Resource::NetworkSets => resource_stream(
+            Api::<CalicoObject<NetworkSet>>::all(c),
+            wc,
+            settings.clone(),
+        ),
+        Resource::HostEndpoints => resource_stream(
+            Api::<CalicoObject<HostEndpoint>>::all(c),
+            wc,
+            settings.clone(),
+        ),
+        Resource::IpPools => {
+            resource_stream(Api::<CalicoObject<IPPool>>::all(c), wc, settings.clone())
         }
-        Resource::NetworkSets => {
-            resource_stream(Api::<CalicoObject<NetworkSet>>::all(c), wc, crd_retry)
-        }
-        Resource::HostEndpoints => {
-            resource_stream(Api::<CalicoObject<HostEndpoint>>::all(c), wc, crd_retry)
-        }
-        Resource::IpPools => resource_stream(Api::<CalicoObject<IPPool>>::all(c), wc, crd_retry),
         Resource::FelixConfigurations => resource_stream(
             Api::<CalicoObject<FelixConfiguration>>::all(c),
             wc,
-            crd_retry,
+            settings.clone(),
         ),
         Resource::ClusterInformations => resource_stream(
             Api::<CalicoObject<ClusterInformation>>::all(c),
             wc,
-            crd_retry,
+            settings.clone(),
         ),
     }
 }
@@ -268,12 +297,16 @@ fn event_version<K: kube::Resource>(event: &watcher::Event<K>) -> EventVersion {
 }
 
 /// Converts one watcher event into loop inputs (rejections become deletes of their key).
-fn inputs<K>(event: watcher::Event<K>, log: &mut RejectionLog) -> Vec<Input>
+fn inputs<K>(
+    event: watcher::Event<K>,
+    log: &mut RejectionLog,
+    options: &ConvertOptions,
+) -> Vec<Input>
 where
     K: ToModel + kube::Resource,
 {
     let mut applied = |obj: &K, init: bool| -> Option<Input> {
-        let update = match convert(obj) {
+        let update = match convert_with(obj, options) {
             Ok(u) => {
                 log.clear(obj);
                 u
@@ -305,10 +338,11 @@ where
 }
 
 /// One resource: watcher with kube's default backoff, conversion, and the CRD-absent retry.
-fn resource_stream<K>(api: Api<K>, wc: watcher::Config, crd_retry: Duration) -> BoxedSignals
+fn resource_stream<K>(api: Api<K>, wc: watcher::Config, settings: StreamSettings) -> BoxedSignals
 where
     K: ToModel + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let StreamSettings { crd_retry, convert } = settings;
     let resource = K::RESOURCE;
     let name = resource.as_str();
     Box::pin(async_stream::stream! {
@@ -329,7 +363,7 @@ where
                         metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name)
                             .set(unix_now());
                         let version = event_version(&event);
-                        for input in inputs(event, &mut log) {
+                        for input in inputs(event, &mut log, &convert) {
                             yield (resource, Signal::Input(input, version));
                         }
                     }

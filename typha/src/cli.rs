@@ -86,6 +86,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub.cache.max_log_batches = args.history_batches;
         let upstream = UpstreamConfig {
             streaming_lists: args.streaming_lists,
+            interface_prefix: args.interface_prefix.primary().to_string(),
             ..UpstreamConfig::default()
         };
         let options = TyphaOptions {

@@ -135,6 +135,10 @@ pub struct ServeArgs {
     /// Pod CIDR for the default IPPool, created at first start only if no pool exists.
     #[arg(long, env = "TYPHA_CLUSTER_CIDR")]
     pub cluster_cidr: Option<netmodel::bootstrap::ClusterCidr>,
+    /// Host-side interface prefixes, comma-separated (as the agents'); the first names
+    /// pods' interfaces in WorkloadEndpoints.
+    #[arg(long, env = "TYPHA_INTERFACE_PREFIX", default_value = "cali")]
+    pub interface_prefix: netmodel::InterfacePrefixes,
 }
 
 /// A configuration problem.

@@ -290,6 +290,7 @@ impl Engine {
                 local: &self.local,
                 policies: &self.policies,
                 order: &self.order,
+                prefixes: self.config.interface_prefixes.all(),
             };
             self.v4.filter = filter_table(Family::V4, &input);
             self.v6.filter = filter_table(Family::V6, &input);

@@ -131,6 +131,9 @@ pub struct CalcConfig {
     pub mode: CalcMode,
     /// The cluster CIDRs (pod traffic to these is not NATed), from configuration.
     pub cluster_cidrs: Vec<String>,
+    /// Workload interface prefixes: the root chains send traffic of every interface
+    /// starting with one of them through the dispatch chains.
+    pub interface_prefixes: netmodel::InterfacePrefixes,
 }
 
 /// The incremental calculation: fold model updates in with [`Calc::apply`], read the

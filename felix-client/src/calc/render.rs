@@ -3,11 +3,11 @@
 //! policies' chains, and the NAT chain.
 //!
 //! Packet path (filter): `cali-FORWARD` accepts established flows, drops invalid ones,
-//! sends traffic from a `cali+` interface through `cali-from-wl-dispatch` (the source
-//! endpoint's egress policy) and traffic to a `cali+` interface through
-//! `cali-to-wl-dispatch` (the destination's ingress policy), then accepts. Dispatch
-//! chains `goto` the endpoint chain of the exact interface and drop any other `cali`
-//! interface. Invariant: an endpoint chain either drops or returns, and returns only when
+//! sends traffic from a workload interface (`<prefix>+` for each configured prefix,
+//! `cali+` by default) through `cali-from-wl-dispatch` (the source endpoint's egress
+//! policy) and traffic to one through `cali-to-wl-dispatch` (the destination's ingress
+//! policy), then accepts. Dispatch chains `goto` the endpoint chain of the exact
+//! interface and drop any other workload interface. Invariant: an endpoint chain either drops or returns, and returns only when
 //! the packet is allowed, so "came back" means "allowed".
 //!
 //! Endpoint chain with policies: clear the accept and pass bits, then per tier jump to
@@ -37,38 +37,62 @@ pub(super) struct FilterInput<'a> {
     pub policies: &'a HashMap<Key, PolicyState>,
     /// Policies in order.
     pub order: &'a BTreeSet<SortKey>,
+    /// Workload interface prefixes.
+    pub prefixes: &'a [String],
 }
 
-fn root_chains(chains: &mut Chains) {
-    let s = |v: &[&str]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
-    chains.insert(
-        FORWARD.into(),
-        s(&[
-            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "-m conntrack --ctstate INVALID -j DROP",
-            &format!("-i cali+ -j {FROM_WL_DISPATCH}"),
-            &format!("-o cali+ -j {TO_WL_DISPATCH}"),
-            "-i cali+ -j ACCEPT",
-            "-o cali+ -j ACCEPT",
-        ]),
-    );
+/// `rules` once per prefix, `{if}` standing for `<prefix>+`, rule by rule (all
+/// prefixes' first rule, then all prefixes' second rule, ...), so every stage applies
+/// to every workload interface before the next.
+fn per_prefix(prefixes: &[String], rules: &[&str]) -> Vec<String> {
+    rules
+        .iter()
+        .flat_map(|r| {
+            prefixes
+                .iter()
+                .map(move |p| r.replace("{if}", &format!("{p}+")))
+        })
+        .collect()
+}
+
+fn root_chains(chains: &mut Chains, prefixes: &[String]) {
+    let mut forward = vec![
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
+        "-m conntrack --ctstate INVALID -j DROP".to_string(),
+    ];
+    forward.extend(per_prefix(
+        prefixes,
+        &[
+            &format!("-i {{if}} -j {FROM_WL_DISPATCH}"),
+            &format!("-o {{if}} -j {TO_WL_DISPATCH}"),
+            "-i {if} -j ACCEPT",
+            "-o {if} -j ACCEPT",
+        ],
+    ));
+    chains.insert(FORWARD.into(), forward);
     // Kubernetes NetworkPolicy: traffic between a pod and the node it runs on is always
     // allowed (kubelet probes, node-local agents), whatever policy selects the pod.
     chains.insert(
         INPUT.into(),
-        s(&[
-            "-i cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "-i cali+ -m conntrack --ctstate INVALID -j DROP",
-            "-i cali+ -j ACCEPT",
-        ]),
+        per_prefix(
+            prefixes,
+            &[
+                "-i {if} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-i {if} -m conntrack --ctstate INVALID -j DROP",
+                "-i {if} -j ACCEPT",
+            ],
+        ),
     );
     chains.insert(
         OUTPUT.into(),
-        s(&[
-            "-o cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "-o cali+ -m conntrack --ctstate INVALID -j DROP",
-            "-o cali+ -j ACCEPT",
-        ]),
+        per_prefix(
+            prefixes,
+            &[
+                "-o {if} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-o {if} -m conntrack --ctstate INVALID -j DROP",
+                "-o {if} -j ACCEPT",
+            ],
+        ),
     );
 }
 
@@ -103,7 +127,7 @@ fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
 /// The filter table of `family`.
 pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
     let mut chains = Chains::new();
-    root_chains(&mut chains);
+    root_chains(&mut chains, input.prefixes);
     // (tier, chain) per local endpoint and direction, in policy order.
     type Lists<'a> = BTreeMap<&'a Key, [Vec<(&'a str, &'a str)>; 2]>;
     let mut lists: Lists<'_> = BTreeMap::new();

@@ -21,12 +21,17 @@ pub(crate) const NETNS_DIR: &str = "/var/run/netns";
 #[derive(Clone, Debug)]
 pub(crate) struct Runner {
     netns: Option<String>,
+    /// The iptables programs (see [`super::backend`]); plain `iptables-*` until resolved.
+    pub(crate) iptables: super::backend::Programs,
 }
 
 impl Runner {
     /// A runner for `netns` (`None`: the current namespace).
     pub(crate) fn new(netns: Option<String>) -> Runner {
-        Runner { netns }
+        Runner {
+            netns,
+            iptables: super::backend::Programs::Plain,
+        }
     }
 
     /// Runs `program args..`, feeding `stdin` when given, and returns its stdout.

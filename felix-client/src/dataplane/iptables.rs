@@ -376,21 +376,13 @@ fn foreign_targets<'a>(kernel: &'a KernelTable, hook_tags: &BTreeSet<String>) ->
     targets
 }
 
-/// The save/restore programs of one family.
-fn programs(family: Family) -> (&'static str, &'static str) {
-    match family {
-        Family::V4 => ("iptables-save", "iptables-restore"),
-        Family::V6 => ("ip6tables-save", "ip6tables-restore"),
-    }
-}
-
 /// Reads one table from the kernel.
 pub(crate) async fn read(
     runner: &Runner,
     family: Family,
     table: Table,
 ) -> Result<KernelTable, DataplaneError> {
-    let (save, _) = programs(family);
+    let (save, _) = runner.iptables.save_restore(family);
     let text = runner.run(save, &["-t", table.name()], None).await?;
     parse_save(&text)
 }
@@ -429,7 +421,7 @@ pub(crate) async fn sync_table(
     cache: &mut Option<TableCache>,
     outcome: &mut TableOutcome,
 ) -> Result<(), DataplaneError> {
-    let (_, restore) = programs(family);
+    let (_, restore) = runner.iptables.save_restore(family);
     loop {
         let fresh = cache.is_none();
         let current = match cache {

@@ -23,8 +23,10 @@
 //! and POSTROUTING (nat) chains. With [`DataplaneConfig::netns`] set, every command and
 //! the netlink socket target that namespace and never the caller's.
 
+pub mod backend;
 mod driver;
 mod exec;
+mod interfaces;
 pub(crate) mod ipsets;
 pub(crate) mod iptables;
 mod netns;
@@ -55,6 +57,8 @@ pub struct DataplaneConfig {
     /// Program ip6tables too (off on hosts without IPv6; desired IPv6 chains are then
     /// ignored).
     pub ipv6: bool,
+    /// Which iptables to program (resolved once, when the dataplane opens).
+    pub iptables_backend: backend::IptablesBackend,
 }
 
 impl Default for DataplaneConfig {
@@ -64,6 +68,7 @@ impl Default for DataplaneConfig {
             refresh_interval: Duration::from_secs(90),
             retry_interval: Duration::from_secs(5),
             ipv6: true,
+            iptables_backend: backend::IptablesBackend::Auto,
         }
     }
 }
@@ -230,6 +235,7 @@ pub struct Dataplane {
     status: Arc<DataplaneStatus>,
     last: Option<Desired>,
     cache: Cache,
+    interfaces: interfaces::InterfaceWatch,
 }
 
 impl Dataplane {
@@ -240,13 +246,16 @@ impl Dataplane {
         status: Arc<DataplaneStatus>,
     ) -> Result<Dataplane, DataplaneError> {
         let netlink = netns::open(config.netns.as_deref()).await?;
+        let mut runner = Runner::new(config.netns.clone());
+        runner.iptables = backend::resolve(&runner, config.iptables_backend).await;
         Ok(Dataplane {
-            runner: Runner::new(config.netns.clone()),
+            runner,
             config,
             netlink,
             status,
             last: None,
             cache: Cache::default(),
+            interfaces: interfaces::InterfaceWatch::default(),
         })
     }
 
@@ -312,6 +321,8 @@ impl Dataplane {
         report.effective = started.elapsed();
         report.route_changes = routes.changes;
         report.kernel_reads += routes.reads;
+        self.interfaces
+            .observe(desired, &routes.errors, &self.status);
         report
             .errors
             .extend(routes.errors.into_iter().map(|e| (Stage::Routes, e)));

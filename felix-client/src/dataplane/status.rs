@@ -31,6 +31,8 @@ pub struct DataplaneStatus {
     pub kernel_reads: AtomicU64,
     /// Errors (any stage).
     pub errors: AtomicU64,
+    /// Local endpoints whose interface the kernel lacks, after the last route sync.
+    pub endpoints_without_interface: watch::Sender<usize>,
     repair: Notify,
 }
 
@@ -45,6 +47,7 @@ impl Default for DataplaneStatus {
             route_changes: AtomicU64::default(),
             kernel_reads: AtomicU64::default(),
             errors: AtomicU64::default(),
+            endpoints_without_interface: watch::Sender::new(0),
             repair: Notify::new(),
         }
     }
@@ -95,6 +98,16 @@ impl DataplaneStatus {
     pub(crate) fn error(&self, stage: Stage) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("felix_dataplane_errors_total", "stage" => stage.as_str()).increment(1);
+    }
+
+    /// Local endpoints without their interface (see `dataplane::interfaces`).
+    pub(crate) fn set_endpoints_without_interface(&self, n: usize) {
+        metrics::gauge!("felix_dataplane_endpoints_without_interface").set(n as f64);
+        self.endpoints_without_interface.send_if_modified(|old| {
+            let changed = *old != n;
+            *old = n;
+            changed
+        });
     }
 
     /// A pass finished after `seconds`.

@@ -397,6 +397,8 @@ pub struct RigConfig {
     pub connect_timeout: Duration,
     /// Wire the bench's pods through this CNI plugin instead of by hand.
     pub cni: Option<CniWiring>,
+    /// Interface prefixes of typha's conversion (the first) and the agents' calc.
+    pub interface_prefixes: netmodel::InterfacePrefixes,
 }
 
 impl Default for RigConfig {
@@ -410,6 +412,7 @@ impl Default for RigConfig {
             read_timeout: sync.read_timeout,
             connect_timeout: sync.connect_timeout,
             cni: None,
+            interface_prefixes: Default::default(),
         }
     }
 }
@@ -456,7 +459,10 @@ async fn start_typha(
         hub: HubConfig::default(),
         upstream: Upstream::Kube {
             client,
-            config: UpstreamConfig::default(),
+            config: UpstreamConfig {
+                interface_prefix: config.interface_prefixes.primary().to_string(),
+                ..UpstreamConfig::default()
+            },
         },
         metrics: None,
     };
@@ -551,6 +557,7 @@ impl Rig {
                 node_name: node.name.clone(),
                 mode: self.config.mode,
                 cluster_cidrs: vec![CLUSTER_CIDR.to_string()],
+                interface_prefixes: self.config.interface_prefixes.clone(),
             }),
             folded: folded_tx,
         };

@@ -107,9 +107,35 @@ pub(crate) fn object_name<T: kube::Resource>(obj: &T) -> String {
     }
 }
 
-/// Converts an added or modified object into an update (a value, or a delete when the
-/// object yields no model object).
+/// The cluster's choices the conversion follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// The prefix of WorkloadEndpoints' host-side interface names.
+    pub interface_prefix: String,
+}
+
+/// Calico's interface prefix.
+pub const DEFAULT_INTERFACE_PREFIX: &str = "cali";
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            interface_prefix: DEFAULT_INTERFACE_PREFIX.to_string(),
+        }
+    }
+}
+
+/// Converts an added or modified object into an update with the default options.
 pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Box<Rejection>> {
+    convert_with(obj, &ConvertOptions::default())
+}
+
+/// Converts an added or modified object into an update (a value, or a delete when the
+/// object yields no model object); endpoints' interfaces get `options`' prefix.
+pub fn convert_with<T: ToModel + kube::Resource>(
+    obj: &T,
+    options: &ConvertOptions,
+) -> Result<Update, Box<Rejection>> {
     let reject = |key: Option<Key>, error| {
         Box::new(Rejection {
             resource: T::RESOURCE,
@@ -119,9 +145,15 @@ pub fn convert<T: ToModel + kube::Resource>(obj: &T) -> Result<Update, Box<Rejec
         })
     };
     let key = obj.model_key().map_err(|e| reject(None, e))?;
-    let value = obj
+    let mut value = obj
         .model_value()
         .map_err(|e| reject(Some(key.clone()), e))?;
+    if let Some(Value::WorkloadEndpoint(w)) = &mut value
+        && options.interface_prefix != DEFAULT_INTERFACE_PREFIX
+    {
+        w.interface_name =
+            pod::prefixed_interface_name(&options.interface_prefix, &w.namespace, &w.pod);
+    }
     Update::new(key.clone(), value).map_err(|e| reject(Some(key), e.into()))
 }
 

@@ -140,6 +140,21 @@ fn interface_name_is_cali_plus_sha1_prefix() {
 }
 
 #[test]
+fn other_prefixes_keep_the_hash_and_fit_ifnamsiz() {
+    let eni = ConvertOptions {
+        interface_prefix: "eni".into(),
+    };
+    let u = convert_with(&pod("x", "a"), &eni).unwrap();
+    assert_eq!(wep(&u).interface_name, "eni456b416f2bf");
+    assert_eq!(prefixed_interface_name("veth", "x", "a"), "veth456b416f2bf");
+    // A long prefix shortens the hash instead of passing 15 characters.
+    assert_eq!(
+        prefixed_interface_name("longprefix", "x", "a"),
+        "longprefix456b4"
+    );
+}
+
+#[test]
 fn pod_labels_profiles_and_fields() {
     let u = convert(&pod("x", "a")).unwrap();
     assert_eq!(u.key, Key::new(Kind::WorkloadEndpoint, "x", "a").unwrap());

@@ -295,13 +295,21 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
     };
     let wep = Key::new(Kind::WorkloadEndpoint, "x", "a").unwrap();
 
-    let good = inputs(watcher::Event::InitApply(pod("10.0.0.1")), &mut log);
+    let good = inputs(
+        watcher::Event::InitApply(pod("10.0.0.1")),
+        &mut log,
+        &ConvertOptions::default(),
+    );
     assert!(matches!(&good[..], [Input::InitApply(u)] if u.key == wep && u.value.is_some()));
 
     // An invalid version withdraws the key and is counted (twice: counted each time,
     // logged once).
     for _ in 0..2 {
-        let bad = inputs(watcher::Event::Apply(pod("not-an-ip")), &mut log);
+        let bad = inputs(
+            watcher::Event::Apply(pod("not-an-ip")),
+            &mut log,
+            &ConvertOptions::default(),
+        );
         assert_eq!(bad, vec![Input::Apply(Update::delete(wep.clone()))]);
     }
     assert_eq!(log.seen.len(), 1);
@@ -314,17 +322,29 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
         Some(DebugValue::Counter(2))
     );
     // A valid version clears the log entry.
-    inputs(watcher::Event::Apply(pod("10.0.0.2")), &mut log);
+    inputs(
+        watcher::Event::Apply(pod("10.0.0.2")),
+        &mut log,
+        &ConvertOptions::default(),
+    );
     assert!(log.seen.is_empty());
 
-    let deleted = inputs(watcher::Event::Delete(pod("not-an-ip")), &mut log);
+    let deleted = inputs(
+        watcher::Event::Delete(pod("not-an-ip")),
+        &mut log,
+        &ConvertOptions::default(),
+    );
     assert_eq!(deleted, vec![Input::Delete(wep)]);
     assert_eq!(
-        inputs::<Pod>(watcher::Event::Init, &mut log),
+        inputs::<Pod>(watcher::Event::Init, &mut log, &ConvertOptions::default()),
         vec![Input::Init]
     );
     assert_eq!(
-        inputs::<Pod>(watcher::Event::InitDone, &mut log),
+        inputs::<Pod>(
+            watcher::Event::InitDone,
+            &mut log,
+            &ConvertOptions::default()
+        ),
         vec![Input::InitDone]
     );
 }

@@ -26,6 +26,7 @@ pub fn config(mode: CalcMode) -> CalcConfig {
         node_name: NODE.into(),
         mode,
         cluster_cidrs: vec!["10.96.0.0/12".into()],
+        interface_prefixes: Default::default(),
     }
 }
 
