@@ -36,6 +36,10 @@ where
     T: Into<OsString> + Clone,
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == "cleanup") {
+        return crate::cleanup_cli::run(args.into_iter().skip(1));
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -99,6 +103,8 @@ async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Resu
                 iptables_backend: config.iptables_backend,
                 ..DataplaneConfig::default()
             };
+            // Refuse to start (before syncing) when another agent owns the chains.
+            dataplane::preflight(&dataplane_config).await?;
             tokio::spawn(dataplane::run(
                 dataplane_config,
                 calc,

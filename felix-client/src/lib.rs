@@ -4,6 +4,7 @@
 //! itself through typha's upstream code and feeds the same mirror and events.
 
 pub mod calc;
+pub mod cleanup_cli;
 pub mod cli;
 pub mod config;
 pub mod connect;

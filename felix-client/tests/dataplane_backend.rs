@@ -35,7 +35,10 @@ async fn auto_picks_legacy_when_the_host_rules_are_legacy() {
     if !root() {
         return;
     }
-    assert_eq!(agent_chains_after(Some(("iptables-legacy", 3))).await, (true, false));
+    assert_eq!(
+        agent_chains_after(Some(("iptables-legacy", 3))).await,
+        (true, false)
+    );
 }
 
 #[tokio::test]
@@ -43,6 +46,9 @@ async fn auto_picks_nft_when_the_host_rules_are_nft_or_absent() {
     if !root() {
         return;
     }
-    assert_eq!(agent_chains_after(Some(("iptables-nft", 3))).await, (false, true));
+    assert_eq!(
+        agent_chains_after(Some(("iptables-nft", 3))).await,
+        (false, true)
+    );
     assert_eq!(agent_chains_after(None).await, (false, true));
 }

@@ -24,19 +24,23 @@
 //! the netlink socket target that namespace and never the caller's.
 
 pub mod backend;
+mod cleanup;
 mod driver;
 mod exec;
 mod interfaces;
 pub(crate) mod ipsets;
 pub(crate) mod iptables;
 mod netns;
+mod owner;
 pub(crate) mod routes;
 mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use cleanup::{CleanupReport, cleanup};
 pub use driver::{DesiredSource, run};
+pub use owner::preflight;
 pub use routes::ROUTE_PROTOCOL;
 pub use status::DataplaneStatus;
 
@@ -142,6 +146,17 @@ pub enum DataplaneError {
     /// A route names an interface that does not exist (yet): retried.
     #[error("route interface {0} does not exist")]
     MissingInterface(String),
+    /// Another agent (Calico's Felix, say) owns `cali-` chains: fatal at startup.
+    #[error(
+        "another agent owns the cali- chains ({table} table, rule {rule:?}); refusing to start: \
+         uninstall it first (docs/operations.md, \"Coexistence and migration\")"
+    )]
+    ForeignChains {
+        /// The table.
+        table: String,
+        /// The first foreign rule found.
+        rule: String,
+    },
     /// A route could not be built or the kernel refused it.
     #[error("route {dst}: {reason}")]
     InvalidRoute {
@@ -248,6 +263,7 @@ impl Dataplane {
         let netlink = netns::open(config.netns.as_deref()).await?;
         let mut runner = Runner::new(config.netns.clone());
         runner.iptables = backend::resolve(&runner, config.iptables_backend).await;
+        owner::check(&runner, &config).await?;
         Ok(Dataplane {
             runner,
             config,

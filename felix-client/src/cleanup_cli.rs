@@ -1,0 +1,82 @@
+//! `felix-client cleanup`: the uninstall step. Removes the agent's hooks and `cali-`
+//! chains (every iptables flavour, both families), its `cali` ipsets and its protocol-80
+//! routes from the node; foreign rules stay (see `dataplane::cleanup`). Run it on each
+//! node after deleting the DaemonSet (docs/operations.md, "Uninstall").
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::dataplane::{self, DataplaneConfig};
+
+/// `felix-client cleanup` flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "felix-client cleanup",
+    version,
+    about = "Remove everything the agent programmed on this node"
+)]
+pub struct CleanupArgs {
+    /// Clean the network namespace /var/run/netns/NAME instead of the agent's own.
+    #[arg(long, env = "FELIX_NETNS")]
+    pub netns: Option<String>,
+    /// Leave ip6tables and IPv6 routes alone (hosts without IPv6).
+    #[arg(long, env = "FELIX_DISABLE_IPV6")]
+    pub disable_ipv6: bool,
+}
+
+/// Runs the subcommand with `args` (the first is `cleanup`).
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = match CleanupArgs::try_parse_from(args) {
+        Ok(args) => args,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .try_init()
+        .ok();
+    let config = DataplaneConfig {
+        netns: args.netns,
+        ipv6: !args.disable_ipv6,
+        ..DataplaneConfig::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("felix-client cleanup: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dataplane::cleanup(&config)) {
+        Ok(report) => {
+            println!(
+                "felix-client cleanup: {} table(s) cleaned, {} ipset(s) destroyed, routes with protocol {} flushed",
+                report.tables_cleaned,
+                report.ipsets_destroyed,
+                dataplane::ROUTE_PROTOCOL
+            );
+            if !report.foreign_tables.is_empty() {
+                println!(
+                    "left alone (another agent owns cali- chains there): {}",
+                    report.foreign_tables.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("felix-client cleanup: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
