@@ -6,11 +6,13 @@
 //! - [`ipam`]: delegation to the IPAM plugin the config names (host-local).
 //! - [`link`]: the veth pair, addresses, routes and proxy ARP, through iproute2.
 //! - [`names`]: the host-side interface name, the model's (`<prefix>` + sha1 prefix).
-//! - [`install`]: copies the binary and writes the conflist atomically.
+//! - [`install`]: copies the binary and writes the conflist atomically; [`cli`]: its
+//!   command line (`felix-cni install`, pod CIDR from the flag or the Node).
 //! - [`error`]: errors and their CNI error results (codes in [`error::CniError::code`]).
 //!
 //! Invariant: stdout carries only the CNI result or error result; logs go to a file.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod install;

@@ -6,110 +6,15 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use felix_cni::config::RuntimeEnv;
 use felix_cni::error::{CniError, DEFAULT_VERSION};
-use felix_cni::install::{InstallConfig, install};
-
-/// `felix-cni install`: copy the plugin and write the conflist (the init container).
-#[derive(Debug, Parser)]
-#[command(name = "felix-cni install", version)]
-struct InstallArgs {
-    /// The host's CNI bin directory, as mounted in the container.
-    #[arg(long, env = "FELIX_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
-    bin_dir: PathBuf,
-    /// The host's CNI config directory, as mounted in the container.
-    #[arg(
-        long,
-        env = "FELIX_CNI_CONF_DIR",
-        default_value = "/host/etc/cni/net.d"
-    )]
-    conf_dir: PathBuf,
-    /// The conflist's file name.
-    #[arg(long, env = "FELIX_CNI_CONF_NAME", default_value = "10-felix.conflist")]
-    conf_name: String,
-    /// The network's name.
-    #[arg(
-        long,
-        env = "FELIX_CNI_NETWORK_NAME",
-        default_value = "k8s-pod-network"
-    )]
-    network_name: String,
-    /// This node's pod CIDR (host-local's range).
-    #[arg(long, env = "FELIX_CNI_POD_CIDR")]
-    pod_cidr: String,
-    /// Host-side interface prefixes (comma-separated, as the agent's; the first names
-    /// the pods' interfaces).
-    #[arg(long, env = "FELIX_INTERFACE_PREFIX", default_value = "cali")]
-    interface_prefix: String,
-    /// MTU of the pods' interfaces (default: the kernel's).
-    #[arg(long, env = "FELIX_CNI_MTU")]
-    mtu: Option<u32>,
-    /// Where the plugin logs on the host.
-    #[arg(
-        long,
-        env = "FELIX_CNI_LOG_FILE",
-        default_value = "/var/log/felix-cni/cni.log"
-    )]
-    log_file: PathBuf,
-}
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == "install") {
-        return run_install();
+        return felix_cni::cli::run_install(std::env::args_os().skip(1));
     }
     run_plugin()
-}
-
-fn run_install() -> ExitCode {
-    let args = InstallArgs::parse_from(std::env::args_os().skip(1));
-    let source = match std::env::current_exe() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("felix-cni install: cannot find my own binary: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = InstallConfig {
-        source,
-        bin_dir: args.bin_dir,
-        conf_dir: args.conf_dir,
-        conf_name: args.conf_name,
-        network_name: args.network_name,
-        pod_cidr: args.pod_cidr,
-        interface_prefix: args
-            .interface_prefix
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        mtu: args.mtu,
-        log_file: args.log_file,
-    };
-    match install(&config) {
-        Ok(outcome) => {
-            println!(
-                "felix-cni install: binary {}, conflist {}",
-                if outcome.binary_written {
-                    "written"
-                } else {
-                    "unchanged"
-                },
-                if outcome.conflist_written {
-                    "written"
-                } else {
-                    "unchanged"
-                },
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("felix-cni install: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// The log file the config names (read leniently: a config too broken to parse still

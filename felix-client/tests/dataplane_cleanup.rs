@@ -16,9 +16,17 @@ use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup, preflight};
 /// names something of the agent's.
 fn agent_lines(ns: &Netns) -> Vec<String> {
     let mut out = Vec::new();
-    for save in ["iptables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"] {
+    for save in [
+        "iptables-legacy-save",
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+    ] {
         for table in ["filter", "nat"] {
-            out.extend(ns.save(save, table).into_iter().filter(|l| l.contains("cali")));
+            out.extend(
+                ns.save(save, table)
+                    .into_iter()
+                    .filter(|l| l.contains("cali")),
+            );
         }
     }
     out
@@ -30,11 +38,22 @@ async fn cleanup_removes_everything_owned_and_nothing_else() {
         return;
     }
     let ns = Netns::new(1);
-    ns.exec("iptables", &["-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"]);
+    ns.exec(
+        "iptables",
+        &["-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"],
+    );
     ns.exec("iptables", &["-N", "KUBE-FOREIGN"]);
     ns.exec("iptables", &["-A", "FORWARD", "-j", "KUBE-FOREIGN"]);
     ns.exec("ipset", &["create", "kube-foreign", "hash:net"]);
-    ns.ip(&["route", "add", "10.9.9.0/24", "dev", "d0", "proto", "static"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.9.9.0/24",
+        "dev",
+        "d0",
+        "proto",
+        "static",
+    ]);
     let mut dp = ns.dataplane().await;
     let report = dp.apply(&node(1, true)).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -49,9 +68,18 @@ async fn cleanup_removes_everything_owned_and_nothing_else() {
     assert!(ns.agent_routes().is_empty());
     assert_eq!(ns.sets().into_iter().collect::<Vec<_>>(), ["kube-foreign"]);
     let filter = ns.save("iptables-save", "filter");
-    assert!(filter.contains(&"-A INPUT -s 192.0.2.1/32 -j DROP".to_string()), "{filter:?}");
-    assert!(filter.contains(&"-A FORWARD -j KUBE-FOREIGN".to_string()), "{filter:?}");
-    assert!(ns.ip(&["route", "show", "proto", "static"]).contains("10.9.9.0/24"));
+    assert!(
+        filter.contains(&"-A INPUT -s 192.0.2.1/32 -j DROP".to_string()),
+        "{filter:?}"
+    );
+    assert!(
+        filter.contains(&"-A FORWARD -j KUBE-FOREIGN".to_string()),
+        "{filter:?}"
+    );
+    assert!(
+        ns.ip(&["route", "show", "proto", "static"])
+            .contains("10.9.9.0/24")
+    );
     // Idempotent: a second run finds nothing to do.
     let again = cleanup(&ns.config()).await.unwrap();
     assert_eq!((again.tables_cleaned, again.ipsets_destroyed), (0, 0));
@@ -76,12 +104,18 @@ async fn chains_owned_by_another_agent_stop_the_start_and_survive_cleanup() {
     ns.exec("iptables", &hook);
 
     let error = preflight(&ns.config()).await.unwrap_err().to_string();
-    assert!(error.contains("another agent owns the cali- chains"), "{error}");
+    assert!(
+        error.contains("another agent owns the cali- chains"),
+        "{error}"
+    );
     let opened = Dataplane::new(ns.config(), Arc::new(DataplaneStatus::default())).await;
     assert!(opened.is_err(), "the dataplane must not open");
 
     let report = cleanup(&ns.config()).await.unwrap();
     assert!(!report.foreign_tables.is_empty(), "{report:?}");
     let filter = ns.save("iptables-save", "filter");
-    assert!(filter.iter().any(|l| l.contains("cali:Cz_u1IQiXIMmKD4c")), "{filter:?}");
+    assert!(
+        filter.iter().any(|l| l.contains("cali:Cz_u1IQiXIMmKD4c")),
+        "{filter:?}"
+    );
 }

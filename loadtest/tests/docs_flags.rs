@@ -54,6 +54,16 @@ fn all_settings() -> Vec<Setting> {
         &mut out,
     );
     settings("kube-sim", &kube_sim::cli::Args::command(), &mut out);
+    settings(
+        "felix-cni install",
+        &felix_cni::cli::InstallArgs::command(),
+        &mut out,
+    );
+    settings(
+        "felix-client cleanup",
+        &felix_client::cleanup_cli::CleanupArgs::command(),
+        &mut out,
+    );
     out
 }
 

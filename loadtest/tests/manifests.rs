@@ -394,6 +394,80 @@ impl<T: clap::Parser> ParseChecked for T {
     }
 }
 
+/// The install-cni init container of the rendered DaemonSet.
+fn init_container<'a>(workload: &'a Json, name: &str) -> &'a Json {
+    workload["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no init containers"))
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no init container {name}"))
+}
+
+#[test]
+fn install_cni_init_container_fits_its_flags_and_host_paths() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        let ds = find(&objects, "DaemonSet", "felix-client");
+        let init = init_container(ds, "install-cni");
+        assert_eq!(
+            init["command"],
+            json!(["/usr/local/bin/felix-cni", "install"])
+        );
+        let env = resolve_env(
+            &objects,
+            init,
+            &BTreeMap::from([("spec.nodeName", "node-0")]),
+        );
+        let command = felix_cni::cli::InstallArgs::command();
+        let mut argv = vec!["install".to_string()];
+        argv.extend(env_to_flags(&command, &env));
+        let args = felix_cni::cli::InstallArgs::try_parse_from_checked(&argv);
+        assert_eq!(
+            args.node_name.as_deref(),
+            Some("node-0"),
+            "the pod CIDR comes from the Node"
+        );
+        // The directories it writes are the host's CNI directories.
+        let volumes = ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        for (dir, host) in [
+            (&args.bin_dir, "/opt/cni/bin"),
+            (&args.conf_dir, "/etc/cni/net.d"),
+        ] {
+            let mount = init["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == dir.to_str().unwrap())
+                .unwrap_or_else(|| panic!("{overlay}: {} is not mounted", dir.display()));
+            let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+            assert_eq!(volume["hostPath"]["path"], host, "{overlay}");
+        }
+        // One prefix list for the plugin, the agent and typha.
+        let felix = resolve_env(
+            &objects,
+            container(ds, "felix-client"),
+            &BTreeMap::from([("spec.nodeName", "node-0")]),
+        );
+        let deploy = find(&objects, "Deployment", "calico-typha");
+        let typha = resolve_env(
+            &objects,
+            container(deploy, "calico-typha"),
+            &BTreeMap::from([("metadata.name", "x"), ("metadata.namespace", NAMESPACE)]),
+        );
+        assert_eq!(
+            env["FELIX_INTERFACE_PREFIX"],
+            felix["FELIX_INTERFACE_PREFIX"]
+        );
+        assert_eq!(
+            env["FELIX_INTERFACE_PREFIX"],
+            typha["TYPHA_INTERFACE_PREFIX"]
+        );
+    }
+}
+
 #[test]
 fn felix_daemonset_fits_its_flags_and_typha_identity() {
     let objects = render("networking");
@@ -483,8 +557,11 @@ fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
             .unwrap_or_else(|| panic!("no Certificate writes Secret {secret}"))
     };
     let mounted = |kind: &str, name: &str| {
-        find(&objects, kind, name)["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
-            .as_str()
+        find(&objects, kind, name)["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v["secret"]["secretName"].as_str())
             .unwrap()
             .to_string()
     };
@@ -635,12 +712,11 @@ fn rbac_grants_exactly_what_the_code_reads_and_writes() {
         );
         assert_eq!(namespaced, reads(slices.0, slices.1), "typha Role");
 
-        // felix-client reads only the typha Service's EndpointSlices (it syncs from typha).
+        // felix-client reads only the typha Service's EndpointSlices (it syncs from typha);
+        // its install-cni init container gets its own Node (the pod CIDR).
         let (cluster, namespaced) = bound_to(&objects, &sa("DaemonSet", "felix-client"));
-        assert!(
-            cluster.is_empty(),
-            "felix-client needs no cluster-wide access"
-        );
+        let node_get: Grants = [("".into(), "nodes".into(), "get".into())].into();
+        assert_eq!(cluster, node_get, "felix-client cluster-wide access");
         assert_eq!(namespaced, reads(slices.0, slices.1), "felix-client Role");
 
         // The autoscaler counts nodes and scales only the typha Deployment.
@@ -1086,8 +1162,11 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     let felix_mount = felix_container["volumeMounts"][0]["mountPath"]
         .as_str()
         .unwrap();
-    let felix_secret = ds["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
-        .as_str()
+    let felix_secret = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
         .unwrap();
     let felix_tls = scratch.0.join("felix-tls");
     materialize_secret(find(&objects, "Secret", felix_secret), &felix_tls);
