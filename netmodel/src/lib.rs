@@ -38,7 +38,10 @@ pub mod state;
 pub mod watch;
 
 pub use client::{KubeClientError, kube_client, without_retry};
-pub use convert::{ConvertError, Rejection, ToModel, convert, convert_delete, interface_name};
+pub use convert::{
+    ConvertError, Rejection, ToModel, convert, convert_delete, interface_name,
+    prefixed_interface_name,
+};
 pub use state::ResourceState;
 pub use typha_proto::{Key, Kind, ResourceMark, Revision, Update, Value, VersionVector};
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};
