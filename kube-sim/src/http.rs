@@ -113,9 +113,9 @@ async fn handle(
         ));
         return error_response(&app.metrics, &e);
     }
-    let body = match axum::body::to_bytes(body, crate::writes::MAX_BODY).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(()) => {
             app.metrics.add(&app.metrics.rejected_bodies, 1);
             let e = ApiError::TooLarge(format!(
                 "Request entity too large: limit is {}",
@@ -175,6 +175,31 @@ async fn handle(
         .unwrap_or("application/json")
         .to_string();
     handlers::dispatch(&app, method, &path, &query, &content_type, body).await
+}
+
+/// Over-limit bodies are read (and dropped) up to this size before the 413, so that the
+/// client, still sending, is not reset before it reads the answer.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The request body, or Err if it exceeds [`crate::writes::MAX_BODY`] (or cannot be read).
+async fn read_body(body: Body) -> Result<Bytes, ()> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ())?;
+        seen += chunk.len();
+        if seen <= crate::writes::MAX_BODY {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > crate::writes::MAX_BODY {
+        return Err(());
+    }
+    Ok(buf.freeze())
 }
 
 /// Whether an `Accept` header admits a JSON answer (absent, JSON, or a wildcard).
