@@ -58,7 +58,7 @@ fn namespace(i: usize) -> Update {
         "labels": {"team": APPS[i % APPS.len()], "env": if i.is_multiple_of(5) { "prod" } else { "dev" },
                    "kubernetes.io/metadata.name": namespace_name(i)}}}))
     .unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 fn endpoint(rng: &mut StdRng, i: usize, ns: usize, node: usize) -> Update {
@@ -92,7 +92,7 @@ fn endpoint(rng: &mut StdRng, i: usize, ns: usize, node: usize) -> Update {
         namespace: ns_name.clone(),
         pod: pod.clone(),
         node: format!("node-{node:04}"),
-        interface_name: typha::upstream::interface_name(&ns_name, &pod),
+        interface_name: netmodel::interface_name(&ns_name, &pod),
         ip_nets: vec![format!("{ip}/32")],
         labels: labels
             .iter()
@@ -114,7 +114,7 @@ fn netpol(ns: usize, name: &str, spec: serde_json::Value) -> Update {
     let obj: NetworkPolicy = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": namespace_name(ns)}, "spec": spec}))
     .unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 fn policies(ns: usize, variant: usize) -> Vec<Update> {

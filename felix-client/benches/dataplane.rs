@@ -2,7 +2,7 @@
 //!
 //! The cluster is kube-sim's synthetic one (1,500 nodes x 100 pods, 50 namespaces, 3
 //! NetworkPolicies each, no host-network pods), seeded in-process and converted to the
-//! model exactly as typha does (`typha::upstream::convert`). Part 1 feeds it to a
+//! model exactly as typha does (`netmodel::convert`). Part 1 feeds it to a
 //! [`Calc`] for `node-00000` and programs a private network namespace (with a veth per
 //! local pod) through [`Dataplane`]; then it measures, per change, the time from the
 //! update entering the calculation to iptables and ipsets applied, with a per-stage
@@ -174,11 +174,11 @@ async fn measure(calc: &mut Calc, dp: &mut Dataplane, update: Update, series: &m
 fn model(store: &Store) -> Vec<Update> {
     fn convert<T>(store: &Store, api: &str, kind: &str, out: &mut Vec<Update>)
     where
-        T: k8s_openapi::serde::de::DeserializeOwned + typha::upstream::ToModel + kube::Resource,
+        T: k8s_openapi::serde::de::DeserializeOwned + netmodel::ToModel + kube::Resource,
     {
         for v in store.list_objects(api, kind) {
             let obj: T = serde_json::from_value(v).unwrap();
-            if let Ok(u) = typha::upstream::convert(&obj) {
+            if let Ok(u) = netmodel::convert(&obj) {
                 out.push(u);
             }
         }
@@ -209,7 +209,7 @@ fn policy(ns: usize, app: usize, port: i32, extra_peer: Option<Value>) -> Update
         }
     }))
     .unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 /// The i-th policy change: a port edit, a peer selector added, or removed again.
@@ -241,7 +241,7 @@ fn relabel(pods: &[Value], i: usize) -> Update {
     };
     labels["tier"] = json!(tier);
     let pod: Pod = serde_json::from_value(pod).unwrap();
-    typha::upstream::convert(&pod).unwrap()
+    netmodel::convert(&pod).unwrap()
 }
 
 fn local_interfaces(updates: &[Update]) -> Vec<String> {
@@ -476,7 +476,21 @@ async fn memory(store: Arc<Store>) {
             format!("127.0.0.1:{typha_health}"),
         ])
         .collect();
-        std::thread::spawn(move || typha::cli::run(typha_args));
+        // felix-client does not depend on typha: the bench runs the typha binary built
+        // beside this one (`cargo build --release -p typha` first).
+        let typha_bin =
+            std::path::Path::new(env!("CARGO_BIN_EXE_felix-client")).with_file_name("typha");
+        assert!(
+            typha_bin.exists(),
+            "{} is missing: run `cargo build --release -p typha` first",
+            typha_bin.display()
+        );
+        let mut typha_proc = Command::new(&typha_bin)
+            .args(&typha_args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         wait_until("typha ready", || {
             http_status(typha_health, "/readyz") == 200
         });
@@ -496,6 +510,8 @@ async fn memory(store: Arc<Store>) {
             &[&typha[..], &["--dataplane", "iptables", "--netns", &ns.0]].concat(),
             Some(&ns),
         );
+        let _ = typha_proc.kill();
+        let _ = typha_proc.wait();
     });
     let _ = std::fs::remove_file(&path);
 }

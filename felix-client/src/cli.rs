@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use edge::discovery::Discovery;
+use edge::tls::{TlsMaterial, TransportChoice, client_config};
 use metrics_exporter_prometheus::PrometheusHandle;
+use netmodel::UpstreamConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::discovery::Discovery;
-use typha::tls::{TlsMaterial, TransportChoice, client_config};
-use typha::upstream::UpstreamConfig;
 
 use crate::calc::{Calc, CalcConfig, CalcMode};
 use crate::config::{self, Cli, Config, Dataplane, Mode, Source, TyphaTarget};
@@ -72,7 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(typha::app::stop_on_signal(shutdown.clone()));
+    tokio::spawn(edge::signal::stop_on_signal(shutdown.clone()));
     let status = Arc::new(SyncStatus::default());
     let dataplane_status = Arc::new(DataplaneStatus::default());
     let health = start_health(&config, status.clone(), metrics, shutdown.clone()).await?;
@@ -119,7 +119,7 @@ async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Resu
                 .map_err(anyhow::Error::from)
         }
         Source::Local { ref kubeconfig } => {
-            let client = typha::upstream::kube_client(kubeconfig.as_deref()).await?;
+            let client = netmodel::kube_client(kubeconfig.as_deref()).await?;
             run_local(
                 client,
                 UpstreamConfig::default(),
@@ -160,7 +160,7 @@ pub async fn typha_sync_config(
             discovery,
             kubeconfig,
         } => {
-            let client = typha::upstream::kube_client(kubeconfig.as_deref())
+            let client = netmodel::kube_client(kubeconfig.as_deref())
                 .await
                 .with_context(|| format!("Kubernetes access for --typha-service ({discovery})"))?;
             tracing::info!(%discovery, "discovering typha through EndpointSlices");

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use typha::discovery::{DEFAULT_PORT_NAME, DiscoveryConfig, ServiceRefError};
-use typha::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
+use edge::discovery::{DEFAULT_PORT_NAME, DiscoveryConfig, ServiceRefError};
+use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The felix-client command line.
 #[derive(Debug, Parser)]

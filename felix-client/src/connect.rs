@@ -1,5 +1,5 @@
 //! Dialling typha: one TCP connection per session, mutual TLS on top (the server's
-//! identity is checked by the rustls config built in `typha::tls`), HTTP/2 via tonic.
+//! identity is checked by the rustls config built in `edge::tls`), HTTP/2 via tonic.
 
 use std::sync::Arc;
 use std::time::Duration;

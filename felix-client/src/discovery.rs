@@ -1,6 +1,6 @@
 //! Which typha to connect to: the candidate list ([`TyphaSource`]: a fixed
 //! `--typha-addr` list, or a Service's ready endpoints followed through
-//! [`typha::discovery`]) and the order they are tried in ([`Picker`]).
+//! [`edge::discovery`]) and the order they are tried in ([`Picker`]).
 //!
 //! Why a picker: thousands of agents must spread over the replicas (shuffle), an agent
 //! should prefer the typha on its own node (no cross-node hop, and it survives losing
@@ -18,9 +18,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use edge::discovery::{Discovery, DiscoveryState, TyphaEndpoint};
 use rand::seq::SliceRandom;
 use tokio::sync::watch;
-use typha::discovery::{Discovery, DiscoveryState, TyphaEndpoint};
 
 /// One typha to try.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,7 +1,7 @@
 //! "Without Typha" mode: the agent watches the Kubernetes API itself (Calico's behaviour
 //! for small clusters) through exactly the code typha uses.
 //!
-//! Why this shape: the upstream ([`typha::upstream::run`]) feeds a local
+//! Why this shape: the upstream ([`netmodel::run`]) feeds a local
 //! [`SnapshotCache`], and every breadcrumb's pre-encoded `DeltaBatch` frame is decoded and
 //! applied to a [`Mirror`], just as the sync client applies frames from the wire. So the
 //! rest of the agent sees the same [`SyncEvent`]s and the same mirror in both modes, and
@@ -18,10 +18,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use netmodel::{UpstreamConfig, UpstreamError, UpstreamEvent};
+use snapshot_cache::{CacheConfig, SnapshotCache};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::cache::{CacheConfig, SnapshotCache};
-use typha::upstream::{self, UpstreamConfig, UpstreamError, UpstreamEvent};
 use typha_proto::frame::ServerFrame;
 
 use crate::mirror::{Mirror, MirrorError};
@@ -63,7 +63,7 @@ pub async fn run_local(
     let mut local = Local::new(status);
     let token = shutdown.child_token();
     let (tx, mut rx) = mpsc::channel(64);
-    let mut upstream = tokio::spawn(upstream::run(client, config, tx, token.clone()));
+    let mut upstream = tokio::spawn(netmodel::run(client, config, tx, token.clone()));
     // Stop the upstream whichever way we leave.
     let _stop = token.clone().drop_guard();
     tracing::info!("local mode: watching the Kubernetes API directly (no typha)");

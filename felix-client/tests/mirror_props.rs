@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use felix_client::mirror::{MAX_CHUNK_RAW_BYTES, Mirror, MirrorError};
 use proptest::prelude::*;
-use typha::cache::{Breadcrumb, CacheConfig, DeltasSince, SnapshotCache, coalesce, compress};
+use snapshot_cache::{Breadcrumb, CacheConfig, DeltasSince, SnapshotCache, coalesce, compress};
 use typha_proto::digest::EntryHash;
 use typha_proto::frame::{RawDeltaBatch, ServerFrame};
 use typha_proto::{Digest, Key, Kind, Revision, Update, Value, pb};
@@ -552,7 +552,7 @@ fn hello(cache: &SnapshotCache, resumed: bool, versions: bool) -> pb::ServerHell
 /// Two replicas fed the same versioned changes (`pods` at resourceVersion 10 + i for
 /// change i), in different batchings, both in sync after the first change.
 fn replicas(changes: &[Op], a_cut: usize, b_cut: usize) -> (SnapshotCache, SnapshotCache) {
-    use typha::cache::ResourceMark;
+    use snapshot_cache::ResourceMark;
     let feed = |cut: usize| {
         let mut cache = SnapshotCache::new(CacheConfig::default());
         let mut pending: Vec<Update> = Vec::new();
@@ -618,7 +618,7 @@ fn a_rebase_batch_moves_the_mirror_to_another_replica() {
     let crumb = b
         .apply_marked(
             [update((0, None))],
-            &[typha::cache::ResourceMark::watched("pods", 99)],
+            &[snapshot_cache::ResourceMark::watched("pods", 99)],
         )
         .unwrap();
     mirror.apply_deltas(deltas(crumb.frame.clone())).unwrap();

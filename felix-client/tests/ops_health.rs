@@ -12,10 +12,10 @@ use felix_client::health::{self, sync_ready};
 use felix_client::local::run_local;
 use felix_client::{SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
+use netmodel::UpstreamConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::upstream::UpstreamConfig;
 
 const LIMIT: Duration = Duration::from_secs(120);
 

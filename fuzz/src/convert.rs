@@ -13,10 +13,10 @@
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use netmodel::crd::{self, CalicoObject};
+use netmodel::{ToModel, convert, convert_delete};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use typha::upstream::crd::{self, CalicoObject};
-use typha::upstream::{ToModel, convert, convert_delete};
 use typha_proto::Update;
 
 use super::dice::Dice;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use typha::upstream::selector::{NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX, Selector};
+use netmodel::selector::{NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX, Selector};
 
 /// Fuzz target `selector` (see the module docs).
 pub fn selector(data: &[u8]) {

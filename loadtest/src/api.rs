@@ -28,7 +28,7 @@ pub enum Api {
 impl Api {
     /// A client for the API server of `kubeconfig` (its current context).
     pub async fn from_kubeconfig(kubeconfig: &Path) -> anyhow::Result<Api> {
-        let client = typha::upstream::kube_client(Some(kubeconfig)).await?;
+        let client = netmodel::kube_client(Some(kubeconfig)).await?;
         Ok(Api::Cluster(client))
     }
 

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use edge::certs::DevPki;
+use edge::tls::{PeerIdentity, client_config, server_config};
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncStatus};
+use netmodel::UpstreamEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use typha::app::{self, Running, TyphaOptions, Upstream};
-use typha::certs::DevPki;
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
-use typha::tls::{PeerIdentity, client_config, server_config};
-use typha::upstream::UpstreamEvent;
 use typha_proto::Revision;
 
 /// How to start typha.
@@ -65,7 +65,7 @@ impl Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pki = DevPki::generate().context("generating certificates")?;
         let transport = if spec.tls {
-            let identity = PeerIdentity::with_cn(typha::certs::DEFAULT_CLIENT_CN);
+            let identity = PeerIdentity::with_cn(edge::certs::DEFAULT_CLIENT_CN);
             Transport::Tls(server_config(&pki.server_material(), &identity)?)
         } else {
             Transport::Plaintext
@@ -113,7 +113,7 @@ impl Harness {
         if !self.tls {
             return Ok(None);
         }
-        let identity = PeerIdentity::with_cn(typha::certs::DEFAULT_SERVER_CN);
+        let identity = PeerIdentity::with_cn(edge::certs::DEFAULT_SERVER_CN);
         Ok(Some(client_config(&self.pki.client_material(), &identity)?))
     }
 

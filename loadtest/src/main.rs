@@ -13,10 +13,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use edge::tls::{PeerIdentity, TransportChoice};
 use loadtest::report::{Report, RunConfig};
 use loadtest::scenarios::{self, Scenario, Target};
 use loadtest::stack::{ExternalTypha, RestartMode};
-use typha::tls::{PeerIdentity, TransportChoice};
 
 /// Load test for typha: a synthetic cluster in kube-sim, typha replicas, and thousands
 /// of mutual-TLS sync clients, each with its own mirror and digest check.
@@ -214,6 +214,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("kube-sim") => return kube_sim::cli::run(&args[1..]),
         Some("typha") => return typha::cli::run(&args[1..]),
+        Some("felix-client") => return felix_client::cli::run_cli(&args[1..]),
         Some("raw-writer") => return loadtest::rawnet::writer_main(&args[2..]),
         _ => {}
     }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
-use typha::tls::{PeerIdentity, TlsMaterial, TransportChoice, client_config};
+use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::tls::{PeerIdentity, TlsMaterial, TransportChoice, client_config};
 
 use crate::api::Api;
 use crate::http1::{self, Scrape};

@@ -1,12 +1,12 @@
-//! typha's first-start bootstrap (`typha::upstream::bootstrap`) against kube-sim: the
+//! typha's first-start bootstrap (`netmodel::bootstrap`) against kube-sim: the
 //! default IPPool only when no pool exists and only with a cluster CIDR, never a change to
 //! an existing pool, races between replicas, and ClusterInformation readiness (an
 //! operator's explicit `false` respected).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kube_sim::{Config as SimConfig, KubeSim};
+use netmodel::bootstrap::{ClusterCidr, InfoOutcome, Outcome, PoolOutcome, ensure_defaults};
 use serde_json::{Value as Json, json};
-use typha::upstream::bootstrap::{ClusterCidr, InfoOutcome, Outcome, PoolOutcome, ensure_defaults};
 
 const CRD: &str = "crd.projectcalico.org/v1";
 
@@ -48,9 +48,9 @@ async fn empty_datastore_gets_the_default_pool_and_a_ready_cluster() {
     assert_eq!(pools[0]["spec"]["cidr"], "10.244.0.0/16");
     assert_eq!(pools[0]["spec"]["natOutgoing"], true);
     // The pool converts: typha's own upstream accepts what its bootstrap writes.
-    let typed: typha::upstream::crd::CalicoObject<typha::upstream::crd::IPPool> =
+    let typed: netmodel::crd::CalicoObject<netmodel::crd::IPPool> =
         serde_json::from_value(pools[0].clone()).unwrap();
-    typha::upstream::convert(&typed).unwrap();
+    netmodel::convert(&typed).unwrap();
     let info = cluster_information(&sim);
     assert_eq!(info.len(), 1);
     assert_eq!(info[0]["metadata"]["name"], "default");

@@ -1,5 +1,5 @@
 //! Typha discovery through EndpointSlices, against kube-sim: the shared watcher
-//! (`typha::discovery`: ready filtering, port selection, following creates, updates and
+//! (`edge::discovery`: ready filtering, port selection, following creates, updates and
 //! deletes, the replica count) and felix-client sync clients that follow it from one
 //! typha to another (harness typhas, plaintext so that both share no PKI).
 //!
@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use edge::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
 use felix_client::SyncConfig;
 use felix_client::discovery::TyphaSource;
 use kube_sim::KubeSim;
@@ -18,7 +19,6 @@ use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use typha::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
 use typha_proto::{Key, Kind, Update, Value, pb};
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge::tls::PeerIdentity;
 use loadtest::harness::{Harness, TyphaSpec};
 use loadtest::model;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use netmodel::UpstreamEvent;
 use tokio_stream::wrappers::ReceiverStream;
 use typha::server::ServerConfig;
-use typha::tls::PeerIdentity;
-use typha::upstream::UpstreamEvent;
 use typha_proto::client::typha_client::TyphaClient;
 use typha_proto::frame::ServerFrame;
 use typha_proto::pb::{self, client_message};
@@ -230,26 +230,26 @@ async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
     let snapshotter = recorder();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
     harness.load(model::cluster(2, 5, 1, 1)).await.unwrap();
-    let server_identity = PeerIdentity::with_cn(typha::certs::DEFAULT_SERVER_CN);
+    let server_identity = PeerIdentity::with_cn(edge::certs::DEFAULT_SERVER_CN);
 
     // No client certificate at all.
     let (_tx, stream) = raw_session(&harness, Some(no_client_cert(&harness))).await;
     assert_eq!(state_frames(stream).await, 0);
 
     // A certificate from another CA.
-    let other = typha::certs::DevPki::generate().unwrap();
+    let other = edge::certs::DevPki::generate().unwrap();
     let mut material = other.client_material();
     material.ca_pem = harness.pki.ca.cert_pem.clone().into_bytes();
-    let tls = typha::tls::client_config(&material, &server_identity).unwrap();
+    let tls = edge::tls::client_config(&material, &server_identity).unwrap();
     let (_tx, stream) = raw_session(&harness, Some(tls)).await;
     assert_eq!(state_frames(stream).await, 0);
 
     // The right CA, the wrong identity.
     let wrong = harness
         .pki
-        .issue(&typha::certs::CertSpec::new("intruder", false))
+        .issue(&edge::certs::CertSpec::new("intruder", false))
         .unwrap();
-    let tls = typha::tls::client_config(&harness.pki.material(&wrong), &server_identity).unwrap();
+    let tls = edge::tls::client_config(&harness.pki.material(&wrong), &server_identity).unwrap();
     let (_tx, stream) = raw_session(&harness, Some(tls)).await;
     assert_eq!(state_frames(stream).await, 0);
 

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use edge::discovery::TyphaEndpoint;
 use felix_client::Mirror;
 use felix_client::discovery::TyphaSource;
 use kube_sim::{KubeSim, SeedConfig};
@@ -40,7 +41,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use typha::discovery::TyphaEndpoint;
 
 const CLIENTS: usize = 150;
 

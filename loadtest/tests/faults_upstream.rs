@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube_sim::{FaultKind, KubeSim, MetricsSnapshot, SeedConfig, Store, Target};
 use loadtest::harness::{ClientSet, Harness, TyphaSpec};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use netmodel::UpstreamConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -28,7 +29,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
 use typha::hub::Hub;
-use typha::upstream::UpstreamConfig;
 use typha_proto::{Key, Update};
 
 mod upstream_support;
@@ -40,7 +40,7 @@ use upstream_support::{
 /// Generous bound on every wait: a hung test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(60);
 /// Resources typha watches (one watch each).
-const WATCHED: u64 = typha::upstream::Resource::ALL.len() as u64;
+const WATCHED: u64 = netmodel::Resource::ALL.len() as u64;
 
 /// Keys whose value differs between two models (added, removed or changed).
 fn changed_keys(before: &Model, after: &Model) -> BTreeSet<Key> {
@@ -140,7 +140,7 @@ impl Rig {
         let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
         kube_sim::seed(sim.store(), &seed_config()).unwrap();
         let config = kube::Config::new(sim.url().parse().unwrap());
-        let client = kube::Client::try_from(typha::upstream::without_retry(config)).unwrap();
+        let client = kube::Client::try_from(netmodel::without_retry(config)).unwrap();
         let upstream = Upstream::Kube {
             client,
             config: UpstreamConfig::default(),

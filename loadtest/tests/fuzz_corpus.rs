@@ -176,7 +176,7 @@ mod seeds {
 
     use prost::Message;
     use serde_json::{Value, json};
-    use typha::cache::{CacheConfig, SnapshotCache, compress};
+    use snapshot_cache::{CacheConfig, SnapshotCache, compress};
     use typha_proto::frame;
     use typha_proto::pb::{self, client_message as cm, server_message as sm};
 
@@ -291,7 +291,7 @@ mod seeds {
 
     fn updates() -> Vec<typha_proto::Update> {
         use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-        use typha::upstream::convert;
+        use netmodel::convert;
         let objs = objects();
         let pod: Pod = serde_json::from_value(objs[0].2.clone()).unwrap();
         let ns: Namespace = serde_json::from_value(objs[1].2.clone()).unwrap();

@@ -11,6 +11,7 @@ mod hostile_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge::certs::CertSpec;
 use hostile_support::{
     Ending, LIMIT, Metrics, TlsEnd, World, assert_no_data, ending, is_http2_settings_frame,
     raw_sync, tls_attempt, tls_with,
@@ -19,7 +20,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use typha::certs::CertSpec;
 use typha::server::{DropReason, NO_STREAM_TIMEOUT, ServerConfig};
 
 /// Short enough to keep the tests quick, long enough for the well-behaved client's own

@@ -1,7 +1,7 @@
 //! typha against a Kubernetes API (kube-sim) end to end: the real upstream watchers, the
 //! hub, mutual TLS, felix-client sync clients, and felix-client's local (no typha) mode.
 //!
-//! The oracle is the API's own state converted through the model (`typha::upstream::
+//! The oracle is the API's own state converted through the model (`netmodel::
 //! convert` of every stored object): mirrors must equal it, and their digests the hub's.
 //! Waits are on signals (the hub's revision channel, client `applied` revisions, client
 //! events, the hub's counters after each batch, kube-sim's request counters), each under a
@@ -18,16 +18,16 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::{KubeSim, SeedConfig, Store};
 use loadtest::harness::{Harness, TyphaSpec};
+use netmodel::{ToModel, UpstreamConfig};
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
+use snapshot_cache::DeltasSince;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
-use typha::cache::DeltasSince;
 use typha::hub::Hub;
-use typha::upstream::{ToModel, UpstreamConfig};
 use typha_proto::{Digest, Key, Revision, Update};
 
 mod upstream_support;
@@ -39,7 +39,7 @@ use upstream_support::{
 /// Generous bound on every wait: a hung test fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(120);
 /// Resources typha watches (one relist each after a forced 410).
-const WATCHED: u64 = typha::upstream::Resource::ALL.len() as u64;
+const WATCHED: u64 = netmodel::Resource::ALL.len() as u64;
 
 // ---------------------------------------------------------------- fixtures
 

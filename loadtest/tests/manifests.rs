@@ -8,7 +8,7 @@
 //!   DaemonSet's TLS settings, and its bootstrap creates the default IPPool from the
 //!   rendered cluster CIDR.
 //! - RBAC grants get/list/watch on exactly what the code reads, plus exactly the writes
-//!   `typha::upstream::bootstrap::WRITES` lists; no wildcard anywhere.
+//!   `netmodel::bootstrap::WRITES` lists; no wildcard anywhere.
 //! - The autoscaler's parameters give the sizing rule for 1 to 5,000 nodes.
 //! - The CRD schemas cover every field typha's Calico spec types read.
 //!
@@ -25,11 +25,11 @@ use clap::CommandFactory;
 use felix_client::{SyncClient, SyncConfig, SyncEvent};
 use k8s_openapi::Resource as _;
 use kube_sim::{Config as SimConfig, KubeSim};
+use netmodel::Resource;
+use netmodel::crd::{self, CalicoKind};
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::upstream::Resource;
-use typha::upstream::crd::{self, CalicoKind};
 use typha_proto::{Key, Kind, Value};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -450,18 +450,15 @@ fn felix_daemonset_fits_its_flags_and_typha_identity() {
         container(deploy, "calico-typha"),
         &BTreeMap::from([("metadata.name", "x"), ("metadata.namespace", NAMESPACE)]),
     );
-    assert_eq!(env["FELIX_TYPHA_CN"], typha::certs::DEFAULT_SERVER_CN);
+    assert_eq!(env["FELIX_TYPHA_CN"], edge::certs::DEFAULT_SERVER_CN);
     assert_eq!(
         env["FELIX_TYPHA_URI_SAN"],
-        typha::certs::DEFAULT_SERVER_URI_SAN
+        edge::certs::DEFAULT_SERVER_URI_SAN
     );
-    assert_eq!(
-        typha_env["TYPHA_CLIENT_CN"],
-        typha::certs::DEFAULT_CLIENT_CN
-    );
+    assert_eq!(typha_env["TYPHA_CLIENT_CN"], edge::certs::DEFAULT_CLIENT_CN);
     assert_eq!(
         typha_env["TYPHA_CLIENT_URI_SAN"],
-        typha::certs::DEFAULT_CLIENT_URI_SAN
+        edge::certs::DEFAULT_CLIENT_URI_SAN
     );
     // The discovered Service is the rendered one.
     let service = find(&objects, "Service", "calico-typha");
@@ -492,22 +489,16 @@ fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
             .to_string()
     };
     let server = certificate(&mounted("Deployment", "calico-typha"));
-    assert_eq!(
-        server["spec"]["commonName"],
-        typha::certs::DEFAULT_SERVER_CN
-    );
+    assert_eq!(server["spec"]["commonName"], edge::certs::DEFAULT_SERVER_CN);
     assert_eq!(
         server["spec"]["uris"][0],
-        typha::certs::DEFAULT_SERVER_URI_SAN
+        edge::certs::DEFAULT_SERVER_URI_SAN
     );
     let client = certificate(&mounted("DaemonSet", "felix-client"));
-    assert_eq!(
-        client["spec"]["commonName"],
-        typha::certs::DEFAULT_CLIENT_CN
-    );
+    assert_eq!(client["spec"]["commonName"], edge::certs::DEFAULT_CLIENT_CN);
     assert_eq!(
         client["spec"]["uris"][0],
-        typha::certs::DEFAULT_CLIENT_URI_SAN
+        edge::certs::DEFAULT_CLIENT_URI_SAN
     );
     // Both leaves chain to the same CA, so each side's ca.crt verifies the other.
     assert_eq!(server["spec"]["issuerRef"], client["spec"]["issuerRef"]);
@@ -624,14 +615,14 @@ fn rbac_grants_exactly_what_the_code_reads_and_writes() {
         };
 
         // typha: every watched resource cluster-wide, its bootstrap writes, and its own
-        // Service's EndpointSlices (typha::discovery) in its namespace.
+        // Service's EndpointSlices (edge::discovery) in its namespace.
         let (cluster, namespaced) = bound_to(&objects, &sa("Deployment", "calico-typha"));
         let mut expected = Grants::new();
         for resource in Resource::ALL {
             let (group, plural) = watched(resource);
             expected.extend(reads(&group, &plural));
         }
-        for write in typha::upstream::bootstrap::WRITES {
+        for write in netmodel::bootstrap::WRITES {
             for verb in write.verbs {
                 expected.insert((write.group.into(), write.plural.into(), verb.to_string()));
             }
@@ -803,7 +794,7 @@ fn crd_for<K: CalicoKind>(objects: &[Json]) -> Json {
 
 #[test]
 fn crds_declare_every_kind_and_field_typha_reads() {
-    use typha::upstream::crd::*;
+    use netmodel::crd::*;
     let objects = render("policy-only");
     for spec in [
         crd_for::<NetworkPolicy>(&objects),
@@ -970,7 +961,7 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     // Render policy-only with Secrets generated from `typha certs` output.
     let objects = render_with_components(&scratch, "policy-only", &["pki-secrets"], |root| {
         let pki = root.join("components/pki-secrets/pki");
-        typha::certs::DevPki::generate()
+        edge::certs::DevPki::generate()
             .unwrap()
             .write_to_dir(&pki, true)
             .unwrap();
@@ -1115,14 +1106,14 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
         .unwrap();
     let felix_client::config::Source::Typha {
         target: felix_client::config::TyphaTarget::Addresses(addresses),
-        transport: typha::tls::TransportChoice::Tls(files, identity),
+        transport: edge::tls::TransportChoice::Tls(files, identity),
     } = config.source
     else {
         panic!("the DaemonSet does not configure mutual TLS to typha")
     };
-    let material = typha::tls::TlsMaterial::load(&files).unwrap();
+    let material = edge::tls::TlsMaterial::load(&files).unwrap();
     let mut sync = SyncConfig::new(config.node_name.clone(), addresses);
-    sync.tls = Some(typha::tls::client_config(&material, &identity).unwrap());
+    sync.tls = Some(edge::tls::client_config(&material, &identity).unwrap());
     sync.backoff_min = Duration::from_millis(50);
     sync.backoff_max = Duration::from_millis(500);
 

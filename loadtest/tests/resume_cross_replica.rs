@@ -11,18 +11,18 @@
 
 use std::time::Duration;
 
+use edge::discovery::TyphaEndpoint;
 use felix_client::discovery::TyphaSource;
 use felix_client::{Mirror, SyncConfig};
 use kube_sim::{KubeSim, SeedConfig, Store};
 use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
+use netmodel::UpstreamConfig;
 use serde_json::{Value as Json, json};
+use snapshot_cache::CacheConfig;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use typha::app::Upstream;
-use typha::cache::CacheConfig;
-use typha::discovery::TyphaEndpoint;
 use typha::hub::{Hub, HubConfig};
-use typha::upstream::UpstreamConfig;
 use typha_proto::PROTOCOL_VERSION;
 use typha_proto::client::typha_client::TyphaClient;
 use typha_proto::frame::ServerFrame;

@@ -16,6 +16,7 @@
 
 mod replica_support;
 
+use edge::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
 use felix_client::discovery::TyphaSource;
 use kube_sim::{KubeSim, SeedConfig};
 use replica_support::{
@@ -24,7 +25,6 @@ use replica_support::{
 use serde_json::{Value as Json, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use typha::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
 
 const CLIENTS: usize = 600;
 const NODES: usize = 600;

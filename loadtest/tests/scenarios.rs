@@ -590,7 +590,7 @@ fn path(p: &Path) -> String {
 #[test]
 fn steady_against_an_existing_cluster_and_typha() {
     let dir = scratch("real-cluster");
-    typha::certs::DevPki::generate()
+    edge::certs::DevPki::generate()
         .unwrap()
         .write_to_dir(&dir, true)
         .unwrap();
@@ -632,7 +632,7 @@ fn steady_against_an_existing_cluster_and_typha() {
             "--tls-key",
             &path(&dir.join("typha.key")),
             "--client-cn",
-            typha::certs::DEFAULT_CLIENT_CN,
+            edge::certs::DEFAULT_CLIENT_CN,
             "--log",
             "info",
         ],
@@ -655,7 +655,7 @@ fn steady_against_an_existing_cluster_and_typha() {
             "--tls-key",
             &path(&dir.join("felix.key")),
             "--typha-cn",
-            typha::certs::DEFAULT_SERVER_CN,
+            edge::certs::DEFAULT_SERVER_CN,
         ],
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,6 +10,8 @@
 //!   independent implementation of its semantics that computes the expected matrix.
 //! - [`flow`]: long-lived TCP connections with checked exchanges both ways (does a
 //!   connection survive a restart, an outage, a repair?).
+//! - [`cni`]: running a CNI plugin as a container runtime does; the bench can wire its
+//!   pods through one ([`TopologyBuilder::wiring`]).
 //! - [`kube`]: the same pods, namespaces, nodes and policies as Kubernetes JSON objects
 //!   to write into kube-sim.
 //!
@@ -17,6 +19,7 @@
 //! routes or firewall.
 
 pub mod cmd;
+pub mod cni;
 pub mod flow;
 pub mod kube;
 pub mod listen;

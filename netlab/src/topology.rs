@@ -10,6 +10,10 @@
 //!   namespace, is named like the model's interface (`cali` + sha1 prefix), has Calico's
 //!   `ee:ee:ee:ee:ee:ee` MAC, proxy ARP on and no proxy delay: what Calico's CNI leaves.
 //!
+//! With [`TopologyBuilder::wiring`] a CNI plugin creates each pod's wiring instead (ADD
+//! run in the node's namespace, see [`crate::cni`]); the pod's IP and host-side
+//! interface are then the plugin's.
+//!
 //! Routes to pods are the dataplane's job and the bench adds none, except through
 //! [`Topology::install_test_routes`], which exists only to test the bench itself.
 //! Invariant: every namespace created is deleted when the [`Topology`] drops, also on a
@@ -24,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{exec_in, ip, ip_blocking, ip_in, sysctl_in};
+use crate::cni::{self, CniCall, CniOutput, CniWiring};
 use crate::oracle::{Cluster, ClusterPod};
 use crate::policy::{NamedPort, Protocol};
 use crate::probe::{Endpoint, Matrix, probe_all};
@@ -134,6 +139,7 @@ pub struct TopologyBuilder {
     pods: Vec<PodSpec>,
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     listen: Vec<u16>,
+    cni: Option<CniWiring>,
 }
 
 impl TopologyBuilder {
@@ -163,6 +169,13 @@ impl TopologyBuilder {
     /// Ports every pod listens on (TCP and UDP).
     pub fn listen(mut self, ports: &[u16]) -> Self {
         self.listen = ports.to_vec();
+        self
+    }
+
+    /// Wires pods through a CNI plugin (ADD in the node's namespace) instead of by hand:
+    /// their IPs and host-side interfaces are the plugin's.
+    pub fn wiring(mut self, cni: CniWiring) -> Self {
+        self.cni = Some(cni);
         self
     }
 
@@ -205,6 +218,7 @@ impl TopologyBuilder {
             created: Vec::new(),
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
+            cni: self.cni.clone(),
         };
         for p in &self.pods {
             let labels = topo.namespaces.entry(p.namespace.clone()).or_default();
@@ -246,6 +260,7 @@ pub struct Topology {
     created: Vec<String>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    cni: Option<CniWiring>,
 }
 
 impl Topology {
@@ -334,6 +349,42 @@ impl Topology {
             .get(node)
             .map(|n| n.netns.clone())
             .ok_or_else(|| NetlabError::Spec(format!("no node {node}")))
+    }
+
+    /// The CNI wiring the pods were created with, if any.
+    pub fn cni(&self) -> Option<&CniWiring> {
+        self.cni.as_ref()
+    }
+
+    /// Runs the CNI plugin for pod `pod` with `command` and the config of its node
+    /// (`config` overrides it). Errors only when the plugin cannot be run at all.
+    pub async fn cni_call(
+        &self,
+        pod: &PodInfo,
+        command: &str,
+        config: Option<&serde_json::Value>,
+    ) -> Result<CniOutput, NetlabError> {
+        let wiring = self
+            .cni
+            .as_ref()
+            .ok_or_else(|| NetlabError::Spec("no CNI wiring".into()))?;
+        let node = &self.nodes[pod.node];
+        let own = (wiring.config)(node);
+        let call = CniCall {
+            command,
+            node_netns: &node.netns,
+            pod_netns: &pod.netns,
+            pod: (&pod.namespace, &pod.name),
+        };
+        cni::invoke(wiring, &call, config.unwrap_or(&own)).await
+    }
+
+    /// Creates a namespace that is deleted with the bench (for a pod the test wires
+    /// itself, e.g. through [`Topology::cni_call`]).
+    pub async fn add_scratch_netns(&mut self, suffix: &str) -> Result<String, NetlabError> {
+        let name = format!("{}-{suffix}", self.id);
+        self.add_netns(&name).await?;
+        Ok(name)
     }
 
     /// The switch namespace (the bridge joining the nodes).
@@ -441,7 +492,19 @@ impl Topology {
         let node = self.nodes[spec.node].clone();
         let netns = format!("{}-{}-{}", self.id, spec.namespace, spec.name);
         self.add_netns(&netns).await?;
-        let iface = typha::upstream::interface_name(&spec.namespace, &spec.name);
+        if let Some(wiring) = self.cni.clone() {
+            let call = CniCall {
+                command: "ADD",
+                node_netns: &node.netns,
+                pod_netns: &netns,
+                pod: (&spec.namespace, &spec.name),
+            };
+            let out = cni::invoke(&wiring, &call, &(wiring.config)(&node)).await?;
+            let (ip, iface) = cni::parse_add(&out)?;
+            self.push_pod(spec, ip, netns, iface);
+            return Ok(());
+        }
+        let iface = netmodel::interface_name(&spec.namespace, &spec.name);
         let third = u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
         let ip = Ipv4Addr::new(10, 244, third, host);
         let n = node.netns.as_str();
@@ -481,6 +544,11 @@ impl Topology {
             ],
         )
         .await?;
+        self.push_pod(spec, ip, netns, iface);
+        Ok(())
+    }
+
+    fn push_pod(&mut self, spec: PodSpec, ip: Ipv4Addr, netns: String, iface: String) {
         self.pods.push(PodInfo {
             namespace: spec.namespace,
             name: spec.name,
@@ -491,7 +559,6 @@ impl Topology {
             netns,
             iface,
         });
-        Ok(())
     }
 }
 

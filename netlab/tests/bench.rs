@@ -48,7 +48,7 @@ async fn bench_routes_probes_and_cleanup() {
         1 + 2 + 4
     );
     let a = topo.pod("x", "a").unwrap();
-    assert_eq!(a.iface, typha::upstream::interface_name("x", "a"));
+    assert_eq!(a.iface, netmodel::interface_name("x", "a"));
     assert_eq!(a.iface, "cali456b416f2bf");
 
     // No routes to pods yet: only loopback probes connect.

@@ -6,8 +6,10 @@
 //! - [`digest`]: the order-independent state digest every client verifies.
 //! - [`frame`]: building shared, pre-encoded server frames, and decoding them on the
 //!   client without losing the bytes the digest is computed over.
-//! - [`codec`]: the tonic codecs for both sides of the one `Sync` RPC.
+//! - `codec`, `server`, `client` (feature `grpc`): the tonic codecs and service of the one
+//!   `Sync` RPC.
 
+#[cfg(feature = "grpc")]
 pub mod codec;
 pub mod digest;
 pub mod frame;
@@ -19,12 +21,14 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/typha.sync.v1.rs"));
 }
 
+#[cfg(feature = "grpc")]
 /// The tonic server for `Sync`, whose responses are pre-encoded frames.
 #[allow(clippy::all, missing_docs)]
 pub mod server {
     include!(concat!(env!("OUT_DIR"), "/server/typha.sync.v1.Typha.rs"));
 }
 
+#[cfg(feature = "grpc")]
 /// The tonic client for `Sync`, decoding frames with [`codec::ClientCodec`].
 #[allow(clippy::all, missing_docs)]
 pub mod client {
@@ -32,7 +36,7 @@ pub mod client {
 }
 
 pub use digest::Digest;
-pub use model::{Key, Kind, ModelError, Revision, Update, Value, VersionVector};
+pub use model::{Key, Kind, ModelError, ResourceMark, Revision, Update, Value, VersionVector};
 
 /// The highest protocol version this build speaks. Version 2 is version 1 plus
 /// `CAPABILITY_RESOURCE_VERSIONS` (version vectors, cross-replica resume).

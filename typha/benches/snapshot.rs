@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use sha1::{Digest as _, Sha1};
-use typha::cache::{CacheConfig, SnapshotCache, compress};
+use snapshot_cache::{CacheConfig, SnapshotCache, compress};
 use typha_proto::{Key, Kind, Update, Value, pb};
 
 const ENDPOINTS: usize = 150_000;

@@ -21,7 +21,7 @@ use crate::health::{self, Freshness, Health};
 use crate::hub::{Hub, HubConfig};
 use crate::rebalance::{self, RebalanceConfig};
 use crate::server::{self, ServerConfig, ServerError, ServerHandle, SessionEnds, Transport};
-use crate::upstream::{self, UpstreamConfig, UpstreamEvent};
+use netmodel::{UpstreamConfig, UpstreamEvent};
 
 /// Where the state comes from.
 pub enum Upstream {
@@ -126,7 +126,7 @@ impl Running {
     }
 
     /// Starts load spreading: `replicas` is the live number of ready typha replicas
-    /// (see [`crate::discovery::Discovery::replicas`]). An owned task.
+    /// (see [`edge::discovery::Discovery::replicas`]). An owned task.
     pub fn start_rebalancing(&mut self, replicas: watch::Receiver<usize>) {
         self.tasks.spawn({
             let run = rebalance::run(
@@ -149,13 +149,13 @@ impl Running {
     pub fn spawn_bootstrap(
         &mut self,
         client: kube::Client,
-        cluster_cidr: Option<upstream::bootstrap::ClusterCidr>,
+        cluster_cidr: Option<netmodel::bootstrap::ClusterCidr>,
     ) {
         let hub = self.hub.clone();
         let in_sync = async move { hub.wait_in_sync().await };
         let token = self.shutdown.clone();
         self.tasks.spawn(async move {
-            upstream::bootstrap::run(client, in_sync, cluster_cidr, token).await;
+            netmodel::bootstrap::run(client, in_sync, cluster_cidr, token).await;
             Ok(())
         });
     }
@@ -188,7 +188,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
             let (tx, rx) = mpsc::channel(64);
             let token = shutdown.clone();
             tasks.spawn(async move {
-                if let Err(error) = upstream::run(client, config, tx, token).await {
+                if let Err(error) = netmodel::run(client, config, tx, token).await {
                     tracing::error!(%error, "upstream stopped");
                 }
                 Ok(())
@@ -312,20 +312,4 @@ async fn tap_upstream(
             return;
         }
     }
-}
-
-/// Cancels `token` on SIGTERM or SIGINT: both binaries drain the same way.
-pub async fn stop_on_signal(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-    }
-    token.cancel();
 }

@@ -6,16 +6,16 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::app::{self, Running, TyphaOptions, Upstream};
-use crate::certs::DevPki;
 use crate::config::{Cli, Command, ServeArgs};
-use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::hub::HubConfig;
 use crate::server::Transport;
-use crate::tls::{ReloadableServerTls, TlsFileWatcher, TlsMaterial, TransportChoice};
-use crate::upstream::UpstreamConfig;
 use anyhow::Context;
 use clap::Parser;
+use edge::certs::DevPki;
+use edge::discovery::{Discovery, DiscoveryConfig};
+use edge::tls::{ReloadableServerTls, TlsFileWatcher, TlsMaterial, TransportChoice};
 use metrics_exporter_prometheus::PrometheusHandle;
+use netmodel::UpstreamConfig;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +78,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let client = crate::upstream::kube_client(args.kubeconfig.as_deref()).await?;
+        let client = netmodel::kube_client(args.kubeconfig.as_deref()).await?;
         let bootstrap_client = client.clone();
         let discovery_client = client.clone();
         let upkeep = metrics.clone();
@@ -128,7 +128,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Runs until SIGTERM/SIGINT, then drains (goodbyes spread over --drain-duration).
 async fn run_until_signal(mut running: Running) -> anyhow::Result<()> {
     let term = CancellationToken::new();
-    tokio::spawn(crate::app::stop_on_signal(term.clone()));
+    tokio::spawn(edge::signal::stop_on_signal(term.clone()));
     let stopped = tokio::select! {
         _ = term.cancelled() => false,
         stopped = running.join() => { stopped?; true }

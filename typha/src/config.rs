@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::drain::DrainConfig;
 use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
-use crate::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
+use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The typha command line.
 #[derive(Debug, Parser)]
@@ -134,7 +134,7 @@ pub struct ServeArgs {
     pub tls_reload_interval: Duration,
     /// Pod CIDR for the default IPPool, created at first start only if no pool exists.
     #[arg(long, env = "TYPHA_CLUSTER_CIDR")]
-    pub cluster_cidr: Option<crate::upstream::bootstrap::ClusterCidr>,
+    pub cluster_cidr: Option<netmodel::bootstrap::ClusterCidr>,
 }
 
 /// A configuration problem.

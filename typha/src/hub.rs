@@ -26,11 +26,11 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use typha_proto::{Digest, Revision, Update, VersionVector};
 
-use crate::cache::{
+use netmodel::UpstreamEvent;
+use snapshot_cache::{
     self, Breadcrumb, CacheConfig, CacheError, CacheStats, DeltasSince, EncodedSnapshot, Rebase,
     RebaseRefusal, ResourceMark, SnapshotCache,
 };
-use crate::upstream::UpstreamEvent;
 
 /// Tuning for the hub.
 #[derive(Clone, Debug)]
@@ -319,7 +319,8 @@ impl Hub {
         let started = Instant::now();
         let raw = self.shared.cache.read().build_snapshot();
         let level = self.shared.config.cache.zstd_level;
-        let encoded = tokio::task::spawn_blocking(move || cache::compress(&raw, level)).await??;
+        let encoded =
+            tokio::task::spawn_blocking(move || snapshot_cache::compress(&raw, level)).await??;
         let snapshot = Arc::new(encoded);
         metrics::histogram!("typha_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("typha_snapshot_raw_bytes").set(snapshot.raw_bytes as f64);

@@ -4,7 +4,7 @@
 //!
 //! The target per replica is `ceil(nodes / replicas * (1 + headroom))`: `nodes` is the
 //! number of Node objects in the cache (one agent per node), `replicas` the number of
-//! ready typha endpoints (from [`crate::discovery`]). The headroom keeps the replicas'
+//! ready typha endpoints (from [`edge::discovery`]). The headroom keeps the replicas'
 //! combined capacity above the number of agents, so shed clients always find a place.
 //!
 //! Invariants: no goodbye while the upstream is not in sync (the counts may be partial),

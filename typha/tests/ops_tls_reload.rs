@@ -9,18 +9,18 @@ mod ops_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::tls::{
+    PeerIdentity, ReloadOutcome, ReloadableServerTls, TlsFileWatcher, TlsFiles, TlsMaterial,
+    client_config,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use ops_support::{RawClient, nodes, start};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use typha::server::{ServerConfig, Transport};
-use typha::tls::{
-    PeerIdentity, ReloadOutcome, ReloadableServerTls, TlsFileWatcher, TlsFiles, TlsMaterial,
-    client_config,
-};
 
 struct TempDir(PathBuf);
 

@@ -9,20 +9,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use edge::certs::{
+    CertError, CertSpec, DEFAULT_CLIENT_CN, DEFAULT_CLIENT_URI_SAN, DEFAULT_SERVER_CN,
+    DEFAULT_SERVER_URI_SAN, DevPki,
+};
+use edge::tls::{
+    HandshakeFailure, PeerIdentity, TlsFiles, TlsMaterial, client_config, peer_summary,
+    server_config,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
-use typha::certs::{
-    CertError, CertSpec, DEFAULT_CLIENT_CN, DEFAULT_CLIENT_URI_SAN, DEFAULT_SERVER_CN,
-    DEFAULT_SERVER_URI_SAN, DevPki,
-};
-use typha::tls::{
-    HandshakeFailure, PeerIdentity, TlsFiles, TlsMaterial, client_config, peer_summary,
-    server_config,
-};
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();

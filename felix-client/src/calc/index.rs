@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use typha::upstream::selector::Selector;
+use netmodel::selector::Selector;
 use typha_proto::Key;
 
 use super::names::{family_digit, hash_hex};

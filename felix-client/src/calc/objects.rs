@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use typha::upstream::selector::NAMESPACE_LABEL;
+use netmodel::selector::NAMESPACE_LABEL;
 use typha_proto::{Key, pb};
 
 use super::Family;

@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-use typha::upstream::selector::Selector;
+use netmodel::selector::Selector;
 use typha_proto::{Key, pb};
 
 use super::Family;

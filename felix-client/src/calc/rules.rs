@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use typha::upstream::selector::Selector;
+use netmodel::selector::Selector;
 use typha_proto::pb;
 
 use super::Family;

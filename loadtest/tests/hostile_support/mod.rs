@@ -16,6 +16,7 @@ use bytes::Bytes;
 use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use loadtest::model;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use netmodel::UpstreamEvent;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,7 +24,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Codec;
 use tonic::codegen::http::uri::PathAndQuery;
 use typha::server::{ConnCounts, DropReason, ServerConfig, SessionEnded};
-use typha::upstream::UpstreamEvent;
 use typha_proto::codec::{FrameDecoder, FrameEncoder};
 use typha_proto::frame::ServerFrame;
 use typha_proto::pb::{self, client_message};
@@ -355,9 +355,9 @@ pub fn assert_no_data(end: &TlsEnd) {
 }
 
 /// The legitimate client TLS config with ALPN h2 but a different certificate.
-pub fn tls_with(world: &World, leaf: &typha::certs::CertPair) -> Arc<rustls::ClientConfig> {
-    let identity = typha::tls::PeerIdentity::with_cn(typha::certs::DEFAULT_SERVER_CN);
-    typha::tls::client_config(&world.harness.pki.material(leaf), &identity).unwrap()
+pub fn tls_with(world: &World, leaf: &edge::certs::CertPair) -> Arc<rustls::ClientConfig> {
+    let identity = edge::tls::PeerIdentity::with_cn(edge::certs::DEFAULT_SERVER_CN);
+    edge::tls::client_config(&world.harness.pki.material(leaf), &identity).unwrap()
 }
 
 /// This process's resident set size in KiB (Linux), for reports; 0 if unknown.

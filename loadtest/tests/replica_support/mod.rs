@@ -17,6 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edge::certs::{DEFAULT_SERVER_CN, DevPki};
+use edge::discovery::TyphaEndpoint;
+use edge::tls::{PeerIdentity, client_config};
 use felix_client::discovery::TyphaSource;
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
@@ -26,9 +29,6 @@ use loadtest::stack::{replica_args, wait_ready};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::certs::{DEFAULT_SERVER_CN, DevPki};
-use typha::discovery::TyphaEndpoint;
-use typha::tls::{PeerIdentity, client_config};
 use typha_proto::{Key, Value};
 
 /// Deadline of every wait: it only turns a hang into a failure.

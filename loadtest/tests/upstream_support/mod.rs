@@ -11,16 +11,16 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::Store;
 use loadtest::harness::ClientSet;
+use netmodel::crd::{
+    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
+    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
+};
+use netmodel::{ToModel, convert};
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use typha::hub::Hub;
-use typha::upstream::crd::{
-    CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
-    HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
-};
-use typha::upstream::{ToModel, convert};
 use typha_proto::{Key, Update, Value};
 
 /// The cluster's state as model keys and values.

@@ -23,29 +23,32 @@
 //! - every wait is bounded by [`LIMIT`]: a hung test fails instead of hanging.
 #![allow(dead_code)] // each test binary uses a part
 
+pub mod cases;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::tls::{PeerIdentity, client_config, server_config};
 use felix_client::calc::{Calc, CalcConfig, CalcMode, Desired};
 use felix_client::dataplane::{self, DataplaneConfig, DataplaneStatus, DesiredSource};
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
+use netlab::cni::CniWiring;
 use netlab::flow::{Flow, Pump};
 use netlab::kube::{policy_json, topology_objects};
 use netlab::topology::CLUSTER_CIDR;
 use netlab::{LabelSelector, Peer, PodSpec, Policy, Protocol, Rule, Topology};
+use netmodel::UpstreamConfig;
 use serde_json::Value as Json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use typha::app::{Running, TyphaOptions, Upstream};
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
-use typha::tls::{PeerIdentity, client_config, server_config};
-use typha::upstream::UpstreamConfig;
 use typha_proto::{Revision, Update};
 
 /// What every probe matrix covers.
@@ -104,9 +107,13 @@ pub fn init() {
 }
 
 /// Namespaces x, y, z with pods a, b, c each, alternating over two nodes, every pod
-/// listening on TCP and UDP 80 and 81 (named ports `serve-<port>-<proto>`).
-pub async fn bench() -> Topology {
+/// listening on TCP and UDP 80 and 81 (named ports `serve-<port>-<proto>`); wired by
+/// hand, or through `cni` when given.
+pub async fn bench_with(cni: Option<CniWiring>) -> Topology {
     let mut builder = Topology::builder().nodes(2).listen(&[80, 81]);
+    if let Some(cni) = cni {
+        builder = builder.wiring(cni);
+    }
     let mut i = 0;
     for ns in ["x", "y", "z"] {
         for pod in ["a", "b", "c"] {
@@ -115,6 +122,11 @@ pub async fn bench() -> Topology {
         }
     }
     builder.build().await.unwrap()
+}
+
+/// [`bench_with`] wired by hand.
+pub async fn bench() -> Topology {
+    bench_with(None).await
 }
 
 /// What the tap has forwarded to the dataplane.
@@ -383,6 +395,8 @@ pub struct RigConfig {
     pub read_timeout: Duration,
     /// Bound on an agent's connection setup.
     pub connect_timeout: Duration,
+    /// Wire the bench's pods through this CNI plugin instead of by hand.
+    pub cni: Option<CniWiring>,
 }
 
 impl Default for RigConfig {
@@ -395,6 +409,7 @@ impl Default for RigConfig {
             ping_interval: ServerConfig::default().ping_interval,
             read_timeout: sync.read_timeout,
             connect_timeout: sync.connect_timeout,
+            cni: None,
         }
     }
 }
@@ -457,7 +472,7 @@ impl Rig {
     /// dataplane applied the initial state.
     pub async fn start(config: RigConfig) -> Rig {
         init();
-        let topo = bench().await;
+        let topo = bench_with(config.cni.clone()).await;
         let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
         for obj in topology_objects(&topo) {
             sim.store().upsert_object(obj).unwrap();

@@ -29,8 +29,8 @@ use tonic::Status;
 
 use typha_proto::Revision;
 
-use crate::cache::{Breadcrumb, DeltasSince};
 use crate::hub::Hub;
+use snapshot_cache::{Breadcrumb, DeltasSince};
 
 /// Breadcrumbs indexed at most; older ones are no longer measured.
 const MAX_INDEXED: usize = 4096;

@@ -78,7 +78,7 @@ impl SessionEnds {
 }
 
 use crate::hub::Hub;
-use crate::tls::{HandshakeFailure, peer_summary};
+use edge::tls::{HandshakeFailure, peer_summary};
 
 /// Server tuning. Defaults suit thousands of clients per replica.
 #[derive(Clone, Debug)]

@@ -18,8 +18,8 @@ use std::time::Duration;
 use typha_proto::pb;
 use typha_proto::{Digest, PROTOCOL_VERSION, Revision, VersionVector};
 
-use crate::cache::Rebase;
 use crate::hub::{Hub, SessionStart};
+use snapshot_cache::Rebase;
 
 /// What a server offers in the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -23,8 +23,8 @@ use typha_proto::{MIN_PROTOCOL_VERSION, Revision, frame};
 
 use super::resume;
 use super::{PeerInfo, ServerConfig, SessionEnded, SessionEnds};
-use crate::cache::{self, DeltasSince};
 use crate::hub::{Hub, SessionStart};
+use snapshot_cache::DeltasSince;
 
 /// Why a session ended; the `reason` label of `typha_connections_dropped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,7 +311,7 @@ impl Session {
             let target = last.revision;
             lag.record(crumbs.len() as f64);
             if crumbs.len() > self.config.max_uncoalesced {
-                if let Some(batch) = cache::coalesce(&crumbs) {
+                if let Some(batch) = snapshot_cache::coalesce(&crumbs) {
                     metrics::counter!("typha_deltas_coalesced_total").increment(1);
                     self.send(batch).await?;
                 }

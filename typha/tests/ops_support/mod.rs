@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use netmodel::UpstreamEvent;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +18,6 @@ use tonic::transport::{Endpoint, Uri};
 use typha::app::{self, Running, TyphaOptions, Upstream};
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
-use typha::upstream::UpstreamEvent;
 use typha_proto::client::typha_client::TyphaClient;
 use typha_proto::frame::ServerFrame;
 use typha_proto::pb::{self, client_message};

@@ -50,13 +50,13 @@ pub fn pod(
         "status": {"podIP": ips[0], "podIPs": ip_list, "phase": "Running"}
     }))
     .unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 pub fn namespace(name: &str, labels: Json) -> Update {
     let obj: Namespace =
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 /// A networking.k8s.io NetworkPolicy from its spec.
@@ -64,7 +64,7 @@ pub fn netpol(ns: &str, name: &str, spec: Json) -> Update {
     let obj: NetworkPolicy =
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}))
             .unwrap();
-    typha::upstream::convert(&obj).unwrap()
+    netmodel::convert(&obj).unwrap()
 }
 
 pub fn delete(u: &Update) -> Update {
@@ -151,7 +151,7 @@ impl Cluster {
 }
 
 fn iface(ns: &str, p: &str) -> Option<String> {
-    (p != "c").then(|| typha::upstream::interface_name(ns, p))
+    (p != "c").then(|| netmodel::interface_name(ns, p))
 }
 
 /// Reachability through `cali-FORWARD` (the path between pods) of the cluster above.

@@ -85,7 +85,7 @@ fn default_deny_ingress() {
     );
     // Kubernetes: traffic between a pod and its own node is always allowed.
     let d = c.calc.desired();
-    let xa = typha::upstream::interface_name("x", "a");
+    let xa = netmodel::interface_name("x", "a");
     let host_to_pod = packet("192.168.0.1", "10.0.0.1", "lo", &xa, 80);
     assert_eq!(sim::run(&d, "cali-OUTPUT", &host_to_pod), Verdict::Accept);
     let pod_to_host = packet("10.0.0.1", "192.168.0.1", &xa, "lo", 80);
@@ -105,7 +105,7 @@ fn default_deny_egress() {
         pairs(|_, _| false, |from, _| from.starts_with("y/"))
     );
     let d = c.calc.desired();
-    let ya = typha::upstream::interface_name("y", "a");
+    let ya = netmodel::interface_name("y", "a");
     // Kubernetes: traffic between a pod and its own node is always allowed.
     let pod_to_host = packet("10.0.1.1", "192.168.0.1", &ya, "lo", 80);
     assert_eq!(sim::run(&d, "cali-INPUT", &pod_to_host), Verdict::Accept);
@@ -272,7 +272,7 @@ fn ip_block_with_except() {
                                    {"ipBlock": {"cidr": "172.16.0.0/12"}}]}]}),
     )]);
     let d = c.calc.desired();
-    let xa = typha::upstream::interface_name("x", "a");
+    let xa = netmodel::interface_name("x", "a");
     for (dst, ok) in [
         ("10.0.2.1", true),
         ("10.0.1.1", false),
@@ -480,7 +480,7 @@ fn network_sets_join_selector_sets() {
         ),
     ]);
     let d = c.calc.desired();
-    let xa = typha::upstream::interface_name("x", "a");
+    let xa = netmodel::interface_name("x", "a");
     assert!(verdict(&d, &packet("10.0.0.1", "1.2.3.4", &xa, "eth0", 53)));
     let v4: Vec<_> = d
         .ipsets
@@ -608,7 +608,7 @@ fn routes_and_nat_in_networking_mode() {
     let mut net = Calc::new(config(CalcMode::Networking));
     net.apply(&updates);
     let d = net.desired();
-    let xa = typha::upstream::interface_name("x", "a");
+    let xa = netmodel::interface_name("x", "a");
     assert!(d.routes.contains(&Route {
         dst: "10.0.0.1/32".into(),
         target: RouteTarget::Interface(xa.clone()),
@@ -691,7 +691,7 @@ fn ipv6_endpoints_get_v6_rules_and_sets() {
         ),
     ]);
     let d = c.desired();
-    let xa = typha::upstream::interface_name("x", "a");
+    let xa = netmodel::interface_name("x", "a");
     let v6 = |src: &str| {
         let p = Packet {
             proto: "tcp",

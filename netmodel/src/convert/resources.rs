@@ -11,12 +11,12 @@ use typha_proto::{Key, Kind, Value, pb};
 
 use super::calico::{protocol, spec_error};
 use super::{ConvertError, ToModel, labels_of, name_of, namespace_of, net, port_number};
-use crate::upstream::Resource;
-use crate::upstream::crd::{
+use crate::Resource;
+use crate::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkSet, HostEndpoint, IPPool,
     NetworkSet,
 };
-use crate::upstream::selector::Selector;
+use crate::selector::Selector;
 
 fn encap_mode(value: Option<&str>, field: &'static str) -> Result<String, ConvertError> {
     match value.unwrap_or("") {

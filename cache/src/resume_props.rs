@@ -16,7 +16,7 @@ use typha_proto::{Kind, pb};
 
 use super::tests::{Mirror, apply_frame, state_of};
 use super::*;
-use crate::upstream::state::{EventVersion, Input, Observed, ResourceState, VersionTracker};
+use netmodel::state::{EventVersion, Input, Observed, ResourceState, VersionTracker};
 
 const RESOURCES: [&str; 2] = ["pods", "nodes"];
 const KEYS: usize = 4;

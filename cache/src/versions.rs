@@ -30,41 +30,8 @@
 
 use std::collections::BTreeSet;
 
+pub use typha_proto::ResourceMark;
 use typha_proto::{Revision, VersionVector};
-
-/// What one upstream batch says about one API resource it touched (see module docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResourceMark {
-    /// The API resource, as in `Resource::as_str` (e.g. `pods`).
-    pub resource: String,
-    /// The resource's version after the batch: the highest resourceVersion of its
-    /// events, or of a completed list. `None`: not known (a list in progress, or a
-    /// resourceVersion that did not parse as an integer).
-    pub version: Option<u64>,
-    /// The batch's changes of this resource came from a (re)list, or have unknown
-    /// versions: a resuming client always receives them.
-    pub listed: bool,
-}
-
-impl ResourceMark {
-    /// A watch batch whose events reached `version`.
-    pub fn watched(resource: impl Into<String>, version: u64) -> ResourceMark {
-        ResourceMark {
-            resource: resource.into(),
-            version: Some(version),
-            listed: false,
-        }
-    }
-
-    /// List changes; `settled`: the list completed in this batch at that version.
-    pub fn listed(resource: impl Into<String>, settled: Option<u64>) -> ResourceMark {
-        ResourceMark {
-            resource: resource.into(),
-            version: settled,
-            listed: true,
-        }
-    }
-}
 
 /// How one breadcrumb touched one resource.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, labels_of, name_of, namespace_of};
-use crate::upstream::Resource;
-use crate::upstream::selector::{NAME_LABEL, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
+use crate::Resource;
+use crate::selector::{NAME_LABEL, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
 
 fn profile(prefix: &str, labels: BTreeMap<String, String>, name: &str) -> Value {
     let mut out: BTreeMap<String, String> = labels

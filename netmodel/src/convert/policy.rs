@@ -14,10 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, k8s_protocol, name_of, namespace_of, net, port_number};
-use crate::upstream::Resource;
-use crate::upstream::selector::{
-    NAMESPACE_LABEL, NAMESPACE_LABEL_PREFIX, ORCHESTRATOR_LABEL, Selector,
-};
+use crate::Resource;
+use crate::selector::{NAMESPACE_LABEL, NAMESPACE_LABEL_PREFIX, ORCHESTRATOR_LABEL, Selector};
 
 /// The order Calico gives every Kubernetes NetworkPolicy.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;

@@ -1,13 +1,22 @@
-//! The Kubernetes upstream: watch the API once per resource and convert to the model.
+//! The cluster's network model, shared by typha and felix-client (the role libcalico-go
+//! plays in Calico): neither binary depends on the other, both depend on this.
 //!
-//! - [`convert`]: pure conversion of Kubernetes objects and Calico custom resources into
-//!   model [`Update`](typha_proto::Update)s, following libcalico-go's Kubernetes-datastore
-//!   rules; an invalid object is a typed [`ConvertError`].
+//! - kinds, keys and values: [`Kind`], [`Key`], [`Value`], [`Update`] are defined beside
+//!   the wire schema in `typha_proto` (their `TryFrom` conversions need both) and are
+//!   re-exported here, so a consumer of the model needs only this crate;
 //! - [`selector`]: Calico selector parsing and printing, and Kubernetes label selector
-//!   translation; every selector in the model is in canonical Calico syntax.
-//! - [`crd`]: the Calico custom resources as watchable kube types.
-//! - [`state`]: per-resource relist bookkeeping (which keys exist; deletes after a relist).
-//! - [`watch`]: [`run`]: one `kube::runtime::watcher` per resource, batching, metrics.
+//!   translation; every selector in the model is in canonical Calico syntax;
+//! - [`convert`]: pure conversion of Kubernetes objects and Calico custom resources into
+//!   model [`Update`]s, following libcalico-go's Kubernetes-datastore rules; an invalid
+//!   object is a typed [`ConvertError`];
+//! - [`crd`]: the Calico custom resources as watchable kube types;
+//! - [`state`]: per-resource relist bookkeeping (which keys exist; deletes after a relist);
+//! - [`watch`]: [`run`], the upstream: one `kube::runtime::watcher` per [`Resource`],
+//!   batching, metrics; typha's hub and felix-client's no-typha mode both consume it;
+//! - [`bootstrap`]: the default IPPool and ClusterInformation on an empty datastore;
+//! - [`client`]: the Kubernetes client both binaries build from their flags.
+//!
+//! Adding a Kubernetes kind: see "Adding a kind" in docs/architecture.md.
 //!
 //! Selector conventions of the model (what the agent evaluates): an endpoint's labels are
 //! its own labels merged with those of its profiles (`pcns.*` from the namespace,
@@ -18,7 +27,7 @@
 //! over `pcns.`-prefixed keys (`all()` becomes `has(pcns.projectcalico.org/name)`).
 //! An empty selector or namespace selector does not constrain.
 //!
-//! Nothing here knows about the typha server: felix-client's "no Typha" mode reuses it.
+//! Nothing here knows about the typha server, TLS or the dataplane.
 
 pub mod bootstrap;
 pub mod client;
@@ -29,11 +38,13 @@ pub mod state;
 pub mod watch;
 
 pub use client::{KubeClientError, kube_client, without_retry};
-pub use convert::{ConvertError, Rejection, ToModel, convert, convert_delete, interface_name};
+pub use convert::{
+    ConvertError, Rejection, ToModel, convert, convert_delete, interface_name,
+    prefixed_interface_name,
+};
 pub use state::ResourceState;
+pub use typha_proto::{Key, Kind, ResourceMark, Revision, Update, Value, VersionVector};
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};
-
-use typha_proto::Kind;
 
 /// One watched API resource. Exactly one watch per resource per process.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

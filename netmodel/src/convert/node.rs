@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Node;
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, labels_of, name_of, net};
-use crate::upstream::Resource;
+use crate::Resource;
 
 impl ToModel for Node {
     const RESOURCE: Resource = Resource::Nodes;

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::tls::{PeerIdentity, server_config};
 use netlab::kube::{policy_json, topology_objects};
 use netlab::topology::CLUSTER_CIDR;
 use netlab::{LabelSelector as Sel, Peer, PodSpec, Policy, PolicyPort, Protocol, Rule, Topology};
 use typha::app::{TyphaOptions, Upstream};
-use typha::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use typha::server::{ServerConfig, Transport};
-use typha::tls::{PeerIdentity, server_config};
 
 const SERVICES: [(Protocol, u16); 4] = [
     (Protocol::Tcp, 80),
@@ -87,7 +87,9 @@ fn spawn_agent(node: &netlab::NodeInfo, typha: SocketAddr, certs: &Path) -> Agen
     let log = certs.join(format!("{}.log", node.name));
     let file = std::fs::File::create(&log).unwrap();
     let path = |name: &str| certs.join(name).to_string_lossy().into_owned();
-    let child = Command::new(env!("CARGO_BIN_EXE_felix-client"))
+    // The multi-call load-test binary runs the real felix-client command line.
+    let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("felix-client")
         .args(["--node-name", &node.name])
         .args(["--typha-addr", &typha.to_string()])
         .args(["--tls-ca", &path("ca.crt")])
@@ -191,7 +193,7 @@ async fn felix_client_binary_programs_node_namespaces() {
         hub: typha::hub::HubConfig::default(),
         upstream: Upstream::Kube {
             client,
-            config: typha::upstream::UpstreamConfig::default(),
+            config: netmodel::UpstreamConfig::default(),
         },
         metrics: None,
     })

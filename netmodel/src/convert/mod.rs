@@ -23,7 +23,7 @@ use typha_proto::{Key, ModelError, Update, Value, pb};
 use super::Resource;
 use super::selector::SelectorError;
 
-pub use pod::interface_name;
+pub use pod::{interface_name, prefixed_interface_name};
 
 /// Why an object cannot be converted. None of these is retryable: the object must change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use typha_proto::{Key, Update};
 
-use crate::cache::ResourceMark;
+use typha_proto::ResourceMark;
 
 /// The resourceVersion of one watcher event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use serde_json::json;
 use typha_proto::{Key, Kind, Update, Value, pb};
 
 use super::*;
-use crate::upstream::crd::{self, CalicoObject};
+use crate::crd::{self, CalicoObject};
 
 // ---------------------------------------------------------------------------------
 // Fixtures
@@ -832,10 +832,7 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
     ));
     let r = rejected(&np);
     assert_eq!(r.error, ConvertError::BadCidr("10.0.0.0/33".into()));
-    assert_eq!(
-        r.resource,
-        crate::upstream::Resource::KubernetesNetworkPolicies
-    );
+    assert_eq!(r.resource, crate::Resource::KubernetesNetworkPolicies);
     let key = Key::new(Kind::K8sNetworkPolicy, "x", "knp.default.np").unwrap();
     assert_eq!(r.to_delete(), Some(Update::delete(key)));
     assert_eq!(r.object, "x/np");

@@ -11,15 +11,24 @@ use sha1::{Digest, Sha1};
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, k8s_protocol, labels_of, name_of, namespace_of, net};
-use crate::upstream::Resource;
-use crate::upstream::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
+use crate::Resource;
+use crate::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
 
 /// The host-side interface name of a pod: "cali" + the first 11 hex digits of
 /// sha1("<namespace>.<pod>") (Calico's default for the Kubernetes datastore).
 pub fn interface_name(namespace: &str, pod: &str) -> String {
+    prefixed_interface_name("cali", namespace, pod)
+}
+
+/// The host-side interface name of a pod with another prefix: `prefix` + the first hex
+/// digits of sha1("<namespace>.<pod>"), 11 of them (Calico's naming, which the AWS,
+/// Azure and GKE CNIs share with their own prefixes) or fewer when a prefix longer
+/// than 4 characters would pass Linux's 15-character limit.
+pub fn prefixed_interface_name(prefix: &str, namespace: &str, pod: &str) -> String {
     let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cali{}", &hex[..11])
+    let digits = 11.min(15usize.saturating_sub(prefix.len()));
+    format!("{prefix}{}", &hex[..digits])
 }
 
 fn pod_ip_nets(pod: &Pod) -> Result<Vec<String>, ConvertError> {

@@ -42,7 +42,7 @@ use super::crd::{
 };
 use super::state::{EventVersion, Input, Observed, ResourceState, VersionTracker};
 use super::{Rejection, Resource};
-use crate::cache::ResourceMark;
+use typha_proto::ResourceMark;
 
 /// What the upstream tells its consumer.
 #[derive(Clone, Debug, PartialEq)]

@@ -9,12 +9,12 @@
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, name_of, namespace_of, net, port_number};
-use crate::upstream::Resource;
-use crate::upstream::crd::{
+use crate::Resource;
+use crate::crd::{
     CalicoObject, EntitySpec, GlobalNetworkPolicy, NetworkPolicy, PolicySpec, PortSpec,
     ProtocolSpec, RuleSpec,
 };
-use crate::upstream::selector::{
+use crate::selector::{
     NAMESPACE_LABEL, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX, Selector,
 };
 
