@@ -15,10 +15,10 @@ use std::time::Duration;
 use felix_client::{SyncClient, SyncEvent};
 use kube_sim::{KubeSim, SeedConfig};
 use loadtest::harness::{Harness, TyphaSpec};
+use netmodel::UpstreamConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
-use typha::upstream::UpstreamConfig;
 use typha_proto::{Key, Kind, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);

@@ -40,11 +40,9 @@ pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
         (
             "namespace selector",
             vec![
-                Policy::new("x", "allow-ns-y", pod("a"))
-                    .ingress(Rule::from_peers(vec![Peer::namespaces(ns_named(
-                        Operator::In,
-                        &["y"],
-                    ))])),
+                Policy::new("x", "allow-ns-y", pod("a")).ingress(Rule::from_peers(vec![
+                    Peer::namespaces(ns_named(Operator::In, &["y"])),
+                ])),
             ],
         ),
         (
