@@ -252,6 +252,57 @@ async fn typed_creates_dry_run_and_json_patch() {
     ])
     .await;
 
+    // Finalizers: deletion marks the object, removing the last finalizer deletes it.
+    k.ok(&["create", "configmap", "held", "-n", "demo"]).await;
+    let hold = r#"{"metadata":{"finalizers":["example.com/hold"]}}"#;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        hold,
+    ])
+    .await;
+    k.ok(&["delete", "configmap", "held", "-n", "demo", "--wait=false"])
+        .await;
+    let held = store.get_object("v1", "ConfigMap", "demo", "held").unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    let release = r#"[{"op":"remove","path":"/metadata/finalizers"}]"#;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        release,
+    ])
+    .await;
+    assert!(
+        store
+            .get_object("v1", "ConfigMap", "demo", "held")
+            .is_none()
+    );
+
+    // generateName: the server picks the name.
+    let manifest = k.dir.join("generated.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: gen-, namespace: demo}\n",
+    )
+    .unwrap();
+    let out = k
+        .ok(&["create", "-f", manifest.to_str().unwrap(), "-o", "name"])
+        .await;
+    assert!(
+        out.trim().starts_with("configmap/gen-") && out.trim().len() == "configmap/gen-".len() + 5,
+        "{out}"
+    );
+
     // The namespace label cannot be changed.
     k.ok(&[
         "label",
