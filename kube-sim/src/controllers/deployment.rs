@@ -145,6 +145,12 @@ pub fn reconcile_deployment(store: &Store, ids: Ids, key: &ObjectKey) {
         set_replicas(store, ids, ns, &name_of(old), 0);
     }
     let sets = owned(store, ids.replicasets, ns, "Deployment", name);
+    let status = deployment_status(&d, &sets, &rs_name, want);
+    write_status(store, ids.deployments, ns, name, status);
+}
+
+/// The status of Deployment `d` whose current ReplicaSet is `rs_name`, from its sets.
+fn deployment_status(d: &Value, sets: &[Value], rs_name: &str, want: i64) -> Value {
     let count = |v: &Value, k: &str| {
         v.pointer(&format!("/status/{k}"))
             .and_then(Value::as_i64)
@@ -195,7 +201,7 @@ pub fn reconcile_deployment(store: &Store, ids: Ids, key: &ObjectKey) {
             condition(&prev, "Progressing", true, reason, &msg),
         ],
     });
-    write_status(store, ids.deployments, ns, name, status);
+    status
 }
 
 fn write_status(
