@@ -29,6 +29,7 @@ use loadtest::stack::{replica_args, wait_ready};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Value};
 
 /// Deadline of every wait: it only turns a hang into a failure.
@@ -223,7 +224,15 @@ impl Record {
     /// Whether the shadow holds exactly the mirror's entries.
     pub fn matches(&self, mirror: &Mirror) -> bool {
         mirror.len() == self.shadow.len()
-            && mirror.iter().all(|(k, v)| self.shadow.get(k) == Some(v))
+            && mirror.iter().all(|(k, h)| {
+                self.shadow.get(k).map(|v| {
+                    let update = typha_proto::Update {
+                        key: k.clone(),
+                        value: Some(v.clone()),
+                    };
+                    EntryHash::of(&update.encode())
+                }) == Some(h)
+            })
     }
 }
 
