@@ -20,7 +20,10 @@ const MIRROR_BYTES_PER_KEY: usize = 200;
 /// A workload endpoint the way the converters produce one for a pod of a deployment.
 fn endpoint(ns: usize, pod: usize) -> Update {
     let namespace = format!("namespace-{ns:03}");
-    let name = format!("node-{:04}-k8s-web-{ns:03}-7d9f8c6b5d-{pod:05}-eth0", pod % 5000);
+    let name = format!(
+        "node-{:04}-k8s-web-{ns:03}-7d9f8c6b5d-{pod:05}-eth0",
+        pod % 5000
+    );
     let key = Key::new(Kind::WorkloadEndpoint, namespace.clone(), name).unwrap();
     let labels = BTreeMap::from([
         ("app".to_string(), format!("web-{ns:03}")),
@@ -57,8 +60,16 @@ fn synced(updates: Vec<Update>) -> Mirror {
     let ServerFrame::InSync(in_sync) = ServerFrame::decode(encoded.in_sync_frame).unwrap() else {
         panic!("not in-sync");
     };
-    let changes: usize = mirror.finish_snapshot(&in_sync).unwrap().map(|b| b.len()).sum();
-    assert_eq!(changes, mirror.len(), "the first snapshot reports every key");
+    let changes: usize = mirror
+        .finish_snapshot(&in_sync)
+        .unwrap()
+        .map(|b| b.len())
+        .sum();
+    assert_eq!(
+        changes,
+        mirror.len(),
+        "the first snapshot reports every key"
+    );
     assert_eq!(mirror.digest(), cache.digest());
     mirror
 }

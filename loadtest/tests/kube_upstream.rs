@@ -33,7 +33,8 @@ use typha_proto::{Digest, Key, Revision, Update};
 mod upstream_support;
 
 use upstream_support::{
-    Model, api_model, apply, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of, next_event,
+    Model, api_model, apply, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
+    next_event,
 };
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
