@@ -1,7 +1,7 @@
 //! Memory benchmark: bytes held per key by the mirror and per endpoint by the calc, for a
 //! 150,000-pod cluster (5,000 nodes x 30 pods, 500 namespaces of deployments whose pods
 //! share their labels, 5 NetworkPolicies per namespace, 100 endpoints on this node).
-//! A counting global allocator measures the live heap: the mirror is synced from a real
+//! A counting global allocator (stats_alloc) measures the live heap: the mirror is synced from a real
 //! snapshot (the server's cache, compressed chunks), then the calc folds the changes the
 //! mirror emits. Reports the allocator's counts next to the structures' own accounting
 //! ([`Mirror::heap_bytes`]). A report, not an assertion (tests/memory_budget.rs asserts).
@@ -10,9 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use felix_client::calc::{Calc, CalcConfig, CalcMode};
@@ -20,36 +19,17 @@ use felix_client::mirror::Mirror;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use snapshot_cache::{CacheConfig, SnapshotCache, compress};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use typha_proto::frame::ServerFrame;
 use typha_proto::{Key, Kind, Update, Value, pb};
 
-/// Counts live heap bytes and the peak.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: delegates to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live =
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-        PEAK.fetch_max(live.max(0) as usize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// Live heap bytes (allocated minus freed, with reallocations' growth).
 fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
+    let stats = GLOBAL.stats();
+    stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated
 }
 
 const NODES: usize = 5_000;
@@ -156,7 +136,6 @@ fn sync(cache: &SnapshotCache, mut consume: impl FnMut(Vec<Update>)) -> Mirror {
     let ServerFrame::InSync(in_sync) = ServerFrame::decode(encoded.in_sync_frame).unwrap() else {
         panic!("not in-sync");
     };
-    drop(encoded);
     for batch in mirror.finish_snapshot(&in_sync).unwrap() {
         consume(batch);
     }
@@ -179,16 +158,13 @@ fn main() {
 
     // Pass 1: the mirror alone (the changes are dropped as they come).
     let base = live();
-    PEAK.store(0, Ordering::Relaxed);
     let mirror = sync(&cache, drop);
     let mirror_live = live() - base;
-    let peak = PEAK.load(Ordering::Relaxed) as isize - base;
     println!(
-        "mirror: {:.1} MiB live = {} bytes/key (own accounting {} bytes/key); peak during sync +{:.1} MiB",
+        "mirror: {:.1} MiB live = {} bytes/key (own accounting {} bytes/key)",
         mib(mirror_live),
         mirror_live / keys as isize,
         mirror.heap_bytes() / keys.max(1),
-        mib(peak),
     );
 
     // Pass 2: a second mirror whose changes the calc folds in, a chunk at a time.
@@ -198,16 +174,13 @@ fn main() {
         cluster_cidrs: vec!["10.0.0.0/8".into()],
     });
     let before = live();
-    PEAK.store(0, Ordering::Relaxed);
     let second = sync(&cache, |batch| calc.apply(&batch));
     let desired = calc.desired();
     let calc_live = live() - before - mirror_live;
-    let peak = PEAK.load(Ordering::Relaxed) as isize - before;
     println!(
-        "calc: {:.1} MiB live incl. one Desired = {} bytes/endpoint; peak during sync + calc +{:.1} MiB",
+        "calc: {:.1} MiB live incl. one Desired = {} bytes/endpoint",
         mib(calc_live),
         calc_live / pods as isize,
-        mib(peak),
     );
     println!(
         "(desired: {} ipsets; mirrors hold {} and {} keys)",
