@@ -433,6 +433,15 @@ const SSRR: &[F] = &[
         Msg(&[f(3, "incomplete", Bool), f(4, "evaluationError", Str)]),
     ),
 ];
+const USER_INFO: &[F] = &[
+    f(1, "username", Str),
+    f(2, "uid", Str),
+    f(3, "groups", RepStr),
+];
+const SSR: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(2, "status", Msg(&[f(1, "userInfo", Msg(USER_INFO))])),
+];
 const SCALE: &[F] = &[
     f(1, "metadata", Msg(OBJECT_META)),
     f(2, "spec", Msg(&[f(1, "replicas", Int)])),
@@ -512,6 +521,7 @@ pub fn kind_message(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("apps/v1", "Deployment") => DEPLOYMENT,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SSAR,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SSRR,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SSR,
         ("autoscaling/v1", "Scale") => SCALE,
         ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,

@@ -460,6 +460,11 @@ async fn explain_auth_and_the_errors_kubectl_prints() {
             .trim(),
         "yes"
     );
+    let me = k.ok(&["auth", "whoami"]).await;
+    assert!(
+        me.contains("kube-sim:anyone") && me.contains("system:masters"),
+        "{me}"
+    );
     let rules = k.ok(&["auth", "can-i", "--list"]).await;
     assert!(rules.contains("*.*"), "{rules}");
 

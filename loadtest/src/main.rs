@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use edge::tls::{PeerIdentity, TransportChoice};
 use loadtest::report::{Report, RunConfig};
-use loadtest::scenarios::{self, Scenario, Target};
+use loadtest::scenario::{self, Scenario, Target};
 use loadtest::stack::{ExternalTypha, RestartMode};
 
 /// Load test for typha: a synthetic cluster in kube-sim, typha replicas, and thousands
@@ -248,29 +248,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = RunConfig {
-        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
-        clients: cli.clients,
-        nodes: cli.nodes,
-        pods_per_node: cli.pods_per_node,
-        namespaces: cli.namespaces,
-        policies: cli.policies,
-        cold_nodes: cli.cold_nodes,
-        cold_pods_per_node: cli.cold_pods_per_node,
-        rate: cli.rate,
-        duration_seconds: cli.duration.as_secs_f64(),
-        replicas: cli.replicas,
-        restart_mode: cli.restart_mode,
-        slow_share: cli.slow_share,
-        slow_pause_ms: cli.slow_pause.as_millis() as u64,
-        slow_write_timeout_seconds: cli.slow_write_timeout.as_secs_f64(),
-        raw_baseline: !cli.no_raw_baseline,
-        soak_kill_interval_seconds: cli.soak_kill_interval.as_secs_f64(),
-        kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
-        typha_addrs: cli.typha_addr.clone(),
-        churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
-        command: args.join(" "),
-    };
+    let config = run_config(&cli, &scenarios, &args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -297,26 +275,7 @@ fn main() -> ExitCode {
         eprintln!("loadtest: {error:#}");
         return ExitCode::FAILURE;
     }
-    let failed: Vec<&str> = report
-        .scenarios
-        .iter()
-        .filter(|s| {
-            !s.converged
-                || s.digests_equal != s.digests_total
-                || s.soak
-                    .as_ref()
-                    .is_some_and(|k| k.digest_mismatches > 0 || k.client_digest_mismatches > 0)
-        })
-        .map(|s| s.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        eprintln!(
-            "loadtest: not converged or digests differ in: {}",
-            failed.join(", ")
-        );
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    verdict(&report)
 }
 
 async fn run(scenarios: &[Scenario], config: RunConfig, target: &Target) -> anyhow::Result<Report> {
@@ -329,7 +288,7 @@ async fn run(scenarios: &[Scenario], config: RunConfig, target: &Target) -> anyh
     for scenario in scenarios {
         report
             .scenarios
-            .push(scenarios::run(*scenario, &report.config, target).await?);
+            .push(scenario::run(*scenario, &report.config, target).await?);
     }
     report.finish();
     Ok(report)
@@ -350,4 +309,55 @@ fn write_outputs(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The run's configuration as the report records it.
+fn run_config(cli: &Cli, scenarios: &[Scenario], args: &[String]) -> RunConfig {
+    RunConfig {
+        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
+        clients: cli.clients,
+        nodes: cli.nodes,
+        pods_per_node: cli.pods_per_node,
+        namespaces: cli.namespaces,
+        policies: cli.policies,
+        cold_nodes: cli.cold_nodes,
+        cold_pods_per_node: cli.cold_pods_per_node,
+        rate: cli.rate,
+        duration_seconds: cli.duration.as_secs_f64(),
+        replicas: cli.replicas,
+        restart_mode: cli.restart_mode,
+        slow_share: cli.slow_share,
+        slow_pause_ms: cli.slow_pause.as_millis() as u64,
+        slow_write_timeout_seconds: cli.slow_write_timeout.as_secs_f64(),
+        raw_baseline: !cli.no_raw_baseline,
+        soak_kill_interval_seconds: cli.soak_kill_interval.as_secs_f64(),
+        kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
+        typha_addrs: cli.typha_addr.clone(),
+        churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
+        command: args.join(" "),
+    }
+}
+
+/// Failure when a scenario did not converge or digests differ.
+fn verdict(report: &Report) -> ExitCode {
+    let failed: Vec<&str> = report
+        .scenarios
+        .iter()
+        .filter(|s| {
+            !s.converged
+                || s.digests_equal != s.digests_total
+                || s.soak
+                    .as_ref()
+                    .is_some_and(|k| k.digest_mismatches > 0 || k.client_digest_mismatches > 0)
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!(
+            "loadtest: not converged or digests differ in: {}",
+            failed.join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

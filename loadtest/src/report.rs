@@ -16,6 +16,11 @@ use crate::procs::ProcStats;
 use crate::rawnet::RawResult;
 use crate::stack::RestartMode;
 
+mod goals;
+mod print;
+
+pub use goals::{API_GOAL_CLIENTS, GOAL_CLIENTS, Goal, MEMORY_NOISE_BYTES, per_client_memory};
+
 /// The run's configuration (what the flags resolved to).
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
@@ -308,6 +313,37 @@ pub struct ScenarioReport {
     pub series: Series,
 }
 
+impl ScenarioReport {
+    /// A report of `clients` clients with nothing measured yet (the scenario fills it in).
+    pub fn empty(clients: usize) -> ScenarioReport {
+        ScenarioReport {
+            name: String::new(),
+            clients,
+            replicas: 0,
+            api_objects: 0,
+            wall_seconds: 0.0,
+            initial_sync_seconds: 0.0,
+            converge_seconds: 0.0,
+            converged: false,
+            digests_equal: 0,
+            digests_total: 0,
+            digests_differ: Vec::new(),
+            churn: ChurnStats::default(),
+            latency_ms: Percentiles::default(),
+            slow_latency_ms: Percentiles::default(),
+            snapshot: None,
+            typha_memory: None,
+            bytes: ByteFigures::default(),
+            events: EventFigures::default(),
+            restart: None,
+            soak: None,
+            raw_baseline: None,
+            processes: Vec::new(),
+            series: Series::default(),
+        }
+    }
+}
+
 /// typha against the direct baseline (both in this run).
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
@@ -323,19 +359,6 @@ pub struct Comparison {
     pub api_cpu_direct: f64,
 }
 
-/// One goal of the issue and how the run did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Goal {
-    /// The goal.
-    pub goal: String,
-    /// The target, in words.
-    pub target: String,
-    /// What was measured.
-    pub measured: String,
-    /// Met, missed, or null when the run did not measure it.
-    pub met: Option<bool>,
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -347,392 +370,4 @@ pub struct Report {
     pub comparison: Option<Comparison>,
     /// The issue's goals.
     pub goals: Vec<Goal>,
-}
-
-const MIB: f64 = 1024.0 * 1024.0;
-
-impl Report {
-    /// Fills in the comparison and the goals from the scenarios.
-    pub fn finish(&mut self) {
-        let find = |name: &str| self.scenarios.iter().find(|s| s.name == name);
-        let kube_cpu = |s: &ScenarioReport| {
-            s.processes
-                .iter()
-                .find(|p| p.name == "kube-sim")
-                .map_or(0.0, |p| p.cpu_seconds)
-        };
-        self.comparison = match (find("steady"), find("direct")) {
-            (Some(steady), Some(direct)) => Some(Comparison {
-                api_bytes_with_typha: steady.bytes.api_sent_to_watchers,
-                api_bytes_direct: direct.bytes.api_sent_to_watchers,
-                bytes_ratio: steady.bytes.api_sent_to_watchers as f64
-                    / direct.bytes.api_sent_to_watchers.max(1) as f64,
-                api_cpu_with_typha: kube_cpu(steady),
-                api_cpu_direct: kube_cpu(direct),
-            }),
-            _ => None,
-        };
-        let mut goals = Vec::new();
-        let memory = find("steady").or(find("cold-start"));
-        goals.push(
-            match memory.and_then(|s| s.typha_memory.as_ref().map(|m| (s, m))) {
-                Some((s, m)) => Goal {
-                    goal: "typha RSS per idle client".into(),
-                    target: "<= 40 KiB".into(),
-                    measured: format!(
-                        "{:.1} KiB ({} clients, {})",
-                        m.per_client_bytes / 1024.0,
-                        s.clients,
-                        s.name
-                    ),
-                    met: Some(m.per_client_bytes <= 40.0 * 1024.0),
-                },
-                None => unmeasured("typha RSS per idle client", "<= 40 KiB"),
-            },
-        );
-        let peak = self
-            .scenarios
-            .iter()
-            .flat_map(|s| {
-                s.processes
-                    .iter()
-                    .filter(|p| p.name.starts_with("typha"))
-                    .map(move |p| (s, p))
-            })
-            .max_by_key(|(_, p)| p.peak_rss_bytes);
-        goals.push(match peak {
-            Some((s, p)) => Goal {
-                goal: "typha RSS in all".into(),
-                target: "<= 512 MiB".into(),
-                measured: format!(
-                    "{:.0} MiB peak ({} clients, {} objects, {})",
-                    p.peak_rss_bytes as f64 / MIB,
-                    s.clients,
-                    s.api_objects,
-                    s.name
-                ),
-                met: Some(p.peak_rss_bytes as f64 <= 512.0 * MIB),
-            },
-            None => unmeasured("typha RSS in all", "<= 512 MiB"),
-        });
-        goals.push(match find("steady") {
-            Some(s) if s.latency_ms.count > 0 => Goal {
-                goal: "p99 propagation at 50 updates/s to 5,000 clients".into(),
-                target: "<= 100 ms".into(),
-                measured: format!(
-                    "p99 {:.1} ms (p50 {:.1}, max {:.1}) at {:.1} writes/s to {} clients",
-                    s.latency_ms.p99,
-                    s.latency_ms.p50,
-                    s.latency_ms.max,
-                    s.churn.achieved_rate,
-                    s.clients
-                ),
-                met: Some(s.latency_ms.p99 <= 100.0),
-            },
-            _ => unmeasured("p99 propagation", "<= 100 ms"),
-        });
-        goals.push(
-            match find("restart").and_then(|s| s.restart.as_ref().map(|r| (s, r))) {
-                Some((s, r)) => Goal {
-                    goal: "reconnect storm converged".into(),
-                    target: "<= 10 s for 5,000 clients".into(),
-                    measured: format!(
-                        "{:.2} s for {} disconnected of {} clients ({:?})",
-                        r.reconverge_seconds, r.clients_disconnected, s.clients, r.mode
-                    ),
-                    met: Some(r.reconverge_seconds <= 10.0),
-                },
-                None => unmeasured("reconnect storm converged", "<= 10 s"),
-            },
-        );
-        goals.push(match &self.comparison {
-            Some(c) => Goal {
-                goal: "API-server bytes with typha vs direct".into(),
-                target: "<= 1/100 at 1,000 clients".into(),
-                measured: format!(
-                    "1/{:.0} ({} vs {} bytes)",
-                    1.0 / c.bytes_ratio.max(1e-12),
-                    c.api_bytes_with_typha,
-                    c.api_bytes_direct
-                ),
-                met: Some(c.bytes_ratio <= 0.01),
-            },
-            None => unmeasured("API-server bytes with typha vs direct", "<= 1/100"),
-        });
-        goals.push(match find("steady").and_then(|s| s.raw_baseline.as_ref()) {
-            Some(r) => Goal {
-                goal: "fan-out cost vs raw loopback writes".into(),
-                target: "<= 2x".into(),
-                measured: format!(
-                    "{:.1}x ({:.2} s typha CPU vs {:.2} s raw for {} bytes)",
-                    r.ratio, r.typha_cpu_seconds, r.raw.cpu_seconds, r.raw.bytes
-                ),
-                met: Some(r.ratio <= 2.0),
-            },
-            None => unmeasured("fan-out cost vs raw loopback writes", "<= 2x"),
-        });
-        self.goals = goals;
-    }
-
-    /// Prints the tables.
-    pub fn print(&self) {
-        for s in &self.scenarios {
-            print_scenario(s);
-        }
-        if let Some(c) = &self.comparison {
-            println!("\ntypha vs direct (API server):");
-            row(
-                "bytes sent to watchers",
-                format!(
-                    "{} vs {} ({:.4}x)",
-                    c.api_bytes_with_typha, c.api_bytes_direct, c.bytes_ratio
-                ),
-            );
-            row(
-                "CPU seconds",
-                format!("{:.2} vs {:.2}", c.api_cpu_with_typha, c.api_cpu_direct),
-            );
-        }
-        println!("\ngoals:");
-        for g in &self.goals {
-            let verdict = match g.met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            };
-            println!(
-                "  {:<52} {:<12} {:<26} {}",
-                g.goal, verdict, g.target, g.measured
-            );
-        }
-    }
-}
-
-fn unmeasured(goal: &str, target: &str) -> Goal {
-    Goal {
-        goal: goal.into(),
-        target: target.into(),
-        measured: "not in this run".into(),
-        met: None,
-    }
-}
-
-fn row(label: &str, value: String) {
-    println!("  {label:<34} {value}");
-}
-
-fn print_scenario(s: &ScenarioReport) {
-    println!(
-        "\n{}: {} clients, {} replicas, {} API objects, {:.1} s",
-        s.name, s.clients, s.replicas, s.api_objects, s.wall_seconds
-    );
-    row(
-        "initial sync of all clients",
-        format!("{:.2} s", s.initial_sync_seconds),
-    );
-    row(
-        "converged (barrier + digests)",
-        format!(
-            "{} in {:.2} s; digests {} of {} equal",
-            if s.converged { "yes" } else { "NO" },
-            s.converge_seconds,
-            s.digests_equal,
-            s.digests_total
-        ),
-    );
-    if !s.digests_differ.is_empty() {
-        row("DIGEST DIFFERS for", s.digests_differ.join(", "));
-    }
-    let c = &s.churn;
-    if c.operations > 0 {
-        row(
-            "churn",
-            format!(
-                "{} writes at {:.1}/s (+{} -{} labels {} policies {}, {} refused); write p50 {:.1} ms",
-                c.operations,
-                c.achieved_rate,
-                c.creates,
-                c.deletes,
-                c.label_changes,
-                c.policy_edits,
-                c.errors,
-                c.write_ms.p50
-            ),
-        );
-    }
-    let l = &s.latency_ms;
-    row(
-        "propagation write -> client",
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-            l.p50, l.p99, l.max, l.count
-        ),
-    );
-    if s.slow_latency_ms.count > 0 {
-        let l = &s.slow_latency_ms;
-        row(
-            "  slow clients",
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-                l.p50, l.p99, l.max, l.count
-            ),
-        );
-    }
-    if let Some(snap) = &s.snapshot {
-        row(
-            "snapshot",
-            format!(
-                "{:.0} keys, {:.0} B raw / {:.0} B zstd ({:.1}:1), built {:.0}x in {:.1} ms avg",
-                snap.keys,
-                snap.raw_bytes,
-                snap.compressed_bytes,
-                snap.ratio,
-                snap.builds,
-                snap.build_seconds_mean * 1000.0
-            ),
-        );
-    }
-    if let Some(m) = &s.typha_memory {
-        row(
-            "typha memory per idle client",
-            format!(
-                "{:.1} KiB ({:.0} -> {:.0} MiB)",
-                m.per_client_bytes / 1024.0,
-                m.base_rss_bytes as f64 / MIB,
-                m.loaded_rss_bytes as f64 / MIB
-            ),
-        );
-    }
-    let b = &s.bytes;
-    row(
-        "API server bytes to watchers",
-        format!(
-            "{} (writer got {})",
-            b.api_sent_to_watchers, b.api_sent_to_writer
-        ),
-    );
-    if s.replicas > 0 {
-        row(
-            "typha bytes written",
-            format!(
-                "{} ({:.0} per client)",
-                b.typha_written, b.typha_written_per_client
-            ),
-        );
-        let e = &s.events;
-        let drops: Vec<String> = e.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        row(
-            "drops / resyncs / resumes",
-            format!(
-                "drops [{}], resyncs {}, resumes {} (server {}), reconnects {}, coalesced {}, digest mismatches {}",
-                drops.join(" "),
-                e.resyncs,
-                e.fleet.resumes,
-                e.server_resumes,
-                e.fleet.reconnects,
-                e.coalesced,
-                e.fleet.digest_mismatches
-            ),
-        );
-    }
-    if let Some(r) = &s.restart {
-        row(
-            "restart",
-            format!(
-                "{:?} {}: {} clients disconnected, replica back in {:.2} s, all in sync after {:.2} s; {} reconnects, {} snapshots, {} resumes",
-                r.mode,
-                r.replica,
-                r.clients_disconnected,
-                r.replica_back_seconds,
-                r.reconverge_seconds,
-                r.storm.reconnects,
-                r.storm.snapshots,
-                r.storm.resumes
-            ),
-        );
-    }
-    if let Some(k) = &s.soak {
-        print_soak(k);
-    }
-    if let Some(r) = &s.raw_baseline {
-        row(
-            "fan-out vs raw loopback",
-            format!(
-                "{:.1}x: typha {:.2} s CPU, raw {:.2} s CPU ({:.2} s wall) for {} B in {} B writes to {} sockets",
-                r.ratio,
-                r.typha_cpu_seconds,
-                r.raw.cpu_seconds,
-                r.raw.wall_seconds,
-                r.raw.bytes,
-                r.raw.write_bytes,
-                r.raw.connections
-            ),
-        );
-    }
-    println!(
-        "  {:<34} {:>9} {:>10} {:>10} {:>14}",
-        "process", "CPU s", "peak MiB", "end MiB", "bytes written"
-    );
-    for p in &s.processes {
-        println!(
-            "  {:<34} {:>9.2} {:>10.1} {:>10.1} {:>14}",
-            p.name,
-            p.cpu_seconds,
-            p.peak_rss_bytes as f64 / MIB,
-            p.rss_bytes as f64 / MIB,
-            p.bytes_written
-        );
-    }
-}
-
-fn print_soak(k: &SoakFigures) {
-    row(
-        "soak",
-        format!(
-            "{} rounds (a replica down every {:.0} s, kill and roll alternately)",
-            k.rounds, k.kill_interval_seconds
-        ),
-    );
-    row(
-        "  digests differing at barriers",
-        format!(
-            "{} (clients' own mismatches {})",
-            k.digest_mismatches, k.client_digest_mismatches
-        ),
-    );
-    row(
-        "  reconnects / resumes / snapshots",
-        format!("{} / {} / {}", k.reconnects, k.resumes, k.snapshots),
-    );
-    row(
-        "  max reconvergence / barrier",
-        format!(
-            "{:.2} s / {:.2} s",
-            k.max_reconverge_seconds, k.max_barrier_seconds
-        ),
-    );
-    row(
-        "  typha RSS start -> end",
-        format!(
-            "{:.1} -> {:.1} MiB",
-            k.typha_rss_start_bytes as f64 / MIB,
-            k.typha_rss_end_bytes as f64 / MIB
-        ),
-    );
-    for r in &k.per_round {
-        row(
-            &format!("  round {}", r.round),
-            format!(
-                "{:?} {}: {} disconnected, back {:.2} s, in sync {:.2} s, barrier {:.2} s, digests {}/{} equal",
-                r.restart.mode,
-                r.restart.replica,
-                r.restart.clients_disconnected,
-                r.restart.replica_back_seconds,
-                r.restart.reconverge_seconds,
-                r.barrier_seconds,
-                r.digests_compared - r.digests_differ.len(),
-                r.digests_compared
-            ),
-        );
-    }
 }

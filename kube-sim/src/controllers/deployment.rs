@@ -349,6 +349,43 @@ fn create_pod(store: &Store, ids: Ids, rs: &Value, ns: &str, rs_name: &str) {
     }
 }
 
+/// `propagationPolicy: Orphan`: before a Deployment or ReplicaSet `owner` is deleted, its
+/// ReplicaSets or pods drop their owner reference to it, so the garbage collection of
+/// this module leaves them alone.
+pub fn orphan_dependents(store: &Store, t: &crate::resources::ResourceType, owner: &Value) {
+    let dependents = match (t.group.as_str(), t.kind.as_str()) {
+        ("apps", "Deployment") => ("apps", "replicasets"),
+        ("apps", "ReplicaSet") => ("", "pods"),
+        _ => return,
+    };
+    let Some((rid, _)) = store.resolve_path(dependents.0, "v1", dependents.1) else {
+        return;
+    };
+    let ns = owner
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let uid = owner
+        .pointer("/metadata/uid")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let kind = t.kind.as_str();
+    for dep in owned(store, rid, ns, kind, &name_of(owner)) {
+        let drop_ref = |mut cur: Value| {
+            if let Some(refs) = cur
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r["uid"] != uid);
+            }
+            Ok(cur)
+        };
+        if let Err(error) = store.modify(rid, ns, &name_of(&dep), drop_ref, WriteScope::Full) {
+            tracing::debug!(%error, "orphaning failed");
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
