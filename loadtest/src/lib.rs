@@ -14,6 +14,7 @@ pub mod harness;
 pub mod http1;
 pub mod latency;
 pub mod model;
+pub mod pinning;
 pub mod plot;
 pub mod probe;
 pub mod procs;

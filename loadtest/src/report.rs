@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::churn::ChurnStats;
 use crate::fleet::FleetCounters;
 use crate::latency::{Percentiles, SecondPoint};
+use crate::pinning::CpuList;
 use crate::procs::ProcStats;
 use crate::rawnet::RawResult;
 use crate::stack::RestartMode;
@@ -64,8 +65,97 @@ pub struct RunConfig {
     pub typha_addrs: Vec<String>,
     /// The namespace churn writes service accounts in, against an existing API server.
     pub churn_namespace: Option<String>,
+    /// CPUs kube-sim, the replicas and the raw writer were pinned to (empty: not pinned).
+    pub typha_cpus: CpuList,
+    /// CPUs the load generator was pinned to (empty: not pinned).
+    pub agent_cpus: CpuList,
     /// The command line.
     pub command: String,
+}
+
+/// Where and with what the run was made, so that figures can be compared across runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    /// The loadtest (workspace) version.
+    pub version: String,
+    /// The git commit of the source tree, if it could be read.
+    pub git_commit: Option<String>,
+    /// CPUs online.
+    pub cpus: usize,
+    /// The kernel release.
+    pub kernel: String,
+    /// CPUs typha and kube-sim were pinned to (empty: not pinned).
+    pub typha_cpus: CpuList,
+    /// CPUs the load generator runs on (its affinity when the run started).
+    pub agent_cpus: CpuList,
+    /// Whether typha and the generator ran on disjoint CPU sets.
+    pub isolated: bool,
+}
+
+impl Environment {
+    /// This machine and process, for a run configured as `config`.
+    pub fn of_this_run(config: &RunConfig) -> Environment {
+        let agents = crate::pinning::current();
+        let isolated = !config.typha_cpus.is_empty()
+            && !config.agent_cpus.is_empty()
+            && config.typha_cpus.0.iter().all(|c| !agents.0.contains(c));
+        Environment {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: git_commit(),
+            cpus: crate::pinning::online(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|k| k.trim().to_string())
+                .unwrap_or_default(),
+            typha_cpus: config.typha_cpus.clone(),
+            agent_cpus: agents,
+            isolated,
+        }
+    }
+}
+
+/// The commit of the tree this binary was built from (asked of git at run time, in the
+/// crate's source directory).
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
+
+/// typha's own share over a scenario's run phase (all local replicas): its CPU against
+/// the bytes it delivered, and how far behind its sessions ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TyphaShare {
+    /// typha CPU seconds over the run phase.
+    pub cpu_seconds: f64,
+    /// Bytes typha wrote over the run phase (TLS to clients, requests upstream).
+    pub bytes_written: u64,
+    /// CPU microseconds per KiB delivered.
+    pub cpu_us_per_kib: f64,
+    /// Mean time from a revision to a client's stream (typha_fanout_latency_seconds), ms.
+    pub fanout_latency_mean_ms: f64,
+    /// Mean batches a session was behind when it wrote (typha_client_lag_batches).
+    pub client_lag_batches_mean: f64,
+    /// Deltas coalesced for sessions that fell behind, over the scenario.
+    pub coalesced: f64,
+}
+
+/// The load generator's own cost: what simulating the agents took.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GeneratorFigures {
+    /// CPU seconds of the process(es) running the agents over the whole scenario.
+    pub cpu_seconds: f64,
+    /// Agents (clients).
+    pub agents: usize,
+    /// Writes churn made.
+    pub writes: u64,
+    /// CPU microseconds per agent per write.
+    pub cpu_us_per_agent_per_write: f64,
+    /// Worker processes the agents ran in (1: the loadtest process itself).
+    pub processes: usize,
 }
 
 /// One process's figures over a scenario.
@@ -307,6 +397,10 @@ pub struct ScenarioReport {
     pub soak: Option<SoakFigures>,
     /// Raw loopback baseline.
     pub raw_baseline: Option<RawFigures>,
+    /// typha's own CPU per delivered byte and lag over the run phase (local replicas).
+    pub typha_share: Option<TyphaShare>,
+    /// The load generator's own CPU per agent per write.
+    pub generator: GeneratorFigures,
     /// Per-process CPU, memory and bytes.
     pub processes: Vec<ProcessFigures>,
     /// Time series.
@@ -338,6 +432,8 @@ impl ScenarioReport {
             restart: None,
             soak: None,
             raw_baseline: None,
+            typha_share: None,
+            generator: GeneratorFigures::default(),
             processes: Vec::new(),
             series: Series::default(),
         }
@@ -364,6 +460,8 @@ pub struct Comparison {
 pub struct Report {
     /// Configuration.
     pub config: RunConfig,
+    /// Version, commit, machine and CPU pinning.
+    pub environment: Environment,
     /// Scenarios in run order.
     pub scenarios: Vec<ScenarioReport>,
     /// typha vs direct, when both ran.

@@ -9,6 +9,17 @@ const MIB: f64 = 1024.0 * 1024.0;
 impl Report {
     /// Prints the tables.
     pub fn print(&self) {
+        let e = &self.environment;
+        println!(
+            "loadtest {} ({}), {} CPUs, kernel {}; typha CPUs [{}], agent CPUs [{}]{}",
+            e.version,
+            e.git_commit.as_deref().unwrap_or("commit unknown"),
+            e.cpus,
+            e.kernel,
+            e.typha_cpus,
+            e.agent_cpus,
+            if e.isolated { "" } else { " (not isolated)" }
+        );
         for s in &self.scenarios {
             print_scenario(s);
         }
@@ -209,7 +220,33 @@ fn print_raw(r: &super::RawFigures) {
     );
 }
 
+fn print_shares(s: &ScenarioReport) {
+    if let Some(t) = &s.typha_share {
+        row(
+            "typha's own share (run phase)",
+            format!(
+                "{:.2} s CPU for {} B written: {:.1} us CPU per KiB; fan-out latency mean {:.2} ms, lag {:.2} batches, {:.0} coalesced",
+                t.cpu_seconds,
+                t.bytes_written,
+                t.cpu_us_per_kib,
+                t.fanout_latency_mean_ms,
+                t.client_lag_batches_mean,
+                t.coalesced
+            ),
+        );
+    }
+    let g = &s.generator;
+    row(
+        "load generator's own cost",
+        format!(
+            "{:.2} s CPU in {} process(es): {:.2} us per agent per write ({} agents, {} writes)",
+            g.cpu_seconds, g.processes, g.cpu_us_per_agent_per_write, g.agents, g.writes
+        ),
+    );
+}
+
 fn print_processes(s: &ScenarioReport) {
+    print_shares(s);
     println!(
         "  {:<34} {:>9} {:>10} {:>10} {:>14}",
         "process", "CPU s", "peak MiB", "end MiB", "bytes written"

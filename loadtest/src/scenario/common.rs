@@ -18,7 +18,10 @@ use crate::fleet::{Behaviour, Fleet, FleetClient, FleetCounters};
 use crate::http1::{self, Scrape};
 use crate::probe::Probe;
 use crate::procs::ProcStats;
-use crate::report::{ConnectionPoint, EventFigures, ProcessFigures, RunConfig, SnapshotFigures};
+use crate::report::{
+    ConnectionPoint, EventFigures, GeneratorFigures, ProcessFigures, RunConfig, ScenarioReport,
+    SnapshotFigures, TyphaShare,
+};
 use crate::stack::Stack;
 
 /// Bounds on waits, so that a broken run fails instead of hanging.
@@ -266,4 +269,44 @@ pub async fn reference_digest(
         .first()
         .map(|(_, digest)| *digest)
         .context("no reference digest")
+}
+
+/// typha's own share over the run phase: replica counters `before` and `after` it, and
+/// the histograms scraped at the end.
+pub fn typha_share(before: &[ProcStats], after: &[ProcStats], scrapes: &[Scrape]) -> TyphaShare {
+    let (mut cpu_seconds, mut bytes_written) = (0.0, 0);
+    for (b, a) in before.iter().zip(after) {
+        let d = a.since(b);
+        cpu_seconds += d.cpu_seconds;
+        bytes_written += d.bytes_written;
+    }
+    let sum = |name: &str| scrapes.iter().map(|s| s.sum(name)).sum::<f64>();
+    let mean = |name: &str| sum(&format!("{name}_sum")) / sum(&format!("{name}_count")).max(1.0);
+    TyphaShare {
+        cpu_seconds,
+        bytes_written,
+        cpu_us_per_kib: cpu_seconds * 1e6 / (bytes_written as f64 / 1024.0).max(1.0),
+        fanout_latency_mean_ms: mean("typha_fanout_latency_seconds") * 1000.0,
+        client_lag_batches_mean: mean("typha_client_lag_batches"),
+        coalesced: sum("typha_deltas_coalesced_total"),
+    }
+}
+
+/// The load generator's CPU per agent per write, from the report's process figures.
+pub fn generator_figures(report: &ScenarioReport) -> GeneratorFigures {
+    let generators: Vec<_> = report
+        .processes
+        .iter()
+        .filter(|p| p.name == "client-process" || p.name.starts_with("agent-worker"))
+        .collect();
+    let cpu_seconds: f64 = generators.iter().map(|p| p.cpu_seconds).sum();
+    let writes = report.churn.operations;
+    GeneratorFigures {
+        cpu_seconds,
+        agents: report.clients,
+        writes,
+        cpu_us_per_agent_per_write: cpu_seconds * 1e6
+            / (report.clients.max(1) as f64 * writes.max(1) as f64),
+        processes: generators.len(),
+    }
 }

@@ -16,7 +16,9 @@ use crate::report::{ByteFigures, RunConfig, ScenarioReport};
 use super::driver::latency_figures;
 use crate::stack::Stack;
 
-use super::common::{InSync, Progress, SYNC_LIMIT, Sampler, kube_figures, layout, self_figures};
+use super::common::{
+    InSync, Progress, SYNC_LIMIT, Sampler, generator_figures, kube_figures, layout, self_figures,
+};
 use super::{Target, default_setup};
 
 /// Runs the direct baseline.
@@ -77,6 +79,7 @@ pub async fn run(config: &RunConfig, target: &Target) -> anyhow::Result<Scenario
     report.churn = churn.stats.clone();
     report.processes = processes;
     latency_figures(&mut report, &probe, connections, marks);
+    report.generator = generator_figures(&report);
     Ok(report)
 }
 

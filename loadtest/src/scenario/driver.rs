@@ -25,8 +25,9 @@ use crate::report::{
 use crate::stack::Stack;
 
 use super::common::{
-    InSync, Progress, SYNC_LIMIT, Sampler, event_figures, kube_figures, layout, reference_digest,
-    replica_counters, scrape_all, self_figures, snapshot_figures, sync_config, typha_rss,
+    InSync, Progress, SYNC_LIMIT, Sampler, event_figures, generator_figures, kube_figures, layout,
+    reference_digest, replica_counters, scrape_all, self_figures, snapshot_figures, sync_config,
+    typha_rss, typha_share,
 };
 use super::{Done, Phase, Target, TyphaScenario};
 
@@ -141,7 +142,9 @@ async fn body<S: TyphaScenario>(
     report.initial_sync_seconds = started.initial_sync_seconds;
     if !stack.is_external() {
         report.typha_memory = Some(started.typha_memory);
+        report.typha_share = Some(typha_share(&before_run, &after_run, &ending.scrapes));
     }
+    report.generator = generator_figures(&report);
     report.restart = findings.restart;
     report.soak = findings.soak;
     latency_figures(&mut report, &probe, connections, marks);
