@@ -1,11 +1,15 @@
-//! SelfSubjectAccessReview and SelfSubjectRulesReview (`kubectl auth can-i`): kube-sim
-//! has no authentication or authorization, so every review answers "allowed" and says
-//! why. Reviews are answered, never stored.
+//! SelfSubjectAccessReview and SelfSubjectRulesReview (`kubectl auth can-i`) and
+//! SelfSubjectReview (`kubectl auth whoami`): kube-sim has no authentication or
+//! authorization, so every client is the same all-powerful user and every review
+//! answers "allowed" and says why. Reviews are answered, never stored.
 
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::resources::ResourceType;
+
+/// Who every client is (kube-sim does not authenticate).
+pub const USER: &str = "kube-sim:anyone";
 
 /// The reason every review carries.
 pub const REASON: &str =
@@ -27,6 +31,10 @@ pub fn review(t: &ResourceType, mut obj: Value) -> Result<Value, ApiError> {
             }
             json!({"allowed": true, "reason": REASON})
         }
+        "SelfSubjectReview" => json!({"userInfo": {
+            "username": USER,
+            "groups": ["system:masters", "system:authenticated"],
+        }}),
         "SelfSubjectRulesReview" => json!({
             "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
             "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],

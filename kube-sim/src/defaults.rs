@@ -1,7 +1,7 @@
 //! API-server defaults a client can observe, applied to objects written over HTTP:
 //! pod spec and container defaults (plus what the ServiceAccount and
 //! DefaultTolerationSeconds admission plugins add to pods), service defaults with a
-//! cluster IP from 10.96.0.0/12, deployment and replica-set defaults, and the
+//! cluster IP from 10.96.0.0/12 (node ports are not allocated), deployment and replica-set defaults, and the
 //! `kubernetes.io/metadata.name` namespace label (the label alone is applied to every
 //! write, in-process ones included, because selectors depend on it).
 //!
@@ -125,10 +125,16 @@ fn service(v: &mut Value, old: Option<&Value>, alloc_ip: &mut dyn FnMut() -> Str
     };
     set(spec, "type", json!("ClusterIP"));
     set(spec, "sessionAffinity", json!("None"));
-    set(spec, "internalTrafficPolicy", json!("Cluster"));
-    set(spec, "ipFamilyPolicy", json!("SingleStack"));
-    set(spec, "ipFamilies", json!(["IPv4"]));
-    let external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
+    let kind = spec.get("type").and_then(Value::as_str).unwrap_or_default();
+    let external = kind == "ExternalName";
+    if matches!(kind, "NodePort" | "LoadBalancer") {
+        set(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if !external {
+        set(spec, "internalTrafficPolicy", json!("Cluster"));
+        set(spec, "ipFamilyPolicy", json!("SingleStack"));
+        set(spec, "ipFamilies", json!(["IPv4"]));
+    }
     if !external && !spec.contains_key("clusterIP") {
         let ip = old_ip.unwrap_or_else(|| json!(alloc_ip()));
         spec.insert("clusterIP".into(), ip);

@@ -88,7 +88,10 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
     if in_all {
         main["categories"] = json!(["all"]);
     }
-    if t.group == "authorization.k8s.io" {
+    if matches!(
+        t.group.as_str(),
+        "authorization.k8s.io" | "authentication.k8s.io"
+    ) {
         main["verbs"] = json!(["create"]);
     }
     let scalable = t.group == "apps" && matches!(t.kind.as_str(), "Deployment" | "ReplicaSet");

@@ -103,26 +103,9 @@ async fn handle(
     body: Body,
 ) -> Response {
     app.metrics.add(&app.metrics.requests, 1);
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !accepts_json(accept) {
-        let e = ApiError::NotAcceptable(format!(
-            "only the following media types are accepted: application/json, application/yaml (got {accept})"
-        ));
-        return error_response(&app.metrics, &e);
-    }
-    let body = match read_body(body).await {
+    let body = match checked_body(&app, &headers, body).await {
         Ok(b) => b,
-        Err(()) => {
-            app.metrics.add(&app.metrics.rejected_bodies, 1);
-            let e = ApiError::TooLarge(format!(
-                "Request entity too large: limit is {}",
-                crate::writes::MAX_BODY
-            ));
-            return error_response(&app.metrics, &e);
-        }
+        Err(resp) => return *resp,
     };
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let reg = || app.store.registry();
@@ -175,6 +158,28 @@ async fn handle(
         .unwrap_or("application/json")
         .to_string();
     handlers::dispatch(&app, method, &path, &query, &content_type, body).await
+}
+
+/// The request body, or the 406 (JSON not acceptable) or 413 (too large) answer.
+async fn checked_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Box<Response>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accepts_json(accept) {
+        let e = ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json (got {accept})"
+        ));
+        return Err(Box::new(error_response(&app.metrics, &e)));
+    }
+    read_body(body).await.map_err(|()| {
+        app.metrics.add(&app.metrics.rejected_bodies, 1);
+        let e = ApiError::TooLarge(format!(
+            "Request entity too large: limit is {}",
+            crate::writes::MAX_BODY
+        ));
+        Box::new(error_response(&app.metrics, &e))
+    })
 }
 
 /// Over-limit bodies are read (and dropped) up to this size before the 413, so that the

@@ -204,6 +204,77 @@ fn insert_map(m: &mut Map<String, Value>, name: &str, (k, v): (String, Value)) {
     }
 }
 
+/// Decodes one field `w` described by `f` into `m`.
+fn field(m: &mut Map<String, Value>, f: &F, w: &Wire<'_>, path: &str) -> Result<(), ProtoError> {
+    let sub = |name: &str| format!("{path}.{name}");
+    match f.k {
+        K::Str => {
+            let s = as_str(w)?;
+            if !s.is_empty() {
+                m.insert(f.name.into(), json!(s));
+            }
+        }
+        K::OptStr => {
+            m.insert(f.name.into(), json!(as_str(w)?));
+        }
+        K::Int => {
+            let v = as_int(w)?;
+            if v != 0 {
+                m.insert(f.name.into(), json!(v));
+            }
+        }
+        K::OptInt => {
+            m.insert(f.name.into(), json!(as_int(w)?));
+        }
+        K::Bool => {
+            if as_int(w)? != 0 {
+                m.insert(f.name.into(), json!(true));
+            }
+        }
+        K::OptBool => {
+            m.insert(f.name.into(), json!(as_int(w)? != 0));
+        }
+        K::Time => {
+            let t = time(as_bytes(w)?)?;
+            if !t.is_null() {
+                m.insert(f.name.into(), t);
+            }
+        }
+        K::IntOrStr => {
+            m.insert(f.name.into(), int_or_string(as_bytes(w)?)?);
+        }
+        K::Quantity => {
+            m.insert(f.name.into(), quantity(as_bytes(w)?)?);
+        }
+        K::Msg(t) => {
+            m.insert(
+                f.name.into(),
+                Value::Object(message(as_bytes(w)?, t, &sub(f.name))?),
+            );
+        }
+        K::Inline(t) => m.extend(message(as_bytes(w)?, t, path)?),
+        K::RepStr => push(m, f.name, json!(as_str(w)?)),
+        K::RepMsg(t) => {
+            let v = Value::Object(message(as_bytes(w)?, t, &sub(f.name))?);
+            push(m, f.name, v);
+        }
+        K::MapStr => insert_map(
+            m,
+            f.name,
+            map_entry(as_bytes(w)?, |v| Ok(json!(as_str(v)?)))?,
+        ),
+        K::MapBytes => {
+            let e = map_entry(as_bytes(w)?, |v| Ok(json!(base64(as_bytes(v)?))))?;
+            insert_map(m, f.name, e);
+        }
+        K::MapQty => {
+            let e = map_entry(as_bytes(w)?, |v| quantity(as_bytes(v)?))?;
+            insert_map(m, f.name, e);
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one message with the field table `table`; `path` names it in errors.
 pub fn message(b: &[u8], table: &[F], path: &str) -> Result<Map<String, Value>, ProtoError> {
     let mut m = Map::new();
@@ -214,72 +285,7 @@ pub fn message(b: &[u8], table: &[F], path: &str) -> Result<Map<String, Value>, 
                 tag,
             });
         };
-        let sub = |name: &str| format!("{path}.{name}");
-        match f.k {
-            K::Str => {
-                let s = as_str(&w)?;
-                if !s.is_empty() {
-                    m.insert(f.name.into(), json!(s));
-                }
-            }
-            K::OptStr => {
-                m.insert(f.name.into(), json!(as_str(&w)?));
-            }
-            K::Int => {
-                let v = as_int(&w)?;
-                if v != 0 {
-                    m.insert(f.name.into(), json!(v));
-                }
-            }
-            K::OptInt => {
-                m.insert(f.name.into(), json!(as_int(&w)?));
-            }
-            K::Bool => {
-                if as_int(&w)? != 0 {
-                    m.insert(f.name.into(), json!(true));
-                }
-            }
-            K::OptBool => {
-                m.insert(f.name.into(), json!(as_int(&w)? != 0));
-            }
-            K::Time => {
-                let t = time(as_bytes(&w)?)?;
-                if !t.is_null() {
-                    m.insert(f.name.into(), t);
-                }
-            }
-            K::IntOrStr => {
-                m.insert(f.name.into(), int_or_string(as_bytes(&w)?)?);
-            }
-            K::Quantity => {
-                m.insert(f.name.into(), quantity(as_bytes(&w)?)?);
-            }
-            K::Msg(t) => {
-                m.insert(
-                    f.name.into(),
-                    Value::Object(message(as_bytes(&w)?, t, &sub(f.name))?),
-                );
-            }
-            K::Inline(t) => m.extend(message(as_bytes(&w)?, t, path)?),
-            K::RepStr => push(&mut m, f.name, json!(as_str(&w)?)),
-            K::RepMsg(t) => {
-                let v = Value::Object(message(as_bytes(&w)?, t, &sub(f.name))?);
-                push(&mut m, f.name, v);
-            }
-            K::MapStr => insert_map(
-                &mut m,
-                f.name,
-                map_entry(as_bytes(&w)?, |v| Ok(json!(as_str(v)?)))?,
-            ),
-            K::MapBytes => {
-                let e = map_entry(as_bytes(&w)?, |v| Ok(json!(base64(as_bytes(v)?))))?;
-                insert_map(&mut m, f.name, e);
-            }
-            K::MapQty => {
-                let e = map_entry(as_bytes(&w)?, |v| quantity(as_bytes(v)?))?;
-                insert_map(&mut m, f.name, e);
-            }
-        }
+        field(&mut m, f, &w, path)?;
     }
     Ok(m)
 }

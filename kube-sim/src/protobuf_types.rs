@@ -3,8 +3,9 @@
 //! are those of the Kubernetes `generated.proto` files (k8s.io/api v0.33).
 //!
 //! Covered: the kinds kubectl's typed commands send (`create namespace|serviceaccount|
-//! configmap|secret|service|deployment`, `run`, `auth can-i`, `scale`) with the fields a
-//! pod template commonly uses. `Opt*` kinds are Go pointer fields, whose zero value is
+//! configmap|secret|service|deployment|role|clusterrole|rolebinding|clusterrolebinding|
+//! poddisruptionbudget`, `run`, `auth can-i`, `scale`) with the fields a pod template
+//! commonly uses. `Opt*` kinds are Go pointer fields, whose zero value is
 //! meaningful and kept.
 
 /// How a field's wire value becomes JSON.
@@ -344,14 +345,23 @@ const SERVICE_SPEC: &[F] = &[
     f(5, "externalIPs", RepStr),
     f(7, "sessionAffinity", Str),
     f(8, "loadBalancerIP", Str),
+    f(9, "loadBalancerSourceRanges", RepStr),
     f(10, "externalName", Str),
     f(11, "externalTrafficPolicy", Str),
+    f(12, "healthCheckNodePort", Int),
     f(13, "publishNotReadyAddresses", Bool),
+    f(
+        14,
+        "sessionAffinityConfig",
+        Msg(&[f(1, "clientIP", Msg(&[f(1, "timeoutSeconds", OptInt)]))]),
+    ),
     f(17, "ipFamilyPolicy", OptStr),
     f(18, "clusterIPs", RepStr),
     f(19, "ipFamilies", RepStr),
     f(20, "allocateLoadBalancerNodePorts", OptBool),
+    f(21, "loadBalancerClass", OptStr),
     f(22, "internalTrafficPolicy", OptStr),
+    f(23, "trafficDistribution", OptStr),
 ];
 const SERVICE: &[F] = &[
     f(1, "metadata", Msg(OBJECT_META)),
@@ -423,6 +433,15 @@ const SSRR: &[F] = &[
         Msg(&[f(3, "incomplete", Bool), f(4, "evaluationError", Str)]),
     ),
 ];
+const USER_INFO: &[F] = &[
+    f(1, "username", Str),
+    f(2, "uid", Str),
+    f(3, "groups", RepStr),
+];
+const SSR: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(2, "status", Msg(&[f(1, "userInfo", Msg(USER_INFO))])),
+];
 const SCALE: &[F] = &[
     f(1, "metadata", Msg(OBJECT_META)),
     f(2, "spec", Msg(&[f(1, "replicas", Int)])),
@@ -430,6 +449,63 @@ const SCALE: &[F] = &[
         3,
         "status",
         Msg(&[f(1, "replicas", Int), f(2, "selector", Str)]),
+    ),
+];
+
+const POLICY_RULE: &[F] = &[
+    f(1, "verbs", RepStr),
+    f(2, "apiGroups", RepStr),
+    f(3, "resources", RepStr),
+    f(4, "resourceNames", RepStr),
+    f(5, "nonResourceURLs", RepStr),
+];
+const ROLE: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(2, "rules", RepMsg(POLICY_RULE)),
+];
+const CLUSTER_ROLE: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(2, "rules", RepMsg(POLICY_RULE)),
+    f(
+        3,
+        "aggregationRule",
+        Msg(&[f(1, "clusterRoleSelectors", RepMsg(LABEL_SELECTOR))]),
+    ),
+];
+const SUBJECT: &[F] = &[
+    f(1, "kind", Str),
+    f(2, "apiGroup", Str),
+    f(3, "name", Str),
+    f(4, "namespace", Str),
+];
+const ROLE_REF: &[F] = &[f(1, "apiGroup", Str), f(2, "kind", Str), f(3, "name", Str)];
+const BINDING: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(2, "subjects", RepMsg(SUBJECT)),
+    f(3, "roleRef", Msg(ROLE_REF)),
+];
+const PDB: &[F] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Msg(&[
+            f(1, "minAvailable", IntOrStr),
+            f(2, "selector", Msg(LABEL_SELECTOR)),
+            f(3, "maxUnavailable", IntOrStr),
+            f(4, "unhealthyPodEvictionPolicy", OptStr),
+        ]),
+    ),
+    f(
+        3,
+        "status",
+        Msg(&[
+            f(1, "observedGeneration", Int),
+            f(3, "disruptionsAllowed", Int),
+            f(4, "currentHealthy", Int),
+            f(5, "desiredHealthy", Int),
+            f(6, "expectedPods", Int),
+        ]),
     ),
 ];
 
@@ -445,7 +521,12 @@ pub fn kind_message(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("apps/v1", "Deployment") => DEPLOYMENT,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SSAR,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SSRR,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SSR,
         ("autoscaling/v1", "Scale") => SCALE,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
+        ("policy/v1", "PodDisruptionBudget") => PDB,
         _ => return None,
     })
 }

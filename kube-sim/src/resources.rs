@@ -123,6 +123,15 @@ pub const BUILTINS: &[Builtin] = &[
         false,
     ),
     (
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        false,
+        &[],
+        false,
+    ),
+    (
         "authorization.k8s.io",
         "v1",
         "selfsubjectrulesreviews",

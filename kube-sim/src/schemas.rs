@@ -88,6 +88,11 @@ fn build() -> Builtins {
         &mut r,
         (authz, "v1", "SelfSubjectRulesReview"),
     );
+    add::<api::authentication::v1::SelfSubjectReview>(
+        &mut g,
+        &mut r,
+        ("authentication.k8s.io", "v1", "SelfSubjectReview"),
+    );
     add::<api::autoscaling::v1::Scale>(&mut g, &mut r, ("autoscaling", "v1", "Scale"));
     let mut defs = g.take_definitions(true);
     for (group, version, kind, name) in &r {

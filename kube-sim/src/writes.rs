@@ -162,7 +162,10 @@ pub fn create(
     }
     let opts = WriteOpts::parse(q)?;
     let mut obj = decode_object(ct, body)?;
-    if path.rtype.group == "authorization.k8s.io" {
+    if matches!(
+        path.rtype.group.as_str(),
+        "authorization.k8s.io" | "authentication.k8s.io"
+    ) {
         return Ok((
             StatusCode::CREATED,
             crate::authz::review(&path.rtype, obj)?,
@@ -456,6 +459,13 @@ pub fn delete(
             .store
             .modify(path.rid, ns, name, mark, WriteScope::Full)?;
         return Ok((StatusCode::OK, o.value(), Vec::new()));
+    }
+    let orphan = del.as_ref().is_some_and(|d| {
+        d.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
+            || d.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+    });
+    if orphan {
+        crate::controllers::deployment::orphan_dependents(&app.store, &path.rtype, &v);
     }
     let o = app.store.delete(path.rid, ns, name, pre)?;
     Ok((StatusCode::OK, o.value(), Vec::new()))

@@ -1,5 +1,6 @@
 //! Everyday kubectl (v1.32) against kube-sim with the simulated control plane on:
-//! typed `create` commands (protobuf bodies), `--dry-run=server`, `patch --type=json`,
+//! typed `create` commands (protobuf bodies: namespace, serviceaccount, configmap,
+//! secret, role, rolebinding, service, pdb, deployment), `--dry-run=server`, `patch --type=json`,
 //! `explain`, `auth can-i`, deployments that scale and roll out with pods that get
 //! addresses, `wait`, `expose`, `label`, graceful namespace deletion, and the exact
 //! error texts for an unknown field and an invalid name.
@@ -104,6 +105,66 @@ async fn typed_creates_dry_run_and_json_patch() {
     assert_eq!(secret["data"]["p"], "aHVudGVyMg==");
     assert_eq!(secret["type"], "Opaque");
 
+    k.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "demo",
+        "--verb=get,list",
+        "--resource=pods",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "rb",
+        "-n",
+        "demo",
+        "--role=reader",
+        "--serviceaccount=demo:robot",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "api",
+        "-n",
+        "demo",
+        "--tcp=80:8080",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "pdb",
+        "keep",
+        "-n",
+        "demo",
+        "--selector=app=web",
+        "--min-available=1",
+    ])
+    .await;
+    let role = store
+        .get_object("rbac.authorization.k8s.io/v1", "Role", "demo", "reader")
+        .unwrap();
+    assert_eq!(
+        role["rules"][0]["verbs"],
+        serde_json::json!(["get", "list"])
+    );
+    let rb = store
+        .get_object("rbac.authorization.k8s.io/v1", "RoleBinding", "demo", "rb")
+        .unwrap();
+    assert_eq!(rb["roleRef"]["name"], "reader");
+    assert_eq!(rb["subjects"][0]["name"], "robot");
+    let svc = store.get_object("v1", "Service", "demo", "api").unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    let pdb = store
+        .get_object("policy/v1", "PodDisruptionBudget", "demo", "keep")
+        .unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
     // --dry-run=server answers as if created and stores nothing.
     let rv = store.resource_version();
     let out = k
@@ -190,6 +251,57 @@ async fn typed_creates_dry_run_and_json_patch() {
         status,
     ])
     .await;
+
+    // Finalizers: deletion marks the object, removing the last finalizer deletes it.
+    k.ok(&["create", "configmap", "held", "-n", "demo"]).await;
+    let hold = r#"{"metadata":{"finalizers":["example.com/hold"]}}"#;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        hold,
+    ])
+    .await;
+    k.ok(&["delete", "configmap", "held", "-n", "demo", "--wait=false"])
+        .await;
+    let held = store.get_object("v1", "ConfigMap", "demo", "held").unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    let release = r#"[{"op":"remove","path":"/metadata/finalizers"}]"#;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        release,
+    ])
+    .await;
+    assert!(
+        store
+            .get_object("v1", "ConfigMap", "demo", "held")
+            .is_none()
+    );
+
+    // generateName: the server picks the name.
+    let manifest = k.dir.join("generated.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: gen-, namespace: demo}\n",
+    )
+    .unwrap();
+    let out = k
+        .ok(&["create", "-f", manifest.to_str().unwrap(), "-o", "name"])
+        .await;
+    assert!(
+        out.trim().starts_with("configmap/gen-") && out.trim().len() == "configmap/gen-".len() + 5,
+        "{out}"
+    );
 
     // The namespace label cannot be changed.
     k.ok(&[
@@ -347,6 +459,11 @@ async fn explain_auth_and_the_errors_kubectl_prints() {
             .await
             .trim(),
         "yes"
+    );
+    let me = k.ok(&["auth", "whoami"]).await;
+    assert!(
+        me.contains("kube-sim:anyone") && me.contains("system:masters"),
+        "{me}"
     );
     let rules = k.ok(&["auth", "can-i", "--list"]).await;
     assert!(rules.contains("*.*"), "{rules}");

@@ -145,6 +145,12 @@ pub fn reconcile_deployment(store: &Store, ids: Ids, key: &ObjectKey) {
         set_replicas(store, ids, ns, &name_of(old), 0);
     }
     let sets = owned(store, ids.replicasets, ns, "Deployment", name);
+    let status = deployment_status(&d, &sets, &rs_name, want);
+    write_status(store, ids.deployments, ns, name, status);
+}
+
+/// The status of Deployment `d` whose current ReplicaSet is `rs_name`, from its sets.
+fn deployment_status(d: &Value, sets: &[Value], rs_name: &str, want: i64) -> Value {
     let count = |v: &Value, k: &str| {
         v.pointer(&format!("/status/{k}"))
             .and_then(Value::as_i64)
@@ -195,7 +201,7 @@ pub fn reconcile_deployment(store: &Store, ids: Ids, key: &ObjectKey) {
             condition(&prev, "Progressing", true, reason, &msg),
         ],
     });
-    write_status(store, ids.deployments, ns, name, status);
+    status
 }
 
 fn write_status(
@@ -340,6 +346,43 @@ fn create_pod(store: &Store, ids: Ids, rs: &Value, ns: &str, rs_name: &str) {
     });
     if let Err(error) = store.create(ids.pods, Some(ns), pod) {
         tracing::debug!(%error, rs_name, "replicaset controller: pod create failed");
+    }
+}
+
+/// `propagationPolicy: Orphan`: before a Deployment or ReplicaSet `owner` is deleted, its
+/// ReplicaSets or pods drop their owner reference to it, so the garbage collection of
+/// this module leaves them alone.
+pub fn orphan_dependents(store: &Store, t: &crate::resources::ResourceType, owner: &Value) {
+    let dependents = match (t.group.as_str(), t.kind.as_str()) {
+        ("apps", "Deployment") => ("apps", "replicasets"),
+        ("apps", "ReplicaSet") => ("", "pods"),
+        _ => return,
+    };
+    let Some((rid, _)) = store.resolve_path(dependents.0, "v1", dependents.1) else {
+        return;
+    };
+    let ns = owner
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let uid = owner
+        .pointer("/metadata/uid")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let kind = t.kind.as_str();
+    for dep in owned(store, rid, ns, kind, &name_of(owner)) {
+        let drop_ref = |mut cur: Value| {
+            if let Some(refs) = cur
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r["uid"] != uid);
+            }
+            Ok(cur)
+        };
+        if let Err(error) = store.modify(rid, ns, &name_of(&dep), drop_ref, WriteScope::Full) {
+            tracing::debug!(%error, "orphaning failed");
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! a client) are recorded as taken if they fall inside their node's CIDR, so a new pod
 //! never receives an address a live pod holds; a pod's address is released when it is
 //! deleted. Pods that cannot be placed yet (no ready node, node unknown, CIDR full) stay
-//! pending and are retried whenever a node changes.
+//! pending (unscheduled) and are retried whenever a node changes or a pod is deleted.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;

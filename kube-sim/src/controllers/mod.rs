@@ -73,8 +73,8 @@ pub struct Dirty {
     pub deployments: BTreeSet<ObjectKey>,
     /// Namespaces (name in the second slot).
     pub namespaces: BTreeSet<ObjectKey>,
-    /// A node changed: pending pods may now fit.
-    pub nodes_changed: bool,
+    /// A node changed or a pod went (freeing an address): pending pods may now fit.
+    pub capacity_changed: bool,
 }
 
 /// The controller-owner (`ownerReferences[controller=true]`) kind and name of an object.
@@ -177,6 +177,7 @@ fn note(ids: Ids, e: &Event, kubelet: &mut kubelet::Kubelet, dirty: &mut Dirty) 
     if r == ids.pods {
         if e.kind == EventKind::Deleted {
             kubelet.pod_gone(obj);
+            dirty.capacity_changed = true;
         } else if kubelet.pod_seen(obj, &value) {
             dirty.pods.insert(obj.key());
         }
@@ -191,7 +192,7 @@ fn note(ids: Ids, e: &Event, kubelet: &mut kubelet::Kubelet, dirty: &mut Dirty) 
         } else {
             kubelet.node_seen(&value);
         }
-        dirty.nodes_changed = true;
+        dirty.capacity_changed = true;
     } else if r == ids.replicasets {
         dirty.replicasets.insert(obj.key());
         if let Some((kind, name)) = controller_of(&value)
@@ -216,7 +217,7 @@ fn reconcile(store: &Store, ids: Ids, kubelet: &mut kubelet::Kubelet, mut dirty:
     for key in &dirty.replicasets {
         deployment::reconcile_replicaset(store, ids, key);
     }
-    if dirty.nodes_changed {
+    if dirty.capacity_changed {
         dirty.pods.extend(kubelet.take_pending());
     }
     for key in &dirty.pods {
