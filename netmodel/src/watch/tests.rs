@@ -312,7 +312,10 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
         .into_iter()
         .filter(|(k, ..)| k.key().name() == "typha_upstream_rejected_total")
         .map(|(k, .., v)| {
-            let labels = k.key().labels().map(|l| format!("{}={}", l.key(), l.value()));
+            let labels = k
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()));
             (labels.collect(), v)
         })
         .collect();
