@@ -173,6 +173,7 @@ fn main() {
         node_name: NODE.to_string(),
         mode: CalcMode::PolicyOnly,
         cluster_cidrs: vec!["10.0.0.0/8".into()],
+        interface_prefixes: Default::default(),
     });
     let before = live();
     let second = sync(&cache, |batch| calc.apply(&batch));

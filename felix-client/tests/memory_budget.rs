@@ -160,6 +160,7 @@ fn live_heap_of_mirror_and_calc_stays_under_budget() {
         node_name: "node-0000".to_string(),
         mode: CalcMode::PolicyOnly,
         cluster_cidrs: vec!["10.0.0.0/8".into()],
+        interface_prefixes: Default::default(),
     });
     let before = live();
     let second = synced_from(&cache, |batch| calc.apply(&batch));

@@ -44,7 +44,7 @@ impl InterfaceWatch {
             .iter()
             .filter_map(|r| match &r.target {
                 RouteTarget::Interface(name) => Some(name.as_str()),
-                RouteTarget::Gateway(_) => None,
+                _ => None,
             })
             .collect();
         status.set_endpoints_without_interface(missing.len());
