@@ -1,12 +1,19 @@
 //! The client's mirror of typha's state: built from a snapshot, moved forward by delta
 //! batches, and proven equal to the server's by the digest.
 //!
-//! Pure: frames in, changes out, no I/O. Invariants:
+//! Pure: frames in, changes out, no I/O. Compact: per key the mirror keeps only the
+//! key and its 16-byte entry hash, which is all the digest needs (a delete or update
+//! subtracts the old hash) and all a snapshot needs to tell a changed key from an
+//! unchanged one. Values are handed on as changes and held once, by whoever consumes
+//! them (the calc keeps its own compact form of what it uses). Invariants:
 //! - the mirror's digest is the sum of its entries' hashes, each the hash of the exact
 //!   `KeyValue` bytes received (see `typha_proto::digest`);
-//! - a snapshot is staged beside the current mirror and swapped in only at InSync, so a
+//! - a snapshot is staged beside the current mirror (keys, hashes and the chunks'
+//!   payloads as received, still compressed) and swapped in only at InSync, so a
 //!   connection lost mid-snapshot leaves the mirror as it was;
-//! - at the swap only real differences are reported: unchanged keys do not flap;
+//! - at the swap only real differences are reported: unchanged keys do not flap; the
+//!   changes are decoded again from the staged chunks, one chunk at a time
+//!   ([`SnapshotChanges`]), so the decoded values of a whole snapshot never exist at once;
 //! - a batch applies only at the mirror's revision (`from_revision` == `revision`),
 //!   except the one rebase batch after a cross-replica resume (ServerHello resumed with
 //!   another epoch), which moves the mirror onto the new server's history: it carries
@@ -18,9 +25,10 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use typha_proto::digest::EntryHash;
 use typha_proto::frame::{RawDeltaBatch, RawSnapshotEntries};
-use typha_proto::{Digest, Key, ModelError, Revision, Update, Value, VersionVector, pb};
+use typha_proto::{Digest, Key, ModelError, Revision, Update, VersionVector, pb};
 
 /// Decompressed snapshot chunks larger than this are refused (a hostile or broken
 /// server cannot make the client allocate without bound).
@@ -86,10 +94,11 @@ pub enum MirrorError {
     },
 }
 
-#[derive(Clone, Debug)]
-struct Entry {
-    value: Value,
-    hash: EntryHash,
+/// One staged chunk's payload as received: what decoding it again needs.
+struct StagedChunk {
+    compression: i32,
+    raw_len: u64,
+    payload: Bytes,
 }
 
 #[derive(Default)]
@@ -98,14 +107,15 @@ struct Staging {
     revision: u64,
     next_chunk: u32,
     count: u32,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, EntryHash>,
     digest: Digest,
+    chunks: Vec<StagedChunk>,
 }
 
 /// The mirror (see the module docs).
 #[derive(Default)]
 pub struct Mirror {
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, EntryHash>,
     digest: Digest,
     revision: Revision,
     epoch: String,
@@ -164,14 +174,27 @@ impl Mirror {
         self.synced
     }
 
-    /// The value held for `key`.
-    pub fn get(&self, key: &Key) -> Option<&Value> {
-        self.entries.get(key).map(|e| &e.value)
+    /// The entry hash held for `key` (the hash of its encoded `KeyValue`).
+    pub fn get(&self, key: &Key) -> Option<EntryHash> {
+        self.entries.get(key).copied()
     }
 
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
-        self.entries.iter().map(|(k, e)| (k, &e.value))
+    /// Every key with its entry hash, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, EntryHash)> {
+        self.entries.iter().map(|(k, h)| (k, *h))
+    }
+
+    /// The mirror's own accounting of the heap it holds, in bytes: the map's slots
+    /// (key and hash inline, one control byte each) plus each key's string buffers.
+    /// An estimate of what the allocator hands out, for budgets and benches.
+    pub fn heap_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Key, EntryHash)>() + 1;
+        let strings: usize = self
+            .entries
+            .keys()
+            .map(|k| k.namespace().len() + k.name().len())
+            .sum();
+        self.entries.capacity() * slot + strings
     }
 
     /// Where to resume from, once the mirror has synced with a server of `epoch`.
@@ -260,28 +283,38 @@ impl Mirror {
                 revision: chunk.revision,
             });
         }
-        let raw = decompress(&chunk)?;
+        let staged = StagedChunk {
+            compression: chunk.compression,
+            raw_len: chunk.raw_len,
+            // A copy: the received payload may share a larger frame buffer.
+            payload: Bytes::copy_from_slice(&chunk.payload),
+        };
+        let raw = decompress(staged.compression, staged.raw_len, &staged.payload)?;
         let entries = <RawSnapshotEntries as prost::Message>::decode(raw.as_slice())
             .map_err(ModelError::from)?;
         for encoded in entries.entries {
             let update = Update::decode(&encoded)?;
-            let Some(value) = update.value else { continue };
-            let entry = Entry {
-                value,
-                hash: EntryHash::of(&encoded),
-            };
-            if let Some(old) = staging.entries.insert(update.key, entry.clone()) {
-                staging.digest.remove(old.hash);
+            if update.value.is_none() {
+                continue;
             }
-            staging.digest.add(entry.hash);
+            let hash = EntryHash::of(&encoded);
+            if let Some(old) = staging.entries.insert(update.key, hash) {
+                staging.digest.remove(old);
+            }
+            staging.digest.add(hash);
         }
+        staging.chunks.push(staged);
         staging.next_chunk += 1;
         Ok(())
     }
 
     /// Swaps the staged snapshot in after checking it against the server's digest, and
-    /// returns only what changed relative to the previous mirror.
-    pub fn finish_snapshot(&mut self, in_sync: &pb::InSync) -> Result<Vec<Update>, MirrorError> {
+    /// returns only what changed relative to the previous mirror, decoded one chunk at a
+    /// time as the caller iterates (see [`SnapshotChanges`]).
+    pub fn finish_snapshot(
+        &mut self,
+        in_sync: &pb::InSync,
+    ) -> Result<SnapshotChanges, MirrorError> {
         let staging = match self.staging.take() {
             Some(s) if s.revision == in_sync.revision && s.next_chunk == s.count => s,
             other => {
@@ -299,21 +332,23 @@ impl Mirror {
                 mirror: staging.digest,
             });
         }
-        let mut changes = Vec::new();
-        for (key, entry) in &staging.entries {
-            if self.entries.get(key).map(|old| old.hash) != Some(entry.hash) {
-                changes.push(Update {
-                    key: key.clone(),
-                    value: Some(entry.value.clone()),
-                });
-            }
-        }
-        for key in self.entries.keys() {
-            if !staging.entries.contains_key(key) {
-                changes.push(Update::delete(key.clone()));
-            }
-        }
-        self.entries = staging.entries;
+        let changed = staging
+            .entries
+            .iter()
+            .filter(|(key, hash)| self.entries.get(*key) != Some(*hash))
+            .count();
+        let deleted = self
+            .entries
+            .keys()
+            .filter(|key| !staging.entries.contains_key(*key))
+            .count();
+        let old = std::mem::replace(&mut self.entries, staging.entries);
+        let changes = SnapshotChanges {
+            chunks: staging.chunks.into_iter(),
+            old,
+            len: changed + deleted,
+            deletions_done: false,
+        };
         self.digest = staging.digest;
         self.revision = Revision(staging.revision);
         self.epoch = staging.epoch;
@@ -351,7 +386,7 @@ impl Mirror {
         for encoded in &batch.updates {
             let update = Update::decode(encoded)?;
             let hash = EntryHash::of(encoded);
-            let old = self.entries.get(&update.key).map(|e| e.hash);
+            let old = self.entries.get(&update.key).copied();
             match (&update.value, old) {
                 (Some(_), Some(old)) => digest.replace(old, hash),
                 (Some(_), None) => digest.add(hash),
@@ -370,19 +405,10 @@ impl Mirror {
         let mut changes = Vec::with_capacity(decoded.len());
         for (update, hash) in decoded {
             match update.value {
-                Some(value) => {
-                    let old = self.entries.insert(
-                        update.key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            hash,
-                        },
-                    );
-                    if old.is_none_or(|old| old.hash != hash) {
-                        changes.push(Update {
-                            key: update.key,
-                            value: Some(value),
-                        });
+                Some(_) => {
+                    let old = self.entries.insert(update.key.clone(), hash);
+                    if old != Some(hash) {
+                        changes.push(update);
                     }
                 }
                 None => {
@@ -411,25 +437,101 @@ impl Mirror {
     }
 }
 
-fn decompress(chunk: &pb::SnapshotChunk) -> Result<Vec<u8>, MirrorError> {
-    if chunk.raw_len > MAX_CHUNK_RAW_BYTES {
-        return Err(MirrorError::ChunkSize {
-            raw_len: chunk.raw_len,
-        });
+/// What a snapshot changed, relative to the mirror it replaced: decoded one staged
+/// chunk at a time. As an iterator it yields one batch per chunk (the sets and updates
+/// of that chunk that differ from the old mirror; possibly empty) and finally the
+/// deletions (keys of the old mirror the snapshot lacks). The entries were decoded and
+/// hashed once already, so decoding them again cannot fail; an entry that did anyway
+/// would be skipped.
+pub struct SnapshotChanges {
+    chunks: std::vec::IntoIter<StagedChunk>,
+    /// The old mirror's entries not yet seen in the snapshot.
+    old: HashMap<Key, EntryHash>,
+    len: usize,
+    deletions_done: bool,
+}
+
+impl std::fmt::Debug for SnapshotChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotChanges")
+            .field("len", &self.len)
+            .field("chunks_left", &self.chunks.len())
+            .finish_non_exhaustive()
     }
-    let raw = match pb::Compression::try_from(chunk.compression) {
+}
+
+impl SnapshotChanges {
+    /// The number of changes (sets plus deletions) the iteration yields in all.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every change in one vector (tests and small states; the agent iterates).
+    pub fn into_vec(self) -> Vec<Update> {
+        self.flatten().collect()
+    }
+
+    fn decode_chunk(&mut self, chunk: &StagedChunk) -> Vec<Update> {
+        let Ok(raw) = decompress(chunk.compression, chunk.raw_len, &chunk.payload) else {
+            return Vec::new();
+        };
+        let Ok(entries) = <RawSnapshotEntries as prost::Message>::decode(raw.as_slice()) else {
+            return Vec::new();
+        };
+        let mut changes = Vec::new();
+        for encoded in entries.entries {
+            let Ok(update) = Update::decode(&encoded) else {
+                continue;
+            };
+            if update.value.is_none() {
+                continue;
+            }
+            if self.old.remove(&update.key) != Some(EntryHash::of(&encoded)) {
+                changes.push(update);
+            }
+        }
+        changes
+    }
+}
+
+impl Iterator for SnapshotChanges {
+    type Item = Vec<Update>;
+
+    fn next(&mut self) -> Option<Vec<Update>> {
+        if let Some(chunk) = self.chunks.next() {
+            return Some(self.decode_chunk(&chunk));
+        }
+        if self.deletions_done {
+            return None;
+        }
+        self.deletions_done = true;
+        let deletions = std::mem::take(&mut self.old)
+            .into_keys()
+            .map(Update::delete)
+            .collect();
+        Some(deletions)
+    }
+}
+
+fn decompress(compression: i32, raw_len: u64, payload: &[u8]) -> Result<Vec<u8>, MirrorError> {
+    if raw_len > MAX_CHUNK_RAW_BYTES {
+        return Err(MirrorError::ChunkSize { raw_len });
+    }
+    let raw = match pb::Compression::try_from(compression) {
         Ok(pb::Compression::Zstd) => {
             // Capacity-bounded: a payload that inflates beyond raw_len is an error.
-            zstd::bulk::decompress(&chunk.payload, chunk.raw_len as usize)
-                .map_err(MirrorError::Decompress)?
+            zstd::bulk::decompress(payload, raw_len as usize).map_err(MirrorError::Decompress)?
         }
-        Ok(pb::Compression::None) => chunk.payload.to_vec(),
-        Err(_) => return Err(MirrorError::Compression(chunk.compression)),
+        Ok(pb::Compression::None) => payload.to_vec(),
+        Err(_) => return Err(MirrorError::Compression(compression)),
     };
-    if raw.len() as u64 != chunk.raw_len {
-        return Err(MirrorError::ChunkSize {
-            raw_len: chunk.raw_len,
-        });
+    if raw.len() as u64 != raw_len {
+        return Err(MirrorError::ChunkSize { raw_len });
     }
     Ok(raw)
 }

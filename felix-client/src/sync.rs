@@ -40,7 +40,9 @@ use crate::mirror::{Mirror, MirrorError};
 /// What the sync client tells the rest of the agent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyncEvent {
-    /// Changes to the mirror, in order. Deletions have `value: None`.
+    /// Changes to the mirror, in order. Deletions have `value: None`. A snapshot's
+    /// changes come as several events (one per snapshot chunk, then the deletions), all
+    /// before its `InSync`.
     Changes {
         /// The mirror's revision after these changes.
         revision: Revision,
@@ -536,14 +538,10 @@ impl SyncClient {
             ServerFrame::InSync(in_sync) => {
                 let changes = self.mirror.finish_snapshot(&in_sync)?;
                 self.status.snapshots.fetch_add(1, Ordering::Relaxed);
-                if !changes.is_empty() {
-                    let revision = self.mirror.revision();
-                    let _ = events
-                        .send(SyncEvent::Changes {
-                            revision,
-                            updates: changes,
-                        })
-                        .await;
+                // One event per staged chunk: a snapshot's values are never all decoded at once.
+                let revision = self.mirror.revision();
+                for updates in changes.filter(|batch| !batch.is_empty()) {
+                    let _ = events.send(SyncEvent::Changes { revision, updates }).await;
                 }
                 self.in_sync(events).await;
             }

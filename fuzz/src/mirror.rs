@@ -141,7 +141,7 @@ fn in_sync_frame(mirror: &mut Mirror, staged: Option<Staged>, mut in_sync: pb::I
             digest.add(*hash);
         }
         assert_eq!(mirror.digest(), digest, "mirror digest after the snapshot");
-        assert!(entries.keys().all(|k| mirror.get(k).is_some()));
+        assert!(entries.iter().all(|(k, h)| mirror.get(k) == Some(*h)));
     }
     assert_eq!(mirror.revision().0, in_sync.revision);
     assert!(mirror.has_synced());

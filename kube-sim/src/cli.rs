@@ -28,6 +28,10 @@ pub struct Args {
     /// Do not serve Calico's CRD kinds (crd.projectcalico.org answers 404).
     #[arg(long, env = "KUBE_SIM_NO_CALICO_CRDS")]
     no_calico_crds: bool,
+    /// Do not run the simulated scheduler, kubelet and controllers (pods then keep
+    /// whatever node, address and status clients write).
+    #[arg(long, env = "KUBE_SIM_NO_SIMULATE_PODS")]
+    no_simulate_pods: bool,
     /// Nodes to seed.
     #[arg(long, default_value_t = 0)]
     nodes: usize,
@@ -92,6 +96,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         history_limit: args.history,
         bookmark_interval: Duration::from_secs(args.bookmark_secs),
         calico_crds: !args.no_calico_crds,
+        simulate_pods: !args.no_simulate_pods,
     };
     let store = Arc::new(Store::new(config.history_limit, config.calico_crds));
     let seed_cfg = SeedConfig {

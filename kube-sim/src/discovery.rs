@@ -81,7 +81,32 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
     if !t.group.is_empty() && t.group.ends_with("projectcalico.org") {
         main["categories"] = json!(["calico"]);
     }
+    let in_all = matches!(
+        (t.group.as_str(), t.kind.as_str()),
+        ("", "Pod" | "Service") | ("apps", "Deployment" | "ReplicaSet" | "DaemonSet")
+    );
+    if in_all {
+        main["categories"] = json!(["all"]);
+    }
+    if matches!(
+        t.group.as_str(),
+        "authorization.k8s.io" | "authentication.k8s.io"
+    ) {
+        main["verbs"] = json!(["create"]);
+    }
+    let scalable = t.group == "apps" && matches!(t.kind.as_str(), "Deployment" | "ReplicaSet");
     let mut out = vec![main];
+    if scalable {
+        out.push(json!({
+            "name": format!("{}/scale", t.plural),
+            "singularName": "",
+            "namespaced": t.namespaced,
+            "group": "autoscaling",
+            "version": "v1",
+            "kind": "Scale",
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
     if t.status_subresource {
         out.push(json!({
             "name": format!("{}/status", t.plural),

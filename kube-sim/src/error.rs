@@ -37,6 +37,25 @@ pub enum ApiError {
     /// The patch content type is not supported (415, `UnsupportedMediaType`).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body exceeds the size limit (413, `RequestEntityTooLarge`).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The response cannot be given in any media type the client accepts (406, `NotAcceptable`).
+    #[error("{0}")]
+    NotAcceptable(String),
+    /// Any of the above with a `details` object (kind, name, causes), as the API server
+    /// sends for invalid objects; `code` and `reason` as in the plain variants.
+    #[error("{message}")]
+    Detailed {
+        /// HTTP code.
+        code: u16,
+        /// Status reason.
+        reason: &'static str,
+        /// Status message.
+        message: String,
+        /// Status details.
+        details: Value,
+    },
 }
 
 impl ApiError {
@@ -50,6 +69,9 @@ impl ApiError {
             ApiError::Expired(_) => 410,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::TooLarge(_) => 413,
+            ApiError::NotAcceptable(_) => 406,
+            ApiError::Detailed { code, .. } => *code,
         }
     }
 
@@ -64,12 +86,15 @@ impl ApiError {
             ApiError::Expired(_) => "Expired",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::NotAcceptable(_) => "NotAcceptable",
+            ApiError::Detailed { reason, .. } => reason,
         }
     }
 
     /// The error as a Kubernetes `Status` object.
     pub fn to_status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -77,7 +102,39 @@ impl ApiError {
             "message": self.to_string(),
             "reason": self.reason(),
             "code": self.code(),
-        })
+        });
+        if let ApiError::Detailed { details, .. } = self
+            && !details.is_null()
+        {
+            status["details"] = details.clone();
+        }
+        status
+    }
+
+    /// `<Kind> "<name>" is invalid: <field>: <message>` with one cause per field, the
+    /// 422 a real API server sends for an object failing validation.
+    pub fn invalid_object(
+        group: &str,
+        kind: &str,
+        name: &str,
+        causes: &[(String, String)],
+    ) -> Self {
+        let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let joined = if text.len() == 1 {
+            text.join("")
+        } else {
+            format!("[{}]", text.join(", "))
+        };
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .collect();
+        ApiError::Detailed {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{kind} \"{name}\" is invalid: {joined}"),
+            details: json!({"name": name, "group": group, "kind": kind, "causes": causes}),
+        }
     }
 
     /// `<plural> "<name>" not found`, the message a real API server uses.

@@ -1,9 +1,9 @@
 //! Resource verbs: get, list, watch, create, update, patch (merge, strategic, apply),
 //! delete and deletecollection, for any registered kind.
 //!
-//! Server-side apply is simplified: the applied configuration is JSON-merge-patched onto
-//! the live object (or creates it); field managers and ownership conflicts are ignored.
-//! `dryRun` is not supported (requests are applied).
+//! Writes live in [`crate::writes`]. Server-side apply is simplified: the applied
+//! configuration is JSON-merge-patched onto the live object (or creates it); field
+//! managers and ownership conflicts are ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +20,10 @@ use crate::faults::too_large_response;
 use crate::http::{App, ResourcePath, error_response, json_response};
 use crate::list::{Filter, ListOptions, VersionMatch};
 use crate::object::StoredObject;
-use crate::patch::{merge_patch, strategic_merge_patch};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{Store, WriteScope};
+use crate::store::Store;
 use crate::watch::{WatchRequest, WatchStart, watch_start, watch_stream};
+use crate::writes;
 
 /// Routes a parsed resource request to its verb.
 pub async fn dispatch(
@@ -37,24 +37,25 @@ pub async fn dispatch(
     if method != Method::GET {
         app.metrics.add(&app.metrics.write_requests, 1);
     }
+    let ct = content_type;
     let result = match (&method, &path.name) {
         (&Method::GET, None) if is_true(q.get("watch")) => return watch(app, path, q),
         (&Method::GET, None) => list(app, path, q),
+        (&Method::GET, Some(name)) if path.scale => get(&app.store, path, name).map(|o| {
+            (
+                StatusCode::OK,
+                to_bytes(&writes::scale_of(path, &o.value())),
+            )
+        }),
         (&Method::GET, Some(name)) => {
             get(&app.store, path, name).map(|o| (StatusCode::OK, o.raw.clone()))
         }
-        (&Method::POST, None) => {
-            create(&app.store, path, &body).map(|o| (StatusCode::CREATED, o.raw.clone()))
+        (&Method::POST, None) => return written(app, writes::create(app, path, q, ct, &body)),
+        (&Method::PUT, Some(n)) => return written(app, writes::update(app, path, n, q, ct, &body)),
+        (&Method::PATCH, Some(n)) => {
+            return written(app, writes::patch(app, path, n, q, ct, &body));
         }
-        (&Method::PUT, Some(name)) => {
-            update(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone()))
-        }
-        (&Method::PATCH, Some(name)) => {
-            patch(&app.store, path, name, content_type, &body).map(|(c, o)| (c, o.raw.clone()))
-        }
-        (&Method::DELETE, Some(name)) => {
-            delete(&app.store, path, name, &body).map(|o| (StatusCode::OK, o.raw.clone()))
-        }
+        (&Method::DELETE, Some(n)) => return written(app, writes::delete(app, path, n, q, &body)),
         (&Method::DELETE, None) => delete_collection(app, path, q),
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not supported on this path"
@@ -66,13 +67,35 @@ pub async fn dispatch(
     }
 }
 
-fn is_true(v: Option<&String>) -> bool {
-    matches!(v.map(String::as_str), Some("true" | "1"))
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+/// The response to a write: the object with one `Warning` header per warning, or the
+/// error (rejected bodies are counted).
+fn written(app: &App, result: Result<writes::Written, ApiError>) -> Response {
+    match result {
+        Ok((code, v, warnings)) => {
+            let mut resp = json_response(&app.metrics, code, to_bytes(&v));
+            for w in warnings {
+                let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+                if let Ok(h) = header::HeaderValue::from_str(&text) {
+                    resp.headers_mut().append(header::WARNING, h);
+                }
+            }
+            resp
+        }
+        Err(e) => {
+            if matches!(e.code(), 400 | 413 | 415 | 422) {
+                app.metrics.add(&app.metrics.rejected_bodies, 1);
+            }
+            error_response(&app.metrics, &e)
+        }
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true" | "1"))
 }
 
 fn filter(path: &ResourcePath, q: &HashMap<String, String>) -> Result<Filter, ApiError> {
@@ -201,112 +224,6 @@ fn watch_response(app: &App, path: &ResourcePath, q: &HashMap<String, String>) -
         }
         Err(e) => error_response(&app.metrics, &e),
     }
-}
-
-fn create(store: &Store, path: &ResourcePath, body: &[u8]) -> Result<Arc<StoredObject>, ApiError> {
-    if path.status {
-        return Err(ApiError::MethodNotAllowed(
-            "create is not supported on the status subresource".into(),
-        ));
-    }
-    store.create(path.rid, path.namespace.as_deref(), parse_body(body)?)
-}
-
-fn scope(path: &ResourcePath) -> WriteScope {
-    if path.status {
-        WriteScope::Status
-    } else {
-        WriteScope::Main
-    }
-}
-
-fn update(
-    store: &Store,
-    path: &ResourcePath,
-    name: &str,
-    body: &[u8],
-) -> Result<Arc<StoredObject>, ApiError> {
-    let obj = parse_body(body)?;
-    store.update(
-        path.rid,
-        path.namespace.as_deref().unwrap_or(""),
-        name,
-        obj,
-        scope(path),
-    )
-}
-
-fn patch(
-    store: &Store,
-    path: &ResourcePath,
-    name: &str,
-    content_type: &str,
-    body: &[u8],
-) -> Result<(StatusCode, Arc<StoredObject>), ApiError> {
-    let ns = path.namespace.as_deref().unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    match mime {
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            let p = parse_body(body)?;
-            let strategic = mime.starts_with("application/strategic");
-            let f = move |mut cur: Value| {
-                if strategic {
-                    strategic_merge_patch(&mut cur, &p)
-                } else {
-                    merge_patch(&mut cur, &p)
-                }
-                Ok(cur)
-            };
-            store
-                .modify(path.rid, ns, name, f, scope(path))
-                .map(|o| (StatusCode::OK, o))
-        }
-        "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-            let applied: Value = serde_yaml::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid apply configuration: {e}")))?;
-            if store.get(path.rid, ns, name).is_none() && !path.status {
-                let mut obj = applied;
-                crate::object::metadata_mut(&mut obj)
-                    .insert("name".into(), Value::String(name.to_string()));
-                return store
-                    .create(path.rid, path.namespace.as_deref(), obj)
-                    .map(|o| (StatusCode::CREATED, o));
-            }
-            let f = move |mut cur: Value| {
-                merge_patch(&mut cur, &applied);
-                Ok(cur)
-            };
-            store
-                .modify(path.rid, ns, name, f, scope(path))
-                .map(|o| (StatusCode::OK, o))
-        }
-        "application/json-patch+json" => Err(ApiError::UnsupportedMediaType(
-            "JSON patch (RFC 6902) is not supported by kube-sim".into(),
-        )),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format: {other}"
-        ))),
-    }
-}
-
-fn delete(
-    store: &Store,
-    path: &ResourcePath,
-    name: &str,
-    body: &[u8],
-) -> Result<Arc<StoredObject>, ApiError> {
-    if path.status {
-        return Err(ApiError::MethodNotAllowed(
-            "delete is not supported on the status subresource".into(),
-        ));
-    }
-    let opts: Option<Value> = if body.is_empty() {
-        None
-    } else {
-        Some(parse_body(body)?)
-    };
-    let pre = opts.as_ref().and_then(|o| o.get("preconditions"));
-    store.delete(path.rid, path.namespace.as_deref().unwrap_or(""), name, pre)
 }
 
 fn delete_collection(

@@ -1,8 +1,10 @@
 //! HTTP front end: URL routing, discovery, and Status responses.
 //!
 //! One fallback handler parses Kubernetes REST paths by hand (the path grammar is small
-//! and the same for every kind); resource verbs live in [`crate::handlers`]. Every
-//! response body is JSON; errors are `Status` objects with the matching HTTP code.
+//! and the same for every kind); resource verbs live in [`crate::handlers`] and
+//! [`crate::writes`]. Every response body is JSON (a client that accepts only other
+//! media types gets 406); errors are `Status` objects with the matching HTTP code.
+//! Request bodies over 3 MiB get 413.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct App {
     pub faults: Arc<Faults>,
     /// What watch streams need.
     pub watch: WatchContext,
+    /// Whether the simulated control plane runs (namespaces then delete gracefully).
+    pub simulate: bool,
 }
 
 /// A request addressed to a resource collection, object or subresource.
@@ -50,6 +54,8 @@ pub struct ResourcePath {
     pub name: Option<String>,
     /// Whether the `/status` subresource is addressed.
     pub status: bool,
+    /// Whether the `/scale` subresource (deployments, replica sets) is addressed.
+    pub scale: bool,
 }
 
 /// The router serving every path through [`handle`].
@@ -94,9 +100,13 @@ async fn handle(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     app.metrics.add(&app.metrics.requests, 1);
+    let body = match checked_body(&app, &headers, body).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let reg = || app.store.registry();
     let doc = match segs.as_slice() {
@@ -150,6 +160,62 @@ async fn handle(
     handlers::dispatch(&app, method, &path, &query, &content_type, body).await
 }
 
+/// The request body, or the 406 (JSON not acceptable) or 413 (too large) answer.
+async fn checked_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Box<Response>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !accepts_json(accept) {
+        let e = ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json (got {accept})"
+        ));
+        return Err(Box::new(error_response(&app.metrics, &e)));
+    }
+    read_body(body).await.map_err(|()| {
+        app.metrics.add(&app.metrics.rejected_bodies, 1);
+        let e = ApiError::TooLarge(format!(
+            "Request entity too large: limit is {}",
+            crate::writes::MAX_BODY
+        ));
+        Box::new(error_response(&app.metrics, &e))
+    })
+}
+
+/// Over-limit bodies are read (and dropped) up to this size before the 413, so that the
+/// client, still sending, is not reset before it reads the answer.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The request body, or Err if it exceeds [`crate::writes::MAX_BODY`] (or cannot be read).
+async fn read_body(body: Body) -> Result<Bytes, ()> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ())?;
+        seen += chunk.len();
+        if seen <= crate::writes::MAX_BODY {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > crate::writes::MAX_BODY {
+        return Err(());
+    }
+    Ok(buf.freeze())
+}
+
+/// Whether an `Accept` header admits a JSON answer (absent, JSON, or a wildcard).
+pub fn accepts_json(accept: &str) -> bool {
+    accept.trim().is_empty()
+        || accept.split(',').any(|r| {
+            let m = r.split(';').next().unwrap_or("").trim();
+            matches!(m, "*/*" | "application/*" | "application/json" | "")
+        })
+}
+
 /// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource paths.
 fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, ApiError> {
     let (group, version, rest) = match segs {
@@ -178,9 +244,12 @@ fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, Api
     if name.is_some() && rtype.namespaced && namespace.is_none() {
         return Err(not_found());
     }
-    let status = match sub {
-        None => false,
-        Some("status") if rtype.status_subresource => true,
+    let scalable =
+        rtype.group == "apps" && matches!(rtype.kind.as_str(), "Deployment" | "ReplicaSet");
+    let (status, scale) = match sub {
+        None => (false, false),
+        Some("status") if rtype.status_subresource => (true, false),
+        Some("scale") if scalable => (false, true),
         Some(_) => return Err(not_found()),
     };
     Ok(ResourcePath {
@@ -189,5 +258,6 @@ fn parse_resource_path(store: &Store, segs: &[&str]) -> Result<ResourcePath, Api
         namespace,
         name,
         status,
+        scale,
     })
 }

@@ -3,11 +3,16 @@
 //! It speaks enough of the real API (discovery, CRUD, merge/strategic/apply patches, the
 //! status subresource, paginated LIST, WATCH with bookmarks and streaming lists, 410
 //! expiry) that unmodified `kubectl` and the `kube` crate use it as a cluster. It is not
-//! a production API server: no auth, no admission, no OpenAPI schemas, no protobuf, simplified
-//! server-side apply. Start it in-process with [`KubeSim::start`] (binds 127.0.0.1:0 by
+//! a production API server: no authentication or authorization (every request is allowed),
+//! protobuf request bodies only for the kinds kubectl's typed commands send, simplified
+//! server-side apply. A simulated scheduler, kubelet and Deployment controller (like kwok)
+//! give pods nodes, addresses and readiness ([`controllers`]; `simulate_pods`). Start it in-process with [`KubeSim::start`] (binds 127.0.0.1:0 by
 //! default), or run the `kube-sim` binary.
 
+pub mod authz;
 pub mod cli;
+pub mod controllers;
+pub mod defaults;
 pub mod direct;
 pub mod discovery;
 pub mod error;
@@ -19,13 +24,18 @@ pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
+pub mod protobuf_types;
 pub mod resources;
+pub mod schemas;
 pub mod seed;
 pub mod selectors;
 pub mod store;
 #[cfg(test)]
 mod store_tests;
+pub mod validate;
 pub mod watch;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +61,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Serve Calico's CRD kinds from the start (as if the CRDs were installed).
     pub calico_crds: bool,
+    /// Run the simulated scheduler, kubelet and controllers (see [`controllers`]).
+    pub simulate_pods: bool,
 }
 
 impl Default for Config {
@@ -60,6 +72,7 @@ impl Default for Config {
             history_limit: 10_000,
             bookmark_interval: Duration::from_secs(5),
             calico_crds: true,
+            simulate_pods: true,
         }
     }
 }
@@ -87,6 +100,7 @@ pub struct KubeSim {
     config: Config,
     shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
+    controllers: Option<JoinHandle<()>>,
 }
 
 impl KubeSim {
@@ -121,6 +135,12 @@ impl KubeSim {
                 bookmark_interval: config.bookmark_interval,
                 shutdown: shutdown.clone(),
             },
+            simulate: config.simulate_pods,
+        };
+        let controllers = if config.simulate_pods {
+            controllers::spawn(store.clone(), shutdown.clone())
+        } else {
+            None
         };
         let token = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -142,6 +162,7 @@ impl KubeSim {
             },
             shutdown,
             server: Some(server),
+            controllers,
         })
     }
 
@@ -200,6 +221,9 @@ impl KubeSim {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
             let _ = server.await;
+        }
+        if let Some(controllers) = self.controllers.take() {
+            let _ = controllers.await;
         }
     }
 }

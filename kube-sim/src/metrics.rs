@@ -32,6 +32,9 @@ pub struct Metrics {
     pub watch_cuts: AtomicU64,
     /// Watches refused because they start beyond the current resourceVersion (504).
     pub too_large_versions: AtomicU64,
+    /// Request bodies refused: undecodable, too large, unsupported media type, invalid
+    /// or failing patch, unknown fields under Strict validation.
+    pub rejected_bodies: AtomicU64,
     /// Woken on every change, so tests can await a condition instead of polling.
     changed: tokio::sync::Notify,
 }
@@ -63,6 +66,8 @@ pub struct MetricsSnapshot {
     pub watch_cuts: u64,
     /// See [`Metrics::too_large_versions`].
     pub too_large_versions: u64,
+    /// See [`Metrics::rejected_bodies`].
+    pub rejected_bodies: u64,
 }
 
 impl Metrics {
@@ -82,6 +87,7 @@ impl Metrics {
             faults_injected: r(&self.faults_injected),
             watch_cuts: r(&self.watch_cuts),
             too_large_versions: r(&self.too_large_versions),
+            rejected_bodies: r(&self.rejected_bodies),
         }
     }
 

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
 use crate::resources::ResourceId;
 use crate::selectors::json_field;
 
@@ -133,30 +132,6 @@ pub fn generate_name(prefix: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
-/// Checks a name: DNS subdomain rules, or path-segment rules for RBAC kinds
-/// (which allow names such as `system:controller`).
-pub fn validate_name(name: &str, group: &str) -> Result<(), ApiError> {
-    let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let ok = if group == "rbac.authorization.k8s.io" {
-        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
-    } else {
-        !name.is_empty()
-            && name.len() <= 253
-            && name.chars().all(dns)
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(format!(
-            "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist \
-             of lower case alphanumeric characters, '-' or '.', and must start and end with an \
-             alphanumeric character"
-        )))
-    }
-}
-
 /// The object without `metadata` and `status`: a change here bumps `metadata.generation`.
 pub fn spec_part(v: &Value) -> Map<String, Value> {
     v.as_object()
@@ -211,9 +186,6 @@ mod tests {
 
     #[test]
     fn names_and_uids() {
-        assert!(validate_name("web-1.a", "").is_ok());
-        assert_eq!(validate_name("Bad_Name", "").unwrap_err().code(), 422);
-        assert!(validate_name("system:controller", "rbac.authorization.k8s.io").is_ok());
         let uid = new_uid();
         assert_eq!(uid.len(), 36);
         assert_eq!(&uid[14..15], "4");

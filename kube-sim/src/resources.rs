@@ -31,6 +31,8 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Whether the type is currently served (false after its CRD is deleted).
     pub served: bool,
+    /// A CRD kind's `openAPIV3Schema` (built-in kinds: see [`crate::schemas`]).
+    pub schema: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl ResourceType {
@@ -102,6 +104,42 @@ pub const BUILTINS: &[Builtin] = &[
         true,
     ),
     ("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
+    (
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        true,
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+        &[],
+        false,
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        false,
+        &[],
+        false,
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        false,
+        &[],
+        false,
+    ),
     (
         "rbac.authorization.k8s.io",
         "v1",
@@ -265,6 +303,7 @@ fn from_builtin(b: &Builtin, served: bool) -> ResourceType {
         short_names: short.iter().map(|s| s.to_string()).collect(),
         status_subresource: status,
         served,
+        schema: None,
     }
 }
 
@@ -393,6 +432,10 @@ pub fn from_crd(crd: &serde_json::Value) -> Option<ResourceType> {
             .unwrap_or_default(),
         status_subresource: version.pointer("/subresources/status").is_some(),
         served: true,
+        schema: version
+            .pointer("/schema/openAPIV3Schema")
+            .cloned()
+            .map(std::sync::Arc::new),
     })
 }
 

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::object::{
     ObjectKey, StoredObject, generate_name, metadata_mut, new_uid, now_rfc3339, spec_part,
-    validate_name,
 };
 use crate::resources::{Registry, ResourceId, ResourceType, from_crd};
 
@@ -207,7 +206,19 @@ impl Store {
         &self,
         rid: ResourceId,
         namespace: Option<&str>,
+        obj: Value,
+    ) -> Result<Arc<StoredObject>, ApiError> {
+        self.create_with(rid, namespace, obj, false)
+    }
+
+    /// [`Store::create`]; with `dry_run` everything is checked and the would-be object
+    /// returned, but nothing is stored.
+    pub fn create_with(
+        &self,
+        rid: ResourceId,
+        namespace: Option<&str>,
         mut obj: Value,
+        dry_run: bool,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
         let t = st
@@ -232,7 +243,12 @@ impl Store {
             let crd = from_crd(&obj).ok_or_else(|| {
                 ApiError::Invalid("spec: invalid CustomResourceDefinition".into())
             })?;
-            st.registry.register(crd);
+            if !dry_run {
+                st.registry.register(crd);
+            }
+        }
+        if dry_run {
+            return Ok(Arc::new(StoredObject::new(rid, &obj, 0)));
         }
         let out = commit(&mut st, rid, EventKind::Added, obj, None);
         drop(st);
@@ -262,6 +278,19 @@ impl Store {
         f: impl FnOnce(Value) -> Result<Value, ApiError>,
         scope: WriteScope,
     ) -> Result<Arc<StoredObject>, ApiError> {
+        self.modify_with(rid, namespace, name, f, scope, false)
+    }
+
+    /// [`Store::modify`]; with `dry_run` the would-be object is returned, not stored.
+    pub fn modify_with(
+        &self,
+        rid: ResourceId,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(Value) -> Result<Value, ApiError>,
+        scope: WriteScope,
+        dry_run: bool,
+    ) -> Result<Arc<StoredObject>, ApiError> {
         let mut st = self.state.write();
         let (t, old) = existing(&st, rid, namespace, name)?;
         let old_value = old.value();
@@ -269,6 +298,9 @@ impl Store {
         let new = prepare_update(&t, &old, old_value.clone(), new, scope)?;
         if new == old_value {
             return Ok(old);
+        }
+        if dry_run {
+            return Ok(Arc::new(StoredObject::new(rid, &new, old.rv)));
         }
         let out = commit(&mut st, rid, EventKind::Modified, new, Some(old));
         drop(st);
@@ -361,11 +393,12 @@ fn prepare_create(
             }
         },
     };
-    validate_name(&name, &t.group)?;
+    crate::validate::validate_name(t, &name)?;
     meta.insert("name".into(), Value::String(name));
     meta.insert("uid".into(), Value::String(new_uid()));
     meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
     meta.insert("generation".into(), json!(1));
+    crate::defaults::namespace_label(t, meta);
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
     meta.remove("managedFields");
@@ -441,7 +474,18 @@ fn prepare_update(
     } else {
         meta.remove("namespace");
     }
-    for k in ["uid", "creationTimestamp"] {
+    crate::defaults::namespace_label(t, meta);
+    let kept: &[&str] = if scope == WriteScope::Full {
+        &["uid", "creationTimestamp"]
+    } else {
+        &[
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ]
+    };
+    for k in kept.iter().copied() {
         match old_meta.get(k) {
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
@@ -456,7 +500,7 @@ fn prepare_update(
     Ok(merged)
 }
 
-fn check_preconditions(
+pub(crate) fn check_preconditions(
     t: &ResourceType,
     old: &StoredObject,
     pre: Option<&Value>,

@@ -2,16 +2,15 @@
 //! delete, `get -w` and `get --chunk-size`. Uses a throw-away kubeconfig and cache dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::Kubectl;
 use kube_sim::{Config, KubeSim};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -60,71 +59,6 @@ spec:
   types: [Ingress, Egress]
 "#;
 
-struct Kubectl {
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    fn new(sim: &KubeSim) -> Self {
-        assert!(
-            Path::new(KUBECTL).exists(),
-            "kubectl is required for this test: install kubectl (v1.32) at {KUBECTL}"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "kube-sim-kubectl-{}-{}",
-            std::process::id(),
-            sim.addr().port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\"}}\n\
-             contexts:\n- name: sim\n  context: {{cluster: sim, user: sim}}\ncurrent-context: sim\n\
-             users:\n- name: sim\n  user: {{}}\n",
-            sim.url()
-        );
-        std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
-        std::fs::write(dir.join("manifest.yaml"), MANIFEST).unwrap();
-        Kubectl { dir }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(KUBECTL);
-        cmd.arg("--kubeconfig")
-            .arg(self.dir.join("kubeconfig"))
-            .arg("--cache-dir")
-            .arg(self.dir.join("cache"))
-            .args(args)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs kubectl and returns stdout; panics with stderr on failure.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().await.unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "kubectl {args:?} failed: {stderr}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs kubectl expecting failure; returns stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().await.unwrap();
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} unexpectedly succeeded"
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-}
-
-impl Drop for Kubectl {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn pod(sim: &KubeSim, name: &str) -> Value {
     sim.store()
         .get_object("v1", "Pod", "demo", name)
@@ -136,6 +70,7 @@ async fn kubectl_apply_get_label_patch_delete() {
     let sim = KubeSim::start(Config::default()).await.unwrap();
     let k = Kubectl::new(&sim);
     let manifest = k.dir.join("manifest.yaml");
+    std::fs::write(&manifest, MANIFEST).unwrap();
     let manifest = manifest.to_str().unwrap();
     let out = k.ok(&["apply", "-f", manifest]).await;
     assert!(out.contains("pod/web created"), "{out}");
@@ -220,10 +155,18 @@ async fn kubectl_apply_get_label_patch_delete() {
         json!({"spec": {"containers": [{"name": "side", "image": "envoy:2"}]}}).to_string();
     k.ok(&["patch", "pod", "web", "-n", "demo", "-p", &strategic])
         .await;
-    let containers = pod(&sim, "web")["spec"]["containers"].clone();
+    let containers: Vec<Value> = pod(&sim, "web")["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| json!({"name": c["name"], "image": c["image"]}))
+        .collect();
     assert_eq!(
         containers,
-        json!([{"name": "main", "image": "nginx:1"}, {"name": "side", "image": "envoy:2"}])
+        [
+            json!({"name": "main", "image": "nginx:1"}),
+            json!({"name": "side", "image": "envoy:2"})
+        ]
     );
 
     let status = json!({"status": {"podIP": "10.0.0.5"}}).to_string();

@@ -184,10 +184,18 @@ impl Churn {
             stats: ChurnStats::default(),
             bytes_received: 0,
         };
-        let home = churn.home().to_string();
-        match churn.layout.clone() {
+        churn.find_targets().await?;
+        churn.seed_marks().await?;
+        Ok(churn)
+    }
+
+    /// The objects churn relabels: the synthetic cluster's pods, or service accounts it
+    /// creates in its namespace.
+    async fn find_targets(&mut self) -> anyhow::Result<()> {
+        let home = self.home().to_string();
+        match self.layout.clone() {
             Layout::Synthetic { .. } => {
-                let list = churn.send("GET", "/api/v1/pods?limit=500", None).await?;
+                let list = self.send("GET", "/api/v1/pods?limit=500", None).await?;
                 let list: Json = serde_json::from_slice(&list).context("pod list")?;
                 for pod in list["items"].as_array().into_iter().flatten() {
                     let meta = &pod["metadata"];
@@ -197,29 +205,34 @@ impl Churn {
                     if let (Some(ns), Some(name)) =
                         (meta["namespace"].as_str(), meta["name"].as_str())
                     {
-                        churn.targets.push((ns.to_string(), name.to_string()));
+                        self.targets.push((ns.to_string(), name.to_string()));
                     }
                 }
             }
             Layout::Namespace(ns) => {
                 let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
                                        "metadata": {"name": ns}});
-                churn
-                    .upsert("/api/v1/namespaces", &ns, namespace)
+                self.upsert("/api/v1/namespaces", &ns, namespace)
                     .await
                     .with_context(|| format!("creating namespace {ns}"))?;
                 for k in 0..LABEL_TARGETS {
                     let name = format!("lt-target-{k}");
-                    let sa = churn.object_json(&name, &home, 0, &[("app", "lt".into())]);
-                    let collection = churn.collection(&home);
-                    churn.upsert(&collection, &name, sa).await?;
-                    churn.targets.push((home.clone(), name));
+                    let sa = self.object_json(&name, &home, 0, &[("app", "lt".into())]);
+                    let collection = self.collection(&home);
+                    self.upsert(&collection, &name, sa).await?;
+                    self.targets.push((home.clone(), name));
                 }
             }
         }
-        let barrier = churn.object_json(BARRIER_POD, &home, 0, &[(BARRIER_LABEL, "0".into())]);
-        let collection = churn.collection(&home);
-        churn.upsert(&collection, BARRIER_POD, barrier).await?;
+        Ok(())
+    }
+
+    /// The barrier object and the stamped policy.
+    async fn seed_marks(&mut self) -> anyhow::Result<()> {
+        let home = self.home().to_string();
+        let barrier = self.object_json(BARRIER_POD, &home, 0, &[(BARRIER_LABEL, "0".into())]);
+        let collection = self.collection(&home);
+        self.upsert(&collection, BARRIER_POD, barrier).await?;
         let policy = json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": POLICY, "namespace": home},
@@ -227,14 +240,13 @@ impl Churn {
                      "policyTypes": ["Ingress"],
                      "ingress": [{"ports": [{"protocol": "TCP", "port": 9000}]}]},
         });
-        churn
-            .upsert(
-                &format!("/apis/networking.k8s.io/v1/namespaces/{home}/networkpolicies"),
-                POLICY,
-                policy,
-            )
-            .await?;
-        Ok(churn)
+        self.upsert(
+            &format!("/apis/networking.k8s.io/v1/namespaces/{home}/networkpolicies"),
+            POLICY,
+            policy,
+        )
+        .await?;
+        Ok(())
     }
 
     /// The namespace of the barrier and the policy.

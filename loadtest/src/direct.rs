@@ -228,7 +228,7 @@ impl WatchTask {
             *listed = true;
             self.counters.watching.fetch_add(1, Ordering::Relaxed);
         }
-        let mut rv = head.metadata.resource_version;
+        let rv = head.metadata.resource_version;
         let watch = format!(
             "{}?watch=true&allowWatchBookmarks=true&resourceVersion={rv}",
             self.path
@@ -240,6 +240,15 @@ impl WatchTask {
             self.path,
             stream.status()
         );
+        self.follow(&mut stream, rv).await
+    }
+
+    /// Reads a watch stream until it ends, recording marks.
+    async fn follow(
+        &self,
+        stream: &mut crate::api::ApiStream,
+        mut rv: String,
+    ) -> anyhow::Result<Absent> {
         let mut counted = stream.wire_bytes();
         self.counters.bytes.fetch_add(counted, Ordering::Relaxed);
         let mut buf = Vec::new();

@@ -2,7 +2,7 @@
 //! over real mutual TLS, with the measurements the report prints.
 //!
 //! Two modes share the fixtures: [`harness`] runs everything in one process (the
-//! integration tests), and [`scenarios`] runs kube-sim and each typha replica as child
+//! integration tests), and [`scenario`] runs kube-sim and each typha replica as child
 //! processes of this binary (multi-call: `loadtest kube-sim ...`, `loadtest typha ...`)
 //! so that CPU, memory and bytes are measured per process.
 
@@ -14,10 +14,11 @@ pub mod harness;
 pub mod http1;
 pub mod latency;
 pub mod model;
+pub mod pinning;
 pub mod plot;
 pub mod probe;
 pub mod procs;
 pub mod rawnet;
 pub mod report;
-pub mod scenarios;
+pub mod scenario;
 pub mod stack;

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use edge::tls::{PeerIdentity, TransportChoice};
-use loadtest::report::{Report, RunConfig};
-use loadtest::scenarios::{self, Scenario, Target};
+use loadtest::pinning::CpuList;
+use loadtest::report::{Environment, Report, RunConfig};
+use loadtest::scenario::{self, Scenario, Target};
 use loadtest::stack::{ExternalTypha, RestartMode};
 
 /// Load test for typha: a synthetic cluster in kube-sim, typha replicas, and thousands
@@ -121,6 +122,17 @@ struct Cli {
     /// its plaintext flag).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Pin kube-sim and the typha replicas (and the raw-loopback writer) to these CPUs
+    /// (`0`, `0-1`, `0,2`), so typha's share is measured apart from the load generator's.
+    #[arg(long, env = "LOADTEST_TYPHA_CPUS", default_value = "")]
+    typha_cpus: CpuList,
+    /// Pin the load generator (the clients) to these CPUs.
+    #[arg(long, env = "LOADTEST_AGENT_CPUS", default_value = "")]
+    agent_cpus: CpuList,
+    /// Exit non-zero when a goal measured at its own configuration is missed (goals not
+    /// measured at their configuration never fail the check).
+    #[arg(long)]
+    check: bool,
     /// Skip the raw loopback baseline after the steady scenario.
     #[arg(long)]
     no_raw_baseline: bool,
@@ -211,6 +223,11 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    // Children of a pinned run pin themselves before any thread starts.
+    if let Err(error) = loadtest::pinning::pin_from_env() {
+        eprintln!("loadtest: {error:#}");
+        return ExitCode::FAILURE;
+    }
     match args.get(1).map(String::as_str) {
         Some("kube-sim") => return kube_sim::cli::run(&args[1..]),
         Some("typha") => return typha::cli::run(&args[1..]),
@@ -220,56 +237,12 @@ fn main() -> ExitCode {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    match tracing_subscriber::EnvFilter::try_new(&cli.log) {
-        Ok(filter) => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init(),
-        Err(error) => {
-            eprintln!("loadtest: --log: {error}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if cli.clients == 0
-        || cli.rate == 0
-        || !(0.0..=1.0).contains(&cli.slow_share)
-        || cli.soak_kill_interval.is_zero()
-    {
-        eprintln!(
-            "loadtest: --clients, --rate and --soak-kill-interval must be positive, --slow-share in 0..=1"
-        );
-        return ExitCode::FAILURE;
-    }
-    let scenarios: Vec<Scenario> = cli.scenario.iter().flat_map(|s| s.expand()).collect();
-    let target = match target(&cli, &scenarios) {
-        Ok(target) => target,
+    let (scenarios, target, config) = match prepare(&cli, &args) {
+        Ok(prepared) => prepared,
         Err(error) => {
             eprintln!("loadtest: {error}");
             return ExitCode::FAILURE;
         }
-    };
-    let config = RunConfig {
-        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
-        clients: cli.clients,
-        nodes: cli.nodes,
-        pods_per_node: cli.pods_per_node,
-        namespaces: cli.namespaces,
-        policies: cli.policies,
-        cold_nodes: cli.cold_nodes,
-        cold_pods_per_node: cli.cold_pods_per_node,
-        rate: cli.rate,
-        duration_seconds: cli.duration.as_secs_f64(),
-        replicas: cli.replicas,
-        restart_mode: cli.restart_mode,
-        slow_share: cli.slow_share,
-        slow_pause_ms: cli.slow_pause.as_millis() as u64,
-        slow_write_timeout_seconds: cli.slow_write_timeout.as_secs_f64(),
-        raw_baseline: !cli.no_raw_baseline,
-        soak_kill_interval_seconds: cli.soak_kill_interval.as_secs_f64(),
-        kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
-        typha_addrs: cli.typha_addr.clone(),
-        churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
-        command: args.join(" "),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -297,6 +270,81 @@ fn main() -> ExitCode {
         eprintln!("loadtest: {error:#}");
         return ExitCode::FAILURE;
     }
+    if cli.check
+        && let Err(missed) = report.check()
+    {
+        eprintln!("loadtest: --check: {missed}");
+        return ExitCode::FAILURE;
+    }
+    verdict(&report)
+}
+
+async fn run(scenarios: &[Scenario], config: RunConfig, target: &Target) -> anyhow::Result<Report> {
+    let environment = Environment::of_this_run(&config);
+    let mut report = Report {
+        config,
+        scenarios: Vec::new(),
+        environment,
+        comparison: None,
+        goals: Vec::new(),
+    };
+    for scenario in scenarios {
+        report
+            .scenarios
+            .push(scenario::run(*scenario, &report.config, target).await?);
+    }
+    report.finish();
+    Ok(report)
+}
+
+fn write_outputs(
+    report: &Report,
+    json: Option<&PathBuf>,
+    svg: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(path) = json {
+        let text = serde_json::to_vec_pretty(report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = svg {
+        std::fs::write(path, loadtest::plot::render(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The run's configuration as the report records it.
+fn run_config(cli: &Cli, scenarios: &[Scenario], args: &[String]) -> RunConfig {
+    RunConfig {
+        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
+        clients: cli.clients,
+        nodes: cli.nodes,
+        pods_per_node: cli.pods_per_node,
+        namespaces: cli.namespaces,
+        policies: cli.policies,
+        cold_nodes: cli.cold_nodes,
+        cold_pods_per_node: cli.cold_pods_per_node,
+        rate: cli.rate,
+        duration_seconds: cli.duration.as_secs_f64(),
+        replicas: cli.replicas,
+        restart_mode: cli.restart_mode,
+        slow_share: cli.slow_share,
+        slow_pause_ms: cli.slow_pause.as_millis() as u64,
+        slow_write_timeout_seconds: cli.slow_write_timeout.as_secs_f64(),
+        raw_baseline: !cli.no_raw_baseline,
+        soak_kill_interval_seconds: cli.soak_kill_interval.as_secs_f64(),
+        kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
+        typha_addrs: cli.typha_addr.clone(),
+        churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
+        typha_cpus: cli.typha_cpus.clone(),
+        agent_cpus: cli.agent_cpus.clone(),
+        command: args.join(" "),
+    }
+}
+
+/// Failure when a scenario did not converge or digests differ.
+fn verdict(report: &Report) -> ExitCode {
     let failed: Vec<&str> = report
         .scenarios
         .iter()
@@ -319,35 +367,29 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(scenarios: &[Scenario], config: RunConfig, target: &Target) -> anyhow::Result<Report> {
-    let mut report = Report {
-        config,
-        scenarios: Vec::new(),
-        comparison: None,
-        goals: Vec::new(),
-    };
-    for scenario in scenarios {
-        report
-            .scenarios
-            .push(scenarios::run(*scenario, &report.config, target).await?);
+/// Logging, validation, real-cluster mode and CPU pinning from the flags: what to run,
+/// against what, and the configuration the report records.
+fn prepare(cli: &Cli, args: &[String]) -> Result<(Vec<Scenario>, Target, RunConfig), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).map_err(|e| format!("--log: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if cli.clients == 0
+        || cli.rate == 0
+        || !(0.0..=1.0).contains(&cli.slow_share)
+        || cli.soak_kill_interval.is_zero()
+    {
+        return Err(
+            "--clients, --rate and --soak-kill-interval must be positive, --slow-share in 0..=1"
+                .into(),
+        );
     }
-    report.finish();
-    Ok(report)
-}
-
-fn write_outputs(
-    report: &Report,
-    json: Option<&PathBuf>,
-    svg: Option<&PathBuf>,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(path) = json {
-        let text = serde_json::to_vec_pretty(report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = svg {
-        std::fs::write(path, loadtest::plot::render(report))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    let scenarios: Vec<Scenario> = cli.scenario.iter().flat_map(|s| s.expand()).collect();
+    let target = target(cli, &scenarios)?;
+    let config = run_config(cli, &scenarios, args);
+    loadtest::pinning::set_server_cpus(cli.typha_cpus.clone());
+    loadtest::pinning::pin_self(&cli.agent_cpus).map_err(|e| format!("--agent-cpus: {e:#}"))?;
+    Ok((scenarios, target, config))
 }

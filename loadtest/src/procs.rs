@@ -123,7 +123,11 @@ impl ChildProc {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        if let Some(cpus) = crate::pinning::server_cpus() {
+            command.env(crate::pinning::PIN_ENV, cpus.to_string());
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -12,9 +12,15 @@ use serde::Serialize;
 use crate::churn::ChurnStats;
 use crate::fleet::FleetCounters;
 use crate::latency::{Percentiles, SecondPoint};
+use crate::pinning::CpuList;
 use crate::procs::ProcStats;
 use crate::rawnet::RawResult;
 use crate::stack::RestartMode;
+
+mod goals;
+mod print;
+
+pub use goals::{API_GOAL_CLIENTS, GOAL_CLIENTS, Goal, MEMORY_NOISE_BYTES, per_client_memory};
 
 /// The run's configuration (what the flags resolved to).
 #[derive(Clone, Debug, Serialize)]
@@ -59,8 +65,97 @@ pub struct RunConfig {
     pub typha_addrs: Vec<String>,
     /// The namespace churn writes service accounts in, against an existing API server.
     pub churn_namespace: Option<String>,
+    /// CPUs kube-sim, the replicas and the raw writer were pinned to (empty: not pinned).
+    pub typha_cpus: CpuList,
+    /// CPUs the load generator was pinned to (empty: not pinned).
+    pub agent_cpus: CpuList,
     /// The command line.
     pub command: String,
+}
+
+/// Where and with what the run was made, so that figures can be compared across runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    /// The loadtest (workspace) version.
+    pub version: String,
+    /// The git commit of the source tree, if it could be read.
+    pub git_commit: Option<String>,
+    /// CPUs online.
+    pub cpus: usize,
+    /// The kernel release.
+    pub kernel: String,
+    /// CPUs typha and kube-sim were pinned to (empty: not pinned).
+    pub typha_cpus: CpuList,
+    /// CPUs the load generator runs on (its affinity when the run started).
+    pub agent_cpus: CpuList,
+    /// Whether typha and the generator ran on disjoint CPU sets.
+    pub isolated: bool,
+}
+
+impl Environment {
+    /// This machine and process, for a run configured as `config`.
+    pub fn of_this_run(config: &RunConfig) -> Environment {
+        let agents = crate::pinning::current();
+        let isolated = !config.typha_cpus.is_empty()
+            && !config.agent_cpus.is_empty()
+            && config.typha_cpus.0.iter().all(|c| !agents.0.contains(c));
+        Environment {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: git_commit(),
+            cpus: crate::pinning::online(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|k| k.trim().to_string())
+                .unwrap_or_default(),
+            typha_cpus: config.typha_cpus.clone(),
+            agent_cpus: agents,
+            isolated,
+        }
+    }
+}
+
+/// The commit of the tree this binary was built from (asked of git at run time, in the
+/// crate's source directory).
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
+
+/// typha's own share over a scenario's run phase (all local replicas): its CPU against
+/// the bytes it delivered, and how far behind its sessions ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TyphaShare {
+    /// typha CPU seconds over the run phase.
+    pub cpu_seconds: f64,
+    /// Bytes typha wrote over the run phase (TLS to clients, requests upstream).
+    pub bytes_written: u64,
+    /// CPU microseconds per KiB delivered.
+    pub cpu_us_per_kib: f64,
+    /// Mean time from a revision to a client's stream (typha_fanout_latency_seconds), ms.
+    pub fanout_latency_mean_ms: f64,
+    /// Mean batches a session was behind when it wrote (typha_client_lag_batches).
+    pub client_lag_batches_mean: f64,
+    /// Deltas coalesced for sessions that fell behind, over the scenario.
+    pub coalesced: f64,
+}
+
+/// The load generator's own cost: what simulating the agents took.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GeneratorFigures {
+    /// CPU seconds of the process(es) running the agents over the whole scenario.
+    pub cpu_seconds: f64,
+    /// Agents (clients).
+    pub agents: usize,
+    /// Writes churn made.
+    pub writes: u64,
+    /// CPU microseconds per agent per write.
+    pub cpu_us_per_agent_per_write: f64,
+    /// Worker processes the agents ran in (1: the loadtest process itself).
+    pub processes: usize,
 }
 
 /// One process's figures over a scenario.
@@ -302,10 +397,47 @@ pub struct ScenarioReport {
     pub soak: Option<SoakFigures>,
     /// Raw loopback baseline.
     pub raw_baseline: Option<RawFigures>,
+    /// typha's own CPU per delivered byte and lag over the run phase (local replicas).
+    pub typha_share: Option<TyphaShare>,
+    /// The load generator's own CPU per agent per write.
+    pub generator: GeneratorFigures,
     /// Per-process CPU, memory and bytes.
     pub processes: Vec<ProcessFigures>,
     /// Time series.
     pub series: Series,
+}
+
+impl ScenarioReport {
+    /// A report of `clients` clients with nothing measured yet (the scenario fills it in).
+    pub fn empty(clients: usize) -> ScenarioReport {
+        ScenarioReport {
+            name: String::new(),
+            clients,
+            replicas: 0,
+            api_objects: 0,
+            wall_seconds: 0.0,
+            initial_sync_seconds: 0.0,
+            converge_seconds: 0.0,
+            converged: false,
+            digests_equal: 0,
+            digests_total: 0,
+            digests_differ: Vec::new(),
+            churn: ChurnStats::default(),
+            latency_ms: Percentiles::default(),
+            slow_latency_ms: Percentiles::default(),
+            snapshot: None,
+            typha_memory: None,
+            bytes: ByteFigures::default(),
+            events: EventFigures::default(),
+            restart: None,
+            soak: None,
+            raw_baseline: None,
+            typha_share: None,
+            generator: GeneratorFigures::default(),
+            processes: Vec::new(),
+            series: Series::default(),
+        }
+    }
 }
 
 /// typha against the direct baseline (both in this run).
@@ -323,416 +455,17 @@ pub struct Comparison {
     pub api_cpu_direct: f64,
 }
 
-/// One goal of the issue and how the run did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Goal {
-    /// The goal.
-    pub goal: String,
-    /// The target, in words.
-    pub target: String,
-    /// What was measured.
-    pub measured: String,
-    /// Met, missed, or null when the run did not measure it.
-    pub met: Option<bool>,
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// Configuration.
     pub config: RunConfig,
+    /// Version, commit, machine and CPU pinning.
+    pub environment: Environment,
     /// Scenarios in run order.
     pub scenarios: Vec<ScenarioReport>,
     /// typha vs direct, when both ran.
     pub comparison: Option<Comparison>,
     /// The issue's goals.
     pub goals: Vec<Goal>,
-}
-
-const MIB: f64 = 1024.0 * 1024.0;
-
-impl Report {
-    /// Fills in the comparison and the goals from the scenarios.
-    pub fn finish(&mut self) {
-        let find = |name: &str| self.scenarios.iter().find(|s| s.name == name);
-        let kube_cpu = |s: &ScenarioReport| {
-            s.processes
-                .iter()
-                .find(|p| p.name == "kube-sim")
-                .map_or(0.0, |p| p.cpu_seconds)
-        };
-        self.comparison = match (find("steady"), find("direct")) {
-            (Some(steady), Some(direct)) => Some(Comparison {
-                api_bytes_with_typha: steady.bytes.api_sent_to_watchers,
-                api_bytes_direct: direct.bytes.api_sent_to_watchers,
-                bytes_ratio: steady.bytes.api_sent_to_watchers as f64
-                    / direct.bytes.api_sent_to_watchers.max(1) as f64,
-                api_cpu_with_typha: kube_cpu(steady),
-                api_cpu_direct: kube_cpu(direct),
-            }),
-            _ => None,
-        };
-        let mut goals = Vec::new();
-        let memory = find("steady").or(find("cold-start"));
-        goals.push(
-            match memory.and_then(|s| s.typha_memory.as_ref().map(|m| (s, m))) {
-                Some((s, m)) => Goal {
-                    goal: "typha RSS per idle client".into(),
-                    target: "<= 40 KiB".into(),
-                    measured: format!(
-                        "{:.1} KiB ({} clients, {})",
-                        m.per_client_bytes / 1024.0,
-                        s.clients,
-                        s.name
-                    ),
-                    met: Some(m.per_client_bytes <= 40.0 * 1024.0),
-                },
-                None => unmeasured("typha RSS per idle client", "<= 40 KiB"),
-            },
-        );
-        let peak = self
-            .scenarios
-            .iter()
-            .flat_map(|s| {
-                s.processes
-                    .iter()
-                    .filter(|p| p.name.starts_with("typha"))
-                    .map(move |p| (s, p))
-            })
-            .max_by_key(|(_, p)| p.peak_rss_bytes);
-        goals.push(match peak {
-            Some((s, p)) => Goal {
-                goal: "typha RSS in all".into(),
-                target: "<= 512 MiB".into(),
-                measured: format!(
-                    "{:.0} MiB peak ({} clients, {} objects, {})",
-                    p.peak_rss_bytes as f64 / MIB,
-                    s.clients,
-                    s.api_objects,
-                    s.name
-                ),
-                met: Some(p.peak_rss_bytes as f64 <= 512.0 * MIB),
-            },
-            None => unmeasured("typha RSS in all", "<= 512 MiB"),
-        });
-        goals.push(match find("steady") {
-            Some(s) if s.latency_ms.count > 0 => Goal {
-                goal: "p99 propagation at 50 updates/s to 5,000 clients".into(),
-                target: "<= 100 ms".into(),
-                measured: format!(
-                    "p99 {:.1} ms (p50 {:.1}, max {:.1}) at {:.1} writes/s to {} clients",
-                    s.latency_ms.p99,
-                    s.latency_ms.p50,
-                    s.latency_ms.max,
-                    s.churn.achieved_rate,
-                    s.clients
-                ),
-                met: Some(s.latency_ms.p99 <= 100.0),
-            },
-            _ => unmeasured("p99 propagation", "<= 100 ms"),
-        });
-        goals.push(
-            match find("restart").and_then(|s| s.restart.as_ref().map(|r| (s, r))) {
-                Some((s, r)) => Goal {
-                    goal: "reconnect storm converged".into(),
-                    target: "<= 10 s for 5,000 clients".into(),
-                    measured: format!(
-                        "{:.2} s for {} disconnected of {} clients ({:?})",
-                        r.reconverge_seconds, r.clients_disconnected, s.clients, r.mode
-                    ),
-                    met: Some(r.reconverge_seconds <= 10.0),
-                },
-                None => unmeasured("reconnect storm converged", "<= 10 s"),
-            },
-        );
-        goals.push(match &self.comparison {
-            Some(c) => Goal {
-                goal: "API-server bytes with typha vs direct".into(),
-                target: "<= 1/100 at 1,000 clients".into(),
-                measured: format!(
-                    "1/{:.0} ({} vs {} bytes)",
-                    1.0 / c.bytes_ratio.max(1e-12),
-                    c.api_bytes_with_typha,
-                    c.api_bytes_direct
-                ),
-                met: Some(c.bytes_ratio <= 0.01),
-            },
-            None => unmeasured("API-server bytes with typha vs direct", "<= 1/100"),
-        });
-        goals.push(match find("steady").and_then(|s| s.raw_baseline.as_ref()) {
-            Some(r) => Goal {
-                goal: "fan-out cost vs raw loopback writes".into(),
-                target: "<= 2x".into(),
-                measured: format!(
-                    "{:.1}x ({:.2} s typha CPU vs {:.2} s raw for {} bytes)",
-                    r.ratio, r.typha_cpu_seconds, r.raw.cpu_seconds, r.raw.bytes
-                ),
-                met: Some(r.ratio <= 2.0),
-            },
-            None => unmeasured("fan-out cost vs raw loopback writes", "<= 2x"),
-        });
-        self.goals = goals;
-    }
-
-    /// Prints the tables.
-    pub fn print(&self) {
-        for s in &self.scenarios {
-            print_scenario(s);
-        }
-        if let Some(c) = &self.comparison {
-            println!("\ntypha vs direct (API server):");
-            row(
-                "bytes sent to watchers",
-                format!(
-                    "{} vs {} ({:.4}x)",
-                    c.api_bytes_with_typha, c.api_bytes_direct, c.bytes_ratio
-                ),
-            );
-            row(
-                "CPU seconds",
-                format!("{:.2} vs {:.2}", c.api_cpu_with_typha, c.api_cpu_direct),
-            );
-        }
-        println!("\ngoals:");
-        for g in &self.goals {
-            let verdict = match g.met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            };
-            println!(
-                "  {:<52} {:<12} {:<26} {}",
-                g.goal, verdict, g.target, g.measured
-            );
-        }
-    }
-}
-
-fn unmeasured(goal: &str, target: &str) -> Goal {
-    Goal {
-        goal: goal.into(),
-        target: target.into(),
-        measured: "not in this run".into(),
-        met: None,
-    }
-}
-
-fn row(label: &str, value: String) {
-    println!("  {label:<34} {value}");
-}
-
-fn print_scenario(s: &ScenarioReport) {
-    println!(
-        "\n{}: {} clients, {} replicas, {} API objects, {:.1} s",
-        s.name, s.clients, s.replicas, s.api_objects, s.wall_seconds
-    );
-    row(
-        "initial sync of all clients",
-        format!("{:.2} s", s.initial_sync_seconds),
-    );
-    row(
-        "converged (barrier + digests)",
-        format!(
-            "{} in {:.2} s; digests {} of {} equal",
-            if s.converged { "yes" } else { "NO" },
-            s.converge_seconds,
-            s.digests_equal,
-            s.digests_total
-        ),
-    );
-    if !s.digests_differ.is_empty() {
-        row("DIGEST DIFFERS for", s.digests_differ.join(", "));
-    }
-    let c = &s.churn;
-    if c.operations > 0 {
-        row(
-            "churn",
-            format!(
-                "{} writes at {:.1}/s (+{} -{} labels {} policies {}, {} refused); write p50 {:.1} ms",
-                c.operations,
-                c.achieved_rate,
-                c.creates,
-                c.deletes,
-                c.label_changes,
-                c.policy_edits,
-                c.errors,
-                c.write_ms.p50
-            ),
-        );
-    }
-    let l = &s.latency_ms;
-    row(
-        "propagation write -> client",
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-            l.p50, l.p99, l.max, l.count
-        ),
-    );
-    if s.slow_latency_ms.count > 0 {
-        let l = &s.slow_latency_ms;
-        row(
-            "  slow clients",
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-                l.p50, l.p99, l.max, l.count
-            ),
-        );
-    }
-    if let Some(snap) = &s.snapshot {
-        row(
-            "snapshot",
-            format!(
-                "{:.0} keys, {:.0} B raw / {:.0} B zstd ({:.1}:1), built {:.0}x in {:.1} ms avg",
-                snap.keys,
-                snap.raw_bytes,
-                snap.compressed_bytes,
-                snap.ratio,
-                snap.builds,
-                snap.build_seconds_mean * 1000.0
-            ),
-        );
-    }
-    if let Some(m) = &s.typha_memory {
-        row(
-            "typha memory per idle client",
-            format!(
-                "{:.1} KiB ({:.0} -> {:.0} MiB)",
-                m.per_client_bytes / 1024.0,
-                m.base_rss_bytes as f64 / MIB,
-                m.loaded_rss_bytes as f64 / MIB
-            ),
-        );
-    }
-    let b = &s.bytes;
-    row(
-        "API server bytes to watchers",
-        format!(
-            "{} (writer got {})",
-            b.api_sent_to_watchers, b.api_sent_to_writer
-        ),
-    );
-    if s.replicas > 0 {
-        row(
-            "typha bytes written",
-            format!(
-                "{} ({:.0} per client)",
-                b.typha_written, b.typha_written_per_client
-            ),
-        );
-        let e = &s.events;
-        let drops: Vec<String> = e.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        row(
-            "drops / resyncs / resumes",
-            format!(
-                "drops [{}], resyncs {}, resumes {} (server {}), reconnects {}, coalesced {}, digest mismatches {}",
-                drops.join(" "),
-                e.resyncs,
-                e.fleet.resumes,
-                e.server_resumes,
-                e.fleet.reconnects,
-                e.coalesced,
-                e.fleet.digest_mismatches
-            ),
-        );
-    }
-    if let Some(r) = &s.restart {
-        row(
-            "restart",
-            format!(
-                "{:?} {}: {} clients disconnected, replica back in {:.2} s, all in sync after {:.2} s; {} reconnects, {} snapshots, {} resumes",
-                r.mode,
-                r.replica,
-                r.clients_disconnected,
-                r.replica_back_seconds,
-                r.reconverge_seconds,
-                r.storm.reconnects,
-                r.storm.snapshots,
-                r.storm.resumes
-            ),
-        );
-    }
-    if let Some(k) = &s.soak {
-        print_soak(k);
-    }
-    if let Some(r) = &s.raw_baseline {
-        row(
-            "fan-out vs raw loopback",
-            format!(
-                "{:.1}x: typha {:.2} s CPU, raw {:.2} s CPU ({:.2} s wall) for {} B in {} B writes to {} sockets",
-                r.ratio,
-                r.typha_cpu_seconds,
-                r.raw.cpu_seconds,
-                r.raw.wall_seconds,
-                r.raw.bytes,
-                r.raw.write_bytes,
-                r.raw.connections
-            ),
-        );
-    }
-    println!(
-        "  {:<34} {:>9} {:>10} {:>10} {:>14}",
-        "process", "CPU s", "peak MiB", "end MiB", "bytes written"
-    );
-    for p in &s.processes {
-        println!(
-            "  {:<34} {:>9.2} {:>10.1} {:>10.1} {:>14}",
-            p.name,
-            p.cpu_seconds,
-            p.peak_rss_bytes as f64 / MIB,
-            p.rss_bytes as f64 / MIB,
-            p.bytes_written
-        );
-    }
-}
-
-fn print_soak(k: &SoakFigures) {
-    row(
-        "soak",
-        format!(
-            "{} rounds (a replica down every {:.0} s, kill and roll alternately)",
-            k.rounds, k.kill_interval_seconds
-        ),
-    );
-    row(
-        "  digests differing at barriers",
-        format!(
-            "{} (clients' own mismatches {})",
-            k.digest_mismatches, k.client_digest_mismatches
-        ),
-    );
-    row(
-        "  reconnects / resumes / snapshots",
-        format!("{} / {} / {}", k.reconnects, k.resumes, k.snapshots),
-    );
-    row(
-        "  max reconvergence / barrier",
-        format!(
-            "{:.2} s / {:.2} s",
-            k.max_reconverge_seconds, k.max_barrier_seconds
-        ),
-    );
-    row(
-        "  typha RSS start -> end",
-        format!(
-            "{:.1} -> {:.1} MiB",
-            k.typha_rss_start_bytes as f64 / MIB,
-            k.typha_rss_end_bytes as f64 / MIB
-        ),
-    );
-    for r in &k.per_round {
-        row(
-            &format!("  round {}", r.round),
-            format!(
-                "{:?} {}: {} disconnected, back {:.2} s, in sync {:.2} s, barrier {:.2} s, digests {}/{} equal",
-                r.restart.mode,
-                r.restart.replica,
-                r.restart.clients_disconnected,
-                r.restart.replica_back_seconds,
-                r.restart.reconverge_seconds,
-                r.barrier_seconds,
-                r.digests_compared - r.digests_differ.len(),
-                r.digests_compared
-            ),
-        );
-    }
 }

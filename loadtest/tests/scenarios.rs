@@ -71,7 +71,9 @@ fn run_in(scenario: &str, extra: &[&str]) -> (Value, String, String) {
     (json, svg, stdout.into_owned())
 }
 
-const SCENARIO_FIELDS: [&str; 23] = [
+const SCENARIO_FIELDS: [&str; 25] = [
+    "typha_share",
+    "generator",
     "soak",
     "digests_differ",
     "name",
@@ -224,9 +226,24 @@ fn check_scenario(s: &Value, typha: bool) {
 fn check_report(json: &Value) {
     assert_fields(
         json,
-        &["config", "scenarios", "comparison", "goals"],
+        &["config", "environment", "scenarios", "comparison", "goals"],
         "report",
     );
+    assert_fields(
+        &json["environment"],
+        &[
+            "version",
+            "git_commit",
+            "cpus",
+            "kernel",
+            "typha_cpus",
+            "agent_cpus",
+            "isolated",
+        ],
+        "environment",
+    );
+    assert!(json["environment"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(!json["environment"]["kernel"].as_str().unwrap().is_empty());
     assert_fields(
         &json["config"],
         &[
@@ -239,6 +256,8 @@ fn check_report(json: &Value) {
             "replicas",
             "restart_mode",
             "slow_share",
+            "typha_cpus",
+            "agent_cpus",
             "command",
         ],
         "config",
@@ -246,7 +265,13 @@ fn check_report(json: &Value) {
     let goals = json["goals"].as_array().unwrap();
     assert_eq!(goals.len(), 6);
     for g in goals {
-        assert_fields(g, &["goal", "target", "measured", "met"], "goal");
+        assert_fields(g, &["goal", "target", "measured", "met", "verdict"], "goal");
+        // CI runs are far below the goals' configuration: nothing is judged.
+        assert_eq!(g["met"], Value::Null, "{g}");
+        assert!(
+            g["verdict"].as_str().unwrap().starts_with("not measured"),
+            "{g}"
+        );
     }
 }
 
@@ -268,6 +293,69 @@ fn steady_converges_and_reports_everything() {
     );
     assert!(s["raw_baseline"]["raw"]["bytes"].as_u64().unwrap() > 0);
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+}
+
+/// typha and kube-sim on CPU 0, the clients on CPU 1: recorded in the report, with
+/// typha's own share and the generator's cost.
+#[test]
+fn pinned_steady_records_pinning_and_each_side_s_share() {
+    let (json, _) = run(
+        "steady",
+        &["--typha-cpus", "0", "--agent-cpus", "1", "--check"],
+    );
+    check_report(&json);
+    let e = &json["environment"];
+    assert_eq!(e["typha_cpus"], serde_json::json!([0]));
+    assert_eq!(e["agent_cpus"], serde_json::json!([1]));
+    assert_eq!(e["isolated"], true);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_fields(
+        &s["typha_share"],
+        &[
+            "cpu_seconds",
+            "bytes_written",
+            "cpu_us_per_kib",
+            "fanout_latency_mean_ms",
+            "client_lag_batches_mean",
+            "coalesced",
+        ],
+        "typha_share",
+    );
+    assert!(s["typha_share"]["bytes_written"].as_u64().unwrap() > 0);
+    let g = &s["generator"];
+    assert_fields(
+        g,
+        &[
+            "cpu_seconds",
+            "agents",
+            "writes",
+            "cpu_us_per_agent_per_write",
+            "processes",
+        ],
+        "generator",
+    );
+    assert_eq!(g["agents"], 12);
+    assert!(g["cpu_us_per_agent_per_write"].as_f64().unwrap() > 0.0);
+}
+
+/// Every client on one replica, killed mid-churn: all back in sync, the storm's resumes
+/// and snapshots counted.
+#[test]
+fn storm_brings_every_client_back() {
+    let (json, _) = run("storm", &[]);
+    let s = &json["scenarios"][0];
+    check_scenario(s, true);
+    assert_eq!(s["replicas"], 1);
+    let r = &s["restart"];
+    assert_eq!(r["replica"], "typha-0");
+    assert_eq!(r["clients_disconnected"], 12, "every client was on typha-0");
+    let storm = &r["storm"];
+    assert!(storm["reconnects"].as_u64().unwrap() >= 12, "{storm}");
+    assert!(
+        storm["resumes"].as_u64().unwrap() + storm["snapshots"].as_u64().unwrap() >= 12,
+        "every client came back by a resume or a snapshot: {storm}"
+    );
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //!   egress alike); `endPort` makes an inclusive range; a missing protocol is TCP.
 //! - ipBlock matches the other pod's IP (no NAT between pods) unless it is in an except.
 //! - A pod reaching its own IP never leaves its namespace (loopback): always allowed.
+//! - Every namespace carries `kubernetes.io/metadata.name: <name>` (set by the API
+//!   server, whatever the namespace object says), so namespace selectors can use it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,6 +23,9 @@ use crate::policy::{
     Protocol, Requirement, Rule,
 };
 use crate::probe::{Matrix, ProbeKey};
+
+/// The label the API server puts on every namespace (its name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// A pod as the oracle sees it.
 #[derive(Clone, Debug)]
@@ -47,15 +52,21 @@ impl ClusterPod {
 /// The cluster the policies apply to.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    /// Namespace name -> its labels.
+    /// Namespace name -> the labels written to its object (the API server's
+    /// `kubernetes.io/metadata.name` label is implied, not listed).
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Every pod.
     pub pods: Vec<ClusterPod>,
 }
 
 impl Cluster {
+    /// The labels a namespace has in the API: its own, plus the
+    /// `kubernetes.io/metadata.name: <namespace>` label the API server sets on every
+    /// namespace (clients cannot change or remove it).
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        self.namespaces.get(namespace).cloned().unwrap_or_default()
+        let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.into(), namespace.into());
+        labels
     }
 }
 

@@ -156,7 +156,8 @@ impl TopologyBuilder {
     }
 
     /// Adds a label to a namespace. Every namespace of a pod exists and carries
-    /// `kubernetes.io/metadata.name: <ns>` and `ns: <ns>`.
+    /// `ns: <ns>`; `kubernetes.io/metadata.name: <ns>` is not written by the bench: the
+    /// API server (kube-sim) sets it, and the oracle models it.
     pub fn namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Self {
         self.namespace_labels
             .entry(namespace.into())
@@ -221,7 +222,6 @@ impl TopologyBuilder {
         };
         for p in &self.pods {
             let labels = topo.namespaces.entry(p.namespace.clone()).or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), p.namespace.clone());
             labels.insert("ns".into(), p.namespace.clone());
         }
         for (ns, extra) in &self.namespace_labels {

@@ -239,11 +239,15 @@ struct RejectionLog {
 
 impl RejectionLog {
     fn note(&mut self, r: &Rejection) {
-        metrics::counter!("typha_upstream_rejected_total", "kind" => r.resource.model_kind().as_str())
-            .increment(1);
+        metrics::counter!(
+            "typha_upstream_rejected_total",
+            "kind" => r.resource.model_kind().as_str(),
+            "reason" => r.error.reason()
+        )
+        .increment(1);
         let error = r.error.to_string();
         if self.seen.get(&r.object) != Some(&error) {
-            tracing::warn!(resource = r.resource.as_str(), object = %r.object, %error, "rejected object");
+            tracing::warn!(resource = r.resource.as_str(), object = %r.object, reason = r.error.reason(), %error, "rejected object");
             self.seen.insert(r.object.clone(), error);
         }
     }

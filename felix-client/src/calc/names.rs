@@ -15,6 +15,9 @@ use super::Family;
 pub const MARK_ACCEPT: u32 = 0x10000;
 /// Packet mark bit a policy chain sets when a rule passes the packet to the next tier.
 pub const MARK_PASS: u32 = 0x20000;
+/// Scratch mark bit of a log rule with several alternatives (set by any, logged once,
+/// cleared right after).
+pub const MARK_LOG: u32 = 0x40000;
 
 /// The filter root chain hooked from FORWARD.
 pub const FORWARD: &str = "cali-FORWARD";

@@ -65,7 +65,8 @@ pub(super) struct FamilyChains {
 pub(super) struct PolicyState {
     /// Sort position.
     pub sort: SortKey,
-    /// Endpoints it applies to; `None` = none (unparsable selector).
+    /// Endpoints it applies to; `None` = none (unparsable selector, or a policy for
+    /// host endpoints only).
     pub selector: Option<Selector>,
     /// Chain names.
     pub chain_in: String,
@@ -104,7 +105,7 @@ impl PolicyState {
         let selector = match parse_selector(&policy.selector) {
             Ok(s) => Some(s.unwrap_or(Selector::All)),
             Err(e) => {
-                tracing::warn!(policy = %key, error = %e, "policy selects nothing");
+                invalid_selector(key, "policy", &e);
                 None
             }
         };
@@ -112,7 +113,7 @@ impl PolicyState {
         let selector = selector.filter(|_| !policy.pre_dnat && !policy.do_not_track);
         let (ingress, egress) = types(policy);
         let mut sets = BTreeSet::new();
-        let mut failed = false;
+        let mut bad = Vec::new();
         let mut render = |family: Family| -> FamilyChains {
             let mut chains = |rules: &[pb::Rule], on: bool, is_ingress: bool| {
                 on.then(|| {
@@ -122,33 +123,21 @@ impl PolicyState {
                         ingress: is_ingress,
                     };
                     let mut out = Vec::new();
-                    match render_rules(rules, &ctx, &mut sets, &mut out) {
-                        Ok(()) => out,
-                        Err(BadSelector(s)) => {
-                            tracing::warn!(policy = %key, selector = s, "policy fails closed");
-                            failed = true;
-                            Vec::new()
-                        }
-                    }
+                    bad.extend(render_rules(rules, &ctx, &mut sets, &mut out));
+                    out
                 })
             };
             let inbound = chains(&policy.inbound_rules, ingress, true);
             let outbound = chains(&policy.outbound_rules, egress, false);
             FamilyChains { inbound, outbound }
         };
-        let mut v4 = render(Family::V4);
-        let mut v6 = render(Family::V6);
-        if failed {
-            // Fail closed: every chain of the policy drops and references no set.
-            sets.clear();
-            for chains in [&mut v4, &mut v6] {
-                for c in [&mut chains.inbound, &mut chains.outbound]
-                    .into_iter()
-                    .flatten()
-                {
-                    *c = vec!["-j DROP".to_string()];
-                }
-            }
+        let v4 = render(Family::V4);
+        let v6 = render(Family::V6);
+        // Each bad rule was seen once per family: report it once.
+        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        bad.dedup();
+        for e in &bad {
+            invalid_selector(key, "rule", e);
         }
         PolicyState {
             sort,
@@ -169,6 +158,14 @@ impl PolicyState {
             Family::V6 => &self.v6,
         }
     }
+}
+
+/// Reports a selector that does not parse: a warning naming the policy, and
+/// `felix_calc_invalid_selectors_total{place}` (`policy`: the policy selects nothing;
+/// `rule`: that rule matches nothing). Nothing else changes: no chain fails closed.
+fn invalid_selector(key: &Key, place: &'static str, error: &BadSelector) {
+    metrics::counter!("felix_calc_invalid_selectors_total", "place" => place).increment(1);
+    tracing::warn!(policy = %key, place, %error, "unparsable selector ignored");
 }
 
 /// Whether the policy applies to ingress and/or egress; an empty type list defaults as

@@ -11,7 +11,14 @@
 //! Actions: allow sets [`MARK_ACCEPT`] and returns, pass sets [`MARK_PASS`] and returns,
 //! deny drops, log logs and continues. A rule that cannot match in this family (only
 //! nets of the other family, ICMP of the other family, a not-net covering everything)
-//! renders nothing, as Calico does.
+//! renders nothing, as Calico does. A log rule that renders as several alternatives
+//! (port lists, named ports) marks the packet with [`MARK_LOG`] in each and logs once
+//! after them, so a packet matching two alternatives is logged once, not twice.
+//!
+//! A rule whose selector does not parse renders nothing (it matches no packet, like a
+//! selector matching no endpoint) and is reported to the caller: the rest of the policy,
+//! and every other policy, keep working (the converters reject such policies already;
+//! this guards the model from any other source).
 
 use std::collections::BTreeSet;
 
@@ -20,10 +27,10 @@ use typha_proto::pb;
 
 use super::Family;
 use super::index::SetSpec;
-use super::names::{MARK_ACCEPT, MARK_PASS};
+use super::names::{MARK_ACCEPT, MARK_LOG, MARK_PASS};
 use super::objects::{Net, port_protocol};
 
-/// A selector in a policy did not parse: the policy is rendered fail-closed.
+/// A selector in a policy did not parse: the rule holding it renders nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid selector {0:?}")]
 pub(super) struct BadSelector(pub String);
@@ -86,17 +93,18 @@ pub(super) struct RenderContext<'a> {
     pub ingress: bool,
 }
 
-/// Renders `rules` into `out`, recording the ipsets they reference in `sets`.
+/// Renders `rules` into `out`, recording the ipsets they reference in `sets`; returns
+/// the selectors of the rules skipped because a selector did not parse.
 pub(super) fn render_rules(
     rules: &[pb::Rule],
     ctx: &RenderContext<'_>,
     sets: &mut BTreeSet<SetSpec>,
     out: &mut Vec<String>,
-) -> Result<(), BadSelector> {
-    for rule in rules {
-        render_rule(rule, ctx, sets, out)?;
-    }
-    Ok(())
+) -> Vec<BadSelector> {
+    rules
+        .iter()
+        .filter_map(|rule| render_rule(rule, ctx, sets, out).err())
+        .collect()
 }
 
 fn render_rule(
@@ -174,6 +182,19 @@ fn render_rule(
                 })
             })
             .collect();
+    }
+    let log = action.starts_with("-j LOG");
+    if log && lines.len() > 1 {
+        // Several alternatives: mark in each, log once.
+        for mut line in lines {
+            line.push(format!("-j MARK --set-xmark {MARK_LOG:#x}/{MARK_LOG:#x}"));
+            out.push(line.join(" "));
+        }
+        out.push(format!(
+            "-m mark --mark {MARK_LOG:#x}/{MARK_LOG:#x} {action}"
+        ));
+        out.push(format!("-j MARK --set-xmark 0x0/{MARK_LOG:#x}"));
+        return Ok(());
     }
     for mut line in lines {
         line.push(action.clone());

@@ -29,6 +29,7 @@ use loadtest::stack::{replica_args, wait_ready};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Value};
 
 /// Deadline of every wait: it only turns a hang into a failure.
@@ -163,10 +164,10 @@ pub struct Record {
     pub disconnects: u64,
     /// The reason of the first Disconnected event, for diagnosis.
     pub first_disconnect: Option<String>,
-    /// The events before the first InSync, `C` for Changes and `D` for Disconnected: a
-    /// snapshot's changes come in one event just before its InSync, so a client whose
-    /// first snapshot was cut shows `D...DC`, and a `C` before a `D` is a leaked partial
-    /// snapshot.
+    /// The events before the first InSync, `C` for a run of Changes and `D` for
+    /// Disconnected: a snapshot's changes come in consecutive events (one per chunk) just
+    /// before its InSync, so a client whose first snapshot was cut shows `D...DC`, and a
+    /// `C` before a `D` is a leaked partial snapshot.
     pub before_first_sync: String,
     /// Keys in the shadow at the first InSync.
     pub first_sync_keys: Option<usize>,
@@ -178,7 +179,7 @@ impl Record {
     fn apply(&mut self, event: SyncEvent) {
         match event {
             SyncEvent::Changes { updates, .. } => {
-                if self.in_syncs == 0 {
+                if self.in_syncs == 0 && !self.before_first_sync.ends_with('C') {
                     self.before_first_sync.push('C');
                 }
                 for update in updates {
@@ -223,7 +224,15 @@ impl Record {
     /// Whether the shadow holds exactly the mirror's entries.
     pub fn matches(&self, mirror: &Mirror) -> bool {
         mirror.len() == self.shadow.len()
-            && mirror.iter().all(|(k, v)| self.shadow.get(k) == Some(v))
+            && mirror.iter().all(|(k, h)| {
+                self.shadow.get(k).map(|v| {
+                    let update = typha_proto::Update {
+                        key: k.clone(),
+                        value: Some(v.clone()),
+                    };
+                    EntryHash::of(&update.encode())
+                }) == Some(h)
+            })
     }
 }
 

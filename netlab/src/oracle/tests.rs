@@ -28,16 +28,13 @@ fn pod(ns: &str, name: &str, ip: [u8; 4]) -> ClusterPod {
 }
 
 /// x/{a,b,c} on 10.244.0.{2,3,4}, y/{a,b} on 10.244.1.{2,3}; namespace x labelled
-/// `team: red`.
+/// `team: red`. The namespace objects do not list `kubernetes.io/metadata.name`.
 fn cluster() -> Cluster {
     let mut namespaces = BTreeMap::new();
     for ns in ["x", "y"] {
         namespaces.insert(
             ns.to_string(),
-            BTreeMap::from([
-                ("ns".to_string(), ns.to_string()),
-                ("kubernetes.io/metadata.name".to_string(), ns.to_string()),
-            ]),
+            BTreeMap::from([("ns".to_string(), ns.to_string())]),
         );
     }
     namespaces
@@ -296,4 +293,30 @@ fn diff_marks_mismatches() {
     );
     assert!(text.contains(" R"), "{text}");
     assert!(text.contains(" B"), "{text}");
+}
+
+#[test]
+fn the_api_servers_namespace_name_label_selects_with_in_and_not_in() {
+    let by_name = |op, names: &[&str]| Sel::all().and_expr(NAMESPACE_NAME_LABEL, op, names);
+    let only_y = [
+        Policy::new("x", "from-y", Sel::all()).ingress(Rule::from_peers(vec![Peer::namespaces(
+            by_name(Operator::In, &["y"]),
+        )])),
+    ];
+    assert!(can(&only_y, "y/a", "x/b", Tcp, 80));
+    assert!(!can(&only_y, "x/a", "x/b", Tcp, 80));
+    let not_x = [
+        Policy::new("x", "not-from-x", Sel::all()).ingress(Rule::from_peers(vec![
+            Peer::namespaces(by_name(Operator::NotIn, &["x"])),
+        ])),
+    ];
+    assert!(can(&not_x, "y/b", "x/c", Tcp, 80));
+    assert!(!can(&not_x, "x/a", "x/c", Tcp, 80));
+    // The label cannot be faked: a namespace object claiming another name is ignored.
+    let mut c = cluster();
+    c.namespaces
+        .get_mut("x")
+        .unwrap()
+        .insert(NAMESPACE_NAME_LABEL.into(), "y".into());
+    assert_eq!(c.namespace_labels("x")[NAMESPACE_NAME_LABEL], "x");
 }

@@ -11,8 +11,10 @@ use netlab::{
 
 use super::{Rig, SERVICES};
 
-fn ns_named(ns: &str) -> Sel {
-    Sel::all().and_expr("kubernetes.io/metadata.name", Operator::In, &[ns])
+/// Namespaces by name, through the label only the API server sets (the bench's
+/// namespace objects do not carry it).
+fn ns_named(op: Operator, names: &[&str]) -> Sel {
+    Sel::all().and_expr("kubernetes.io/metadata.name", op, names)
 }
 
 /// The policy cases: (name, policies), in the spirit of the upstream e2e suite.
@@ -38,8 +40,31 @@ pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
         (
             "namespace selector",
             vec![
-                Policy::new("x", "allow-ns-y", pod("a"))
-                    .ingress(Rule::from_peers(vec![Peer::namespaces(ns_named("y"))])),
+                Policy::new("x", "allow-ns-y", pod("a")).ingress(Rule::from_peers(vec![
+                    Peer::namespaces(ns_named(Operator::In, &["y"])),
+                ])),
+            ],
+        ),
+        (
+            "namespace selector on the metadata.name label with NotIn",
+            vec![
+                Policy::new("y", "not-from-x-or-z", Sel::all()).ingress(Rule::from_peers(vec![
+                    Peer::namespaces(ns_named(Operator::NotIn, &["x", "z"])),
+                ])),
+                Policy::new("z", "egress-not-to-y", pod("b"))
+                    .types(&[PolicyType::Egress])
+                    .egress(Rule::from_peers(vec![Peer::namespaces(ns_named(
+                        Operator::NotIn,
+                        &["y"],
+                    ))])),
+            ],
+        ),
+        (
+            "namespace selector on the metadata.name label with In over two names",
+            vec![
+                Policy::new("x", "from-y-and-z", pod("b")).ingress(Rule::from_peers(vec![
+                    Peer::pods_in(ns_named(Operator::In, &["y", "z"]), pod("c")),
+                ])),
             ],
         ),
         (

@@ -65,6 +65,26 @@ pub enum ConvertError {
     Model(#[from] ModelError),
 }
 
+impl ConvertError {
+    /// A short, stable name of the error's kind: the `reason` label of
+    /// `typha_upstream_rejected_total`, so an operator sees e.g. how many objects were
+    /// rejected for an unparsable selector.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConvertError::Missing(_) => "missing_field",
+            ConvertError::BadCidr(_) => "bad_cidr",
+            ConvertError::BadSelector(_) => "bad_selector",
+            ConvertError::PortOutOfRange(_) => "port_out_of_range",
+            ConvertError::BadPort(_) => "bad_port",
+            ConvertError::BadProtocol(_) => "bad_protocol",
+            ConvertError::BadValue { .. } => "bad_value",
+            ConvertError::Unsupported(_) => "unsupported",
+            ConvertError::Spec(_) => "bad_spec",
+            ConvertError::Model(_) => "model",
+        }
+    }
+}
+
 /// A watched type that converts into the model.
 pub trait ToModel {
     /// The resource this type is watched as.

@@ -869,6 +869,7 @@ fn invalid_objects_are_rejected_with_typed_errors_and_keys() {
         ..Default::default()
     });
     assert!(matches!(rejected(&np).error, ConvertError::BadSelector(_)));
+    assert_eq!(rejected(&np).error.reason(), "bad_selector");
 
     // Calico policy: unparsable selector, bad port, unsupported negation, bad spec type.
     for (spec, what) in [
@@ -935,4 +936,24 @@ fn equal_objects_convert_to_equal_updates() {
     let a = convert(&knp(ingress(vec![], vec![tcp(80), tcp(81)]))).unwrap();
     let b = convert(&knp(ingress(vec![], vec![tcp(80), tcp(81)]))).unwrap();
     assert_eq!(a.encode(), b.encode());
+}
+
+#[test]
+fn unparsable_rule_selectors_reject_only_their_policy() {
+    // A rule selector that does not parse rejects its policy with reason bad_selector
+    // (the metric label an operator sees); a valid policy next to it converts.
+    let bad: CalicoObject<crd::GlobalNetworkPolicy> = calico(
+        None,
+        "bad",
+        json!({"selector": "all()", "ingress": [{"action": "Deny", "source": {"selector": "app in {"}}]}),
+    );
+    let r = rejected(&bad);
+    assert_eq!(r.error.reason(), "bad_selector");
+    assert!(r.to_string().contains("bad"), "{r}");
+    let good: CalicoObject<crd::GlobalNetworkPolicy> = calico(
+        None,
+        "good",
+        json!({"selector": "all()", "ingress": [{"action": "Deny", "source": {"selector": "app == 'x'"}}]}),
+    );
+    assert!(convert(&good).is_ok());
 }

@@ -305,13 +305,26 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
         assert_eq!(bad, vec![Input::Apply(Update::delete(wep.clone()))]);
     }
     assert_eq!(log.seen.len(), 1);
+    // One snapshot (taking one resets the counters): kind and reason labels.
+    let rejected: Vec<(Vec<String>, DebugValue)> = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, ..)| k.key().name() == "typha_upstream_rejected_total")
+        .map(|(k, .., v)| {
+            let labels = k
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()));
+            (labels.collect(), v)
+        })
+        .collect();
     assert_eq!(
-        metric(
-            &snap,
-            "typha_upstream_rejected_total",
-            ("kind", "workload_endpoint")
-        ),
-        Some(DebugValue::Counter(2))
+        rejected,
+        vec![(
+            vec!["kind=workload_endpoint".into(), "reason=bad_cidr".into()],
+            DebugValue::Counter(2)
+        )]
     );
     // A valid version clears the log entry.
     inputs(watcher::Event::Apply(pod("10.0.0.2")), &mut log);

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod gaps;
 mod incremental;
 mod semantics;
 mod sim;

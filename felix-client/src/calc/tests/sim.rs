@@ -42,6 +42,8 @@ struct Walk<'a> {
     tables: &'a Tables,
     packet: &'a Packet,
     mark: u32,
+    /// LOG targets hit.
+    logs: usize,
 }
 
 fn hex(s: &str) -> u32 {
@@ -160,7 +162,7 @@ impl Walk<'_> {
                 (_, "ACCEPT") => return Outcome::Accept,
                 (_, "DROP") => return Outcome::Drop,
                 (_, "RETURN") => return Outcome::Return,
-                (_, "LOG") => {}
+                (_, "LOG") => self.logs += 1,
                 (_, "MARK") => {
                     assert_eq!(args[1], "--set-xmark");
                     let (v, m) = mark_mask(args[2]);
@@ -180,6 +182,11 @@ impl Walk<'_> {
 
 /// Walks `root` (a filter chain) for `packet`.
 pub fn run(desired: &Desired, root: &str, packet: &Packet) -> Verdict {
+    run_logged(desired, root, packet).0
+}
+
+/// Walks `root` for `packet`; also returns how many LOG targets the packet hit.
+pub fn run_logged(desired: &Desired, root: &str, packet: &Packet) -> (Verdict, usize) {
     let tables = match packet.src {
         IpAddr::V4(_) => &desired.v4,
         IpAddr::V6(_) => &desired.v6,
@@ -189,10 +196,12 @@ pub fn run(desired: &Desired, root: &str, packet: &Packet) -> Verdict {
         tables,
         packet,
         mark: 0,
+        logs: 0,
     };
-    match walk.chain(root, 0) {
+    let verdict = match walk.chain(root, 0) {
         Outcome::Accept => Verdict::Accept,
         Outcome::Drop => Verdict::Drop,
         Outcome::Return => Verdict::Continue,
-    }
+    };
+    (verdict, walk.logs)
 }

@@ -1,0 +1,215 @@
+//! A deployment created with plain kubectl (no status patch anywhere) reaches a
+//! felix-client sync client through typha as workload endpoints carrying the addresses
+//! kube-sim's simulated kubelet assigned; scaling it down removes endpoints.
+//!
+//! kube-sim (simulated control plane on, two seeded nodes) -> typha's real upstream
+//! watchers -> hub -> mutual TLS -> sync client, whose events are folded into a map.
+//! Waits are on kubectl's own `rollout status` and on the client's events, under a
+//! generous deadline. Needs kubectl at /usr/bin/kubectl.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use felix_client::{SyncClient, SyncEvent};
+use kube_sim::{KubeSim, SeedConfig};
+use loadtest::harness::{Harness, TyphaSpec};
+use netmodel::UpstreamConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use typha::app::Upstream;
+use typha_proto::{Key, Kind, Value};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// Runs kubectl against `sim` with a throw-away kubeconfig; panics with stderr on failure.
+async fn kubectl(dir: &PathBuf, args: &[&str]) {
+    let out = tokio::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(args)
+        .env("HOME", dir)
+        .env_remove("KUBECONFIG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn kubeconfig(sim: &KubeSim) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "kubectl-deployment-{}-{}",
+        std::process::id(),
+        sim.addr().port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\"}}\n\
+         contexts:\n- name: sim\n  context: {{cluster: sim, user: sim}}\ncurrent-context: sim\n\
+         users:\n- name: sim\n  user: {{}}\n",
+        sim.url()
+    );
+    std::fs::write(dir.join("kubeconfig"), config).unwrap();
+    dir
+}
+
+/// The pods of `ns` as kube-sim stores them: name -> `<podIP>/32`.
+fn stored_pods(sim: &KubeSim, ns: &str) -> BTreeMap<String, String> {
+    sim.store()
+        .list_objects("v1", "Pod")
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns)
+        .map(|p| {
+            let ip = p["status"]["podIP"].as_str().expect("pod without an IP");
+            (
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+                format!("{ip}/32"),
+            )
+        })
+        .collect()
+}
+
+/// The workload endpoints of `ns` in the client's state: pod -> its one IP net.
+fn endpoints(state: &HashMap<Key, Value>, ns: &str) -> BTreeMap<String, String> {
+    state
+        .values()
+        .filter_map(|v| match v {
+            Value::WorkloadEndpoint(w) if w.namespace == ns => {
+                Some((w.pod.clone(), w.ip_nets.join(",")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Folds client events into `state` until `done` holds.
+async fn until(
+    events: &mut mpsc::Receiver<SyncEvent>,
+    state: &mut HashMap<Key, Value>,
+    what: &str,
+    done: impl Fn(&HashMap<Key, Value>) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !done(state) {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("client stopped");
+        if let SyncEvent::Changes { updates, .. } = event {
+            for u in updates {
+                match u.value {
+                    Some(v) => state.insert(u.key, v),
+                    None => state.remove(&u.key),
+                };
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
+    let seed = SeedConfig {
+        nodes: 2,
+        pods_per_node: 0,
+        namespaces: 0,
+        policies_per_namespace: 0,
+        host_network_every: 0,
+    };
+    kube_sim::seed(sim.store(), &seed).unwrap();
+    let client = kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
+    let upstream = Upstream::Kube {
+        client,
+        config: UpstreamConfig::default(),
+    };
+    let harness = Harness::start_with(TyphaSpec::default(), upstream)
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, harness.typha.hub.wait_in_sync())
+        .await
+        .expect("typha never in sync");
+    let sync = SyncClient::new(harness.sync_config("felix-0").unwrap());
+    let (tx, mut events) = mpsc::channel(1024);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { sync.run(tx, token).await });
+    let mut state = HashMap::new();
+
+    let dir = kubeconfig(&sim);
+    kubectl(&dir, &["create", "namespace", "shop"]).await;
+    kubectl(
+        &dir,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            "shop",
+            "--image=nginx:1.27",
+            "--replicas=3",
+        ],
+    )
+    .await;
+    kubectl(
+        &dir,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "shop",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let pods = stored_pods(&sim, "shop");
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let ips: std::collections::BTreeSet<&String> = pods.values().collect();
+    assert_eq!(ips.len(), 3, "addresses are not distinct: {pods:?}");
+    until(&mut events, &mut state, "three endpoints", |s| {
+        endpoints(s, "shop") == pods
+    })
+    .await;
+    let profile = Key::new(Kind::Profile, "", "kns.shop").unwrap();
+    assert!(state.contains_key(&profile), "namespace profile missing");
+
+    kubectl(
+        &dir,
+        &["scale", "deployment", "web", "-n", "shop", "--replicas=1"],
+    )
+    .await;
+    kubectl(
+        &dir,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "shop",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let pods = stored_pods(&sim, "shop");
+    assert_eq!(pods.len(), 1);
+    until(&mut events, &mut state, "one endpoint", |s| {
+        endpoints(s, "shop") == pods
+    })
+    .await;
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    harness.typha.shutdown().await.unwrap();
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
