@@ -1233,13 +1233,15 @@ fn may_read(uid: u64, gid: u64, groups: &[u64], (owner, group, mode): (u64, u64,
     }
 }
 
+/// A mounted Secret file: (owner uid, group gid, permission bits).
+type SecretFile = (u64, u64, u64);
+/// A container's (uid, primary gid, supplementary groups).
+type Reader = (u64, u64, Vec<u64>);
+
 /// For each Secret volume a container mounts: (file owner, group, mode) as the kubelet
 /// creates them (owner root; group the pod's fsGroup, else root; mode the volume's
 /// defaultMode, else 0644) and the container's (uid, gid, supplementary groups).
-fn secret_files_and_reader(
-    workload: &Json,
-    name: &str,
-) -> Vec<((u64, u64, u64), (u64, u64, Vec<u64>))> {
+fn secret_files_and_reader(workload: &Json, name: &str) -> Vec<(SecretFile, Reader)> {
     let pod = &workload["spec"]["template"]["spec"];
     let c = container(workload, name);
     let field = |key: &str| {
