@@ -13,6 +13,7 @@ pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod mirror;
+pub mod reconnect;
 pub mod sync;
 
 pub use mirror::{Mirror, MirrorError};

@@ -36,6 +36,7 @@ use typha_proto::{Digest, PROTOCOL_VERSION, Revision, Update};
 use crate::connect::{ConnectError, connect};
 use crate::discovery::{Picker, TyphaSource};
 use crate::mirror::{Mirror, MirrorError};
+use crate::reconnect;
 
 /// What the sync client tells the rest of the agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -328,7 +329,7 @@ impl SyncClient {
             .start_timeout
             .map(|limit| (limit, Instant::now() + limit));
         let mut tried = Tried::default();
-        let mut attempt: u32 = 0;
+        let mut policy = reconnect::State::default();
         let mut avoid: Option<String> = None;
         loop {
             if picker.update(source.current()) {
@@ -364,58 +365,39 @@ impl SyncClient {
                 }
             };
             status.out_of_sync();
-            if status.syncs() > syncs_before {
-                // The session worked: a later failure starts the backoff afresh.
-                attempt = 0;
+            let (ended, config_error) = judge(&addr, end, &mut tried);
+            let event = reconnect::Event {
+                synced: status.syncs() > syncs_before,
+                ended,
+            };
+            let (action, next) = reconnect::step(policy, event);
+            policy = next;
+            let reconnect = match action {
+                reconnect::Action::Stop => return Ok(self.mirror),
+                reconnect::Action::GiveUp => {
+                    return Err(config_error.map_or(SyncError::NoAddresses, SyncError::Config));
+                }
+                reconnect::Action::Reconnect(reconnect) => reconnect,
+            };
+            if reconnect.avoid_last {
+                avoid = Some(addr.clone());
             }
-            let (reason, delay) = match end {
-                Ok(SessionEnd::Shutdown) => return Ok(self.mirror),
-                Err(e @ ConnectError::BadAddress { .. }) => return Err(SyncError::Config(e)),
-                Ok(SessionEnd::Goodbye(reason, message)) => {
-                    tracing::info!(%addr, ?reason, message, "typha said goodbye; reconnecting");
-                    tried.note(&addr, format!("goodbye {reason:?}: {message}"));
-                    let label = goodbye_label(reason);
-                    match reason {
-                        pb::GoodbyeReason::Rebalance | pb::GoodbyeReason::Shutdown => {
-                            // Go elsewhere, at once: this is load spreading, not failure.
-                            avoid = Some(addr.clone());
-                            status.goodbyes.fetch_add(1, Ordering::Relaxed);
-                            (label, jitter(self.config.backoff_min))
-                        }
-                        pb::GoodbyeReason::Resync => {
-                            self.mirror.forget_position();
-                            status.goodbyes.fetch_add(1, Ordering::Relaxed);
-                            (label, jitter(self.config.backoff_min))
-                        }
-                        // Protocol error, unspecified, or newer than this client: a
-                        // failure, so the backoff grows.
-                        _ => {
-                            status.failures.fetch_add(1, Ordering::Relaxed);
-                            attempt = attempt.saturating_add(1);
-                            (label, backoff(&self.config, attempt))
-                        }
-                    }
-                }
-                Ok(SessionEnd::Failed(reason)) => {
-                    tracing::warn!(%addr, reason, "sync session failed");
-                    // A replica that just failed is the worst next pick (it was probably
-                    // killed): try the others first; the picker ignores this when it is
-                    // the only candidate.
-                    avoid = Some(addr.clone());
-                    tried.note(&addr, reason.clone());
-                    let _ = events.send(SyncEvent::Disconnected { reason }).await;
-                    status.failures.fetch_add(1, Ordering::Relaxed);
-                    attempt = attempt.saturating_add(1);
-                    ("error", backoff(&self.config, attempt))
-                }
-                Err(error) => {
-                    let error = error_chain(&error);
-                    tracing::warn!(error, "cannot connect to typha");
-                    avoid = Some(addr.clone());
-                    tried.note(&addr, error);
-                    status.failures.fetch_add(1, Ordering::Relaxed);
-                    attempt = attempt.saturating_add(1);
-                    ("connect_error", backoff(&self.config, attempt))
+            if reconnect.forget_position {
+                self.mirror.forget_position();
+            }
+            if reconnect.report_disconnect {
+                let reason = tried.last(&addr);
+                let _ = events.send(SyncEvent::Disconnected { reason }).await;
+            }
+            let counter = match reconnect.counted {
+                reconnect::Counted::Goodbye => &status.goodbyes,
+                reconnect::Counted::Failure => &status.failures,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let (reason, delay) = match reconnect.delay {
+                reconnect::Delay::Min => (reconnect.label, jitter(self.config.backoff_min)),
+                reconnect::Delay::Backoff(attempt) => {
+                    (reconnect.label, backoff(&self.config, attempt))
                 }
             };
             status.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -598,14 +580,32 @@ fn backoff_step(config: &SyncConfig, attempt: u32) -> Duration {
         .min(config.backoff_max)
 }
 
-/// The `reason` label of a reconnect after `reason`.
-fn goodbye_label(reason: pb::GoodbyeReason) -> &'static str {
-    match reason {
-        pb::GoodbyeReason::Rebalance => "goodbye_rebalance",
-        pb::GoodbyeReason::Shutdown => "goodbye_shutdown",
-        pb::GoodbyeReason::Resync => "goodbye_resync",
-        pb::GoodbyeReason::ProtocolError => "goodbye_protocol_error",
-        _ => "goodbye_unspecified",
+/// Logs how a session ended, notes it in `tried`, and classifies it for the reconnect
+/// policy; a configuration error comes back too, to be returned as it is.
+fn judge(
+    addr: &str,
+    end: Result<SessionEnd, ConnectError>,
+    tried: &mut Tried,
+) -> (reconnect::Ended, Option<ConnectError>) {
+    match end {
+        Ok(SessionEnd::Shutdown) => (reconnect::Ended::Shutdown, None),
+        Err(e @ ConnectError::BadAddress { .. }) => (reconnect::Ended::BadAddress, Some(e)),
+        Ok(SessionEnd::Goodbye(reason, message)) => {
+            tracing::info!(%addr, ?reason, message, "typha said goodbye; reconnecting");
+            tried.note(addr, format!("goodbye {reason:?}: {message}"));
+            (reconnect::Ended::Goodbye(reason), None)
+        }
+        Ok(SessionEnd::Failed(reason)) => {
+            tracing::warn!(%addr, reason, "sync session failed");
+            tried.note(addr, reason);
+            (reconnect::Ended::Failed, None)
+        }
+        Err(error) => {
+            let error = error_chain(&error);
+            tracing::warn!(error, "cannot connect to typha");
+            tried.note(addr, error);
+            (reconnect::Ended::ConnectError, None)
+        }
     }
 }
 
@@ -633,6 +633,14 @@ impl Tried {
         let entry = self.0.entry(addr.to_string()).or_default();
         entry.0 += 1;
         entry.1 = outcome;
+    }
+
+    /// The last outcome noted for `addr`.
+    fn last(&self, addr: &str) -> String {
+        self.0
+            .get(addr)
+            .map(|(_, last)| last.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -9,6 +9,8 @@
 //! two profiles and one or two named ports. Seeded, so every run measures the same data.
 //!
 //! Run with `cargo bench -p typha --bench snapshot`.
+// A benchmark measures wall time on a real clock; the paused-clock ban does not apply.
+#![allow(clippy::disallowed_types)]
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

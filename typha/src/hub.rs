@@ -19,10 +19,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha_proto::{Digest, Revision, Update, VersionVector};
 

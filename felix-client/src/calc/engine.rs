@@ -2,19 +2,20 @@
 //! policies select them (and are therefore active: only their rules' ipsets are kept),
 //! routes, pools; and the cached output tables, re-rendered at the end of a batch only
 //! when something they depend on changed (remote endpoint churn changes ipset members,
-//! never chains).
+//! never chains). Node routes and tunnels are recomputed from all nodes and pools when
+//! a node or pool changed (see `tunnels`: a pool's mode change re-routes every node).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use typha_proto::{Key, Kind, Update, Value, pb};
 
 use super::index::Index;
 use super::names::usable_interface;
-use super::objects::{Net, Obj, label_lookup};
+use super::objects::{Obj, label_lookup};
 use super::policy::{PolicyState, SortKey};
 use super::render::{FilterInput, filter_table, nat};
+use super::tunnels::{self, Tunnels};
 use super::{CalcConfig, CalcMode, Desired, Family, IpSet, Route, RouteTarget, Tables};
 
 /// Who wants a route (a local endpoint wins over a node for the same destination).
@@ -32,6 +33,11 @@ pub(super) struct Engine {
     order: BTreeSet<SortKey>,
     local: BTreeMap<Key, Arc<Obj>>,
     pools: BTreeMap<String, pb::IpPool>,
+    /// Other nodes by name (networking mode).
+    nodes: BTreeMap<String, pb::Node>,
+    /// This node.
+    own_node: Option<pb::Node>,
+    tunnels: Tunnels,
     routes: BTreeMap<String, BTreeMap<RouteOwner, RouteTarget>>,
     route_dsts: HashMap<RouteOwner, Vec<String>>,
     v4: Tables,
@@ -39,6 +45,7 @@ pub(super) struct Engine {
     pool_sets: BTreeMap<String, IpSet>,
     filter_dirty: bool,
     nat_dirty: bool,
+    nodes_dirty: bool,
 }
 
 impl Engine {
@@ -50,6 +57,9 @@ impl Engine {
             order: BTreeSet::new(),
             local: BTreeMap::new(),
             pools: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            own_node: None,
+            tunnels: Tunnels::default(),
             routes: BTreeMap::new(),
             route_dsts: HashMap::new(),
             v4: Tables::default(),
@@ -57,6 +67,7 @@ impl Engine {
             pool_sets: BTreeMap::new(),
             filter_dirty: true,
             nat_dirty: true,
+            nodes_dirty: false,
         };
         engine.render();
         engine
@@ -104,6 +115,7 @@ impl Engine {
                     _ => self.pools.remove(key.name()),
                 };
                 self.nat_dirty = true;
+                self.nodes_dirty = true;
             }
             (Kind::HostEndpoint | Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
             (kind, Some(value)) => {
@@ -229,34 +241,34 @@ impl Engine {
     }
 
     fn set_node(&mut self, name: &str, node: Option<&pb::Node>) {
-        if self.config.mode != CalcMode::Networking || name == self.config.node_name {
+        if self.config.mode != CalcMode::Networking {
             return;
         }
-        let owner = RouteOwner::Node(name.to_string());
-        self.remove_routes(&owner);
-        let Some(node) = node else {
+        self.nodes_dirty = true;
+        if name == self.config.node_name {
+            self.own_node = node.cloned();
             return;
-        };
-        let addresses: Vec<IpAddr> = node
-            .ipv4_address
-            .parse()
-            .ok()
-            .into_iter()
-            .chain(node.addresses.iter().filter_map(|a| a.parse().ok()))
-            .collect();
-        let mut routes = Vec::new();
-        for net in node.pod_cidrs.iter().filter_map(|c| Net::parse(c)) {
-            let gateway = addresses.iter().find(|a| {
-                matches!(
-                    (a, net.family),
-                    (IpAddr::V4(_), Family::V4) | (IpAddr::V6(_), Family::V6)
-                )
-            });
-            if let Some(gw) = gateway {
-                routes.push((net.text(), RouteTarget::Gateway(*gw)));
+        }
+        match node {
+            Some(n) => self.nodes.insert(name.to_string(), n.clone()),
+            None => {
+                self.remove_routes(&RouteOwner::Node(name.to_string()));
+                self.nodes.remove(name)
             }
+        };
+    }
+
+    /// Recomputes every node's routes and the tunnels (after a node or pool change).
+    fn route_nodes(&mut self) {
+        let own = self.own_node.as_ref();
+        let (routes, tunnels) =
+            tunnels::plan(&self.config.node_name, own, &self.nodes, &self.pools);
+        for (name, list) in routes {
+            let owner = RouteOwner::Node(name);
+            self.remove_routes(&owner);
+            self.add_routes(owner, list);
         }
-        self.add_routes(owner, routes);
+        self.tunnels = tunnels;
     }
 
     fn add_routes(&mut self, owner: RouteOwner, routes: Vec<(String, RouteTarget)>) {
@@ -285,6 +297,10 @@ impl Engine {
     }
 
     fn render(&mut self) {
+        if self.nodes_dirty {
+            self.route_nodes();
+            self.nodes_dirty = false;
+        }
         if self.filter_dirty {
             let input = FilterInput {
                 local: &self.local,
@@ -331,6 +347,7 @@ impl Engine {
             v6: self.v6.clone(),
             ipsets,
             routes,
+            tunnels: self.tunnels.clone(),
         }
     }
 

@@ -34,6 +34,7 @@ mod render;
 mod rules;
 #[cfg(test)]
 mod tests;
+pub mod tunnels;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -89,6 +90,13 @@ pub enum RouteTarget {
     Interface(String),
     /// Via a gateway (another node's address on the shared L2).
     Gateway(IpAddr),
+    /// Via `gateway` out of a tunnel device, onlink (see [`tunnels`]).
+    Tunnel {
+        /// The device (`vxlan.calico`, `tunl0`).
+        device: String,
+        /// The next hop.
+        gateway: IpAddr,
+    },
 }
 
 /// One route the agent owns.
@@ -111,6 +119,8 @@ pub struct Desired {
     pub ipsets: BTreeMap<String, IpSet>,
     /// Routes the agent owns.
     pub routes: BTreeSet<Route>,
+    /// Tunnel devices and VXLAN peers.
+    pub tunnels: tunnels::Tunnels,
 }
 
 /// What the agent is responsible for.

@@ -13,6 +13,7 @@
 //! component is re-read and, when its plan came from the cache, retried at once).
 //! Order within a pass: create/update ipsets ->
 //! iptables (per family and table, one atomic restore each, the tables concurrently) ->
+//! tunnel devices ([`tunnels`]: only when they changed or were not yet written) ->
 //! routes -> destroy ipsets
 //! no longer wanted (only when every iptables write succeeded, so no rule references
 //! them). A failing stage is counted and logged and does not stop the others; the driver
@@ -30,6 +31,7 @@ pub(crate) mod iptables;
 mod netns;
 pub(crate) mod routes;
 mod status;
+mod tunnels;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +77,8 @@ pub enum Stage {
     Ipsets,
     /// iptables / ip6tables.
     Iptables,
+    /// Tunnel devices (VXLAN, IPIP).
+    Tunnels,
     /// Routes.
     Routes,
     /// Destroying ipsets no longer wanted.
@@ -87,6 +91,7 @@ impl Stage {
         match self {
             Stage::Ipsets => "ipsets",
             Stage::Iptables => "iptables",
+            Stage::Tunnels => "tunnels",
             Stage::Routes => "routes",
             Stage::IpsetCleanup => "ipset_cleanup",
         }
@@ -167,6 +172,8 @@ pub struct ApplyReport {
     pub ipset_restores: u64,
     /// Routes added or deleted.
     pub route_changes: u64,
+    /// Tunnel device, FDB and neighbour writes.
+    pub tunnel_writes: u64,
     /// Kernel reads run: `iptables-save` / `ipset save` processes and netlink dumps.
     pub kernel_reads: u64,
     /// Where the time went.
@@ -181,7 +188,10 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// Whether the pass wrote nothing.
     pub fn wrote_nothing(&self) -> bool {
-        self.iptables_restores == 0 && self.ipset_restores == 0 && self.route_changes == 0
+        self.iptables_restores == 0
+            && self.ipset_restores == 0
+            && self.route_changes == 0
+            && self.tunnel_writes == 0
     }
 }
 
@@ -193,6 +203,8 @@ struct Cache {
     /// v4 filter, v4 nat, v6 filter, v6 nat.
     tables: [Option<iptables::TableCache>; 4],
     routes: Option<routes::RouteCache>,
+    /// The tunnels last written successfully.
+    tunnels: Option<crate::calc::tunnels::Tunnels>,
 }
 
 /// The (family, table) pairs in [`Cache::tables`] order.
@@ -299,6 +311,20 @@ impl Dataplane {
         let last = self.last.take();
         let sets = self.ipsets(desired, &mut report).await;
         let iptables_ok = self.iptables(desired, last.as_ref(), &mut report).await;
+        if self.cache.tunnels.as_ref() != Some(&desired.tunnels) {
+            let started = Instant::now();
+            match tunnels::sync(&self.runner, &desired.tunnels).await {
+                Ok(writes) => {
+                    report.tunnel_writes = writes;
+                    self.cache.tunnels = Some(desired.tunnels.clone());
+                }
+                Err(e) => {
+                    self.cache.tunnels = None;
+                    report.errors.push((Stage::Tunnels, e));
+                }
+            }
+            report.timings.write += started.elapsed();
+        }
         let routes_started = Instant::now();
         let routes = routes::sync(
             &self.netlink.handle,

@@ -8,7 +8,9 @@
 //! Invariant: routes of any other protocol or table are never modified or deleted (an
 //! add that collides with one fails and is reported). Interface routes are scope link out
 //! of the named interface; an interface that does not exist is an error for that route
-//! only (the others are still programmed; the driver retries).
+//! only (the others are still programmed; the driver retries). Tunnel routes are
+//! `via <gateway> dev <tunnel> onlink` (identified by both, unlike plain gateway routes
+//! whose interface the kernel picks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -16,7 +18,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -104,10 +106,16 @@ fn owned_key(msg: &RouteMessage) -> Option<RouteKey> {
         return None;
     }
     let dst = dst?;
+    let onlink = msg.header.flags.contains(RouteFlags::Onlink);
     Some(RouteKey {
         dst: (dst, msg.header.destination_prefix_length),
-        // A gateway route is identified by its gateway; the kernel fills in the oif.
-        oif: if gateway.is_some() { None } else { oif },
+        // A gateway route is identified by its gateway (the kernel fills in the oif),
+        // an onlink tunnel route by both.
+        oif: if gateway.is_some() && !onlink {
+            None
+        } else {
+            oif
+        },
         gateway,
     })
 }
@@ -167,6 +175,16 @@ fn resolve(
                 gateway: None,
             })
         }
+        RouteTarget::Tunnel { device, gateway } => {
+            let index = links
+                .get(device)
+                .ok_or_else(|| DataplaneError::MissingInterface(device.clone()))?;
+            Ok(RouteKey {
+                dst,
+                oif: Some(*index),
+                gateway: Some(*gateway),
+            })
+        }
         RouteTarget::Gateway(gw) => {
             if gw.is_ipv4() != dst.0.is_ipv4() {
                 return Err(DataplaneError::InvalidRoute {
@@ -196,11 +214,21 @@ fn message(key: &RouteKey) -> Result<RouteMessage, DataplaneError> {
         .destination_prefix(key.dst.0, key.dst.1)
         .map_err(|e| invalid(key)(&e))?
         .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
-    if let Some(index) = key.oif {
-        builder = builder.output_interface(index).scope(RouteScope::Link);
-    }
-    if let Some(gw) = key.gateway {
-        builder = builder.gateway(gw).map_err(|e| invalid(key)(&e))?;
+    match (key.oif, key.gateway) {
+        (Some(index), None) => {
+            builder = builder.output_interface(index).scope(RouteScope::Link);
+        }
+        (Some(index), Some(gw)) => {
+            builder = builder
+                .output_interface(index)
+                .gateway(gw)
+                .map_err(|e| invalid(key)(&e))?
+                .onlink();
+        }
+        (None, Some(gw)) => {
+            builder = builder.gateway(gw).map_err(|e| invalid(key)(&e))?;
+        }
+        (None, None) => {}
     }
     Ok(builder.build())
 }
@@ -384,6 +412,14 @@ mod tests {
             gateway: Some("fd00::1".parse().unwrap()),
         };
         assert_eq!(owned_key(&message(&gw).unwrap()), Some(gw));
+        let tunnel = RouteKey {
+            dst: ("10.244.1.0".parse().unwrap(), 24),
+            oif: Some(9),
+            gateway: Some("10.244.1.0".parse().unwrap()),
+        };
+        let msg = message(&tunnel).unwrap();
+        assert!(msg.header.flags.contains(RouteFlags::Onlink));
+        assert_eq!(owned_key(&msg), Some(tunnel));
         let mut foreign = message(&RouteKey {
             dst: ("10.0.0.0".parse().unwrap(), 8),
             oif: Some(1),

@@ -1,5 +1,10 @@
 //! Node -> Node: IP addresses, pod CIDRs, labels and the first IPv4 InternalIP.
 //!
+//! When Calico's `projectcalico.org/IPv4Address` annotation (`10.0.0.1/24`: the node's
+//! address with its subnet's prefix) is present, `ipv4_address` is that, prefix included:
+//! agents use the subnet for `CrossSubnet` encapsulation. An unparsable one rejects the
+//! node.
+//!
 //! Only IP-typed addresses (InternalIP, ExternalIP) are kept, deduplicated in order;
 //! an unparsable one rejects the node, as does an unparsable pod CIDR.
 
@@ -8,6 +13,21 @@ use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, labels_of, name_of, net};
 use crate::Resource;
+
+/// Calico's annotation of a node's IPv4 address with its subnet prefix.
+pub const IPV4_ANNOTATION: &str = "projectcalico.org/IPv4Address";
+
+/// `10.0.0.1/24` validated (an IPv4 address, a prefix up to 32), host bits kept.
+fn address_with_prefix(text: &str) -> Result<String, ConvertError> {
+    let bad = || ConvertError::BadCidr(text.to_string());
+    let (addr, len) = text.trim().split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    Ok(format!("{addr}/{len}"))
+}
 
 impl ToModel for Node {
     const RESOURCE: Resource = Resource::Nodes;
@@ -35,6 +55,14 @@ impl ToModel for Node {
             if !addresses.contains(&ip) {
                 addresses.push(ip);
             }
+        }
+        if let Some(annotated) = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(IPV4_ANNOTATION))
+        {
+            ipv4_address = address_with_prefix(annotated)?;
         }
         let spec = self.spec.as_ref();
         let cidrs: Vec<String> = match spec.and_then(|s| s.pod_cidrs.clone()) {

@@ -957,3 +957,25 @@ fn unparsable_rule_selectors_reject_only_their_policy() {
     );
     assert!(convert(&good).is_ok());
 }
+
+#[test]
+fn node_ipv4_annotation_carries_the_subnet() {
+    let node = |annotation: &str| -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n", "annotations": {"projectcalico.org/IPv4Address": annotation}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.99.0.1"}]}
+        }))
+        .unwrap()
+    };
+    let Some(Value::Node(n)) = convert(&node("10.99.0.1/24")).unwrap().value else {
+        panic!("not a node")
+    };
+    assert_eq!(n.ipv4_address, "10.99.0.1/24");
+    assert_eq!(n.addresses, vec!["10.99.0.1"]);
+    for bad in ["10.99.0.1", "10.99.0.1/33", "x/24"] {
+        assert!(
+            matches!(rejected(&node(bad)).error, ConvertError::BadCidr(_)),
+            "{bad}"
+        );
+    }
+}

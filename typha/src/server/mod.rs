@@ -14,6 +14,7 @@
 
 mod conn;
 mod fanout;
+mod history;
 mod refusal;
 mod registry;
 mod resume;
@@ -37,6 +38,7 @@ pub use conn::{
     Conn, ConnCounts, ConnGuard, ConnStats, KillSwitch, OpenStreams, PeerInfo, StreamGuard,
 };
 pub use fanout::FanoutStream;
+pub use history::History;
 pub use refusal::{LOG_BURST, NO_STREAM_TIMEOUT, TOO_MANY_CONNECTIONS, TOO_MANY_STREAMS};
 pub use registry::{Farewell, Registration, SessionCounts, Sessions};
 pub use resume::{Agreed, ProtocolOffer};

@@ -151,14 +151,14 @@ pub async fn decide(
 }
 
 /// Counts a resume (metrics and the hub's counters); snapshots are counted once sent.
-pub fn count(hub: &Hub, start: &Start) {
+pub fn count(history: &impl super::history::History, start: &Start) {
     let (kind, counted) = match start {
         Start::SameReplica(_) => ("same_replica", SessionStart::SameReplica),
         Start::CrossReplica(_) => ("cross_replica", SessionStart::CrossReplica),
         Start::Snapshot => return,
     };
     metrics::counter!("typha_resumes_total", "kind" => kind).increment(1);
-    hub.count_session_start(counted);
+    history.count_start(counted);
 }
 
 /// A position in this hub's own history: resumable while the history covers it.

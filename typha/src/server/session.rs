@@ -2,29 +2,38 @@
 //! leaves.
 //!
 //! The session owns a revision cursor and nothing else of the state: it reads shared,
-//! pre-encoded breadcrumbs from the hub and writes them into a small bounded queue that
-//! tonic drains into the HTTP/2 stream. Per-client memory is that queue plus HTTP/2's
-//! bounded send buffer. A client behind by more than `max_uncoalesced` batches gets one
-//! coalesced batch (latest value per key); one behind the hub's history is told to
-//! resync; one whose queue stays full for `write_timeout` is dropped and its connection
-//! killed, so a slow client never delays the others.
+//! pre-encoded breadcrumbs from its [`History`] (the hub) and writes them into a small
+//! bounded queue that tonic drains into the HTTP/2 stream. Per-client memory is that
+//! queue plus HTTP/2's bounded send buffer. A client behind by more than
+//! `max_uncoalesced` batches gets one coalesced batch (latest value per key); one behind
+//! the history is told to resync; one whose queue stays full for `write_timeout` is
+//! dropped and its connection killed, so a slow client never delays the others.
+//!
+//! The session is generic over its inbound stream (tonic's `Streaming` in production, an
+//! in-memory channel in tests) and its history, and reads only tokio's clock, so its
+//! behaviour is tested without sockets under a paused clock (`session/tests.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, timeout};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 use typha_proto::pb::{self, client_message, server_message};
 use typha_proto::{MIN_PROTOCOL_VERSION, Revision, frame};
 
+use super::history::History;
 use super::resume;
 use super::{PeerInfo, ServerConfig, SessionEnded, SessionEnds};
-use crate::hub::{Hub, SessionStart};
+use crate::hub::SessionStart;
 use snapshot_cache::DeltasSince;
+
+#[cfg(test)]
+mod tests;
 
 /// Why a session ended; the `reason` label of `typha_connections_dropped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,11 +90,21 @@ impl DropReason {
     }
 }
 
-pub(super) struct Session {
-    pub hub: Hub,
+/// What happened on the inbound stream while streaming deltas.
+enum Heard {
+    /// A message to act on.
+    Message(pb::ClientMessage),
+    /// The stream ended or failed: the session ends for this reason.
+    End(DropReason),
+}
+
+/// One `Sync` stream's session (see the module docs). `H` is the history (the hub), `In`
+/// the client's messages (tonic's `Streaming` in production).
+pub(super) struct Session<H, In> {
+    pub hub: H,
     pub config: Arc<ServerConfig>,
     pub out: mpsc::Sender<Result<Bytes, Status>>,
-    pub inbound: Streaming<pb::ClientMessage>,
+    pub inbound: In,
     pub peer: PeerInfo,
     pub shutdown: CancellationToken,
     pub ends: SessionEnds,
@@ -95,7 +114,11 @@ pub(super) struct Session {
     pub node: String,
 }
 
-impl Session {
+impl<H, In> Session<H, In>
+where
+    H: History,
+    In: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
+{
     pub async fn run(mut self) {
         let span = tracing::info_span!(
             "session",
@@ -136,49 +159,51 @@ impl Session {
         }
         let mut revisions = self.hub.subscribe();
         revisions.mark_unchanged();
-        let agreed = self.config.protocol.negotiate(&hello);
+        let mut cursor = match self.start(&hello).await {
+            Ok(cursor) => cursor,
+            Err(reason) => return reason,
+        };
+        self.stream_deltas(&mut cursor, revisions).await
+    }
+
+    /// Negotiates, sends ServerHello, then the snapshot or the resume's first batch;
+    /// returns the revision the client is at.
+    async fn start(&mut self, hello: &pb::ClientHello) -> Result<Revision, DropReason> {
+        let agreed = self.config.protocol.negotiate(hello);
         let start = tokio::select! {
-            _ = self.shutdown.cancelled() => return DropReason::Shutdown,
-            start = resume::decide(&self.hub, &hello, &agreed, self.config.resume_catch_up) => start,
+            _ = self.shutdown.cancelled() => return Err(DropReason::Shutdown),
+            start = self.hub.start(hello, &agreed, self.config.resume_catch_up) => start,
         };
         let server_hello = server_message::Msg::Hello(pb::ServerHello {
             server_id: self.config.server_id.clone(),
             protocol_version: agreed.version,
             capabilities: agreed.wire_capabilities(),
-            epoch: self.hub.epoch().to_string(),
+            epoch: self.hub.epoch(),
             resumed: start.resumed(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         });
-        if let Err(reason) = self.send(frame::encode(server_hello)).await {
-            return reason;
-        }
+        self.send(frame::encode(server_hello)).await?;
         resume::count(&self.hub, &start);
-        let mut cursor = match start {
+        match start {
             resume::Start::SameReplica(revision) => {
                 tracing::info!(%revision, "client resumed");
-                revision
+                Ok(revision)
             }
             resume::Start::CrossReplica(rebase) => {
                 tracing::info!(revision = %rebase.revision, keys = rebase.keys, "client of another replica resumed");
-                if let Err(reason) = self.send(rebase.frame).await {
-                    return reason;
-                }
-                rebase.revision
+                self.send(rebase.frame).await?;
+                Ok(rebase.revision)
             }
-            resume::Start::Snapshot => match self.send_snapshot().await {
-                Ok(revision) => revision,
-                Err(reason) => return reason,
-            },
-        };
-        self.stream_deltas(&mut cursor, revisions).await
+            resume::Start::Snapshot => self.send_snapshot().await,
+        }
     }
 
     async fn receive_hello(&mut self) -> Result<pb::ClientHello, DropReason> {
-        let first = match timeout(self.config.handshake_timeout, self.inbound.message()).await {
+        let first = match timeout(self.config.handshake_timeout, self.inbound.next()).await {
             Err(_) => return Err(DropReason::HandshakeTimeout),
-            Ok(Err(status)) => return Err(self.inbound_error(status)),
-            Ok(Ok(None)) => return Err(DropReason::ClientClosed),
-            Ok(Ok(Some(message))) => message,
+            Ok(Some(Err(status))) => return Err(inbound_error(&status)),
+            Ok(None) => return Err(DropReason::ClientClosed),
+            Ok(Some(Ok(message))) => message,
         };
         let Some(client_message::Msg::Hello(hello)) = first.msg else {
             self.refuse(Status::invalid_argument(
@@ -210,7 +235,7 @@ impl Session {
         }
         self.send(snapshot.in_sync_frame.clone()).await?;
         metrics::counter!("typha_snapshots_sent_total").increment(1);
-        self.hub.count_session_start(SessionStart::Snapshot);
+        self.hub.count_start(SessionStart::Snapshot);
         tracing::info!(revision = %snapshot.revision, keys = snapshot.key_count, "snapshot sent");
         Ok(snapshot.revision)
     }
@@ -221,7 +246,7 @@ impl Session {
         mut revisions: tokio::sync::watch::Receiver<Revision>,
     ) -> DropReason {
         let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.ping_interval,
+            Instant::now() + self.config.ping_interval,
             self.config.ping_interval,
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -233,43 +258,18 @@ impl Session {
             if let Err(reason) = self.catch_up(cursor, &lag).await {
                 return reason;
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {
-                    self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
-                    return DropReason::Shutdown;
-                }
+            let step = tokio::select! {
+                _ = self.shutdown.cancelled() => Err(self.farewell_said(None)),
                 farewell = async { self.farewell.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
                     // None: the registry entry is gone, which means the server is going away.
-                    let reason = farewell.unwrap_or(pb::GoodbyeReason::Shutdown);
-                    if reason == pb::GoodbyeReason::Rebalance {
-                        self.goodbye(reason, "moving to another replica to spread the load");
-                        return DropReason::Rebalance;
-                    }
-                    self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
-                    return DropReason::Shutdown;
+                    Err(self.farewell_said(Some(farewell.unwrap_or(pb::GoodbyeReason::Shutdown))))
                 }
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return DropReason::Shutdown;
-                    }
-                }
-                message = self.inbound.message() => {
+                changed = revisions.changed() => changed.map_err(|_| DropReason::Shutdown),
+                heard = hear(&mut self.inbound) => {
                     last_heard = Instant::now();
-                    match message {
-                        Ok(Some(pb::ClientMessage { msg: Some(client_message::Msg::Ping(p)) })) => {
-                            let pong = pb::Pong { nonce: p.nonce, ping_sent_unix_nanos: p.sent_unix_nanos };
-                            if let Err(reason) = self.send(frame::encode(server_message::Msg::Pong(pong))).await {
-                                return reason;
-                            }
-                        }
-                        Ok(Some(pb::ClientMessage { msg: Some(client_message::Msg::Hello(_)) })) => {
-                            self.refuse(Status::invalid_argument("duplicate ClientHello")).await;
-                            return DropReason::BadHello;
-                        }
-                        // Pongs only prove liveness; unknown messages are ignored.
-                        Ok(Some(_)) => {}
-                        Ok(None) => return DropReason::ClientClosed,
-                        Err(status) => return self.inbound_error(status),
+                    match heard {
+                        Heard::Message(message) => self.answer(message).await,
+                        Heard::End(reason) => Err(reason),
                     }
                 }
                 _ = ping.tick() => {
@@ -278,11 +278,47 @@ impl Session {
                     }
                     nonce += 1;
                     let ping = pb::Ping { nonce, sent_unix_nanos: unix_nanos() };
-                    if let Err(reason) = self.send(frame::encode(server_message::Msg::Ping(ping))).await {
-                        return reason;
-                    }
+                    self.send(frame::encode(server_message::Msg::Ping(ping))).await
                 }
+            };
+            if let Err(reason) = step {
+                return reason;
             }
+        }
+    }
+
+    /// Says goodbye for a farewell (`None`: the server is shutting down) and returns the
+    /// drop reason.
+    fn farewell_said(&self, farewell: Option<pb::GoodbyeReason>) -> DropReason {
+        if farewell == Some(pb::GoodbyeReason::Rebalance) {
+            self.goodbye(
+                pb::GoodbyeReason::Rebalance,
+                "moving to another replica to spread the load",
+            );
+            return DropReason::Rebalance;
+        }
+        self.goodbye(pb::GoodbyeReason::Shutdown, "typha is shutting down");
+        DropReason::Shutdown
+    }
+
+    /// Answers a client message while streaming: pings get a pong, a second hello ends
+    /// the session; pongs only prove liveness and unknown messages are ignored.
+    async fn answer(&mut self, message: pb::ClientMessage) -> Result<(), DropReason> {
+        match message.msg {
+            Some(client_message::Msg::Ping(p)) => {
+                let pong = pb::Pong {
+                    nonce: p.nonce,
+                    ping_sent_unix_nanos: p.sent_unix_nanos,
+                };
+                self.send(frame::encode(server_message::Msg::Pong(pong)))
+                    .await
+            }
+            Some(client_message::Msg::Hello(_)) => {
+                self.refuse(Status::invalid_argument("duplicate ClientHello"))
+                    .await;
+                Err(DropReason::BadHello)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -347,18 +383,29 @@ impl Session {
     async fn refuse(&self, status: Status) {
         let _ = timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
     }
+}
 
-    fn inbound_error(&self, status: Status) -> DropReason {
-        // tonic reports an oversized or undecodable message as a status on our side.
-        match status.code() {
-            tonic::Code::InvalidArgument
-            | tonic::Code::OutOfRange
-            | tonic::Code::ResourceExhausted => {
-                tracing::info!(error = %status.message(), "malformed client message");
-                DropReason::MalformedMessage
-            }
-            _ => DropReason::ClientClosed,
+/// The next inbound message, or why the inbound stream ended.
+async fn hear<In>(inbound: &mut In) -> Heard
+where
+    In: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin,
+{
+    match inbound.next().await {
+        Some(Ok(message)) => Heard::Message(message),
+        Some(Err(status)) => Heard::End(inbound_error(&status)),
+        None => Heard::End(DropReason::ClientClosed),
+    }
+}
+
+/// Why an inbound stream error ends the session: tonic reports an oversized or
+/// undecodable message as a status on our side.
+fn inbound_error(status: &Status) -> DropReason {
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            tracing::info!(error = %status.message(), "malformed client message");
+            DropReason::MalformedMessage
         }
+        _ => DropReason::ClientClosed,
     }
 }
 

@@ -8,6 +8,7 @@ mod gaps;
 mod incremental;
 mod semantics;
 mod sim;
+mod tunnels;
 
 use std::net::IpAddr;
 

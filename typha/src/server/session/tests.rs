@@ -1,0 +1,467 @@
+//! The session's behaviour without sockets: a real `Hub` as the history, an mpsc channel
+//! as the client's inbound stream, the outgoing queue read directly, and a paused tokio
+//! clock, so timeouts of a minute take microseconds and nothing depends on timing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use typha_proto::frame::ServerFrame;
+use typha_proto::pb::{self, GoodbyeReason, client_message};
+use typha_proto::{Key, Kind, PROTOCOL_VERSION, Update, Value};
+
+use super::{DropReason, Session};
+use crate::hub::{Hub, HubConfig};
+use crate::server::{
+    ConnStats, KillSwitch, OpenStreams, PeerInfo, ServerConfig, SessionEnded, SessionEnds,
+};
+use snapshot_cache::CacheConfig;
+
+fn node(name: &str) -> Update {
+    let key = Key::new(Kind::Node, "", name).unwrap();
+    let value = Value::Node(pb::Node {
+        name: name.to_string(),
+        ..Default::default()
+    });
+    Update::new(key, Some(value)).unwrap()
+}
+
+/// A hub in sync holding one node, keeping at most `history` batches.
+fn hub(history: usize) -> Hub {
+    let hub = Hub::new(HubConfig {
+        cache: CacheConfig {
+            max_log_batches: history,
+            ..CacheConfig::default()
+        },
+        ..HubConfig::default()
+    });
+    hub.apply(vec![node("first")]).unwrap();
+    hub.set_in_sync(true);
+    hub
+}
+
+/// The node "moving" at address `address`: every call with a new address changes it.
+fn moving(address: usize) -> Update {
+    let key = Key::new(Kind::Node, "", "moving").unwrap();
+    let value = Value::Node(pb::Node {
+        name: "moving".to_string(),
+        addresses: vec![format!("10.0.0.{address}")],
+        ..Default::default()
+    });
+    Update::new(key, Some(value)).unwrap()
+}
+
+fn hello() -> pb::ClientMessage {
+    pb::ClientMessage {
+        msg: Some(client_message::Msg::Hello(pb::ClientHello {
+            node_name: "node-1".into(),
+            syncer_type: pb::SyncerType::Felix as i32,
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: vec![pb::Capability::SnapshotZstd as i32],
+            ..Default::default()
+        })),
+    }
+}
+
+fn ping(nonce: u64) -> pb::ClientMessage {
+    pb::ClientMessage {
+        msg: Some(client_message::Msg::Ping(pb::Ping {
+            nonce,
+            sent_unix_nanos: 0,
+        })),
+    }
+}
+
+fn pong(nonce: u64) -> pb::ClientMessage {
+    pb::ClientMessage {
+        msg: Some(client_message::Msg::Pong(pb::Pong {
+            nonce,
+            ping_sent_unix_nanos: 0,
+        })),
+    }
+}
+
+/// The client's side of one session.
+struct Client {
+    inbound: mpsc::Sender<Result<pb::ClientMessage, Status>>,
+    out: mpsc::Receiver<Result<Bytes, Status>>,
+    ends: broadcast::Receiver<SessionEnded>,
+    kill: KillSwitch,
+    farewell: watch::Sender<Option<GoodbyeReason>>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    fn start(hub: &Hub, config: ServerConfig) -> Client {
+        let (inbound, inbound_rx) = mpsc::channel(16);
+        let (out_tx, out) = mpsc::channel(config.out_buffer_frames.max(1));
+        let ends = SessionEnds::new(8);
+        let kill = KillSwitch::default();
+        let (farewell, farewell_rx) = watch::channel(None);
+        let shutdown = CancellationToken::new();
+        let session = Session {
+            hub: hub.clone(),
+            config: Arc::new(config),
+            out: out_tx,
+            inbound: ReceiverStream::new(inbound_rx),
+            peer: PeerInfo {
+                addr: None,
+                identity: Arc::from("test"),
+                kill: kill.clone(),
+                streams: OpenStreams::new(ConnStats::new()),
+            },
+            shutdown: shutdown.clone(),
+            ends: ends.clone(),
+            farewell: farewell_rx,
+            node: String::new(),
+        };
+        let ends = ends.subscribe();
+        let task = tokio::spawn(session.run());
+        Client {
+            inbound,
+            out,
+            ends,
+            kill,
+            farewell,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn send(&self, message: pb::ClientMessage) {
+        self.inbound.send(Ok(message)).await.unwrap();
+    }
+
+    /// The next frame; panics on a status or the end of the stream.
+    async fn frame(&mut self) -> ServerFrame {
+        let bytes = self.out.recv().await.expect("stream ended").unwrap();
+        ServerFrame::decode(bytes).unwrap()
+    }
+
+    /// Says hello and reads through the snapshot; returns the in-sync revision.
+    async fn sync(&mut self) -> u64 {
+        self.send(hello()).await;
+        assert!(matches!(self.frame().await, ServerFrame::Hello(_)));
+        loop {
+            match self.frame().await {
+                ServerFrame::SnapshotChunk(_) => {}
+                ServerFrame::InSync(in_sync) => return in_sync.revision,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// The goodbye the session sent, then the end of the stream.
+    async fn goodbye(&mut self) -> GoodbyeReason {
+        let ServerFrame::Goodbye(goodbye) = self.frame().await else {
+            panic!("expected a goodbye");
+        };
+        assert!(
+            self.out.recv().await.is_none(),
+            "the stream ends after a goodbye"
+        );
+        goodbye.reason()
+    }
+
+    /// Why the session ended (after its task finished).
+    async fn ended(mut self) -> (DropReason, KillSwitch) {
+        let ended = self.ends.recv().await.unwrap();
+        self.task.await.unwrap();
+        (ended.reason, self.kill)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_close_behind_gets_the_shared_frames_in_order() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    let synced = client.sync().await;
+    let crumbs: Vec<_> = (0..3)
+        .map(|i| hub.apply(vec![node(&format!("n{i}"))]).unwrap())
+        .collect();
+    for crumb in &crumbs {
+        let bytes = client.out.recv().await.unwrap().unwrap();
+        // The very frame the hub encoded once for everybody: nothing re-encoded.
+        assert_eq!(bytes.as_ptr(), crumb.frame.as_ptr());
+    }
+    assert_eq!(crumbs[0].from.0, synced);
+    // The client closes its side.
+    drop(std::mem::replace(&mut client.inbound, mpsc::channel(1).0));
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::ClientClosed);
+    assert!(
+        !kill.is_killed(),
+        "a client that left cleanly keeps its connection"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_client_gets_one_coalesced_batch() {
+    let hub = hub(1024);
+    let config = ServerConfig::default();
+    let many = config.max_uncoalesced + 5;
+    let mut client = Client::start(&hub, config);
+    let synced = client.sync().await;
+    // All published before the session runs again: it is `many` batches behind.
+    for i in 0..many {
+        hub.apply(vec![node(&format!("n{i}")), moving(i)]).unwrap();
+    }
+    let ServerFrame::Deltas(batch) = client.frame().await else {
+        panic!("expected deltas");
+    };
+    assert_eq!(batch.from_revision, synced);
+    assert_eq!(batch.revision, hub.revision().0);
+    // Latest value per key: the key touched by every batch appears once.
+    assert_eq!(batch.updates.len(), many + 1);
+    assert!(client.out.try_recv().is_err(), "one batch, not {many}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_behind_the_history_is_told_to_resync() {
+    let hub = hub(4);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    for i in 0..10 {
+        hub.apply(vec![node(&format!("n{i}"))]).unwrap();
+    }
+    assert_eq!(client.goodbye().await, GoodbyeReason::Resync);
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::TooFarBehind);
+    assert!(!kill.is_killed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_pinged_then_dropped_and_its_connection_killed() {
+    let hub = hub(1024);
+    let config = ServerConfig::default();
+    let expected_pings = config.ping_timeout.as_secs() / config.ping_interval.as_secs();
+    let mut client = Client::start(&hub, config);
+    client.sync().await;
+    let mut pings = 0;
+    while let Some(frame) = client.out.recv().await {
+        match ServerFrame::decode(frame.unwrap()).unwrap() {
+            ServerFrame::Ping(ping) => {
+                pings += 1;
+                assert_eq!(ping.nonce, pings);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pings, expected_pings);
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::PingTimeout);
+    assert!(
+        kill.is_killed(),
+        "a client that went silent may not be reading"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_pings_stays_and_gets_pongs() {
+    let hub = hub(1024);
+    let config = ServerConfig::default();
+    let rounds = 3 * config.ping_timeout.as_secs() / config.ping_interval.as_secs();
+    let mut client = Client::start(&hub, config);
+    client.sync().await;
+    for _ in 0..rounds {
+        let ServerFrame::Ping(ping) = client.frame().await else {
+            panic!("expected a ping");
+        };
+        client.send(pong(ping.nonce)).await;
+    }
+    client.send(ping(77)).await;
+    let ServerFrame::Pong(answer) = client.frame().await else {
+        panic!("expected a pong");
+    };
+    assert_eq!(answer.nonce, 77);
+    assert!(
+        client.ends.try_recv().is_err(),
+        "the session is still running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_message_drops_the_client_and_kills_the_connection() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client
+        .inbound
+        .send(Err(Status::invalid_argument("failed to decode")))
+        .await
+        .unwrap();
+    assert!(client.out.recv().await.is_none());
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::MalformedMessage);
+    assert!(kill.is_killed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_message_must_be_a_valid_hello() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.send(ping(1)).await;
+    let status = client.out.recv().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(client.ended().await.0, DropReason::BadHello);
+
+    let mut client = Client::start(&hub, ServerConfig::default());
+    let mut bad = hello();
+    if let Some(client_message::Msg::Hello(h)) = bad.msg.as_mut() {
+        h.node_name = "no spaces allowed".into();
+    }
+    client.send(bad).await;
+    let status = client.out.recv().await.unwrap().unwrap_err();
+    assert!(status.message().contains("node_name"), "{status}");
+    assert_eq!(client.ended().await.0, DropReason::BadHello);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_hello_ends_the_session() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.send(hello()).await;
+    let status = client.out.recv().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(client.ended().await.0, DropReason::BadHello);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_hello_within_the_handshake_timeout_kills_the_connection() {
+    let hub = hub(1024);
+    let client = Client::start(&hub, ServerConfig::default());
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::HandshakeTimeout);
+    assert!(kill.is_killed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let hub = hub(1024);
+    let config = ServerConfig {
+        out_buffer_frames: 1,
+        ..ServerConfig::default()
+    };
+    let client = Client::start(&hub, config);
+    // Hello, then never read: the queue of one frame fills with the ServerHello.
+    client.send(hello()).await;
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::WriteTimeout);
+    assert!(kill.is_killed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebalance_farewell_says_goodbye_rebalance() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.farewell.send_replace(Some(GoodbyeReason::Rebalance));
+    assert_eq!(client.goodbye().await, GoodbyeReason::Rebalance);
+    let (reason, kill) = client.ended().await;
+    assert_eq!(reason, DropReason::Rebalance);
+    assert!(!kill.is_killed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_and_shutdown_say_goodbye_shutdown() {
+    let hub = hub(1024);
+    // Drain tells sessions through the registry.
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.farewell.send_replace(Some(GoodbyeReason::Shutdown));
+    assert_eq!(client.goodbye().await, GoodbyeReason::Shutdown);
+    assert_eq!(client.ended().await.0, DropReason::Shutdown);
+    // A registry that went away means the server is going away.
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    let farewell = std::mem::replace(&mut client.farewell, watch::channel(None).0);
+    drop(farewell);
+    assert_eq!(client.goodbye().await, GoodbyeReason::Shutdown);
+    assert_eq!(client.ended().await.0, DropReason::Shutdown);
+    // The server's shutdown.
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.shutdown.cancel();
+    assert_eq!(client.goodbye().await, GoodbyeReason::Shutdown);
+    assert_eq!(client.ended().await.0, DropReason::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_waits_for_the_upstream_before_the_snapshot() {
+    let hub = Hub::new(HubConfig::default());
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.send(hello()).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(
+        client.out.try_recv().is_err(),
+        "nothing before the upstream is in sync"
+    );
+    hub.apply(vec![node("a")]).unwrap();
+    hub.set_in_sync(true);
+    assert!(matches!(client.frame().await, ServerFrame::Hello(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_bad_first_message_is_refused_before_any_state() {
+    let hub = hub(1024);
+    let bad_hello = |edit: fn(&mut pb::ClientHello)| {
+        let mut message = hello();
+        if let Some(client_message::Msg::Hello(h)) = message.msg.as_mut() {
+            edit(h);
+        }
+        message
+    };
+    let cases = [
+        ("a ping first", ping(1)),
+        ("no oneof member", pb::ClientMessage { msg: None }),
+        ("a pong first", pong(1)),
+        (
+            "path-like node name",
+            bad_hello(|h| h.node_name = "../../etc/passwd".into()),
+        ),
+        (
+            "300-byte node name",
+            bad_hello(|h| h.node_name = "n".repeat(300)),
+        ),
+        ("empty node name", bad_hello(|h| h.node_name.clear())),
+        ("unknown syncer type", bad_hello(|h| h.syncer_type = 99)),
+        ("protocol version 0", bad_hello(|h| h.protocol_version = 0)),
+        ("no zstd", bad_hello(|h| h.capabilities.clear())),
+    ];
+    for (name, first) in cases {
+        let mut client = Client::start(&hub, ServerConfig::default());
+        client.send(first).await;
+        let status = client.out.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{name}");
+        assert!(
+            client.out.recv().await.is_none(),
+            "{name}: nothing after the refusal"
+        );
+        let (reason, kill) = client.ended().await;
+        assert_eq!(reason, DropReason::BadHello, "{name}");
+        assert!(
+            !kill.is_killed(),
+            "{name}: a refused stream keeps its connection"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pongs_and_unknown_messages_mid_stream_are_ignored() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.send(pb::ClientMessage { msg: None }).await;
+    client.send(pong(5)).await;
+    let crumb = hub.apply(vec![node("after")]).unwrap();
+    let bytes = client.out.recv().await.unwrap().unwrap();
+    assert_eq!(bytes, crumb.frame, "the stream goes on");
+    assert!(client.ends.try_recv().is_err());
+}
