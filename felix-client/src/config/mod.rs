@@ -100,9 +100,9 @@ pub struct Cli {
     /// /livez, /readyz and /metrics listen address; "none" disables it.
     #[arg(long, env = "FELIX_HEALTH_LISTEN", default_value = "127.0.0.1:9099")]
     pub health_listen: String,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "FELIX_LOG", default_value = "info")]
-    pub log: String,
+    /// Logging and metrics.
+    #[command(flatten)]
+    pub observe: crate::metrics::ObserveArgs,
     /// Workload interface prefixes, comma-separated (the CNI's host-side veth names; the
     /// first must be typha's, which names the endpoints' interfaces).
     #[arg(long, env = "FELIX_INTERFACE_PREFIX", default_value = "cali")]
