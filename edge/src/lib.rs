@@ -5,11 +5,18 @@
 //! - [`certs`]: the development PKI (`typha certs`, tests);
 //! - [`discovery`]: ready typha endpoints from the Service's EndpointSlices (felix-client
 //!   picks one; typha counts its replicas);
-//! - [`signal`]: SIGTERM / SIGINT to a cancellation token.
+//! - [`signal`]: SIGTERM / SIGINT to a cancellation token;
+//! - [`logging`]: the log subscriber (text without colour off a terminal, or JSON) and
+//!   error chains printed once;
+//! - [`metrics`] and [`process`]: the Prometheus recorder (histograms with buckets), the
+//!   `process_*` and `*_build_info` metrics, and the `/metrics` listener.
 //!
 //! Neither binary's crate is a dependency: typha and felix-client both depend on this.
 
 pub mod certs;
 pub mod discovery;
+pub mod logging;
+pub mod metrics;
+pub mod process;
 pub mod signal;
 pub mod tls;

@@ -50,7 +50,8 @@ where
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("felix-client: {error:#}");
+            let chain = edge::logging::join_chain(error.chain().map(ToString::to_string));
+            eprintln!("felix-client: {chain}");
             ExitCode::FAILURE
         }
     }
@@ -58,23 +59,28 @@ where
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.validate()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
-        .try_init()
-        .ok();
-    let metrics = match config.health_listen {
-        Some(_) => Some(health::install_recorder().context("installing the metrics recorder")?),
+    edge::logging::init(&cli.observe.log, cli.observe.log_format).context("--log")?;
+    let scrape = cli.observe.metrics_listen.0;
+    let metrics = match config.health_listen.or(scrape) {
+        Some(_) => Some(health::install_recorder()?),
         None => None,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(sync(config, metrics))
+    runtime.block_on(sync(config, metrics, scrape))
 }
 
-async fn sync(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<()> {
+async fn sync(
+    config: Config,
+    metrics: Option<PrometheusHandle>,
+    scrape: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(edge::signal::stop_on_signal(shutdown.clone()));
     let status = Arc::new(SyncStatus::default());
     let dataplane_status = Arc::new(DataplaneStatus::default());
+    if let (Some(listen), Some(handle)) = (scrape, &metrics) {
+        edge::metrics::serve(listen, handle.clone(), shutdown.clone()).await?;
+    }
     let health = start_health(&config, status.clone(), metrics, shutdown.clone()).await?;
     let (tx, rx) = mpsc::channel(64);
     let dataplane = match config.dataplane {

@@ -98,9 +98,9 @@ pub struct Cli {
     /// /livez, /readyz and /metrics listen address; "none" disables it.
     #[arg(long, env = "FELIX_HEALTH_LISTEN", default_value = "127.0.0.1:9099")]
     pub health_listen: String,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "FELIX_LOG", default_value = "info")]
-    pub log: String,
+    /// Logging and metrics.
+    #[command(flatten)]
+    pub observe: crate::metrics::ObserveArgs,
 }
 
 /// The dataplane programmer.

@@ -70,8 +70,8 @@ pub fn sync_ready(status: Arc<SyncStatus>) -> ReadyCheck {
 }
 
 /// Installs the process-global Prometheus recorder and registers the sync metrics.
-pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+pub fn install_recorder() -> Result<PrometheusHandle, edge::metrics::MetricsError> {
+    let handle = crate::metrics::install()?;
     register_sync_metrics();
     Ok(handle)
 }
@@ -153,7 +153,7 @@ async fn readyz(State(state): State<HealthState>) -> (StatusCode, String) {
 
 async fn render_metrics(State(state): State<HealthState>) -> (StatusCode, String) {
     match state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
+        Some(handle) => (StatusCode::OK, edge::metrics::render(&handle)),
         None => (
             StatusCode::NOT_FOUND,
             "no metrics recorder installed\n".to_string(),

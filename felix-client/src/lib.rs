@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod discovery;
 pub mod health;
 pub mod local;
+pub mod metrics;
 pub mod mirror;
 pub mod reconnect;
 pub mod sync;

@@ -1,6 +1,8 @@
 //! The health endpoint over a real socket: /livez, /readyz following the sync status
 //! (not ready before the first in-sync, ready after), and /metrics naming every
-//! felix_sync_* series. Local mode against kube-sim brings the status in sync, so the
+//! felix_sync_* series, from the recorder the binary installs: every family (the local
+//! upstream watch's too) has HELP text, histograms have buckets, `process_*` and
+//! `felix_build_info` are there, and the metrics-only listener serves the same. Local mode against kube-sim brings the status in sync, so the
 //! test does not depend on a typha. One test per process: the recorder is global.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -65,7 +67,7 @@ async fn readyz_follows_the_sync_and_metrics_name_every_series() {
     let server = health::serve(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         sync_ready(status.clone()),
-        Some(handle),
+        Some(handle.clone()),
         shutdown.clone(),
     )
     .await
@@ -107,6 +109,33 @@ async fn readyz_follows_the_sync_and_metrics_name_every_series() {
     let (_, metrics) = get(addr, "/metrics").await;
     assert_series(&metrics);
     assert!(metrics.contains("felix_sync_in_sync 1"), "{metrics}");
+    for name in [
+        "felix_build_info{version=\"",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_max_fds ",
+        "typha_upstream_events_total{",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    assert_eq!(
+        edge::metrics::lint(&metrics),
+        Vec::<String>::new(),
+        "{metrics}"
+    );
+    // The metrics-only listener (--metrics-listen) serves the same families.
+    let scrape = edge::metrics::serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        handle.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (code, scraped) = get(scrape.addr, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(scraped.contains("felix_sync_in_sync 1"), "{scraped}");
+    assert_eq!(edge::metrics::lint(&scraped), Vec::<String>::new());
+    assert_eq!(get(scrape.addr, "/readyz").await.0, 404, "metrics only");
 
     // Stopped: no longer in sync, so not ready.
     shutdown.cancel();

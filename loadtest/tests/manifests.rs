@@ -1059,6 +1059,11 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     let (grpc, health) = (free_port(), free_port());
     env.insert("TYPHA_LISTEN".into(), format!("127.0.0.1:{grpc}"));
     env.insert("TYPHA_HEALTH_LISTEN".into(), format!("127.0.0.1:{health}"));
+    let metrics_port = free_port();
+    env.insert(
+        "TYPHA_METRICS_LISTEN".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    );
     env.insert(
         "KUBECONFIG".into(),
         kubectl.kubeconfig().display().to_string(),
@@ -1171,8 +1176,316 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     .unwrap();
     assert!(ready.starts_with("HTTP/1.1 200"), "/readyz: {ready}");
     assert!(live.starts_with("HTTP/1.1 200"), "/livez: {live}");
+    // The metrics port serves Prometheus text from the binary's recorder: HELP for every
+    // family, histograms with buckets, process and build metrics.
+    let scraped = tokio::task::spawn_blocking(move || http_get(metrics_port, "/metrics"))
+        .await
+        .unwrap();
+    assert!(scraped.starts_with("HTTP/1.1 200"), "/metrics: {scraped}");
+    for name in [
+        "typha_build_info{",
+        "process_resident_memory_bytes ",
+        "typha_upstream_events_total{",
+    ] {
+        assert!(scraped.contains(name), "{name} missing: {scraped}");
+    }
+    // The in-process sync client records felix_* families into the same process-global
+    // recorder; they are felix-client's to describe (its own test checks them).
+    let problems: Vec<String> = edge::metrics::lint(&scraped)
+        .into_iter()
+        .filter(|p| !p.starts_with("felix_"))
+        .collect();
+    assert_eq!(problems, Vec::<String>::new(), "{scraped}");
 
     shutdown.cancel();
     let _ = client.await;
     sim.shutdown().await;
+}
+
+// ---------------------------------------------------------------- install fixes
+
+/// Parses a Kubernetes quantity of bytes (`384Mi`, `1Gi`, `1536Mi`, plain bytes).
+fn mebibytes(quantity: &str) -> f64 {
+    let (number, unit) = quantity
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((quantity, ""), |i| quantity.split_at(i));
+    let number: f64 = number.parse().unwrap_or_else(|e| panic!("{quantity}: {e}"));
+    let scale = match unit {
+        "" => 1.0 / (1024.0 * 1024.0),
+        "Ki" => 1.0 / 1024.0,
+        "Mi" => 1.0,
+        "Gi" => 1024.0,
+        other => panic!("{quantity}: unexpected unit {other}"),
+    };
+    number * scale
+}
+
+/// Whether a process with `uid`, primary group `gid` and supplementary `groups` (and no
+/// CAP_DAC_OVERRIDE: every container here drops ALL capabilities or runs as non-root)
+/// may read a file owned by `owner`:`group` with permission bits `mode`.
+fn may_read(uid: u64, gid: u64, groups: &[u64], (owner, group, mode): (u64, u64, u64)) -> bool {
+    if uid == owner {
+        mode & 0o400 != 0
+    } else if gid == group || groups.contains(&group) {
+        mode & 0o040 != 0
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// A mounted Secret file: (owner uid, group gid, permission bits).
+type SecretFile = (u64, u64, u64);
+/// A container's (uid, primary gid, supplementary groups).
+type Reader = (u64, u64, Vec<u64>);
+
+/// For each Secret volume a container mounts: (file owner, group, mode) as the kubelet
+/// creates them (owner root; group the pod's fsGroup, else root; mode the volume's
+/// defaultMode, else 0644) and the container's (uid, gid, supplementary groups).
+fn secret_files_and_reader(workload: &Json, name: &str) -> Vec<(SecretFile, Reader)> {
+    let pod = &workload["spec"]["template"]["spec"];
+    let c = container(workload, name);
+    let field = |key: &str| {
+        c["securityContext"][key]
+            .as_u64()
+            .or_else(|| pod["securityContext"][key].as_u64())
+    };
+    let uid = field("runAsUser").expect("runAsUser set: the image's user must not decide");
+    let gid = field("runAsGroup").unwrap_or(0);
+    let fs_group = pod["securityContext"]["fsGroup"].as_u64();
+    let mut groups: Vec<u64> = pod["securityContext"]["supplementalGroups"]
+        .as_array()
+        .map(|g| g.iter().map(|g| g.as_u64().unwrap()).collect())
+        .unwrap_or_default();
+    groups.extend(fs_group);
+    let mut out = Vec::new();
+    for mount in c["volumeMounts"].as_array().unwrap() {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        if volume.get("secret").is_none() {
+            continue;
+        }
+        let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+        let file = (0, fs_group.unwrap_or(0), mode);
+        out.push((file, (uid, gid, groups.clone())));
+    }
+    out
+}
+
+#[test]
+fn every_container_can_read_its_secret_files_and_no_one_else_can() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        for (kind, name, container_name) in [
+            ("Deployment", "calico-typha", "calico-typha"),
+            ("DaemonSet", "felix-client", "felix-client"),
+        ] {
+            let workload = find(&objects, kind, name);
+            let secrets = secret_files_and_reader(workload, container_name);
+            assert!(!secrets.is_empty(), "{name} mounts its TLS Secret");
+            for (file, (uid, gid, groups)) in secrets {
+                assert!(
+                    may_read(uid, gid, &groups, file),
+                    "{overlay}: {name} (uid {uid}, gid {gid}, groups {groups:?}) cannot read \
+                     its Secret files (owner {}, group {}, mode {:o})",
+                    file.0,
+                    file.1,
+                    file.2
+                );
+                assert_eq!(
+                    file.2 & 0o007,
+                    0,
+                    "{name}: a private key must not be world-readable"
+                );
+            }
+        }
+        // typha runs as non-root: without the fsGroup it could not read 0440 root files.
+        let typha = find(&objects, "Deployment", "calico-typha");
+        assert_eq!(
+            typha["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+            true
+        );
+    }
+    // The model itself: root-owned 0440 without a matching group is unreadable.
+    assert!(!may_read(65532, 65532, &[], (0, 0, 0o440)));
+    assert!(may_read(65532, 65532, &[65532], (0, 65532, 0o440)));
+    assert!(may_read(0, 0, &[], (0, 0, 0o400)));
+}
+
+/// (working set, request, limit) in MiB for each cluster size in the sizing table of
+/// docs/operations.md.
+fn felix_sizing_table() -> BTreeMap<u64, (String, f64, f64)> {
+    let doc = std::fs::read_to_string(k8s_dir().join("../docs/operations.md")).unwrap();
+    let mut rows = BTreeMap::new();
+    let mut in_table = false;
+    for line in doc.lines() {
+        if line.starts_with("| cluster pods | felix-client working set") {
+            in_table = true;
+            continue;
+        }
+        if in_table && !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if !in_table || cells[0].starts_with("---") {
+            continue;
+        }
+        let pods: u64 = cells[0].replace(',', "").parse().unwrap();
+        rows.insert(
+            pods,
+            (
+                cells[1].to_string(),
+                mebibytes(cells[2]),
+                mebibytes(cells[3]),
+            ),
+        );
+    }
+    rows
+}
+
+/// The felix-client VmHWM figures (MiB) of docs/benchmarks.md's 150,000-pod RSS table.
+fn benchmark_peaks() -> Vec<f64> {
+    let doc = std::fs::read_to_string(k8s_dir().join("../docs/benchmarks.md")).unwrap();
+    let start = doc
+        .find("| felix-client | VmHWM | VmRSS |")
+        .expect("the RSS table");
+    doc[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            cells[1].trim_end_matches(" MiB").parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn felix_memory_follows_the_measured_sizing_table() {
+    let table = felix_sizing_table();
+    assert_eq!(
+        table.keys().copied().collect::<Vec<_>>(),
+        [10_000, 50_000, 150_000]
+    );
+    let peaks = benchmark_peaks();
+    assert_eq!(peaks.len(), 3, "mirror, calc + dataplane, local mode");
+    let measured = peaks.iter().copied().fold(0.0, f64::max);
+    let (working, _, _) = &table[&150_000];
+    assert!(
+        working.contains(&format!("{measured:.0} MiB")),
+        "the 150,000-pod row states the measured {measured} MiB: {working}"
+    );
+    let mut last = (0.0, 0.0);
+    for (pods, (working, request, limit)) in &table {
+        let working: f64 = working
+            .trim_start_matches('~')
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            working <= *request && request < limit,
+            "{pods} pods: {working} / {request} / {limit}"
+        );
+        assert!(
+            *request > last.0 && *limit > last.1,
+            "{pods} pods: grows with the cluster"
+        );
+        last = (*request, *limit);
+    }
+    assert!(
+        table[&150_000].2 > measured,
+        "no limit below the benchmark's peak"
+    );
+    // The DaemonSet's defaults are rows of the table, and its limit holds the benchmark.
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        let felix = container(find(&objects, "DaemonSet", "felix-client"), "felix-client");
+        let request = mebibytes(felix["resources"]["requests"]["memory"].as_str().unwrap());
+        let limit = mebibytes(felix["resources"]["limits"]["memory"].as_str().unwrap());
+        assert!(
+            table.values().any(|row| row.1 == request),
+            "request {request} MiB not in the table"
+        );
+        assert!(
+            table.values().any(|row| row.2 == limit),
+            "limit {limit} MiB not in the table"
+        );
+        assert!(
+            limit > measured,
+            "{overlay}: limit {limit} MiB below the measured {measured} MiB"
+        );
+    }
+}
+
+#[test]
+fn metrics_ports_logs_and_the_pod_monitor_component() {
+    let scratch = Scratch::new("pod-monitor");
+    let objects = render_with_components(&scratch, "policy-only", &["pod-monitor"], |_| {});
+    for (kind, name, container_name, env_var, port, format_var) in [
+        (
+            "Deployment",
+            "calico-typha",
+            "calico-typha",
+            "TYPHA_METRICS_LISTEN",
+            9093,
+            "TYPHA_LOG_FORMAT",
+        ),
+        (
+            "DaemonSet",
+            "felix-client",
+            "felix-client",
+            "FELIX_METRICS_LISTEN",
+            9091,
+            "FELIX_LOG_FORMAT",
+        ),
+    ] {
+        let workload = find(&objects, kind, name);
+        let c = container(workload, container_name);
+        let env = resolve_env(
+            &objects,
+            c,
+            &BTreeMap::from([
+                ("metadata.name", "x"),
+                ("metadata.namespace", NAMESPACE),
+                ("spec.nodeName", "node-0"),
+            ]),
+        );
+        // Calico's ports, on every address (Prometheus scrapes from off the node), and
+        // not the probes' port.
+        let listen: std::net::SocketAddr = env[env_var].parse().unwrap();
+        assert_eq!(listen.port(), port, "{name}");
+        assert!(listen.ip().is_unspecified(), "{name}: {listen}");
+        let named = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "metrics")
+            .unwrap_or_else(|| panic!("{name}: no port named metrics"));
+        assert_eq!(named["containerPort"], port);
+        assert_ne!(c["readinessProbe"]["httpGet"]["port"], port);
+        assert!(["text", "json"].contains(&env[format_var].as_str()));
+        // The PodMonitor selects the workload's pods and scrapes the named port.
+        let monitor = find(&objects, "PodMonitor", name);
+        assert_eq!(monitor["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(
+            monitor["spec"]["selector"]["matchLabels"],
+            workload["spec"]["selector"]["matchLabels"]
+        );
+        assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+        assert_eq!(
+            monitor["spec"]["podMetricsEndpoints"][0]["path"],
+            "/metrics"
+        );
+    }
+    // Optional: the overlays alone have no PodMonitor (its CRD may not be installed).
+    assert!(
+        render("policy-only")
+            .iter()
+            .all(|o| o["kind"] != "PodMonitor")
+    );
 }

@@ -33,6 +33,8 @@ pub mod bootstrap;
 pub mod client;
 pub mod convert;
 pub mod crd;
+pub mod metrics;
+pub mod outage;
 pub mod selector;
 pub mod state;
 pub mod watch;

@@ -319,12 +319,18 @@ where
         let mut log = RejectionLog { seen: HashMap::new() };
         // Log a missing CRD once, not on every retry.
         let mut reported_absent = false;
+        // Log an unreachable API server by state changes, not per retry.
+        let mut outage = crate::outage::Outage::default();
+        metrics::gauge!("typha_upstream_api_reachable", "resource" => name).set(1.0);
         loop {
             let mut events = std::pin::pin!(watcher(api.clone(), wc.clone()).default_backoff());
             let mut absent = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
+                        if let Some(change) = outage.success(tokio::time::Instant::now()) {
+                            crate::outage::report(name, change, None);
+                        }
                         if reported_absent && matches!(event, watcher::Event::Init) {
                             tracing::info!(resource = name, "CRD installed; watching");
                             reported_absent = false;
@@ -355,7 +361,10 @@ where
                     }
                     Err(e) => {
                         metrics::counter!("typha_upstream_watch_errors_total", "resource" => name).increment(1);
-                        tracing::warn!(resource = name, error = %e, "watch error; retrying with backoff");
+                        match outage.failure(tokio::time::Instant::now()) {
+                            Some(change) => crate::outage::report(name, change, Some(&e)),
+                            None => tracing::debug!(resource = name, error = %e, "watch error; retrying with backoff"),
+                        }
                     }
                 }
             }

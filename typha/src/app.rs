@@ -177,6 +177,7 @@ impl Running {
 /// Starts the upstream, the hub, the gRPC server and the health server.
 pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
     health::register_metrics();
+    crate::metrics::describe();
     let shutdown = CancellationToken::new();
     let hub = Hub::new(options.hub);
     let mut tasks = JoinSet::new();

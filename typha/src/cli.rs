@@ -52,17 +52,15 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("typha: {error:#}");
+            let chain = edge::logging::join_chain(error.chain().map(ToString::to_string));
+            eprintln!("typha: {chain}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .try_init()
-        .ok();
+    edge::logging::init(&args.log, args.log_format).context("--log")?;
     let (transport, server) = args.validate()?;
     let (transport, tls_watcher) = match transport {
         TransportChoice::Plaintext => (Transport::Plaintext, None),
@@ -73,15 +71,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (transport, Some(TlsFileWatcher::new(files, tls, material)))
         }
     };
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = crate::metrics::install()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let client = netmodel::kube_client(args.kubeconfig.as_deref()).await?;
         let bootstrap_client = client.clone();
         let discovery_client = client.clone();
         let upkeep = metrics.clone();
+        let scrape = metrics.clone();
         let mut hub = HubConfig::default();
         hub.cache.max_log_batches = args.history_batches;
         let upstream = UpstreamConfig {
@@ -103,6 +100,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut running = app::start(options).await?;
         running.spawn_bootstrap(bootstrap_client, args.cluster_cidr);
         let token = running.shutdown_token();
+        if let Some(listen) = args.metrics_listen.0 {
+            edge::metrics::serve(listen, scrape, token.clone()).await?;
+        }
         if let Some(watcher) = tls_watcher {
             tokio::spawn(watcher.run(args.tls_reload_interval, token.clone()));
         }

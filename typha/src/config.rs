@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::drain::DrainConfig;
 use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
+use edge::logging::LogFormat;
+use edge::metrics::Listen;
 use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The typha command line.
@@ -53,9 +55,13 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "TYPHA_LISTEN", default_value = "0.0.0.0:5473")]
     pub listen: SocketAddr,
-    /// Health and metrics listen address (/livez, /readyz, /metrics).
+    /// Health listen address (/livez, /readyz for the probes; also /metrics).
     #[arg(long, env = "TYPHA_HEALTH_LISTEN", default_value = "0.0.0.0:9098")]
     pub health_listen: SocketAddr,
+    /// Metrics-only listen address for Prometheus (/metrics; k8s/ uses 0.0.0.0:9093 as
+    /// Calico does); "none" disables it.
+    #[arg(long, env = "TYPHA_METRICS_LISTEN", default_value = "none")]
+    pub metrics_listen: Listen,
     /// CA bundle that client certificates must chain to.
     #[arg(long, env = "TYPHA_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -104,6 +110,9 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TYPHA_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: text (no colour unless a terminal) or json (one object per line).
+    #[arg(long, env = "TYPHA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Namespace of typha's own Service; with --service-name, typha counts its ready
     /// replicas from the Service's EndpointSlices and spreads the agents over them.
     #[arg(long, env = "TYPHA_SERVICE_NAMESPACE")]

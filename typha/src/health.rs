@@ -236,7 +236,7 @@ async fn render_metrics(State(state): State<RouterState>) -> (StatusCode, String
     // Refreshes the staleness gauge for this scrape.
     state.health.readiness();
     match state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
+        Some(handle) => (StatusCode::OK, edge::metrics::render(&handle)),
         None => (
             StatusCode::NOT_FOUND,
             "no metrics recorder installed\n".to_string(),

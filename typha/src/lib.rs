@@ -5,7 +5,8 @@
 //! feeds [`hub`], which owns the pure snapshot cache (`snapshot_cache`) and publishes its
 //! history; [`server`] streams that history to each client. TLS, the development PKI
 //! and discovery live in the `edge` crate that felix-client shares. Operations:
-//! [`health`] (readiness, freshness, /metrics), [`rebalance`] (spreading agents over the
+//! [`health`] (readiness, freshness, /metrics), [`metrics`] (HELP text, buckets, build
+//! info), [`rebalance`] (spreading agents over the
 //! replicas) and [`drain`] (graceful shutdown).
 
 pub mod app;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod drain;
 pub mod health;
 pub mod hub;
+pub mod metrics;
 pub mod rebalance;
 pub mod server;

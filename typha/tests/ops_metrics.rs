@@ -1,5 +1,8 @@
 //! /metrics (Prometheus text) carries every metric operators rely on, by its exact name,
-//! after a little real traffic (a snapshot, a delta, a running rebalancer).
+//! after a little real traffic (a snapshot, a delta, a running rebalancer), from the
+//! recorder the binary installs: every family has HELP text, latencies are histograms
+//! with buckets (they aggregate across replicas), `process_*` and `typha_build_info`
+//! are there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ops_support;
@@ -38,9 +41,7 @@ const NAMES: [&str; 24] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_exported_by_name() {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .unwrap();
+    let handle = typha::metrics::install().unwrap();
     let mut typha = start(ServerConfig::default(), Transport::Plaintext, Some(handle)).await;
     typha.load(nodes(5)).await;
     let (_replicas, replicas_rx) = watch::channel(1usize);
@@ -51,8 +52,22 @@ async fn every_metric_is_exported_by_name() {
 
     let (status, text) = http_get(typha.health_port(), "/metrics").await;
     assert_eq!(status, 200);
-    for name in NAMES {
+    for name in NAMES.iter().chain(&[
+        "typha_build_info{version=\"",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "typha_fanout_latency_seconds_bucket{le=\"0.005\"}",
+        "typha_client_lag_batches_bucket{le=\"10\"}",
+        "typha_snapshot_build_seconds_bucket{le=\"+Inf\"}",
+    ]) {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    assert_eq!(
+        edge::metrics::lint(&text),
+        Vec::<String>::new(),
+        "/metrics:\n{text}"
+    );
     typha.running.shutdown().await.unwrap();
 }

@@ -1,0 +1,102 @@
+//! The agent's observability flags (log filter and format, the metrics-only listener),
+//! HELP text for every `felix_*` family, the build-info gauge, and the recorder the
+//! binary installs (histograms with buckets).
+//!
+//! Invariant: a family added anywhere in felix-client gets a line in [`FAMILIES`]; the
+//! ops_metrics test scrapes `/metrics` and fails on any family without HELP.
+
+use clap::Args;
+use edge::logging::LogFormat;
+use edge::metrics::Listen;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Logging and metrics flags (flattened into the command line).
+#[derive(Clone, Debug, Args)]
+pub struct ObserveArgs {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "FELIX_LOG", default_value = "info")]
+    pub log: String,
+    /// Log line format: text (no colour unless a terminal) or json (one object per line).
+    #[arg(long, env = "FELIX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Metrics-only listen address for Prometheus (/metrics; k8s/ uses 0.0.0.0:9091 as
+    /// Calico does); "none" disables it. /metrics is also on --health-listen.
+    #[arg(long, env = "FELIX_METRICS_LISTEN", default_value = "none")]
+    pub metrics_listen: Listen,
+}
+
+/// Every felix-client family and its HELP text, by type.
+pub const COUNTERS: &[(&str, &str)] = &[
+    (
+        "felix_sync_digest_mismatches_total",
+        "Frames refused because the state digest did not match",
+    ),
+    (
+        "felix_sync_reconnects_total",
+        "Sessions that ended and were retried, by reason",
+    ),
+    (
+        "felix_dataplane_iptables_restore_total",
+        "iptables-restore runs",
+    ),
+    ("felix_dataplane_ipset_restore_total", "ipset restore runs"),
+    (
+        "felix_dataplane_route_changes_total",
+        "Routes added, replaced or removed",
+    ),
+    (
+        "felix_dataplane_kernel_reads_total",
+        "Full reads of the kernel's iptables, ipsets and routes",
+    ),
+    (
+        "felix_dataplane_errors_total",
+        "Dataplane operations that failed (retried), by stage",
+    ),
+];
+
+/// Gauges and their HELP text.
+pub const GAUGES: &[(&str, &str)] = &[
+    (
+        "felix_sync_in_sync",
+        "1 while the mirror equals its source's state",
+    ),
+    ("felix_sync_keys", "Keys in the mirror"),
+    (
+        "felix_sync_typha_candidates",
+        "typha endpoints the client may connect to",
+    ),
+];
+
+/// Histograms (latencies, seconds) and their HELP text.
+pub const HISTOGRAMS: &[(&str, &str)] = &[(
+    "felix_dataplane_apply_seconds",
+    "Time to compute and program one dataplane pass",
+)];
+
+/// Describes every family (the upstream watch's too: local mode runs it) and sets
+/// `felix_build_info`.
+pub fn describe() {
+    netmodel::metrics::describe();
+    for &(name, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES {
+        metrics::describe_gauge!(name, help);
+    }
+    for &(name, help) in HISTOGRAMS {
+        metrics::describe_histogram!(name, help);
+    }
+    edge::metrics::register_build_info(
+        "felix",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("GIT_COMMIT"),
+    );
+}
+
+/// Installs the process-global recorder (histograms with buckets, `process_*` metrics)
+/// and describes every family.
+pub fn install() -> Result<PrometheusHandle, edge::metrics::MetricsError> {
+    let handle = edge::metrics::install(&[])?;
+    describe();
+    Ok(handle)
+}
