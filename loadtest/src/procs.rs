@@ -265,15 +265,38 @@ impl Drop for ScratchDir {
 }
 
 /// A free loopback port (bound and released; the child binds it right after).
+///
+/// One process never hands out the same port twice: the kernel may offer a port it just
+/// released again, and two listeners told the same port collide (CI once saw typha's
+/// health and metrics listeners given one port, and typha refused to start).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+        let port = listener.local_addr()?.port();
+        let mut given = GIVEN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("free_port: a thread panicked holding the port set"))?;
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port that was not handed out before, after 64 tries")
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 
     #[test]
     fn reads_this_process() {

@@ -986,12 +986,9 @@ impl Kubectl {
     }
 }
 
+/// A loopback port no other listener of this test process was given.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loadtest::procs::free_port().unwrap()
 }
 
 /// Writes a rendered Secret's keys as files, as the kubelet mounts them.

@@ -362,7 +362,12 @@ where
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
-                        if let Some(change) = outage.success(tokio::time::Instant::now()) {
+                        // The watcher yields `Init` as it starts a list, before asking the
+                        // API anything: only what the API answered proves it reachable
+                        // (otherwise every retry of an outage logged "back" then "down").
+                        if !matches!(event, watcher::Event::Init)
+                            && let Some(change) = outage.success(tokio::time::Instant::now())
+                        {
                             crate::outage::report(name, change, None);
                         }
                         if reported_absent && matches!(event, watcher::Event::Init) {
