@@ -17,8 +17,9 @@
 //! costs about the same.
 //!
 //! Invariants:
-//! - `revision` grows by exactly one per batch that changed the state; a batch that
-//!   changes nothing leaves revision, digest and log untouched;
+//! - `revision` grows by exactly one per breadcrumb: per batch that changed the state,
+//!   and per progress batch whose version advances clients lack (an empty breadcrumb);
+//!   any other batch that changes nothing leaves revision, digest and log untouched;
 //! - `digest` always equals the sum of `EntryHash::of(encoded)` over held entries;
 //! - the log's breadcrumbs are contiguous (`log[i].revision == log[i + 1].from`), the
 //!   newest ends at `revision`, and the log is empty only while `revision` is 0;
@@ -282,6 +283,19 @@ impl SnapshotCache {
         updates: impl IntoIterator<Item = Update>,
         marks: &[ResourceMark],
     ) -> Option<Arc<Breadcrumb>> {
+        self.apply_upstream(updates, marks, false)
+    }
+
+    /// [`Self::apply_marked`] for a batch that may hold bookmarks (`progress`): when it
+    /// changes nothing but advances versions no breadcrumb carries yet, it still makes a
+    /// breadcrumb (no updates, a new revision, the same digest) so that clients' version
+    /// vectors follow (see [`versions`]).
+    pub fn apply_upstream(
+        &mut self,
+        updates: impl IntoIterator<Item = Update>,
+        marks: &[ResourceMark],
+        progress: bool,
+    ) -> Option<Arc<Breadcrumb>> {
         let batch = last_per_key(updates.into_iter().collect());
         self.stats.noop_updates_dropped += batch.superseded;
         if batch.superseded > 0 && !marks.is_empty() {
@@ -296,7 +310,7 @@ impl SnapshotCache {
                 None => self.stats.noop_updates_dropped += 1,
             }
         }
-        let versions = self.ledger.record(marks, !changed.is_empty())?;
+        let versions = self.ledger.record(marks, !changed.is_empty(), progress)?;
         let from = self.revision;
         self.revision = from.next();
         let frame = frame::delta_batch_with_versions(
@@ -536,9 +550,11 @@ pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
     let mut latest: Vec<&Bytes> = Vec::new();
     let mut slot: HashMap<&Key, usize> = HashMap::new();
     let mut advanced = VersionVector::new();
+    // Later crumbs replace earlier entries: normally they only rise, but after a
+    // datastore restore they go down, and the client must follow.
     for crumb in crumbs {
         for (resource, version) in crumb.versions.advanced.iter() {
-            advanced.advance(resource, version);
+            advanced.set(resource, version);
         }
     }
     for (key, encoded) in crumbs.iter().flat_map(|c| c.updates.iter()) {

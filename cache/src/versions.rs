@@ -26,7 +26,20 @@
 //!   the floor may lack is in a relevant breadcrumb (over-inclusion is harmless; missing
 //!   one is the bug this module exists to avoid);
 //! - one update without any mark switches cross-replica resume off for the cache's life
-//!   (tests and harnesses that feed bare batches).
+//!   (tests and harnesses that feed bare batches);
+//! - a *progress* batch (bookmarks: versions advance, nothing changed) whose advances
+//!   are not yet in any breadcrumb makes an empty breadcrumb carrying them, so clients'
+//!   vectors follow the datastore while their resources are quiet (a replica that listed
+//!   later has a higher floor, and only a client at or above it can be resumed there);
+//! - a list whose version is *below* the resource's current one means the datastore was
+//!   restored (resourceVersions started over lower): positions of the old history and
+//!   the new one are not comparable. The resource's current version goes down to the
+//!   list's (the next breadcrumb's advance carries the lower value: clients replace
+//!   their entries), and the floor rises above the highest old version held, so every client
+//!   at or below it (old and new numbers overlap there) gets a snapshot. A replica that
+//!   starts after a restore cannot tell old positions from new ones: an old position
+//!   above its current version is `Ahead` (a snapshot after the catch-up wait), and the
+//!   digest check catches the rest.
 
 use std::collections::BTreeSet;
 
@@ -132,14 +145,23 @@ impl Ledger {
         self.base
     }
 
-    /// Records one batch's marks; `changed`: the batch made a breadcrumb, whose version
-    /// facts are returned.
-    pub fn record(&mut self, marks: &[ResourceMark], changed: bool) -> Option<CrumbVersions> {
+    /// Records one batch's marks; `changed`: the batch changed the state; `progress`: it
+    /// holds bookmarks. Returns the version facts of the breadcrumb to make, if any (a
+    /// change, or a progress batch with advances no breadcrumb carries yet).
+    pub fn record(
+        &mut self,
+        marks: &[ResourceMark],
+        changed: bool,
+        progress: bool,
+    ) -> Option<CrumbVersions> {
         if changed && marks.is_empty() {
             self.unattributed = true;
         }
         for mark in marks {
             match mark.version {
+                Some(version) if mark.listed && version < self.current.get(&mark.resource) => {
+                    self.restored(&mark.resource, version);
+                }
                 Some(version) => {
                     if self.current.advance(&mark.resource, version) {
                         self.pending.advance(&mark.resource, version);
@@ -163,7 +185,8 @@ impl Ledger {
                 }
             }
         }
-        if !changed {
+        let announce = progress && !self.pending.is_empty() && self.base.is_some();
+        if !changed && !announce {
             return None;
         }
         let touched = marks
@@ -183,6 +206,18 @@ impl Ledger {
             advanced: self.pending.take(),
             touched,
         })
+    }
+
+    /// A list of `resource` at `version`, below its current version: a restored
+    /// datastore (see the module docs).
+    fn restored(&mut self, resource: &str, version: u64) {
+        let held = self.current.get(resource);
+        self.current.set(resource, version);
+        self.pending.set(resource, version);
+        self.unsettled.remove(resource);
+        if self.base.is_some() {
+            self.floor.advance(resource, held.saturating_add(1));
+        }
     }
 
     /// Versions can no longer prove what a client lacks: cross-replica resume is off.
@@ -261,9 +296,12 @@ mod tests {
     #[test]
     fn no_op_advances_ride_on_the_next_crumb() {
         let mut l = Ledger::default();
-        assert_eq!(l.record(&[ResourceMark::watched("pods", 5)], false), None);
+        assert_eq!(
+            l.record(&[ResourceMark::watched("pods", 5)], false, false),
+            None
+        );
         let crumb = l
-            .record(&[ResourceMark::watched("nodes", 7)], true)
+            .record(&[ResourceMark::watched("nodes", 7)], true, false)
             .unwrap();
         assert_eq!(crumb.advanced, vv(&[("pods", 5), ("nodes", 7)]));
         assert_eq!(
@@ -276,7 +314,7 @@ mod tests {
         assert_eq!(l.current(), &vv(&[("pods", 5), ("nodes", 7)]));
         // Nothing pending afterwards.
         let next = l
-            .record(&[ResourceMark::watched("nodes", 8)], true)
+            .record(&[ResourceMark::watched("nodes", 8)], true, false)
             .unwrap();
         assert_eq!(next.advanced, vv(&[("nodes", 8)]));
     }
@@ -306,7 +344,7 @@ mod tests {
     fn floor_base_eviction_and_unknowns() {
         let mut l = Ledger::default();
         // Before in sync: no cross-replica resume at all.
-        l.record(&[ResourceMark::listed("pods", Some(10))], true);
+        l.record(&[ResourceMark::listed("pods", Some(10))], true, false);
         assert_eq!(
             l.check(&vv(&[("pods", 10)])),
             Err(RebaseRefusal::Unversioned)
@@ -326,21 +364,21 @@ mod tests {
         assert_eq!(l.floor().0, &vv(&[("pods", 10)]));
         // A relist in progress: unknown floor; once listed, the list's version.
         let mid = l
-            .record(&[ResourceMark::listed("pods", None)], true)
+            .record(&[ResourceMark::listed("pods", None)], true, false)
             .unwrap();
         assert_eq!(
             l.check(&vv(&[("pods", 10)])),
             Err(RebaseRefusal::FloorUnknown("pods".into()))
         );
         let done = l
-            .record(&[ResourceMark::listed("pods", Some(12))], true)
+            .record(&[ResourceMark::listed("pods", Some(12))], true, false)
             .unwrap();
         assert_eq!(
             l.check(&vv(&[("pods", 11)])),
             Err(RebaseRefusal::BehindHistory("pods".into()))
         );
         let watch = l
-            .record(&[ResourceMark::watched("pods", 15)], true)
+            .record(&[ResourceMark::watched("pods", 15)], true, false)
             .unwrap();
         assert_eq!(l.check(&vv(&[("pods", 12)])), Ok(()));
         // Evicting the list's crumbs: unknown until the one that settled it goes too.
@@ -361,19 +399,83 @@ mod tests {
     }
 
     #[test]
+    fn progress_makes_a_crumb_only_with_unsent_advances() {
+        let mut l = Ledger::default();
+        l.record(&[ResourceMark::listed("nodes", Some(10))], true, false);
+        // Before in sync: no progress crumbs.
+        assert_eq!(
+            l.record(&[ResourceMark::watched("nodes", 11)], false, true),
+            None
+        );
+        l.set_base(Revision(1));
+        // A no-op batch's advance waits; the next bookmark carries it and its own.
+        assert_eq!(
+            l.record(&[ResourceMark::watched("pods", 20)], false, false),
+            None
+        );
+        let crumb = l
+            .record(&[ResourceMark::watched("nodes", 21)], false, true)
+            .unwrap();
+        assert_eq!(crumb.advanced, vv(&[("pods", 20), ("nodes", 21)]));
+        // A bookmark at the same version: nothing new to send.
+        assert_eq!(
+            l.record(&[ResourceMark::watched("nodes", 21)], false, true),
+            None
+        );
+        // Evicting a progress crumb raises the floor.
+        l.evicted(Revision(1), &crumb);
+        assert_eq!(
+            l.check(&vv(&[("nodes", 20), ("pods", 20)])),
+            Err(RebaseRefusal::BehindHistory("nodes".into()))
+        );
+        assert_eq!(l.check(&vv(&[("nodes", 21), ("pods", 20)])), Ok(()));
+    }
+
+    #[test]
+    fn a_restored_datastore_lowers_the_vector_and_refuses_overlapping_positions() {
+        let mut l = Ledger::default();
+        l.record(&[ResourceMark::listed("pods", Some(100))], true, false);
+        l.set_base(Revision(1));
+        assert_eq!(l.check(&vv(&[("pods", 100)])), Ok(()));
+        // The relist after the restore, at version 5: nothing changed, so the lower
+        // version waits for the next crumb (a bookmark's here), which carries it down.
+        assert_eq!(
+            l.record(&[ResourceMark::listed("pods", Some(5))], false, false),
+            None
+        );
+        let crumb = l
+            .record(&[ResourceMark::watched("pods", 5)], false, true)
+            .unwrap();
+        assert_eq!(crumb.advanced.get("pods"), 5);
+        assert_eq!(l.current().get("pods"), 5);
+        // Old positions and new ones up to the old maximum are refused.
+        for old in [5, 100] {
+            assert_eq!(
+                l.check(&vv(&[("pods", old)])),
+                Err(RebaseRefusal::BehindHistory("pods".into()))
+            );
+        }
+        let later = l
+            .record(&[ResourceMark::watched("pods", 150)], true, false)
+            .unwrap();
+        assert_eq!(later.advanced.get("pods"), 150);
+        assert_eq!(l.check(&vv(&[("pods", 150)])), Ok(()));
+    }
+
+    #[test]
     fn unsettled_at_base_and_unmarked_batches() {
         let mut l = Ledger::default();
-        l.record(&[ResourceMark::listed("pods", None)], true);
+        l.record(&[ResourceMark::listed("pods", None)], true, false);
         l.set_base(Revision(1));
         assert_eq!(
             l.check(&VersionVector::new()),
             Err(RebaseRefusal::FloorUnknown("pods".into()))
         );
         let mut bare = Ledger::default();
-        bare.record(&[], false);
+        bare.record(&[], false, false);
         bare.set_base(Revision(0));
         assert_eq!(bare.check(&VersionVector::new()), Ok(()));
-        bare.record(&[], true);
+        bare.record(&[], true, false);
         assert_eq!(
             bare.check(&VersionVector::new()),
             Err(RebaseRefusal::Unversioned)

@@ -84,6 +84,11 @@ async fn start_kube_sim(
         config.policies.to_string(),
         "--history".into(),
         "100000".into(),
+        // Bookmarks every second: replicas' version vectors follow the datastore within
+        // a second, inside typha's 2 s resume catch-up, so a client whose replica saw
+        // a newer bookmark is still resumed elsewhere.
+        "--bookmark-secs".into(),
+        "1".into(),
     ]
     .into();
     let mut kube = ChildProc::spawn("kube-sim", &args, dir)?;

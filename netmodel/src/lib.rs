@@ -33,6 +33,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod convert;
 pub mod crd;
+pub mod listwatch;
 pub mod metrics;
 pub mod outage;
 pub mod prefix;

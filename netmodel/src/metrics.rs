@@ -26,6 +26,10 @@ pub const COUNTERS: &[(&str, &str)] = &[
         "typha_upstream_unparsable_versions_total",
         "resourceVersions that are not integers, by resource",
     ),
+    (
+        "typha_upstream_datastore_restores_total",
+        "Lists whose resourceVersion went below the resource's (a restored datastore), by resource",
+    ),
 ];
 
 /// Gauges and their HELP text.

@@ -11,8 +11,12 @@
 //! Each resource also has a [`VersionTracker`]: the resourceVersions its events carry,
 //! summarised per batch as a [`ResourceMark`] (the resource's version after the batch,
 //! unknown during a list or after an unparsable version; whether the changes came from
-//! a list). A completed list counts as the highest resourceVersion among its objects
-//! (kube's watcher does not expose the list's own resourceVersion); an empty one as 0.
+//! a list). A completed list stands for the list's own resourceVersion (what
+//! [`crate::listwatch`] reports at its end; without one, the highest among its objects,
+//! an empty list 0), a bookmark for its version. A list version below the tracker's
+//! means the datastore was restored (its resourceVersions started over lower): the
+//! version goes down with it, and the snapshot cache treats older positions as
+//! incomparable.
 //!
 //! Pure: no I/O, no clock; driven by [`Input`]s, returns the updates to emit.
 
@@ -66,7 +70,7 @@ impl Observed {
             Input::Init => Observed::ListStart,
             Input::InitApply(_) => Observed::Listed,
             Input::InitDone => Observed::ListDone,
-            Input::Apply(_) | Input::Delete(_) => Observed::Watched,
+            Input::Apply(_) | Input::Delete(_) | Input::Progress => Observed::Watched,
             Input::Gone => Observed::Gone,
         }
     }
@@ -77,7 +81,8 @@ impl Observed {
 pub struct VersionTracker {
     /// Every change up to this version has been emitted.
     version: Option<u64>,
-    /// During a list: the highest version listed so far.
+    /// During a list: the highest version listed so far (used when the list's own
+    /// version is not known).
     list_max: Option<u64>,
     listing: bool,
     /// An unparsable version was seen, and no parsable watch event since.
@@ -122,7 +127,12 @@ impl VersionTracker {
                 self.listed = true;
                 self.listing = false;
                 self.gone = false;
-                self.version = self.version.max(self.list_max.take());
+                let list_max = self.list_max.take();
+                self.version = match version {
+                    // The list's own version: exact, and lower after a restore.
+                    EventVersion::Known(v) => Some(v),
+                    _ => self.version.max(list_max),
+                };
             }
             Observed::Watched => {
                 self.touched = true;
@@ -146,6 +156,11 @@ impl VersionTracker {
             }
         }
         self.unparsable && !was_unparsable
+    }
+
+    /// The version every change up to which has been emitted, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.version
     }
 
     /// The mark for the batch that ends now, if this resource was observed in it.
@@ -178,6 +193,8 @@ pub enum Input {
     InitDone,
     /// The resource is gone (its CRD is not installed): everything it produced goes.
     Gone,
+    /// A bookmark: no change, only a newer version.
+    Progress,
 }
 
 /// What one resource has produced so far.
@@ -256,6 +273,7 @@ impl ResourceState {
                 all.sort();
                 out.extend(all.into_iter().map(Update::delete));
             }
+            Input::Progress => {}
         }
     }
 }
@@ -320,7 +338,42 @@ mod tests {
             t.take_mark("nodes"),
             Some(ResourceMark::listed("nodes", Some(7)))
         );
+        // The list's own version wins over its objects' (a delete it reflects).
+        observe_all(
+            &mut t,
+            &[
+                (Input::Init, NoObject),
+                (Input::InitApply(node("a", "1")), Known(7)),
+                (Input::InitDone, Known(8)),
+            ],
+        );
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::listed("nodes", Some(8)))
+        );
         observe_all(&mut t, &[(Input::Apply(node("a", "2")), Known(9))]);
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::watched("nodes", 9))
+        );
+        // A bookmark advances the version without a change.
+        observe_all(&mut t, &[(Input::Progress, Known(11))]);
+        assert_eq!(
+            t.take_mark("nodes"),
+            Some(ResourceMark::watched("nodes", 11))
+        );
+        // A restored datastore: the list's version is lower, and so is the tracker's.
+        observe_all(
+            &mut t,
+            &[
+                (Input::Init, NoObject),
+                (Input::InitApply(node("a", "2")), Known(2)),
+                (Input::InitDone, Known(3)),
+            ],
+        );
+        assert_eq!(t.version(), Some(3));
+        t.take_mark("nodes");
+        observe_all(&mut t, &[(Input::Apply(node("a", "3")), Known(9))]);
         assert_eq!(
             t.take_mark("nodes"),
             Some(ResourceMark::watched("nodes", 9))

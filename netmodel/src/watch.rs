@@ -1,6 +1,7 @@
-//! The watch loop: one `kube::runtime::watcher` per resource, converted, batched, sent.
+//! The watch loop: one list-then-watch per resource, converted, batched, sent.
 //!
-//! Each resource runs as its own stream (watcher + kube's default backoff + conversion);
+//! Each resource runs as its own stream ([`list_watch`] + kube's default backoff +
+//! conversion);
 //! all are merged and drained by one loop that owns every [`ResourceState`], so there is
 //! no shared mutable state. A batch is "whatever is ready now" (up to `batch_max`), so an
 //! API burst becomes few [`UpstreamEvent::Marked`] messages without adding a timer;
@@ -9,13 +10,19 @@
 //! Each batch carries one [`ResourceMark`] per resource it observed (its resourceVersion
 //! after the batch; see [`VersionTracker`]), so replicas agree on positions; an
 //! unparsable resourceVersion is counted (`typha_upstream_unparsable_versions_total`)
-//! and logged once, and disables cross-replica resume for that resource's changes.
+//! and logged once, and disables cross-replica resume for that resource's changes. A
+//! completed list stands for the list's own resourceVersion (not its newest object's),
+//! which makes a replica's resume floor exact, and bookmarks advance a resource's
+//! version while it does not change (a batch of only those is sent with `progress`
+//! set, so the cache passes the advance on to clients). A list version below the one a
+//! resource had is a restored datastore: counted
+//! (`typha_upstream_datastore_restores_total{resource}`) and logged.
 //!
 //! Failure policy: watch errors are logged, counted and retried with backoff, never fatal.
 //! A watch start refused for its resourceVersion (410 Gone, or 504 "Too large resource
 //! version" after the API's datastore was restored with a lower history) restarts the
-//! watcher with a fresh list (`typha_upstream_forced_relists_total`): kube's watcher
-//! would otherwise retry the refused position forever.
+//! stream with a fresh list (`typha_upstream_forced_relists_total`): retrying the
+//! refused position would fail forever.
 //! A Calico CRD that is not installed (404) is skipped, retried every `crd_retry`, and
 //! does not hold back [`UpstreamEvent::InSync`]; if it disappears, its keys are deleted.
 //! The only error `run` returns is a closed downstream channel.
@@ -30,6 +37,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::listwatch::{ListMode, Step, list_watch};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +68,9 @@ pub enum UpstreamEvent {
         /// Per resource touched: its version after the batch, and whether the changes
         /// came from a list (see [`ResourceMark`]).
         marks: Vec<ResourceMark>,
+        /// The batch holds bookmarks (progress without changes): its version advances
+        /// are worth sending to clients even if nothing changed.
+        progress: bool,
     },
     /// Every watched resource has completed its initial list at least once (or is a CRD
     /// that is not installed). Sent once; after that, relists are just Updates.
@@ -135,11 +147,9 @@ pub async fn run(
     tx: mpsc::Sender<UpstreamEvent>,
     shutdown: CancellationToken,
 ) -> Result<(), UpstreamError> {
-    let mut wc = watcher::Config::default();
-    wc = if config.streaming_lists {
-        wc.streaming_lists()
-    } else {
-        wc.page_size(config.page_size.max(1))
+    let wc = ListMode {
+        streaming: config.streaming_lists,
+        page_size: config.page_size.max(1),
     };
     let resources: Vec<Resource> = {
         let mut seen = HashSet::new();
@@ -167,11 +177,11 @@ pub async fn run(
 fn stream_for(
     resource: Resource,
     client: &kube::Client,
-    wc: &watcher::Config,
+    wc: &ListMode,
     settings: &StreamSettings,
 ) -> BoxedSignals {
     let c = client.clone();
-    let wc = wc.clone();
+    let wc = *wc;
     match resource {
         Resource::Pods => resource_stream(Api::<Pod>::all(c), wc, settings.clone()),
         Resource::Namespaces => resource_stream(Api::<Namespace>::all(c), wc, settings.clone()),
@@ -288,24 +298,20 @@ impl RejectionLog {
     }
 }
 
-/// The resourceVersion of the object an event carries.
-fn event_version<K: kube::Resource>(event: &watcher::Event<K>) -> EventVersion {
-    match event {
-        watcher::Event::Apply(obj)
-        | watcher::Event::InitApply(obj)
-        | watcher::Event::Delete(obj) => {
+/// The resourceVersion a step stands for: its object's, or the list's own at its end,
+/// or a bookmark's.
+fn event_version<K: kube::Resource>(step: &Step<K>) -> EventVersion {
+    match step {
+        Step::Applied(obj) | Step::Listed(obj) | Step::Deleted(obj) => {
             EventVersion::parse(obj.meta().resource_version.as_deref())
         }
-        watcher::Event::Init | watcher::Event::InitDone => EventVersion::NoObject,
+        Step::ListDone(version) | Step::Progress(version) => EventVersion::parse(Some(version)),
+        Step::Init => EventVersion::NoObject,
     }
 }
 
-/// Converts one watcher event into loop inputs (rejections become deletes of their key).
-fn inputs<K>(
-    event: watcher::Event<K>,
-    log: &mut RejectionLog,
-    options: &ConvertOptions,
-) -> Vec<Input>
+/// Converts one step into loop inputs (rejections become deletes of their key).
+fn inputs<K>(event: Step<K>, log: &mut RejectionLog, options: &ConvertOptions) -> Vec<Input>
 where
     K: ToModel + kube::Resource,
 {
@@ -327,22 +333,24 @@ where
         })
     };
     match event {
-        watcher::Event::Apply(obj) => applied(&obj, false).into_iter().collect(),
-        watcher::Event::InitApply(obj) => applied(&obj, true).into_iter().collect(),
-        watcher::Event::Delete(obj) => match convert_delete(&obj) {
+        Step::Applied(obj) => applied(&obj, false).into_iter().collect(),
+        Step::Listed(obj) => applied(&obj, true).into_iter().collect(),
+        Step::Deleted(obj) => match convert_delete(&obj) {
             Ok(u) => vec![Input::Delete(u.key)],
             Err(r) => {
                 log.note(&r);
                 Vec::new()
             }
         },
-        watcher::Event::Init => vec![Input::Init],
-        watcher::Event::InitDone => vec![Input::InitDone],
+        Step::Init => vec![Input::Init],
+        Step::ListDone(_) => vec![Input::InitDone],
+        Step::Progress(_) => vec![Input::Progress],
     }
 }
 
-/// One resource: watcher with kube's default backoff, conversion, and the CRD-absent retry.
-fn resource_stream<K>(api: Api<K>, wc: watcher::Config, settings: StreamSettings) -> BoxedSignals
+/// One resource: list-then-watch with kube's default backoff, conversion, and the
+/// CRD-absent retry.
+fn resource_stream<K>(api: Api<K>, wc: ListMode, settings: StreamSettings) -> BoxedSignals
 where
     K: ToModel + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -357,20 +365,20 @@ where
         let mut outage = crate::outage::Outage::default();
         metrics::gauge!("typha_upstream_api_reachable", "resource" => name).set(1.0);
         loop {
-            let mut events = std::pin::pin!(watcher(api.clone(), wc.clone()).default_backoff());
+            let mut events = std::pin::pin!(list_watch(api.clone(), wc).default_backoff());
             let mut absent = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
-                        // The watcher yields `Init` as it starts a list, before asking the
+                        // The stream yields `Init` as it starts a list, before asking the
                         // API anything: only what the API answered proves it reachable
                         // (otherwise every retry of an outage logged "back" then "down").
-                        if !matches!(event, watcher::Event::Init)
+                        if !matches!(event, Step::Init)
                             && let Some(change) = outage.success(tokio::time::Instant::now())
                         {
                             crate::outage::report(name, change, None);
                         }
-                        if reported_absent && matches!(event, watcher::Event::Init) {
+                        if reported_absent && matches!(event, Step::Init) {
                             tracing::info!(resource = name, "CRD installed; watching");
                             reported_absent = false;
                         }
@@ -391,8 +399,8 @@ where
                         break;
                     }
                     Err(e) if position_refused(&e) => {
-                        // kube's watcher retries a refused watch start from the same
-                        // resourceVersion forever; only a fresh list gets a valid one.
+                        // A refused position fails forever; only a fresh list gets a
+                        // valid one.
                         metrics::counter!("typha_upstream_watch_errors_total", "resource" => name).increment(1);
                         metrics::counter!("typha_upstream_forced_relists_total", "resource" => name).increment(1);
                         tracing::warn!(resource = name, error = %e, "resourceVersion refused by the API server; relisting");
@@ -420,6 +428,8 @@ where
 struct Batch {
     updates: Vec<Update>,
     index: HashMap<Key, usize>,
+    /// A bookmark was observed in this batch.
+    progress: bool,
 }
 
 impl Batch {
@@ -486,6 +496,7 @@ where
                 }
             };
             let observed = Observed::of(&input);
+            let bookmark = matches!(input, Input::Progress);
             state.apply(input, &mut scratch);
             // A key changes at most once per batch: a client of another replica may hold
             // the value in between, which a coalesced batch would hide from the history.
@@ -494,9 +505,14 @@ where
                 flush(full, resources, &mut versions, &tx, &shutdown).await?;
             }
             let tracker = versions.entry(resource).or_default();
+            let before = tracker.version();
             if tracker.observe(observed, version, scratch.len()) {
                 unparsable(resource);
             }
+            if tracker.version() < before {
+                restored(resource, before, tracker.version());
+            }
+            batch.progress |= bookmark;
             scratch.drain(..).for_each(|u| batch.push(u));
             if batch.len() >= batch_max.max(1) {
                 break;
@@ -538,6 +554,7 @@ async fn flush(
     let event = UpstreamEvent::Marked {
         updates: batch.updates,
         marks,
+        progress: batch.progress,
     };
     send(tx, shutdown, event).await
 }
@@ -549,6 +566,18 @@ fn unparsable(resource: Resource) {
     tracing::warn!(
         resource = resource.as_str(),
         "resourceVersion is not an integer: clients of other replicas resume with a snapshot"
+    );
+}
+
+/// Counts and logs a list whose version is below the resource's: a restored datastore.
+fn restored(resource: Resource, before: Option<u64>, now: Option<u64>) {
+    metrics::counter!("typha_upstream_datastore_restores_total", "resource" => resource.as_str())
+        .increment(1);
+    tracing::warn!(
+        resource = resource.as_str(),
+        ?before,
+        ?now,
+        "resourceVersion went down (datastore restored): older positions get a snapshot"
     );
 }
 

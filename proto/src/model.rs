@@ -66,17 +66,32 @@ impl VersionVector {
         }
     }
 
-    /// Raises every entry to the wire entries' versions (a delta batch's advances).
+    /// Sets `resource` to `version`, downwards too (a restored datastore starts its
+    /// resourceVersions over lower); whether it changed.
+    pub fn set(&mut self, resource: &str, version: u64) -> bool {
+        let old = if version == 0 {
+            self.0.remove(resource)
+        } else {
+            self.0.insert(resource.to_string(), version)
+        };
+        old.unwrap_or(0) != version
+    }
+
+    /// Applies a delta batch's entries: each replaces the held version. They are the
+    /// entries that changed, normally upwards; lower after a datastore restore, which a
+    /// client must follow (its old, higher numbers mean nothing in the new history).
     pub fn merge(&mut self, entries: &[pb::ResourceVersion]) {
         for e in entries {
-            self.advance(&e.resource, e.version);
+            self.set(&e.resource, e.version);
         }
     }
 
     /// The vector of the wire entries (duplicates: the highest wins).
     pub fn from_pb(entries: &[pb::ResourceVersion]) -> VersionVector {
         let mut v = VersionVector::new();
-        v.merge(entries);
+        for e in entries {
+            v.advance(&e.resource, e.version);
+        }
         v
     }
 
@@ -518,8 +533,7 @@ mod tests {
         assert_eq!((v.get("pods"), v.get("nodes")), (5, 0));
         let wire = v.to_pb();
         assert_eq!(VersionVector::from_pb(&wire), v);
-        let mut w = VersionVector::new();
-        w.merge(&[
+        let dup = [
             pb::ResourceVersion {
                 resource: "pods".into(),
                 version: 9,
@@ -528,8 +542,16 @@ mod tests {
                 resource: "pods".into(),
                 version: 7,
             },
-        ]);
+        ];
+        let mut w = VersionVector::from_pb(&dup);
         assert_eq!(w.get("pods"), 9);
+        // A batch's entries replace the held ones, downwards too (a restored datastore).
+        let mut m = w.clone();
+        m.merge(&dup[1..]);
+        assert_eq!(m.get("pods"), 7);
+        assert!(m.set("pods", 0));
+        assert!(!m.set("pods", 0));
+        assert!(m.is_empty());
         assert_eq!(w.first_above(&v), Some("pods"));
         assert_eq!(v.first_above(&w), None);
         assert_eq!(w.to_string(), "{pods:9}");

@@ -162,9 +162,21 @@ impl Hub {
         updates: Vec<Update>,
         marks: &[ResourceMark],
     ) -> Option<Arc<Breadcrumb>> {
+        self.apply_upstream(updates, marks, false)
+    }
+
+    /// Applies one upstream batch, which may hold bookmarks (see
+    /// [`SnapshotCache::apply_upstream`]), and publishes the new revision, if there is
+    /// one.
+    pub fn apply_upstream(
+        &self,
+        updates: Vec<Update>,
+        marks: &[ResourceMark],
+        progress: bool,
+    ) -> Option<Arc<Breadcrumb>> {
         let (crumb, keys, stats) = {
             let mut cache = self.shared.cache.write();
-            let crumb = cache.apply_marked(updates, marks);
+            let crumb = cache.apply_upstream(updates, marks, progress);
             (crumb, cache.len(), cache.stats())
         };
         self.shared.stats.send_replace(stats);
@@ -225,6 +237,15 @@ impl Hub {
     /// The current version vector.
     pub fn versions(&self) -> VersionVector {
         self.shared.cache.read().versions().clone()
+    }
+
+    /// The history's floor for cross-replica resumes: a client at or above it for every
+    /// resource (and not above [`Self::versions`]) is resumed; `None` while some
+    /// resource's floor is unknown (see [`SnapshotCache::version_floor`]).
+    pub fn version_floor(&self) -> Option<VersionVector> {
+        let cache = self.shared.cache.read();
+        let (floor, unknown) = cache.version_floor();
+        unknown.is_empty().then(|| floor.clone())
     }
 
     /// The rebase of a client that followed another replica, at vector `client` (see
@@ -345,8 +366,12 @@ impl Hub {
                 Some(UpstreamEvent::Updates(updates)) => {
                     self.apply(updates);
                 }
-                Some(UpstreamEvent::Marked { updates, marks }) => {
-                    self.apply_marked(updates, &marks);
+                Some(UpstreamEvent::Marked {
+                    updates,
+                    marks,
+                    progress,
+                }) => {
+                    self.apply_upstream(updates, &marks, progress);
                 }
                 Some(UpstreamEvent::InSync) => {
                     tracing::info!(revision = %self.revision(), keys = self.len(), "upstream in sync");

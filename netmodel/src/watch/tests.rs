@@ -169,6 +169,7 @@ async fn drive_marks_batches_with_resource_versions() {
             Some(UpstreamEvent::Marked {
                 updates: vec![node("a", "1"), node("b", "1")],
                 marks: vec![ResourceMark::listed("nodes", Some(12))],
+                progress: false,
             })
         );
         assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
@@ -183,6 +184,22 @@ async fn drive_marks_batches_with_resource_versions() {
             Some(UpstreamEvent::Marked {
                 updates: vec![node("a", "2"), node("c", "1")],
                 marks: vec![ResourceMark::watched("nodes", 15)],
+                progress: false,
+            })
+        );
+        // A bookmark: no change, a version advance, flagged as progress.
+        signals
+            .unbounded_send((
+                Resource::Nodes,
+                Signal::Input(Input::Progress, EventVersion::Known(20)),
+            ))
+            .unwrap();
+        assert_eq!(
+            rx.recv().await,
+            Some(UpstreamEvent::Marked {
+                updates: vec![],
+                marks: vec![ResourceMark::watched("nodes", 20)],
+                progress: true,
             })
         );
         signals
@@ -196,6 +213,7 @@ async fn drive_marks_batches_with_resource_versions() {
             Some(UpstreamEvent::Marked {
                 updates: vec![node("c", "2")],
                 marks: vec![ResourceMark::listed("nodes", None)],
+                progress: false,
             })
         );
         shutdown.cancel();
@@ -246,6 +264,7 @@ async fn drive_respects_batch_max_and_waits_for_every_resource() {
             Some(UpstreamEvent::Marked {
                 updates: vec![],
                 marks: vec![ResourceMark::listed("pods", Some(0))],
+                progress: false,
             })
         );
         assert_eq!(rx.recv().await, Some(UpstreamEvent::InSync));
@@ -296,7 +315,7 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
     let wep = Key::new(Kind::WorkloadEndpoint, "x", "a").unwrap();
 
     let good = inputs(
-        watcher::Event::InitApply(pod("10.0.0.1")),
+        Step::Listed(pod("10.0.0.1")),
         &mut log,
         &ConvertOptions::default(),
     );
@@ -306,7 +325,7 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
     // logged once).
     for _ in 0..2 {
         let bad = inputs(
-            watcher::Event::Apply(pod("not-an-ip")),
+            Step::Applied(pod("not-an-ip")),
             &mut log,
             &ConvertOptions::default(),
         );
@@ -336,25 +355,25 @@ fn watcher_events_become_inputs_and_rejections_deletes() {
     );
     // A valid version clears the log entry.
     inputs(
-        watcher::Event::Apply(pod("10.0.0.2")),
+        Step::Applied(pod("10.0.0.2")),
         &mut log,
         &ConvertOptions::default(),
     );
     assert!(log.seen.is_empty());
 
     let deleted = inputs(
-        watcher::Event::Delete(pod("not-an-ip")),
+        Step::Deleted(pod("not-an-ip")),
         &mut log,
         &ConvertOptions::default(),
     );
     assert_eq!(deleted, vec![Input::Delete(wep)]);
     assert_eq!(
-        inputs::<Pod>(watcher::Event::Init, &mut log, &ConvertOptions::default()),
+        inputs::<Pod>(Step::Init, &mut log, &ConvertOptions::default()),
         vec![Input::Init]
     );
     assert_eq!(
         inputs::<Pod>(
-            watcher::Event::InitDone,
+            Step::ListDone("7".into()),
             &mut log,
             &ConvertOptions::default()
         ),
