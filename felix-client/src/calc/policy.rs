@@ -9,9 +9,9 @@ use netmodel::selector::Selector;
 use typha_proto::{Key, pb};
 
 use super::Family;
-use super::index::SetSpec;
 use super::names::{Dir, policy_chain};
 use super::rules::{BadSelector, RenderContext, parse_selector, render_rules};
+use super::sets::SetSpec;
 
 /// A policy's `order` with Calico's rule: no order sorts after every order.
 #[derive(Clone, Copy, Debug)]
