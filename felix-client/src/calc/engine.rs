@@ -38,7 +38,8 @@ pub(super) struct Local {
 pub(super) struct Engine {
     config: CalcConfig,
     index: Index,
-    policies: HashMap<Key, PolicyState>,
+    /// Boxed: most are inactive, and a map slot then costs a pointer.
+    policies: HashMap<Key, Box<PolicyState>>,
     order: BTreeSet<SortKey>,
     local: BTreeMap<Key, Local>,
     pools: BTreeMap<String, pb::IpPool>,
@@ -195,13 +196,13 @@ impl Engine {
             }
         }
         for pkey in acquire {
-            if let Some(p) = self.policies.get(&pkey) {
-                p.sets.iter().for_each(|s| self.index.acquire_set(s));
+            if let Some(p) = self.policies.get_mut(&pkey) {
+                p.activate().iter().for_each(|s| self.index.acquire_set(s));
             }
         }
         for pkey in release {
-            if let Some(p) = self.policies.get(&pkey) {
-                p.sets.iter().for_each(|s| self.index.release_set(s));
+            if let Some(p) = self.policies.get_mut(&pkey) {
+                p.deactivate().iter().for_each(|s| self.index.release_set(s));
             }
         }
     }
@@ -226,7 +227,7 @@ impl Engine {
 
     fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) {
         self.filter_dirty = true;
-        let new = policy.map(|p| {
+        let mut new = policy.map(|p| {
             let mut state = PolicyState::new(key, p);
             let store = self.index.store();
             if let Some(sel) = &state.selector {
@@ -246,18 +247,20 @@ impl Engine {
         });
         // Acquire the new sets before releasing the old ones, so a selector both use is
         // never dropped and rescanned.
-        if let Some(p) = new.as_ref().filter(|p| !p.local.is_empty()) {
-            p.sets.iter().for_each(|s| self.index.acquire_set(s));
+        match new.as_mut() {
+            Some(p) if !p.local.is_empty() => {
+                p.activate().iter().for_each(|s| self.index.acquire_set(s));
+            }
+            Some(p) => drop(p.deactivate()),
+            None => {}
         }
         if let Some(old) = self.policies.remove(key) {
             self.order.remove(&old.sort);
-            if !old.local.is_empty() {
-                old.sets.iter().for_each(|s| self.index.release_set(s));
-            }
+            old.sets().for_each(|s| self.index.release_set(s));
         }
         if let Some(p) = new {
             self.order.insert(p.sort.clone());
-            self.policies.insert(key.clone(), p);
+            self.policies.insert(key.clone(), Box::new(p));
         }
     }
 

@@ -35,7 +35,7 @@ pub(super) struct FilterInput<'a> {
     /// Local endpoints.
     pub local: &'a BTreeMap<Key, Local>,
     /// Policies by key.
-    pub policies: &'a HashMap<Key, PolicyState>,
+    pub policies: &'a HashMap<Key, Box<PolicyState>>,
     /// Policies in order.
     pub order: &'a BTreeSet<SortKey>,
     /// Workload interface prefixes.
@@ -136,10 +136,9 @@ pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
         let Some(p) = input.policies.get(&sort.key) else {
             continue;
         };
-        if p.local.is_empty() {
+        let Some(fc) = p.chains(family).filter(|_| !p.local.is_empty()) else {
             continue;
-        }
-        let fc = p.chains(family);
+        };
         if let Some(rules) = &fc.inbound {
             chains.insert(p.chain_in.clone(), rules.clone());
         }
