@@ -202,7 +202,9 @@ impl Engine {
         }
         for pkey in release {
             if let Some(p) = self.policies.get_mut(&pkey) {
-                p.deactivate().iter().for_each(|s| self.index.release_set(s));
+                p.deactivate()
+                    .iter()
+                    .for_each(|s| self.index.release_set(s));
             }
         }
     }

@@ -149,7 +149,11 @@ pub fn sync(cache: &SnapshotCache, mut consume: impl FnMut(Vec<Update>)) -> Mirr
         changes += batch.len();
         consume(batch);
     }
-    assert_eq!(changes, mirror.len(), "the first snapshot reports every key");
+    assert_eq!(
+        changes,
+        mirror.len(),
+        "the first snapshot reports every key"
+    );
     assert_eq!(mirror.digest(), cache.digest());
     mirror
 }
