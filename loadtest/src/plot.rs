@@ -112,12 +112,7 @@ fn latency_chart(area: &Area<'_>, s: &ScenarioReport, t_max: f64) -> anyhow::Res
         s.name, s.clients
     );
     let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(caption, ("sans-serif", 15))
-        .margin(8)
-        .x_label_area_size(34)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
+    let mut chart = builder(&plot, caption).build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
     mesh(
         &mut chart,
         "seconds since the scenario started (by write time)",
@@ -140,15 +135,8 @@ fn connections_chart(area: &Area<'_>, s: &ScenarioReport, t_max: f64) -> anyhow:
     let per_replica = conns.iter().flat_map(|p| p.per_replica.iter().flatten());
     let y_max = per_replica.fold(1.0f64, |a, b| a.max(*b)) * 1.1;
     let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(
-            format!("{}: connections per replica", s.name),
-            ("sans-serif", 15),
-        )
-        .margin(8)
-        .x_label_area_size(34)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
+    let caption = format!("{}: connections per replica", s.name);
+    let mut chart = builder(&plot, caption).build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
     mesh(
         &mut chart,
         "seconds since the scenario started",
@@ -179,12 +167,8 @@ fn cdf_chart(area: &Area<'_>, s: &ScenarioReport) -> anyhow::Result<()> {
         ),
     };
     let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(caption, ("sans-serif", 15))
-        .margin(8)
-        .x_label_area_size(34)
-        .y_label_area_size(64)
-        .build_cartesian_2d((low..high).log_scale(), 0f64..1.0)?;
+    let mut chart =
+        builder(&plot, caption).build_cartesian_2d((low..high).log_scale(), 0f64..1.0)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms (log scale)")
@@ -199,6 +183,17 @@ fn cdf_chart(area: &Area<'_>, s: &ScenarioReport) -> anyhow::Result<()> {
     });
     chart.draw_series(LineSeries::new(steps.flatten(), COLORS[0].stroke_width(2)))?;
     legend(&side, &["latency CDF".to_string()], 0)
+}
+
+/// A chart with its caption and room for the axes' labels.
+fn builder<'a, 'b>(plot: &'a Area<'b>, caption: String) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(plot);
+    builder
+        .caption(caption, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(64);
+    builder
 }
 
 /// Axes, grid and tick labels of a linear chart.
@@ -265,7 +260,12 @@ fn marks(
     let numbers = times.iter().zip(mark_rows(&times, t_max)).enumerate();
     chart.draw_series(numbers.map(|(i, (t, row))| {
         let y = y_max * (1.0 - MARK_ROW * (row as f64 + 0.2));
-        Text::new(format!("{}", i + 1), (t + t_max * 0.004, y), font.clone())
+        // Beside the line, on its left near the right edge (inside the plot).
+        let x = match *t > t_max * 0.96 {
+            true => t - t_max * 0.018,
+            false => t + t_max * 0.004,
+        };
+        Text::new(format!("{}", i + 1), (x, y), font.clone())
     }))?;
     Ok(())
 }
