@@ -279,7 +279,13 @@ fn ipv6_and_dual_stack_pods() {
         vec!["10.0.0.5/32", "fd00::5/128"]
     );
     // An IPv6-primary pod keeps its order.
-    p.status.as_mut().unwrap().pod_ips.as_mut().unwrap().reverse();
+    p.status
+        .as_mut()
+        .unwrap()
+        .pod_ips
+        .as_mut()
+        .unwrap()
+        .reverse();
     assert_eq!(
         wep(&convert(&p).unwrap()).ip_nets,
         vec!["fd00::5/128", "10.0.0.5/32"]
