@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use typha_proto::{Key, Kind, Update, Value, pb};
 
+use super::hosts::{HostConfig, HostInput, Hosts};
 use super::index::Index;
 use super::names::usable_interface;
 use super::objects::{Obj, label_lookup};
@@ -38,6 +39,7 @@ pub(super) struct Engine {
     /// This node.
     own_node: Option<pb::Node>,
     tunnels: Tunnels,
+    hosts: Hosts,
     routes: BTreeMap<String, BTreeMap<RouteOwner, RouteTarget>>,
     route_dsts: HashMap<RouteOwner, Vec<String>>,
     v4: Tables,
@@ -49,8 +51,9 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: CalcConfig) -> Engine {
+    pub fn new(config: CalcConfig, hosts: HostConfig) -> Engine {
         let mut engine = Engine {
+            hosts: Hosts::new(&config.node_name, hosts),
             config,
             index: Index::default(),
             policies: HashMap::new(),
@@ -107,6 +110,10 @@ impl Engine {
                     Some(Value::Node(n)) => Some(n),
                     _ => None,
                 };
+                let was = self.hosts.any();
+                let (policies, index) = (&self.policies, &mut self.index);
+                self.hosts.set_node(key.name(), node, policies, index);
+                self.filter_dirty |= was || self.hosts.any();
                 self.set_node(key.name(), node);
             }
             (Kind::IpPool, value) => {
@@ -117,7 +124,17 @@ impl Engine {
                 self.nat_dirty = true;
                 self.nodes_dirty = true;
             }
-            (Kind::HostEndpoint | Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
+            (Kind::HostEndpoint, value) => {
+                let hep = match value {
+                    Some(Value::HostEndpoint(h)) => Some(h),
+                    _ => None,
+                };
+                let was = self.hosts.any();
+                let (policies, index) = (&self.policies, &mut self.index);
+                self.hosts.set_endpoint(key, hep, policies, index);
+                self.filter_dirty |= was || self.hosts.any();
+            }
+            (Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
             (kind, Some(value)) => {
                 tracing::debug!(
                     ?kind,
@@ -238,6 +255,8 @@ impl Engine {
             self.order.insert(p.sort.clone());
             self.policies.insert(key.clone(), p);
         }
+        let (policies, index) = (&self.policies, &mut self.index);
+        self.hosts.set_policy(key, policy, policies, index);
     }
 
     fn set_node(&mut self, name: &str, node: Option<&pb::Node>) {
@@ -300,6 +319,8 @@ impl Engine {
         if self.nodes_dirty {
             self.route_nodes();
             self.nodes_dirty = false;
+            // The host chains accept VXLAN from the peers.
+            self.filter_dirty |= self.hosts.any();
         }
         if self.filter_dirty {
             let input = FilterInput {
@@ -308,8 +329,16 @@ impl Engine {
                 order: &self.order,
                 prefixes: self.config.interface_prefixes.all(),
             };
-            self.v4.filter = filter_table(Family::V4, &input);
-            self.v6.filter = filter_table(Family::V6, &input);
+            let hosts = HostInput {
+                hosts: &self.hosts,
+                policies: &self.policies,
+                order: &self.order,
+                vxlan_peers: self.tunnels.vxlan_peers.iter().map(|p| p.node_ip).collect(),
+            };
+            for (family, tables) in [(Family::V4, &mut self.v4), (Family::V6, &mut self.v6)] {
+                tables.filter = filter_table(family, &input);
+                super::hosts::render(family, &hosts, &mut tables.filter);
+            }
             self.filter_dirty = false;
         }
         if self.nat_dirty {

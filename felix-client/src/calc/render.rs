@@ -97,7 +97,7 @@ fn root_chains(chains: &mut Chains, prefixes: &[String]) {
 }
 
 /// The rules of one endpoint chain, given its policies' (tier, chain) in order.
-fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
     if policies.is_empty() {
         return Vec::new();
     }
