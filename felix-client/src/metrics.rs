@@ -93,6 +93,23 @@ pub fn describe() {
     );
 }
 
+/// Describes the `felix_sync_*` families and creates each series at zero, so a scrape
+/// shows them all before anything happened (idempotent; the sync client calls it).
+pub fn register_sync_series() {
+    let sync = |&&(name, _): &&(&str, &str)| name.starts_with("felix_sync_");
+    for &(name, help) in COUNTERS.iter().filter(sync) {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES.iter().filter(sync) {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).increment(0.0);
+    }
+    metrics::counter!("felix_sync_digest_mismatches_total").increment(0);
+    for reason in crate::reconnect::RECONNECT_REASONS {
+        metrics::counter!("felix_sync_reconnects_total", "reason" => *reason).increment(0);
+    }
+}
+
 /// Installs the process-global recorder (histograms with buckets, `process_*` metrics)
 /// and describes every family.
 pub fn install() -> Result<PrometheusHandle, edge::metrics::MetricsError> {

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::app::{self, Running, TyphaOptions, Upstream};
-use crate::config::{Cli, Command, ServeArgs};
+use crate::config::{Cli, Command, ServeArgs, Settings};
 use crate::hub::HubConfig;
 use crate::server::Transport;
 use anyhow::Context;
@@ -61,7 +61,11 @@ where
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     edge::logging::init(&args.log, args.log_format).context("--log")?;
-    let (transport, server) = args.validate()?;
+    let Settings {
+        transport,
+        server,
+        ops,
+    } = args.validate()?;
     let (transport, tls_watcher) = match transport {
         TransportChoice::Plaintext => (Transport::Plaintext, None),
         TransportChoice::Tls(files, identity) => {
@@ -91,6 +95,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             health_listen: Some(args.health_listen),
             transport,
             server,
+            ops,
             hub,
             upstream: Upstream::Kube {
                 client,

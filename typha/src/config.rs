@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::OpsConfig;
 use crate::drain::DrainConfig;
+use crate::health::HealthConfig;
 use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
 use edge::logging::LogFormat;
@@ -175,9 +177,20 @@ pub struct OwnService {
     pub name: String,
 }
 
+/// The validated settings of `typha serve`.
+#[derive(Debug)]
+pub struct Settings {
+    /// TLS or plaintext.
+    pub transport: TransportChoice,
+    /// Session tuning.
+    pub server: ServerConfig,
+    /// Rebalance, drain and readiness tuning.
+    pub ops: OpsConfig,
+}
+
 impl ServeArgs {
-    /// Checks the flags and returns the transport and server settings.
-    pub fn validate(&self) -> Result<(TransportChoice, ServerConfig), ConfigError> {
+    /// Checks the flags and returns the transport, server and operations settings.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
         let identity = PeerIdentity {
             cn: self.client_cn.clone(),
             uri_san: self.client_uri_san.clone(),
@@ -210,6 +223,17 @@ impl ServeArgs {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_connections: self.max_connections,
+            ..ServerConfig::default()
+        };
+        Ok(Settings {
+            transport,
+            server,
+            ops: self.ops(),
+        })
+    }
+
+    fn ops(&self) -> OpsConfig {
+        OpsConfig {
             rebalance: RebalanceConfig {
                 headroom: self.rebalance_headroom,
                 rate: self.rebalance_rate,
@@ -218,10 +242,10 @@ impl ServeArgs {
                 duration: self.drain_duration,
                 max_interval: self.drain_max_interval,
             },
-            max_staleness: self.max_staleness,
-            ..ServerConfig::default()
-        };
-        Ok((transport, server))
+            health: HealthConfig {
+                max_staleness: self.max_staleness,
+            },
+        }
     }
 
     /// The Service to count replicas from, if both flags are set (checked by `validate`).
@@ -313,14 +337,23 @@ mod tests {
             "--client-cn",
             "x",
         ]);
-        assert!(matches!(ok.validate(), Ok((TransportChoice::Tls(..), _))));
+        assert!(matches!(
+            ok.validate(),
+            Ok(Settings {
+                transport: TransportChoice::Tls(..),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn plaintext_is_explicit_and_exclusive() {
         assert!(matches!(
             parse(&["--insecure-plaintext"]).validate(),
-            Ok((TransportChoice::Plaintext, _))
+            Ok(Settings {
+                transport: TransportChoice::Plaintext,
+                ..
+            })
         ));
         let both = parse(&["--insecure-plaintext", "--tls-ca", "a"]);
         assert!(matches!(
@@ -338,7 +371,7 @@ mod tests {
             "--ping-timeout",
             "2s",
         ]);
-        let (_, server) = args.validate().unwrap();
+        let server = args.validate().unwrap().server;
         assert_eq!(server.ping_interval, Duration::from_millis(500));
         let bad = parse(&[
             "--insecure-plaintext",
@@ -353,10 +386,8 @@ mod tests {
 
     #[test]
     fn ops_flags_have_defaults_and_are_checked() {
-        let (_, server) = parse(&["--insecure-plaintext"]).validate().unwrap();
-        assert_eq!(server.rebalance, RebalanceConfig::default());
-        assert_eq!(server.drain, DrainConfig::default());
-        assert_eq!(server.max_staleness, Duration::from_secs(90));
+        let ops = parse(&["--insecure-plaintext"]).validate().unwrap().ops;
+        assert_eq!(ops, OpsConfig::default());
         let args = parse(&[
             "--insecure-plaintext",
             "--drain-duration",
@@ -368,9 +399,9 @@ mod tests {
             "--service-name",
             "calico-typha",
         ]);
-        let (_, server) = args.validate().unwrap();
-        assert_eq!(server.drain.duration, Duration::from_secs(10));
-        assert_eq!(server.rebalance.headroom, 0.25);
+        let ops = args.validate().unwrap().ops;
+        assert_eq!(ops.drain.duration, Duration::from_secs(10));
+        assert_eq!(ops.rebalance.headroom, 0.25);
         assert_eq!(args.own_service().unwrap().name, "calico-typha");
         for bad in [
             &["--service-name", "calico-typha"][..],

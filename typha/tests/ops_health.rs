@@ -8,15 +8,18 @@ mod ops_support;
 use std::time::Duration;
 
 use ops_support::{http_get, nodes, start};
-use typha::server::{ServerConfig, Transport};
+use typha::app::OpsConfig;
+use typha::health::HealthConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_when_in_sync_and_fresh() {
-    let server = ServerConfig {
-        max_staleness: Duration::from_secs(3600),
-        ..ServerConfig::default()
+    let ops = OpsConfig {
+        health: HealthConfig {
+            max_staleness: Duration::from_secs(3600),
+        },
+        ..OpsConfig::default()
     };
-    let typha = start(server, Transport::Plaintext, None).await;
+    let typha = start(ops).await;
     let port = typha.health_port();
     assert_eq!(
         http_get(port, "/readyz").await,
@@ -34,11 +37,13 @@ async fn ready_when_in_sync_and_fresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_when_stale() {
     // Anything heard is already too old by the time /readyz is asked.
-    let server = ServerConfig {
-        max_staleness: Duration::from_nanos(1),
-        ..ServerConfig::default()
+    let ops = OpsConfig {
+        health: HealthConfig {
+            max_staleness: Duration::from_nanos(1),
+        },
+        ..OpsConfig::default()
     };
-    let typha = start(server, Transport::Plaintext, None).await;
+    let typha = start(ops).await;
     let port = typha.health_port();
     typha.load(nodes(2)).await;
     let (status, body) = http_get(port, "/readyz").await;

@@ -8,20 +8,20 @@ mod ops_support;
 
 use ops_support::{Ending, RawClient, nodes, start};
 use tokio::sync::watch;
+use typha::app::OpsConfig;
 use typha::rebalance::RebalanceConfig;
-use typha::server::{ServerConfig, Transport};
 use typha_proto::pb::GoodbyeReason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_clients_are_told_to_move_down_to_exactly_the_target() {
-    let server = ServerConfig {
+    let ops = OpsConfig {
         rebalance: RebalanceConfig {
             headroom: 0.0,
             rate: 1000.0,
         },
-        ..ServerConfig::default()
+        ..OpsConfig::default()
     };
-    let mut typha = start(server, Transport::Plaintext, None).await;
+    let mut typha = start(ops).await;
     typha.load(nodes(10)).await;
     let (replicas, replicas_rx) = watch::channel(0usize);
     typha.running.start_rebalancing(replicas_rx);

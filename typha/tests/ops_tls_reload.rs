@@ -15,12 +15,13 @@ use edge::tls::{
     client_config,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use ops_support::{RawClient, nodes, start};
+use ops_support::{RawClient, nodes, start_with};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use typha::server::{ServerConfig, Transport};
+use typha::app::OpsConfig;
+use typha::server::Transport;
 
 struct TempDir(PathBuf);
 
@@ -118,7 +119,7 @@ async fn certificates_reload_for_new_connections_only() {
     let mut watcher = TlsFileWatcher::new(files.clone(), tls.clone(), material);
     let mut check = || metrics::with_local_recorder(&recorder, || watcher.check());
 
-    let typha = start(ServerConfig::default(), Transport::Tls(tls.config()), None).await;
+    let typha = start_with(Transport::Tls(tls.config()), OpsConfig::default(), None).await;
     typha.load(nodes(3)).await;
     let addr = typha.running.grpc_addr;
     let both_cas = format!("{}{}", old.ca.cert_pem, new.ca.cert_pem);

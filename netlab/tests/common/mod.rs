@@ -475,6 +475,7 @@ async fn start_typha(
             ping_interval: config.ping_interval,
             ..ServerConfig::default()
         },
+        ops: typha::app::OpsConfig::default(),
         hub: HubConfig::default(),
         upstream: Upstream::Kube {
             client,

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Uri};
-use typha::app::{self, Running, TyphaOptions, Upstream};
+use typha::app::{self, OpsConfig, Running, TyphaOptions, Upstream};
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
 use typha_proto::client::typha_client::TyphaClient;
@@ -32,9 +32,15 @@ pub struct Typha {
     pub feed: mpsc::Sender<UpstreamEvent>,
 }
 
-pub async fn start(
-    server: ServerConfig,
+/// A plaintext typha with these operations settings and no metrics recorder.
+pub async fn start(ops: OpsConfig) -> Typha {
+    start_with(Transport::Plaintext, ops, None).await
+}
+
+/// A typha with default session settings.
+pub async fn start_with(
     transport: Transport,
+    ops: OpsConfig,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Typha {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -43,7 +49,8 @@ pub async fn start(
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         health_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         transport,
-        server,
+        server: ServerConfig::default(),
+        ops,
         hub: HubConfig::default(),
         upstream: Upstream::Channel(rx),
         metrics,
