@@ -6,6 +6,10 @@
 //!   open; outbound, without egress policy or default-allow profile, only failsafe; under a deny-all host policy (both directions) the inbound and outbound
 //!   failsafe ports still work and nothing else does; pod traffic through the node is
 //!   untouched (forwarded, no `applyOnForward`);
+//! - `applyOnForward`: a host outside the cluster reaches a pod on node 1 through node
+//!   0 (both directions routed via node 0, so node 0 forwards between two hosts on its
+//!   `eth0`); a host policy denying one port on node 0's endpoint leaves that forwarded
+//!   connection alone until the policy says `applyOnForward: true`;
 //! - the typha-port component, loaded from k8s/components/typha-host-policy (its
 //!   GlobalNetworkPolicy and its felix-client settings): node addresses reach 5473,
 //!   a host outside the cluster does not, and other ports stay open to it.
@@ -168,6 +172,79 @@ async fn typha_port_component_admits_nodes_only() {
     );
     assert!(connects(&rig, &outside, 0, 22).await, "failsafe ssh");
     let failure = rig.check("typha-port component").await;
+    rig.stop().await;
+    assert!(failure.is_none(), "{}", failure.unwrap_or_default());
+}
+
+/// Routes traffic between [`EXTERNAL`] and node 1's pods through node 0, both ways
+/// (no ICMP redirects from node 0, so nobody learns the shortcut).
+async fn route_external_via_node0(rig: &Rig) {
+    let (n0, n1) = (&rig.topo.nodes()[0], &rig.topo.nodes()[1]);
+    let via = n0.ip.to_string();
+    let sw = rig.topo.switch_netns();
+    netlab::cmd::ip_in(sw, &["route", "add", &n1.pod_cidr, "via", &via])
+        .await
+        .unwrap();
+    let external = format!("{EXTERNAL}/32");
+    netlab::cmd::ip_in(&n1.netns, &["route", "add", &external, "via", &via])
+        .await
+        .unwrap();
+    for conf in ["all", "eth0"] {
+        let key = format!("net.ipv4.conf.{conf}.send_redirects");
+        netlab::cmd::sysctl_in(&n0.netns, &key, "0").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_on_forward_governs_traffic_the_node_forwards() {
+    let rig = Rig::start(RigConfig::default()).await;
+    rig.topo.add_external_address(EXTERNAL).await.unwrap();
+    route_external_via_node0(&rig).await;
+    let n0 = &rig.topo.nodes()[0];
+    let pod = rig
+        .topo
+        .pods()
+        .iter()
+        .find(|p| p.node == 1)
+        .unwrap()
+        .clone();
+    let outside = rig.topo.switch_netns().to_string();
+    let reach = |port| {
+        let (outside, pod) = (outside.clone(), pod.clone());
+        async move {
+            match Flow::open(&outside, &pod.netns, pod.ip, port, SHORT).await {
+                Ok(mut flow) => flow.exchange(SHORT).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    let mut hep = hep_json("node-0-eth0", &n0.name, "eth0", n0.ip);
+    hep["spec"]["profiles"] = json!(["projectcalico-default-allow"]);
+    let policy = |forward: bool| {
+        gnp_json(
+            "deny-9000",
+            json!({"order": 10, "selector": "role == 'node'",
+            "types": ["Ingress"], "applyOnForward": forward,
+            "ingress": [{"action": "Deny", "protocol": "TCP", "destination": {"ports": [9000]}},
+                        {"action": "Allow"}]}),
+        )
+    };
+    put(&rig, vec![hep, policy(false)]).await;
+    assert!(
+        reach(9000).await,
+        "not applied on forward: the forwarded flow passes"
+    );
+    assert!(
+        !connects(&rig, &outside, 0, 9000).await,
+        "to the host it applies"
+    );
+    put(&rig, vec![policy(true)]).await;
+    assert!(
+        !reach(9000).await,
+        "applyOnForward: the forwarded flow is denied"
+    );
+    assert!(reach(9001).await, "another port still passes");
+    let failure = rig.check("applyOnForward host policy on node 0").await;
     rig.stop().await;
     assert!(failure.is_none(), "{}", failure.unwrap_or_default());
 }
