@@ -419,43 +419,7 @@ pub(super) fn render(family: Family, input: &HostInput<'_>, chains: &mut Chains)
     for (key, ep) in &hosts.endpoints {
         by_iface.entry(ep.iface.as_str()).or_insert(key);
     }
-    let mut lists: BTreeMap<&Key, Lists<'_>> = BTreeMap::new();
-    for sort in input.order {
-        let (Some(selected), Some(hp), Some(p)) = (
-            hosts.selects.get(&sort.key),
-            hosts.policies.get(&sort.key),
-            input.policies.get(&sort.key),
-        ) else {
-            continue;
-        };
-        let fc = p.chains(family);
-        if let Some(rules) = &fc.inbound {
-            chains.insert(p.chain_in.clone(), rules.clone());
-        }
-        if let Some(rules) = &fc.outbound {
-            chains.insert(p.chain_out.clone(), rules.clone());
-        }
-        for ep in selected {
-            let l = lists.entry(ep).or_default();
-            let (tier, cin, cout) = (
-                sort.tier.as_str(),
-                p.chain_in.as_str(),
-                p.chain_out.as_str(),
-            );
-            if fc.inbound.is_some() {
-                l[0].push((tier, cin));
-                if hp.apply_on_forward {
-                    l[2].push((tier, cin));
-                }
-            }
-            if fc.outbound.is_some() {
-                l[1].push((tier, cout));
-                if hp.apply_on_forward {
-                    l[3].push((tier, cout));
-                }
-            }
-        }
-    }
+    let mut lists = policy_lists(family, input, chains);
     let mut dispatch: [Vec<String>; 4] = Default::default();
     let ordered = by_iface
         .iter()
@@ -491,6 +455,48 @@ pub(super) fn render(family: Family, input: &HostInput<'_>, chains: &mut Chains)
         chains.insert(name.to_string(), rules);
     }
     root_rules(family, input, chains);
+}
+
+/// Per local host endpoint, the (tier, chain) of the policies selecting it, in order;
+/// adds those policies' chains to `chains`.
+fn policy_lists<'a>(
+    family: Family,
+    input: &HostInput<'a>,
+    chains: &mut Chains,
+) -> BTreeMap<&'a Key, Lists<'a>> {
+    let hosts = input.hosts;
+    let mut lists: BTreeMap<&Key, Lists<'_>> = BTreeMap::new();
+    for sort in input.order {
+        let (Some(selected), Some(hp), Some(p)) = (
+            hosts.selects.get(&sort.key),
+            hosts.policies.get(&sort.key),
+            input.policies.get(&sort.key),
+        ) else {
+            continue;
+        };
+        let fc = p.insert_chains(family, chains);
+        for ep in selected {
+            let l = lists.entry(ep).or_default();
+            let (tier, cin, cout) = (
+                sort.tier.as_str(),
+                p.chain_in.as_str(),
+                p.chain_out.as_str(),
+            );
+            if fc.inbound.is_some() {
+                l[0].push((tier, cin));
+                if hp.apply_on_forward {
+                    l[2].push((tier, cin));
+                }
+            }
+            if fc.outbound.is_some() {
+                l[1].push((tier, cout));
+                if hp.apply_on_forward {
+                    l[3].push((tier, cout));
+                }
+            }
+        }
+    }
+    lists
 }
 
 /// The host part of the root chains, after the workload rules.

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use netmodel::selector::Selector;
 use typha_proto::{Key, pb};
 
-use super::Family;
 use super::index::SetSpec;
 use super::names::{Dir, policy_chain};
 use super::rules::{BadSelector, RenderContext, parse_selector, render_rules};
+use super::{Chains, Family};
 
 /// A policy's `order` with Calico's rule: no order sorts after every order.
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +157,18 @@ impl PolicyState {
             Family::V4 => &self.v4,
             Family::V6 => &self.v6,
         }
+    }
+
+    /// Adds this policy's chains of `family` to a table's `chains`; returns them.
+    pub fn insert_chains(&self, family: Family, chains: &mut Chains) -> &FamilyChains {
+        let fc = self.chains(family);
+        if let Some(rules) = &fc.inbound {
+            chains.insert(self.chain_in.clone(), rules.clone());
+        }
+        if let Some(rules) = &fc.outbound {
+            chains.insert(self.chain_out.clone(), rules.clone());
+        }
+        fc
     }
 }
 

@@ -138,13 +138,7 @@ pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
         if p.local.is_empty() {
             continue;
         }
-        let fc = p.chains(family);
-        if let Some(rules) = &fc.inbound {
-            chains.insert(p.chain_in.clone(), rules.clone());
-        }
-        if let Some(rules) = &fc.outbound {
-            chains.insert(p.chain_out.clone(), rules.clone());
-        }
+        let fc = p.insert_chains(family, &mut chains);
         for ep in &p.local {
             let entry = lists.entry(ep).or_default();
             if fc.inbound.is_some() {
