@@ -137,11 +137,12 @@ fn component_hosts() -> HostConfig {
             )
         })
         .collect();
-    let mut hosts = HostConfig::default();
-    hosts.failsafe_inbound = parse_failsafe(&env["FELIX_FAILSAFE_INBOUND_HOST_PORTS"]).unwrap();
-    hosts.auto_host_endpoints = env["FELIX_AUTO_HOST_ENDPOINTS"] == "true";
     assert_eq!(env.len(), 2, "settings this test does not model: {env:?}");
-    hosts
+    HostConfig {
+        failsafe_inbound: parse_failsafe(&env["FELIX_FAILSAFE_INBOUND_HOST_PORTS"]).unwrap(),
+        auto_host_endpoints: env["FELIX_AUTO_HOST_ENDPOINTS"] == "true",
+        ..HostConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

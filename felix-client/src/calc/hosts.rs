@@ -201,7 +201,7 @@ pub(super) struct Hosts {
 
 /// The key of node `node`'s automatic host endpoint.
 fn auto_key(node: &str) -> Option<Key> {
-    Key::cluster(Kind::HostEndpoint, &format!("{node}-auto-hep")).ok()
+    Key::cluster(Kind::HostEndpoint, format!("{node}-auto-hep")).ok()
 }
 
 /// The automatic host endpoint of `node`.
