@@ -35,13 +35,14 @@ use std::str::FromStr;
 use netmodel::selector::Selector;
 use typha_proto::{Key, Kind, pb};
 
-use super::index::{Index, SetSpec};
+use super::index::Index;
 use super::names::{FORWARD, INPUT, OUTPUT, hash_hex};
-use super::objects::{Obj, PortName, parse_nets, port_protocol};
+use super::objects::{Addrs, NewObj, parse_nets, port_protocol};
 use super::policy::{PolicyState, SortKey};
 use super::render::endpoint_rules;
 use super::rules::parse_selector;
 use super::{Chains, Family};
+use std::borrow::Cow;
 
 /// The profile that allows what no policy decided (Calico's name).
 pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
@@ -195,8 +196,6 @@ pub(super) struct Hosts {
     policies: HashMap<Key, HostPolicy>,
     /// Policy -> the local host endpoints it selects (only non-empty entries).
     selects: BTreeMap<Key, BTreeSet<Key>>,
-    /// Policy -> the rule sets held for it on behalf of host endpoints.
-    held: BTreeMap<Key, BTreeSet<SetSpec>>,
 }
 
 /// The key of node `node`'s automatic host endpoint.
@@ -222,20 +221,26 @@ fn auto_endpoint(node: &pb::Node) -> pb::HostEndpoint {
 }
 
 /// The labelled object of a host endpoint (for rule selectors).
-fn object(hep: &pb::HostEndpoint) -> Obj {
-    let ports = hep.ports.iter().filter_map(|p| {
-        Some(PortName {
-            name: p.name.clone(),
-            protocol: port_protocol(p.protocol)?,
-            port: p.port,
-        })
-    });
-    Obj {
-        labels: hep.labels.clone().into_iter().collect(),
-        profiles: hep.profile_ids.clone(),
-        nets: parse_nets(&hep.expected_ips),
-        ports: ports.collect(),
-        endpoint: None,
+fn object(hep: &pb::HostEndpoint) -> NewObj<'_> {
+    let mut labels: Vec<(&str, &str)> = hep
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    labels.sort_unstable();
+    NewObj {
+        labels,
+        profiles: hep
+            .profile_ids
+            .iter()
+            .map(|p| Cow::Borrowed(p.as_str()))
+            .collect(),
+        addrs: Addrs::new(parse_nets(&hep.expected_ips)),
+        ports: hep
+            .ports
+            .iter()
+            .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
+            .collect(),
     }
 }
 
@@ -253,7 +258,6 @@ impl Hosts {
             endpoints: BTreeMap::new(),
             policies: HashMap::new(),
             selects: BTreeMap::new(),
-            held: BTreeMap::new(),
         }
     }
 
@@ -262,16 +266,17 @@ impl Hosts {
         !self.endpoints.is_empty()
     }
 
-    /// Folds a HostEndpoint update in (also into `index` for rule selectors);
-    /// re-evaluates every policy on it and adjusts the held sets.
+    /// Folds a HostEndpoint update in (also into `index` for rule selectors); returns
+    /// whether this node's host endpoints changed (the engine then calls
+    /// [`Hosts::reselect`] for every policy).
     pub fn set_endpoint(
         &mut self,
         key: &Key,
         hep: Option<&pb::HostEndpoint>,
-        policies: &HashMap<Key, PolicyState>,
         index: &mut Index,
-    ) {
-        index.set_object(key, hep.map(object));
+    ) -> bool {
+        let obj = hep.map(object);
+        index.set_object(key, obj.as_ref());
         let local = hep.filter(|h| h.node == self.node).and_then(|h| {
             let usable = h.interface_name == ALL_INTERFACES
                 || super::names::usable_interface(&h.interface_name);
@@ -284,41 +289,29 @@ impl Hosts {
                 default_allow: h.profile_ids.iter().any(|p| p == DEFAULT_ALLOW_PROFILE),
             })
         });
+        let before = self.endpoints.get(key).cloned();
         match local {
             Some(ep) => self.endpoints.insert(key.clone(), ep),
             None => self.endpoints.remove(key),
         };
-        let keys: Vec<Key> = self.policies.keys().cloned().collect();
-        for pkey in keys {
-            self.reselect(&pkey, policies, index);
-        }
+        before.as_ref() != self.endpoints.get(key)
     }
 
-    /// Folds a Node update in for automatic host endpoints (a no-op without them).
-    pub fn set_node(
-        &mut self,
-        name: &str,
-        node: Option<&pb::Node>,
-        policies: &HashMap<Key, PolicyState>,
-        index: &mut Index,
-    ) {
+    /// Folds a Node update in for automatic host endpoints; returns whether this node's
+    /// host endpoints changed (never without automatic host endpoints).
+    pub fn set_node(&mut self, name: &str, node: Option<&pb::Node>, index: &mut Index) -> bool {
         if !self.config.auto_host_endpoints {
-            return;
+            return false;
         }
-        if let Some(key) = auto_key(name) {
-            let hep = node.map(auto_endpoint);
-            self.set_endpoint(&key, hep.as_ref(), policies, index);
-        }
+        let Some(key) = auto_key(name) else {
+            return false;
+        };
+        let hep = node.map(auto_endpoint);
+        self.set_endpoint(&key, hep.as_ref(), index)
     }
 
-    /// Folds a policy update in (after the engine stored its state in `policies`).
-    pub fn set_policy(
-        &mut self,
-        key: &Key,
-        policy: Option<&pb::Policy>,
-        policies: &HashMap<Key, PolicyState>,
-        index: &mut Index,
-    ) {
+    /// Folds a policy update in; returns whether it selects a local host endpoint.
+    pub fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) -> bool {
         self.policies.remove(key);
         if let Some(p) = policy {
             let selector = parse_selector(&p.selector)
@@ -339,13 +332,12 @@ impl Hosts {
                 }
             }
         }
-        self.reselect(key, policies, index);
+        self.reselect(key)
     }
 
-    /// Recomputes which local host endpoints policy `key` selects and holds exactly
-    /// its current rule sets while it selects any (acquire before release, so a set
-    /// both use is never dropped).
-    fn reselect(&mut self, key: &Key, policies: &HashMap<Key, PolicyState>, index: &mut Index) {
+    /// Recomputes which local host endpoints policy `key` selects; returns whether it
+    /// selects any.
+    pub fn reselect(&mut self, key: &Key) -> bool {
         let selected: BTreeSet<Key> = match self.policies.get(key) {
             Some(hp) => self
                 .endpoints
@@ -358,20 +350,12 @@ impl Hosts {
                 .collect(),
             None => BTreeSet::new(),
         };
-        let wanted = match (selected.is_empty(), policies.get(key)) {
-            (false, Some(state)) => state.sets.clone(),
-            _ => BTreeSet::new(),
-        };
-        wanted.iter().for_each(|s| index.acquire_set(s));
-        let old = self.held.remove(key).unwrap_or_default();
-        old.iter().for_each(|s| index.release_set(s));
-        if !wanted.is_empty() {
-            self.held.insert(key.clone(), wanted);
-        }
         if selected.is_empty() {
             self.selects.remove(key);
+            false
         } else {
             self.selects.insert(key.clone(), selected);
+            true
         }
     }
 }
@@ -400,7 +384,7 @@ pub(super) struct HostInput<'a> {
     /// The host endpoint state.
     pub hosts: &'a Hosts,
     /// Policies by key.
-    pub policies: &'a HashMap<Key, PolicyState>,
+    pub policies: &'a HashMap<Key, Box<PolicyState>>,
     /// Policies in order.
     pub order: &'a BTreeSet<SortKey>,
     /// This node's VXLAN peers' addresses.
@@ -474,7 +458,9 @@ fn policy_lists<'a>(
         ) else {
             continue;
         };
-        let fc = p.insert_chains(family, chains);
+        let Some(fc) = p.insert_chains(family, chains) else {
+            continue;
+        };
         for ep in selected {
             let l = lists.entry(ep).or_default();
             let (tier, cin, cout) = (
