@@ -303,11 +303,11 @@ fn host_endpoint_order_does_not_matter_and_sets_go_with_the_last_selection() {
     let policy = global_policy("p", host_policy(vec![from_nodes], false, false));
     let endpoint = hep("h", NODE, "eth0", &[]);
     let mut a = Calc::new(config(CalcMode::PolicyOnly));
-    a.apply(&[endpoint.clone()]);
-    a.apply(&[policy.clone()]);
+    a.apply(std::slice::from_ref(&endpoint));
+    a.apply(std::slice::from_ref(&policy));
     let mut b = Calc::new(config(CalcMode::PolicyOnly));
-    b.apply(&[policy.clone()]);
-    b.apply(&[endpoint.clone()]);
+    b.apply(std::slice::from_ref(&policy));
+    b.apply(std::slice::from_ref(&endpoint));
     assert_eq!(a.desired(), b.desired());
     let sets = |c: &Calc| c.desired().ipsets.len();
     assert!(sets(&a) > 0, "the rule's selector set is held");
