@@ -422,6 +422,7 @@ impl Typha for SyncService {
             ends: self.ends.clone(),
             farewell,
             node: String::new(),
+            refusal_unsent: false,
         };
         self.sessions.spawn(async move {
             // Registered, and counted on its connection, for exactly as long as the
