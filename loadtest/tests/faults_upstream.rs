@@ -560,7 +560,7 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     .await;
     // Every resource listed the new server (a watch at an old position would get 504
     // "Too large resource version"; typha relists on any failed watch start).
-    assert!(rig.sim().metrics().snapshot().list_requests >= WATCHED as u64);
+    assert!(rig.sim().metrics().snapshot().list_requests >= WATCHED);
     // The watches follow the new history.
     let after_change = relabel_pod(rig.store(), 6, "after-restart");
     observers[0].converge(&api_model(rig.store()).0).await;

@@ -87,7 +87,14 @@ async fn all_back(what: &str, replicas: &[Replica], clients: &[Client]) -> std::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_rebalance_resume_survive_kill_and_drain() {
-    let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
+    // Bookmarks every 100 ms: a new replica's floor is its list's resourceVersion, and
+    // moved clients are resumed there once the other replicas' bookmarks carried them
+    // past it (exact floors; docs/protocol.md "Resume").
+    let config = kube_sim::Config {
+        bookmark_interval: Duration::from_millis(100),
+        ..kube_sim::Config::default()
+    };
+    let sim = KubeSim::start(config).await.unwrap();
     kube_sim::seed(
         sim.store(),
         &SeedConfig {
