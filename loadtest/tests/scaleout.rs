@@ -91,7 +91,7 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
     // moved clients are resumed there once the other replicas' bookmarks carried them
     // past it (exact floors; docs/protocol.md "Resume").
     let config = kube_sim::Config {
-        bookmark_interval: Duration::from_millis(100),
+        bookmark_interval: std::time::Duration::from_millis(100),
         ..kube_sim::Config::default()
     };
     let sim = KubeSim::start(config).await.unwrap();
