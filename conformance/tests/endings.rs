@@ -201,9 +201,11 @@ async fn unauthenticated_clients_receive_nothing() {
         match within(outcome).await {
             Ok(_) => panic!("{name}: synced"),
             Err(ConformanceError::Connect(_)) => {}
-            Err(ConformanceError::Status(status)) => {
-                assert_eq!(status.code(), Code::Unavailable, "{name}: {status}")
-            }
+            // The first call fails on the refused connection.
+            Err(ConformanceError::Status(status)) => assert!(
+                matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown),
+                "{name}: {status}"
+            ),
             Err(other) => panic!("{name}: unexpected {other}"),
         }
     }
