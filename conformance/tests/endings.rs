@@ -203,7 +203,10 @@ async fn unauthenticated_clients_receive_nothing() {
             Err(ConformanceError::Connect(_)) => {}
             // The first call fails on the refused connection.
             Err(ConformanceError::Status(status)) => assert!(
-                matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown),
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Cancelled | Code::Unknown
+                ),
                 "{name}: {status}"
             ),
             Err(other) => panic!("{name}: unexpected {other}"),

@@ -120,14 +120,7 @@ impl World {
         };
         seed(sim.store(), &cluster).unwrap();
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n",
-                sim.url()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
         World {
             dir,
             sim,
