@@ -278,6 +278,18 @@ fn ipv6_and_dual_stack_pods() {
         wep(&convert(&p).unwrap()).ip_nets,
         vec!["10.0.0.5/32", "fd00::5/128"]
     );
+    // An IPv6-primary pod keeps its order.
+    p.status
+        .as_mut()
+        .unwrap()
+        .pod_ips
+        .as_mut()
+        .unwrap()
+        .reverse();
+    assert_eq!(
+        wep(&convert(&p).unwrap()).ip_nets,
+        vec!["fd00::5/128", "10.0.0.5/32"]
+    );
     // podIP alone (no podIPs) is used too.
     let status = p.status.as_mut().unwrap();
     status.pod_ips = None;
@@ -693,6 +705,7 @@ fn node_addresses_cidrs_and_labels() {
         status: Some(NodeStatus {
             addresses: Some(vec![
                 addr("Hostname", "node-1"),
+                addr("ExternalIP", "2001:db8::4"),
                 addr("InternalIP", "fd00::10"),
                 addr("InternalIP", "192.168.0.10"),
                 addr("ExternalIP", "203.0.113.4"),
@@ -707,7 +720,11 @@ fn node_addresses_cidrs_and_labels() {
         panic!("not a node")
     };
     assert_eq!(n.name, "node-1");
-    assert_eq!(n.addresses, vec!["fd00::10", "192.168.0.10", "203.0.113.4"]);
+    // Internal addresses first (routes use a family's first), then external ones.
+    assert_eq!(
+        n.addresses,
+        vec!["fd00::10", "192.168.0.10", "2001:db8::4", "203.0.113.4"]
+    );
     assert_eq!(n.ipv4_address, "192.168.0.10");
     assert_eq!(n.pod_cidrs, vec!["10.244.1.0/24", "fd00:1::/64"]);
     assert_eq!(n.labels.get("zone").map(String::as_str), Some("a"));
