@@ -284,3 +284,52 @@ async fn sigterm_says_goodbye_shutdown_then_ends_the_stream_cleanly() {
     );
     assert!(typha.wait_exit().await.success());
 }
+
+/// With its Service's EndpointSlice listing two ready replicas, two nodes and no
+/// headroom, a replica's share is one client: the newer of two clients is told
+/// `Goodbye(REBALANCE)`, then its stream ends cleanly; the other stays.
+#[tokio::test]
+async fn a_replica_over_its_share_says_goodbye_rebalance() {
+    let world = World::start("rebalance").await;
+    world.put(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "calico-system"}}));
+    world.put(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "calico-system", "name": "calico-typha-x",
+                     "labels": {"kubernetes.io/service-name": "calico-typha"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.9.0.1"], "conditions": {"ready": true}},
+                      {"addresses": ["10.9.0.2"], "conditions": {"ready": true}}],
+        "ports": [{"name": "calico-typha", "port": 5473, "protocol": "TCP"}]
+    }));
+    let args = [
+        "--service-namespace",
+        "calico-system",
+        "--service-name",
+        "calico-typha",
+        "--rebalance-headroom",
+        "0",
+        "--rebalance-rate",
+        "100",
+    ];
+    let typha = world.typha("typha-a", &args).await;
+    let mut stays = typha.sync(&world, hello("node-1", 2, &ALL), None).await;
+    let mut moves = typha.sync(&world, hello("node-2", 2, &ALL), None).await;
+    match within(moves.stream.next_batch(&mut moves.mirror)).await {
+        Err(ConformanceError::Goodbye(reason, _)) => {
+            assert_eq!(reason, pb::GoodbyeReason::Rebalance as i32)
+        }
+        other => panic!("expected a goodbye, got {other:?}\n{}", typha.log_tail()),
+    }
+    assert!(
+        matches!(within(moves.stream.frame()).await, Ok(None)),
+        "status OK after the goodbye"
+    );
+    world.put(pod("ns-0", "after-rebalance", "node-00000", "10.0.0.220"));
+    batches_until(&mut stays, |m| {
+        m.get(pb::Kind::WorkloadEndpoint, "ns-0", "after-rebalance")
+            .is_some()
+    })
+    .await
+    .unwrap();
+}
