@@ -66,6 +66,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 report.ipsets_destroyed,
                 dataplane::ROUTE_PROTOCOL
             );
+            for tunnel in &report.tunnels {
+                println!("tunnel device {tunnel}");
+            }
             if !report.foreign_tables.is_empty() {
                 println!(
                     "left alone (another agent owns cali- chains there): {}",

@@ -93,15 +93,18 @@ async fn sync(
             Ok(())
         }),
         Dataplane::Iptables => {
-            let calc = Calc::new(CalcConfig {
-                node_name: config.node_name.clone(),
-                mode: match config.mode {
-                    Mode::PolicyOnly => CalcMode::PolicyOnly,
-                    Mode::Networking => CalcMode::Networking,
+            let calc = Calc::with_hosts(
+                CalcConfig {
+                    node_name: config.node_name.clone(),
+                    mode: match config.mode {
+                        Mode::PolicyOnly => CalcMode::PolicyOnly,
+                        Mode::Networking => CalcMode::Networking,
+                    },
+                    cluster_cidrs: config.cluster_cidrs.clone(),
+                    interface_prefixes: config.interface_prefixes.clone(),
                 },
-                cluster_cidrs: config.cluster_cidrs.clone(),
-                interface_prefixes: config.interface_prefixes.clone(),
-            });
+                config.hosts.clone(),
+            );
             let dataplane_config = DataplaneConfig {
                 netns: config.netns.clone(),
                 refresh_interval: config.dataplane_refresh,

@@ -145,7 +145,8 @@ struct Cli {
     /// Write every figure and the configuration as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Write latency over time and connections per replica as SVG here.
+    /// Write, per scenario, latency over time, connections per replica and the latency
+    /// CDF as SVG here.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Log filter for this process.
@@ -319,7 +320,7 @@ fn write_outputs(
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = svg {
-        std::fs::write(path, loadtest::plot::render(report))
+        std::fs::write(path, loadtest::plot::render(&report.scenarios)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

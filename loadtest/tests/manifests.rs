@@ -547,6 +547,38 @@ fn felix_daemonset_fits_its_flags_and_typha_identity() {
 }
 
 #[test]
+fn typha_host_policy_component_renders_and_its_settings_parse() {
+    let scratch = Scratch::new("typha-host-policy");
+    let objects = render_with_components(&scratch, "networking", &["typha-host-policy"], |_| {});
+    let policy = find(&objects, "GlobalNetworkPolicy", "typha-port-from-nodes");
+    assert_eq!(policy["apiVersion"], "crd.projectcalico.org/v1");
+    let ds = find(&objects, "DaemonSet", "felix-client");
+    let env = resolve_env(
+        &objects,
+        container(ds, "felix-client"),
+        &BTreeMap::from([("spec.nodeName", "node-0")]),
+    );
+    let mut argv = vec!["felix-client".to_string()];
+    argv.extend(env_to_flags(&felix_client::config::Cli::command(), &env));
+    let config = felix_client::config::Cli::try_parse_from_checked(&argv)
+        .validate()
+        .unwrap();
+    assert!(config.hosts.auto_host_endpoints);
+    let inbound: Vec<u16> = config
+        .hosts
+        .failsafe_inbound
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert!(
+        !inbound.contains(&5473) && inbound.contains(&22) && inbound.contains(&6443),
+        "{inbound:?}"
+    );
+    // The rest of the agent's settings are the overlay's.
+    assert_eq!(env["FELIX_MODE"], "networking");
+}
+
+#[test]
 fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
     let scratch = Scratch::new("cert-manager");
     let objects = render_with_components(&scratch, "policy-only", &["cert-manager"], |_| {});

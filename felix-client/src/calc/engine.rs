@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use typha_proto::{Key, Kind, Update, Value, pb};
 
+use super::hosts::{HostConfig, HostInput, Hosts};
 use super::idset::ObjId;
 use super::index::Index;
 use super::names::usable_interface;
@@ -48,6 +49,7 @@ pub(super) struct Engine {
     /// This node.
     own_node: Option<pb::Node>,
     tunnels: Tunnels,
+    hosts: Hosts,
     routes: BTreeMap<String, BTreeMap<RouteOwner, RouteTarget>>,
     route_dsts: HashMap<RouteOwner, Vec<String>>,
     v4: Tables,
@@ -59,8 +61,9 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: CalcConfig) -> Engine {
+    pub fn new(config: CalcConfig, hosts: HostConfig) -> Engine {
         let mut engine = Engine {
+            hosts: Hosts::new(&config.node_name, hosts),
             config,
             index: Index::default(),
             policies: HashMap::new(),
@@ -120,6 +123,9 @@ impl Engine {
                     Some(Value::Node(n)) => Some(n),
                     _ => None,
                 };
+                if self.hosts.set_node(key.name(), node, &mut self.index) {
+                    self.refresh_hosts();
+                }
                 self.set_node(key.name(), node);
             }
             (Kind::IpPool, value) => {
@@ -130,7 +136,16 @@ impl Engine {
                 self.nat_dirty = true;
                 self.nodes_dirty = true;
             }
-            (Kind::HostEndpoint | Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
+            (Kind::HostEndpoint, value) => {
+                let hep = match value {
+                    Some(Value::HostEndpoint(h)) => Some(h),
+                    _ => None,
+                };
+                if self.hosts.set_endpoint(key, hep, &mut self.index) {
+                    self.refresh_hosts();
+                }
+            }
+            (Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
             (kind, Some(value)) => {
                 tracing::debug!(
                     ?kind,
@@ -183,18 +198,41 @@ impl Engine {
                 (Some(o), Some(sel)) => sel.matches(&store.lookup(o)),
                 _ => false,
             };
-            let was_active = !policy.local.is_empty();
+            let was_active = policy.is_active();
             if now {
                 policy.local.insert(key.clone());
             } else {
                 policy.local.remove(key);
             }
-            match (was_active, !policy.local.is_empty()) {
+            match (was_active, policy.is_active()) {
                 (false, true) => acquire.push(pkey.clone()),
                 (true, false) => release.push(pkey.clone()),
                 _ => {}
             }
         }
+        self.set_activity(acquire, release);
+    }
+
+    /// Re-evaluates every policy on the local host endpoints (after one changed).
+    fn refresh_hosts(&mut self) {
+        self.filter_dirty = true;
+        let mut acquire = Vec::new();
+        let mut release = Vec::new();
+        for (pkey, policy) in &mut self.policies {
+            let was_active = policy.is_active();
+            policy.hosts = self.hosts.reselect(pkey);
+            match (was_active, policy.is_active()) {
+                (false, true) => acquire.push(pkey.clone()),
+                (true, false) => release.push(pkey.clone()),
+                _ => {}
+            }
+        }
+        self.set_activity(acquire, release);
+    }
+
+    /// Renders the policies that became active and takes their sets; drops the
+    /// rendering and the sets of those that became inactive.
+    fn set_activity(&mut self, acquire: Vec<Key>, release: Vec<Key>) {
         for pkey in acquire {
             if let Some(p) = self.policies.get_mut(&pkey) {
                 p.activate().iter().for_each(|s| self.index.acquire_set(s));
@@ -229,6 +267,7 @@ impl Engine {
 
     fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) {
         self.filter_dirty = true;
+        let selects_hosts = self.hosts.set_policy(key, policy);
         let mut new = policy.map(|p| {
             let mut state = PolicyState::new(key, p);
             let store = self.index.store();
@@ -245,12 +284,13 @@ impl Engine {
                     .map(|(k, _)| k.clone())
                     .collect();
             }
+            state.hosts = selects_hosts;
             state
         });
         // Acquire the new sets before releasing the old ones, so a selector both use is
         // never dropped and rescanned.
         match new.as_mut() {
-            Some(p) if !p.local.is_empty() => {
+            Some(p) if p.is_active() => {
                 p.activate().iter().for_each(|s| self.index.acquire_set(s));
             }
             Some(p) => drop(p.deactivate()),
@@ -326,6 +366,8 @@ impl Engine {
         if self.nodes_dirty {
             self.route_nodes();
             self.nodes_dirty = false;
+            // The host chains accept VXLAN from the peers.
+            self.filter_dirty |= self.hosts.any();
         }
         if self.filter_dirty {
             let input = FilterInput {
@@ -334,8 +376,16 @@ impl Engine {
                 order: &self.order,
                 prefixes: self.config.interface_prefixes.all(),
             };
-            self.v4.filter = filter_table(Family::V4, &input);
-            self.v6.filter = filter_table(Family::V6, &input);
+            let hosts = HostInput {
+                hosts: &self.hosts,
+                policies: &self.policies,
+                order: &self.order,
+                vxlan_peers: self.tunnels.vxlan_peers.iter().map(|p| p.node_ip).collect(),
+            };
+            for (family, tables) in [(Family::V4, &mut self.v4), (Family::V6, &mut self.v6)] {
+                tables.filter = filter_table(family, &input);
+                super::hosts::render(family, &hosts, &mut tables.filter);
+            }
             self.filter_dirty = false;
         }
         if self.nat_dirty {

@@ -1,7 +1,7 @@
 //! calc: the pure half of the dataplane. It indexes the synced model (endpoints,
 //! profiles, policies, nodes, pools, network sets) and computes, for this node, what the
-//! kernel should hold: iptables chains for the local workload endpoints and the policies
-//! selecting them, the ipsets those rules reference (with their members from the whole
+//! kernel should hold: iptables chains for the local workload endpoints, this node's
+//! host endpoints ([`hosts`]) and the policies selecting them, the ipsets those rules reference (with their members from the whole
 //! cluster), and the routes. No I/O: [`crate::dataplane`] writes the result.
 //!
 //! Contract with the dataplane (see [`Desired`]): chain names start with `cali-` and are
@@ -29,6 +29,7 @@
 //! names, so the same state gives a byte-identical [`Desired`] whatever the update order.
 
 mod engine;
+pub mod hosts;
 mod idset;
 mod index;
 mod intern;
@@ -171,8 +172,14 @@ impl std::fmt::Debug for Calc {
 impl Calc {
     /// A calculation with no state.
     pub fn new(config: CalcConfig) -> Calc {
+        Calc::with_hosts(config, hosts::HostConfig::default())
+    }
+
+    /// A calculation with no state and these host endpoint settings (failsafe ports,
+    /// automatic host endpoints).
+    pub fn with_hosts(config: CalcConfig, hosts: hosts::HostConfig) -> Calc {
         Calc {
-            engine: engine::Engine::new(config),
+            engine: engine::Engine::new(config, hosts),
         }
     }
 

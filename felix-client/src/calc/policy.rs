@@ -10,10 +10,10 @@ use netmodel::selector::Selector;
 use prost::Message;
 use typha_proto::{Key, pb};
 
-use super::Family;
 use super::names::{Dir, policy_chain};
 use super::rules::{BadSelector, RenderContext, parse_selector, render_rules};
 use super::sets::SetSpec;
+use super::{Chains, Family};
 
 /// A policy's `order` with Calico's rule: no order sorts after every order.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +74,8 @@ pub(super) struct Rendered {
     pub sets: BTreeSet<SetSpec>,
 }
 
-/// One policy. Only an active policy (one selecting a local endpoint) keeps its rendered
+/// One policy. Only an active policy (one selecting a local workload or host endpoint)
+/// keeps its rendered
 /// chains and sets; an inactive one keeps the policy as received, encoded, and renders
 /// it again when it becomes active (most of a large cluster's policies select nothing
 /// on a given node).
@@ -94,6 +95,8 @@ pub(super) struct PolicyState {
     rendered: Option<Box<Rendered>>,
     /// Local endpoints it selects.
     pub local: BTreeSet<Key>,
+    /// Whether it selects a local host endpoint (see `hosts`).
+    pub hosts: bool,
 }
 
 impl PolicyState {
@@ -121,6 +124,7 @@ impl PolicyState {
             source: policy.encode_to_vec().into_boxed_slice(),
             rendered: Some(Box::new(rendered)),
             local: BTreeSet::new(),
+            hosts: false,
         }
     }
 
@@ -147,6 +151,25 @@ impl PolicyState {
     /// The sets an active policy holds references on (none while inactive).
     pub fn sets(&self) -> impl Iterator<Item = &SetSpec> + '_ {
         self.rendered.iter().flat_map(|r| r.sets.iter())
+    }
+
+    /// Whether it applies on this node (selects a local workload or host endpoint):
+    /// only then is it rendered and are its sets held.
+    pub fn is_active(&self) -> bool {
+        !self.local.is_empty() || self.hosts
+    }
+
+    /// Adds this policy's chains of `family` to a table's `chains` (when active);
+    /// returns them.
+    pub fn insert_chains(&self, family: Family, chains: &mut Chains) -> Option<&FamilyChains> {
+        let fc = self.chains(family)?;
+        if let Some(rules) = &fc.inbound {
+            chains.insert(self.chain_in.clone(), rules.clone());
+        }
+        if let Some(rules) = &fc.outbound {
+            chains.insert(self.chain_out.clone(), rules.clone());
+        }
+        Some(fc)
     }
 
     /// The chains of `family` (rendered only while active).

@@ -98,7 +98,7 @@ fn root_chains(chains: &mut Chains, prefixes: &[String]) {
 }
 
 /// The rules of one endpoint chain, given its policies' (tier, chain) in order.
-fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
     if policies.is_empty() {
         return Vec::new();
     }
@@ -136,15 +136,12 @@ pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
         let Some(p) = input.policies.get(&sort.key) else {
             continue;
         };
-        let Some(fc) = p.chains(family).filter(|_| !p.local.is_empty()) else {
+        if p.local.is_empty() {
+            continue;
+        }
+        let Some(fc) = p.insert_chains(family, &mut chains) else {
             continue;
         };
-        if let Some(rules) = &fc.inbound {
-            chains.insert(p.chain_in.clone(), rules.clone());
-        }
-        if let Some(rules) = &fc.outbound {
-            chains.insert(p.chain_out.clone(), rules.clone());
-        }
         for ep in &p.local {
             let entry = lists.entry(ep).or_default();
             if fc.inbound.is_some() {

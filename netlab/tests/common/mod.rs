@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use edge::tls::{PeerIdentity, client_config, server_config};
+use felix_client::calc::hosts::HostConfig;
 use felix_client::calc::{Calc, CalcConfig, CalcMode, Desired};
 use felix_client::dataplane::{self, DataplaneConfig, DataplaneStatus, DesiredSource};
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
@@ -424,6 +425,8 @@ pub struct RigConfig {
     pub subnets: Vec<usize>,
     /// The IP families of nodes and pods.
     pub stack: Stack,
+    /// The agents' host endpoint settings (failsafe ports, automatic host endpoints).
+    pub hosts: HostConfig,
 }
 
 impl Default for RigConfig {
@@ -440,6 +443,7 @@ impl Default for RigConfig {
             interface_prefixes: Default::default(),
             subnets: Vec::new(),
             stack: Stack::V4,
+            hosts: HostConfig::default(),
         }
     }
 }
@@ -581,12 +585,15 @@ impl Rig {
         let (tapped_tx, tapped) = watch::channel(Tapped::default());
         let (folded_tx, folded) = watch::channel(Folded::default());
         let calc = CountingCalc {
-            calc: Calc::new(CalcConfig {
-                node_name: node.name.clone(),
-                mode: self.config.mode,
-                cluster_cidrs: vec![CLUSTER_CIDR.to_string(), CLUSTER_CIDR_V6.to_string()],
-                interface_prefixes: self.config.interface_prefixes.clone(),
-            }),
+            calc: Calc::with_hosts(
+                CalcConfig {
+                    node_name: node.name.clone(),
+                    mode: self.config.mode,
+                    cluster_cidrs: vec![CLUSTER_CIDR.to_string(), CLUSTER_CIDR_V6.to_string()],
+                    interface_prefixes: self.config.interface_prefixes.clone(),
+                },
+                self.config.hosts.clone(),
+            ),
             folded: folded_tx,
         };
         let config = DataplaneConfig {
