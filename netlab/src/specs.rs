@@ -135,9 +135,6 @@ impl PodInfo {
 
     /// Its address of `family`, if it has one.
     pub fn ip_of(&self, family: IpFamily) -> Option<IpAddr> {
-        self.ips
-            .iter()
-            .copied()
-            .find(|ip| IpFamily::of(*ip) == family)
+        crate::stack::address_of(&self.ips, family)
     }
 }

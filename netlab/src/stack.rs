@@ -89,6 +89,11 @@ impl Stack {
     }
 }
 
+/// The address of `family` among `ips`, if any.
+pub fn address_of(ips: &[IpAddr], family: IpFamily) -> Option<IpAddr> {
+    ips.iter().copied().find(|ip| IpFamily::of(*ip) == family)
+}
+
 fn hextet(value: usize, what: &str) -> Result<u16, NetlabError> {
     u16::try_from(value).map_err(|_| NetlabError::Spec(format!("{what} {value}")))
 }

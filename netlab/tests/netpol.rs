@@ -53,6 +53,11 @@ async fn network_policies_match_the_oracle() {
     if let Some(f) = rig.check("namespace z relabelled team=blue").await {
         failures.push(f);
     }
+    finish(rig, failures).await;
+}
+
+/// Stops the rig, then fails with every case's report if any failed.
+async fn finish(rig: Rig, failures: Vec<String>) {
     let total = failures.len();
     rig.stop().await;
     assert!(
@@ -82,13 +87,7 @@ async fn cases_over(stack: Stack) {
         assert_eq!(probes, per_family, "{family} probes on a {stack:?} bench");
     }
     let failures = run_cases(&mut rig).await;
-    let total = failures.len();
-    rig.stop().await;
-    assert!(
-        total == 0,
-        "{total} case(s) failed:\n{}",
-        failures.join("\n")
-    );
+    finish(rig, failures).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
