@@ -290,3 +290,31 @@ fn failsafe_lists_parse_like_calico() {
     assert!(defaults.failsafe_inbound.contains(&tcp22));
     assert_eq!(defaults.failsafe_outbound.len(), 9);
 }
+
+#[test]
+fn host_endpoint_order_does_not_matter_and_sets_go_with_the_last_selection() {
+    let from_nodes = pb::Rule {
+        source: Some(pb::EntityRule {
+            selector: "role == 'node'".into(),
+            ..Default::default()
+        }),
+        ..allow_port(5473)
+    };
+    let policy = global_policy("p", host_policy(vec![from_nodes], false, false));
+    let endpoint = hep("h", NODE, "eth0", &[]);
+    let mut a = Calc::new(config(CalcMode::PolicyOnly));
+    a.apply(std::slice::from_ref(&endpoint));
+    a.apply(std::slice::from_ref(&policy));
+    let mut b = Calc::new(config(CalcMode::PolicyOnly));
+    b.apply(std::slice::from_ref(&policy));
+    b.apply(std::slice::from_ref(&endpoint));
+    assert_eq!(a.desired(), b.desired());
+    let sets = |c: &Calc| c.desired().ipsets.len();
+    assert!(sets(&a) > 0, "the rule's selector set is held");
+    // The endpoint leaves: the policy selects nothing here, its set goes.
+    a.apply(&[delete(&endpoint)]);
+    assert_eq!(sets(&a), 0, "{:?}", a.desired().ipsets.keys());
+    let mut c = Calc::new(config(CalcMode::PolicyOnly));
+    c.apply(&[policy]);
+    assert_eq!(a.desired(), c.desired(), "as if the endpoint never was");
+}
