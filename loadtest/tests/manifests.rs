@@ -600,29 +600,8 @@ fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
 /// (API group, resource plural) of every resource typha watches, from the kube types the
 /// upstream watches them through. A new `Resource` variant fails to compile here.
 fn watched(resource: Resource) -> (String, String) {
-    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-    use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
-    fn k8s<T: k8s_openapi::Resource>() -> (String, String) {
-        (T::GROUP.to_string(), T::URL_PATH_SEGMENT.to_string())
-    }
-    fn calico<K: CalicoKind>() -> (String, String) {
-        (crd::GROUP.to_string(), K::PLURAL.to_string())
-    }
-    match resource {
-        Resource::Pods => k8s::<Pod>(),
-        Resource::Namespaces => k8s::<Namespace>(),
-        Resource::ServiceAccounts => k8s::<ServiceAccount>(),
-        Resource::Nodes => k8s::<Node>(),
-        Resource::KubernetesNetworkPolicies => k8s::<K8sNetworkPolicy>(),
-        Resource::NetworkPolicies => calico::<crd::NetworkPolicy>(),
-        Resource::GlobalNetworkPolicies => calico::<crd::GlobalNetworkPolicy>(),
-        Resource::GlobalNetworkSets => calico::<crd::GlobalNetworkSet>(),
-        Resource::NetworkSets => calico::<crd::NetworkSet>(),
-        Resource::HostEndpoints => calico::<crd::HostEndpoint>(),
-        Resource::IpPools => calico::<crd::IPPool>(),
-        Resource::FelixConfigurations => calico::<crd::FelixConfiguration>(),
-        Resource::ClusterInformations => calico::<crd::ClusterInformation>(),
-    }
+    let api = resource.api();
+    (api.group.to_string(), api.plural.to_string())
 }
 
 type Grants = BTreeSet<(String, String, String)>;
