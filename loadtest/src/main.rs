@@ -234,8 +234,10 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // Children of a pinned run pin themselves before any thread starts.
-    if let Err(error) = loadtest::pinning::pin_from_env() {
+    // Before any thread starts: children of a pinned run pin themselves, and the
+    // open-file limit is raised (inherited by every child: typha, kube-sim, workers).
+    let pinned = loadtest::pinning::pin_from_env();
+    if let Err(error) = pinned.and_then(|()| loadtest::procs::raise_open_files()) {
         eprintln!("loadtest: {error:#}");
         return ExitCode::FAILURE;
     }

@@ -94,6 +94,18 @@ impl ProcStats {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit. `main` calls it
+/// first in every mode, so the children (typha with thousands of agents' connections,
+/// the agent workers with one socket per agent) inherit the raised limit too.
+pub fn raise_open_files() -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
+    }
+    Ok(())
+}
+
 /// Resets this process's peak RSS (VmHWM) so the next scenario measures its own peak.
 /// Best effort: older kernels refuse, and then the peak is the process's lifetime peak.
 pub fn reset_peak_rss() {
@@ -332,6 +344,15 @@ mod tests {
         let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
+        raise_open_files().unwrap();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 
     #[test]

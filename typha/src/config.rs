@@ -13,8 +13,7 @@ use crate::drain::DrainConfig;
 use crate::health::HealthConfig;
 use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
-use edge::logging::LogFormat;
-use edge::metrics::Listen;
+use edge::cli::{ObserveArgs, ObserveEnv};
 use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The typha command line.
@@ -60,10 +59,6 @@ pub struct ServeArgs {
     /// Health listen address (/livez, /readyz for the probes; also /metrics).
     #[arg(long, env = "TYPHA_HEALTH_LISTEN", default_value = "0.0.0.0:9098")]
     pub health_listen: SocketAddr,
-    /// Metrics-only listen address for Prometheus (/metrics; k8s/ uses 0.0.0.0:9093 as
-    /// Calico does); "none" disables it.
-    #[arg(long, env = "TYPHA_METRICS_LISTEN", default_value = "none")]
-    pub metrics_listen: Listen,
     /// CA bundle that client certificates must chain to.
     #[arg(long, env = "TYPHA_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -109,12 +104,9 @@ pub struct ServeArgs {
     /// Use streaming lists (sendInitialEvents) for the initial list.
     #[arg(long, env = "TYPHA_STREAMING_LISTS")]
     pub streaming_lists: bool,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "TYPHA_LOG", default_value = "info")]
-    pub log: String,
-    /// Log line format: text (no colour unless a terminal) or json (one object per line).
-    #[arg(long, env = "TYPHA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// `--log`, `--log-format`, `--metrics-listen` (k8s/ uses 0.0.0.0:9093 for metrics).
+    #[command(flatten)]
+    pub observe: ObserveArgs<TyphaEnv>,
     /// Namespace of typha's own Service; with --service-name, typha counts its ready
     /// replicas from the Service's EndpointSlices and spreads the agents over them.
     #[arg(long, env = "TYPHA_SERVICE_NAMESPACE")]
@@ -150,6 +142,17 @@ pub struct ServeArgs {
     /// pods' interfaces in WorkloadEndpoints.
     #[arg(long, env = "TYPHA_INTERFACE_PREFIX", default_value = "cali")]
     pub interface_prefix: netmodel::InterfacePrefixes,
+}
+
+/// typha's environment variables for the logging and metrics flags.
+#[derive(Debug)]
+pub struct TyphaEnv;
+
+impl ObserveEnv for TyphaEnv {
+    const LOG: &'static str = "TYPHA_LOG";
+    const LOG_FORMAT: &'static str = "TYPHA_LOG_FORMAT";
+    const METRICS_LISTEN: &'static str = "TYPHA_METRICS_LISTEN";
+    const METRICS_PORT: u16 = 9093;
 }
 
 /// A configuration problem.

@@ -48,14 +48,7 @@ async fn drain_closes_the_listener_and_says_goodbye_to_everyone() {
     }
 
     let drain = tokio::spawn(typha.running.drain());
-    for client in &mut clients {
-        assert_eq!(
-            client.ending().await,
-            Ending::Goodbye(GoodbyeReason::Shutdown),
-            "{}",
-            client.name
-        );
-    }
+    ops_support::expect_endings(&mut clients, Ending::Goodbye(GoodbyeReason::Shutdown)).await;
     let report = drain.await.unwrap().unwrap();
     assert_eq!(
         report,

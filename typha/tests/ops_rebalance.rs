@@ -40,14 +40,7 @@ async fn excess_clients_are_told_to_move_down_to_exactly_the_target() {
     // 10 nodes over 2 replicas, no headroom: 5 each. The three newest must go.
     replicas.send_replace(2);
     let mut leaving = clients.split_off(5);
-    for client in &mut leaving {
-        assert_eq!(
-            client.ending().await,
-            Ending::Goodbye(GoodbyeReason::Rebalance),
-            "{}",
-            client.name
-        );
-    }
+    ops_support::expect_endings(&mut leaving, Ending::Goodbye(GoodbyeReason::Rebalance)).await;
     sessions.wait_for(|c| c.open == 5).await;
     let revision = typha.update(vec![ops_support::node(100)]).await;
     for client in &mut clients {

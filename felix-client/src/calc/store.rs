@@ -4,7 +4,9 @@
 //! indexes that let a new selector scan only its candidates.
 //!
 //! Keys are not stored: an object is found by a 128-bit hash of its key (the mirror
-//! keeps the keys), so a slot plus its map entry cost about 70 bytes. Strings, label
+//! keeps the keys), held beside its slot; the lookup table holds only slot ids (4 bytes
+//! and a control byte per bucket), so a slot with its key hash and table entry costs
+//! about 65 bytes. Strings, label
 //! sets, profile lists and port lists are interned with reference counts
 //! ([`Interner`]); pods of one workload share everything but their addresses.
 //!
@@ -14,7 +16,8 @@
 //! `own_inherited` exactly the live objects with an own label under an inherited prefix.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use hashbrown::HashTable;
 
 use netmodel::selector::{NAMESPACE_LABEL, Selector};
 use typha_proto::Key;
@@ -24,15 +27,10 @@ use super::idset::{IdSet, ObjId};
 use super::intern::{Id, Interner};
 use super::objects::{NewObj, Obj, PortName, Profiles};
 
-/// A 128-bit hash of a key: what the store finds objects by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A 128-bit hash of a key: what the store finds objects by (its first half is the
+/// lookup table's hash).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct KeyId(u64, u64);
-
-impl Hash for KeyId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0);
-    }
-}
 
 impl KeyId {
     fn of(key: &Key) -> KeyId {
@@ -43,24 +41,6 @@ impl KeyId {
         h.update(key.name().as_bytes());
         let v = h.digest128();
         KeyId(v as u64, (v >> 64) as u64)
-    }
-}
-
-/// A hasher for values that are hashes already ([`KeyId`]): it passes them through.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
     }
 }
 
@@ -108,8 +88,11 @@ fn inherited_part(sel: &Selector) -> Option<Selector> {
 #[derive(Default)]
 pub(super) struct Store {
     slots: Vec<Option<Obj>>,
+    /// The key hash of each slot (meaningful while the slot is live).
+    keys: Vec<KeyId>,
     free: Vec<ObjId>,
-    ids: HashMap<KeyId, ObjId, BuildHasherDefault<PassThrough>>,
+    /// Live slots by their key hash.
+    ids: HashTable<ObjId>,
     strings: Interner<str>,
     label_sets: Interner<[(Id, Id)]>,
     lists: Interner<[Id]>,
@@ -133,7 +116,13 @@ impl Store {
     /// The slot of the object stored under `key`.
     #[cfg(test)]
     pub fn id_of(&self, key: &Key) -> Option<ObjId> {
-        self.ids.get(&KeyId::of(key)).copied()
+        self.find(KeyId::of(key))
+    }
+
+    fn find(&self, key: KeyId) -> Option<ObjId> {
+        let keys = &self.keys;
+        let same = |id: &ObjId| keys.get(*id as usize) == Some(&key);
+        self.ids.find(key.0, same).copied()
     }
 
     /// Stores `new` under `key` (or with `None` removes it). Returns the slot and the
@@ -141,17 +130,10 @@ impl Store {
     /// hands it to [`Store::forget`] (so both can be evaluated side by side).
     pub fn replace(&mut self, key: &Key, new: Option<&NewObj<'_>>) -> Option<(ObjId, Option<Obj>)> {
         let key_id = KeyId::of(key);
-        let id = match (self.ids.get(&key_id), new) {
-            (Some(id), _) => *id,
+        let id = match (self.find(key_id), new) {
+            (Some(id), _) => id,
             (None, None) => return None,
-            (None, Some(_)) => {
-                let id = self.free.pop().unwrap_or_else(|| {
-                    self.slots.push(None);
-                    ObjId::try_from(self.slots.len() - 1).unwrap_or(ObjId::MAX)
-                });
-                self.ids.insert(key_id, id);
-                id
-            }
+            (None, Some(_)) => self.allocate(key_id),
         };
         let new = new.map(|n| self.intern(n));
         let old = std::mem::replace(self.slots.get_mut(id as usize)?, new.clone());
@@ -161,11 +143,31 @@ impl Store {
         match &new {
             Some(n) => self.index(id, n),
             None => {
-                self.ids.remove(&key_id);
+                let keys = &self.keys;
+                let same = |id: &ObjId| keys.get(*id as usize) == Some(&key_id);
+                if let Ok(entry) = self.ids.find_entry(key_id.0, same) {
+                    entry.remove();
+                }
                 self.free.push(id);
             }
         }
         Some((id, old))
+    }
+
+    /// A free slot for the key `key_id`, registered under it.
+    fn allocate(&mut self, key_id: KeyId) -> ObjId {
+        let id = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.keys.push(KeyId::default());
+            ObjId::try_from(self.slots.len() - 1).unwrap_or(ObjId::MAX)
+        });
+        if let Some(k) = self.keys.get_mut(id as usize) {
+            *k = key_id;
+        }
+        let keys = &self.keys;
+        let hash = |id: &ObjId| keys.get(*id as usize).map_or(0, |k| k.0);
+        self.ids.insert_unique(key_id.0, id, hash);
+        id
     }
 
     /// Releases the interned references of an object no slot holds any more.
@@ -337,7 +339,7 @@ impl Store {
     /// objects carrying such labels themselves; otherwise every object.
     pub fn candidates_for(&self, sel: &Selector) -> Vec<ObjId> {
         let Some(part) = inherited_part(sel) else {
-            return self.ids.values().copied().collect();
+            return self.ids.iter().copied().collect();
         };
         let mut out: Vec<ObjId> = self.own_inherited.iter().collect();
         for (list, ids) in &self.by_list {

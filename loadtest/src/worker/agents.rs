@@ -2,8 +2,8 @@
 //! a single-threaded runtime, answers the parent's commands from stdin and reports on
 //! stdout (see the module docs of [`super`] for the protocol).
 //!
-//! Invariants: the process's open-file limit is raised to its hard limit first (one
-//! socket per agent); state messages go out on every change notification and at least
+//! Invariants: the process's open-file limit was raised to its hard limit by `main`
+//! before anything else (one socket per agent); state messages go out on every change notification and at least
 //! every [`STATE_EVERY`], latency deltas every [`LATENCY_EVERY`]; on stop (or when stdin
 //! closes) every agent is stopped and its final digest reported before the process exits.
 
@@ -35,7 +35,6 @@ pub fn worker_main(args: &[String]) -> ExitCode {
         };
         let text = std::fs::read(path).with_context(|| format!("reading {path}"))?;
         let spec: WorkerSpec = serde_json::from_slice(&text).context("the worker spec")?;
-        raise_open_files()?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -49,16 +48,6 @@ pub fn worker_main(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Raises the soft limit on open files to the hard limit (each agent holds a socket).
-fn raise_open_files() -> anyhow::Result<()> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
-    }
-    Ok(())
 }
 
 /// What the worker last told the parent.

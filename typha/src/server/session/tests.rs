@@ -16,20 +16,12 @@ use typha_proto::pb::{self, GoodbyeReason, client_message};
 use typha_proto::{Key, Kind, PROTOCOL_VERSION, Update, Value};
 
 use super::{DropReason, Session};
+use crate::fixtures::node;
 use crate::hub::{Hub, HubConfig};
 use crate::server::{
     ConnStats, KillSwitch, OpenStreams, PeerInfo, ServerConfig, SessionEnded, SessionEnds,
 };
 use snapshot_cache::CacheConfig;
-
-fn node(name: &str) -> Update {
-    let key = Key::new(Kind::Node, "", name).unwrap();
-    let value = Value::Node(pb::Node {
-        name: name.to_string(),
-        ..Default::default()
-    });
-    Update::new(key, Some(value)).unwrap()
-}
 
 /// A hub in sync holding one node, keeping at most `history` batches.
 fn hub(history: usize) -> Hub {
