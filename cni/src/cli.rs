@@ -115,16 +115,9 @@ fn install_from(args: InstallArgs) -> anyhow::Result<String> {
 /// Runs `felix-cni install` with `args` (the first is `install`).
 pub fn run_install(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = match InstallArgs::try_parse_from(args) {
+    let args: InstallArgs = match edge::cli::parse(args) {
         Ok(args) => args,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match install_from(args) {
         Ok(summary) => {

@@ -18,7 +18,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::cases::run_cases;
@@ -26,32 +26,10 @@ use common::{Rig, RigConfig};
 use netlab::cni::CniWiring;
 use netlab::{NodeInfo, PodInfo, PodSpec, Topology};
 use serde_json::{Value as Json, json};
+use testkit::Scratch;
 
 /// The network name (host-local keeps its reservations under `<dataDir>/<name>`).
 const NETWORK: &str = "k8s-pod-network";
-
-/// A scratch directory for host-local's reservations and the plugin's log, removed on
-/// drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("felix-cni-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A node's network config: `prefix` interfaces, host-local on the node's pod CIDR
 /// (or `range` within it: `(first, last)` host octets).
@@ -92,7 +70,7 @@ fn in_pod_cidr(ip: Ipv4Addr, node: &NodeInfo) -> bool {
 
 /// Runs every NetworkPolicy case on a bench wired by the plugin with `prefix`.
 async fn policies_hold_with_prefix(prefix: &str) {
-    let state = Scratch::new(&format!("policy-{prefix}"));
+    let state = Scratch::new(&format!("felix-cni-policy-{prefix}"));
     let config = RigConfig {
         cni: Some(wiring(prefix, state.path(), None)),
         interface_prefixes: prefix.parse().unwrap(),
@@ -166,7 +144,7 @@ fn with_prev_result(mut config: Json, ip: Ipv4Addr) -> Json {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_verifies_and_del_is_idempotent() {
     common::init();
-    let state = Scratch::new("lifecycle");
+    let state = Scratch::new("felix-cni-lifecycle");
     let topo = Topology::builder()
         .nodes(1)
         .pod(PodSpec::new("x", "a", 0))
@@ -235,7 +213,7 @@ async fn scratch_pod(topo: &mut Topology, name: &str) -> PodInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_adds_answer_cni_errors_and_leave_nothing_behind() {
     common::init();
-    let state = Scratch::new("errors");
+    let state = Scratch::new("felix-cni-errors");
     // host-local may hand out exactly one address on this node.
     let mut topo = Topology::builder()
         .nodes(1)

@@ -1,6 +1,8 @@
 //! The edge both binaries share: everything typha and felix-client need to reach each
 //! other and to stop cleanly, and nothing of either one's core.
 //!
+//! - [`cli`]: parsing with clap's exit codes, error chains to exit codes, and the
+//!   logging/metrics flags every binary takes;
 //! - [`tls`]: identities, verifiers, the flags' transport choice, hot reload of files;
 //! - [`certs`]: the development PKI (`typha certs`, tests);
 //! - [`discovery`]: ready typha endpoints from the Service's EndpointSlices (felix-client
@@ -14,6 +16,7 @@
 //! Neither binary's crate is a dependency: typha and felix-client both depend on this.
 
 pub mod certs;
+pub mod cli;
 pub mod discovery;
 pub mod logging;
 pub mod metrics;

@@ -28,16 +28,9 @@ pub struct CleanupArgs {
 
 /// Runs the subcommand with `args` (the first is `cleanup`).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let args = match CleanupArgs::try_parse_from(args) {
+    let args: CleanupArgs = match edge::cli::parse(args) {
         Ok(args) => args,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     tracing_subscriber::fmt()
         .with_env_filter("info")
@@ -66,6 +59,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 report.ipsets_destroyed,
                 dataplane::ROUTE_PROTOCOL
             );
+            for tunnel in &report.tunnels {
+                println!("tunnel device {tunnel}");
+            }
             if !report.foreign_tables.is_empty() {
                 println!(
                     "left alone (another agent owns cali- chains there): {}",

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use edge::discovery::Discovery;
 use edge::tls::{TlsMaterial, TransportChoice, client_config};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -40,25 +39,11 @@ where
     if args.get(1).is_some_and(|a| a == "cleanup") {
         return crate::cleanup_cli::run(args.into_iter().skip(1));
     }
-    let cli = match Cli::try_parse_from(args) {
+    let cli: Cli = match edge::cli::parse(args) {
         Ok(cli) => cli,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let chain = edge::logging::join_chain(error.chain().map(ToString::to_string));
-            eprintln!("felix-client: {chain}");
-            ExitCode::FAILURE
-        }
-    }
+    edge::cli::exit_code("felix-client", run(cli))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -93,15 +78,18 @@ async fn sync(
             Ok(())
         }),
         Dataplane::Iptables => {
-            let calc = Calc::new(CalcConfig {
-                node_name: config.node_name.clone(),
-                mode: match config.mode {
-                    Mode::PolicyOnly => CalcMode::PolicyOnly,
-                    Mode::Networking => CalcMode::Networking,
+            let calc = Calc::with_hosts(
+                CalcConfig {
+                    node_name: config.node_name.clone(),
+                    mode: match config.mode {
+                        Mode::PolicyOnly => CalcMode::PolicyOnly,
+                        Mode::Networking => CalcMode::Networking,
+                    },
+                    cluster_cidrs: config.cluster_cidrs.clone(),
+                    interface_prefixes: config.interface_prefixes.clone(),
                 },
-                cluster_cidrs: config.cluster_cidrs.clone(),
-                interface_prefixes: config.interface_prefixes.clone(),
-            });
+                config.hosts.clone(),
+            );
             let dataplane_config = DataplaneConfig {
                 netns: config.netns.clone(),
                 refresh_interval: config.dataplane_refresh,

@@ -6,14 +6,17 @@
 //! API in local mode) and not before the first sync, nor while reconnecting; the lead can
 //! combine it with the dataplane's own state.
 //!
+//! Readiness reads the sync client through the small [`SyncProgress`] trait, not the
+//! client itself (so this module does not depend on `crate::sync`).
+//!
 //! Metrics are process-global (the `metrics` facade): right for the binary. Tests that run
 //! several clients in one process read per-client counts from `SyncStatus` instead.
-//! [`register_sync_metrics`] creates every `felix_sync_*` series at zero, so a scrape
-//! shows them all before anything happened.
+//! [`install_recorder`] also creates every `felix_sync_*` series at zero
+//! (`crate::metrics::register_sync_series`), so a scrape shows them all before anything
+//! happened.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -22,8 +25,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::sync::{RECONNECT_REASONS, SyncStatus};
 
 /// Decides readiness: `Ok` when ready, else why not (the `/readyz` body).
 pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -56,12 +57,21 @@ impl HealthServer {
     }
 }
 
-/// Ready while `status` says the mirror is in sync with its source.
-pub fn sync_ready(status: Arc<SyncStatus>) -> ReadyCheck {
+/// What readiness needs to know of a sync source (the sync client's `SyncStatus`, or
+/// a test's stand-in), and nothing more.
+pub trait SyncProgress: Send + Sync {
+    /// Whether the mirror equals its source's state now.
+    fn is_in_sync(&self) -> bool;
+    /// Whether the mirror has been in sync at least once.
+    fn has_synced(&self) -> bool;
+}
+
+/// Ready while `progress` says the mirror is in sync with its source.
+pub fn sync_ready<P: SyncProgress + 'static>(progress: Arc<P>) -> ReadyCheck {
     Arc::new(move || {
-        if status.in_sync.load(Ordering::Relaxed) {
+        if progress.is_in_sync() {
             Ok(())
-        } else if status.has_synced() {
+        } else if progress.has_synced() {
             Err("reconnecting to typha\n".into())
         } else {
             Err("not in sync yet\n".into())
@@ -72,36 +82,8 @@ pub fn sync_ready(status: Arc<SyncStatus>) -> ReadyCheck {
 /// Installs the process-global Prometheus recorder and registers the sync metrics.
 pub fn install_recorder() -> Result<PrometheusHandle, edge::metrics::MetricsError> {
     let handle = crate::metrics::install()?;
-    register_sync_metrics();
+    crate::metrics::register_sync_series();
     Ok(handle)
-}
-
-/// Describes every `felix_sync_*` metric and creates each series at zero (idempotent).
-pub fn register_sync_metrics() {
-    metrics::describe_gauge!(
-        "felix_sync_in_sync",
-        "1 while the mirror equals its source's state"
-    );
-    metrics::describe_gauge!("felix_sync_keys", "keys in the mirror");
-    metrics::describe_counter!(
-        "felix_sync_digest_mismatches_total",
-        "frames refused because the state digest did not match"
-    );
-    metrics::describe_counter!(
-        "felix_sync_reconnects_total",
-        "sessions that ended and were retried, by reason"
-    );
-    metrics::describe_gauge!(
-        "felix_sync_typha_candidates",
-        "typha endpoints the client may connect to"
-    );
-    metrics::gauge!("felix_sync_in_sync").increment(0.0);
-    metrics::gauge!("felix_sync_keys").increment(0.0);
-    metrics::gauge!("felix_sync_typha_candidates").increment(0.0);
-    metrics::counter!("felix_sync_digest_mismatches_total").increment(0);
-    for reason in RECONNECT_REASONS {
-        metrics::counter!("felix_sync_reconnects_total", "reason" => *reason).increment(0);
-    }
 }
 
 /// Binds `listen` and serves `/livez`, `/readyz` (from `ready`) and `/metrics` (from

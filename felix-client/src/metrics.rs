@@ -5,24 +5,22 @@
 //! Invariant: a family added anywhere in felix-client gets a line in [`FAMILIES`]; the
 //! ops_metrics test scrapes `/metrics` and fails on any family without HELP.
 
-use clap::Args;
-use edge::logging::LogFormat;
-use edge::metrics::Listen;
+use edge::cli::ObserveEnv;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Logging and metrics flags (flattened into the command line).
-#[derive(Clone, Debug, Args)]
-pub struct ObserveArgs {
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "FELIX_LOG", default_value = "info")]
-    pub log: String,
-    /// Log line format: text (no colour unless a terminal) or json (one object per line).
-    #[arg(long, env = "FELIX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Metrics-only listen address for Prometheus (/metrics; k8s/ uses 0.0.0.0:9091 as
-    /// Calico does); "none" disables it. /metrics is also on --health-listen.
-    #[arg(long, env = "FELIX_METRICS_LISTEN", default_value = "none")]
-    pub metrics_listen: Listen,
+/// Logging and metrics flags (flattened into the command line; /metrics is also on
+/// --health-listen).
+pub type ObserveArgs = edge::cli::ObserveArgs<FelixEnv>;
+
+/// felix-client's environment variables for the logging and metrics flags.
+#[derive(Debug)]
+pub struct FelixEnv;
+
+impl ObserveEnv for FelixEnv {
+    const LOG: &'static str = "FELIX_LOG";
+    const LOG_FORMAT: &'static str = "FELIX_LOG_FORMAT";
+    const METRICS_LISTEN: &'static str = "FELIX_METRICS_LISTEN";
+    const METRICS_PORT: u16 = 9091;
 }
 
 /// Every felix-client family and its HELP text, by type.
@@ -91,6 +89,23 @@ pub fn describe() {
         env!("CARGO_PKG_VERSION"),
         option_env!("GIT_COMMIT"),
     );
+}
+
+/// Describes the `felix_sync_*` families and creates each series at zero, so a scrape
+/// shows them all before anything happened (idempotent; the sync client calls it).
+pub fn register_sync_series() {
+    let sync = |&&(name, _): &&(&str, &str)| name.starts_with("felix_sync_");
+    for &(name, help) in COUNTERS.iter().filter(sync) {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES.iter().filter(sync) {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).increment(0.0);
+    }
+    metrics::counter!("felix_sync_digest_mismatches_total").increment(0);
+    for reason in crate::reconnect::RECONNECT_REASONS {
+        metrics::counter!("felix_sync_reconnects_total", "reason" => *reason).increment(0);
+    }
 }
 
 /// Installs the process-global recorder (histograms with buckets, `process_*` metrics)

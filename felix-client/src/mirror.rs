@@ -2,7 +2,7 @@
 //! batches, and proven equal to the server's by the digest.
 //!
 //! Pure: frames in, changes out, no I/O. Compact: per key the mirror keeps only the
-//! key and its 16-byte entry hash, which is all the digest needs (a delete or update
+//! key (its namespace shared, see [`key`]) and its 16-byte entry hash, which is all the digest needs (a delete or update
 //! subtracts the old hash) and all a snapshot needs to tell a changed key from an
 //! unchanged one. Values are handed on as changes and held once, by whoever consumes
 //! them (the calc keeps its own compact form of what it uses). Invariants:
@@ -23,12 +23,16 @@
 //!   `CAPABILITY_RESOURCE_VERSIONS`: set at InSync and by a rebase batch, raised by
 //!   every delta batch, and sent back in the resume position.
 
+mod key;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use typha_proto::digest::EntryHash;
 use typha_proto::frame::{RawDeltaBatch, RawSnapshotEntries};
 use typha_proto::{Digest, Key, ModelError, Revision, Update, VersionVector, pb};
+
+use key::{MirrorKey, Namespaces};
 
 /// Decompressed snapshot chunks larger than this are refused (a hostile or broken
 /// server cannot make the client allocate without bound).
@@ -107,7 +111,7 @@ struct Staging {
     revision: u64,
     next_chunk: u32,
     count: u32,
-    entries: HashMap<Key, EntryHash>,
+    entries: HashMap<MirrorKey, EntryHash>,
     digest: Digest,
     chunks: Vec<StagedChunk>,
 }
@@ -115,7 +119,9 @@ struct Staging {
 /// The mirror (see the module docs).
 #[derive(Default)]
 pub struct Mirror {
-    entries: HashMap<Key, EntryHash>,
+    entries: HashMap<MirrorKey, EntryHash>,
+    /// The namespaces of the keys in `entries` and in the staged snapshot.
+    namespaces: Namespaces,
     digest: Digest,
     revision: Revision,
     epoch: String,
@@ -176,25 +182,25 @@ impl Mirror {
 
     /// The entry hash held for `key` (the hash of its encoded `KeyValue`).
     pub fn get(&self, key: &Key) -> Option<EntryHash> {
-        self.entries.get(key).copied()
+        let key = self.namespaces.lookup(key)?;
+        self.entries.get(&key).copied()
     }
 
     /// Every key with its entry hash, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, EntryHash)> {
-        self.entries.iter().map(|(k, h)| (k, *h))
+    pub fn iter(&self) -> impl Iterator<Item = (Key, EntryHash)> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|(k, h)| Some((k.to_key()?, *h)))
     }
 
     /// The mirror's own accounting of the heap it holds, in bytes: the map's slots
-    /// (key and hash inline, one control byte each) plus each key's string buffers.
-    /// An estimate of what the allocator hands out, for budgets and benches.
+    /// (compact key and hash inline, one control byte each), each key's name buffer and
+    /// the shared namespaces. An estimate of what the allocator hands out, for budgets
+    /// and benches.
     pub fn heap_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(Key, EntryHash)>() + 1;
-        let strings: usize = self
-            .entries
-            .keys()
-            .map(|k| k.namespace().len() + k.name().len())
-            .sum();
-        self.entries.capacity() * slot + strings
+        let slot = std::mem::size_of::<(MirrorKey, EntryHash)>() + 1;
+        let names: usize = self.entries.keys().map(MirrorKey::name_len).sum();
+        self.entries.capacity() * slot + names + self.namespaces.heap_bytes()
     }
 
     /// Where to resume from, once the mirror has synced with a server of `epoch`.
@@ -298,7 +304,8 @@ impl Mirror {
                 continue;
             }
             let hash = EntryHash::of(&encoded);
-            if let Some(old) = staging.entries.insert(update.key, hash) {
+            let key = self.namespaces.key(&update.key);
+            if let Some(old) = staging.entries.insert(key, hash) {
                 staging.digest.remove(old);
             }
             staging.digest.add(hash);
@@ -343,9 +350,11 @@ impl Mirror {
             .filter(|key| !staging.entries.contains_key(*key))
             .count();
         let old = std::mem::replace(&mut self.entries, staging.entries);
+        self.namespaces.prune();
         let changes = SnapshotChanges {
             chunks: staging.chunks.into_iter(),
             old,
+            namespaces: self.namespaces.clone(),
             len: changed + deleted,
             deletions_done: false,
         };
@@ -386,7 +395,7 @@ impl Mirror {
         for encoded in &batch.updates {
             let update = Update::decode(encoded)?;
             let hash = EntryHash::of(encoded);
-            let old = self.entries.get(&update.key).copied();
+            let old = self.get(&update.key);
             match (&update.value, old) {
                 (Some(_), Some(old)) => digest.replace(old, hash),
                 (Some(_), None) => digest.add(hash),
@@ -406,13 +415,16 @@ impl Mirror {
         for (update, hash) in decoded {
             match update.value {
                 Some(_) => {
-                    let old = self.entries.insert(update.key.clone(), hash);
+                    let key = self.namespaces.key(&update.key);
+                    let old = self.entries.insert(key, hash);
                     if old != Some(hash) {
                         changes.push(update);
                     }
                 }
                 None => {
-                    if self.entries.remove(&update.key).is_some() {
+                    let key = self.namespaces.lookup(&update.key);
+                    if key.is_some_and(|k| self.entries.remove(&k).is_some()) {
+                        self.namespaces.deleted();
                         changes.push(update);
                     }
                 }
@@ -446,7 +458,9 @@ impl Mirror {
 pub struct SnapshotChanges {
     chunks: std::vec::IntoIter<StagedChunk>,
     /// The old mirror's entries not yet seen in the snapshot.
-    old: HashMap<Key, EntryHash>,
+    old: HashMap<MirrorKey, EntryHash>,
+    /// The namespaces of `old`'s keys (for lookups).
+    namespaces: Namespaces,
     len: usize,
     deletions_done: bool,
 }
@@ -491,7 +505,9 @@ impl SnapshotChanges {
             if update.value.is_none() {
                 continue;
             }
-            if self.old.remove(&update.key) != Some(EntryHash::of(&encoded)) {
+            let old = self.namespaces.lookup(&update.key);
+            let old = old.and_then(|k| self.old.remove(&k));
+            if old != Some(EntryHash::of(&encoded)) {
                 changes.push(update);
             }
         }
@@ -512,7 +528,7 @@ impl Iterator for SnapshotChanges {
         self.deletions_done = true;
         let deletions = std::mem::take(&mut self.old)
             .into_keys()
-            .map(Update::delete)
+            .filter_map(|k| Some(Update::delete(k.to_key()?)))
             .collect();
         Some(deletions)
     }

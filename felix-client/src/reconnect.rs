@@ -55,6 +55,17 @@ pub enum Delay {
     Backoff(u32),
 }
 
+/// Every `reason` label of `felix_sync_reconnects_total`.
+pub const RECONNECT_REASONS: &[&str] = &[
+    "goodbye_rebalance",
+    "goodbye_shutdown",
+    "goodbye_resync",
+    "goodbye_protocol_error",
+    "goodbye_unspecified",
+    "connect_error",
+    "error",
+];
+
 /// What counts the reconnect goes into (`SyncStatus` counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counted {

@@ -39,6 +39,7 @@ use crate::mirror::{Mirror, MirrorError};
 use crate::reconnect;
 
 mod status;
+pub use crate::reconnect::RECONNECT_REASONS;
 pub use status::SyncStatus;
 
 /// What the sync client tells the rest of the agent.
@@ -137,17 +138,6 @@ pub enum SyncError {
     },
 }
 
-/// Every `reason` label of `felix_sync_reconnects_total`.
-pub const RECONNECT_REASONS: &[&str] = &[
-    "goodbye_rebalance",
-    "goodbye_shutdown",
-    "goodbye_resync",
-    "goodbye_protocol_error",
-    "goodbye_unspecified",
-    "connect_error",
-    "error",
-];
-
 /// How a session ended.
 #[derive(Debug)]
 enum SessionEnd {
@@ -213,7 +203,7 @@ impl SyncClient {
         if self.config.typha.is_empty_fixed() {
             return Err(SyncError::NoAddresses);
         }
-        crate::health::register_sync_metrics();
+        crate::metrics::register_sync_series();
         let status = self.status.clone();
         let mut source = self.config.typha.clone();
         let mut picker = Picker::new(self.config.node_name.clone());

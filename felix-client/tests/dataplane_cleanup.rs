@@ -2,7 +2,8 @@
 //! owns in a namespace (hooks, `cali-` chains, `cali` ipsets, protocol-80 routes) while
 //! foreign rules, chains, sets and routes stay; and the agent refuses to start where
 //! another agent (Calico's Felix) owns the `cali-` chains, whose chains cleanup leaves
-//! alone too.
+//! alone too. Cleanup also deletes `vxlan.calico` (and deletes or downs `tunl0` where
+//! the kernel has one).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dataplane_support;
@@ -10,6 +11,7 @@ mod dataplane_support;
 use std::sync::Arc;
 
 use dataplane_support::{Netns, node, root};
+use felix_client::calc::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VxlanDevice};
 use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup, preflight};
 
 /// Every line of both iptables flavours' output (filter and nat, both families) that
@@ -83,6 +85,52 @@ async fn cleanup_removes_everything_owned_and_nothing_else() {
     // Idempotent: a second run finds nothing to do.
     let again = cleanup(&ns.config()).await.unwrap();
     assert_eq!((again.tables_cleaned, again.ipsets_destroyed), (0, 0));
+}
+
+#[tokio::test]
+async fn cleanup_removes_the_tunnel_devices() {
+    if !root() {
+        return;
+    }
+    let ns = Netns::new(1);
+    let mut d = node(1, true);
+    d.tunnels.vxlan = Some(VxlanDevice {
+        vni: 4096,
+        port: 4789,
+        local: "192.168.50.1".parse().unwrap(),
+        mac: "66:00:00:00:00:01".into(),
+        mtu: 1450,
+    });
+    d.tunnels.ipip_mtu = Some(1480);
+    let mut dp = ns.dataplane().await;
+    let report = dp.apply(&d).await;
+    // tunl0 fails on kernels without ipip; vxlan.calico is made first either way.
+    assert!(
+        ns.ip(&["link", "show"]).contains(VXLAN_DEVICE),
+        "{report:?}"
+    );
+    let has_tunl0 = ns.ip(&["link", "show"]).contains(IPIP_DEVICE);
+    drop(dp);
+
+    let report = cleanup(&ns.config()).await.unwrap();
+    let links = ns.ip(&["link", "show"]);
+    assert!(!links.contains(VXLAN_DEVICE), "{links}");
+    assert!(
+        report.tunnels.contains(&format!("{VXLAN_DEVICE} deleted")),
+        "{report:?}"
+    );
+    if has_tunl0 {
+        let up = links
+            .lines()
+            .any(|l| l.contains(&format!(" {IPIP_DEVICE}@")) && l.contains(",UP"));
+        assert!(!up, "{links}");
+        assert_eq!(report.tunnels.len(), 2, "{report:?}");
+    } else {
+        println!("SKIPPED the tunl0 part: this kernel has no ipip support");
+        assert_eq!(report.tunnels.len(), 1, "{report:?}");
+    }
+    let again = cleanup(&ns.config()).await.unwrap();
+    assert!(again.tunnels.len() <= usize::from(has_tunl0), "{again:?}");
 }
 
 #[tokio::test]

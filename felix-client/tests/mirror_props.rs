@@ -36,7 +36,7 @@ fn hashes(state: &State) -> Hashes {
 }
 
 fn mirror_hashes(mirror: &Mirror) -> Hashes {
-    mirror.iter().map(|(k, h)| (k.clone(), h)).collect()
+    mirror.iter().collect()
 }
 
 /// The key space: small, so that updates collide (replace, delete, re-add, no-op).

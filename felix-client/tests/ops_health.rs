@@ -15,30 +15,11 @@ use felix_client::local::run_local;
 use felix_client::{SyncEvent, SyncStatus};
 use kube_sim::KubeSim;
 use netmodel::UpstreamConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::http_get;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// GET `path` over HTTP/1.1; the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
 
 fn assert_series(metrics: &str) {
     for name in [
@@ -74,10 +55,10 @@ async fn readyz_follows_the_sync_and_metrics_name_every_series() {
     .unwrap();
     let addr = server.addr;
 
-    assert_eq!(get(addr, "/livez").await, (200, "ok\n".to_string()));
-    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(http_get(addr, "/livez").await, (200, "ok\n".to_string()));
+    let (code, body) = http_get(addr, "/readyz").await;
     assert_eq!((code, body.as_str()), (503, "not in sync yet\n"));
-    let (code, metrics) = get(addr, "/metrics").await;
+    let (code, metrics) = http_get(addr, "/metrics").await;
     assert_eq!(code, 200);
     assert_series(&metrics);
     assert!(metrics.contains("felix_sync_in_sync 0"), "{metrics}");
@@ -105,8 +86,11 @@ async fn readyz_follows_the_sync_and_metrics_name_every_series() {
         .await
         .expect("never in sync");
 
-    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_string()));
-    let (_, metrics) = get(addr, "/metrics").await;
+    assert_eq!(
+        http_get(addr, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
+    let (_, metrics) = http_get(addr, "/metrics").await;
     assert_series(&metrics);
     assert!(metrics.contains("felix_sync_in_sync 1"), "{metrics}");
     for name in [
@@ -131,11 +115,15 @@ async fn readyz_follows_the_sync_and_metrics_name_every_series() {
     )
     .await
     .unwrap();
-    let (code, scraped) = get(scrape.addr, "/metrics").await;
+    let (code, scraped) = http_get(scrape.addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(scraped.contains("felix_sync_in_sync 1"), "{scraped}");
     assert_eq!(edge::metrics::lint(&scraped), Vec::<String>::new());
-    assert_eq!(get(scrape.addr, "/readyz").await.0, 404, "metrics only");
+    assert_eq!(
+        http_get(scrape.addr, "/readyz").await.0,
+        404,
+        "metrics only"
+    );
 
     // Stopped: no longer in sync, so not ready.
     shutdown.cancel();

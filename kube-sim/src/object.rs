@@ -95,7 +95,12 @@ impl StoredObject {
 
 /// The current time as RFC 3339 with second precision, the format Kubernetes uses.
 pub fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `t` as RFC 3339 with second precision, in UTC (`2006-01-02T15:04:05Z`).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),

@@ -140,15 +140,7 @@ fn time(b: &[u8]) -> Result<Value, ProtoError> {
         return Ok(Value::Null);
     }
     let t = time::OffsetDateTime::from_unix_timestamp(secs).map_err(malformed)?;
-    Ok(json!(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )))
+    Ok(json!(crate::object::rfc3339(t)))
 }
 
 fn int_or_string(b: &[u8]) -> Result<Value, ProtoError> {

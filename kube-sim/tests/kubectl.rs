@@ -2,14 +2,12 @@
 //! delete, `get -w` and `get --chunk-size`. Uses a throw-away kubeconfig and cache dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Kubectl;
 use kube_sim::{Config, KubeSim};
 use serde_json::{Value, json};
+use testkit::Kubectl;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MANIFEST: &str = r#"
@@ -68,7 +66,7 @@ fn pod(sim: &KubeSim, name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_get_label_patch_delete() {
     let sim = KubeSim::start(Config::default()).await.unwrap();
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     let manifest = k.dir.join("manifest.yaml");
     std::fs::write(&manifest, MANIFEST).unwrap();
     let manifest = manifest.to_str().unwrap();
@@ -211,7 +209,7 @@ async fn kubectl_apply_get_label_patch_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_watch_observes_changes() {
     let sim = KubeSim::start(Config::default()).await.unwrap();
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     let store = sim.store().clone();
     store
         .create_object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "first", "namespace": "w"}}))
@@ -260,7 +258,7 @@ async fn kubectl_get_watch_observes_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_chunk_size_paginates() {
     let sim = KubeSim::start(Config::default()).await.unwrap();
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     for i in 0..5 {
         sim.store()
             .create_object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{i}")}}))

@@ -6,14 +6,12 @@
 //! error texts for an unknown field and an invalid name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use common::Kubectl;
 use kube_sim::{Config, KubeSim, SeedConfig};
 use serde_json::Value;
+use testkit::Kubectl;
 
 async fn sim_with_nodes() -> KubeSim {
     let sim = KubeSim::start(Config::default()).await.unwrap();
@@ -62,7 +60,7 @@ fn assert_addressed(pods: &[(String, String, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_creates_dry_run_and_json_patch() {
     let sim = sim_with_nodes().await;
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     let store = sim.store().clone();
     k.ok(&["create", "namespace", "demo"]).await;
     let ns = store.get_object("v1", "Namespace", "", "demo").unwrap();
@@ -324,7 +322,7 @@ async fn typed_creates_dry_run_and_json_patch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_scale_roll_out_and_namespaces_delete_with_contents() {
     let sim = sim_with_nodes().await;
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     k.ok(&["create", "namespace", "shop"]).await;
     k.ok(&[
         "create",
@@ -337,15 +335,7 @@ async fn deployments_scale_roll_out_and_namespaces_delete_with_contents() {
         "--port=80",
     ])
     .await;
-    k.ok(&[
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        "shop",
-        "--timeout=60s",
-    ])
-    .await;
+    k.rollout("web", "shop").await;
     let running = pods(&sim, "shop");
     assert_eq!(running.len(), 3, "{running:?}");
     assert_addressed(&running);
@@ -364,29 +354,13 @@ async fn deployments_scale_roll_out_and_namespaces_delete_with_contents() {
 
     k.ok(&["scale", "deployment", "web", "-n", "shop", "--replicas=5"])
         .await;
-    k.ok(&[
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        "shop",
-        "--timeout=60s",
-    ])
-    .await;
+    k.rollout("web", "shop").await;
     let scaled = pods(&sim, "shop");
     assert_eq!(scaled.len(), 5, "{scaled:?}");
     assert_addressed(&scaled);
     k.ok(&["scale", "deployment", "web", "-n", "shop", "--replicas=2"])
         .await;
-    k.ok(&[
-        "rollout",
-        "status",
-        "deployment/web",
-        "-n",
-        "shop",
-        "--timeout=60s",
-    ])
-    .await;
+    k.rollout("web", "shop").await;
     assert_eq!(pods(&sim, "shop").len(), 2);
 
     k.ok(&["expose", "deployment", "web", "-n", "shop", "--port=80"])
@@ -442,7 +416,7 @@ async fn deployments_scale_roll_out_and_namespaces_delete_with_contents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_auth_and_the_errors_kubectl_prints() {
     let sim = sim_with_nodes().await;
-    let k = Kubectl::new(&sim);
+    let k = Kubectl::new(&sim.url());
     let out = k.ok(&["explain", "deployment.spec.replicas"]).await;
     assert!(out.contains("FIELD: replicas <integer>"), "{out}");
     let out = k.ok(&["explain", "pods.spec.containers"]).await;

@@ -5,7 +5,8 @@
 //! host-network pods get the node IP, and pods that already have an address (seeded,
 //! or the load test's churn) are never touched. `simulate_pods: false` turns it off
 //! (namespaces are then deleted at once instead of terminating).
-//! Conditions are polled under a generous deadline.
+//! Dual-stack nodes give their pods an address from each pod CIDR, IPv6-only nodes an
+//! IPv6 address. Conditions are polled under a generous deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -135,6 +136,82 @@ async fn addresses_are_unique_released_and_only_given_to_pods_without_one() {
         created,
         "a pod with an address was changed"
     );
+    sim.shutdown().await;
+}
+
+fn node_with(name: &str, cidrs: &[&str], ips: &[&str]) -> Value {
+    let addresses: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+           "status": {"addresses": addresses,
+                      "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn ips_of(store: &Store, name: &str) -> Vec<String> {
+    let pod = get(store, name);
+    let list = pod["status"]["podIPs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .map(|p| p["ip"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_give_an_address_of_each_family() {
+    let sim = KubeSim::start(Config::default()).await.unwrap();
+    let store = sim.store().clone();
+    let cidrs = ["10.1.0.0/24", "fd00:10:1::/64"];
+    let node_ips = ["172.16.0.1", "fd99::1"];
+    store
+        .create_object(node_with("dual", &cidrs, &node_ips))
+        .unwrap();
+    let on = |node: &str| json!({"nodeName": node, "containers": [{"name": "c", "image": "i"}]});
+    store.create_object(pod("d0", on("dual"))).unwrap();
+    store.create_object(pod("d1", on("dual"))).unwrap();
+    until(&store, "both dual-stack pods start", |s| {
+        ip_of(s, "d0").is_some() && ip_of(s, "d1").is_some()
+    })
+    .await;
+    let mut seen = vec![ips_of(&store, "d0"), ips_of(&store, "d1")];
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            vec!["10.1.0.2".to_string(), "fd00:10:1::2".to_string()],
+            vec!["10.1.0.3".to_string(), "fd00:10:1::3".to_string()],
+        ],
+        "one address per family, IPv4 (the first CIDR) first, no duplicates"
+    );
+    assert_eq!(ip_of(&store, "d0"), Some(ips_of(&store, "d0")[0].clone()));
+    let d0 = get(&store, "d0");
+    assert_eq!(
+        d0["status"]["hostIPs"],
+        json!([{"ip": "172.16.0.1"}, {"ip": "fd99::1"}])
+    );
+    assert_eq!(d0["status"]["hostIP"], "172.16.0.1");
+
+    // An IPv6-only node: IPv6 pod addresses, IPv6 host address; a freed address is
+    // handed out again.
+    store
+        .create_object(node_with("six", &["fd00:10:2::/64"], &["fd99::2"]))
+        .unwrap();
+    store.create_object(pod("s0", on("six"))).unwrap();
+    until(&store, "the IPv6 pod starts", |s| ip_of(s, "s0").is_some()).await;
+    assert_eq!(ips_of(&store, "s0"), vec!["fd00:10:2::2"]);
+    assert_eq!(ip_of(&store, "s0").as_deref(), Some("fd00:10:2::2"));
+    assert_eq!(get(&store, "s0")["status"]["hostIP"], "fd99::2");
+    store.delete_object("v1", "Pod", "t", "s0").unwrap();
+    store.create_object(pod("s1", on("six"))).unwrap();
+    until(&store, "the next IPv6 pod starts", |s| {
+        ip_of(s, "s1").is_some()
+    })
+    .await;
+    assert_eq!(ips_of(&store, "s1"), vec!["fd00:10:2::2"]);
     sim.shutdown().await;
 }
 

@@ -1,6 +1,9 @@
 //! The client fleet: thousands of real felix-client [`SyncClient`]s (mutual TLS, own
-//! mirror, digest verified at every in-sync) in this process, each with a consumer of its
-//! events that detects stamps (see [`crate::probe`]).
+//! mirror, digest verified at every in-sync), each with a consumer of its events that
+//! detects stamps (see [`crate::probe`]). A fleet's agents run in agent worker processes
+//! ([`crate::worker`], the scenarios' fleets) or in this process ([`FleetClient`]: the
+//! reference clients, and each worker's own agents); either way the fleet reads them as
+//! [`AgentView`]s, so waits and counters do not care where an agent runs.
 //!
 //! A consumer can be slow (it pauses after every event) or stalled (it reads nothing
 //! until released): the sync client then stops reading its stream, exactly what a slow
@@ -20,6 +23,36 @@ use tokio_util::sync::CancellationToken;
 use typha_proto::Digest;
 
 use crate::probe::{Probe, mark_of};
+use crate::worker::{AgentBehaviour, AgentSpec, Worker, WorkerPlan};
+
+/// A sync client's configuration for `node` against `addresses` (backoff up to 5 s, as
+/// an agent under load would).
+pub fn agent_config(
+    node: String,
+    addresses: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> SyncConfig {
+    let mut config = SyncConfig::new(node, addresses);
+    config.tls = tls;
+    config.backoff_max = Duration::from_secs(5);
+    config
+}
+
+/// One agent's state as the fleet sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    /// Its mirror equals the server's state.
+    pub in_sync: bool,
+    /// The last barrier it applied.
+    pub barrier: u64,
+}
+
+impl AgentView {
+    /// In sync and at or past `barrier`.
+    pub fn converged(&self, barrier: u64) -> bool {
+        self.in_sync && self.barrier >= barrier
+    }
+}
 
 /// How a client's consumer reads its events.
 #[derive(Clone, Debug)]
@@ -38,6 +71,16 @@ pub enum Behaviour {
 impl Behaviour {
     fn is_normal(&self) -> bool {
         matches!(self, Behaviour::Normal)
+    }
+
+    /// The form a worker is told (a stalled agent there waits for the worker's release).
+    pub fn spec(&self) -> AgentBehaviour {
+        match self {
+            Behaviour::Normal => AgentBehaviour::Normal,
+            Behaviour::Slow(pause) => AgentBehaviour::Slow(pause.as_millis() as u64),
+            Behaviour::Stall(_) => AgentBehaviour::Stall,
+            Behaviour::Reference => AgentBehaviour::Reference,
+        }
     }
 }
 
@@ -81,10 +124,12 @@ impl FleetClient {
         }
     }
 
-    /// In sync and at or past `barrier`.
-    pub fn converged(&self, barrier: u64) -> bool {
-        self.status.in_sync.load(Ordering::Relaxed)
-            && self.barrier.load(Ordering::Relaxed) >= barrier
+    /// Its state now.
+    pub fn view(&self) -> AgentView {
+        AgentView {
+            in_sync: self.status.in_sync.load(Ordering::Relaxed),
+            barrier: self.barrier.load(Ordering::Relaxed),
+        }
     }
 
     /// The client's mirror digest now.
@@ -129,6 +174,7 @@ impl Consumer {
                         };
                         if let Some(n) = probe.observe_mark(&mark, slow) {
                             barrier.fetch_max(n, Ordering::Relaxed);
+                            probe.changed.notify_one();
                             probe.barrier_reached.notify_waiters();
                         }
                     }
@@ -138,12 +184,14 @@ impl Consumer {
                     for update in &updates {
                         if let Some(crate::probe::Mark::Barrier(n)) = mark_of(update) {
                             barrier.fetch_max(n, Ordering::Relaxed);
+                            probe.changed.notify_one();
                             probe.barrier_reached.notify_waiters();
                         }
                     }
                 }
                 SyncEvent::InSync { .. } => {
                     synced_once = true;
+                    probe.changed.notify_one();
                     probe.barrier_reached.notify_waiters();
                 }
                 _ => {}
@@ -156,7 +204,7 @@ impl Consumer {
 }
 
 /// Counters summed over the fleet.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct FleetCounters {
     /// Sessions that ended and were retried.
     pub reconnects: u64,
@@ -184,23 +232,69 @@ impl FleetCounters {
     }
 }
 
-/// Many clients.
+/// Many agents: in worker processes, or in this process.
 #[derive(Default)]
 pub struct Fleet {
-    /// The clients, in start order.
+    /// Agents in this process, in start order.
     pub clients: Vec<FleetClient>,
+    workers: Vec<Worker>,
+}
+
+/// What a stopped fleet leaves: every agent's final digest, and each worker's name, PID
+/// and figures over its life.
+pub struct Stopped {
+    /// (node name, digest), clients in this process first.
+    pub digests: Vec<(String, Digest)>,
+    /// The workers' own figures.
+    pub workers: Vec<crate::report::ProcessFigures>,
 }
 
 impl Fleet {
-    /// Clients in sync now.
-    pub fn in_sync(&self) -> usize {
-        self.clients
-            .iter()
-            .filter(|c| c.status.in_sync.load(Ordering::Relaxed))
-            .count()
+    /// Starts `agents` over `workers` worker processes (contiguous shares, as even as
+    /// they divide), reporting into `probe`.
+    pub fn spawn_workers(
+        agents: Vec<AgentSpec>,
+        workers: usize,
+        plan: &WorkerPlan<'_>,
+        probe: &Arc<Probe>,
+    ) -> anyhow::Result<Fleet> {
+        let n = agents.len();
+        let workers = workers.clamp(1, n.max(1));
+        let mut fleet = Fleet::default();
+        let mut agents = agents.into_iter();
+        for k in 0..workers {
+            let share = (k + 1) * n / workers - k * n / workers;
+            let mine: Vec<AgentSpec> = agents.by_ref().take(share).collect();
+            fleet.workers.push(Worker::spawn(k, mine, plan, probe)?);
+        }
+        Ok(fleet)
     }
 
-    /// Sums the clients' counters.
+    /// Agents, wherever they run.
+    pub fn len(&self) -> usize {
+        self.clients.len() + self.workers.iter().map(|w| w.agents().len()).sum::<usize>()
+    }
+
+    /// Whether the fleet has no agents.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every agent's state, clients in this process first.
+    pub fn views(&self) -> impl Iterator<Item = AgentView> + '_ {
+        let remote = self
+            .workers
+            .iter()
+            .flat_map(|w| w.agents().iter().map(|a| a.view()));
+        self.clients.iter().map(FleetClient::view).chain(remote)
+    }
+
+    /// Agents in sync now.
+    pub fn in_sync(&self) -> usize {
+        self.views().filter(|v| v.in_sync).count()
+    }
+
+    /// Sums the agents' counters.
     pub fn counters(&self) -> FleetCounters {
         let mut sum = FleetCounters::default();
         for c in &self.clients {
@@ -211,37 +305,42 @@ impl Fleet {
             sum.digest_mismatches += s.digest_mismatches.load(Ordering::Relaxed);
             sum.batches += s.batches.load(Ordering::Relaxed);
         }
+        for w in &self.workers {
+            let c = w.counters();
+            sum.reconnects += c.reconnects;
+            sum.snapshots += c.snapshots;
+            sum.resumes += c.resumes;
+            sum.digest_mismatches += c.digest_mismatches;
+            sum.batches += c.batches;
+        }
         sum
     }
 
-    /// Waits until every client satisfies `done`, re-checking on every barrier/in-sync
-    /// notification and at least every 50 ms (in-sync flags change without one);
-    /// `progress` is called about once a second. Returns the time taken.
+    /// Waits until every agent satisfies `done`, re-checking on every barrier/in-sync
+    /// notification and at least every 50 ms (in-sync flags change without one). Fails
+    /// at once if a worker died. Returns the time taken.
     pub async fn wait_until(
         &self,
         probe: &Probe,
         limit: Duration,
-        done: impl Fn(&FleetClient) -> bool,
-        mut progress: impl FnMut(usize),
+        done: impl Fn(&AgentView) -> bool,
     ) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let mut last_progress = Instant::now();
         loop {
             let notified = probe.barrier_reached.notified();
-            let ready = self.clients.iter().filter(|c| done(c)).count();
-            if ready == self.clients.len() {
+            for w in &self.workers {
+                w.check()?;
+            }
+            let ready = self.views().filter(|v| done(v)).count();
+            if ready == self.len() {
                 return Ok(started.elapsed());
             }
             anyhow::ensure!(
                 started.elapsed() < limit,
                 "{} of {} clients not there after {limit:?}",
-                self.clients.len() - ready,
-                self.clients.len()
+                self.len() - ready,
+                self.len()
             );
-            if last_progress.elapsed() >= Duration::from_secs(1) {
-                progress(ready);
-                last_progress = Instant::now();
-            }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -249,16 +348,38 @@ impl Fleet {
         }
     }
 
-    /// Stops every client and returns their names and digests.
-    pub async fn stop(self) -> anyhow::Result<Vec<(String, Digest)>> {
+    /// Every agent's live digest, without stopping it.
+    pub async fn live_digests(&self) -> anyhow::Result<Vec<(String, Digest)>> {
+        let mut digests: Vec<_> = self
+            .clients
+            .iter()
+            .map(|c| (c.name.clone(), c.digest()))
+            .collect();
+        for w in &self.workers {
+            digests.extend(w.digests().await?);
+        }
+        Ok(digests)
+    }
+
+    /// Stops every agent; returns their names and final digests, and the workers' figures.
+    pub async fn stop(self) -> anyhow::Result<Stopped> {
         for c in &self.clients {
             c.shutdown.cancel();
         }
-        let mut digests = Vec::with_capacity(self.clients.len());
+        let mut stopped = Stopped {
+            digests: Vec::with_capacity(self.len()),
+            workers: Vec::new(),
+        };
         for c in self.clients {
             let name = c.name.clone();
-            digests.push((name, c.stop().await?.digest()));
+            stopped.digests.push((name, c.stop().await?.digest()));
         }
-        Ok(digests)
+        let ends = futures::future::join_all(self.workers.into_iter().map(Worker::stop)).await;
+        for end in ends {
+            let (digests, figures) = end?;
+            stopped.digests.extend(digests);
+            stopped.workers.push(figures);
+        }
+        Ok(stopped)
     }
 }

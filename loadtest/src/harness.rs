@@ -75,6 +75,7 @@ impl Harness {
             health_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             transport,
             server: spec.server,
+            ops: typha::app::OpsConfig::default(),
             hub: spec.hub,
             upstream,
             metrics: None,

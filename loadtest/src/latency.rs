@@ -4,11 +4,16 @@
 //! reported percentile is within about 3% of the true sample; the maximum is exact), plus
 //! one histogram per second of the run keyed by when the change was written, for the
 //! latency-over-time plot. Recording is a few relaxed atomic adds.
+//!
+//! An agent worker process records into its own series and ships what it recorded since
+//! the last time ([`LatencySeries::drain`], sparse: only buckets that hold samples); the
+//! parent adds that into its series ([`LatencySeries::absorb`]), so percentiles over all
+//! workers are exact merges, not averages of percentiles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const SUB_BITS: u32 = 5;
 const SUB: u64 = 1 << SUB_BITS;
@@ -70,6 +75,51 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Moves every sample out: the non-empty buckets and the maximum.
+    pub fn drain(&self) -> HistogramDelta {
+        let mut buckets = Vec::new();
+        for (i, b) in self.buckets.iter().enumerate() {
+            if b.load(Ordering::Relaxed) > 0 {
+                buckets.push((i as u32, b.swap(0, Ordering::Relaxed)));
+            }
+        }
+        self.count.store(0, Ordering::Relaxed);
+        HistogramDelta {
+            buckets,
+            max_us: self.max_us.swap(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Adds samples drained elsewhere.
+    pub fn absorb(&self, delta: &HistogramDelta) {
+        for (i, n) in &delta.buckets {
+            if let Some(bucket) = self.buckets.get(*i as usize) {
+                bucket.fetch_add(*n, Ordering::Relaxed);
+                self.count.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        self.max_us.fetch_max(delta.max_us, Ordering::Relaxed);
+    }
+
+    /// The cumulative distribution: (latency ms, share of samples at or below it) at
+    /// every non-empty bucket, ending at (max, 1.0).
+    pub fn cdf(&self) -> Vec<(f64, f64)> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total = counts.iter().sum::<u64>() as f64;
+        let max = self.max_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        let mut seen = 0;
+        let mut points = Vec::new();
+        for (i, c) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            seen += c;
+            points.push(((value(i) / 1000.0).min(max), seen as f64 / total));
+        }
+        points
+    }
+
     /// p50 / p99 / max in milliseconds.
     pub fn percentiles(&self) -> Percentiles {
         let counts: Vec<u64> = self
@@ -115,6 +165,30 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+/// Samples moved out of a [`Histogram`]: (bucket, count) of non-empty buckets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HistogramDelta {
+    /// Non-empty buckets.
+    pub buckets: Vec<(u32, u64)>,
+    /// The largest sample, microseconds.
+    pub max_us: u64,
+}
+
+/// Samples moved out of a [`LatencySeries`]: the per-second deltas that hold samples
+/// (the whole-run histogram is their sum).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeriesDelta {
+    /// (second, its samples).
+    pub seconds: Vec<(u32, HistogramDelta)>,
+}
+
+impl SeriesDelta {
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.seconds.is_empty()
+    }
+}
+
 /// A whole-run histogram and one per second (by write time).
 pub struct LatencySeries {
     /// Every sample.
@@ -146,6 +220,34 @@ impl LatencySeries {
         let slot = (written_at.as_secs() as usize).min(self.seconds.len() - 1);
         if let Some(h) = self.seconds.get(slot) {
             h.record(latency);
+        }
+    }
+
+    /// How many seconds the series holds.
+    pub fn seconds(&self) -> usize {
+        self.seconds.len()
+    }
+
+    /// Moves every sample out (see [`SeriesDelta`]); the whole-run histogram is emptied too.
+    pub fn drain(&self) -> SeriesDelta {
+        let seconds = self
+            .seconds
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(i, h)| (i as u32, h.drain()))
+            .collect();
+        self.total.drain();
+        SeriesDelta { seconds }
+    }
+
+    /// Adds samples drained elsewhere (with the same epoch).
+    pub fn absorb(&self, delta: &SeriesDelta) {
+        for (second, h) in &delta.seconds {
+            self.total.absorb(h);
+            if let Some(slot) = self.seconds.get(*second as usize) {
+                slot.absorb(h);
+            }
         }
     }
 
@@ -209,5 +311,30 @@ mod tests {
         assert_eq!(points.len(), 2);
         assert_eq!(points[1].t, 2.0);
         assert_eq!(s.total.count(), 2);
+    }
+
+    #[test]
+    fn drained_series_merge_exactly() {
+        let (a, b, merged) = (
+            LatencySeries::new(4),
+            LatencySeries::new(4),
+            LatencySeries::new(4),
+        );
+        for ms in 1..=50u64 {
+            a.record(Duration::from_secs(ms % 3), Duration::from_millis(ms));
+            b.record(Duration::from_secs(1), Duration::from_millis(ms + 50));
+        }
+        merged.absorb(&a.drain());
+        merged.absorb(&b.drain());
+        assert_eq!(a.total.count(), 0, "drained");
+        assert!(a.drain().is_empty());
+        let p = merged.total.percentiles();
+        assert_eq!(p.count, 100);
+        assert_eq!(p.max, 100.0);
+        assert!((p.p50 - 50.0).abs() < 2.0, "{p:?}");
+        assert_eq!(merged.points().len(), 3);
+        let cdf = merged.total.cdf();
+        assert_eq!(cdf.last().map(|c| c.1), Some(1.0));
+        assert!(cdf.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
     }
 }

@@ -2,9 +2,10 @@
 //! over real mutual TLS, with the measurements the report prints.
 //!
 //! Two modes share the fixtures: [`harness`] runs everything in one process (the
-//! integration tests), and [`scenario`] runs kube-sim and each typha replica as child
-//! processes of this binary (multi-call: `loadtest kube-sim ...`, `loadtest typha ...`)
-//! so that CPU, memory and bytes are measured per process.
+//! integration tests), and [`scenario`] runs kube-sim, each typha replica and the agent
+//! workers ([`worker`]) as child processes of this binary (multi-call: `loadtest kube-sim
+//! ...`, `loadtest typha ...`, `loadtest agent-worker ...`) so that CPU, memory and bytes
+//! are measured per process.
 
 pub mod api;
 pub mod churn;
@@ -22,3 +23,4 @@ pub mod rawnet;
 pub mod report;
 pub mod scenario;
 pub mod stack;
+pub mod worker;

@@ -3,7 +3,8 @@
 //!
 //! Multi-call: `loadtest kube-sim ...` and `loadtest typha ...` run those binaries'
 //! command lines (the scenarios start their servers this way, so each is measured as
-//! its own process); `loadtest raw-writer ...` is the raw loopback baseline's writer.
+//! its own process); `loadtest raw-writer ...` is the raw loopback baseline's writer and
+//! `loadtest agent-worker --spec FILE` runs a share of the agents (see `loadtest::worker`).
 //!
 //! Real-cluster mode: `--kubeconfig` uses an existing API server instead of kube-sim,
 //! `--typha-addr` running replicas instead of local ones (`--tls-*` reach them).
@@ -129,6 +130,11 @@ struct Cli {
     /// Pin the load generator (the clients) to these CPUs.
     #[arg(long, env = "LOADTEST_AGENT_CPUS", default_value = "")]
     agent_cpus: CpuList,
+    /// Worker processes the agents run in (each a single-threaded process pinned to the
+    /// agent CPUs). Default: one per agent CPU (all CPUs when not pinned), and at least one
+    /// per 1,000 agents, never more than the agents.
+    #[arg(long, env = "LOADTEST_AGENT_WORKERS")]
+    agent_workers: Option<usize>,
     /// Exit non-zero when a goal measured at its own configuration is missed (goals not
     /// measured at their configuration never fail the check).
     #[arg(long)]
@@ -139,7 +145,8 @@ struct Cli {
     /// Write every figure and the configuration as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Write latency over time and connections per replica as SVG here.
+    /// Write, per scenario, latency over time, connections per replica and the latency
+    /// CDF as SVG here.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Log filter for this process.
@@ -158,6 +165,15 @@ Examples:
 Each sync client is a full mutual-TLS session with its own mirror; run the load test
 on a machine other than typha's when sizing a real deployment.";
 
+/// Whether `ns` is a Kubernetes namespace name (a DNS label).
+fn is_namespace_name(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// Real-cluster mode from the flags, or why the flags do not fit together.
 fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
     let identity = PeerIdentity {
@@ -170,12 +186,7 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
         || cli.insecure_plaintext
         || !identity.is_empty();
     let ns = &cli.churn_namespace;
-    if ns.is_empty()
-        || ns.len() > 63
-        || !ns
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
+    if !is_namespace_name(ns) {
         return Err(format!("--churn-namespace {ns:?} is not a namespace name"));
     }
     let external = if cli.typha_addr.is_empty() {
@@ -223,8 +234,10 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // Children of a pinned run pin themselves before any thread starts.
-    if let Err(error) = loadtest::pinning::pin_from_env() {
+    // Before any thread starts: children of a pinned run pin themselves, and the
+    // open-file limit is raised (inherited by every child: typha, kube-sim, workers).
+    let pinned = loadtest::pinning::pin_from_env();
+    if let Err(error) = pinned.and_then(|()| loadtest::procs::raise_open_files()) {
         eprintln!("loadtest: {error:#}");
         return ExitCode::FAILURE;
     }
@@ -233,6 +246,7 @@ fn main() -> ExitCode {
         Some("typha") => return typha::cli::run(&args[1..]),
         Some("felix-client") => return felix_client::cli::run_cli(&args[1..]),
         Some("raw-writer") => return loadtest::rawnet::writer_main(&args[2..]),
+        Some("agent-worker") => return loadtest::worker::worker_main(&args[2..]),
         _ => {}
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -308,7 +322,7 @@ fn write_outputs(
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = svg {
-        std::fs::write(path, loadtest::plot::render(report))
+        std::fs::write(path, loadtest::plot::render(&report.scenarios)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -339,6 +353,13 @@ fn run_config(cli: &Cli, scenarios: &[Scenario], args: &[String]) -> RunConfig {
         churn_namespace: cli.kubeconfig.as_ref().map(|_| cli.churn_namespace.clone()),
         typha_cpus: cli.typha_cpus.clone(),
         agent_cpus: cli.agent_cpus.clone(),
+        agent_workers: cli.agent_workers.unwrap_or_else(|| {
+            let cpus = match cli.agent_cpus.is_empty() {
+                true => loadtest::pinning::current().0.len(),
+                false => cli.agent_cpus.0.len(),
+            };
+            loadtest::worker::default_workers(cli.clients, cpus)
+        }),
         command: args.join(" "),
     }
 }
@@ -377,12 +398,13 @@ fn prepare(cli: &Cli, args: &[String]) -> Result<(Vec<Scenario>, Target, RunConf
         .with_writer(std::io::stderr)
         .init();
     if cli.clients == 0
+        || cli.agent_workers == Some(0)
         || cli.rate == 0
         || !(0.0..=1.0).contains(&cli.slow_share)
         || cli.soak_kill_interval.is_zero()
     {
         return Err(
-            "--clients, --rate and --soak-kill-interval must be positive, --slow-share in 0..=1"
+            "--clients, --agent-workers, --rate and --soak-kill-interval must be positive, --slow-share in 0..=1"
                 .into(),
         );
     }

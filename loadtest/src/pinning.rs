@@ -71,6 +71,12 @@ impl serde::Serialize for CpuList {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for CpuList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CpuList, D::Error> {
+        Vec::<usize>::deserialize(d).map(CpuList)
+    }
+}
+
 static SERVER_CPUS: OnceLock<CpuList> = OnceLock::new();
 
 /// Records the CPUs this run's servers (kube-sim, typha, the raw writer) are pinned to;

@@ -1,226 +1,292 @@
-//! `--plot FILE.svg`: per scenario, propagation latency over time (p50, p99, max of the
-//! changes written in each second) and connections per replica, with the scenario's
-//! events (churn start, kill, converged) as vertical marks. Hand-written SVG: two line
-//! charts need no plotting library.
+//! `--plot FILE.svg`: per scenario, three charts drawn with `plotters`' SVG backend:
+//! propagation latency over time (p50, p99 and max of the changes written in each
+//! second), connections per replica, and the latency CDF (share of samples at or below a
+//! latency, log-scale latency axis).
+//!
+//! The scenario's events (churn start, kill, converged, ...) are vertical lines numbered
+//! in time order; the numbers are staggered into rows so that no two overlap, and a key
+//! under the charts spells each out with its time. Each chart's legend sits in a column
+//! right of its plot, so it never covers the numbers or the data. plotters is built without its `ttf`
+//! feature: text is laid out by its built-in size estimate and written as SVG `<text>`, so
+//! rendering needs no system fonts (no fontconfig) on the machine that runs it.
 
-use std::fmt::Write;
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
 
-use crate::report::{Report, ScenarioReport};
+use crate::latency::Percentiles;
+use crate::report::ScenarioReport;
 
-const WIDTH: f64 = 900.0;
-const PANEL: f64 = 180.0;
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+const WIDTH: u32 = 960;
+const LATENCY_HEIGHT: u32 = 280;
+const CONNECTIONS_HEIGHT: u32 = 220;
+const CDF_HEIGHT: u32 = 280;
+const KEY_ROW: u32 = 16;
+/// The legend column right of each plot.
+const LEGEND_WIDTH: u32 = 110;
+/// Roughly how many pixels a character of the key's 12 px text takes.
+const KEY_CHAR: u32 = 7;
+/// Mark numbers closer than this share of the time axis go to different rows.
+const MARK_GAP: f64 = 0.03;
+/// Each row of mark numbers takes this share of the value axis, from the top.
+const MARK_ROW: f64 = 0.075;
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
-struct Axes {
-    top: f64,
-    t_max: f64,
-    y_max: f64,
+/// One percentile of a second's latency.
+type Percentile = fn(&Percentiles) -> f64;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type LinearChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The SVG document for the report's scenarios.
+pub fn render(scenarios: &[ScenarioReport]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let heights: Vec<u32> = scenarios.iter().map(scenario_height).collect();
+    let total = heights.iter().sum::<u32>().max(1);
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, total)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut rest = root.clone();
+        for (s, height) in scenarios.iter().zip(heights) {
+            let (area, below) = rest.split_vertically(height);
+            scenario(&area, s)?;
+            rest = below;
+        }
+        root.present()?;
+    }
+    Ok(out)
 }
 
-impl Axes {
-    fn x(&self, t: f64) -> f64 {
-        LEFT + (WIDTH - LEFT - RIGHT) * (t / self.t_max.max(1e-9))
-    }
-
-    fn y(&self, v: f64) -> f64 {
-        self.top + PANEL - PANEL * (v / self.y_max.max(1e-9)).min(1.0)
-    }
+fn scenario_height(s: &ScenarioReport) -> u32 {
+    LATENCY_HEIGHT + CONNECTIONS_HEIGHT + CDF_HEIGHT + KEY_ROW * (key_lines(s).len() as u32 + 1)
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+fn scenario(area: &Area<'_>, s: &ScenarioReport) -> anyhow::Result<()> {
+    let (latency, rest) = area.split_vertically(LATENCY_HEIGHT);
+    let (connections, rest) = rest.split_vertically(CONNECTIONS_HEIGHT);
+    let (cdf, key) = rest.split_vertically(CDF_HEIGHT);
+    let t_max = time_span(s);
+    latency_chart(&latency, s, t_max)?;
+    connections_chart(&connections, s, t_max)?;
+    cdf_chart(&cdf, s)?;
+    for (i, line) in key_lines(s).iter().enumerate() {
+        let y = (KEY_ROW * i as u32 + 4) as i32;
+        key.draw(&Text::new(
+            line.clone(),
+            (70, y),
+            ("sans-serif", 12).into_font(),
+        ))?;
+    }
+    Ok(())
 }
 
-fn polyline(
-    out: &mut String,
-    axes: &Axes,
-    points: &[(f64, f64)],
-    color: &str,
-    label: &str,
-    slot: usize,
-) {
-    if points.is_empty() {
-        return;
-    }
-    let path: Vec<String> = points
-        .iter()
-        .map(|(t, v)| format!("{:.1},{:.1}", axes.x(*t), axes.y(*v)))
-        .collect();
-    let _ = writeln!(
-        out,
-        r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-        path.join(" ")
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.0}" y="{:.0}" fill="{color}" font-size="11">{}</text>"#,
-        WIDTH - RIGHT - 150.0,
-        axes.top + 14.0 + 13.0 * slot as f64,
-        escape(label)
-    );
-}
-
-fn frame(out: &mut String, axes: &Axes, title: &str, unit: &str, marks: &[(f64, String)]) {
-    let (x0, x1) = (LEFT, WIDTH - RIGHT);
-    let (y0, y1) = (axes.top, axes.top + PANEL);
-    let _ = writeln!(
-        out,
-        r##"<rect x="{x0}" y="{y0}" width="{}" height="{PANEL}" fill="none" stroke="#888"/>"##,
-        x1 - x0
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{x0}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
-        y0 - 6.0,
-        escape(title)
-    );
-    for i in 0..=4 {
-        let v = axes.y_max * f64::from(i) / 4.0;
-        let y = axes.y(v);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" x2="{x1}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/>"##
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{:.1}" font-size="10" text-anchor="end">{v:.0} {unit}</text>"#,
-            x0 - 4.0,
-            y + 3.0
-        );
-    }
-    for i in 0..=5 {
-        let t = axes.t_max * f64::from(i) / 5.0;
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{t:.0} s</text>"#,
-            axes.x(t),
-            y1 + 12.0
-        );
-    }
-    for (t, label) in marks {
-        let x = axes.x(*t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0}" y2="{y1}" stroke="#aaa" stroke-dasharray="4 3"/>"##
-        );
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.1}" y="{}" font-size="9" fill="#666" transform="rotate(-90 {:.1} {})">{}</text>"##,
-            x + 3.0,
-            y1 - 4.0,
-            x + 3.0,
-            y1 - 4.0,
-            escape(label)
-        );
-    }
-}
-
-fn scenario(out: &mut String, s: &ScenarioReport, top: f64) {
-    let latency = &s.series.latency;
-    let conns = &s.series.connections;
-    let t_max = latency
+/// The time axis' end: the last latency second, connection sample or mark.
+fn time_span(s: &ScenarioReport) -> f64 {
+    let series = &s.series;
+    series
+        .latency
         .iter()
         .map(|p| p.t + 1.0)
-        .chain(conns.iter().map(|p| p.t))
-        .chain(s.series.marks.iter().map(|m| m.0))
-        .fold(1.0, f64::max);
-    let y_max = latency.iter().map(|p| p.latency_ms.max).fold(1.0, f64::max);
-    let axes = Axes {
-        top,
-        t_max,
-        y_max: nice(y_max),
-    };
-    let title = format!(
+        .chain(series.connections.iter().map(|p| p.t))
+        .chain(series.marks.iter().map(|m| m.0))
+        .fold(1.0, f64::max)
+}
+
+/// A tick label: the value rounded to three decimals, without trailing zeros.
+fn tick(v: &f64) -> String {
+    format!("{}", (v * 1000.0).round() / 1000.0 + 0.0)
+}
+
+fn latency_chart(area: &Area<'_>, s: &ScenarioReport, t_max: f64) -> anyhow::Result<()> {
+    let points = &s.series.latency;
+    let y_max = points.iter().map(|p| p.latency_ms.max).fold(1.0, f64::max) * 1.05;
+    let caption = format!(
         "{}: propagation latency by write time ({} clients)",
         s.name, s.clients
     );
-    frame(out, &axes, &title, "ms", &s.series.marks);
-    let series = |f: fn(&crate::latency::Percentiles) -> f64| -> Vec<(f64, f64)> {
-        latency
-            .iter()
-            .map(|p| (p.t + 0.5, f(&p.latency_ms)))
-            .collect()
-    };
-    polyline(out, &axes, &series(|l| l.p50), COLORS[0], "p50", 0);
-    polyline(out, &axes, &series(|l| l.p99), COLORS[4], "p99", 1);
-    polyline(out, &axes, &series(|l| l.max), COLORS[1], "max", 2);
-
-    let replicas = conns.iter().map(|p| p.per_replica.len()).max().unwrap_or(0);
-    let c_max = conns
-        .iter()
-        .flat_map(|p| p.per_replica.iter().flatten())
-        .fold(1.0f64, |a, b| a.max(*b));
-    let axes = Axes {
-        top: top + PANEL + 50.0,
-        t_max,
-        y_max: nice(c_max),
-    };
-    frame(
-        out,
-        &axes,
-        &format!("{}: connections per replica", s.name),
-        "",
-        &s.series.marks,
-    );
-    for r in 0..replicas {
-        let points: Vec<(f64, f64)> = conns
-            .iter()
-            .map(|p| (p.t, p.per_replica.get(r).copied().flatten().unwrap_or(0.0)))
-            .collect();
-        polyline(
-            out,
-            &axes,
-            &points,
-            COLORS[(r + 2) % COLORS.len()],
-            &format!("typha-{r}"),
-            r,
-        );
+    let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let mut chart = builder(&plot, caption).build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
+    mesh(
+        &mut chart,
+        "seconds since the scenario started (by write time)",
+        "ms",
+    )?;
+    let lines: [(&str, Percentile); 3] =
+        [("p50", |l| l.p50), ("p99", |l| l.p99), ("max", |l| l.max)];
+    for (i, (_, of)) in lines.iter().enumerate() {
+        let line = points.iter().map(|p| (p.t + 0.5, of(&p.latency_ms)));
+        chart.draw_series(LineSeries::new(line, COLORS[i].stroke_width(2)))?;
     }
+    marks(&mut chart, s, (t_max, y_max))?;
+    let labels: Vec<String> = lines.iter().map(|(l, _)| l.to_string()).collect();
+    legend(&side, &labels, 0)
 }
 
-/// A round axis maximum at or above `v`.
-fn nice(v: f64) -> f64 {
-    let magnitude = 10f64.powf(v.max(1e-9).log10().floor());
-    for step in [1.0, 2.0, 2.5, 5.0, 10.0] {
-        if step * magnitude >= v {
-            return step * magnitude;
+fn connections_chart(area: &Area<'_>, s: &ScenarioReport, t_max: f64) -> anyhow::Result<()> {
+    let conns = &s.series.connections;
+    let replicas = conns.iter().map(|p| p.per_replica.len()).max().unwrap_or(0);
+    let per_replica = conns.iter().flat_map(|p| p.per_replica.iter().flatten());
+    let y_max = per_replica.fold(1.0f64, |a, b| a.max(*b)) * 1.1;
+    let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let caption = format!("{}: connections per replica", s.name);
+    let mut chart = builder(&plot, caption).build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
+    mesh(
+        &mut chart,
+        "seconds since the scenario started",
+        "connections",
+    )?;
+    for r in 0..replicas {
+        let line = conns
+            .iter()
+            .map(|p| (p.t, p.per_replica.get(r).copied().flatten().unwrap_or(0.0)));
+        let color = COLORS[(r + 3) % COLORS.len()];
+        chart.draw_series(LineSeries::new(line, color.stroke_width(2)))?;
+    }
+    marks(&mut chart, s, (t_max, y_max))?;
+    let labels: Vec<String> = (0..replicas).map(|r| format!("typha-{r}")).collect();
+    legend(&side, &labels, 3)
+}
+
+fn cdf_chart(area: &Area<'_>, s: &ScenarioReport) -> anyhow::Result<()> {
+    let cdf = &s.latency_cdf;
+    let l = &s.latency_ms;
+    let low = cdf.first().map_or(0.1, |c| c.0).max(0.01) * 0.9;
+    let high = (l.max * 1.2).max(low * 10.0);
+    let caption = match l.count {
+        0 => format!("{}: latency CDF (no samples)", s.name),
+        n => format!(
+            "{}: latency CDF ({n} samples; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms)",
+            s.name, l.p50, l.p99, l.max
+        ),
+    };
+    let (plot, side) = area.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let mut chart =
+        builder(&plot, caption).build_cartesian_2d((low..high).log_scale(), 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency, ms (log scale)")
+        .y_desc("share of samples at or below")
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .draw()?;
+    let steps = cdf.iter().scan(0.0, |below, &(ms, share)| {
+        let step = [(ms, *below), (ms, share)];
+        *below = share;
+        Some(step)
+    });
+    chart.draw_series(LineSeries::new(steps.flatten(), COLORS[0].stroke_width(2)))?;
+    legend(&side, &["latency CDF".to_string()], 0)
+}
+
+/// A chart with its caption and room for the axes' labels.
+fn builder<'a, 'b>(plot: &'a Area<'b>, caption: String) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(plot);
+    builder
+        .caption(caption, ("sans-serif", 15))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(64);
+    builder
+}
+
+/// Axes, grid and tick labels of a linear chart.
+fn mesh(chart: &mut LinearChart<'_, '_>, x: &str, y: &str) -> anyhow::Result<()> {
+    chart
+        .configure_mesh()
+        .x_desc(x)
+        .y_desc(y)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .draw()?;
+    Ok(())
+}
+
+/// The legend column: a coloured line and the label of each series (colours from
+/// `first` on, as the series were drawn).
+fn legend(side: &Area<'_>, labels: &[String], first: usize) -> anyhow::Result<()> {
+    for (i, label) in labels.iter().enumerate() {
+        let color = COLORS[(first + i) % COLORS.len()];
+        let y = 40 + 18 * i as i32;
+        side.draw(&PathElement::new(
+            vec![(4, y), (24, y)],
+            color.stroke_width(2),
+        ))?;
+        let text = Text::new(label.clone(), (30, y - 6), ("sans-serif", 12).into_font());
+        side.draw(&text)?;
+    }
+    Ok(())
+}
+
+/// The row of each mark's number: the first row whose last number is at least
+/// [`MARK_GAP`] of the time axis earlier.
+fn mark_rows(times: &[f64], t_max: f64) -> Vec<usize> {
+    let mut last_in_row: Vec<f64> = Vec::new();
+    let mut rows = Vec::with_capacity(times.len());
+    for t in times {
+        let row = last_in_row
+            .iter()
+            .position(|last| t - last >= MARK_GAP * t_max)
+            .unwrap_or(last_in_row.len());
+        match last_in_row.get_mut(row) {
+            Some(last) => *last = *t,
+            None => last_in_row.push(*t),
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+/// The scenario's marks as numbered vertical lines.
+fn marks(
+    chart: &mut LinearChart<'_, '_>,
+    s: &ScenarioReport,
+    (t_max, y_max): (f64, f64),
+) -> anyhow::Result<()> {
+    let times: Vec<f64> = s.series.marks.iter().map(|m| m.0).collect();
+    let grey = BLACK.mix(0.35);
+    chart.draw_series(
+        times
+            .iter()
+            .map(|t| PathElement::new(vec![(*t, 0.0), (*t, y_max)], grey)),
+    )?;
+    let font = ("sans-serif", 11).into_font().color(&BLACK.mix(0.7));
+    let numbers = times.iter().zip(mark_rows(&times, t_max)).enumerate();
+    chart.draw_series(numbers.map(|(i, (t, row))| {
+        let y = y_max * (1.0 - MARK_ROW * (row as f64 + 0.2));
+        // Beside the line, on its left near the right edge (inside the plot).
+        let x = match *t > t_max * 0.96 {
+            true => t - t_max * 0.018,
+            false => t + t_max * 0.004,
+        };
+        Text::new(format!("{}", i + 1), (x, y), font.clone())
+    }))?;
+    Ok(())
+}
+
+/// The key to the mark numbers, packed into lines that fit the width.
+fn key_lines(s: &ScenarioReport) -> Vec<String> {
+    let fits = ((WIDTH - 90) / KEY_CHAR) as usize;
+    let mut lines: Vec<String> = Vec::new();
+    for (i, (t, what)) in s.series.marks.iter().enumerate() {
+        let entry = format!("{} {what} ({t:.1} s)", i + 1);
+        match lines.last_mut() {
+            Some(line) if line.len() + 5 + entry.len() <= fits => {
+                line.push_str("  ·  ");
+                line.push_str(&entry);
+            }
+            _ => lines.push(entry),
         }
     }
-    10.0 * magnitude
-}
-
-/// The SVG document for the report.
-pub fn render(report: &Report) -> String {
-    let per = 2.0 * PANEL + 110.0;
-    let height = 30.0 + per * report.scenarios.len() as f64;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    for (i, s) in report.scenarios.iter().enumerate() {
-        scenario(&mut out, s, 40.0 + per * i as f64);
-    }
-    out.push_str("</svg>\n");
-    out
+    lines
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nice_rounds_up() {
-        assert_eq!(nice(7.0), 10.0);
-        assert_eq!(nice(101.0), 200.0);
-        assert_eq!(nice(0.3), 0.5);
-        assert_eq!(nice(1.0), 1.0);
-    }
-}
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

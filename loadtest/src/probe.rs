@@ -2,9 +2,13 @@
 //!
 //! Every churn write carries a stamp, the nanoseconds since the probe's epoch at which
 //! it was sent: a pod label `lt-stamp`, or a policy podSelector `lt-stamp` (deletions are
-//! looked up by pod name, registered just before the DELETE is sent). Clients in this
-//! process detect stamps in what they apply and record `now - stamp`, so the writer and
-//! the readers share one monotonic clock and no coordination is needed per change. The
+//! looked up by pod name, registered just before the DELETE is sent). Clients detect
+//! stamps in what they apply and record `now - stamp`. The epoch is a reading of the
+//! host's CLOCK_MONOTONIC, which every process on the host shares: the agent worker
+//! processes ([`crate::worker`]) get the parent's epoch at start and time stamps against
+//! the same clock, so no coordination is needed per change. Deletions are forwarded to
+//! them as they are registered ([`Probe::subscribe_deletions`]); a deletion observed
+//! before its registration arrived is kept pending and timed when it does. The
 //! measured span starts before the API accepted the write, so it slightly overstates
 //! "accepted -> applied" by the write's own round trip (reported separately).
 //!
@@ -17,10 +21,11 @@
 //! account's own name, as the writer registered it).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use nix::time::{ClockId, clock_gettime};
+use tokio::sync::{Notify, mpsc};
 use typha_proto::{Kind, Update, Value};
 
 use crate::latency::LatencySeries;
@@ -43,53 +48,113 @@ pub enum Mark {
     Deleted(String),
 }
 
-/// Shared by the writer and every client of a scenario.
+/// Nanoseconds of the host's CLOCK_MONOTONIC (the same clock in every process).
+pub fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Deletions observed before their stamp was known: pod -> (when observed, slow).
+type Pending = HashMap<String, Vec<(Duration, bool)>>;
+
+/// Shared by the writer and every client of a scenario (in a worker process: by its
+/// agents, with the parent's epoch).
 pub struct Probe {
-    epoch: Instant,
+    epoch_ns: u64,
     /// Latency of normal clients.
     pub normal: LatencySeries,
     /// Latency of deliberately slow clients (slow scenario).
     pub slow: LatencySeries,
     deleted: RwLock<HashMap<String, u64>>,
+    pending: Mutex<Pending>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<(String, u64)>>>,
     /// Woken whenever a client reaches a barrier.
     pub barrier_reached: Notify,
+    /// Signalled (one permit) whenever a client's barrier or in-sync state changed.
+    pub changed: Notify,
 }
 
 impl Probe {
-    /// A probe whose per-second series hold `seconds` seconds.
+    /// A probe whose per-second series hold `seconds` seconds, its epoch now.
     pub fn new(seconds: usize) -> Arc<Probe> {
+        Probe::with_epoch(monotonic_ns(), seconds)
+    }
+
+    /// A probe with another process's epoch ([`Probe::epoch_ns`]).
+    pub fn with_epoch(epoch_ns: u64, seconds: usize) -> Arc<Probe> {
         Arc::new(Probe {
-            epoch: Instant::now(),
+            epoch_ns,
             normal: LatencySeries::new(seconds),
             slow: LatencySeries::new(seconds),
             deleted: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(Vec::new()),
             barrier_reached: Notify::new(),
+            changed: Notify::new(),
         })
+    }
+
+    /// The epoch: CLOCK_MONOTONIC nanoseconds.
+    pub fn epoch_ns(&self) -> u64 {
+        self.epoch_ns
+    }
+
+    /// The per-second series' length.
+    pub fn seconds(&self) -> usize {
+        self.normal.seconds()
     }
 
     /// Time since the epoch.
     pub fn elapsed(&self) -> Duration {
-        self.epoch.elapsed()
+        Duration::from_nanos(monotonic_ns().saturating_sub(self.epoch_ns))
     }
 
     /// A stamp for a write about to be sent.
     pub fn stamp(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        monotonic_ns().saturating_sub(self.epoch_ns)
     }
 
-    /// Registers the deletion of `pod` and returns its stamp.
+    /// Registers the deletion of `pod` and returns its stamp (forwarded to every
+    /// subscriber).
     pub fn stamp_delete(&self, pod: &str) -> u64 {
         let stamp = self.stamp();
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.retain(|s| s.send((pod.to_string(), stamp)).is_ok());
+        }
+        self.register_delete(pod, stamp);
+        stamp
+    }
+
+    /// Every deletion registered from now on, as (pod, stamp).
+    pub fn subscribe_deletions(&self) -> mpsc::UnboundedReceiver<(String, u64)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut subscribers) = self.subscribers.lock() {
+            subscribers.push(tx);
+        }
+        rx
+    }
+
+    /// Registers the deletion of `pod` stamped `stamp` elsewhere (a worker learns them
+    /// from the parent); times the observations that were waiting for it.
+    pub fn register_delete(&self, pod: &str, stamp: u64) {
         if let Ok(mut deleted) = self.deleted.write() {
             deleted.insert(pod.to_string(), stamp);
         }
-        stamp
+        let waiting = self.pending.lock().ok().and_then(|mut p| p.remove(pod));
+        for (seen, slow) in waiting.unwrap_or_default() {
+            self.record(stamp, seen, slow);
+        }
     }
 
     /// Records that a client applied the change stamped `stamp` just now.
     pub fn observe(&self, stamp: u64, slow: bool) {
+        self.record(stamp, self.elapsed(), slow);
+    }
+
+    fn record(&self, stamp: u64, seen: Duration, slow: bool) {
         let written = Duration::from_nanos(stamp);
-        let latency = self.epoch.elapsed().saturating_sub(written);
+        let latency = seen.saturating_sub(written);
         let series = if slow { &self.slow } else { &self.normal };
         series.record(written, latency);
     }
@@ -100,8 +165,14 @@ impl Probe {
             Mark::Stamp(stamp) => self.observe(*stamp, slow),
             Mark::Deleted(pod) => {
                 let stamp = self.deleted.read().ok().and_then(|d| d.get(pod).copied());
-                if let Some(stamp) = stamp {
-                    self.observe(stamp, slow);
+                match stamp {
+                    Some(stamp) => self.observe(stamp, slow),
+                    None => {
+                        if let Ok(mut pending) = self.pending.lock() {
+                            let seen = (self.elapsed(), slow);
+                            pending.entry(pod.clone()).or_default().push(seen);
+                        }
+                    }
                 }
             }
             Mark::Barrier(n) => return Some(*n),
@@ -256,5 +327,18 @@ mod tests {
         );
         assert_eq!(probe.normal.total.count(), 1);
         assert_eq!(probe.observe_mark(&Mark::Barrier(5), true), Some(5));
+        // lt-2's registration arrives after its observation (a worker's order).
+        probe.register_delete("lt-2", probe.stamp());
+        assert_eq!(probe.normal.total.count(), 2);
+    }
+
+    #[test]
+    fn deletions_reach_subscribers_and_share_the_epoch() {
+        let parent = Probe::new(10);
+        let mut rx = parent.subscribe_deletions();
+        let stamp = parent.stamp_delete("lt-3");
+        assert_eq!(rx.try_recv().unwrap(), ("lt-3".to_string(), stamp));
+        let worker = Probe::with_epoch(parent.epoch_ns(), 10);
+        assert!(worker.stamp() >= stamp, "one clock: later in the worker");
     }
 }

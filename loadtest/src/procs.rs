@@ -8,17 +8,19 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::pinning::CpuList;
 
 /// Linux reports utime/stime in USER_HZ ticks, fixed at 100 for user space.
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// CPU, memory and I/O counters of one process at one moment.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProcStats {
     /// User + system CPU seconds since the process started.
     pub cpu_seconds: f64,
@@ -92,6 +94,18 @@ impl ProcStats {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit. `main` calls it
+/// first in every mode, so the children (typha with thousands of agents' connections,
+/// the agent workers with one socket per agent) inherit the raised limit too.
+pub fn raise_open_files() -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
+    }
+    Ok(())
+}
+
 /// Resets this process's peak RSS (VmHWM) so the next scenario measures its own peak.
 /// Best effort: older kernels refuse, and then the peak is the process's lifetime peak.
 pub fn reset_peak_rss() {
@@ -120,19 +134,53 @@ impl ChildProc {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<ChildProc> {
+        let pin = crate::pinning::server_cpus();
+        ChildProc::start(exe, name, args, log_dir, (pin, false))
+    }
+
+    /// An agent worker: `current_exe <args>` pinned to `cpus` (none: this process's
+    /// set, inherited), stdin and stdout piped (its channel to this process), stderr
+    /// to `<log_dir>/<name>.log`. Returns the pipes.
+    pub fn spawn_worker(
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        cpus: &CpuList,
+    ) -> anyhow::Result<(ChildProc, ChildStdin, ChildStdout)> {
+        let exe = std::env::current_exe().context("locating the loadtest binary")?;
+        let pin = Some(cpus).filter(|c| !c.is_empty());
+        let mut proc = ChildProc::start(&exe, name, args, log_dir, (pin, true))?;
+        let pipes = proc.child.stdin.take().zip(proc.child.stdout.take());
+        let (stdin, stdout) = pipes.context("the worker's pipes")?;
+        Ok((proc, stdin, stdout))
+    }
+
+    /// Starts `exe <args>` pinned to `pin` (through [`crate::pinning::PIN_ENV`]), with
+    /// stdin/stdout piped or not.
+    fn start(
+        exe: &Path,
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+        (pin, piped): (Option<&CpuList>, bool),
+    ) -> anyhow::Result<ChildProc> {
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
         let mut command = Command::new(exe);
-        if let Some(cpus) = crate::pinning::server_cpus() {
+        if let Some(cpus) = pin {
             command.env(crate::pinning::PIN_ENV, cpus.to_string());
         }
+        let (stdin, stdout) = if piped {
+            (Stdio::piped(), Stdio::piped())
+        } else {
+            (Stdio::null(), Stdio::from(out.try_clone()?))
+        };
         let child = command
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(ChildProc {
@@ -296,6 +344,15 @@ mod tests {
         let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
+        raise_open_files().unwrap();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 
     #[test]

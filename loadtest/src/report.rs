@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub typha_cpus: CpuList,
     /// CPUs the load generator was pinned to (empty: not pinned).
     pub agent_cpus: CpuList,
+    /// Worker processes the agents ran in.
+    pub agent_workers: usize,
     /// The command line.
     pub command: String,
 }
@@ -146,16 +148,20 @@ pub struct TyphaShare {
 /// The load generator's own cost: what simulating the agents took.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GeneratorFigures {
-    /// CPU seconds of the process(es) running the agents over the whole scenario.
+    /// CPU seconds of the agent worker processes over the whole scenario (their lives:
+    /// TLS handshakes, snapshots, every write), summed over the workers.
     pub cpu_seconds: f64,
     /// Agents (clients).
     pub agents: usize,
     /// Writes churn made.
     pub writes: u64,
-    /// CPU microseconds per agent per write.
+    /// Worker CPU microseconds per agent per write.
     pub cpu_us_per_agent_per_write: f64,
-    /// Worker processes the agents ran in (1: the loadtest process itself).
+    /// Worker processes the agents ran in.
     pub processes: usize,
+    /// CPU seconds of the loadtest process itself over the scenario (churn writer,
+    /// reference clients, sampling), not counted above.
+    pub harness_cpu_seconds: f64,
 }
 
 /// One process's figures over a scenario.
@@ -175,6 +181,8 @@ pub struct ProcessFigures {
     pub bytes_written: u64,
     /// Bytes read.
     pub bytes_read: u64,
+    /// The CPUs it was allowed to run on, where it reported them (agent workers).
+    pub cpus: CpuList,
 }
 
 impl ProcessFigures {
@@ -188,6 +196,7 @@ impl ProcessFigures {
             rss_bytes: stats.rss_bytes,
             bytes_written: stats.bytes_written,
             bytes_read: stats.bytes_read,
+            cpus: CpuList::default(),
         }
     }
 }
@@ -383,6 +392,9 @@ pub struct ScenarioReport {
     pub latency_ms: Percentiles,
     /// Propagation latency of slow clients, ms.
     pub slow_latency_ms: Percentiles,
+    /// The latency distribution of normal clients: (ms, share of samples at or below),
+    /// one point per non-empty histogram bucket (the CDF plot).
+    pub latency_cdf: Vec<(f64, f64)>,
     /// Snapshot figures.
     pub snapshot: Option<SnapshotFigures>,
     /// typha memory per client.
@@ -425,6 +437,7 @@ impl ScenarioReport {
             churn: ChurnStats::default(),
             latency_ms: Percentiles::default(),
             slow_latency_ms: Percentiles::default(),
+            latency_cdf: Vec::new(),
             snapshot: None,
             typha_memory: None,
             bytes: ByteFigures::default(),

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
-use edge::tls::{PeerIdentity, TlsMaterial, TransportChoice, client_config};
+use edge::tls::{PeerIdentity, TlsFiles, TransportChoice};
 
 use crate::api::Api;
 use crate::http1::{self, Scrape};
 use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
+use crate::worker::TransportSpec;
 
 /// typha replicas that already run, outside the load test's control.
 #[derive(Clone, Debug)]
@@ -127,6 +128,7 @@ pub struct Stack {
     /// Objects kube-sim seeded (0 against an existing API server).
     pub seeded_objects: u64,
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    client_transport: TransportChoice,
 }
 
 /// Polls `http://addr/path` until it answers 2xx; fails as soon as `proc` exits, or after
@@ -180,23 +182,20 @@ impl Stack {
                 (Some(kube), Api::Sim(addr), seeded, kubeconfig)
             }
         };
-        let (external, client_tls) = match &config.external {
-            Some(external) => {
-                let tls = match &external.transport {
-                    TransportChoice::Tls(files, identity) => {
-                        let material = TlsMaterial::load(files)?;
-                        Some(client_config(&material, identity)?)
-                    }
-                    TransportChoice::Plaintext => None,
-                };
-                (external.addresses.clone(), tls)
-            }
+        let (external, client_transport) = match &config.external {
+            Some(external) => (external.addresses.clone(), external.transport.clone()),
             None => {
+                let file = |name: &str| dir.path().join(name);
+                let files = TlsFiles {
+                    ca: file("ca.crt"),
+                    cert: file("felix.crt"),
+                    key: file("felix.key"),
+                };
                 let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
-                let tls = client_config(&pki.client_material(), &identity)?;
-                (Vec::new(), Some(tls))
+                (Vec::new(), TransportChoice::Tls(files, identity))
             }
         };
+        let client_tls = TransportSpec::of(&client_transport).client_tls()?;
         let mut stack = Stack {
             dir,
             kube,
@@ -205,6 +204,7 @@ impl Stack {
             external,
             seeded_objects,
             client_tls,
+            client_transport,
         };
         if config.external.is_none() {
             for i in 0..config.replicas {
@@ -327,6 +327,12 @@ impl Stack {
     /// The TLS configuration of a legitimate client (`None`: plaintext, development).
     pub fn client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.client_tls.clone()
+    }
+
+    /// How a legitimate client reaches the replicas (agent workers build their TLS
+    /// configuration from it).
+    pub fn client_transport(&self) -> TransportSpec {
+        TransportSpec::of(&self.client_transport)
     }
 
     /// Where child logs are.

@@ -42,7 +42,7 @@ fn first_message_cases() -> Vec<Case> {
         Case {
             name: "1 MiB first message (limit 64 KiB)",
             first: Bytes::from(vec![0x0a; 1 << 20]),
-            reason: DropReason::MalformedMessage,
+            reason: DropReason::OversizedMessage,
         },
         Case {
             name: "garbage bytes (not protobuf)",
@@ -81,23 +81,85 @@ async fn malformed_first_messages_end_only_their_stream_and_are_counted() {
         assert_eq!(ended.reason, case.reason, "{}", case.name);
         let (end, state) = ending(&mut stream).await;
         assert_eq!(state, 0, "{}: state frames sent", case.name);
-        if case.reason == DropReason::BadHello {
-            let want = Ending::Status(tonic::Code::InvalidArgument);
-            assert_eq!(end, want, "{}", case.name);
-        }
+        let want = match case.reason {
+            DropReason::OversizedMessage => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::InvalidArgument,
+        };
+        assert_eq!(end, Ending::Status(want), "{}", case.name);
         println!(
             "{}: session ended {:?}, client saw {end:?}",
             case.name, ended.reason
         );
         drop(tx);
     }
-    let malformed = cases
-        .iter()
-        .filter(|c| c.reason == DropReason::MalformedMessage)
-        .count() as u64;
-    let bad_hello = cases.len() as u64 - malformed;
-    assert_eq!(metrics.dropped("malformed_message"), malformed);
-    assert_eq!(metrics.dropped("bad_hello"), bad_hello);
+    for reason in [
+        DropReason::MalformedMessage,
+        DropReason::OversizedMessage,
+        DropReason::BadHello,
+    ] {
+        let want = cases.iter().filter(|c| c.reason == reason).count() as u64;
+        assert_eq!(metrics.dropped(reason.as_str()), want, "{reason:?}");
+    }
+    world.assert_unaffected().await;
+}
+
+/// A malformed and then an oversized message on one stream of a connection that carries
+/// another, in-sync stream: each ends only its own stream with its status, the sibling
+/// keeps receiving deltas on the same connection, and nothing is counted as
+/// `client_closed` or `connection_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_ends_only_its_stream_and_the_sibling_stream_continues() {
+    let mut metrics = Metrics::install();
+    let mut world = World::start(ServerConfig::default()).await;
+    let channel = world.channel(world.good_tls()).await;
+    let (sibling_tx, sibling) = raw_sync(channel.clone()).await;
+    let mut sibling = sibling.unwrap();
+    sibling_tx.send(hello("sibling")).await.unwrap();
+    until_in_sync(&mut sibling).await;
+    for (node, bad, reason, code) in [
+        (
+            "garbage",
+            Bytes::from_static(&[0xff; 16]),
+            DropReason::MalformedMessage,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "oversized",
+            Bytes::from(vec![0x0a; 1 << 20]),
+            DropReason::OversizedMessage,
+            tonic::Code::ResourceExhausted,
+        ),
+    ] {
+        let (tx, stream) = raw_sync(channel.clone()).await;
+        let mut stream = stream.unwrap();
+        tx.send(hello(node)).await.unwrap();
+        until_in_sync(&mut stream).await;
+        tx.send(bad).await.unwrap();
+        let ended = world.next_hostile_end().await;
+        assert_eq!((ended.node.as_str(), ended.reason), (node, reason));
+        assert_eq!(ending(&mut stream).await.0, Ending::Status(code), "{node}");
+        // The sibling on the same connection still receives what happens next.
+        let revision = world.deliver().await;
+        loop {
+            let frame = tokio::time::timeout(LIMIT, sibling.message())
+                .await
+                .expect("the sibling stream stalled")
+                .expect("the sibling stream failed")
+                .expect("the sibling stream ended");
+            if let ServerFrame::Deltas(batch) = frame
+                && batch.revision == revision.0
+            {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        world.counts().open,
+        2,
+        "the good client's and this connection"
+    );
+    assert_eq!(metrics.dropped("client_closed"), 0);
+    assert_eq!(metrics.dropped("connection_closed"), 0);
     world.assert_unaffected().await;
 }
 

@@ -157,7 +157,8 @@ async fn connections_without_a_sync_stream_are_closed_and_counted() {
 }
 
 /// 2b. A `Sync` stream that never sends its ClientHello ends with `handshake_timeout`
-/// and its connection is closed; it receives no state.
+/// (the client sees `DEADLINE_EXCEEDED`) and receives no state; its connection, left
+/// without a stream, is then closed by the idle watchdog (`no_stream_timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_without_client_hello_is_closed_and_counted() {
     let mut metrics = Metrics::install();
@@ -169,10 +170,11 @@ async fn a_stream_without_client_hello_is_closed_and_counted() {
     assert_eq!(ended.reason, DropReason::HandshakeTimeout);
     assert_eq!(ended.node, "");
     let (end, state) = ending(&mut stream).await;
-    assert!(matches!(end, Ending::Status(_)), "{end:?}");
+    assert_eq!(end, Ending::Status(tonic::Code::DeadlineExceeded));
     assert_eq!(state, 0);
     world.wait_counts("connection freed", |c| c.open == 1).await;
     assert_eq!(metrics.dropped("handshake_timeout"), 1);
+    assert_eq!(metrics.dropped(NO_STREAM_TIMEOUT), 1);
     assert_eq!(metrics.open(), 1);
     world.assert_unaffected().await;
 }

@@ -9,58 +9,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use felix_client::{SyncClient, SyncEvent};
 use kube_sim::{KubeSim, SeedConfig};
 use loadtest::harness::{Harness, TyphaSpec};
 use netmodel::UpstreamConfig;
+use testkit::Kubectl;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
 use typha_proto::{Key, Kind, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// Runs kubectl against `sim` with a throw-away kubeconfig; panics with stderr on failure.
-async fn kubectl(dir: &PathBuf, args: &[&str]) {
-    let out = tokio::process::Command::new(KUBECTL)
-        .arg("--kubeconfig")
-        .arg(dir.join("kubeconfig"))
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(args)
-        .env("HOME", dir)
-        .env_remove("KUBECONFIG")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn kubeconfig(sim: &KubeSim) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "kubectl-deployment-{}-{}",
-        std::process::id(),
-        sim.addr().port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\"}}\n\
-         contexts:\n- name: sim\n  context: {{cluster: sim, user: sim}}\ncurrent-context: sim\n\
-         users:\n- name: sim\n  user: {{}}\n",
-        sim.url()
-    );
-    std::fs::write(dir.join("kubeconfig"), config).unwrap();
-    dir
-}
 
 /// The pods of `ns` as kube-sim stores them: name -> `<podIP>/32`.
 fn stored_pods(sim: &KubeSim, ns: &str) -> BTreeMap<String, String> {
@@ -145,11 +106,10 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
     let task = tokio::spawn(async move { sync.run(tx, token).await });
     let mut state = HashMap::new();
 
-    let dir = kubeconfig(&sim);
-    kubectl(&dir, &["create", "namespace", "shop"]).await;
-    kubectl(
-        &dir,
-        &[
+    let kubectl = Kubectl::new(&sim.url());
+    kubectl.ok(&["create", "namespace", "shop"]).await;
+    kubectl
+        .ok(&[
             "create",
             "deployment",
             "web",
@@ -157,21 +117,9 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
             "shop",
             "--image=nginx:1.27",
             "--replicas=3",
-        ],
-    )
-    .await;
-    kubectl(
-        &dir,
-        &[
-            "rollout",
-            "status",
-            "deployment/web",
-            "-n",
-            "shop",
-            "--timeout=60s",
-        ],
-    )
-    .await;
+        ])
+        .await;
+    kubectl.rollout("web", "shop").await;
     let pods = stored_pods(&sim, "shop");
     assert_eq!(pods.len(), 3, "{pods:?}");
     let ips: std::collections::BTreeSet<&String> = pods.values().collect();
@@ -183,23 +131,10 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
     let profile = Key::new(Kind::Profile, "", "kns.shop").unwrap();
     assert!(state.contains_key(&profile), "namespace profile missing");
 
-    kubectl(
-        &dir,
-        &["scale", "deployment", "web", "-n", "shop", "--replicas=1"],
-    )
-    .await;
-    kubectl(
-        &dir,
-        &[
-            "rollout",
-            "status",
-            "deployment/web",
-            "-n",
-            "shop",
-            "--timeout=60s",
-        ],
-    )
-    .await;
+    kubectl
+        .ok(&["scale", "deployment", "web", "-n", "shop", "--replicas=1"])
+        .await;
+    kubectl.rollout("web", "shop").await;
     let pods = stored_pods(&sim, "shop");
     assert_eq!(pods.len(), 1);
     until(&mut events, &mut state, "one endpoint", |s| {
@@ -211,5 +146,4 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
     task.await.unwrap().unwrap();
     harness.typha.shutdown().await.unwrap();
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

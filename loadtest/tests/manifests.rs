@@ -28,11 +28,11 @@ use kube_sim::{Config as SimConfig, KubeSim};
 use netmodel::Resource;
 use netmodel::crd::{self, CalicoKind};
 use serde_json::{Value as Json, json};
+use testkit::{KUBECTL, Kubectl, Scratch};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use typha_proto::{Key, Kind, Value};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const OVERLAYS: [&str; 2] = ["policy-only", "networking"];
 const NAMESPACE: &str = "calico-system";
 /// Generous bound on every wait: a hung test fails instead of hanging.
@@ -42,24 +42,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 fn k8s_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s")
-}
-
-/// A scratch directory unique to this process and `tag`, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("manifests-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
@@ -116,7 +98,7 @@ fn render_with_components(
     components: &[&str],
     prepare: impl FnOnce(&Path),
 ) -> Vec<Json> {
-    let root = scratch.0.join("k8s");
+    let root = scratch.path().join("k8s");
     copy_dir(&k8s_dir(), &root);
     prepare(&root);
     let test_overlay = root.join("overlays/test");
@@ -547,8 +529,40 @@ fn felix_daemonset_fits_its_flags_and_typha_identity() {
 }
 
 #[test]
+fn typha_host_policy_component_renders_and_its_settings_parse() {
+    let scratch = Scratch::new("typha-host-policy");
+    let objects = render_with_components(&scratch, "networking", &["typha-host-policy"], |_| {});
+    let policy = find(&objects, "GlobalNetworkPolicy", "typha-port-from-nodes");
+    assert_eq!(policy["apiVersion"], "crd.projectcalico.org/v1");
+    let ds = find(&objects, "DaemonSet", "felix-client");
+    let env = resolve_env(
+        &objects,
+        container(ds, "felix-client"),
+        &BTreeMap::from([("spec.nodeName", "node-0")]),
+    );
+    let mut argv = vec!["felix-client".to_string()];
+    argv.extend(env_to_flags(&felix_client::config::Cli::command(), &env));
+    let config = felix_client::config::Cli::try_parse_from_checked(&argv)
+        .validate()
+        .unwrap();
+    assert!(config.hosts.auto_host_endpoints);
+    let inbound: Vec<u16> = config
+        .hosts
+        .failsafe_inbound
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert!(
+        !inbound.contains(&5473) && inbound.contains(&22) && inbound.contains(&6443),
+        "{inbound:?}"
+    );
+    // The rest of the agent's settings are the overlay's.
+    assert_eq!(env["FELIX_MODE"], "networking");
+}
+
+#[test]
 fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
-    let scratch = Scratch::new("cert-manager");
+    let scratch = Scratch::new("manifests-cert-manager");
     let objects = render_with_components(&scratch, "policy-only", &["cert-manager"], |_| {});
     let certificate = |secret: &str| {
         objects
@@ -586,29 +600,8 @@ fn cert_manager_component_issues_the_secrets_the_workloads_mount() {
 /// (API group, resource plural) of every resource typha watches, from the kube types the
 /// upstream watches them through. A new `Resource` variant fails to compile here.
 fn watched(resource: Resource) -> (String, String) {
-    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-    use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
-    fn k8s<T: k8s_openapi::Resource>() -> (String, String) {
-        (T::GROUP.to_string(), T::URL_PATH_SEGMENT.to_string())
-    }
-    fn calico<K: CalicoKind>() -> (String, String) {
-        (crd::GROUP.to_string(), K::PLURAL.to_string())
-    }
-    match resource {
-        Resource::Pods => k8s::<Pod>(),
-        Resource::Namespaces => k8s::<Namespace>(),
-        Resource::ServiceAccounts => k8s::<ServiceAccount>(),
-        Resource::Nodes => k8s::<Node>(),
-        Resource::KubernetesNetworkPolicies => k8s::<K8sNetworkPolicy>(),
-        Resource::NetworkPolicies => calico::<crd::NetworkPolicy>(),
-        Resource::GlobalNetworkPolicies => calico::<crd::GlobalNetworkPolicy>(),
-        Resource::GlobalNetworkSets => calico::<crd::GlobalNetworkSet>(),
-        Resource::NetworkSets => calico::<crd::NetworkSet>(),
-        Resource::HostEndpoints => calico::<crd::HostEndpoint>(),
-        Resource::IpPools => calico::<crd::IPPool>(),
-        Resource::FelixConfigurations => calico::<crd::FelixConfiguration>(),
-        Resource::ClusterInformations => calico::<crd::ClusterInformation>(),
-    }
+    let api = resource.api();
+    (api.group.to_string(), api.plural.to_string())
 }
 
 type Grants = BTreeSet<(String, String, String)>;
@@ -943,47 +936,18 @@ fn crds_declare_every_kind_and_field_typha_reads() {
 
 // ---------------------------------------------------------------- apply + run
 
-struct Kubectl {
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    fn new(sim: &KubeSim, dir: &Path) -> Kubectl {
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster: {{server: \"{}\"}}\n\
-             contexts:\n- name: sim\n  context: {{cluster: sim, user: sim}}\ncurrent-context: sim\n\
-             users:\n- name: sim\n  user: {{}}\n",
-            sim.url()
-        );
-        std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
-        Kubectl {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
-    }
-
-    async fn apply(&self, manifest: &Path) -> String {
-        let out = tokio::process::Command::new(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.dir.join("cache"))
-            .args(["apply", "-f"])
-            .arg(manifest)
-            .env("HOME", &self.dir)
-            .env_remove("KUBECONFIG")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "kubectl apply failed: {stderr}");
-        assert!(stderr.trim().is_empty(), "kubectl apply warned: {stderr}");
-        String::from_utf8(out.stdout).unwrap()
-    }
+/// `kubectl apply -f manifest`, which must succeed without a warning; its stdout.
+async fn apply(kubectl: &Kubectl, manifest: &Path) -> String {
+    let manifest = manifest.to_str().unwrap();
+    let out = kubectl
+        .command(&["apply", "-f", manifest])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply failed: {stderr}");
+    assert!(stderr.trim().is_empty(), "kubectl apply warned: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A loopback port no other listener of this test process was given.
@@ -1029,7 +993,7 @@ fn http_get(port: u16, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_client() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let scratch = Scratch::new("apply");
+    let scratch = Scratch::new("manifests-apply");
 
     // Render policy-only with Secrets generated from `typha certs` output.
     let objects = render_with_components(&scratch, "policy-only", &["pki-secrets"], |root| {
@@ -1053,27 +1017,27 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     })
     .await
     .unwrap();
-    let kubectl = Kubectl::new(&sim, &scratch.0);
-    let manifest = scratch.0.join("rendered.yaml");
+    let kubectl = Kubectl::in_dir(&sim.url(), scratch.path());
+    let manifest = scratch.path().join("rendered.yaml");
     let yaml: String = objects
         .iter()
         .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
         .collect();
     std::fs::write(&manifest, yaml).unwrap();
-    let applied = kubectl.apply(&manifest).await;
+    let applied = apply(&kubectl, &manifest).await;
     assert_eq!(
         applied.lines().filter(|l| l.ends_with(" created")).count(),
         objects.len(),
         "every object created: {applied}"
     );
     // Both modes apply over each other (switching modes is an apply).
-    let networking = scratch.0.join("networking.yaml");
+    let networking = scratch.path().join("networking.yaml");
     std::fs::write(
         &networking,
         kubectl_kustomize(&k8s_dir().join("overlays/networking")),
     )
     .unwrap();
-    kubectl.apply(&networking).await;
+    apply(&kubectl, &networking).await;
     let store = sim.store();
     for object in &objects {
         let api_version = object["apiVersion"].as_str().unwrap();
@@ -1126,7 +1090,7 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
     let typha_secret = deploy["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
         .as_str()
         .unwrap();
-    let typha_tls = scratch.0.join("typha-tls");
+    let typha_tls = scratch.path().join("typha-tls");
     materialize_secret(find(&objects, "Secret", typha_secret), &typha_tls);
     remount(&mut env, typha_mount, &typha_tls);
     let (grpc, health) = (free_port(), free_port());
@@ -1170,7 +1134,7 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
         .iter()
         .find_map(|v| v["secret"]["secretName"].as_str())
         .unwrap();
-    let felix_tls = scratch.0.join("felix-tls");
+    let felix_tls = scratch.path().join("felix-tls");
     materialize_secret(find(&objects, "Secret", felix_secret), &felix_tls);
     remount(&mut felix_env, felix_mount, &felix_tls);
     // Discovery is replaced by the address (kube-sim runs no endpoints controller).
@@ -1500,7 +1464,7 @@ fn felix_memory_follows_the_measured_sizing_table() {
 
 #[test]
 fn metrics_ports_logs_and_the_pod_monitor_component() {
-    let scratch = Scratch::new("pod-monitor");
+    let scratch = Scratch::new("manifests-pod-monitor");
     let objects = render_with_components(&scratch, "policy-only", &["pod-monitor"], |_| {});
     for (kind, name, container_name, env_var, port, format_var) in [
         (

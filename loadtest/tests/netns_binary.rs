@@ -190,6 +190,7 @@ async fn felix_client_binary_programs_node_namespaces() {
             .unwrap(),
         ),
         server: ServerConfig::default(),
+        ops: typha::app::OpsConfig::default(),
         hub: typha::hub::HubConfig::default(),
         upstream: Upstream::Kube {
             client,

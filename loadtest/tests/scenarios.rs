@@ -71,7 +71,8 @@ fn run_in(scenario: &str, extra: &[&str]) -> (Value, String, String) {
     (json, svg, stdout.into_owned())
 }
 
-const SCENARIO_FIELDS: [&str; 25] = [
+const SCENARIO_FIELDS: [&str; 26] = [
+    "latency_cdf",
     "typha_share",
     "generator",
     "soak",
@@ -295,21 +296,63 @@ fn steady_converges_and_reports_everything() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
 }
 
-/// typha and kube-sim on CPU 0, the clients on CPU 1: recorded in the report, with
-/// typha's own share and the generator's cost.
+/// typha and kube-sim on CPU 0, 200 agents in two worker processes on CPU 1, through
+/// steady churn and a reconnect storm: every digest equal, and the report records the
+/// pinning (each worker says where it ran), typha's own share, the generator's cost over
+/// both workers, each scenario's latency percentiles and CDF, and resumes vs snapshots.
 #[test]
-fn pinned_steady_records_pinning_and_each_side_s_share() {
+fn two_pinned_workers_carry_200_agents_through_steady_and_storm() {
     let (json, _) = run(
-        "steady",
-        &["--typha-cpus", "0", "--agent-cpus", "1", "--check"],
+        "steady,storm",
+        &[
+            "--clients",
+            "200",
+            "--agent-workers",
+            "2",
+            "--typha-cpus",
+            "0",
+            "--agent-cpus",
+            "1",
+            "--no-raw-baseline",
+            "--check",
+        ],
     );
     check_report(&json);
+    assert_eq!(json["config"]["agent_workers"], 2);
     let e = &json["environment"];
     assert_eq!(e["typha_cpus"], serde_json::json!([0]));
     assert_eq!(e["agent_cpus"], serde_json::json!([1]));
     assert_eq!(e["isolated"], true);
-    let s = &json["scenarios"][0];
-    check_scenario(s, true);
+    let scenarios = json["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 2);
+    for s in scenarios {
+        check_scenario(s, true);
+        assert_eq!(
+            s["digests_total"], 201,
+            "200 agents and the reference client"
+        );
+        check_shares(s, 200);
+        let fleet = &s["events"]["fleet"];
+        assert!(fleet["snapshots"].as_u64().unwrap() >= 200, "{fleet}");
+        assert_eq!(fleet["digest_mismatches"], 0);
+        assert!(s["latency_ms"]["count"].as_u64().unwrap() > 0);
+        assert!(!s["latency_cdf"].as_array().unwrap().is_empty());
+    }
+    let storm = &scenarios[1]["restart"];
+    assert_eq!(
+        storm["clients_disconnected"], 200,
+        "every agent was on typha-0"
+    );
+    let counted = &storm["storm"];
+    assert!(
+        counted["resumes"].as_u64().unwrap() + counted["snapshots"].as_u64().unwrap() >= 200,
+        "every agent came back by a resume or a snapshot: {counted}"
+    );
+}
+
+/// typha's own share and the generator's cost: `agents` agents in two workers pinned
+/// to CPU 1, each reporting its CPU.
+fn check_shares(s: &Value, agents: u64) {
     assert_fields(
         &s["typha_share"],
         &[
@@ -332,11 +375,37 @@ fn pinned_steady_records_pinning_and_each_side_s_share() {
             "writes",
             "cpu_us_per_agent_per_write",
             "processes",
+            "harness_cpu_seconds",
         ],
         "generator",
     );
-    assert_eq!(g["agents"], 12);
+    assert_eq!(g["agents"], agents);
+    assert_eq!(g["processes"], 2);
     assert!(g["cpu_us_per_agent_per_write"].as_f64().unwrap() > 0.0);
+    let workers: Vec<&Value> = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap().starts_with("agent-worker-"))
+        .collect();
+    assert_eq!(workers.len(), 2, "{}", s["processes"]);
+    let cpu: f64 = workers
+        .iter()
+        .map(|w| w["cpu_seconds"].as_f64().unwrap())
+        .sum();
+    // serde_json's default float parsing may differ in the last bit.
+    let generator = g["cpu_seconds"].as_f64().unwrap();
+    assert!(
+        (generator - cpu).abs() < 1e-9,
+        "the sum over the workers: {g}"
+    );
+    for w in workers {
+        assert_eq!(
+            w["cpus"],
+            serde_json::json!([1]),
+            "pinned to the agent CPUs: {w}"
+        );
+    }
 }
 
 /// Every client on one replica, killed mid-churn: all back in sync, the storm's resumes
@@ -778,9 +847,11 @@ fn steady_against_an_existing_cluster_and_typha() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        ["client-process"],
-        "only what this run started is measured"
+    assert!(names.contains(&"client-process"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| *n == "client-process" || n.starts_with("agent-worker-")),
+        "only what this run started is measured: {names:?}"
     );
 }

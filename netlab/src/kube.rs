@@ -8,6 +8,7 @@ use crate::policy::{
     IpBlock, LabelSelector, Peer, Policy, PolicyPort, PolicyType, PortValue, Rule,
 };
 use crate::topology::{CLUSTER_CIDR, NodeInfo, PodInfo, Topology};
+use crate::underlay::NODE_PREFIX_LEN;
 
 fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> Json {
     Json::Object(labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
@@ -25,10 +26,13 @@ pub fn service_account_json(namespace: &str) -> Json {
            "metadata": {"name": "default", "namespace": namespace}})
 }
 
-/// A Node with its InternalIP and pod CIDR.
+/// A Node with its InternalIP, pod CIDR and Calico's address annotation (the address
+/// with its subnet's prefix, what `CrossSubnet` encapsulation compares).
 pub fn node_json(node: &NodeInfo) -> Json {
+    let annotated = format!("{}/{NODE_PREFIX_LEN}", node.ip);
     json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+           "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name},
+                        "annotations": {"projectcalico.org/IPv4Address": annotated}},
            "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
            "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()},
                                     {"type": "Hostname", "address": node.name}],
@@ -51,16 +55,23 @@ pub fn pod_json(pod: &PodInfo, node_name: &str) -> Json {
                       "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
+const CALICO_API: &str = "crd.projectcalico.org/v1";
+
+/// The bench's IPPool (`default-ipv4-ippool`, the cluster CIDR, natOutgoing) with the
+/// given `vxlanMode` and `ipipMode` (`Never`, `Always`, `CrossSubnet`).
+pub fn ip_pool_json(vxlan_mode: &str, ipip_mode: &str) -> Json {
+    json!({"apiVersion": CALICO_API, "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+           "spec": {"cidr": CLUSTER_CIDR, "ipipMode": ipip_mode, "vxlanMode": vxlan_mode,
+                    "natOutgoing": true, "blockSize": 24, "nodeSelector": "all()"}})
+}
+
 /// Calico's cluster-wide objects a real cluster has: ClusterInformation (datastore
-/// ready) and an IPPool covering the pod CIDRs.
+/// ready) and an IPPool covering the pod CIDRs (no encapsulation).
 pub fn calico_defaults() -> Vec<Json> {
-    let api = "crd.projectcalico.org/v1";
     vec![
-        json!({"apiVersion": api, "kind": "ClusterInformation", "metadata": {"name": "default"},
+        json!({"apiVersion": CALICO_API, "kind": "ClusterInformation", "metadata": {"name": "default"},
                "spec": {"datastoreReady": true, "clusterType": "k8s"}}),
-        json!({"apiVersion": api, "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
-               "spec": {"cidr": CLUSTER_CIDR, "ipipMode": "Never", "vxlanMode": "Never",
-                        "natOutgoing": true, "blockSize": 24, "nodeSelector": "all()"}}),
+        ip_pool_json("Never", "Never"),
     ]
 }
 

@@ -4,6 +4,8 @@
 //! - [`topology`]: nodes and pods as network namespaces (a switch namespace joins the
 //!   nodes on one L2 segment; each pod hangs off its node through a `cali...` veth, as a
 //!   CNI plugin would leave it). Everything is deleted on drop, even during a panic.
+//! - [`underlay`]: nodes on several subnets (one segment each) joined by a router
+//!   namespace that knows no pod CIDR, for encapsulation tests.
 //! - [`listen`] and [`probe`]: TCP and UDP listeners in every pod, concurrent probes
 //!   between pods, and a [`probe::Matrix`] of results with a readable diff.
 //! - [`policy`] and [`oracle`]: Kubernetes NetworkPolicy as small structs, and an
@@ -28,6 +30,7 @@ pub mod oracle;
 pub mod policy;
 pub mod probe;
 pub mod topology;
+pub mod underlay;
 
 pub use cmd::NetlabError;
 pub use oracle::{Cluster, ClusterPod, expected};

@@ -4,6 +4,8 @@
 //! collide):
 //! - a switch namespace holding a bridge; each node namespace has `eth0` (node IP
 //!   `10.99.0.<n+1>/24`) whose peer is a bridge port: all nodes share one L2 segment;
+//!   with [`TopologyBuilder::subnets`] nodes sit on several segments joined by a router
+//!   that knows no pod CIDR (see [`crate::underlay`]);
 //! - each node has a pod CIDR `10.244.<n>.0/24` and IP forwarding on;
 //! - each pod namespace has `eth0` with the pod IP as a /32, a default route via
 //!   169.254.1.1 (onlink) and a permanent neighbour entry for it; the peer, in the node
@@ -32,7 +34,7 @@ use crate::cni::{self, CniCall, CniOutput, CniWiring};
 use crate::oracle::{Cluster, ClusterPod};
 use crate::policy::{NamedPort, Protocol};
 use crate::probe::{Endpoint, Matrix, probe_all};
-use crate::{NetlabError, listen};
+use crate::{NetlabError, listen, underlay};
 
 /// The MAC Calico gives every host-side pod interface.
 const CALI_MAC: &str = "ee:ee:ee:ee:ee:ee";
@@ -98,8 +100,10 @@ pub struct NodeInfo {
     pub name: String,
     /// Its network namespace.
     pub netns: String,
-    /// Its address on the shared segment.
+    /// Its address on its subnet's segment.
     pub ip: Ipv4Addr,
+    /// The index of its subnet (`10.99.<subnet>.0/24`).
+    pub subnet: usize,
     /// Its pod CIDR.
     pub pod_cidr: String,
 }
@@ -140,12 +144,21 @@ pub struct TopologyBuilder {
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     listen: Vec<u16>,
     cni: Option<CniWiring>,
+    subnets: Vec<usize>,
 }
 
 impl TopologyBuilder {
     /// The number of nodes.
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// One node per entry, on subnet `of_node[n]` (indices from 0, none skipped); more
+    /// than one subnet adds the router (see [`crate::underlay`]).
+    pub fn subnets(mut self, of_node: &[usize]) -> Self {
+        self.nodes = of_node.len();
+        self.subnets = of_node.to_vec();
         self
     }
 
@@ -230,9 +243,16 @@ impl TopologyBuilder {
                 .or_default()
                 .extend(extra.clone());
         }
-        topo.add_switch().await?;
+        let subnets = self.subnets.iter().max().map_or(1, |m| m + 1);
+        for s in 0..subnets {
+            topo.add_switch(s).await?;
+        }
+        if subnets > 1 {
+            topo.add_router(subnets).await?;
+        }
         for n in 0..self.nodes {
-            topo.add_node(n).await?;
+            let subnet = self.subnets.get(n).copied().unwrap_or(0);
+            topo.add_node(n, subnet, subnets > 1).await?;
         }
         let mut per_node = vec![0u8; self.nodes];
         for spec in self.pods {
@@ -447,25 +467,17 @@ impl Topology {
         Ok(())
     }
 
-    async fn add_netns(&mut self, name: &str) -> Result<(), NetlabError> {
+    pub(crate) async fn add_netns(&mut self, name: &str) -> Result<(), NetlabError> {
         ip(&["netns", "add", name]).await?;
         self.created.push(name.to_string());
         ip_in(name, &["link", "set", "lo", "up"]).await?;
         Ok(())
     }
 
-    async fn add_switch(&mut self) -> Result<(), NetlabError> {
-        let sw = self.switch.clone();
-        self.add_netns(&sw).await?;
-        ip_in(&sw, &["link", "add", "br0", "type", "bridge"]).await?;
-        ip_in(&sw, &["link", "set", "br0", "up"]).await?;
-        Ok(())
-    }
-
-    async fn add_node(&mut self, n: usize) -> Result<(), NetlabError> {
+    async fn add_node(&mut self, n: usize, subnet: usize, routed: bool) -> Result<(), NetlabError> {
         let netns = format!("{}-n{n}", self.id);
         self.add_netns(&netns).await?;
-        let (sw, port) = (self.switch.clone(), format!("p{n}"));
+        let (sw, port) = (underlay::switch_name(&self.id, subnet), format!("p{n}"));
         ip_in(
             &sw,
             &[
@@ -474,15 +486,19 @@ impl Topology {
         )
         .await?;
         ip_in(&sw, &["link", "set", &port, "master", "br0", "up"]).await?;
-        let host = u8::try_from(n + 1).map_err(|_| NetlabError::Spec(format!("node {n}")))?;
-        let ip = Ipv4Addr::new(10, 99, 0, host);
+        let ip = underlay::node_ip(subnet, n)?;
         ip_in(&netns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]).await?;
         ip_in(&netns, &["link", "set", "eth0", "up"]).await?;
+        if routed {
+            let gw = underlay::gateway(subnet)?.to_string();
+            ip_in(&netns, &["route", "add", "default", "via", &gw]).await?;
+        }
         sysctl_in(&netns, "net.ipv4.ip_forward", "1").await?;
         self.nodes.push(NodeInfo {
             name: format!("node-{n}"),
             netns,
             ip,
+            subnet,
             pod_cidr: format!("10.244.{n}.0/24"),
         });
         Ok(())

@@ -50,6 +50,37 @@ pub use state::ResourceState;
 pub use typha_proto::{Key, Kind, ResourceMark, Revision, Update, Value, VersionVector};
 pub use watch::{UpstreamConfig, UpstreamError, UpstreamEvent, run};
 
+/// Where a resource lives in the Kubernetes API: the one table the watch's RBAC
+/// (k8s/base/typha-rbac.yaml), kube-sim's serving and the kind checklist test
+/// (loadtest/tests/kind_checklist.rs) are checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiResource {
+    /// The API group ("" for core).
+    pub group: &'static str,
+    /// The version within the group.
+    pub version: &'static str,
+    /// The plural resource name in URLs and RBAC rules.
+    pub plural: &'static str,
+}
+
+impl ApiResource {
+    fn of<T: k8s_openapi::Resource>() -> ApiResource {
+        ApiResource {
+            group: T::GROUP,
+            version: T::VERSION,
+            plural: T::URL_PATH_SEGMENT,
+        }
+    }
+
+    fn calico<K: crd::CalicoKind>() -> ApiResource {
+        ApiResource {
+            group: crd::GROUP,
+            version: crd::VERSION,
+            plural: K::PLURAL,
+        }
+    }
+}
+
 /// One watched API resource. Exactly one watch per resource per process.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Resource {
@@ -133,6 +164,27 @@ impl Resource {
             Resource::IpPools => Kind::IpPool,
             Resource::FelixConfigurations => Kind::FelixConfiguration,
             Resource::ClusterInformations => Kind::ClusterInformation,
+        }
+    }
+
+    /// Where the resource lives in the API (from the same types the watch uses).
+    pub fn api(self) -> ApiResource {
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+        use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+        match self {
+            Resource::Pods => ApiResource::of::<Pod>(),
+            Resource::Namespaces => ApiResource::of::<Namespace>(),
+            Resource::ServiceAccounts => ApiResource::of::<ServiceAccount>(),
+            Resource::Nodes => ApiResource::of::<Node>(),
+            Resource::KubernetesNetworkPolicies => ApiResource::of::<K8sNetworkPolicy>(),
+            Resource::NetworkPolicies => ApiResource::calico::<crd::NetworkPolicy>(),
+            Resource::GlobalNetworkPolicies => ApiResource::calico::<crd::GlobalNetworkPolicy>(),
+            Resource::GlobalNetworkSets => ApiResource::calico::<crd::GlobalNetworkSet>(),
+            Resource::NetworkSets => ApiResource::calico::<crd::NetworkSet>(),
+            Resource::HostEndpoints => ApiResource::calico::<crd::HostEndpoint>(),
+            Resource::IpPools => ApiResource::calico::<crd::IPPool>(),
+            Resource::FelixConfigurations => ApiResource::calico::<crd::FelixConfiguration>(),
+            Resource::ClusterInformations => ApiResource::calico::<crd::ClusterInformation>(),
         }
     }
 

@@ -31,10 +31,6 @@ pub const COUNTERS: &[(&str, &str)] = &[
 /// Gauges and their HELP text.
 pub const GAUGES: &[(&str, &str)] = &[
     (
-        "typha_upstream_in_sync",
-        "1 once every watched resource completed its initial list",
-    ),
-    (
         "typha_upstream_staleness_seconds",
         "Seconds since the API server was last heard from (event, bookmark or list page)",
     ),

@@ -449,7 +449,6 @@ async fn drive<S>(
 where
     S: Stream<Item = Tagged> + Unpin,
 {
-    metrics::gauge!("typha_upstream_in_sync").set(0.0);
     let mut states: HashMap<Resource, ResourceState> = resources
         .iter()
         .map(|r| (*r, ResourceState::new()))
@@ -513,7 +512,6 @@ where
                 .all(|(r, s)| s.is_synced() || absent.contains(r))
         {
             in_sync = true;
-            metrics::gauge!("typha_upstream_in_sync").set(1.0);
             tracing::info!("upstream in sync");
             send(&tx, &shutdown, UpstreamEvent::InSync).await?;
         }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use typha_proto::Kind;
 
 use crate::drain::{self, DrainConfig, DrainReport};
-use crate::health::{self, Freshness, Health};
+use crate::health::{self, Freshness, Health, HealthConfig};
 use crate::hub::{Hub, HubConfig};
 use crate::rebalance::{self, RebalanceConfig};
 use crate::server::{self, ServerConfig, ServerError, ServerHandle, SessionEnds, Transport};
@@ -41,6 +41,18 @@ pub enum Upstream {
     Channel(mpsc::Receiver<UpstreamEvent>),
 }
 
+/// The operations tuning around the server: each part's configuration lives with the
+/// part ([`crate::drain`], [`crate::rebalance`], [`crate::health`]); this only groups them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpsConfig {
+    /// Load spreading across replicas.
+    pub rebalance: RebalanceConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// Readiness.
+    pub health: HealthConfig,
+}
+
 /// Everything [`start`] needs.
 pub struct TyphaOptions {
     /// gRPC listen address (port 0 picks one).
@@ -51,6 +63,8 @@ pub struct TyphaOptions {
     pub transport: Transport,
     /// Session tuning.
     pub server: ServerConfig,
+    /// Rebalance, drain and readiness tuning.
+    pub ops: OpsConfig,
     /// Cache tuning.
     pub hub: HubConfig,
     /// The state's source.
@@ -91,8 +105,7 @@ pub struct Running {
     pub server: ServerHandle,
     /// The number of Node objects in the state.
     pub nodes: watch::Receiver<usize>,
-    rebalance: RebalanceConfig,
-    drain: DrainConfig,
+    ops: OpsConfig,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), ServerError>>,
 }
@@ -123,7 +136,7 @@ impl Running {
         tracing::info!("draining");
         self.begin_drain();
         self.server.accept_closed().await;
-        let report = drain::drain_sessions(&self.server.sessions, &self.drain).await;
+        let report = drain::drain_sessions(&self.server.sessions, &self.ops.drain).await;
         tracing::info!(goodbyes = report.goodbyes, "drained; stopping");
         self.shutdown.cancel();
         self.join().await?;
@@ -136,10 +149,10 @@ impl Running {
         self.tasks.spawn({
             let run = rebalance::run(
                 self.server.sessions.clone(),
-                self.hub.clone(),
+                self.hub.in_sync_watch(),
                 self.nodes.clone(),
                 replicas,
-                self.rebalance.clone(),
+                self.ops.rebalance.clone(),
                 self.shutdown.clone(),
             );
             async move {
@@ -156,8 +169,8 @@ impl Running {
         client: kube::Client,
         cluster_cidr: Option<netmodel::bootstrap::ClusterCidr>,
     ) {
-        let hub = self.hub.clone();
-        let in_sync = async move { hub.wait_in_sync().await };
+        let in_sync = self.hub.in_sync_watch();
+        let in_sync = async move { in_sync.wait().await };
         let token = self.shutdown.clone();
         self.tasks.spawn(async move {
             netmodel::bootstrap::run(client, in_sync, cluster_cidr, token).await;
@@ -229,11 +242,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
     })?;
     let session_ends = SessionEnds::new(4096);
     let server_handle = ServerHandle::new(&shutdown);
-    let health = Health::new(hub.clone(), freshness, options.server.max_staleness);
-    let (rebalance, drain) = (
-        options.server.rebalance.clone(),
-        options.server.drain.clone(),
-    );
+    let health = Health::new(hub.in_sync_watch(), freshness, &options.ops.health);
     tasks.spawn(server::serve(
         listener,
         hub.clone(),
@@ -259,8 +268,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         health,
         server: server_handle,
         nodes,
-        rebalance,
-        drain,
+        ops: options.ops,
         shutdown,
         tasks,
     })
@@ -300,19 +308,17 @@ async fn tap_upstream(
     let mut names: HashSet<String> = HashSet::new();
     while let Some(event) = from.recv().await {
         freshness.touch();
-        match &event {
-            UpstreamEvent::Updates(updates) | UpstreamEvent::Marked { updates, .. } => {
-                for update in updates.iter().filter(|u| u.key.kind() == Kind::Node) {
-                    if update.value.is_some() {
-                        names.insert(update.key.name().to_string());
-                    } else {
-                        names.remove(update.key.name());
-                    }
+        // InSync passes through: the hub marks itself (and the gauge) in sync on it.
+        if let UpstreamEvent::Updates(updates) | UpstreamEvent::Marked { updates, .. } = &event {
+            for update in updates.iter().filter(|u| u.key.kind() == Kind::Node) {
+                if update.value.is_some() {
+                    names.insert(update.key.name().to_string());
+                } else {
+                    names.remove(update.key.name());
                 }
-                let count = names.len();
-                nodes.send_if_modified(|old| std::mem::replace(old, count) != count);
             }
-            UpstreamEvent::InSync => metrics::gauge!("typha_upstream_in_sync").set(1.0),
+            let count = names.len();
+            nodes.send_if_modified(|old| std::mem::replace(old, count) != count);
         }
         if to.send(event).await.is_err() {
             return;

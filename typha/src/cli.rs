@@ -6,11 +6,10 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::app::{self, Running, TyphaOptions, Upstream};
-use crate::config::{Cli, Command, ServeArgs};
+use crate::config::{Cli, Command, ServeArgs, Settings};
 use crate::hub::HubConfig;
 use crate::server::Transport;
 use anyhow::Context;
-use clap::Parser;
 use edge::certs::DevPki;
 use edge::discovery::{Discovery, DiscoveryConfig};
 use edge::tls::{ReloadableServerTls, TlsFileWatcher, TlsMaterial, TransportChoice};
@@ -27,16 +26,9 @@ where
     T: Into<OsString> + Clone,
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = match Cli::try_parse_from(args) {
+    let cli: Cli = match edge::cli::parse(args) {
         Ok(cli) => cli,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Certs(args) => DevPki::generate()
@@ -49,19 +41,16 @@ where
             .map_err(anyhow::Error::from),
         Command::Serve(args) => serve(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let chain = edge::logging::join_chain(error.chain().map(ToString::to_string));
-            eprintln!("typha: {chain}");
-            ExitCode::FAILURE
-        }
-    }
+    edge::cli::exit_code("typha", result)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    edge::logging::init(&args.log, args.log_format).context("--log")?;
-    let (transport, server) = args.validate()?;
+    edge::logging::init(&args.observe.log, args.observe.log_format).context("--log")?;
+    let Settings {
+        transport,
+        server,
+        ops,
+    } = args.validate()?;
     let (transport, tls_watcher) = match transport {
         TransportChoice::Plaintext => (Transport::Plaintext, None),
         TransportChoice::Tls(files, identity) => {
@@ -91,6 +80,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             health_listen: Some(args.health_listen),
             transport,
             server,
+            ops,
             hub,
             upstream: Upstream::Kube {
                 client,
@@ -101,7 +91,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut running = app::start(options).await?;
         running.spawn_bootstrap(bootstrap_client, args.cluster_cidr);
         let token = running.shutdown_token();
-        if let Some(listen) = args.metrics_listen.0 {
+        if let Some(listen) = args.observe.metrics_listen.0 {
             edge::metrics::serve(listen, scrape, token.clone()).await?;
         }
         if let Some(watcher) = tls_watcher {

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::OpsConfig;
 use crate::drain::DrainConfig;
+use crate::health::HealthConfig;
 use crate::rebalance::RebalanceConfig;
 use crate::server::ServerConfig;
-use edge::logging::LogFormat;
-use edge::metrics::Listen;
+use edge::cli::{ObserveArgs, ObserveEnv};
 use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
 
 /// The typha command line.
@@ -58,10 +59,6 @@ pub struct ServeArgs {
     /// Health listen address (/livez, /readyz for the probes; also /metrics).
     #[arg(long, env = "TYPHA_HEALTH_LISTEN", default_value = "0.0.0.0:9098")]
     pub health_listen: SocketAddr,
-    /// Metrics-only listen address for Prometheus (/metrics; k8s/ uses 0.0.0.0:9093 as
-    /// Calico does); "none" disables it.
-    #[arg(long, env = "TYPHA_METRICS_LISTEN", default_value = "none")]
-    pub metrics_listen: Listen,
     /// CA bundle that client certificates must chain to.
     #[arg(long, env = "TYPHA_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -107,12 +104,9 @@ pub struct ServeArgs {
     /// Use streaming lists (sendInitialEvents) for the initial list.
     #[arg(long, env = "TYPHA_STREAMING_LISTS")]
     pub streaming_lists: bool,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "TYPHA_LOG", default_value = "info")]
-    pub log: String,
-    /// Log line format: text (no colour unless a terminal) or json (one object per line).
-    #[arg(long, env = "TYPHA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// `--log`, `--log-format`, `--metrics-listen` (k8s/ uses 0.0.0.0:9093 for metrics).
+    #[command(flatten)]
+    pub observe: ObserveArgs<TyphaEnv>,
     /// Namespace of typha's own Service; with --service-name, typha counts its ready
     /// replicas from the Service's EndpointSlices and spreads the agents over them.
     #[arg(long, env = "TYPHA_SERVICE_NAMESPACE")]
@@ -150,6 +144,17 @@ pub struct ServeArgs {
     pub interface_prefix: netmodel::InterfacePrefixes,
 }
 
+/// typha's environment variables for the logging and metrics flags.
+#[derive(Debug)]
+pub struct TyphaEnv;
+
+impl ObserveEnv for TyphaEnv {
+    const LOG: &'static str = "TYPHA_LOG";
+    const LOG_FORMAT: &'static str = "TYPHA_LOG_FORMAT";
+    const METRICS_LISTEN: &'static str = "TYPHA_METRICS_LISTEN";
+    const METRICS_PORT: u16 = 9093;
+}
+
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -175,9 +180,20 @@ pub struct OwnService {
     pub name: String,
 }
 
+/// The validated settings of `typha serve`.
+#[derive(Debug)]
+pub struct Settings {
+    /// TLS or plaintext.
+    pub transport: TransportChoice,
+    /// Session tuning.
+    pub server: ServerConfig,
+    /// Rebalance, drain and readiness tuning.
+    pub ops: OpsConfig,
+}
+
 impl ServeArgs {
-    /// Checks the flags and returns the transport and server settings.
-    pub fn validate(&self) -> Result<(TransportChoice, ServerConfig), ConfigError> {
+    /// Checks the flags and returns the transport, server and operations settings.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
         let identity = PeerIdentity {
             cn: self.client_cn.clone(),
             uri_san: self.client_uri_san.clone(),
@@ -210,6 +226,17 @@ impl ServeArgs {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_connections: self.max_connections,
+            ..ServerConfig::default()
+        };
+        Ok(Settings {
+            transport,
+            server,
+            ops: self.ops(),
+        })
+    }
+
+    fn ops(&self) -> OpsConfig {
+        OpsConfig {
             rebalance: RebalanceConfig {
                 headroom: self.rebalance_headroom,
                 rate: self.rebalance_rate,
@@ -218,10 +245,10 @@ impl ServeArgs {
                 duration: self.drain_duration,
                 max_interval: self.drain_max_interval,
             },
-            max_staleness: self.max_staleness,
-            ..ServerConfig::default()
-        };
-        Ok((transport, server))
+            health: HealthConfig {
+                max_staleness: self.max_staleness,
+            },
+        }
     }
 
     /// The Service to count replicas from, if both flags are set (checked by `validate`).
@@ -313,14 +340,23 @@ mod tests {
             "--client-cn",
             "x",
         ]);
-        assert!(matches!(ok.validate(), Ok((TransportChoice::Tls(..), _))));
+        assert!(matches!(
+            ok.validate(),
+            Ok(Settings {
+                transport: TransportChoice::Tls(..),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn plaintext_is_explicit_and_exclusive() {
         assert!(matches!(
             parse(&["--insecure-plaintext"]).validate(),
-            Ok((TransportChoice::Plaintext, _))
+            Ok(Settings {
+                transport: TransportChoice::Plaintext,
+                ..
+            })
         ));
         let both = parse(&["--insecure-plaintext", "--tls-ca", "a"]);
         assert!(matches!(
@@ -338,7 +374,7 @@ mod tests {
             "--ping-timeout",
             "2s",
         ]);
-        let (_, server) = args.validate().unwrap();
+        let server = args.validate().unwrap().server;
         assert_eq!(server.ping_interval, Duration::from_millis(500));
         let bad = parse(&[
             "--insecure-plaintext",
@@ -353,10 +389,8 @@ mod tests {
 
     #[test]
     fn ops_flags_have_defaults_and_are_checked() {
-        let (_, server) = parse(&["--insecure-plaintext"]).validate().unwrap();
-        assert_eq!(server.rebalance, RebalanceConfig::default());
-        assert_eq!(server.drain, DrainConfig::default());
-        assert_eq!(server.max_staleness, Duration::from_secs(90));
+        let ops = parse(&["--insecure-plaintext"]).validate().unwrap().ops;
+        assert_eq!(ops, OpsConfig::default());
         let args = parse(&[
             "--insecure-plaintext",
             "--drain-duration",
@@ -368,9 +402,9 @@ mod tests {
             "--service-name",
             "calico-typha",
         ]);
-        let (_, server) = args.validate().unwrap();
-        assert_eq!(server.drain.duration, Duration::from_secs(10));
-        assert_eq!(server.rebalance.headroom, 0.25);
+        let ops = args.validate().unwrap().ops;
+        assert_eq!(ops.drain.duration, Duration::from_secs(10));
+        assert_eq!(ops.rebalance.headroom, 0.25);
         assert_eq!(args.own_service().unwrap().name, "calico-typha");
         for bad in [
             &["--service-name", "calico-typha"][..],

@@ -28,7 +28,22 @@ use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
-use crate::hub::Hub;
+use crate::hub::InSyncWatch;
+
+/// Tuning for readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `/readyz` fails when nothing was heard from the upstream for this long.
+    pub max_staleness: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            max_staleness: Duration::from_secs(90),
+        }
+    }
+}
 
 /// When the upstream was last heard from. Clones share the clock.
 #[derive(Clone, Debug)]
@@ -145,7 +160,7 @@ impl fmt::Display for Readiness {
 /// What `/readyz` looks at. Clones share state.
 #[derive(Clone)]
 pub struct Health {
-    hub: Hub,
+    in_sync: InSyncWatch,
     freshness: Freshness,
     max_staleness: Duration,
     draining: Arc<AtomicBool>,
@@ -162,12 +177,12 @@ impl fmt::Debug for Health {
 }
 
 impl Health {
-    /// Readiness of `hub`, fresh when `freshness` is younger than `max_staleness`.
-    pub fn new(hub: Hub, freshness: Freshness, max_staleness: Duration) -> Health {
+    /// Ready when `in_sync` says so and `freshness` is younger than `config.max_staleness`.
+    pub fn new(in_sync: InSyncWatch, freshness: Freshness, config: &HealthConfig) -> Health {
         Health {
-            hub,
+            in_sync,
             freshness,
-            max_staleness,
+            max_staleness: config.max_staleness,
             draining: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -196,7 +211,7 @@ impl Health {
         if self.is_draining() {
             return Readiness::Draining;
         }
-        if !self.hub.is_in_sync() {
+        if !self.in_sync.is_in_sync() {
             return Readiness::NotInSync;
         }
         match age {
@@ -307,12 +322,16 @@ pub fn register_metrics() {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::hub::HubConfig;
+    use crate::hub::{Hub, HubConfig};
 
     #[tokio::test(start_paused = true)]
     async fn ready_needs_sync_freshness_and_no_drain() {
         let hub = Hub::new(HubConfig::default());
-        let health = Health::new(hub.clone(), Freshness::new(), Duration::from_secs(90));
+        let health = Health::new(
+            hub.in_sync_watch(),
+            Freshness::new(),
+            &HealthConfig::default(),
+        );
         assert_eq!(health.readiness(), Readiness::NotInSync);
         hub.set_in_sync(true);
         assert_eq!(health.readiness(), Readiness::NeverHeard);

@@ -119,6 +119,25 @@ struct Shared {
     sessions: SessionCounters,
 }
 
+/// A read-only view of whether the upstream is in sync: what readiness, the rebalancer
+/// and the bootstrap need from the hub, and no more. Clones share the flag.
+#[derive(Clone, Debug)]
+pub struct InSyncWatch(watch::Receiver<bool>);
+
+impl InSyncWatch {
+    /// Whether the upstream has been in sync.
+    pub fn is_in_sync(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until the upstream is in sync.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // An Err means the hub is gone; nothing will change any more.
+        let _ = rx.wait_for(|in_sync| *in_sync).await;
+    }
+}
+
 /// A cheap, clonable handle to the one cache and its publication channels.
 #[derive(Clone)]
 pub struct Hub {
@@ -184,11 +203,15 @@ impl Hub {
 
     /// Marks the upstream as in sync (every kind listed): sessions may start streaming,
     /// and (the first time) the state now is the base of cross-replica resumes.
+    ///
+    /// The only writer of `typha_upstream_in_sync`: the gauge follows the flag readiness
+    /// reads, so the two cannot disagree.
     pub fn set_in_sync(&self, in_sync: bool) {
         if in_sync {
             self.shared.cache.write().mark_in_sync();
         }
         self.shared.in_sync.send_replace(in_sync);
+        metrics::gauge!("typha_upstream_in_sync").set(if in_sync { 1.0 } else { 0.0 });
     }
 
     /// Whether the upstream has been in sync.
@@ -198,9 +221,12 @@ impl Hub {
 
     /// Waits until the upstream is in sync.
     pub async fn wait_in_sync(&self) {
-        let mut rx = self.shared.in_sync.subscribe();
-        // An Err means the sender is gone, which cannot happen while `self` lives.
-        let _ = rx.wait_for(|in_sync| *in_sync).await;
+        self.in_sync_watch().wait().await;
+    }
+
+    /// The read-only in-sync flag, for parts that need nothing else of the hub.
+    pub fn in_sync_watch(&self) -> InSyncWatch {
+        InSyncWatch(self.shared.in_sync.subscribe())
     }
 
     /// A receiver of the latest revision, for sessions to wait on.
@@ -367,5 +393,35 @@ impl Hub {
                 None => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// The gauge and the flag readiness reads move together, and the read-only view
+    /// sees what the hub sets.
+    #[tokio::test]
+    async fn in_sync_sets_the_flag_the_view_and_the_gauge() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let hub = Hub::new(HubConfig::default());
+        let view = hub.in_sync_watch();
+        assert!(!view.is_in_sync());
+        hub.set_in_sync(true);
+        view.wait().await;
+        assert!(view.is_in_sync() && hub.is_in_sync());
+        let gauge = snap
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, ..)| k.key().name() == "typha_upstream_in_sync")
+            .map(|(.., v)| v);
+        assert_eq!(gauge, Some(DebugValue::Gauge(1.0.into())));
     }
 }

@@ -13,6 +13,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod drain;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod hub;
 pub mod metrics;

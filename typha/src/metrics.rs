@@ -1,4 +1,5 @@
-//! HELP text for every metric family typha exports (its own here, the upstream watch's
+//! HELP text for every metric family typha exports (its own here, including
+//! `typha_upstream_in_sync`, which the hub sets; the upstream watch's other
 //! `typha_upstream_*` from [`netmodel::metrics`]), the build-info gauge, and the recorder typha
 //! installs (histograms with buckets: `typha_client_lag_batches` counts batches, the
 //! rest are latencies in seconds).
@@ -32,6 +33,11 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "typha_connections_open",
         Kind::Gauge,
         "TCP connections currently open (sessions plus handshakes)",
+    ),
+    (
+        "typha_upstream_in_sync",
+        Kind::Gauge,
+        "1 once every watched resource completed its initial list (set by the hub only)",
     ),
     (
         "typha_connections_target",

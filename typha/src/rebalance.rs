@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use typha_proto::pb::GoodbyeReason;
 
-use crate::hub::Hub;
+use crate::hub::InSyncWatch;
 use crate::server::Sessions;
 
 /// Tuning for load spreading.
@@ -62,11 +62,11 @@ pub fn connection_target(nodes: usize, replicas: usize, headroom: f64) -> Option
     Some(target as usize)
 }
 
-/// Sheds sessions above the target until `shutdown`. `nodes` and `replicas` are the live
-/// counts; a closed channel keeps its last value.
+/// Sheds sessions above the target until `shutdown`, only while `in_sync`. `nodes` and
+/// `replicas` are the live counts; a closed channel keeps its last value.
 pub async fn run(
     sessions: Sessions,
-    hub: Hub,
+    in_sync: InSyncWatch,
     mut nodes: watch::Receiver<usize>,
     mut replicas: watch::Receiver<usize>,
     config: RebalanceConfig,
@@ -87,7 +87,7 @@ pub async fn run(
         }
         let staying = counts.borrow_and_update().staying;
         let excess = target.map_or(0, |t| staying.saturating_sub(t));
-        if excess > 0 && hub.is_in_sync() && sessions.tell_newest(GoodbyeReason::Rebalance) {
+        if excess > 0 && in_sync.is_in_sync() && sessions.tell_newest(GoodbyeReason::Rebalance) {
             goodbyes.increment(1);
             tracing::debug!(staying, ?target, "told a client to move");
             tokio::select! {
@@ -101,7 +101,7 @@ pub async fn run(
             changed = nodes.changed(), if nodes_open => nodes_open = changed.is_ok(),
             changed = replicas.changed(), if replicas_open => replicas_open = changed.is_ok(),
             changed = counts.changed() => if changed.is_err() { return },
-            _ = hub.wait_in_sync(), if !hub.is_in_sync() => {}
+            _ = in_sync.wait(), if !in_sync.is_in_sync() => {}
         }
     }
 }
@@ -110,7 +110,7 @@ pub async fn run(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::hub::HubConfig;
+    use crate::hub::{Hub, HubConfig};
     use crate::server::{Farewell, Registration};
 
     #[test]
@@ -146,7 +146,7 @@ mod tests {
         };
         tokio::spawn(run(
             sessions.clone(),
-            hub.clone(),
+            hub.in_sync_watch(),
             nodes_rx,
             replicas_rx,
             config,

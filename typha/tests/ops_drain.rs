@@ -8,20 +8,20 @@ mod ops_support;
 use std::time::Duration;
 
 use ops_support::{Ending, RawClient, http_get, nodes, start};
+use typha::app::OpsConfig;
 use typha::drain::{DrainConfig, DrainReport};
-use typha::server::{ServerConfig, Transport};
 use typha_proto::pb::GoodbyeReason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_the_listener_and_says_goodbye_to_everyone() {
-    let server = ServerConfig {
+    let ops = OpsConfig {
         drain: DrainConfig {
             duration: Duration::from_millis(400),
             max_interval: Duration::from_millis(100),
         },
-        ..ServerConfig::default()
+        ..OpsConfig::default()
     };
-    let typha = start(server, Transport::Plaintext, None).await;
+    let typha = start(ops).await;
     typha.load(nodes(3)).await;
     let addr = typha.running.grpc_addr;
     let port = typha.health_port();
@@ -48,14 +48,7 @@ async fn drain_closes_the_listener_and_says_goodbye_to_everyone() {
     }
 
     let drain = tokio::spawn(typha.running.drain());
-    for client in &mut clients {
-        assert_eq!(
-            client.ending().await,
-            Ending::Goodbye(GoodbyeReason::Shutdown),
-            "{}",
-            client.name
-        );
-    }
+    ops_support::expect_endings(&mut clients, Ending::Goodbye(GoodbyeReason::Shutdown)).await;
     let report = drain.await.unwrap().unwrap();
     assert_eq!(
         report,

@@ -8,15 +8,21 @@ mod ops_support;
 use std::time::Duration;
 
 use ops_support::{http_get, nodes, start};
-use typha::server::{ServerConfig, Transport};
+use typha::app::OpsConfig;
+use typha::health::HealthConfig;
+
+async fn start_stale_after(max_staleness: Duration) -> ops_support::Typha {
+    let health = HealthConfig { max_staleness };
+    start(OpsConfig {
+        health,
+        ..OpsConfig::default()
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_when_in_sync_and_fresh() {
-    let server = ServerConfig {
-        max_staleness: Duration::from_secs(3600),
-        ..ServerConfig::default()
-    };
-    let typha = start(server, Transport::Plaintext, None).await;
+    let typha = start_stale_after(Duration::from_secs(3600)).await;
     let port = typha.health_port();
     assert_eq!(
         http_get(port, "/readyz").await,
@@ -34,11 +40,7 @@ async fn ready_when_in_sync_and_fresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_when_stale() {
     // Anything heard is already too old by the time /readyz is asked.
-    let server = ServerConfig {
-        max_staleness: Duration::from_nanos(1),
-        ..ServerConfig::default()
-    };
-    let typha = start(server, Transport::Plaintext, None).await;
+    let typha = start_stale_after(Duration::from_nanos(1)).await;
     let port = typha.health_port();
     typha.load(nodes(2)).await;
     let (status, body) = http_get(port, "/readyz").await;

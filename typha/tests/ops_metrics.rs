@@ -7,9 +7,10 @@
 
 mod ops_support;
 
-use ops_support::{RawClient, http_get, nodes, start};
+use ops_support::{RawClient, http_get, nodes, start_with};
 use tokio::sync::watch;
-use typha::server::{ServerConfig, Transport};
+use typha::app::OpsConfig;
+use typha::server::Transport;
 
 const NAMES: [&str; 24] = [
     "typha_connections_active",
@@ -42,7 +43,7 @@ const NAMES: [&str; 24] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_exported_by_name() {
     let handle = typha::metrics::install().unwrap();
-    let mut typha = start(ServerConfig::default(), Transport::Plaintext, Some(handle)).await;
+    let mut typha = start_with(Transport::Plaintext, OpsConfig::default(), Some(handle)).await;
     typha.load(nodes(5)).await;
     let (_replicas, replicas_rx) = watch::channel(1usize);
     typha.running.start_rebalancing(replicas_rx);

@@ -8,20 +8,20 @@ mod ops_support;
 
 use ops_support::{Ending, RawClient, nodes, start};
 use tokio::sync::watch;
+use typha::app::OpsConfig;
 use typha::rebalance::RebalanceConfig;
-use typha::server::{ServerConfig, Transport};
 use typha_proto::pb::GoodbyeReason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_clients_are_told_to_move_down_to_exactly_the_target() {
-    let server = ServerConfig {
+    let ops = OpsConfig {
         rebalance: RebalanceConfig {
             headroom: 0.0,
             rate: 1000.0,
         },
-        ..ServerConfig::default()
+        ..OpsConfig::default()
     };
-    let mut typha = start(server, Transport::Plaintext, None).await;
+    let mut typha = start(ops).await;
     typha.load(nodes(10)).await;
     let (replicas, replicas_rx) = watch::channel(0usize);
     typha.running.start_rebalancing(replicas_rx);
@@ -40,14 +40,7 @@ async fn excess_clients_are_told_to_move_down_to_exactly_the_target() {
     // 10 nodes over 2 replicas, no headroom: 5 each. The three newest must go.
     replicas.send_replace(2);
     let mut leaving = clients.split_off(5);
-    for client in &mut leaving {
-        assert_eq!(
-            client.ending().await,
-            Ending::Goodbye(GoodbyeReason::Rebalance),
-            "{}",
-            client.name
-        );
-    }
+    ops_support::expect_endings(&mut leaving, Ending::Goodbye(GoodbyeReason::Rebalance)).await;
     sessions.wait_for(|c| c.open == 5).await;
     let revision = typha.update(vec![ops_support::node(100)]).await;
     for client in &mut clients {

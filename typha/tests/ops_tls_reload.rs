@@ -6,7 +6,6 @@
 
 mod ops_support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
@@ -15,29 +14,14 @@ use edge::tls::{
     client_config,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use ops_support::{RawClient, nodes, start};
+use ops_support::{RawClient, nodes, start_with};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use testkit::Scratch;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use typha::server::{ServerConfig, Transport};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("typha-ops-tls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use typha::app::OpsConfig;
+use typha::server::Transport;
 
 fn write(files: &TlsFiles, ca: &str, cert: &str, key: &str) {
     std::fs::write(&files.ca, ca).unwrap();
@@ -98,11 +82,11 @@ async fn certificates_reload_for_new_connections_only() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let dir = TempDir::new();
+    let dir = Scratch::new("typha-ops-tls");
     let files = TlsFiles {
-        ca: dir.0.join("ca.crt"),
-        cert: dir.0.join("typha.crt"),
-        key: dir.0.join("typha.key"),
+        ca: dir.path().join("ca.crt"),
+        cert: dir.path().join("typha.crt"),
+        key: dir.path().join("typha.key"),
     };
     let (old, new) = (DevPki::generate().unwrap(), DevPki::generate().unwrap());
     assert_ne!(der(&old.server.cert_pem), der(&new.server.cert_pem));
@@ -118,7 +102,7 @@ async fn certificates_reload_for_new_connections_only() {
     let mut watcher = TlsFileWatcher::new(files.clone(), tls.clone(), material);
     let mut check = || metrics::with_local_recorder(&recorder, || watcher.check());
 
-    let typha = start(ServerConfig::default(), Transport::Tls(tls.config()), None).await;
+    let typha = start_with(Transport::Tls(tls.config()), OpsConfig::default(), None).await;
     typha.load(nodes(3)).await;
     let addr = typha.running.grpc_addr;
     let both_cas = format!("{}{}", old.ca.cert_pem, new.ca.cert_pem);

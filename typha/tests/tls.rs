@@ -227,58 +227,37 @@ async fn assert_client_refused(
     assert_rejected_by_server(outcome, expected).await;
 }
 
-#[tokio::test]
-async fn client_with_wrong_cn_and_uri_san_is_refused() {
+/// A client with a leaf of the right CA issued for `spec` is refused for `expected` by a
+/// server accepting `accept`.
+async fn assert_leaf_refused(spec: CertSpec, accept: PeerIdentity, expected: HandshakeFailure) {
     init();
     let pki = DevPki::generate().unwrap();
-    let leaf = pki
-        .issue(&spec_with(
-            "intruder",
-            Some("spiffe://cluster.local/ns/x/sa/intruder"),
-        ))
-        .unwrap();
-    assert_client_refused(
-        &pki,
-        client_identity(),
-        &pki.material(&leaf),
-        HandshakeFailure::BadIdentity,
-    )
-    .await;
+    let leaf = pki.issue(&spec).unwrap();
+    assert_client_refused(&pki, accept, &pki.material(&leaf), expected).await;
+}
+
+#[tokio::test]
+async fn client_with_wrong_cn_and_uri_san_is_refused() {
+    let intruder = spec_with("intruder", Some("spiffe://cluster.local/ns/x/sa/intruder"));
+    assert_leaf_refused(intruder, client_identity(), HandshakeFailure::BadIdentity).await;
 }
 
 #[tokio::test]
 async fn right_cn_is_refused_when_only_uri_san_is_configured() {
-    init();
-    let pki = DevPki::generate().unwrap();
-    let leaf = pki.issue(&spec_with(DEFAULT_CLIENT_CN, None)).unwrap();
-    assert_client_refused(
-        &pki,
-        PeerIdentity::with_uri_san(DEFAULT_CLIENT_URI_SAN),
-        &pki.material(&leaf),
-        HandshakeFailure::BadIdentity,
-    )
-    .await;
+    let accept = PeerIdentity::with_uri_san(DEFAULT_CLIENT_URI_SAN);
+    let spec = spec_with(DEFAULT_CLIENT_CN, None);
+    assert_leaf_refused(spec, accept, HandshakeFailure::BadIdentity).await;
 }
 
 #[tokio::test]
 async fn expired_client_certificate_is_refused() {
-    init();
-    let pki = DevPki::generate().unwrap();
     let now = OffsetDateTime::now_utc();
-    let leaf = pki
-        .issue(&CertSpec {
-            not_before: now - Duration::days(30),
-            not_after: now - Duration::days(1),
-            ..CertSpec::default_client()
-        })
-        .unwrap();
-    assert_client_refused(
-        &pki,
-        client_identity(),
-        &pki.material(&leaf),
-        HandshakeFailure::Expired,
-    )
-    .await;
+    let expired = CertSpec {
+        not_before: now - Duration::days(30),
+        not_after: now - Duration::days(1),
+        ..CertSpec::default_client()
+    };
+    assert_leaf_refused(expired, client_identity(), HandshakeFailure::Expired).await;
 }
 
 #[tokio::test]

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use typha_proto::{Key, Kind, Update, Value, pb};
 
+use super::hosts::{HostConfig, HostInput, Hosts};
+use super::idset::ObjId;
 use super::index::Index;
 use super::names::usable_interface;
-use super::objects::{Obj, label_lookup};
+use super::objects::NewObj;
 use super::policy::{PolicyState, SortKey};
 use super::render::{FilterInput, filter_table, nat};
 use super::tunnels::{self, Tunnels};
@@ -25,19 +27,29 @@ enum RouteOwner {
     Node(String),
 }
 
+/// A local endpoint: its object's slot in the index and its interface.
+pub(super) struct Local {
+    /// The slot of its object (labels, profiles, addresses).
+    pub id: ObjId,
+    /// Its host-side interface.
+    pub iface: String,
+}
+
 /// The whole calculation state.
 pub(super) struct Engine {
     config: CalcConfig,
     index: Index,
-    policies: HashMap<Key, PolicyState>,
+    /// Boxed: most are inactive, and a map slot then costs a pointer.
+    policies: HashMap<Key, Box<PolicyState>>,
     order: BTreeSet<SortKey>,
-    local: BTreeMap<Key, Arc<Obj>>,
+    local: BTreeMap<Key, Local>,
     pools: BTreeMap<String, pb::IpPool>,
     /// Other nodes by name (networking mode).
     nodes: BTreeMap<String, pb::Node>,
     /// This node.
     own_node: Option<pb::Node>,
     tunnels: Tunnels,
+    hosts: Hosts,
     routes: BTreeMap<String, BTreeMap<RouteOwner, RouteTarget>>,
     route_dsts: HashMap<RouteOwner, Vec<String>>,
     v4: Tables,
@@ -49,8 +61,9 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: CalcConfig) -> Engine {
+    pub fn new(config: CalcConfig, hosts: HostConfig) -> Engine {
         let mut engine = Engine {
+            hosts: Hosts::new(&config.node_name, hosts),
             config,
             index: Index::default(),
             policies: HashMap::new(),
@@ -99,14 +112,20 @@ impl Engine {
                 self.set_policy(key, None)
             }
             (Kind::NetworkSet | Kind::GlobalNetworkSet, Some(Value::NetworkSet(s))) => {
-                self.index.set_object(key, Some(Obj::network_set(key, s)))
+                self.index
+                    .set_object(key, Some(&NewObj::network_set(key, s)));
             }
-            (Kind::NetworkSet | Kind::GlobalNetworkSet, None) => self.index.set_object(key, None),
+            (Kind::NetworkSet | Kind::GlobalNetworkSet, None) => {
+                self.index.set_object(key, None);
+            }
             (Kind::Node, value) => {
                 let node = match value {
                     Some(Value::Node(n)) => Some(n),
                     _ => None,
                 };
+                if self.hosts.set_node(key.name(), node, &mut self.index) {
+                    self.refresh_hosts();
+                }
                 self.set_node(key.name(), node);
             }
             (Kind::IpPool, value) => {
@@ -117,7 +136,16 @@ impl Engine {
                 self.nat_dirty = true;
                 self.nodes_dirty = true;
             }
-            (Kind::HostEndpoint | Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
+            (Kind::HostEndpoint, value) => {
+                let hep = match value {
+                    Some(Value::HostEndpoint(h)) => Some(h),
+                    _ => None,
+                };
+                if self.hosts.set_endpoint(key, hep, &mut self.index) {
+                    self.refresh_hosts();
+                }
+            }
+            (Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
             (kind, Some(value)) => {
                 tracing::debug!(
                     ?kind,
@@ -129,7 +157,6 @@ impl Engine {
     }
 
     fn set_endpoint(&mut self, key: &Key, wep: Option<&pb::WorkloadEndpoint>) {
-        let obj = wep.map(Obj::endpoint);
         let is_local = wep.is_some_and(|w| {
             let local = w.node == self.config.node_name;
             if local && !usable_interface(&w.interface_name) {
@@ -137,22 +164,22 @@ impl Engine {
             }
             local && usable_interface(&w.interface_name)
         });
-        self.index.set_object(key, obj);
+        let obj = wep.map(NewObj::endpoint);
+        let id = self.index.set_object(key, obj.as_ref());
         if !is_local && !self.local.contains_key(key) {
             return;
         }
         let owner = RouteOwner::Endpoint(key.clone());
         self.remove_routes(&owner);
-        match self.index.object(key).filter(|_| is_local).cloned() {
-            Some(obj) => {
-                if let Some(ep) = &obj.endpoint {
-                    let target = RouteTarget::Interface(ep.iface.clone());
-                    let routes = obj.nets.iter().map(|n| (n.text(), target.clone()));
-                    self.add_routes(owner, routes.collect());
-                }
-                self.local.insert(key.clone(), obj);
+        match (id.filter(|_| is_local), wep, &obj) {
+            (Some(id), Some(w), Some(obj)) => {
+                let target = RouteTarget::Interface(w.interface_name.clone());
+                let routes = obj.addrs.nets().map(|n| (n.text(), target.clone()));
+                self.add_routes(owner, routes.collect());
+                let iface = w.interface_name.clone();
+                self.local.insert(key.clone(), Local { id, iface });
             }
-            None => {
+            _ => {
                 self.local.remove(key);
             }
         }
@@ -162,45 +189,75 @@ impl Engine {
     /// Re-evaluates every policy's selector on local endpoint `key`.
     fn refresh_local(&mut self, key: &Key) {
         self.filter_dirty = true;
-        let obj = self.local.get(key);
-        let profiles = self.index.profiles();
+        let store = self.index.store();
+        let obj = self.local.get(key).and_then(|l| store.get(l.id));
         let mut acquire = Vec::new();
         let mut release = Vec::new();
         for (pkey, policy) in &mut self.policies {
             let now = match (obj, &policy.selector) {
-                (Some(o), Some(sel)) => sel.matches(&label_lookup(o, profiles)),
+                (Some(o), Some(sel)) => sel.matches(&store.lookup(o)),
                 _ => false,
             };
-            let was_active = !policy.local.is_empty();
+            let was_active = policy.is_active();
             if now {
                 policy.local.insert(key.clone());
             } else {
                 policy.local.remove(key);
             }
-            match (was_active, !policy.local.is_empty()) {
+            match (was_active, policy.is_active()) {
                 (false, true) => acquire.push(pkey.clone()),
                 (true, false) => release.push(pkey.clone()),
                 _ => {}
             }
         }
+        self.set_activity(acquire, release);
+    }
+
+    /// Re-evaluates every policy on the local host endpoints (after one changed).
+    fn refresh_hosts(&mut self) {
+        self.filter_dirty = true;
+        let mut acquire = Vec::new();
+        let mut release = Vec::new();
+        for (pkey, policy) in &mut self.policies {
+            let was_active = policy.is_active();
+            policy.hosts = self.hosts.reselect(pkey);
+            match (was_active, policy.is_active()) {
+                (false, true) => acquire.push(pkey.clone()),
+                (true, false) => release.push(pkey.clone()),
+                _ => {}
+            }
+        }
+        self.set_activity(acquire, release);
+    }
+
+    /// Renders the policies that became active and takes their sets; drops the
+    /// rendering and the sets of those that became inactive.
+    fn set_activity(&mut self, acquire: Vec<Key>, release: Vec<Key>) {
         for pkey in acquire {
-            if let Some(p) = self.policies.get(&pkey) {
-                p.sets.iter().for_each(|s| self.index.acquire_set(s));
+            if let Some(p) = self.policies.get_mut(&pkey) {
+                p.activate().iter().for_each(|s| self.index.acquire_set(s));
             }
         }
         for pkey in release {
-            if let Some(p) = self.policies.get(&pkey) {
-                p.sets.iter().for_each(|s| self.index.release_set(s));
+            if let Some(p) = self.policies.get_mut(&pkey) {
+                p.deactivate()
+                    .iter()
+                    .for_each(|s| self.index.release_set(s));
             }
         }
     }
 
     fn set_profile(&mut self, name: &str, labels: Option<BTreeMap<String, String>>) {
         self.index.set_profile(name, labels);
+        let store = self.index.store();
+        let inherits = |l: &Local| {
+            let obj = store.get(l.id);
+            obj.is_some_and(|o| store.profile_names(o).any(|p| p == name))
+        };
         let affected: Vec<Key> = self
             .local
             .iter()
-            .filter(|(_, o)| o.profiles.iter().any(|p| p == name))
+            .filter(|(_, l)| inherits(l))
             .map(|(k, _)| k.clone())
             .collect();
         for key in affected {
@@ -210,33 +267,42 @@ impl Engine {
 
     fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) {
         self.filter_dirty = true;
-        let new = policy.map(|p| {
+        let selects_hosts = self.hosts.set_policy(key, policy);
+        let mut new = policy.map(|p| {
             let mut state = PolicyState::new(key, p);
-            let profiles = self.index.profiles();
+            let store = self.index.store();
             if let Some(sel) = &state.selector {
+                let selects = |l: &Local| {
+                    store
+                        .get(l.id)
+                        .is_some_and(|o| sel.matches(&store.lookup(o)))
+                };
                 state.local = self
                     .local
                     .iter()
-                    .filter(|(_, o)| sel.matches(&label_lookup(o, profiles)))
+                    .filter(|(_, l)| selects(l))
                     .map(|(k, _)| k.clone())
                     .collect();
             }
+            state.hosts = selects_hosts;
             state
         });
         // Acquire the new sets before releasing the old ones, so a selector both use is
         // never dropped and rescanned.
-        if let Some(p) = new.as_ref().filter(|p| !p.local.is_empty()) {
-            p.sets.iter().for_each(|s| self.index.acquire_set(s));
+        match new.as_mut() {
+            Some(p) if p.is_active() => {
+                p.activate().iter().for_each(|s| self.index.acquire_set(s));
+            }
+            Some(p) => drop(p.deactivate()),
+            None => {}
         }
         if let Some(old) = self.policies.remove(key) {
             self.order.remove(&old.sort);
-            if !old.local.is_empty() {
-                old.sets.iter().for_each(|s| self.index.release_set(s));
-            }
+            old.sets().for_each(|s| self.index.release_set(s));
         }
         if let Some(p) = new {
             self.order.insert(p.sort.clone());
-            self.policies.insert(key.clone(), p);
+            self.policies.insert(key.clone(), Box::new(p));
         }
     }
 
@@ -300,6 +366,8 @@ impl Engine {
         if self.nodes_dirty {
             self.route_nodes();
             self.nodes_dirty = false;
+            // The host chains accept VXLAN from the peers.
+            self.filter_dirty |= self.hosts.any();
         }
         if self.filter_dirty {
             let input = FilterInput {
@@ -308,8 +376,16 @@ impl Engine {
                 order: &self.order,
                 prefixes: self.config.interface_prefixes.all(),
             };
-            self.v4.filter = filter_table(Family::V4, &input);
-            self.v6.filter = filter_table(Family::V6, &input);
+            let hosts = HostInput {
+                hosts: &self.hosts,
+                policies: &self.policies,
+                order: &self.order,
+                vxlan_peers: self.tunnels.vxlan_peers.iter().map(|p| p.node_ip).collect(),
+            };
+            for (family, tables) in [(Family::V4, &mut self.v4), (Family::V6, &mut self.v6)] {
+                tables.filter = filter_table(family, &input);
+                super::hosts::render(family, &hosts, &mut tables.filter);
+            }
             self.filter_dirty = false;
         }
         if self.nat_dirty {

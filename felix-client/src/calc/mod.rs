@@ -1,7 +1,7 @@
 //! calc: the pure half of the dataplane. It indexes the synced model (endpoints,
 //! profiles, policies, nodes, pools, network sets) and computes, for this node, what the
-//! kernel should hold: iptables chains for the local workload endpoints and the policies
-//! selecting them, the ipsets those rules reference (with their members from the whole
+//! kernel should hold: iptables chains for the local workload endpoints, this node's
+//! host endpoints ([`hosts`]) and the policies selecting them, the ipsets those rules reference (with their members from the whole
 //! cluster), and the routes. No I/O: [`crate::dataplane`] writes the result.
 //!
 //! Contract with the dataplane (see [`Desired`]): chain names start with `cali-` and are
@@ -18,20 +18,29 @@
 //! `ip,proto:port`; an `Arc::ptr_eq` between the member sets of two [`Desired`]s proves
 //! them equal (members are updated copy-on-write).
 //!
-//! Layout: `objects` (endpoints and network sets as labelled objects), `index`
-//! (active selectors, their matches and the ipsets derived from them), `rules` (one
-//! policy's rules to iptables), `policy` (a policy's rendered state), `render`
-//! (tables), `engine` (update rules and caches), [`names`] (every name and mark).
+//! Layout: `objects` (endpoints and network sets as labelled objects, compact
+//! addresses), `store` (every object once, by slot id, with interned labels: `intern`,
+//! and id sets: `idset`), `selectors` (active selectors and their matches), `sets`
+//! (ipset specs and members), `index` (the three together: what an update or a new set
+//! does), `rules` (one policy's rules to iptables), `policy` (a policy's rendered
+//! state), `render` (tables), `engine` (update rules and caches), [`names`] (every name
+//! and mark).
 //! Determinism: every output is ordered (BTreeMap) and every name a hash of what it
 //! names, so the same state gives a byte-identical [`Desired`] whatever the update order.
 
 mod engine;
+pub mod hosts;
+mod idset;
 mod index;
+mod intern;
 pub mod names;
 mod objects;
 mod policy;
 mod render;
 mod rules;
+mod selectors;
+mod sets;
+mod store;
 #[cfg(test)]
 mod tests;
 pub mod tunnels;
@@ -163,8 +172,14 @@ impl std::fmt::Debug for Calc {
 impl Calc {
     /// A calculation with no state.
     pub fn new(config: CalcConfig) -> Calc {
+        Calc::with_hosts(config, hosts::HostConfig::default())
+    }
+
+    /// A calculation with no state and these host endpoint settings (failsafe ports,
+    /// automatic host endpoints).
+    pub fn with_hosts(config: CalcConfig, hosts: hosts::HostConfig) -> Calc {
         Calc {
-            engine: engine::Engine::new(config),
+            engine: engine::Engine::new(config, hosts),
         }
     }
 

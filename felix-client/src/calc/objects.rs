@@ -6,6 +6,7 @@
 //! NetworkSet gets `projectcalico.org/namespace` and the namespace profile, as Calico's
 //! syncer gives it, so namespace selectors match it like a pod of that namespace.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -13,6 +14,7 @@ use netmodel::selector::NAMESPACE_LABEL;
 use typha_proto::{Key, pb};
 
 use super::Family;
+use super::intern::Id;
 
 /// A parsed, canonical CIDR.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,6 +63,22 @@ impl Net {
         })
     }
 
+    /// The host net of one address (`/32` or `/128`).
+    pub fn host(addr: IpAddr) -> Net {
+        match addr {
+            IpAddr::V4(_) => Net {
+                family: Family::V4,
+                addr,
+                prefix: 32,
+            },
+            IpAddr::V6(_) => Net {
+                family: Family::V6,
+                addr,
+                prefix: 128,
+            },
+        }
+    }
+
     /// Canonical text: `10.0.0.0/8`.
     pub fn text(&self) -> String {
         format!("{}/{}", self.addr, self.prefix)
@@ -84,39 +102,15 @@ pub(super) fn parse_nets(nets: &[String]) -> Vec<Net> {
     nets.iter().filter_map(|n| Net::parse(n)).collect()
 }
 
-/// A named port of an endpoint.
+/// A named port of an endpoint, its name interned.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct PortName {
-    /// The port's name.
-    pub name: String,
+    /// The port's name (an interned string).
+    pub name: Id,
     /// Its protocol (`tcp`, `udp`, `sctp`).
     pub protocol: &'static str,
     /// Its number.
     pub port: u32,
-}
-
-/// What only workload endpoints have.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct EndpointInfo {
-    /// The node it runs on.
-    pub node: String,
-    /// Its host-side interface.
-    pub iface: String,
-}
-
-/// One labelled object: an endpoint or a network set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Obj {
-    /// Its own labels.
-    pub labels: BTreeMap<String, String>,
-    /// Profiles whose labels it inherits, in order.
-    pub profiles: Vec<String>,
-    /// Its addresses (endpoints) or networks (network sets).
-    pub nets: Vec<Net>,
-    /// Named ports (endpoints only).
-    pub ports: Vec<PortName>,
-    /// Endpoint-only data; `None` for network sets.
-    pub endpoint: Option<EndpointInfo>,
 }
 
 /// The iptables / ipset name of a port protocol; `None` for protocols without ports.
@@ -129,72 +123,136 @@ pub(super) fn port_protocol(raw: i32) -> Option<&'static str> {
     }
 }
 
-impl Obj {
+/// An object's addresses: one IPv4 and/or one IPv6 host address inline (every pod,
+/// single- or dual-stack), any other list of nets (network sets, several addresses of
+/// one family, non-host prefixes) boxed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Addrs {
+    /// One IPv4 host address (`/32`).
+    V4(Ipv4Addr),
+    /// One IPv6 host address (`/128`).
+    V6(Ipv6Addr),
+    /// One of each (dual stack).
+    Dual(Ipv4Addr, Ipv6Addr),
+    /// Anything else, in the order given.
+    Nets(Box<[Net]>),
+}
+
+impl Addrs {
+    /// The compact form of `nets`.
+    pub fn new(nets: Vec<Net>) -> Addrs {
+        let host = |n: &Net| match n.addr {
+            IpAddr::V4(a) if n.prefix == 32 => Some(IpAddr::V4(a)),
+            IpAddr::V6(a) if n.prefix == 128 => Some(IpAddr::V6(a)),
+            _ => None,
+        };
+        match nets.as_slice() {
+            [a] => match host(a) {
+                Some(IpAddr::V4(a)) => return Addrs::V4(a),
+                Some(IpAddr::V6(a)) => return Addrs::V6(a),
+                None => {}
+            },
+            [a, b] => {
+                if let (Some(IpAddr::V4(a)), Some(IpAddr::V6(b))) = (host(a), host(b)) {
+                    return Addrs::Dual(a, b);
+                }
+            }
+            _ => {}
+        }
+        Addrs::Nets(nets.into_boxed_slice())
+    }
+
+    /// The nets, in order.
+    pub fn nets(&self) -> impl Iterator<Item = Net> + '_ {
+        let (inline, boxed): ([Option<IpAddr>; 2], &[Net]) = match self {
+            Addrs::V4(a) => ([Some(IpAddr::V4(*a)), None], &[]),
+            Addrs::V6(a) => ([Some(IpAddr::V6(*a)), None], &[]),
+            Addrs::Dual(a, b) => ([Some(IpAddr::V4(*a)), Some(IpAddr::V6(*b))], &[]),
+            Addrs::Nets(nets) => ([None, None], nets),
+        };
+        inline
+            .into_iter()
+            .flatten()
+            .map(Net::host)
+            .chain(boxed.iter().cloned())
+    }
+}
+
+/// What an update says about a labelled object, before interning: borrowed from the
+/// model value (the index keeps only interned ids and the compact addresses).
+#[derive(Debug)]
+pub(super) struct NewObj<'a> {
+    /// Own labels, sorted by key.
+    pub labels: Vec<(&'a str, &'a str)>,
+    /// Profiles whose labels it inherits, in order.
+    pub profiles: Vec<Cow<'a, str>>,
+    /// Addresses (endpoints) or networks (network sets).
+    pub addrs: Addrs,
+    /// Named ports: (name, protocol, number).
+    pub ports: Vec<(&'a str, &'static str, u32)>,
+}
+
+impl<'a> NewObj<'a> {
     /// The object of a workload endpoint.
-    pub fn endpoint(wep: &pb::WorkloadEndpoint) -> Obj {
-        Obj {
-            labels: wep.labels.clone().into_iter().collect(),
-            profiles: wep.profile_ids.clone(),
-            nets: parse_nets(&wep.ip_nets),
+    pub fn endpoint(wep: &'a pb::WorkloadEndpoint) -> NewObj<'a> {
+        NewObj {
+            labels: wep
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            profiles: wep
+                .profile_ids
+                .iter()
+                .map(|p| Cow::Borrowed(p.as_str()))
+                .collect(),
+            addrs: Addrs::new(parse_nets(&wep.ip_nets)),
             ports: wep
                 .ports
                 .iter()
-                .filter_map(|p| {
-                    Some(PortName {
-                        name: p.name.clone(),
-                        protocol: port_protocol(p.protocol)?,
-                        port: p.port,
-                    })
-                })
+                .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
                 .collect(),
-            endpoint: Some(EndpointInfo {
-                node: wep.node.clone(),
-                iface: wep.interface_name.clone(),
-            }),
         }
     }
 
     /// The object of a (global, when the key has no namespace) network set.
-    pub fn network_set(key: &Key, set: &pb::NetworkSet) -> Obj {
-        let mut labels: BTreeMap<String, String> = set.labels.clone().into_iter().collect();
+    pub fn network_set(key: &'a Key, set: &'a pb::NetworkSet) -> NewObj<'a> {
+        let mut labels: Vec<(&str, &str)> = set
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| key.namespace().is_empty() || *k != NAMESPACE_LABEL)
+            .collect();
         let mut profiles = Vec::new();
         if !key.namespace().is_empty() {
-            labels.insert(NAMESPACE_LABEL.to_string(), key.namespace().to_string());
-            profiles.push(format!("kns.{}", key.namespace()));
+            labels.push((NAMESPACE_LABEL, key.namespace()));
+            labels.sort_unstable();
+            profiles.push(Cow::Owned(format!("kns.{}", key.namespace())));
         }
-        Obj {
+        NewObj {
             labels,
             profiles,
-            nets: parse_nets(&set.nets),
+            addrs: Addrs::new(parse_nets(&set.nets)),
             ports: Vec::new(),
-            endpoint: None,
         }
     }
+}
 
-    /// The namespace the object's labels place it in (the index's scoping key).
-    pub fn namespace(&self) -> Option<&str> {
-        self.labels.get(NAMESPACE_LABEL).map(String::as_str)
-    }
+/// One labelled object as the index keeps it: interned ids and compact addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Obj {
+    /// Its own labels (an interned label set).
+    pub labels: Id,
+    /// Profiles it inherits labels from (an interned list of profile names).
+    pub profiles: Id,
+    /// Named ports (an interned list).
+    pub ports: Id,
+    /// Its addresses or networks.
+    pub addrs: Addrs,
 }
 
 /// Profile labels by profile name.
 pub(super) type Profiles = HashMap<String, BTreeMap<String, String>>;
-
-/// The effective label lookup of `obj`: own labels first, then its profiles in order.
-pub(super) fn label_lookup<'a>(
-    obj: &'a Obj,
-    profiles: &'a Profiles,
-) -> impl Fn(&str) -> Option<&'a str> + 'a {
-    move |key: &str| {
-        if let Some(v) = obj.labels.get(key) {
-            return Some(v.as_str());
-        }
-        obj.profiles
-            .iter()
-            .filter_map(|p| profiles.get(p))
-            .find_map(|labels| labels.get(key).map(String::as_str))
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -216,27 +274,23 @@ mod tests {
     }
 
     #[test]
-    fn own_labels_win_over_profiles() {
-        let obj = Obj {
-            labels: [("a".to_string(), "own".to_string())].into(),
-            profiles: vec!["p1".into(), "p2".into()],
-            nets: vec![],
-            ports: vec![],
-            endpoint: None,
-        };
-        let mut profiles = Profiles::new();
-        profiles.insert(
-            "p1".into(),
-            [("a".into(), "p1".into()), ("b".into(), "p1".into())].into(),
-        );
-        profiles.insert(
-            "p2".into(),
-            [("b".into(), "p2".into()), ("c".into(), "p2".into())].into(),
-        );
-        let get = label_lookup(&obj, &profiles);
-        assert_eq!(get("a"), Some("own"));
-        assert_eq!(get("b"), Some("p1"));
-        assert_eq!(get("c"), Some("p2"));
-        assert_eq!(get("d"), None);
+    fn addresses_are_inline_for_pods_and_boxed_otherwise() {
+        let nets =
+            |list: &[&str]| parse_nets(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let cases: [(&[&str], bool); 7] = [
+            (&["10.0.0.1/32"], true),
+            (&["fd00::1/128"], true),
+            (&["10.0.0.1", "fd00::1"], true),
+            (&["10.0.0.0/24"], false),
+            (&["10.0.0.1/32", "10.0.0.2/32"], false),
+            (&["fd00::1", "10.0.0.1"], false),
+            (&[], false),
+        ];
+        for (list, inline) in cases {
+            let addrs = Addrs::new(nets(list));
+            assert_eq!(!matches!(addrs, Addrs::Nets(_)), inline, "{list:?}");
+            assert_eq!(addrs.nets().collect::<Vec<_>>(), nets(list), "{list:?}");
+        }
+        assert!(std::mem::size_of::<Addrs>() <= 24);
     }
 }

@@ -21,20 +21,21 @@ use std::sync::Arc;
 
 use typha_proto::{Key, pb};
 
+use super::engine::Local;
 use super::names::{
     Dir, FORWARD, FROM_WL_DISPATCH, INPUT, MARK_ACCEPT, MARK_PASS, OUTPUT, POSTROUTING,
     TO_WL_DISPATCH, all_pools_set, endpoint_chain, masq_pools_set,
 };
-use super::objects::{Net, Obj};
+use super::objects::Net;
 use super::policy::{PolicyState, SortKey};
 use super::{CalcMode, Chains, Family, IpSet, IpSetKind};
 
 /// What the filter table is built from.
 pub(super) struct FilterInput<'a> {
     /// Local endpoints.
-    pub local: &'a BTreeMap<Key, Arc<Obj>>,
+    pub local: &'a BTreeMap<Key, Local>,
     /// Policies by key.
-    pub policies: &'a HashMap<Key, PolicyState>,
+    pub policies: &'a HashMap<Key, Box<PolicyState>>,
     /// Policies in order.
     pub order: &'a BTreeSet<SortKey>,
     /// Workload interface prefixes.
@@ -97,7 +98,7 @@ fn root_chains(chains: &mut Chains, prefixes: &[String]) {
 }
 
 /// The rules of one endpoint chain, given its policies' (tier, chain) in order.
-fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn endpoint_rules(policies: &[(&str, &str)]) -> Vec<String> {
     if policies.is_empty() {
         return Vec::new();
     }
@@ -138,13 +139,9 @@ pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
         if p.local.is_empty() {
             continue;
         }
-        let fc = p.chains(family);
-        if let Some(rules) = &fc.inbound {
-            chains.insert(p.chain_in.clone(), rules.clone());
-        }
-        if let Some(rules) = &fc.outbound {
-            chains.insert(p.chain_out.clone(), rules.clone());
-        }
+        let Some(fc) = p.insert_chains(family, &mut chains) else {
+            continue;
+        };
         for ep in &p.local {
             let entry = lists.entry(ep).or_default();
             if fc.inbound.is_some() {
@@ -156,10 +153,8 @@ pub(super) fn filter_table(family: Family, input: &FilterInput<'_>) -> Chains {
         }
     }
     let mut by_iface: BTreeMap<&str, &Key> = BTreeMap::new();
-    for (key, obj) in input.local {
-        if let Some(ep) = &obj.endpoint {
-            by_iface.entry(ep.iface.as_str()).or_insert(key);
-        }
+    for (key, local) in input.local {
+        by_iface.entry(local.iface.as_str()).or_insert(key);
     }
     let mut from_dispatch = Vec::new();
     let mut to_dispatch = Vec::new();

@@ -26,9 +26,9 @@ use netmodel::selector::Selector;
 use typha_proto::pb;
 
 use super::Family;
-use super::index::SetSpec;
 use super::names::{MARK_ACCEPT, MARK_LOG, MARK_PASS};
 use super::objects::{Net, port_protocol};
+use super::sets::SetSpec;
 
 /// A selector in a policy did not parse: the rule holding it renders nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -147,6 +147,48 @@ fn pool_of<'a>(pools: &'a BTreeMap<String, pb::IpPool>, net: &Net) -> Option<&'a
         .find(|p| !p.disabled && Net::parse(&p.cidr).is_some_and(|pool| contains(&pool, net)))
 }
 
+/// How a peer's pod CIDR is reached: the peer, its tunnel endpoint when the pool
+/// encapsulates, whether that is VXLAN (else IPIP), and its addresses.
+struct Via<'a> {
+    peer: &'a str,
+    tunnel: Option<Ipv4Addr>,
+    vxlan: bool,
+    addresses: &'a [IpAddr],
+}
+
+/// The route target for `net` (recording the tunnel it needs in `tunnels`); `None` when
+/// the peer has no address of the net's family.
+fn route_target(net: &Net, via: &Via<'_>, tunnels: &mut Tunnels) -> Option<RouteTarget> {
+    Some(match via.tunnel {
+        Some(peer) if via.vxlan => {
+            let gateway = net.addr;
+            tunnels.vxlan_peers.insert(VxlanPeer {
+                node_ip: IpAddr::V4(peer),
+                mac: node_mac(via.peer),
+                gateway,
+            });
+            RouteTarget::Tunnel {
+                device: VXLAN_DEVICE.into(),
+                gateway,
+            }
+        }
+        Some(peer) => {
+            tunnels.ipip_mtu = Some(HOST_MTU - IPIP_OVERHEAD);
+            RouteTarget::Tunnel {
+                device: IPIP_DEVICE.into(),
+                gateway: IpAddr::V4(peer),
+            }
+        }
+        None => {
+            let family_of = |a: &&IpAddr| match a {
+                IpAddr::V4(_) => net.family == Family::V4,
+                IpAddr::V6(_) => net.family == Family::V6,
+            };
+            RouteTarget::Gateway(*via.addresses.iter().find(family_of)?)
+        }
+    })
+}
+
 /// Every remote node's routes and this node's tunnels, from the nodes and pools.
 pub(super) fn plan(
     own_name: &str,
@@ -178,36 +220,14 @@ pub(super) fn plan(
                 (Family::V4, Some(_), Some(peer)) if vxlan || ipip => Some(peer),
                 _ => None,
             };
-            let target = match tunnel {
-                Some(peer) if vxlan => {
-                    let gateway = net.addr;
-                    tunnels.vxlan_peers.insert(VxlanPeer {
-                        node_ip: IpAddr::V4(peer),
-                        mac: node_mac(name),
-                        gateway,
-                    });
-                    RouteTarget::Tunnel {
-                        device: VXLAN_DEVICE.into(),
-                        gateway,
-                    }
-                }
-                Some(peer) => {
-                    tunnels.ipip_mtu = Some(HOST_MTU - IPIP_OVERHEAD);
-                    RouteTarget::Tunnel {
-                        device: IPIP_DEVICE.into(),
-                        gateway: IpAddr::V4(peer),
-                    }
-                }
-                None => {
-                    let family_of = |a: &&IpAddr| match a {
-                        IpAddr::V4(_) => net.family == Family::V4,
-                        IpAddr::V6(_) => net.family == Family::V6,
-                    };
-                    let Some(gw) = addresses.iter().find(family_of) else {
-                        continue;
-                    };
-                    RouteTarget::Gateway(*gw)
-                }
+            let via = Via {
+                peer: name,
+                tunnel,
+                vxlan,
+                addresses: &addresses,
+            };
+            let Some(target) = route_target(&net, &via, &mut tunnels) else {
+                continue;
             };
             list.push((net.text(), target));
         }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::calc::hosts;
+
 pub use crate::dataplane::backend::IptablesBackend;
 use edge::discovery::{DEFAULT_PORT_NAME, DiscoveryConfig, ServiceRefError};
 use edge::tls::{PeerIdentity, TlsFlagsError, TransportChoice};
@@ -111,6 +113,19 @@ pub struct Cli {
     /// rules, as Calico's Auto), nft or legacy.
     #[arg(long, env = "FELIX_IPTABLES_BACKEND", value_enum, default_value_t = IptablesBackend::Auto)]
     pub iptables_backend: IptablesBackend,
+    /// Host ports always open inbound while this node has host endpoints,
+    /// `[tcp|udp|sctp:]PORT,...` or `none` (Calico's FailsafeInboundHostPorts).
+    #[arg(long, env = "FELIX_FAILSAFE_INBOUND_HOST_PORTS", default_value = hosts::DEFAULT_FAILSAFE_INBOUND)]
+    pub failsafe_inbound: hosts::FailsafeList,
+    /// Remote ports the host may always reach while it has host endpoints, like
+    /// `--failsafe-inbound` (Calico's FailsafeOutboundHostPorts).
+    #[arg(long, env = "FELIX_FAILSAFE_OUTBOUND_HOST_PORTS", default_value = hosts::DEFAULT_FAILSAFE_OUTBOUND)]
+    pub failsafe_outbound: hosts::FailsafeList,
+    /// Give every node an all-interfaces host endpoint `<node>-auto-hep` with the node's
+    /// labels and addresses and the default-allow profile (Calico's automatic host
+    /// endpoints), so host policy can select nodes.
+    #[arg(long, env = "FELIX_AUTO_HOST_ENDPOINTS")]
+    pub auto_host_endpoints: bool,
 }
 
 /// The dataplane programmer.
@@ -228,6 +243,8 @@ pub struct Config {
     pub interface_prefixes: netmodel::InterfacePrefixes,
     /// The iptables backend choice.
     pub iptables_backend: IptablesBackend,
+    /// Host endpoint settings (failsafe ports, automatic host endpoints).
+    pub hosts: hosts::HostConfig,
 }
 
 impl Cli {
@@ -319,6 +336,11 @@ impl Cli {
             },
             interface_prefixes: self.interface_prefix.clone(),
             iptables_backend: self.iptables_backend,
+            hosts: hosts::HostConfig {
+                failsafe_inbound: self.failsafe_inbound.0.clone(),
+                failsafe_outbound: self.failsafe_outbound.0.clone(),
+                auto_host_endpoints: self.auto_host_endpoints,
+            },
         })
     }
 }

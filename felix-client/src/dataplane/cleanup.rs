@@ -1,16 +1,18 @@
 //! cleanup: removes everything the agent owns from a node (`felix-client cleanup`, the
 //! uninstall step): its hooks and `cali-` chains in every iptables flavour that runs
-//! (legacy and nft, IPv4 and IPv6), its `cali` ipsets, and its routes (protocol 80).
-//! Foreign rules, chains, sets and routes stay.
+//! (legacy and nft, IPv4 and IPv6), its `cali` ipsets, its routes (protocol 80) and its
+//! tunnel devices (`vxlan.calico` deleted; `tunl0` deleted, or set down when it is the
+//! kernel's undeletable fallback device). Foreign rules, chains, sets and routes stay.
 //!
 //! A table where another agent owns `cali-` chains ([`super::owner`]) is left alone, and
-//! so are the ipsets then (they would be that agent's); the report says so.
+//! so are the ipsets and tunnel devices then (they would be that agent's); the report
+//! says so.
 
 use super::backend::Programs;
 use super::exec::Runner;
 use super::iptables;
 use super::routes::ROUTE_PROTOCOL;
-use super::{DataplaneConfig, DataplaneError, ipsets, owner};
+use super::{DataplaneConfig, DataplaneError, ipsets, owner, tunnels};
 use crate::calc::{Chains, Family};
 
 /// What [`cleanup`] did.
@@ -22,6 +24,8 @@ pub struct CleanupReport {
     pub ipsets_destroyed: usize,
     /// Tables left alone because another agent owns their `cali-` chains.
     pub foreign_tables: Vec<String>,
+    /// What happened to each tunnel device found (`vxlan.calico deleted`, ...).
+    pub tunnels: Vec<String>,
 }
 
 /// The iptables flavours whose programs run here (plain `iptables-*` when neither does).
@@ -92,6 +96,7 @@ pub async fn cleanup(config: &DataplaneConfig) -> Result<CleanupReport, Dataplan
     clean_tables(&mut runner, config, &mut report).await?;
     if report.foreign_tables.is_empty() {
         clean_ipsets(&runner, &mut report).await?;
+        report.tunnels = tunnels::remove(&runner).await?;
     }
     let proto = ROUTE_PROTOCOL.to_string();
     for family in ["-4", "-6"] {

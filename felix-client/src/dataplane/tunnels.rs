@@ -9,7 +9,8 @@
 //! creates it when wanted and missing and sets its MTU, and never deletes it. On a
 //! kernel without ipip, creating it fails with the kernel's "Unknown device type"; that
 //! is reported like any write error. Runs before routes, so tunnel routes find their
-//! device.
+//! device. `felix-client cleanup` deletes `vxlan.calico` and sets `tunl0` down
+//! ([`remove`]).
 
 use std::collections::BTreeSet;
 
@@ -42,6 +43,36 @@ pub(crate) async fn sync(runner: &Runner, desired: &Tunnels) -> Result<u64, Data
         writes += 1;
     }
     Ok(writes)
+}
+
+/// Removes the tunnel devices (`felix-client cleanup`): deletes `vxlan.calico`, and
+/// `tunl0` where it can be deleted; the kernel's fallback `tunl0` (which cannot) is set
+/// down instead. Returns what was done, one entry per device found.
+pub(crate) async fn remove(runner: &Runner) -> Result<Vec<String>, DataplaneError> {
+    let mut done = Vec::new();
+    if link_details(runner, VXLAN_DEVICE).await.is_some() {
+        runner
+            .run("ip", &["link", "del", VXLAN_DEVICE], None)
+            .await?;
+        done.push(format!("{VXLAN_DEVICE} deleted"));
+    }
+    if link_details(runner, IPIP_DEVICE).await.is_some() {
+        if runner
+            .run("ip", &["link", "del", IPIP_DEVICE], None)
+            .await
+            .is_ok()
+        {
+            done.push(format!("{IPIP_DEVICE} deleted"));
+        } else {
+            runner
+                .run("ip", &["link", "set", IPIP_DEVICE, "down"], None)
+                .await?;
+            done.push(format!(
+                "{IPIP_DEVICE} set down (the kernel's fallback device)"
+            ));
+        }
+    }
+    Ok(done)
 }
 
 /// `ip -d link show <name>`, `None` when the device does not exist.

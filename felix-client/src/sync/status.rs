@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use typha_proto::{Digest, Revision};
 
 use super::SyncEvent;
+use crate::health::SyncProgress;
 use crate::mirror::{Mirror, MirrorError};
 
 /// Live counters of one sync client (also exported as `felix_sync_*` metrics).
@@ -117,5 +118,15 @@ impl SyncStatus {
         metrics::gauge!("felix_sync_keys").set(keys as f64);
         self.digest.send_replace(mirror.digest());
         self.applied.send_replace(mirror.revision());
+    }
+}
+
+impl SyncProgress for SyncStatus {
+    fn is_in_sync(&self) -> bool {
+        self.in_sync.load(Ordering::Relaxed)
+    }
+
+    fn has_synced(&self) -> bool {
+        SyncStatus::has_synced(self)
     }
 }

@@ -1,19 +1,23 @@
 //! The simulated scheduler and kubelet: binds unbound pods to a ready node and starts
-//! bound pods (an address from the node's pod CIDR, `phase: Running`, Ready conditions,
-//! container statuses); host-network pods get the node's InternalIP.
+//! bound pods (`phase: Running`, Ready conditions, container statuses) with one address
+//! from each of the node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`): a
+//! dual-stack node's pods get an IPv4 and an IPv6 address, in the order of the node's
+//! CIDRs (`status.podIP` is the first); host-network pods get the node's InternalIPs.
 //!
-//! Invariants: a pod is bound only if it has no `spec.nodeName`; an address is assigned
+//! Invariants: a pod is bound only if it has no `spec.nodeName`; addresses are assigned
 //! only to a pod without `status.podIP`. Addresses already present (seeded or written by
-//! a client) are recorded as taken if they fall inside their node's CIDR, so a new pod
-//! never receives an address a live pod holds; a pod's address is released when it is
-//! deleted. Pods that cannot be placed yet (no ready node, node unknown, CIDR full) stay
-//! pending (unscheduled) and are retried whenever a node changes or a pod is deleted.
+//! a client) are recorded as taken if they fall inside one of their node's CIDRs, so a
+//! new pod never receives an address a live pod holds; a pod's addresses are released
+//! when it is deleted. Pods that cannot be placed yet (no ready node, node unknown, a
+//! CIDR full) stay pending (unscheduled) and are retried whenever a node changes or a
+//! pod is deleted.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::ipam::PodCidr;
 use crate::controllers::Ids;
 use crate::error::ApiError;
 use crate::object::{ObjectKey, StoredObject, now_rfc3339};
@@ -23,10 +27,10 @@ use crate::store::{Store, WriteScope};
 #[derive(Debug, Clone)]
 struct Node {
     ready: bool,
-    /// Base address and prefix length of `spec.podCIDR`.
-    cidr: Option<(u32, u8)>,
-    /// `status.addresses[type=InternalIP]`.
-    internal_ip: Option<String>,
+    /// Its pod CIDRs, the first of each family, in `spec.podCIDRs` order.
+    cidrs: Vec<PodCidr>,
+    /// `status.addresses[type=InternalIP]`, the first of each family, in order.
+    internal_ips: Vec<String>,
     /// Pods bound to it (for spreading).
     pods: usize,
 }
@@ -37,21 +41,50 @@ pub struct Kubelet {
     ids: Ids,
     nodes: HashMap<String, Node>,
     /// Addresses in use per node.
-    taken: HashMap<String, HashSet<u32>>,
-    /// Which pod holds which address (node, address).
-    holders: HashMap<ObjectKey, (String, u32)>,
+    taken: HashMap<String, HashSet<IpAddr>>,
+    /// Which pod holds which addresses (node, addresses).
+    holders: HashMap<ObjectKey, (String, Vec<IpAddr>)>,
     /// Pods that could not be bound or started yet.
     pending: BTreeSet<ObjectKey>,
 }
 
-fn parse_cidr(s: &str) -> Option<(u32, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    (len <= 30).then_some((
-        u32::from(ip) & (u32::MAX.checked_shl(32 - u32::from(len))?),
-        len,
-    ))
+/// The pod CIDRs of a node object: `spec.podCIDRs`, else `spec.podCIDR`; the first
+/// parsable one of each family.
+fn node_cidrs(v: &Value) -> Vec<PodCidr> {
+    let listed: Vec<&str> = match v.pointer("/spec/podCIDRs").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => list.iter().filter_map(Value::as_str).collect(),
+        _ => v
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+    };
+    let mut cidrs: Vec<PodCidr> = Vec::new();
+    for cidr in listed.into_iter().filter_map(PodCidr::parse) {
+        if !cidrs.iter().any(|c| c.is_v6() == cidr.is_v6()) {
+            cidrs.push(cidr);
+        }
+    }
+    cidrs
+}
+
+/// The first InternalIP of each family, in listed order.
+fn internal_ips(v: &Value) -> Vec<String> {
+    let mut out: Vec<(bool, String)> = Vec::new();
+    let listed = v.pointer("/status/addresses").and_then(Value::as_array);
+    for a in listed
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "InternalIP")
+    {
+        let Some(ip) = a["address"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if !out.iter().any(|(v6, _)| *v6 == ip.is_ipv6()) {
+            out.push((ip.is_ipv6(), ip.to_string()));
+        }
+    }
+    out.into_iter().map(|(_, ip)| ip).collect()
 }
 
 fn pod_ip(v: &Value) -> Option<&str> {
@@ -60,11 +93,30 @@ fn pod_ip(v: &Value) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// A pod's addresses: `status.podIPs`, else `status.podIP`.
+fn pod_ips(v: &Value) -> Vec<IpAddr> {
+    let listed: Vec<&str> = match v.pointer("/status/podIPs").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => list.iter().filter_map(|p| p["ip"].as_str()).collect(),
+        _ => pod_ip(v).into_iter().collect(),
+    };
+    listed.iter().filter_map(|ip| ip.parse().ok()).collect()
+}
+
 fn is_terminal(v: &Value) -> bool {
     matches!(
         v.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
+}
+
+/// What a started pod gets.
+struct Addresses {
+    /// `status.podIPs` (the first is `status.podIP`).
+    pod_ips: Vec<String>,
+    /// `status.hostIPs`.
+    host_ips: Vec<String>,
+    /// The addresses it takes from the node's ranges (none for host network).
+    taken: Vec<IpAddr>,
 }
 
 impl Kubelet {
@@ -89,7 +141,7 @@ impl Kubelet {
         *self = Kubelet::new(self.ids);
     }
 
-    /// Records a node's readiness, CIDR and address.
+    /// Records a node's readiness, CIDRs and addresses.
     pub fn node_seen(&mut self, v: &Value) {
         let Some(name) = v.pointer("/metadata/name").and_then(Value::as_str) else {
             return;
@@ -101,23 +153,13 @@ impl Kubelet {
                 cs.iter()
                     .any(|c| c["type"] == "Ready" && c["status"] == "True")
             });
-        let cidr = v
-            .pointer("/spec/podCIDR")
-            .and_then(Value::as_str)
-            .and_then(parse_cidr);
-        let internal_ip = v
-            .pointer("/status/addresses")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
-            .and_then(|a| a["address"].as_str())
-            .map(str::to_string);
         let pods = self.nodes.get(name).map_or(0, |n| n.pods);
         self.nodes.insert(
             name.to_string(),
             Node {
                 ready,
-                cidr,
-                internal_ip,
+                cidrs: node_cidrs(v),
+                internal_ips: internal_ips(v),
                 pods,
             },
         );
@@ -128,14 +170,14 @@ impl Kubelet {
         self.nodes.remove(name);
     }
 
-    /// Records a live pod's address; returns whether the pod needs work (binding or start).
+    /// Records a live pod's addresses; returns whether the pod needs work (binding or start).
     pub fn pod_seen(&mut self, obj: &StoredObject, v: &Value) -> bool {
         let key = obj.key();
         match (&obj.node_name, pod_ip(v)) {
-            (Some(node), Some(ip)) => {
+            (Some(node), Some(_)) => {
                 self.pending.remove(&key);
                 if !self.holders.contains_key(&key) {
-                    self.take(&key, node, ip);
+                    self.take(&key, node, &pod_ips(v));
                 }
                 false
             }
@@ -144,28 +186,35 @@ impl Kubelet {
         }
     }
 
-    fn take(&mut self, key: &ObjectKey, node: &str, ip: &str) {
-        let Ok(addr) = ip.parse::<Ipv4Addr>() else {
+    fn take(&mut self, key: &ObjectKey, node: &str, ips: &[IpAddr]) {
+        let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
-        let addr = u32::from(addr);
-        if let Some(n) = self.nodes.get_mut(node)
-            && let Some((base, len)) = n.cidr
-            && addr >> (32 - len) == base >> (32 - len)
-        {
-            n.pods += 1;
-            self.taken.entry(node.to_string()).or_default().insert(addr);
-            self.holders.insert(key.clone(), (node.to_string(), addr));
+        let inside: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| n.cidrs.iter().any(|c| c.contains(*ip)))
+            .collect();
+        if inside.is_empty() {
+            return;
         }
+        n.pods += 1;
+        self.taken
+            .entry(node.to_string())
+            .or_default()
+            .extend(inside.iter().copied());
+        self.holders.insert(key.clone(), (node.to_string(), inside));
     }
 
     /// A pod was deleted: its address is free again.
     pub fn pod_gone(&mut self, obj: &StoredObject) {
         let key = obj.key();
         self.pending.remove(&key);
-        if let Some((node, addr)) = self.holders.remove(&key) {
+        if let Some((node, addrs)) = self.holders.remove(&key) {
             if let Some(t) = self.taken.get_mut(&node) {
-                t.remove(&addr);
+                addrs.iter().for_each(|a| {
+                    t.remove(a);
+                });
             }
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.pods = n.pods.saturating_sub(1);
@@ -204,7 +253,7 @@ impl Kubelet {
             return;
         }
         let host_network = v.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true);
-        let Some((ip, host_ip, addr)) = self.address_for(&node, host_network) else {
+        let Some(addresses) = self.address_for(&node, host_network) else {
             self.pending.insert(key.clone());
             return;
         };
@@ -212,18 +261,19 @@ impl Kubelet {
             self.ids.pods,
             &key.0,
             &key.1,
-            |cur| start_pod(cur, &node, &ip, &host_ip),
+            |cur| start_pod(cur, &node, &addresses),
             WriteScope::Full,
         );
         match result {
             Ok(_) => {
                 self.pending.remove(key);
-                if let Some(addr) = addr {
+                if !addresses.taken.is_empty() {
                     if let Some(n) = self.nodes.get_mut(&node) {
                         n.pods += 1;
                     }
-                    self.taken.entry(node.clone()).or_default().insert(addr);
-                    self.holders.insert(key.clone(), (node, addr));
+                    let taken = self.taken.entry(node.clone()).or_default();
+                    taken.extend(addresses.taken.iter().copied());
+                    self.holders.insert(key.clone(), (node, addresses.taken));
                 }
             }
             Err(error) => tracing::debug!(%error, pod = ?key, "kubelet: pod not started"),
@@ -253,30 +303,48 @@ impl Kubelet {
             .map(|(name, _)| name.clone())
     }
 
-    /// (pod IP, host IP, allocated address) for a pod on `node`.
-    fn address_for(&self, node: &str, host_network: bool) -> Option<(String, String, Option<u32>)> {
+    /// The addresses of a pod starting on `node`: the node's InternalIPs for host
+    /// network, else the first free address of each of its pod CIDRs (`None` while the
+    /// node is unknown, has no CIDR, or one of its CIDRs is full).
+    fn address_for(&self, node: &str, host_network: bool) -> Option<Addresses> {
         let n = self.nodes.get(node)?;
-        let host_ip = n.internal_ip.clone().unwrap_or_default();
+        let host_ips = n.internal_ips.clone();
         if host_network {
-            return (!host_ip.is_empty()).then(|| (host_ip.clone(), host_ip, None));
+            return (!host_ips.is_empty()).then(|| Addresses {
+                pod_ips: host_ips.clone(),
+                host_ips,
+                taken: Vec::new(),
+            });
         }
-        let (base, len) = n.cidr?;
-        let size = 1u64 << (32 - u32::from(len));
-        let taken = self.taken.get(node);
-        // .0 is the network, .1 the node's gateway, the last the broadcast address.
-        (2..size - 1)
-            .map(|off| base + off as u32)
-            .find(|a| !taken.is_some_and(|t| t.contains(a)))
-            .map(|a| (Ipv4Addr::from(a).to_string(), host_ip, Some(a)))
+        let empty = HashSet::new();
+        let taken_now = self.taken.get(node).unwrap_or(&empty);
+        let taken: Vec<IpAddr> = n
+            .cidrs
+            .iter()
+            .map(|c| c.first_free(taken_now))
+            .collect::<Option<_>>()?;
+        if taken.is_empty() {
+            return None;
+        }
+        Some(Addresses {
+            pod_ips: taken.iter().map(IpAddr::to_string).collect(),
+            host_ips,
+            taken,
+        })
     }
+}
+
+fn ip_list(ips: &[String]) -> Vec<Value> {
+    ips.iter().map(|ip| json!({"ip": ip})).collect()
 }
 
 fn condition(kind: &str, now: &str) -> Value {
     json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now})
 }
 
-/// The pod `cur` bound to `node` and running with `ip` (unchanged if it already has one).
-fn start_pod(mut cur: Value, node: &str, ip: &str, host_ip: &str) -> Result<Value, ApiError> {
+/// The pod `cur` bound to `node` and running with `addresses` (unchanged if it already
+/// has an IP).
+fn start_pod(mut cur: Value, node: &str, addresses: &Addresses) -> Result<Value, ApiError> {
     if pod_ip(&cur).is_some() {
         return Ok(cur);
     }
@@ -323,10 +391,10 @@ fn start_pod(mut cur: Value, node: &str, ip: &str, host_ip: &str) -> Result<Valu
         json!({
             "phase": "Running",
             "conditions": kinds.iter().map(|k| condition(k, &now)).collect::<Vec<_>>(),
-            "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
+            "hostIP": addresses.host_ips.first().cloned().unwrap_or_default(),
+            "hostIPs": ip_list(&addresses.host_ips),
+            "podIP": addresses.pod_ips.first().cloned().unwrap_or_default(),
+            "podIPs": ip_list(&addresses.pod_ips),
             "startTime": now,
             "qosClass": "BestEffort",
             "containerStatuses": containers,
@@ -341,26 +409,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs_parse_to_network_base() {
-        assert_eq!(
-            parse_cidr("10.0.1.0/24"),
-            Some((u32::from(Ipv4Addr::new(10, 0, 1, 0)), 24))
+    fn nodes_give_one_cidr_and_one_internal_ip_per_family() {
+        let node = json!({"spec": {"podCIDR": "10.0.1.0/24",
+                                   "podCIDRs": ["fd00:1::/64", "10.0.1.0/24", "10.0.9.0/24"]},
+                          "status": {"addresses": [{"type": "Hostname", "address": "n"},
+                                                   {"type": "InternalIP", "address": "172.16.0.1"},
+                                                   {"type": "InternalIP", "address": "172.16.0.2"},
+                                                   {"type": "InternalIP", "address": "fd99::1"}]}});
+        let cidrs = node_cidrs(&node);
+        assert_eq!(cidrs.len(), 2);
+        assert!(
+            cidrs[0].is_v6() && !cidrs[1].is_v6(),
+            "podCIDRs order is kept"
         );
+        assert_eq!(internal_ips(&node), vec!["172.16.0.1", "fd99::1"]);
+        let old = json!({"spec": {"podCIDR": "10.0.1.0/24"}});
         assert_eq!(
-            parse_cidr("10.0.1.7/24"),
-            Some((u32::from(Ipv4Addr::new(10, 0, 1, 0)), 24))
+            node_cidrs(&old),
+            vec![PodCidr::parse("10.0.1.0/24").unwrap()]
         );
-        assert_eq!(parse_cidr("10.0.1.0/31"), None);
-        assert_eq!(parse_cidr("nonsense"), None);
     }
 
     #[test]
     fn started_pod_is_running_and_ready() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
-        let v = start_pod(pod, "n1", "10.0.0.2", "172.16.0.1").unwrap();
+        let addresses = Addresses {
+            pod_ips: vec!["10.0.0.2".into(), "fd00::2".into()],
+            host_ips: vec!["172.16.0.1".into()],
+            taken: Vec::new(),
+        };
+        let v = start_pod(pod, "n1", &addresses).unwrap();
         assert_eq!(v["spec"]["nodeName"], "n1");
         assert_eq!(v["status"]["phase"], "Running");
         assert_eq!(v["status"]["podIP"], "10.0.0.2");
+        assert_eq!(
+            v["status"]["podIPs"],
+            json!([{"ip": "10.0.0.2"}, {"ip": "fd00::2"}])
+        );
+        assert_eq!(v["status"]["hostIPs"], json!([{"ip": "172.16.0.1"}]));
         assert_eq!(v["status"]["containerStatuses"][0]["ready"], true);
         let ready = v["status"]["conditions"]
             .as_array()
@@ -370,7 +456,7 @@ mod tests {
             .unwrap();
         assert_eq!(ready["status"], "True");
         // A pod with an address is left alone.
-        let again = start_pod(v.clone(), "n2", "10.0.0.9", "x").unwrap();
+        let again = start_pod(v.clone(), "n2", &addresses).unwrap();
         assert_eq!(again, v);
     }
 }

@@ -16,6 +16,7 @@
 //! full snapshot (the same recovery a client performs after a 410).
 
 pub mod deployment;
+pub mod ipam;
 pub mod kubelet;
 pub mod namespace;
 

@@ -125,7 +125,8 @@ fn print_summary(s: &ScenarioReport) {
     }
 }
 
-fn print_typha(s: &ScenarioReport) {
+/// The snapshot's figures and typha's memory per idle client.
+fn print_snapshot_and_memory(s: &ScenarioReport) {
     if let Some(snap) = &s.snapshot {
         row(
             "snapshot",
@@ -153,6 +154,10 @@ fn print_typha(s: &ScenarioReport) {
             ),
         );
     }
+}
+
+fn print_typha(s: &ScenarioReport) {
+    print_snapshot_and_memory(s);
     let b = &s.bytes;
     row(
         "API server bytes to watchers",
@@ -239,8 +244,13 @@ fn print_shares(s: &ScenarioReport) {
     row(
         "load generator's own cost",
         format!(
-            "{:.2} s CPU in {} process(es): {:.2} us per agent per write ({} agents, {} writes)",
-            g.cpu_seconds, g.processes, g.cpu_us_per_agent_per_write, g.agents, g.writes
+            "{:.2} s CPU in {} agent worker(s): {:.2} us per agent per write ({} agents, {} writes); harness {:.2} s",
+            g.cpu_seconds,
+            g.processes,
+            g.cpu_us_per_agent_per_write,
+            g.agents,
+            g.writes,
+            g.harness_cpu_seconds
         ),
     );
 }

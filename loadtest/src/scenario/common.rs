@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Target;
 use crate::churn::Layout;
-use crate::fleet::{Behaviour, Fleet, FleetClient, FleetCounters};
+use crate::fleet::{Behaviour, Fleet, FleetClient, FleetCounters, agent_config};
 use crate::http1::{self, Scrape};
 use crate::probe::Probe;
 use crate::procs::ProcStats;
@@ -49,6 +49,11 @@ impl Progress {
         if let Ok(mut p) = self.phase.lock() {
             *p = phase.into();
         }
+    }
+
+    /// The scenario's name.
+    pub fn scenario(&self) -> &'static str {
+        self.scenario
     }
 
     /// Seconds since the scenario started.
@@ -151,10 +156,7 @@ pub fn layout(config: &RunConfig, target: &Target) -> Layout {
 
 /// A sync client's configuration for `node` against `addresses` of `stack`.
 pub fn sync_config(stack: &Stack, node: String, addresses: Vec<String>) -> SyncConfig {
-    let mut config = SyncConfig::new(node, addresses);
-    config.tls = stack.client_tls();
-    config.backoff_max = Duration::from_secs(5);
-    config
+    agent_config(node, addresses, stack.client_tls())
 }
 
 /// This process's figures since `before`.
@@ -252,20 +254,20 @@ pub async fn reference_digest(
     probe: &Arc<Probe>,
     barrier: u64,
 ) -> anyhow::Result<typha_proto::Digest> {
-    let fleet = Fleet {
-        clients: vec![FleetClient::spawn(
-            sync_config(stack, "reference".into(), stack.addresses()),
-            probe.clone(),
-            Behaviour::Reference,
-        )],
-    };
+    let mut fleet = Fleet::default();
+    fleet.clients.push(FleetClient::spawn(
+        sync_config(stack, "reference".into(), stack.addresses()),
+        probe.clone(),
+        Behaviour::Reference,
+    ));
     fleet
-        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier))
         .await
         .context("the reference client")?;
     fleet
         .stop()
         .await?
+        .digests
         .first()
         .map(|(_, digest)| *digest)
         .context("no reference digest")
@@ -292,14 +294,15 @@ pub fn typha_share(before: &[ProcStats], after: &[ProcStats], scrapes: &[Scrape]
     }
 }
 
-/// The load generator's CPU per agent per write, from the report's process figures.
+/// The load generator's CPU per agent per write (summed over the agent workers), from
+/// the report's process figures.
 pub fn generator_figures(report: &ScenarioReport) -> GeneratorFigures {
-    let generators: Vec<_> = report
+    let workers: Vec<_> = report
         .processes
         .iter()
-        .filter(|p| p.name == "client-process" || p.name.starts_with("agent-worker"))
+        .filter(|p| p.name.starts_with("agent-worker"))
         .collect();
-    let cpu_seconds: f64 = generators.iter().map(|p| p.cpu_seconds).sum();
+    let cpu_seconds: f64 = workers.iter().map(|p| p.cpu_seconds).sum();
     let writes = report.churn.operations;
     GeneratorFigures {
         cpu_seconds,
@@ -307,6 +310,12 @@ pub fn generator_figures(report: &ScenarioReport) -> GeneratorFigures {
         writes,
         cpu_us_per_agent_per_write: cpu_seconds * 1e6
             / (report.clients.max(1) as f64 * writes.max(1) as f64),
-        processes: generators.len(),
+        processes: workers.len(),
+        harness_cpu_seconds: report
+            .processes
+            .iter()
+            .filter(|p| p.name == "client-process")
+            .map(|p| p.cpu_seconds)
+            .sum(),
     }
 }

@@ -23,6 +23,7 @@ use crate::report::{
     ByteFigures, ConnectionPoint, ProcessFigures, RunConfig, ScenarioReport, Series, TyphaMemory,
 };
 use crate::stack::Stack;
+use crate::worker::{AgentSpec, WorkerPlan};
 
 use super::common::{
     InSync, Progress, SYNC_LIMIT, Sampler, event_figures, generator_figures, kube_figures, layout,
@@ -77,6 +78,8 @@ struct Started {
     release: CancellationToken,
     initial_sync_seconds: f64,
     typha_memory: TyphaMemory,
+    /// The replicas' counters as the run phase starts.
+    before_run: Vec<ProcStats>,
 }
 
 /// The clients' final state.
@@ -85,6 +88,7 @@ struct Ending {
     converge_seconds: f64,
     reference: Digest,
     digests: Vec<(String, Digest)>,
+    workers: Vec<ProcessFigures>,
     scrapes: Vec<Scrape>,
     counters: FleetCounters,
 }
@@ -106,7 +110,6 @@ async fn body<S: TyphaScenario>(
     let sampler = start_sampler(stack, &probe, &progress, holder.clone());
     let started = start_fleet(scenario, config, stack, &probe, &progress, &mut marks).await?;
     holder.set(Some(started.fleet.clone()));
-    let before_run = replica_counters(stack);
     let findings = scenario
         .run(Phase {
             config,
@@ -120,16 +123,7 @@ async fn body<S: TyphaScenario>(
         })
         .await?;
     let after_run = replica_counters(stack);
-    let ending = converge(
-        scenario.name(),
-        &started,
-        stack,
-        &probe,
-        &mut churn,
-        &progress,
-        &mut marks,
-    )
-    .await?;
+    let ending = converge(&started, stack, &probe, &mut churn, &progress, &mut marks).await?;
     let connections = sampler.finish().await;
     holder.set(None);
     let ending = collect(started.fleet, started.refs, ending).await?;
@@ -139,24 +133,41 @@ async fn body<S: TyphaScenario>(
     let mut report = figures(config, stack, &churn, &ending, &self_before);
     report.name = scenario.name().to_string();
     report.wall_seconds = wall.elapsed().as_secs_f64();
-    report.initial_sync_seconds = started.initial_sync_seconds;
-    if !stack.is_external() {
-        report.typha_memory = Some(started.typha_memory);
-        report.typha_share = Some(typha_share(&before_run, &after_run, &ending.scrapes));
-    }
-    report.generator = generator_figures(&report);
-    report.restart = findings.restart;
-    report.soak = findings.soak;
+    let sync = (started.initial_sync_seconds, started.typha_memory);
+    own_figures(
+        &mut report,
+        stack,
+        sync,
+        (&started.before_run, &after_run),
+        &ending,
+    );
+    (report.restart, report.soak) = (findings.restart, findings.soak);
     latency_figures(&mut report, &probe, connections, marks);
     let done = Done {
         config,
         stack,
         progress: &progress,
-        before_run: &before_run,
+        before_run: &started.before_run,
         after_run: &after_run,
     };
     scenario.report(done, &mut report).await?;
     Ok(report)
+}
+
+/// typha's memory and share, and the generator's cost.
+fn own_figures(
+    report: &mut ScenarioReport,
+    stack: &Stack,
+    (initial_sync_seconds, typha_memory): (f64, TyphaMemory),
+    (before_run, after_run): (&[ProcStats], &[ProcStats]),
+    ending: &Ending,
+) {
+    report.initial_sync_seconds = initial_sync_seconds;
+    if !stack.is_external() {
+        report.typha_memory = Some(typha_memory);
+        report.typha_share = Some(typha_share(before_run, after_run, &ending.scrapes));
+    }
+    report.generator = generator_figures(report);
 }
 
 /// The probe's latency figures and the time series.
@@ -168,6 +179,7 @@ pub(super) fn latency_figures(
 ) {
     report.latency_ms = probe.normal.total.percentiles();
     report.slow_latency_ms = probe.slow.total.percentiles();
+    report.latency_cdf = probe.normal.total.cdf();
     marks.sort_by(|a, b| a.0.total_cmp(&b.0));
     report.series = Series {
         latency: probe.normal.points(),
@@ -219,7 +231,7 @@ async fn start_refs(stack: &Stack, probe: &Arc<Probe>) -> anyhow::Result<Fleet> 
             Behaviour::Reference,
         ));
     }
-    refs.wait_until(probe, SYNC_LIMIT, |c| c.converged(0), |_| {})
+    refs.wait_until(probe, SYNC_LIMIT, |c| c.converged(0))
         .await?;
     Ok(refs)
 }
@@ -240,24 +252,22 @@ async fn start_fleet<S: TyphaScenario>(
     progress.set(format!("connecting {} clients", config.clients));
     marks.push((progress.t(), "clients start".to_string()));
     let release = CancellationToken::new();
-    let addresses = scenario.addresses(stack);
+    let agents = (0..config.clients)
+        .map(|i| AgentSpec {
+            name: format!("node-{i:05}"),
+            behaviour: scenario.behaviour(i, config, &release).spec(),
+        })
+        .collect();
+    let plan = WorkerPlan {
+        addresses: scenario.addresses(stack),
+        transport: stack.client_transport(),
+        cpus: &config.agent_cpus,
+        dir: stack.dir.path(),
+        release: release.clone(),
+    };
     let started = Instant::now();
-    let mut fleet = Fleet::default();
-    for i in 0..config.clients {
-        let sync = sync_config(stack, format!("node-{i:05}"), addresses.clone());
-        let behaviour = scenario.behaviour(i, config, &release);
-        fleet
-            .clients
-            .push(FleetClient::spawn(sync, probe.clone(), behaviour));
-    }
-    let initial_sync = fleet
-        .wait_until(
-            probe,
-            SYNC_LIMIT,
-            |c| c.status.in_sync.load(std::sync::atomic::Ordering::Relaxed),
-            |_| {},
-        )
-        .await?;
+    let fleet = Fleet::spawn_workers(agents, config.agent_workers, &plan, probe)?;
+    let initial_sync = fleet.wait_until(probe, SYNC_LIMIT, |c| c.in_sync).await?;
     let initial_sync_seconds = started
         .elapsed()
         .as_secs_f64()
@@ -267,6 +277,7 @@ async fn start_fleet<S: TyphaScenario>(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let loaded_rss = typha_rss(stack);
     Ok(Started {
+        before_run: replica_counters(stack),
         fleet: Arc::new(fleet),
         refs,
         release,
@@ -282,7 +293,6 @@ async fn start_fleet<S: TyphaScenario>(
 /// A barrier, every client at it, the reference clients at it, and a fresh reference
 /// client's digest.
 async fn converge(
-    name: &str,
     started: &Started,
     stack: &Stack,
     probe: &Arc<Probe>,
@@ -295,13 +305,13 @@ async fn converge(
     let barrier = churn.barrier().await?;
     let converge = started
         .fleet
-        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier))
         .await;
     let converged = converge.is_ok();
     let converge_seconds = match converge {
         Ok(d) => d.as_secs_f64(),
         Err(error) => {
-            eprintln!("[{name}] {error:#}");
+            eprintln!("[{}] {error:#}", progress.scenario());
             SYNC_LIMIT.as_secs_f64()
         }
     };
@@ -310,7 +320,7 @@ async fn converge(
     // The pinned reference clients follow their replica through a restart too.
     started
         .refs
-        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
+        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier))
         .await
         .context("the pinned reference clients")?;
     let reference = reference_digest(stack, probe, barrier).await?;
@@ -319,6 +329,7 @@ async fn converge(
         converge_seconds,
         reference,
         digests: Vec::new(),
+        workers: Vec::new(),
         scrapes: scrape_all(stack).await,
         counters: started.fleet.counters(),
     })
@@ -327,8 +338,10 @@ async fn converge(
 /// Stops every client and collects its digest.
 async fn collect(fleet: Arc<Fleet>, refs: Fleet, mut ending: Ending) -> anyhow::Result<Ending> {
     let fleet = Arc::try_unwrap(fleet).map_err(|_| anyhow::anyhow!("fleet still shared"))?;
-    ending.digests = fleet.stop().await?;
-    ending.digests.extend(refs.stop().await?);
+    let stopped = fleet.stop().await?;
+    ending.digests = stopped.digests;
+    ending.workers = stopped.workers;
+    ending.digests.extend(refs.stop().await?.digests);
     Ok(ending)
 }
 
@@ -352,6 +365,7 @@ fn figures(
     for (name, pid, stats) in &replica_stats {
         processes.push(ProcessFigures::new(name, *pid, stats));
     }
+    processes.extend(ending.workers.iter().cloned());
     processes.push(self_figures(self_before));
     let typha_written: u64 = replica_stats.iter().map(|(_, _, s)| s.bytes_written).sum();
     let mut report = ScenarioReport::empty(config.clients);

@@ -131,14 +131,14 @@ impl Outage<'_> {
         loop {
             let notified = self.probe.barrier_reached.notified();
             let reconnected = fleet.counters().since(before).reconnects;
-            if reconnected >= on_replica && fleet.in_sync() == fleet.clients.len() {
+            if reconnected >= on_replica && fleet.in_sync() == fleet.len() {
                 return Ok(());
             }
             anyhow::ensure!(
                 signalled.elapsed() < SYNC_LIMIT,
                 "{reconnected} of {on_replica} clients reconnected, {} of {} in sync after {SYNC_LIMIT:?}",
                 fleet.in_sync(),
-                fleet.clients.len()
+                fleet.len()
             );
             tokio::select! {
                 _ = notified => {}

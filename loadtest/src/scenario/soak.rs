@@ -105,17 +105,7 @@ async fn soak_round(
     churned?;
     let restart = stormed?;
     progress.set(format!("soak round {round}/{rounds}: barrier and digests"));
-    let barrier = phase.churn.barrier().await?;
-    let barrier_seconds = fleet
-        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
-        .await
-        .with_context(|| format!("soak round {round}: the clients at barrier {barrier}"))?
-        .as_secs_f64();
-    phase
-        .refs
-        .wait_until(probe, SYNC_LIMIT, |c| c.converged(barrier), |_| {})
-        .await
-        .with_context(|| format!("soak round {round}: the pinned reference clients"))?;
+    let (barrier, barrier_seconds) = barrier(phase, round).await?;
     let (digests_compared, digests_differ) = compare_live(phase, barrier).await?;
     let verdict = if digests_differ.is_empty() {
         "digests equal".to_string()
@@ -141,21 +131,33 @@ async fn soak_round(
     })
 }
 
+/// A barrier, and how long until every client (and the pinned reference clients) had it.
+async fn barrier(phase: &mut Phase<'_>, round: usize) -> anyhow::Result<(u64, f64)> {
+    let barrier = phase.churn.barrier().await?;
+    let barrier_seconds = phase
+        .fleet
+        .wait_until(phase.probe, SYNC_LIMIT, |c| c.converged(barrier))
+        .await
+        .with_context(|| format!("soak round {round}: the clients at barrier {barrier}"))?
+        .as_secs_f64();
+    phase
+        .refs
+        .wait_until(phase.probe, SYNC_LIMIT, |c| c.converged(barrier))
+        .await
+        .with_context(|| format!("soak round {round}: the pinned reference clients"))?;
+    Ok((barrier, barrier_seconds))
+}
+
 /// Every live client's digest (clients and pinned reference clients) against a fresh
 /// reference client's at `barrier`: how many were compared, and who differed.
 async fn compare_live(phase: &Phase<'_>, barrier: u64) -> anyhow::Result<(usize, Vec<String>)> {
     let reference = reference_digest(phase.stack, phase.probe, barrier).await?;
-    let live: Vec<_> = phase
-        .fleet
-        .clients
-        .iter()
-        .chain(&phase.refs.clients)
-        .map(|c| (&c.name, c.digest()))
-        .collect();
+    let mut live = phase.fleet.live_digests().await?;
+    live.extend(phase.refs.live_digests().await?);
     let differ = live
         .iter()
         .filter(|(_, d)| *d != reference)
-        .map(|(name, _)| (*name).clone())
+        .map(|(name, _)| name.clone())
         .collect();
     Ok((live.len(), differ))
 }

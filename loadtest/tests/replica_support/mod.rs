@@ -225,7 +225,7 @@ impl Record {
     pub fn matches(&self, mirror: &Mirror) -> bool {
         mirror.len() == self.shadow.len()
             && mirror.iter().all(|(k, h)| {
-                self.shadow.get(k).map(|v| {
+                self.shadow.get(&k).map(|v| {
                     let update = typha_proto::Update {
                         key: k.clone(),
                         value: Some(v.clone()),

@@ -75,7 +75,7 @@ pub type Hashes = BTreeMap<Key, EntryHash>;
 
 /// A mirror's entries (the compact mirror keeps each key's entry hash, not its value).
 pub fn mirror_model(mirror: &Mirror) -> Hashes {
-    mirror.iter().map(|(k, h)| (k.clone(), h)).collect()
+    mirror.iter().collect()
 }
 
 /// The entry hashes of `model`, to compare with [`mirror_model`].

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
 use edge::tls::{PeerIdentity, client_config, server_config};
+use felix_client::calc::hosts::HostConfig;
 use felix_client::calc::{Calc, CalcConfig, CalcMode, Desired};
 use felix_client::dataplane::{self, DataplaneConfig, DataplaneStatus, DesiredSource};
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
@@ -106,22 +107,34 @@ pub fn init() {
         .try_init();
 }
 
-/// Namespaces x, y, z with pods a, b, c each, alternating over two nodes, every pod
+/// Namespaces x, y, z with pods a, b, c each, round robin over the nodes, every pod
 /// listening on TCP and UDP 80 and 81 (named ports `serve-<port>-<proto>`); wired by
-/// hand, or through `cni` when given.
-pub async fn bench_with(cni: Option<CniWiring>) -> Topology {
-    let mut builder = Topology::builder().nodes(2).listen(&[80, 81]);
+/// hand, or through `cni` when given. Nodes: one per entry of `subnets` (node `n` on
+/// subnet `subnets[n]`, see `netlab::underlay`), or two on one segment when empty.
+pub async fn bench_on(cni: Option<CniWiring>, subnets: &[usize]) -> Topology {
+    let subnets = if subnets.is_empty() {
+        &[0, 0][..]
+    } else {
+        subnets
+    };
+    let mut builder = Topology::builder().subnets(subnets).listen(&[80, 81]);
     if let Some(cni) = cni {
         builder = builder.wiring(cni);
     }
     let mut i = 0;
     for ns in ["x", "y", "z"] {
         for pod in ["a", "b", "c"] {
-            builder = builder.pod(PodSpec::new(ns, pod, i % 2).serve_ports(&[80, 81]));
+            let node = i % subnets.len();
+            builder = builder.pod(PodSpec::new(ns, pod, node).serve_ports(&[80, 81]));
             i += 1;
         }
     }
     builder.build().await.unwrap()
+}
+
+/// [`bench_on`] with two nodes on one segment.
+pub async fn bench_with(cni: Option<CniWiring>) -> Topology {
+    bench_on(cni, &[]).await
 }
 
 /// [`bench_with`] wired by hand.
@@ -399,6 +412,10 @@ pub struct RigConfig {
     pub cni: Option<CniWiring>,
     /// Interface prefixes of typha's conversion (the first) and the agents' calc.
     pub interface_prefixes: netmodel::InterfacePrefixes,
+    /// The subnet of each node (see [`bench_on`]); empty: two nodes on one segment.
+    pub subnets: Vec<usize>,
+    /// The agents' host endpoint settings (failsafe ports, automatic host endpoints).
+    pub hosts: HostConfig,
 }
 
 impl Default for RigConfig {
@@ -413,6 +430,8 @@ impl Default for RigConfig {
             connect_timeout: sync.connect_timeout,
             cni: None,
             interface_prefixes: Default::default(),
+            subnets: Vec::new(),
+            hosts: HostConfig::default(),
         }
     }
 }
@@ -456,6 +475,7 @@ async fn start_typha(
             ping_interval: config.ping_interval,
             ..ServerConfig::default()
         },
+        ops: typha::app::OpsConfig::default(),
         hub: HubConfig::default(),
         upstream: Upstream::Kube {
             client,
@@ -478,7 +498,7 @@ impl Rig {
     /// dataplane applied the initial state.
     pub async fn start(config: RigConfig) -> Rig {
         init();
-        let topo = bench_with(config.cni.clone()).await;
+        let topo = bench_on(config.cni.clone(), &config.subnets).await;
         let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
         for obj in topology_objects(&topo) {
             sim.store().upsert_object(obj).unwrap();
@@ -553,12 +573,15 @@ impl Rig {
         let (tapped_tx, tapped) = watch::channel(Tapped::default());
         let (folded_tx, folded) = watch::channel(Folded::default());
         let calc = CountingCalc {
-            calc: Calc::new(CalcConfig {
-                node_name: node.name.clone(),
-                mode: self.config.mode,
-                cluster_cidrs: vec![CLUSTER_CIDR.to_string()],
-                interface_prefixes: self.config.interface_prefixes.clone(),
-            }),
+            calc: Calc::with_hosts(
+                CalcConfig {
+                    node_name: node.name.clone(),
+                    mode: self.config.mode,
+                    cluster_cidrs: vec![CLUSTER_CIDR.to_string()],
+                    interface_prefixes: self.config.interface_prefixes.clone(),
+                },
+                self.config.hosts.clone(),
+            ),
             folded: folded_tx,
         };
         let config = DataplaneConfig {

@@ -5,8 +5,12 @@
 //! agents use the subnet for `CrossSubnet` encapsulation. An unparsable one rejects the
 //! node.
 //!
-//! Only IP-typed addresses (InternalIP, ExternalIP) are kept, deduplicated in order;
-//! an unparsable one rejects the node, as does an unparsable pod CIDR.
+//! Only IP-typed addresses (InternalIP, ExternalIP) are kept, deduplicated, every
+//! InternalIP before every ExternalIP (each in listed order): agents route a family's pod
+//! CIDR via the node's first address of that family, so a dual-stack node is reached
+//! over IPv6 at its internal IPv6 address even when an external one is listed first. An
+//! unparsable address rejects the node, as does an unparsable pod CIDR. Pod CIDRs are
+//! `spec.podCIDRs` (both families on a dual-stack node), else `spec.podCIDR`.
 
 use k8s_openapi::api::core::v1::Node;
 use typha_proto::{Key, Kind, Value, pb};
@@ -40,14 +44,15 @@ impl ToModel for Node {
         let name = name_of(&self.metadata)?;
         let mut addresses: Vec<String> = Vec::new();
         let mut ipv4_address = String::new();
-        let node_addresses = self
+        let listed: Vec<_> = self
             .status
             .iter()
-            .flat_map(|s| s.addresses.iter().flatten());
-        for a in node_addresses {
-            if !matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-                continue;
-            }
+            .flat_map(|s| s.addresses.iter().flatten())
+            .collect();
+        let by_type = ["InternalIP", "ExternalIP"]
+            .into_iter()
+            .flat_map(|t| listed.iter().filter(move |a| a.type_ == t));
+        for a in by_type {
             let ip = net::address(&a.address)?.to_string();
             if ipv4_address.is_empty() && a.type_ == "InternalIP" && !ip.contains(':') {
                 ipv4_address = ip.clone();

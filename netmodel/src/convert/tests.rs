@@ -278,6 +278,18 @@ fn ipv6_and_dual_stack_pods() {
         wep(&convert(&p).unwrap()).ip_nets,
         vec!["10.0.0.5/32", "fd00::5/128"]
     );
+    // An IPv6-primary pod keeps its order.
+    p.status
+        .as_mut()
+        .unwrap()
+        .pod_ips
+        .as_mut()
+        .unwrap()
+        .reverse();
+    assert_eq!(
+        wep(&convert(&p).unwrap()).ip_nets,
+        vec!["fd00::5/128", "10.0.0.5/32"]
+    );
     // podIP alone (no podIPs) is used too.
     let status = p.status.as_mut().unwrap();
     status.pod_ips = None;
@@ -693,6 +705,7 @@ fn node_addresses_cidrs_and_labels() {
         status: Some(NodeStatus {
             addresses: Some(vec![
                 addr("Hostname", "node-1"),
+                addr("ExternalIP", "2001:db8::4"),
                 addr("InternalIP", "fd00::10"),
                 addr("InternalIP", "192.168.0.10"),
                 addr("ExternalIP", "203.0.113.4"),
@@ -707,7 +720,11 @@ fn node_addresses_cidrs_and_labels() {
         panic!("not a node")
     };
     assert_eq!(n.name, "node-1");
-    assert_eq!(n.addresses, vec!["fd00::10", "192.168.0.10", "203.0.113.4"]);
+    // Internal addresses first (routes use a family's first), then external ones.
+    assert_eq!(
+        n.addresses,
+        vec!["fd00::10", "192.168.0.10", "2001:db8::4", "203.0.113.4"]
+    );
     assert_eq!(n.ipv4_address, "192.168.0.10");
     assert_eq!(n.pod_cidrs, vec!["10.244.1.0/24", "fd00:1::/64"]);
     assert_eq!(n.labels.get("zone").map(String::as_str), Some("a"));
@@ -991,6 +1008,74 @@ fn node_ipv4_annotation_carries_the_subnet() {
         assert!(
             matches!(rejected(&node(bad)).error, ConvertError::BadCidr(_)),
             "{bad}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The kind checklist: every resource converts, every kind comes from a resource
+// ---------------------------------------------------------------------------------
+
+/// A small valid object of `resource`, converted. The match has no catch-all arm: a new
+/// [`crate::Resource`] does not compile here until it has a sample (and so a conversion
+/// test), which is item 3 of "Adding a kind" in docs/architecture.md.
+fn convert_sample(resource: crate::Resource) -> Update {
+    use crate::Resource as R;
+    let none = json!({});
+    let converted = match resource {
+        R::Pods => convert(&pod("x", "p")),
+        R::Namespaces => convert(&Namespace {
+            metadata: meta(None, "x", &[]),
+            ..Default::default()
+        }),
+        R::ServiceAccounts => convert(&ServiceAccount {
+            metadata: meta(Some("x"), "sa", &[]),
+            ..Default::default()
+        }),
+        R::Nodes => convert(&Node {
+            metadata: meta(None, "n1", &[]),
+            ..Default::default()
+        }),
+        R::KubernetesNetworkPolicies => convert(&knp(ingress(vec![], vec![]))),
+        R::NetworkPolicies => convert(&calico::<crd::NetworkPolicy>(Some("x"), "p", none)),
+        R::GlobalNetworkPolicies => convert(&calico::<crd::GlobalNetworkPolicy>(None, "p", none)),
+        R::GlobalNetworkSets => convert(&calico::<crd::GlobalNetworkSet>(None, "s", none)),
+        R::NetworkSets => convert(&calico::<crd::NetworkSet>(Some("x"), "s", none)),
+        R::HostEndpoints => convert(&calico::<crd::HostEndpoint>(
+            None,
+            "n1-eth0",
+            json!({"node": "n1", "interfaceName": "eth0"}),
+        )),
+        R::IpPools => convert(&calico::<crd::IPPool>(
+            None,
+            "pool",
+            json!({"cidr": "10.0.0.0/16"}),
+        )),
+        R::FelixConfigurations => {
+            convert(&calico::<crd::FelixConfiguration>(None, "default", none))
+        }
+        R::ClusterInformations => {
+            convert(&calico::<crd::ClusterInformation>(None, "default", none))
+        }
+    };
+    converted.unwrap_or_else(|e| panic!("{resource:?}: {e}"))
+}
+
+#[test]
+fn every_resource_converts_to_its_kind_and_every_kind_has_a_resource() {
+    for resource in crate::Resource::ALL {
+        let update = convert_sample(resource);
+        assert_eq!(update.key.kind(), resource.model_kind(), "{resource:?}");
+        assert!(
+            update.value.is_some(),
+            "{resource:?}: the sample gives a value"
+        );
+    }
+    for kind in Kind::ALL {
+        assert!(
+            crate::Resource::ALL.iter().any(|r| r.model_kind() == kind),
+            "{kind:?}: no watched resource converts into it (see \"Adding a kind\" in \
+             docs/architecture.md)"
         );
     }
 }

@@ -156,17 +156,8 @@ impl Stream for FanoutStream {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::fixtures::node;
     use crate::hub::HubConfig;
-    use typha_proto::{Key, Kind, Update, Value, pb};
-
-    fn node(name: &str) -> Update {
-        let key = Key::new(Kind::Node, "", name).unwrap();
-        let value = Value::Node(pb::Node {
-            name: name.to_string(),
-            ..Default::default()
-        });
-        Update::new(key, Some(value)).unwrap()
-    }
 
     #[test]
     fn shared_frames_are_found_and_others_are_not() {

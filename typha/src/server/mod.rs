@@ -44,9 +44,6 @@ pub use registry::{Farewell, Registration, SessionCounts, Sessions};
 pub use resume::{Agreed, ProtocolOffer};
 pub use session::{DropReason, validate_hello};
 
-use crate::drain::DrainConfig;
-use crate::rebalance::RebalanceConfig;
-
 /// A session ended: who and why. Published on [`SessionEnds`] for whoever listens (the
 /// load test counts drops and resyncs by reason; tests await a specific drop).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,12 +105,6 @@ pub struct ServerConfig {
     /// `Sync` streams (sessions) one connection may carry at once; more are refused.
     /// A felix-client uses one.
     pub max_streams_per_connection: usize,
-    /// Load spreading across replicas.
-    pub rebalance: RebalanceConfig,
-    /// Graceful shutdown.
-    pub drain: DrainConfig,
-    /// `/readyz` fails when nothing was heard from the upstream for this long.
-    pub max_staleness: Duration,
     /// The protocol versions and capabilities offered in the handshake (a compatibility
     /// and test knob: `ProtocolOffer::v1()` makes this replica speak like version 1).
     pub protocol: ProtocolOffer,
@@ -135,9 +126,6 @@ impl Default for ServerConfig {
             max_connections: 20_000,
             max_client_message_bytes: 64 * 1024,
             max_streams_per_connection: 4,
-            rebalance: RebalanceConfig::default(),
-            drain: DrainConfig::default(),
-            max_staleness: Duration::from_secs(90),
             protocol: ProtocolOffer::default(),
             resume_catch_up: Duration::from_secs(2),
         }
@@ -434,6 +422,7 @@ impl Typha for SyncService {
             ends: self.ends.clone(),
             farewell,
             node: String::new(),
+            refusal_unsent: false,
         };
         self.sessions.spawn(async move {
             // Registered, and counted on its connection, for exactly as long as the

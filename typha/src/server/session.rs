@@ -42,10 +42,16 @@ pub enum DropReason {
     HandshakeTimeout,
     /// The first message was not a valid ClientHello (or a second hello came).
     BadHello,
-    /// A client message could not be decoded or was too large.
+    /// A client message could not be decoded; the stream ended with `INVALID_ARGUMENT`.
     MalformedMessage,
+    /// A client message was larger than `max_client_message_bytes`; the stream ended with
+    /// `RESOURCE_EXHAUSTED`.
+    OversizedMessage,
     /// The client closed its side or went away.
     ClientClosed,
+    /// The server closed this stream's connection because another stream on it was
+    /// dropped (write or ping timeout there); this stream did nothing wrong.
+    ConnectionClosed,
     /// The client's queue stayed full for the write timeout: it stopped reading.
     WriteTimeout,
     /// Nothing heard from the client within the ping timeout.
@@ -67,7 +73,9 @@ impl DropReason {
             DropReason::HandshakeTimeout => "handshake_timeout",
             DropReason::BadHello => "bad_hello",
             DropReason::MalformedMessage => "malformed_message",
+            DropReason::OversizedMessage => "oversized_message",
             DropReason::ClientClosed => "client_closed",
+            DropReason::ConnectionClosed => "connection_closed",
             DropReason::WriteTimeout => "write_timeout",
             DropReason::PingTimeout => "ping_timeout",
             DropReason::TooFarBehind => "too_far_behind",
@@ -77,16 +85,12 @@ impl DropReason {
         }
     }
 
-    /// Whether the connection must be torn down (the peer may not be reading, so a
-    /// graceful end of stream might never be delivered).
+    /// Whether the connection must be torn down: the peer stopped reading (a graceful
+    /// end of stream would never be delivered) or went silent. Every other reason ends
+    /// only this stream, with a status when there is something to say, and leaves the
+    /// connection's other streams alone.
     fn kills_connection(self) -> bool {
-        matches!(
-            self,
-            DropReason::WriteTimeout
-                | DropReason::PingTimeout
-                | DropReason::HandshakeTimeout
-                | DropReason::MalformedMessage
-        )
+        matches!(self, DropReason::WriteTimeout | DropReason::PingTimeout)
     }
 }
 
@@ -94,8 +98,10 @@ impl DropReason {
 enum Heard {
     /// A message to act on.
     Message(pb::ClientMessage),
-    /// The stream ended or failed: the session ends for this reason.
-    End(DropReason),
+    /// The stream failed (see [`Session::inbound_failed`]).
+    Failed(Status),
+    /// The client closed its side.
+    Closed,
 }
 
 /// One `Sync` stream's session (see the module docs). `H` is the history (the hub), `In`
@@ -112,6 +118,9 @@ pub(super) struct Session<H, In> {
     pub farewell: super::registry::Farewell,
     /// Set from the hello.
     pub node: String,
+    /// A refusal status could not be queued (the client is not reading this stream):
+    /// the connection is closed instead, as for a write timeout.
+    pub refusal_unsent: bool,
 }
 
 impl<H, In> Session<H, In>
@@ -129,12 +138,18 @@ where
         async move {
             let active = metrics::gauge!("typha_connections_active");
             active.increment(1.0);
-            let reason = self.serve().await;
+            let reason = match self.serve().await {
+                // Our connection was killed for a sibling stream's sake: say so.
+                DropReason::ClientClosed if self.peer.kill.is_killed() => {
+                    DropReason::ConnectionClosed
+                }
+                reason => reason,
+            };
             active.decrement(1.0);
             metrics::counter!("typha_connections_dropped_total", "reason" => reason.as_str())
                 .increment(1);
             tracing::info!(reason = reason.as_str(), "session ended");
-            if reason.kills_connection() {
+            if reason.kills_connection() || self.refusal_unsent {
                 self.peer.kill.kill();
             }
             self.ends.publish(SessionEnded {
@@ -200,8 +215,14 @@ where
 
     async fn receive_hello(&mut self) -> Result<pb::ClientHello, DropReason> {
         let first = match timeout(self.config.handshake_timeout, self.inbound.next()).await {
-            Err(_) => return Err(DropReason::HandshakeTimeout),
-            Ok(Some(Err(status))) => return Err(inbound_error(&status)),
+            Err(_) => {
+                self.refuse(Status::deadline_exceeded(
+                    "no ClientHello within the handshake timeout",
+                ))
+                .await;
+                return Err(DropReason::HandshakeTimeout);
+            }
+            Ok(Some(Err(status))) => return Err(self.inbound_failed(&status).await),
             Ok(None) => return Err(DropReason::ClientClosed),
             Ok(Some(Ok(message))) => message,
         };
@@ -269,7 +290,8 @@ where
                     last_heard = Instant::now();
                     match heard {
                         Heard::Message(message) => self.answer(message).await,
-                        Heard::End(reason) => Err(reason),
+                        Heard::Failed(status) => Err(self.inbound_failed(&status).await),
+                        Heard::Closed => Err(DropReason::ClientClosed),
                     }
                 }
                 _ = ping.tick() => {
@@ -379,30 +401,61 @@ where
             .try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
     }
 
-    /// Ends the stream with an error status the client can log.
-    async fn refuse(&self, status: Status) {
-        let _ = timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
+    /// Ends the stream with an error status the client can log. A status that cannot
+    /// be queued within a second (the client is not reading this stream) marks the
+    /// session so that its connection is closed instead.
+    async fn refuse(&mut self, status: Status) {
+        let queued = timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
+        // A closed queue means the client is gone already: nothing to close.
+        self.refusal_unsent = queued.is_err();
+    }
+
+    /// Ends the session for an inbound stream error: a message the client sent that
+    /// cannot be decoded or is too large ends this stream (and only it) with a status
+    /// saying so; anything else is the client (or its connection) going away.
+    async fn inbound_failed(&mut self, status: &Status) -> DropReason {
+        let reason = inbound_error(status);
+        let reply = match reason {
+            DropReason::MalformedMessage => Status::invalid_argument(status.message()),
+            DropReason::OversizedMessage => Status::resource_exhausted(status.message()),
+            _ => return reason,
+        };
+        tracing::info!(reason = reason.as_str(), error = %status.message(), "bad client message");
+        self.refuse(reply).await;
+        reason
     }
 }
 
-/// The next inbound message, or why the inbound stream ended.
+/// The next inbound message, or how the inbound stream ended.
 async fn hear<In>(inbound: &mut In) -> Heard
 where
     In: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin,
 {
     match inbound.next().await {
         Some(Ok(message)) => Heard::Message(message),
-        Some(Err(status)) => Heard::End(inbound_error(&status)),
-        None => Heard::End(DropReason::ClientClosed),
+        Some(Err(status)) => Heard::Failed(status),
+        None => Heard::Closed,
     }
 }
 
-/// Why an inbound stream error ends the session: tonic reports an oversized or
-/// undecodable message as a status on our side.
+/// Why an inbound stream error ends the session. tonic reports what the client sent as
+/// a status on our side: our codec's decode error (`INVALID_ARGUMENT`), a message over
+/// the size limit (`OUT_OF_RANGE`), a bad compression flag or a stream ending inside a
+/// message (`INTERNAL`, with these messages). Every other error is the stream or the
+/// connection failing under us (a reset, a closed socket).
 fn inbound_error(status: &Status) -> DropReason {
+    const FRAMING_ERRORS: [&str; 2] = [
+        "protocol error: received message with",
+        "Unexpected EOF decoding stream",
+    ];
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-            tracing::info!(error = %status.message(), "malformed client message");
+        tonic::Code::InvalidArgument => DropReason::MalformedMessage,
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => DropReason::OversizedMessage,
+        tonic::Code::Internal
+            if FRAMING_ERRORS
+                .iter()
+                .any(|p| status.message().starts_with(p)) =>
+        {
             DropReason::MalformedMessage
         }
         _ => DropReason::ClientClosed,

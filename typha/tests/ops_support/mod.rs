@@ -10,12 +10,11 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use netmodel::UpstreamEvent;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Uri};
-use typha::app::{self, Running, TyphaOptions, Upstream};
+use typha::app::{self, OpsConfig, Running, TyphaOptions, Upstream};
 use typha::hub::HubConfig;
 use typha::server::{ServerConfig, Transport};
 use typha_proto::client::typha_client::TyphaClient;
@@ -32,9 +31,15 @@ pub struct Typha {
     pub feed: mpsc::Sender<UpstreamEvent>,
 }
 
-pub async fn start(
-    server: ServerConfig,
+/// A plaintext typha with these operations settings and no metrics recorder.
+pub async fn start(ops: OpsConfig) -> Typha {
+    start_with(Transport::Plaintext, ops, None).await
+}
+
+/// A typha with default session settings.
+pub async fn start_with(
     transport: Transport,
+    ops: OpsConfig,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Typha {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -43,7 +48,8 @@ pub async fn start(
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         health_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         transport,
-        server,
+        server: ServerConfig::default(),
+        ops,
         hub: HubConfig::default(),
         upstream: Upstream::Channel(rx),
         metrics,
@@ -223,24 +229,17 @@ impl RawClient {
     }
 }
 
+/// Every client's stream ends as `want` (named in the failure).
+pub async fn expect_endings(clients: &mut [RawClient], want: Ending) {
+    for client in clients {
+        assert_eq!(client.ending().await, want, "{}", client.name);
+    }
+}
+
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// GET `path` on 127.0.0.1:`port` (HTTP/1.1, one request); (status, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    testkit::http_get(SocketAddr::from(([127, 0, 0, 1], port)), path).await
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod gaps;
+mod hosts;
 mod incremental;
 mod semantics;
 mod sim;

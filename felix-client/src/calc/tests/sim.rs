@@ -140,6 +140,7 @@ impl Walk<'_> {
                     }
                     "--match-set" => (self.in_set(t[i + 1], t[i + 2]), 3),
                     "--dports" => (Self::ports_match(t[i + 1], p.dport), 2),
+                    "--dport" => (t[i + 1].parse::<u16>().unwrap() == p.dport, 2),
                     "--sports" => (Self::ports_match(t[i + 1], p.sport), 2),
                     "--icmp-type" | "--icmpv6-type" => (self.icmp_matches(t[i + 1]), 2),
                     "-j" | "-g" => {

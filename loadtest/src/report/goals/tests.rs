@@ -32,6 +32,7 @@ fn config(clients: usize) -> RunConfig {
         typha_addrs: Vec::new(),
         churn_namespace: None,
         typha_cpus: CpuList(vec![0]),
+        agent_workers: 1,
         agent_cpus: CpuList(vec![1]),
         command: "loadtest".into(),
     }
@@ -62,6 +63,7 @@ fn steady(clients: usize, p99_ms: f64, grown: u64) -> ScenarioReport {
         rss_bytes: 90 << 20,
         bytes_written: 1 << 20,
         bytes_read: 1 << 10,
+        cpus: Default::default(),
     }];
     s.typha_memory = Some(TyphaMemory {
         base_rss_bytes: 50 << 20,

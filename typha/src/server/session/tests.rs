@@ -16,20 +16,12 @@ use typha_proto::pb::{self, GoodbyeReason, client_message};
 use typha_proto::{Key, Kind, PROTOCOL_VERSION, Update, Value};
 
 use super::{DropReason, Session};
+use crate::fixtures::node;
 use crate::hub::{Hub, HubConfig};
 use crate::server::{
     ConnStats, KillSwitch, OpenStreams, PeerInfo, ServerConfig, SessionEnded, SessionEnds,
 };
 use snapshot_cache::CacheConfig;
-
-fn node(name: &str) -> Update {
-    let key = Key::new(Kind::Node, "", name).unwrap();
-    let value = Value::Node(pb::Node {
-        name: name.to_string(),
-        ..Default::default()
-    });
-    Update::new(key, Some(value)).unwrap()
-}
 
 /// A hub in sync holding one node, keeping at most `history` batches.
 fn hub(history: usize) -> Hub {
@@ -120,6 +112,7 @@ impl Client {
             ends: ends.clone(),
             farewell: farewell_rx,
             node: String::new(),
+            refusal_unsent: false,
         };
         let ends = ends.subscribe();
         let task = tokio::spawn(session.run());
@@ -286,20 +279,85 @@ async fn a_client_that_answers_pings_stays_and_gets_pongs() {
     );
 }
 
+/// A message tonic could not decode (our codec's error) or that was over the size limit
+/// (tonic's `OUT_OF_RANGE`), or a bad compression flag: each ends this stream with a
+/// status saying so, under its own reason, and leaves the connection (and its other
+/// streams) alone.
 #[tokio::test(start_paused = true)]
-async fn a_malformed_message_drops_the_client_and_kills_the_connection() {
+async fn a_malformed_or_oversized_message_ends_only_its_stream_with_a_status() {
+    let cases = [
+        (
+            Status::invalid_argument("malformed ClientMessage: buffer underflow"),
+            DropReason::MalformedMessage,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Status::out_of_range("Error, decoded message length too large"),
+            DropReason::OversizedMessage,
+            tonic::Code::ResourceExhausted,
+        ),
+        (
+            Status::internal("protocol error: received message with invalid compression flag"),
+            DropReason::MalformedMessage,
+            tonic::Code::InvalidArgument,
+        ),
+    ];
     let hub = hub(1024);
-    let mut client = Client::start(&hub, ServerConfig::default());
+    for (inbound, reason, code) in cases {
+        let mut client = Client::start(&hub, ServerConfig::default());
+        client.sync().await;
+        client.inbound.send(Err(inbound)).await.unwrap();
+        let status = client.out.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), code, "{reason:?}");
+        assert!(client.out.recv().await.is_none(), "the stream ends");
+        let (ended, kill) = client.ended().await;
+        assert_eq!(ended, reason);
+        assert!(
+            !kill.is_killed(),
+            "{reason:?} must not close the connection"
+        );
+    }
+}
+
+/// A malformed message from a client that does not read this stream: the status cannot
+/// be queued, so the connection is closed instead (as for a write timeout).
+#[tokio::test(start_paused = true)]
+async fn a_malformed_message_from_a_client_not_reading_closes_the_connection() {
+    let hub = hub(1024);
+    let config = ServerConfig {
+        out_buffer_frames: 1,
+        ..ServerConfig::default()
+    };
+    let mut client = Client::start(&hub, config);
     client.sync().await;
+    // The first ping fills the one-frame queue, and nobody reads it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     client
         .inbound
         .send(Err(Status::invalid_argument("failed to decode")))
         .await
         .unwrap();
-    assert!(client.out.recv().await.is_none());
-    let (reason, kill) = client.ended().await;
-    assert_eq!(reason, DropReason::MalformedMessage);
+    let (ended, kill) = client.ended().await;
+    assert_eq!(ended, DropReason::MalformedMessage);
     assert!(kill.is_killed());
+}
+
+/// A stream whose connection another stream's session killed (say, a write timeout
+/// there) ends as `connection_closed`, not as if its client had left.
+#[tokio::test(start_paused = true)]
+async fn a_stream_ended_by_a_sibling_killing_the_connection_is_counted_as_such() {
+    let hub = hub(1024);
+    let mut client = Client::start(&hub, ServerConfig::default());
+    client.sync().await;
+    client.kill.kill();
+    // What the connection's teardown does to this stream: its inbound side fails.
+    client
+        .inbound
+        .send(Err(Status::unknown("connection aborted")))
+        .await
+        .unwrap();
+    let (ended, _) = client.ended().await;
+    assert_eq!(ended, DropReason::ConnectionClosed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -333,13 +391,17 @@ async fn a_second_hello_ends_the_session() {
     assert_eq!(client.ended().await.0, DropReason::BadHello);
 }
 
+/// The stream ends with `DEADLINE_EXCEEDED`; the connection stays (its idle watchdog
+/// closes it if no other stream is open, see `server::refusal`).
 #[tokio::test(start_paused = true)]
-async fn no_hello_within_the_handshake_timeout_kills_the_connection() {
+async fn no_hello_within_the_handshake_timeout_ends_the_stream() {
     let hub = hub(1024);
-    let client = Client::start(&hub, ServerConfig::default());
+    let mut client = Client::start(&hub, ServerConfig::default());
+    let status = client.out.recv().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
     let (reason, kill) = client.ended().await;
     assert_eq!(reason, DropReason::HandshakeTimeout);
-    assert!(kill.is_killed());
+    assert!(!kill.is_killed());
 }
 
 #[tokio::test(start_paused = true)]
