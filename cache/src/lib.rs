@@ -10,8 +10,9 @@
 //! and a snapshot is a concatenation of held entries, never a re-encoding. Per-client
 //! work is only [`coalesce`] for clients that lag.
 //!
-//! Memory: the state costs its encoded bytes plus the keys (about 560 bytes per
-//! realistic WorkloadEndpoint, [`SnapshotCache::held_bytes`] and tests/memory_budget.rs);
+//! Memory: the state costs its encoded bytes plus the keys (about 500 bytes per entry
+//! by [`SnapshotCache::held_bytes`] at 150,000 kube-sim pods; typha/tests/memory_budget.rs
+//! holds the live heap to a budget);
 //! the log at most `max_log_bytes` of frames. With `history_before_sync` off (typha),
 //! breadcrumbs applied before [`SnapshotCache::mark_in_sync`] are not kept beyond the
 //! newest: no client can be behind a state it was never served, and the initial list
