@@ -18,16 +18,14 @@ use std::time::Duration;
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent};
 use k8s_openapi::api::core::v1::Pod;
 use kube_sim::{FaultKind, KubeSim, MetricsSnapshot, SeedConfig, Store, Target};
-use loadtest::harness::{ClientSet, Harness, TyphaSpec};
+use loadtest::harness::{ClientSet, Harness};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use netmodel::UpstreamConfig;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use typha::app::Upstream;
 use typha::hub::Hub;
 use typha_proto::{Key, Update};
 
@@ -148,16 +146,7 @@ impl Rig {
         kube_sim::seed(sim.store(), &seed_config()).unwrap();
         let config = kube::Config::new(sim.url().parse().unwrap());
         let client = kube::Client::try_from(netmodel::without_retry(config)).unwrap();
-        let upstream = Upstream::Kube {
-            client,
-            config: UpstreamConfig::default(),
-        };
-        let harness = Harness::start_with(TyphaSpec::default(), upstream)
-            .await
-            .unwrap();
-        tokio::time::timeout(LIMIT, harness.typha.hub.wait_in_sync())
-            .await
-            .expect("typha never in sync");
+        let harness = upstream_support::typha_watching(client, LIMIT).await;
         Rig {
             sim: Some(sim),
             harness,

@@ -17,7 +17,7 @@ use felix_client::{Mirror, SyncClient, SyncEvent, SyncStatus};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::{KubeSim, SeedConfig, Store};
-use loadtest::harness::{Harness, TyphaSpec};
+use loadtest::harness::Harness;
 use netmodel::{ToModel, UpstreamConfig};
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use typha::app::Upstream;
 use typha::hub::Hub;
 use typha_proto::{Digest, Key, Revision, Update};
 
@@ -120,16 +119,7 @@ impl Rig {
         };
         let sim = KubeSim::start(config).await.unwrap();
         kube_sim::seed(sim.store(), &seed_config()).unwrap();
-        let upstream = Upstream::Kube {
-            client: kube_client(&sim),
-            config: UpstreamConfig::default(),
-        };
-        let harness = Harness::start_with(TyphaSpec::default(), upstream)
-            .await
-            .unwrap();
-        tokio::time::timeout(LIMIT, harness.typha.hub.wait_in_sync())
-            .await
-            .expect("typha never in sync");
+        let harness = upstream_support::typha_watching(kube_client(&sim), LIMIT).await;
         Rig { sim, harness }
     }
 

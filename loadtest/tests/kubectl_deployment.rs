@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use felix_client::{SyncClient, SyncEvent};
 use kube_sim::{KubeSim, SeedConfig};
-use loadtest::harness::{Harness, TyphaSpec};
-use netmodel::UpstreamConfig;
 use testkit::Kubectl;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use typha::app::Upstream;
 use typha_proto::{Key, Kind, Value};
+
+mod upstream_support;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -89,16 +88,7 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
     };
     kube_sim::seed(sim.store(), &seed).unwrap();
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
-    let upstream = Upstream::Kube {
-        client,
-        config: UpstreamConfig::default(),
-    };
-    let harness = Harness::start_with(TyphaSpec::default(), upstream)
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, harness.typha.hub.wait_in_sync())
-        .await
-        .expect("typha never in sync");
+    let harness = upstream_support::typha_watching(client, LIMIT).await;
     let sync = SyncClient::new(harness.sync_config("felix-0").unwrap());
     let (tx, mut events) = mpsc::channel(1024);
     let shutdown = CancellationToken::new();

@@ -1,6 +1,7 @@
 //! The API-state oracle shared by the upstream tests (`kube_upstream.rs`,
-//! `faults_upstream.rs`): kube-sim's stored objects converted to the model through the
-//! upstream's own conversion, mirrors as models, and the end-of-test mirror check.
+//! `faults_upstream.rs`, `kubectl_deployment.rs`): typha watching a kube-sim, kube-sim's
+//! stored objects converted to the model through the upstream's own conversion, mirrors
+//! as models, and the end-of-test mirror check.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,7 +11,8 @@ use felix_client::{Mirror, SyncEvent};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::Store;
-use loadtest::harness::ClientSet;
+use loadtest::harness::{ClientSet, Harness, TyphaSpec};
+use netmodel::UpstreamConfig;
 use netmodel::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet,
     HostEndpoint, IPPool, NetworkPolicy, NetworkSet,
@@ -20,9 +22,26 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use typha::app::Upstream;
 use typha::hub::Hub;
 use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Update, Value};
+
+/// typha (in-process, the harness's mutual TLS) watching the API through `client`, once
+/// its upstream is in sync (panics after `limit`).
+pub async fn typha_watching(client: kube::Client, limit: std::time::Duration) -> Harness {
+    let upstream = Upstream::Kube {
+        client,
+        config: UpstreamConfig::default(),
+    };
+    let harness = Harness::start_with(TyphaSpec::default(), upstream)
+        .await
+        .unwrap();
+    tokio::time::timeout(limit, harness.typha.hub.wait_in_sync())
+        .await
+        .expect("typha never in sync");
+    harness
+}
 
 /// The cluster's state as model keys and values.
 pub type Model = BTreeMap<Key, Value>;
