@@ -275,13 +275,27 @@ where
         // Registered once per session: this loop runs for every batch for every client.
         let lag = metrics::histogram!("typha_client_lag_batches");
         let mut nonce = 0u64;
+        // Pinned once per session, not rebuilt per batch: each rebuild registered and
+        // removed a waiter under the token's and the watch's locks for every client.
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        let mut farewell_rx = self.farewell.clone();
+        let farewell = async move {
+            farewell_rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| *r)
+        };
+        tokio::pin!(shutdown, farewell);
         loop {
             if let Err(reason) = self.catch_up(cursor, &lag).await {
                 return reason;
             }
+            // Both pinned futures end the session when they complete, so neither is
+            // polled again after completing.
             let step = tokio::select! {
-                _ = self.shutdown.cancelled() => Err(self.farewell_said(None)),
-                farewell = async { self.farewell.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
+                _ = &mut shutdown => Err(self.farewell_said(None)),
+                farewell = &mut farewell => {
                     // None: the registry entry is gone, which means the server is going away.
                     Err(self.farewell_said(Some(farewell.unwrap_or(pb::GoodbyeReason::Shutdown))))
                 }
@@ -382,8 +396,15 @@ where
         }
     }
 
+    /// Queues `frame`; a queue that stays full for the write timeout drops the client.
+    /// The common case (room in the queue) takes no clock read and arms no timer.
     async fn send(&self, frame: Bytes) -> Result<(), DropReason> {
-        match timeout(self.config.write_timeout, self.out.send(Ok(frame))).await {
+        let frame = match self.out.try_send(Ok(frame)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(DropReason::ClientClosed),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        match timeout(self.config.write_timeout, self.out.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(DropReason::ClientClosed),
             Err(_) => Err(DropReason::WriteTimeout),
