@@ -17,7 +17,7 @@
 #[path = "../../netlab/tests/common/mod.rs"]
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -63,7 +63,7 @@ fn wiring(prefix: &str, state: &Path, range: Option<(u8, u8)>) -> CniWiring {
     }
 }
 
-fn in_pod_cidr(ip: Ipv4Addr, node: &NodeInfo) -> bool {
+fn in_pod_cidr(ip: IpAddr, node: &NodeInfo) -> bool {
     let base = node.pod_cidr.trim_end_matches(".0/24");
     ip.to_string().rsplit_once('.').map(|(net, _)| net) == Some(base)
 }
@@ -136,7 +136,7 @@ fn reservations(state: &Path, node: &NodeInfo) -> Vec<String> {
     ips
 }
 
-fn with_prev_result(mut config: Json, ip: Ipv4Addr) -> Json {
+fn with_prev_result(mut config: Json, ip: IpAddr) -> Json {
     config["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": format!("{ip}/32")}]});
     config
 }
@@ -204,7 +204,8 @@ async fn scratch_pod(topo: &mut Topology, name: &str) -> PodInfo {
         node: 0,
         labels: Default::default(),
         ports: Vec::new(),
-        ip: Ipv4Addr::UNSPECIFIED,
+        ip: Ipv4Addr::UNSPECIFIED.into(),
+        ips: Vec::new(),
         netns,
         iface: String::new(),
     }

@@ -7,7 +7,7 @@
 //! lost, duplicated or reordered message is an error, never a silent pass; every wait is
 //! bounded by the caller's limit (a stalled connection fails instead of hanging).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener as StdTcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,8 +34,12 @@ pub struct Flow {
 }
 
 /// Binds a TCP listener on `ip:port` inside `netns`.
-pub async fn bind(netns: &str, ip: Ipv4Addr, port: u16) -> Result<TcpListener, NetlabError> {
-    let name = netns.to_string();
+pub async fn bind(
+    netns: &str,
+    ip: impl Into<IpAddr>,
+    port: u16,
+) -> Result<TcpListener, NetlabError> {
+    let (name, ip) = (netns.to_string(), ip.into());
     let std = run_in(netns, move || {
         let l =
             StdTcpListener::bind((ip, port)).map_err(io_err(&name, "binding a flow listener"))?;
@@ -55,7 +59,11 @@ pub async fn connect(
 ) -> Result<TcpStream, NetlabError> {
     let name = netns.to_string();
     let socket = run_in(netns, move || {
-        TcpSocket::new_v4().map_err(io_err(&name, "creating a flow socket"))
+        match to {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(io_err(&name, "creating a flow socket"))
     })
     .await?;
     match tokio::time::timeout(limit, socket.connect(to)).await {
@@ -85,16 +93,17 @@ fn broken(what: &'static str, detail: String) -> NetlabError {
 
 impl Flow {
     /// Opens a connection from `from_netns` to `to_ip:port`, listening in `to_netns`
-    /// (on all addresses), each step within `limit`.
+    /// (on all addresses of `to_ip`'s family), each step within `limit`.
     pub async fn open(
         from_netns: &str,
         to_netns: &str,
-        to_ip: Ipv4Addr,
+        to_ip: impl Into<IpAddr>,
         port: u16,
         limit: Duration,
     ) -> Result<Flow, NetlabError> {
-        let listener = bind(to_netns, Ipv4Addr::UNSPECIFIED, port).await?;
-        let to = SocketAddr::V4(SocketAddrV4::new(to_ip, port));
+        let to = SocketAddr::new(to_ip.into(), port);
+        let unspecified = crate::stack::IpFamily::of(to.ip()).unspecified();
+        let listener = bind(to_netns, unspecified, port).await?;
         let (client, accepted) = tokio::join!(
             connect(from_netns, to, limit),
             tokio::time::timeout(limit, listener.accept())

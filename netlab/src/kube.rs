@@ -1,12 +1,14 @@
 //! The bench and its policies as Kubernetes objects (JSON, as stored by kube-sim):
-//! namespaces, default service accounts, nodes (InternalIP + pod CIDR), pods (node,
-//! IP, labels, named container ports, Running) and networking.k8s.io/v1 NetworkPolicy.
+//! namespaces, default service accounts, nodes (InternalIPs + pod CIDRs of the bench's
+//! families), pods (node, IPs, labels, named container ports, Running), the IPPools (an
+//! IPv6 one on an IPv6 bench) and networking.k8s.io/v1 NetworkPolicy.
 
 use serde_json::{Map, Value as Json, json};
 
 use crate::policy::{
     IpBlock, LabelSelector, Peer, Policy, PolicyPort, PolicyType, PortValue, Rule,
 };
+use crate::stack::{CLUSTER_CIDR_V6, IpFamily};
 use crate::topology::{CLUSTER_CIDR, NodeInfo, PodInfo, Topology};
 use crate::underlay::NODE_PREFIX_LEN;
 
@@ -26,16 +28,26 @@ pub fn service_account_json(namespace: &str) -> Json {
            "metadata": {"name": "default", "namespace": namespace}})
 }
 
-/// A Node with its InternalIP, pod CIDR and Calico's address annotation (the address
-/// with its subnet's prefix, what `CrossSubnet` encapsulation compares).
+/// A Node with its InternalIPs, pod CIDRs and (with IPv4) Calico's address annotation
+/// (the address with its subnet's prefix, what `CrossSubnet` encapsulation compares).
 pub fn node_json(node: &NodeInfo) -> Json {
-    let annotated = format!("{}/{NODE_PREFIX_LEN}", node.ip);
+    let mut addresses: Vec<Json> = node
+        .addresses()
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": node.name}));
+    let mut annotations = Map::new();
+    if node.stack.has(IpFamily::V4) {
+        let annotated = format!("{}/{NODE_PREFIX_LEN}", node.ip);
+        annotations.insert("projectcalico.org/IPv4Address".into(), json!(annotated));
+    }
+    let cidrs = node.pod_cidrs();
     json!({"apiVersion": "v1", "kind": "Node",
            "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name},
-                        "annotations": {"projectcalico.org/IPv4Address": annotated}},
-           "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
-           "status": {"addresses": [{"type": "InternalIP", "address": node.ip.to_string()},
-                                    {"type": "Hostname", "address": node.name}],
+                        "annotations": annotations},
+           "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
+           "status": {"addresses": addresses,
                       "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
@@ -47,11 +59,16 @@ pub fn pod_json(pod: &PodInfo, node_name: &str) -> Json {
         .map(|p| json!({"name": p.name, "containerPort": p.port, "protocol": p.protocol.as_k8s()}))
         .collect();
     let ip = pod.ip.to_string();
+    let ips: Vec<Json> = pod
+        .ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string()}))
+        .collect();
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": labels_json(&pod.labels)},
            "spec": {"nodeName": node_name, "serviceAccountName": "default",
                     "containers": [{"name": "serve", "image": "registry.example/agnhost:1", "ports": ports}]},
-           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+           "status": {"phase": "Running", "podIP": ip, "podIPs": ips,
                       "conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
@@ -75,10 +92,21 @@ pub fn calico_defaults() -> Vec<Json> {
     ]
 }
 
+/// The bench's IPv6 IPPool (`default-ipv6-ippool`, [`CLUSTER_CIDR_V6`], natOutgoing, no
+/// encapsulation: IPv6 pod CIDRs are routed plainly).
+pub fn ip_pool6_json() -> Json {
+    json!({"apiVersion": CALICO_API, "kind": "IPPool", "metadata": {"name": "default-ipv6-ippool"},
+           "spec": {"cidr": CLUSTER_CIDR_V6, "ipipMode": "Never", "vxlanMode": "Never",
+                    "natOutgoing": true, "blockSize": 122, "nodeSelector": "all()"}})
+}
+
 /// Every object of the bench: namespaces (with their default service accounts), nodes,
-/// pods, and the Calico defaults.
+/// pods, and the Calico defaults (plus the IPv6 pool on an IPv6 bench).
 pub fn topology_objects(topo: &Topology) -> Vec<Json> {
     let mut out = calico_defaults();
+    if topo.stack().has(IpFamily::V6) {
+        out.push(ip_pool6_json());
+    }
     for (name, labels) in topo.namespaces() {
         out.push(namespace_json(name, labels));
         out.push(service_account_json(name));

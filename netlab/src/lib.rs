@@ -29,6 +29,8 @@ pub mod netns;
 pub mod oracle;
 pub mod policy;
 pub mod probe;
+pub mod specs;
+pub mod stack;
 pub mod topology;
 pub mod underlay;
 
@@ -39,4 +41,5 @@ pub use policy::{
     Protocol, Requirement, Rule,
 };
 pub use probe::{Matrix, Mismatch, ProbeKey};
+pub use stack::{IpFamily, Stack};
 pub use topology::{NodeInfo, PodInfo, PodSpec, Topology, TopologyBuilder};

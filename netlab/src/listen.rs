@@ -1,9 +1,11 @@
-//! Pod listeners: a TCP and a UDP socket per port inside a pod's namespace. TCP accepts
+//! Pod listeners: a TCP and a UDP socket per port and IP family inside a pod's namespace
+//! (an IPv6 bench's namespaces have `bindv6only` on, so `[::]` and `0.0.0.0` listeners
+//! coexist and each takes its own family). TCP accepts
 //! and closes (the probe only needs the handshake); UDP echoes each datagram to its
 //! sender. The sockets are bound by a thread inside the namespace and served by tokio
 //! tasks that stop when the token is cancelled.
 
-use std::net::{Ipv4Addr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::net::{TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
@@ -11,24 +13,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::NetlabError;
 use crate::netns::{io_err, run_in};
+use crate::stack::IpFamily;
 
-/// Binds TCP and UDP on every port of `ports` in `netns` (all addresses) and serves
-/// them on `tasks` until `stop` is cancelled.
+/// Binds TCP and UDP on every port of `ports` and family of `families` in `netns` (all
+/// addresses) and serves them on `tasks` until `stop` is cancelled.
 pub async fn start(
     netns: &str,
     ports: &[u16],
+    families: &[IpFamily],
     tasks: &mut JoinSet<()>,
     stop: &CancellationToken,
 ) -> Result<(), NetlabError> {
     let (name, wanted) = (netns.to_string(), ports.to_vec());
+    let families = families.to_vec();
     let bound = run_in(netns, move || {
         let mut out = Vec::new();
-        for port in wanted {
-            let tcp = StdTcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        let addrs = families.iter().map(|f| f.unspecified());
+        for (addr, port) in addrs.flat_map(|a| wanted.iter().map(move |p| (a, *p))) {
+            let tcp = StdTcpListener::bind((addr, port))
                 .map_err(io_err(&name, "binding a TCP listener"))?;
             tcp.set_nonblocking(true)
                 .map_err(io_err(&name, "TCP listener non-blocking"))?;
-            let udp = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+            let udp = StdUdpSocket::bind((addr, port))
                 .map_err(io_err(&name, "binding a UDP listener"))?;
             udp.set_nonblocking(true)
                 .map_err(io_err(&name, "UDP listener non-blocking"))?;

@@ -11,18 +11,22 @@
 //! - Named ports resolve against the destination pod's container ports (for ingress and
 //!   egress alike); `endPort` makes an inclusive range; a missing protocol is TCP.
 //! - ipBlock matches the other pod's IP (no NAT between pods) unless it is in an except.
+//!   Each IP family is its own connection: a dual-stack pair is judged once over IPv4
+//!   and once over IPv6, and an ipBlock matches only addresses of its own family (an
+//!   IPv4 block never admits an IPv6 connection); selectors apply to both alike.
 //! - A pod reaching its own IP never leaves its namespace (loopback): always allowed.
 //! - Every namespace carries `kubernetes.io/metadata.name: <name>` (set by the API
 //!   server, whatever the namespace object says), so namespace selectors can use it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::policy::{
     IpBlock, LabelSelector, NamedPort, Operator, Peer, Policy, PolicyPort, PolicyType, PortValue,
     Protocol, Requirement, Rule,
 };
 use crate::probe::{Matrix, ProbeKey};
+use crate::stack::IpFamily;
 
 /// The label the API server puts on every namespace (its name).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -36,8 +40,8 @@ pub struct ClusterPod {
     pub name: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// The pod IP.
-    pub ip: Ipv4Addr,
+    /// The pod IPs (one per family).
+    pub ips: Vec<IpAddr>,
     /// Named container ports.
     pub ports: Vec<NamedPort>,
 }
@@ -46,6 +50,11 @@ impl ClusterPod {
     /// `namespace/name`, the id used in matrices.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Its address of `family`, if it has one.
+    pub fn ip_of(&self, family: IpFamily) -> Option<IpAddr> {
+        crate::stack::address_of(&self.ips, family)
     }
 }
 
@@ -92,32 +101,53 @@ fn requirement_holds(r: &Requirement, labels: &BTreeMap<String, String>) -> bool
     }
 }
 
-/// Parses `a.b.c.d/len` (a bare address is a /32).
-fn parse_cidr(cidr: &str) -> Option<(u32, u32)> {
+/// An address as (family, number): IPv4 in the low 32 bits.
+fn number(ip: IpAddr) -> (IpFamily, u128) {
+    match ip {
+        IpAddr::V4(a) => (IpFamily::V4, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (IpFamily::V6, u128::from(a)),
+    }
+}
+
+/// Parses `a.b.c.d/len` or `v6/len` (a bare address is a host network) into (family,
+/// network, mask).
+fn parse_cidr(cidr: &str) -> Option<(IpFamily, u128, u128)> {
     let (addr, len) = match cidr.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()?),
-        None => (cidr, 32),
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u32>().ok()?)),
+        None => (cidr.parse::<IpAddr>().ok()?, None),
     };
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    if len > 32 {
+    let (family, n) = number(addr);
+    let bits = if family == IpFamily::V4 { 32 } else { 128 };
+    let len = len.unwrap_or(bits);
+    if len > bits {
         return None;
     }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Some((u32::from(addr) & mask, mask))
+    let width = u128::MAX >> (128 - bits);
+    let mask = width & u128::MAX.checked_shl(bits - len).unwrap_or(0);
+    Some((family, n & mask, mask))
 }
 
-fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
-    parse_cidr(cidr).is_some_and(|(net, mask)| u32::from(ip) & mask == net)
+fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+    let (family, n) = number(ip);
+    parse_cidr(cidr).is_some_and(|(f, net, mask)| f == family && n & mask == net)
 }
 
-/// Whether `ip` is in the block and in none of its excepts.
-pub fn ip_block_contains(block: &IpBlock, ip: Ipv4Addr) -> bool {
+/// Whether `ip` is in the block and in none of its excepts (of its family only).
+pub fn ip_block_contains(block: &IpBlock, ip: IpAddr) -> bool {
     cidr_contains(&block.cidr, ip) && !block.except.iter().any(|e| cidr_contains(e, ip))
 }
 
-fn peer_matches(cluster: &Cluster, policy_ns: &str, peer: &Peer, pod: &ClusterPod) -> bool {
+fn peer_matches(
+    cluster: &Cluster,
+    policy_ns: &str,
+    peer: &Peer,
+    pod: &ClusterPod,
+    family: IpFamily,
+) -> bool {
     if let Some(block) = &peer.ip_block {
-        return ip_block_contains(block, pod.ip);
+        return pod
+            .ip_of(family)
+            .is_some_and(|ip| ip_block_contains(block, ip));
     }
     let pod_ok = |s: &LabelSelector| selects(s, &pod.labels);
     let ns_ok = |s: &LabelSelector| selects(s, &cluster.namespace_labels(&pod.namespace));
@@ -152,6 +182,7 @@ struct Attempt<'a> {
     dest: &'a ClusterPod,
     port: u16,
     protocol: Protocol,
+    family: IpFamily,
 }
 
 fn rule_matches(cluster: &Cluster, policy: &Policy, rule: &Rule, a: &Attempt<'_>) -> bool {
@@ -159,7 +190,7 @@ fn rule_matches(cluster: &Cluster, policy: &Policy, rule: &Rule, a: &Attempt<'_>
         || rule
             .peers
             .iter()
-            .any(|p| peer_matches(cluster, &policy.namespace, p, a.peer));
+            .any(|p| peer_matches(cluster, &policy.namespace, p, a.peer, a.family));
     let port_ok = rule.ports.is_empty()
         || rule
             .ports
@@ -199,14 +230,14 @@ fn direction_allows(
     !isolated
 }
 
-/// Whether `from` may reach `to` on `port`/`protocol` under `policies`.
+/// Whether `from` may reach `to` on `port`/`protocol` over `family` under `policies`.
 pub fn allowed(
     cluster: &Cluster,
     policies: &[Policy],
     from: &ClusterPod,
     to: &ClusterPod,
-    port: u16,
-    protocol: Protocol,
+    (port, protocol): (u16, Protocol),
+    family: IpFamily,
 ) -> bool {
     if from.namespace == to.namespace && from.name == to.name {
         return true;
@@ -216,31 +247,38 @@ pub fn allowed(
         dest: to,
         port,
         protocol,
+        family,
     };
     let ingress = Attempt {
         peer: from,
         dest: to,
         port,
         protocol,
+        family,
     };
     direction_allows(cluster, policies, from, PolicyType::Egress, &egress)
         && direction_allows(cluster, policies, to, PolicyType::Ingress, &ingress)
 }
 
 /// The expected matrix: every (from, to) pod pair of `cluster` on every `(protocol,
-/// port)` of `ports`.
+/// port)` of `ports`, over every family both pods have.
 pub fn expected(cluster: &Cluster, policies: &[Policy], ports: &[(Protocol, u16)]) -> Matrix {
     let mut matrix = Matrix::default();
     for from in &cluster.pods {
         for to in &cluster.pods {
-            for &(protocol, port) in ports {
-                let key = ProbeKey {
-                    from: from.id(),
-                    to: to.id(),
-                    protocol,
-                    port,
-                };
-                matrix.insert(key, allowed(cluster, policies, from, to, port, protocol));
+            let families = to.ips.iter().map(|ip| IpFamily::of(*ip));
+            for family in families.filter(|f| from.ip_of(*f).is_some()) {
+                for &(protocol, port) in ports {
+                    let key = ProbeKey {
+                        from: from.id(),
+                        to: to.id(),
+                        protocol,
+                        port,
+                        family,
+                    };
+                    let ok = allowed(cluster, policies, from, to, (port, protocol), family);
+                    matrix.insert(key, ok);
+                }
             }
         }
     }

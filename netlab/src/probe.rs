@@ -1,5 +1,8 @@
 //! Probes between pods and the [`Matrix`] of their results.
 //!
+//! A pair of pods is probed over every IP family both have (a dual-stack pair twice:
+//! IPv4 and IPv6 are separate flows, separately allowed or denied).
+//!
 //! A probe is a real connection from one pod's namespace to another pod's IP: TCP
 //! succeeds when the handshake completes, UDP when the listener's echo comes back, each
 //! within a short timeout. A refused connection counts as blocked, like a dropped one
@@ -14,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -23,8 +26,10 @@ use tokio::net::{TcpSocket, UdpSocket};
 use crate::NetlabError;
 use crate::netns::{io_err, run_in};
 use crate::policy::Protocol;
+use crate::stack::IpFamily;
 
-/// One probe: from pod `from` to pod `to` (ids `namespace/name`) on `protocol`/`port`.
+/// One probe: from pod `from` to pod `to` (ids `namespace/name`) on `protocol`/`port`
+/// over `family`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProbeKey {
     /// Source pod id.
@@ -35,14 +40,16 @@ pub struct ProbeKey {
     pub protocol: Protocol,
     /// Destination port.
     pub port: u16,
+    /// The IP family of both addresses.
+    pub family: IpFamily,
 }
 
 impl std::fmt::Display for ProbeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} -> {} {}/{}",
-            self.from, self.to, self.protocol, self.port
+            "{} -> {} {}/{} over {}",
+            self.from, self.to, self.protocol, self.port, self.family
         )
     }
 }
@@ -133,20 +140,23 @@ impl Matrix {
             .collect()
     }
 
-    /// A grid per protocol/port (rows: from, columns: to) of `observed` against `self`:
+    /// A grid per family and protocol/port (rows: from, columns: to) of `observed` against `self`:
     /// `.` reachable and `-` blocked as expected; `B` blocked but expected reachable;
     /// `R` reachable but expected blocked; `?` not probed. Then the mismatches listed
     /// (the first few).
     pub fn render_diff(&self, observed: &Matrix) -> String {
         let mut out = String::new();
-        let services: BTreeSet<(Protocol, u16)> =
-            self.cells.keys().map(|k| (k.protocol, k.port)).collect();
+        let services: BTreeSet<(IpFamily, Protocol, u16)> = self
+            .cells
+            .keys()
+            .map(|k| (k.family, k.protocol, k.port))
+            .collect();
         let from: BTreeSet<&str> = self.cells.keys().map(|k| k.from.as_str()).collect();
         let to: BTreeSet<&str> = self.cells.keys().map(|k| k.to.as_str()).collect();
         let width = to.iter().map(|t| t.len()).max().unwrap_or(1).max(1) + 1;
         let row_width = from.iter().map(|f| f.len()).max().unwrap_or(1);
-        for (protocol, port) in services {
-            let _ = write!(out, "{protocol}/{port}\n{:row_width$}", "");
+        for (family, protocol, port) in services {
+            let _ = write!(out, "{protocol}/{port} {family}\n{:row_width$}", "");
             for t in &to {
                 let _ = write!(out, "{t:>width$}");
             }
@@ -159,6 +169,7 @@ impl Matrix {
                         to: t.to_string(),
                         protocol,
                         port,
+                        family,
                     };
                     let cell = match (self.get(&key), observed.get(&key)) {
                         (Some(true), Some(true)) => ".",
@@ -190,8 +201,12 @@ pub struct Endpoint {
     pub id: String,
     /// Its network namespace.
     pub netns: String,
-    /// Its IP.
-    pub ip: Ipv4Addr,
+    /// Its IPs (one per family).
+    pub ips: Vec<IpAddr>,
+}
+
+fn shares_family(from: &Endpoint, ip: IpAddr) -> bool {
+    from.ips.iter().any(|own| own.is_ipv6() == ip.is_ipv6())
 }
 
 /// Source ports handed out so far (see the module invariant).
@@ -211,25 +226,33 @@ enum Unconnected {
     Udp(std::net::UdpSocket),
 }
 
-/// Creates, inside `netns`, one socket per protocol in `protocols`.
-async fn sockets(netns: &str, protocols: Vec<Protocol>) -> Result<Vec<Unconnected>, NetlabError> {
+/// Creates, inside `netns`, one socket per (protocol, family) in `kinds`.
+async fn sockets(
+    netns: &str,
+    kinds: Vec<(Protocol, IpFamily)>,
+) -> Result<Vec<Unconnected>, NetlabError> {
     let name = netns.to_string();
     run_in(netns, move || {
-        protocols
+        kinds
             .into_iter()
-            .map(|protocol| match protocol {
+            .map(|(protocol, family)| match protocol {
                 Protocol::Udp => {
-                    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, next_source_port()))
+                    let local = (family.unspecified(), next_source_port());
+                    let s = std::net::UdpSocket::bind(local)
                         .map_err(io_err(&name, "binding a UDP probe"))?;
                     s.set_nonblocking(true)
                         .map_err(io_err(&name, "UDP probe non-blocking"))?;
                     Ok(Unconnected::Udp(s))
                 }
                 _ => {
-                    let s = TcpSocket::new_v4().map_err(io_err(&name, "creating a TCP probe"))?;
+                    let s = match family {
+                        IpFamily::V4 => TcpSocket::new_v4(),
+                        IpFamily::V6 => TcpSocket::new_v6(),
+                    }
+                    .map_err(io_err(&name, "creating a TCP probe"))?;
                     s.set_reuseaddr(true)
                         .map_err(io_err(&name, "TCP probe SO_REUSEADDR"))?;
-                    let local = SocketAddr::from((Ipv4Addr::UNSPECIFIED, next_source_port()));
+                    let local = SocketAddr::from((family.unspecified(), next_source_port()));
                     s.bind(local)
                         .map_err(io_err(&name, "binding a TCP probe"))?;
                     Ok(Unconnected::Tcp(s))
@@ -264,8 +287,9 @@ async fn attempt(socket: Unconnected, to: SocketAddr, payload: Vec<u8>, limit: D
     }
 }
 
-/// Probes every (from, to) pair of `pods` on every `(protocol, port)` of `services`,
-/// all at once, each bounded by `limit`. SCTP services are skipped (not probed).
+/// Probes every (from, to) pair of `pods` on every `(protocol, port)` of `services`
+/// over every family both have, all at once, each bounded by `limit`. SCTP services are
+/// skipped (not probed).
 pub async fn probe_all(
     pods: &[Endpoint],
     services: &[(Protocol, u16)],
@@ -280,23 +304,27 @@ pub async fn probe_all(
     for from in pods {
         let mut keys = Vec::new();
         for to in pods {
-            for &(protocol, port) in &services {
-                let key = ProbeKey {
-                    from: from.id.clone(),
-                    to: to.id.clone(),
-                    protocol,
-                    port,
-                };
-                keys.push((key, SocketAddr::V4(SocketAddrV4::new(to.ip, port))));
+            for &ip in to.ips.iter().filter(|ip| shares_family(from, **ip)) {
+                for &(protocol, port) in &services {
+                    let key = ProbeKey {
+                        from: from.id.clone(),
+                        to: to.id.clone(),
+                        protocol,
+                        port,
+                        family: IpFamily::of(ip),
+                    };
+                    keys.push((key, SocketAddr::new(ip, port)));
+                }
             }
         }
         plans.push((from.netns.clone(), keys));
     }
-    let created = futures::future::try_join_all(
-        plans
-            .iter()
-            .map(|(netns, keys)| sockets(netns, keys.iter().map(|(k, _)| k.protocol).collect())),
-    )
+    let created = futures::future::try_join_all(plans.iter().map(|(netns, keys)| {
+        sockets(
+            netns,
+            keys.iter().map(|(k, _)| (k.protocol, k.family)).collect(),
+        )
+    }))
     .await?;
     let mut attempts = Vec::new();
     for ((_, keys), socks) in plans.into_iter().zip(created) {

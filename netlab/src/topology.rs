@@ -12,6 +12,9 @@
 //!   namespace, is named like the model's interface (`cali` + sha1 prefix), has Calico's
 //!   `ee:ee:ee:ee:ee:ee` MAC, proxy ARP on and no proxy delay: what Calico's CNI leaves.
 //!
+//! With [`TopologyBuilder::stack`] nodes and pods get IPv6 addresses too, or only (see
+//! [`crate::stack`]); probes then cover every family a pair shares.
+//!
 //! With [`TopologyBuilder::wiring`] a CNI plugin creates each pod's wiring instead (ADD
 //! run in the node's namespace, see [`crate::cni`]); the pod's IP and host-side
 //! interface are then the plugin's.
@@ -22,7 +25,7 @@
 //! failed build and during a panic.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -32,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::{exec_in, ip, ip_blocking, ip_in, sysctl_in};
 use crate::cni::{self, CniCall, CniOutput, CniWiring};
 use crate::oracle::{Cluster, ClusterPod};
-use crate::policy::{NamedPort, Protocol};
+use crate::policy::Protocol;
 use crate::probe::{Endpoint, Matrix, probe_all};
+use crate::stack::{self, IpFamily, Stack};
 use crate::{NetlabError, listen, underlay};
 
 /// The MAC Calico gives every host-side pod interface.
@@ -45,96 +49,7 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
-/// A pod to create.
-#[derive(Clone, Debug)]
-pub struct PodSpec {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Index of its node.
-    pub node: usize,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Named container ports.
-    pub ports: Vec<NamedPort>,
-}
-
-impl PodSpec {
-    /// Pod `namespace/name` on node `node`, labelled `pod: <name>` (as the e2e suite does).
-    pub fn new(namespace: &str, name: &str, node: usize) -> PodSpec {
-        PodSpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            node,
-            labels: BTreeMap::from([("pod".to_string(), name.to_string())]),
-            ports: Vec::new(),
-        }
-    }
-
-    /// Adds a label.
-    pub fn label(mut self, key: &str, value: &str) -> PodSpec {
-        self.labels.insert(key.into(), value.into());
-        self
-    }
-
-    /// Names container ports `serve-<port>-tcp` and `serve-<port>-udp` for every port.
-    pub fn serve_ports(mut self, ports: &[u16]) -> PodSpec {
-        for &port in ports {
-            for protocol in [Protocol::Tcp, Protocol::Udp] {
-                self.ports.push(NamedPort {
-                    name: format!("serve-{port}-{}", protocol.as_k8s().to_lowercase()),
-                    protocol,
-                    port,
-                });
-            }
-        }
-        self
-    }
-}
-
-/// A node of a built topology.
-#[derive(Clone, Debug)]
-pub struct NodeInfo {
-    /// The Kubernetes node name (`node-<n>`).
-    pub name: String,
-    /// Its network namespace.
-    pub netns: String,
-    /// Its address on its subnet's segment.
-    pub ip: Ipv4Addr,
-    /// The index of its subnet (`10.99.<subnet>.0/24`).
-    pub subnet: usize,
-    /// Its pod CIDR.
-    pub pod_cidr: String,
-}
-
-/// A pod of a built topology.
-#[derive(Clone, Debug)]
-pub struct PodInfo {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Index of its node.
-    pub node: usize,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Named container ports.
-    pub ports: Vec<NamedPort>,
-    /// The pod IP.
-    pub ip: Ipv4Addr,
-    /// Its network namespace.
-    pub netns: String,
-    /// The host-side interface in the node namespace.
-    pub iface: String,
-}
-
-impl PodInfo {
-    /// `namespace/name`.
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::specs::{NodeInfo, PodInfo, PodSpec};
 
 /// Describes a topology; [`TopologyBuilder::build`] creates it.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +60,7 @@ pub struct TopologyBuilder {
     listen: Vec<u16>,
     cni: Option<CniWiring>,
     subnets: Vec<usize>,
+    stack: Stack,
 }
 
 impl TopologyBuilder {
@@ -159,6 +75,12 @@ impl TopologyBuilder {
     pub fn subnets(mut self, of_node: &[usize]) -> Self {
         self.nodes = of_node.len();
         self.subnets = of_node.to_vec();
+        self
+    }
+
+    /// The IP families of nodes and pods (IPv4 by default).
+    pub fn stack(mut self, stack: Stack) -> Self {
+        self.stack = stack;
         self
     }
 
@@ -211,6 +133,12 @@ impl TopologyBuilder {
         if self.nodes == 0 || self.nodes > 200 {
             return Err(NetlabError::Spec(format!("{} nodes", self.nodes)));
         }
+        let routed = self.subnets.iter().any(|s| *s > 0);
+        if self.stack.has(IpFamily::V6) && (routed || self.cni.is_some()) {
+            return Err(NetlabError::Spec(
+                "IPv6 benches have one segment and pods wired by hand".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -232,6 +160,7 @@ impl TopologyBuilder {
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
             cni: self.cni.clone(),
+            stack: self.stack,
         };
         for p in &self.pods {
             let labels = topo.namespaces.entry(p.namespace.clone()).or_default();
@@ -264,7 +193,12 @@ impl TopologyBuilder {
         }
         for i in 0..topo.pods.len() {
             let netns = topo.pods[i].netns.clone();
-            listen::start(&netns, &self.listen, &mut topo.tasks, &topo.stop).await?;
+            let families: Vec<IpFamily> = topo.pods[i]
+                .ips
+                .iter()
+                .map(|ip| IpFamily::of(*ip))
+                .collect();
+            listen::start(&netns, &self.listen, &families, &mut topo.tasks, &topo.stop).await?;
         }
         Ok(topo)
     }
@@ -281,6 +215,7 @@ pub struct Topology {
     stop: CancellationToken,
     tasks: JoinSet<()>,
     cni: Option<CniWiring>,
+    stack: Stack,
 }
 
 impl Topology {
@@ -311,6 +246,11 @@ impl Topology {
             .find(|p| p.namespace == namespace && p.name == name)
     }
 
+    /// The bench's IP families.
+    pub fn stack(&self) -> Stack {
+        self.stack
+    }
+
     /// Namespaces and their labels.
     pub fn namespaces(&self) -> &BTreeMap<String, BTreeMap<String, String>> {
         &self.namespaces
@@ -327,7 +267,7 @@ impl Topology {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                     labels: p.labels.clone(),
-                    ip: p.ip,
+                    ips: p.ips.clone(),
                     ports: p.ports.clone(),
                 })
                 .collect(),
@@ -346,22 +286,31 @@ impl Topology {
             .map(|p| Endpoint {
                 id: p.id(),
                 netns: p.netns.clone(),
-                ip: p.ip,
+                ips: p.ips.clone(),
             })
             .collect();
         probe_all(&endpoints, services, limit).await
     }
 
-    /// `iptables-save` (IPv4) of node `node`, for diagnostics.
+    /// `iptables-save` of node `node` (then `ip6tables-save` on an IPv6 bench), for
+    /// diagnostics.
     pub async fn iptables_save(&self, node: usize) -> Result<String, NetlabError> {
         let netns = self.node_netns(node)?;
-        exec_in(&netns, "iptables-save", &[]).await
+        let mut out = exec_in(&netns, "iptables-save", &[]).await?;
+        if self.stack.has(IpFamily::V6) {
+            out.push_str(&exec_in(&netns, "ip6tables-save", &[]).await?);
+        }
+        Ok(out)
     }
 
-    /// `ip route` of node `node`, for diagnostics.
+    /// `ip route` of node `node` (then `ip -6 route` on an IPv6 bench), for diagnostics.
     pub async fn routes(&self, node: usize) -> Result<String, NetlabError> {
         let netns = self.node_netns(node)?;
-        ip_in(&netns, &["route", "show"]).await
+        let mut out = ip_in(&netns, &["route", "show"]).await?;
+        if self.stack.has(IpFamily::V6) {
+            out.push_str(&ip_in(&netns, &["-6", "route", "show"]).await?);
+        }
+        Ok(out)
     }
 
     fn node_netns(&self, node: usize) -> Result<String, NetlabError> {
@@ -470,6 +419,9 @@ impl Topology {
     pub(crate) async fn add_netns(&mut self, name: &str) -> Result<(), NetlabError> {
         ip(&["netns", "add", name]).await?;
         self.created.push(name.to_string());
+        if self.stack.has(IpFamily::V6) {
+            stack::enable_ipv6(name).await?;
+        }
         ip_in(name, &["link", "set", "lo", "up"]).await?;
         Ok(())
     }
@@ -494,12 +446,21 @@ impl Topology {
             ip_in(&netns, &["route", "add", "default", "via", &gw]).await?;
         }
         sysctl_in(&netns, "net.ipv4.ip_forward", "1").await?;
+        let v6 = if self.stack.has(IpFamily::V6) {
+            let ip6 = stack::node_ip6(n)?;
+            stack::wire_node_v6(&netns, ip6).await?;
+            Some((ip6, stack::pod_cidr6(n)?))
+        } else {
+            None
+        };
         self.nodes.push(NodeInfo {
             name: format!("node-{n}"),
             netns,
             ip,
             subnet,
             pod_cidr: format!("10.244.{n}.0/24"),
+            v6,
+            stack: self.stack,
         });
         Ok(())
     }
@@ -517,12 +478,10 @@ impl Topology {
             };
             let out = cni::invoke(&wiring, &call, &(wiring.config)(&node)).await?;
             let (ip, iface) = cni::parse_add(&out)?;
-            self.push_pod(spec, ip, netns, iface);
+            self.push_pod(spec, vec![IpAddr::V4(ip)], netns, iface);
             return Ok(());
         }
         let iface = netmodel::interface_name(&spec.namespace, &spec.name);
-        let third = u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
-        let ip = Ipv4Addr::new(10, 244, third, host);
         let n = node.netns.as_str();
         ip_in(
             n,
@@ -535,47 +494,58 @@ impl Topology {
         sysctl_in(n, &format!("net.ipv4.conf.{iface}.proxy_arp"), "1").await?;
         sysctl_in(n, &format!("net.ipv4.neigh.{iface}.proxy_delay"), "0").await?;
         ip_in(n, &["link", "set", &iface, "up"]).await?;
-        let p = netns.as_str();
-        ip_in(p, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).await?;
-        ip_in(p, &["link", "set", "eth0", "up"]).await?;
-        ip_in(
-            p,
-            &[
-                "neigh",
-                "replace",
-                GATEWAY,
-                "lladdr",
-                CALI_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        )
-        .await?;
-        ip_in(
-            p,
-            &[
-                "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink",
-            ],
-        )
-        .await?;
-        self.push_pod(spec, ip, netns, iface);
+        ip_in(&netns, &["link", "set", "eth0", "up"]).await?;
+        let mut ips = Vec::new();
+        if self.stack.has(IpFamily::V4) {
+            let third =
+                u8::try_from(spec.node).map_err(|_| NetlabError::Spec("node index".into()))?;
+            let ip = Ipv4Addr::new(10, 244, third, host);
+            wire_pod_v4(&netns, ip).await?;
+            ips.push(IpAddr::V4(ip));
+        }
+        if self.stack.has(IpFamily::V6) {
+            let ip = stack::pod_ip6(spec.node, host)?;
+            stack::wire_pod_v6(&netns, ip, CALI_MAC).await?;
+            ips.push(IpAddr::V6(ip));
+        }
+        self.push_pod(spec, ips, netns, iface);
         Ok(())
     }
 
-    fn push_pod(&mut self, spec: PodSpec, ip: Ipv4Addr, netns: String, iface: String) {
+    fn push_pod(&mut self, spec: PodSpec, ips: Vec<IpAddr>, netns: String, iface: String) {
         self.pods.push(PodInfo {
             namespace: spec.namespace,
             name: spec.name,
             node: spec.node,
             labels: spec.labels,
             ports: spec.ports,
-            ip,
+            ip: ips
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ips,
             netns,
             iface,
         });
     }
+}
+
+/// A pod's IPv4 side (its veth is up): the /32, the permanent neighbour entry for the
+/// gateway and the default route via it.
+async fn wire_pod_v4(pod_ns: &str, ip: Ipv4Addr) -> Result<(), NetlabError> {
+    ip_in(pod_ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).await?;
+    let neigh = ["neigh", "replace", GATEWAY, "lladdr", CALI_MAC];
+    let mut args = neigh.to_vec();
+    args.extend(["dev", "eth0", "nud", "permanent"]);
+    ip_in(pod_ns, &args).await?;
+    ip_in(
+        pod_ns,
+        &[
+            "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink",
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 impl Drop for Topology {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use netlab::{Matrix, PodSpec, ProbeKey, Protocol, Topology};
+use netlab::{IpFamily, Matrix, PodSpec, ProbeKey, Protocol, Topology};
 
 const SERVICES: [(Protocol, u16); 4] = [
     (Protocol::Tcp, 80),
@@ -105,6 +105,7 @@ async fn bench_routes_probes_and_cleanup() {
                 to: "y/b".into(),
                 protocol: Protocol::Udp,
                 port,
+                family: IpFamily::V4,
             };
             want.insert(key, false);
         }

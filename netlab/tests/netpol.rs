@@ -8,14 +8,16 @@
 //! 80/81 between every pod pair, and compares with the oracle ([`netlab::expected`]),
 //! which knows nothing of calc. Routes come only from the dataplane: the baseline
 //! (no policy, everything reachable) proves them. The rig is `common` (shared with the
-//! lifecycle and mode tests).
+//! lifecycle and mode tests). The same cases run again over IPv6-only pods and over
+//! dual-stack pods (every pair probed over both families: an allowed flow must work over
+//! IPv4 and IPv6, a denied one fail over both, and ipBlocks admit their own family).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::cases::run_cases;
-use common::{Rig, RigConfig};
-use netlab::{LabelSelector as Sel, Peer, Policy, Rule};
+use common::{Rig, RigConfig, SERVICES};
+use netlab::{IpFamily, LabelSelector as Sel, Peer, Policy, Rule, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_policies_match_the_oracle() {
@@ -51,6 +53,11 @@ async fn network_policies_match_the_oracle() {
     if let Some(f) = rig.check("namespace z relabelled team=blue").await {
         failures.push(f);
     }
+    finish(rig, failures).await;
+}
+
+/// Stops the rig, then fails with every case's report if any failed.
+async fn finish(rig: Rig, failures: Vec<String>) {
     let total = failures.len();
     rig.stop().await;
     assert!(
@@ -58,4 +65,37 @@ async fn network_policies_match_the_oracle() {
         "{total} case(s) failed:\n{}",
         failures.join("\n")
     );
+}
+
+/// Runs every case on a bench of `stack` and asserts the matrices cover exactly the
+/// bench's families.
+async fn cases_over(stack: Stack) {
+    let mut rig = Rig::start(RigConfig {
+        stack,
+        ..RigConfig::default()
+    })
+    .await;
+    let want = rig.expected();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let probes = want.iter().filter(|(k, _)| k.family == family).count();
+        let pods = rig.topo.pods().len();
+        let per_family = if stack.has(family) {
+            pods * pods * SERVICES.len()
+        } else {
+            0
+        };
+        assert_eq!(probes, per_family, "{family} probes on a {stack:?} bench");
+    }
+    let failures = run_cases(&mut rig).await;
+    finish(rig, failures).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_match_the_oracle_over_ipv6_only_pods() {
+    cases_over(Stack::V6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_match_the_oracle_over_dual_stack_pods() {
+    cases_over(Stack::Dual).await;
 }

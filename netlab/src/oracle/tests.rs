@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
 use crate::policy::{LabelSelector as Sel, PolicyPort as Port, Protocol::*};
+use crate::stack::IpFamily::{self, V4};
 
 fn pod(ns: &str, name: &str, ip: [u8; 4]) -> ClusterPod {
     let ports = [(80, Tcp), (80, Udp), (81, Tcp), (81, Udp)]
@@ -22,7 +23,7 @@ fn pod(ns: &str, name: &str, ip: [u8; 4]) -> ClusterPod {
         namespace: ns.into(),
         name: name.into(),
         labels: BTreeMap::from([("pod".to_string(), name.to_string())]),
-        ip: Ipv4Addr::from(ip),
+        ips: vec![IpAddr::from(ip)],
         ports,
     }
 }
@@ -56,7 +57,14 @@ fn cluster() -> Cluster {
 fn can(policies: &[Policy], from: &str, to: &str, protocol: Protocol, port: u16) -> bool {
     let c = cluster();
     let find = |id: &str| c.pods.iter().find(|p| p.id() == id).unwrap().clone();
-    allowed(&c, policies, &find(from), &find(to), port, protocol)
+    allowed(
+        &c,
+        policies,
+        &find(from),
+        &find(to),
+        (port, protocol),
+        IpFamily::V4,
+    )
 }
 
 #[test]
@@ -203,11 +211,11 @@ fn named_port_in_egress_resolves_on_the_destination() {
         .types(&[PolicyType::Egress])
         .egress(Rule::allow_all().with_ports(vec![Port::named(Tcp, "serve-80-tcp")]))];
     let find = |id: &str| c.pods.iter().find(|p| p.id() == id).unwrap().clone();
-    assert!(allowed(&c, &p, &find("x/a"), &find("y/b"), 80, Tcp));
+    assert!(allowed(&c, &p, &find("x/a"), &find("y/b"), (80, Tcp), V4));
     c.pods[4].ports.clear();
     let find = |id: &str| c.pods.iter().find(|p| p.id() == id).unwrap().clone();
-    assert!(!allowed(&c, &p, &find("x/a"), &find("y/b"), 80, Tcp));
-    assert!(allowed(&c, &p, &find("x/a"), &find("y/a"), 80, Tcp));
+    assert!(!allowed(&c, &p, &find("x/a"), &find("y/b"), (80, Tcp), V4));
+    assert!(allowed(&c, &p, &find("x/a"), &find("y/a"), (80, Tcp), V4));
 }
 
 #[test]
@@ -241,7 +249,11 @@ fn ip_block_with_except() {
         cidr: "0.0.0.0/0".into(),
         except: vec![],
     };
-    assert!(ip_block_contains(&block, Ipv4Addr::new(1, 2, 3, 4)));
+    assert!(ip_block_contains(&block, Ipv4Addr::new(1, 2, 3, 4).into()));
+    assert!(
+        !ip_block_contains(&block, "fd00::1".parse().unwrap()),
+        "an IPv4 block holds no IPv6 address"
+    );
 }
 
 #[test]
@@ -283,12 +295,13 @@ fn diff_marks_mismatches() {
         to: "y/b".into(),
         protocol: Tcp,
         port: 80,
+        family: IpFamily::V4,
     };
     seen.insert(key.clone(), false);
     let text = want.render_diff(&seen);
     assert!(text.contains("TCP/80"), "{text}");
     assert!(
-        text.contains("y/a -> y/b TCP/80: expected reachable, observed blocked"),
+        text.contains("y/a -> y/b TCP/80 over IPv4: expected reachable, observed blocked"),
         "{text}"
     );
     assert!(text.contains(" R"), "{text}");
@@ -319,4 +332,48 @@ fn the_api_servers_namespace_name_label_selects_with_in_and_not_in() {
         .unwrap()
         .insert(NAMESPACE_NAME_LABEL.into(), "y".into());
     assert_eq!(c.namespace_labels("x")[NAMESPACE_NAME_LABEL], "x");
+}
+
+#[test]
+fn dual_stack_pairs_are_judged_per_family() {
+    // Every pod also gets fd00:10:244:<n>::<h> for its 10.244.<n>.<h>.
+    let mut c = cluster();
+    for p in &mut c.pods {
+        let IpAddr::V4(v4) = p.ips[0] else { panic!() };
+        let [_, _, n, h] = v4.octets();
+        p.ips.push(format!("fd00:10:244:{n}::{h}").parse().unwrap());
+    }
+    let p = [
+        Policy::new("x", "mixed", Sel::label("pod", "a")).ingress(Rule::from_peers(vec![
+            Peer::pods(Sel::label("pod", "b")),
+            Peer::ip_block("10.244.1.0/24", &[]),
+            Peer::ip_block("fd00:10:244:1::/64", &["fd00:10:244:1::2/128"]),
+        ])),
+    ];
+    let m = expected(&c, &p, &[(Tcp, 80)]);
+    assert_eq!(m.len(), 5 * 5 * 2, "every pair over both families");
+    let get = |from: &str, to: &str, family| {
+        m.get(&ProbeKey {
+            from: from.into(),
+            to: to.into(),
+            protocol: Tcp,
+            port: 80,
+            family,
+        })
+        .unwrap()
+    };
+    // A selector admits both families.
+    assert!(get("x/b", "x/a", V4) && get("x/b", "x/a", IpFamily::V6));
+    assert!(!get("x/c", "x/a", V4) && !get("x/c", "x/a", IpFamily::V6));
+    // Each block admits only its own family.
+    assert!(get("y/a", "x/a", V4), "in the IPv4 block");
+    assert!(
+        !get("y/a", "x/a", IpFamily::V6),
+        "excepted from the IPv6 block"
+    );
+    assert!(get("y/b", "x/a", V4) && get("y/b", "x/a", IpFamily::V6));
+    // An IPv4-only pod is probed over IPv4 only.
+    c.pods[0].ips.truncate(1);
+    let m = expected(&c, &p, &[(Tcp, 80)]);
+    assert_eq!(m.len(), 5 * 5 * 2 - (5 + 4), "no IPv6 probe to or from it");
 }

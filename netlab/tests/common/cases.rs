@@ -1,12 +1,18 @@
 //! The NetworkPolicy cases every end-to-end policy test runs (netlab's netpol test, the
 //! CNI plugin's tests with both interface prefixes), in the spirit of the upstream e2e
-//! suite, and the loop that runs them against the oracle.
+//! suite, and the loop that runs them against the oracle. ipBlock cases name one block
+//! per IP family of the bench (the same shape in each family), so they run unchanged over
+//! IPv4, IPv6 and dual-stack pods; a dual-stack bench adds a case with a block of one
+//! family only.
 
+use std::net::IpAddr;
+
+use netlab::stack::CLUSTER_CIDR_V6;
 use netlab::topology::CLUSTER_CIDR;
 use netlab::{
-    LabelSelector as Sel, Operator, Peer, Policy, PolicyPort as Port, PolicyType,
+    IpFamily, LabelSelector as Sel, Operator, Peer, Policy, PolicyPort as Port, PolicyType,
     Protocol::{Tcp, Udp},
-    Rule,
+    Rule, Stack,
 };
 
 use super::{Rig, SERVICES};
@@ -17,11 +23,39 @@ fn ns_named(op: Operator, names: &[&str]) -> Sel {
     Sel::all().and_expr("kubernetes.io/metadata.name", op, names)
 }
 
+/// `ip` as a host network.
+fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+/// One ipBlock peer per family of the bench, from `block(family)` = (cidr, excepts).
+fn ip_blocks(rig: &Rig, block: impl Fn(IpFamily) -> (String, Vec<String>)) -> Vec<Peer> {
+    let families = rig.topo.stack().families();
+    families
+        .iter()
+        .map(|family| {
+            let (cidr, except) = block(*family);
+            let except: Vec<&str> = except.iter().map(String::as_str).collect();
+            Peer::ip_block(&cidr, &except)
+        })
+        .collect()
+}
+
 /// The policy cases: (name, policies), in the spirit of the upstream e2e suite.
 pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
-    let zc = rig.topo.pod("z", "c").unwrap().ip;
+    let zc = rig.topo.pod("z", "c").unwrap();
+    let zc = |family| host_cidr(zc.ip_of(family).unwrap());
+    let nodes = rig.topo.nodes();
+    let pod_cidr = |n: usize, family| nodes[n].pod_cidr_of(family).unwrap();
+    let cluster = |family| match family {
+        IpFamily::V4 => CLUSTER_CIDR.to_string(),
+        IpFamily::V6 => CLUSTER_CIDR_V6.to_string(),
+    };
     let pod = |name: &str| Sel::label("pod", name);
-    vec![
+    let mut cases = vec![
         (
             "default deny ingress",
             vec![Policy::new("x", "deny-ingress", Sel::all())],
@@ -109,9 +143,10 @@ pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
         (
             "ipBlock with except",
             vec![
-                Policy::new("x", "ipblock", pod("a")).ingress(Rule::from_peers(vec![
-                    Peer::ip_block(CLUSTER_CIDR, &["10.244.1.0/24", &format!("{zc}/32")]),
-                ])),
+                Policy::new("x", "ipblock", pod("a"))
+                    .ingress(Rule::from_peers(ip_blocks(rig, |f| {
+                        (cluster(f), vec![pod_cidr(1, f), zc(f)])
+                    }))),
             ],
         ),
         (
@@ -119,10 +154,9 @@ pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
             vec![
                 Policy::new("y", "egress-block", Sel::all())
                     .types(&[PolicyType::Egress])
-                    .egress(Rule::from_peers(vec![Peer::ip_block(
-                        "10.244.0.0/24",
-                        &[&format!("{zc}/32")],
-                    )])),
+                    .egress(Rule::from_peers(ip_blocks(rig, |f| {
+                        (pod_cidr(0, f), vec![zc(f)])
+                    }))),
             ],
         ),
         (
@@ -161,7 +195,19 @@ pub fn cases(rig: &Rig) -> Vec<(&'static str, Vec<Policy>)> {
                 ])),
             ],
         ),
-    ]
+    ];
+    if rig.topo.stack() == Stack::Dual {
+        // A block of one family admits that family only: the same pods are allowed over
+        // IPv4 and denied over IPv6.
+        cases.push((
+            "ipBlock of IPv4 only on dual-stack pods",
+            vec![
+                Policy::new("x", "v4-block", pod("a"))
+                    .ingress(Rule::from_peers(vec![Peer::ip_block(CLUSTER_CIDR, &[])])),
+            ],
+        ));
+    }
+    cases
 }
 
 /// Probes the baseline (no policy: everything reachable), then every case against the

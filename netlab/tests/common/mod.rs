@@ -39,8 +39,9 @@ use kube_sim::KubeSim;
 use netlab::cni::CniWiring;
 use netlab::flow::{Flow, Pump};
 use netlab::kube::{policy_json, topology_objects};
+use netlab::stack::CLUSTER_CIDR_V6;
 use netlab::topology::CLUSTER_CIDR;
-use netlab::{LabelSelector, Peer, PodSpec, Policy, Protocol, Rule, Topology};
+use netlab::{LabelSelector, Peer, PodSpec, Policy, Protocol, Rule, Stack, Topology};
 use netmodel::UpstreamConfig;
 use serde_json::Value as Json;
 use tokio::net::TcpStream;
@@ -112,12 +113,20 @@ pub fn init() {
 /// hand, or through `cni` when given. Nodes: one per entry of `subnets` (node `n` on
 /// subnet `subnets[n]`, see `netlab::underlay`), or two on one segment when empty.
 pub async fn bench_on(cni: Option<CniWiring>, subnets: &[usize]) -> Topology {
+    bench_of(cni, subnets, Stack::V4).await
+}
+
+/// [`bench_on`] with the IP families of `stack`.
+pub async fn bench_of(cni: Option<CniWiring>, subnets: &[usize], stack: Stack) -> Topology {
     let subnets = if subnets.is_empty() {
         &[0, 0][..]
     } else {
         subnets
     };
-    let mut builder = Topology::builder().subnets(subnets).listen(&[80, 81]);
+    let mut builder = Topology::builder()
+        .subnets(subnets)
+        .stack(stack)
+        .listen(&[80, 81]);
     if let Some(cni) = cni {
         builder = builder.wiring(cni);
     }
@@ -414,6 +423,8 @@ pub struct RigConfig {
     pub interface_prefixes: netmodel::InterfacePrefixes,
     /// The subnet of each node (see [`bench_on`]); empty: two nodes on one segment.
     pub subnets: Vec<usize>,
+    /// The IP families of nodes and pods.
+    pub stack: Stack,
     /// The agents' host endpoint settings (failsafe ports, automatic host endpoints).
     pub hosts: HostConfig,
 }
@@ -431,6 +442,7 @@ impl Default for RigConfig {
             cni: None,
             interface_prefixes: Default::default(),
             subnets: Vec::new(),
+            stack: Stack::V4,
             hosts: HostConfig::default(),
         }
     }
@@ -498,7 +510,7 @@ impl Rig {
     /// dataplane applied the initial state.
     pub async fn start(config: RigConfig) -> Rig {
         init();
-        let topo = bench_on(config.cni.clone(), &config.subnets).await;
+        let topo = bench_of(config.cni.clone(), &config.subnets, config.stack).await;
         let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
         for obj in topology_objects(&topo) {
             sim.store().upsert_object(obj).unwrap();
@@ -577,7 +589,7 @@ impl Rig {
                 CalcConfig {
                     node_name: node.name.clone(),
                     mode: self.config.mode,
-                    cluster_cidrs: vec![CLUSTER_CIDR.to_string()],
+                    cluster_cidrs: vec![CLUSTER_CIDR.to_string(), CLUSTER_CIDR_V6.to_string()],
                     interface_prefixes: self.config.interface_prefixes.clone(),
                 },
                 self.config.hosts.clone(),
