@@ -4,10 +4,19 @@
 //! It is a pure data structure: no I/O, no timers, no metrics registry, no runtime. The
 //! owner applies a batch of updates and gets back the breadcrumb of the new revision.
 //!
-//! Every frame is encoded once and shared as [`Bytes`]: each entry keeps its encoded
-//! `KeyValue` (the exact bytes its digest contribution hashes), a breadcrumb keeps its
-//! `DeltaBatch` frame, and a snapshot is a concatenation of held entries, never a
-//! re-encoding. Per-client work is only [`coalesce`] for clients that lag.
+//! Every frame is encoded once and shared as [`Bytes`]: each entry keeps only its encoded
+//! `KeyValue` (the exact bytes its digest contribution hashes; no decoded value, see
+//! [`entry`]), a breadcrumb keeps its `DeltaBatch` frame (its updates are slices of it),
+//! and a snapshot is a concatenation of held entries, never a re-encoding. Per-client
+//! work is only [`coalesce`] for clients that lag.
+//!
+//! Memory: the state costs its encoded bytes plus the keys (about 500 bytes per entry
+//! by [`SnapshotCache::held_bytes`] at 150,000 kube-sim pods; typha/tests/memory_budget.rs
+//! holds the live heap to a budget);
+//! the log at most `max_log_bytes` of frames. With `history_before_sync` off (typha),
+//! breadcrumbs applied before [`SnapshotCache::mark_in_sync`] are not kept beyond the
+//! newest: no client can be behind a state it was never served, and the initial list
+//! would otherwise keep a second copy of the state as frames.
 //!
 //! The state is a `BTreeMap` rather than a `HashMap`, on measurement (benches/snapshot.rs,
 //! 150k endpoints): key order puts the pods of one workload next to each other in a
@@ -27,6 +36,8 @@
 //! - version bookkeeping (resourceVersions per breadcrumb, the current vector and the
 //!   history's floor, for cross-replica resume) follows the rules of [`versions`].
 
+mod crumb;
+mod entry;
 mod snapshot;
 pub mod versions;
 
@@ -35,22 +46,24 @@ mod props;
 #[cfg(test)]
 mod resume_props;
 #[cfg(test)]
+mod sharing_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::btree_map::Entry as StateEntry;
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-use typha_proto::digest::EntryHash;
+use bytes::Bytes;
 use typha_proto::{Digest, Key, Revision, Update, Value, VersionVector, frame};
 
-pub use snapshot::{EncodedSnapshot, RawSnapshot, compress};
+pub use crumb::{Breadcrumb, coalesce};
+pub use snapshot::{EncodedSnapshot, RawChunk, RawSnapshot, compress};
 pub use versions::{CrumbVersions, RebaseRefusal, ResourceMark, Touch};
 
+use crumb::last_per_key;
+use entry::{Entry, encode_key_value};
 use versions::Ledger;
 
 /// Bounds and tuning of a [`SnapshotCache`].
@@ -66,6 +79,11 @@ pub struct CacheConfig {
     /// zstd level for snapshot chunks. 1: level 3 gains 2% in size for ~30% more time
     /// (benches/snapshot.rs).
     pub zstd_level: i32,
+    /// Keep breadcrumbs applied before [`SnapshotCache::mark_in_sync`] (bounded as
+    /// usual). Off, only the newest is kept until then: right for a server that serves
+    /// no client before it is in sync (typha), and it keeps the initial list from
+    /// holding a second copy of the state as frames.
+    pub history_before_sync: bool,
 }
 
 impl Default for CacheConfig {
@@ -75,6 +93,7 @@ impl Default for CacheConfig {
             max_log_bytes: 64 << 20,
             chunk_raw_bytes: 1 << 20,
             zstd_level: 1,
+            history_before_sync: true,
         }
     }
 }
@@ -111,32 +130,6 @@ pub struct CacheStats {
     pub log_bytes: u64,
 }
 
-/// One applied batch: the delta from `from` to `revision`, encoded once.
-#[derive(Debug)]
-pub struct Breadcrumb {
-    /// The revision before the batch.
-    pub from: Revision,
-    /// The revision after the batch.
-    pub revision: Revision,
-    /// The state digest after the batch.
-    pub digest: Digest,
-    /// Each changed key once, with its encoded `KeyValue` (no value = delete): exactly
-    /// the bytes the digest hashed.
-    pub updates: Vec<(Key, Bytes)>,
-    /// The `ServerMessage{deltas}` frame carrying `updates`, shared by every client.
-    pub frame: Bytes,
-    /// The resourceVersions the batch stands for (cross-replica resume).
-    pub versions: CrumbVersions,
-}
-
-impl Breadcrumb {
-    /// The bytes this breadcrumb counts against `max_log_bytes`: its frame's size (the
-    /// update bytes are shared with the state's entries until those are replaced).
-    pub fn encoded_len(&self) -> usize {
-        self.frame.len()
-    }
-}
-
 /// The answer of [`SnapshotCache::deltas_since`].
 #[derive(Debug)]
 pub enum DeltasSince {
@@ -164,26 +157,6 @@ pub struct Rebase {
     pub keys: usize,
 }
 
-/// One held entry: the value, its encoded `KeyValue` and its digest contribution.
-#[derive(Debug)]
-struct Entry {
-    value: Value,
-    encoded: Bytes,
-    hash: EntryHash,
-}
-
-impl Entry {
-    fn new(key: &Key, value: Value) -> Entry {
-        let encoded = encode_key_value(key, Some(&value));
-        let hash = EntryHash::of(&encoded);
-        Entry {
-            value,
-            encoded,
-            hash,
-        }
-    }
-}
-
 /// The shared state and its history (see the module docs).
 #[derive(Debug)]
 pub struct SnapshotCache {
@@ -192,8 +165,12 @@ pub struct SnapshotCache {
     revision: Revision,
     digest: Digest,
     entries: BTreeMap<Key, Entry>,
+    /// The entries' [`Entry::held_bytes`], summed.
+    entries_bytes: usize,
     log: VecDeque<Arc<Breadcrumb>>,
     log_bytes: usize,
+    /// The log's [`Breadcrumb::held_bytes`], summed.
+    log_held: usize,
     stats: CacheStats,
     ledger: Ledger,
     /// Atomic so that building a snapshot needs only `&self` (a read lock) and the cache
@@ -210,8 +187,10 @@ impl SnapshotCache {
             revision: Revision(0),
             digest: Digest::EMPTY,
             entries: BTreeMap::new(),
+            entries_bytes: 0,
             log: VecDeque::new(),
             log_bytes: 0,
+            log_held: 0,
             stats: CacheStats::default(),
             ledger: Ledger::default(),
             snapshots_built: AtomicU64::new(0),
@@ -243,14 +222,26 @@ impl SnapshotCache {
         self.entries.is_empty()
     }
 
-    /// The value held for `key`.
-    pub fn get(&self, key: &Key) -> Option<&Value> {
-        self.entries.get(key).map(|e| &e.value)
+    /// The value held for `key`, decoded from the held bytes (the cache keeps no decoded
+    /// values; for tests and diagnostics).
+    pub fn get(&self, key: &Key) -> Option<Value> {
+        self.entries.get(key)?.value()
     }
 
-    /// Every held (key, value), in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
-        self.entries.iter().map(|(k, e)| (k, &e.value))
+    /// Every held (key, value) in key order, each value decoded from the held bytes (for
+    /// tests and diagnostics).
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, Value)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| Some((k, e.value()?)))
+    }
+
+    /// The bytes the cache holds by its own accounting: per entry its map slot, key
+    /// strings and encoded bytes; per breadcrumb in the log its frame and update list.
+    /// Allocator overhead and map nodes are not counted (tests/memory_budget.rs holds
+    /// the allocator's count to a budget too).
+    pub fn held_bytes(&self) -> usize {
+        self.entries_bytes + self.log_held
     }
 
     /// The current counters.
@@ -299,70 +290,69 @@ impl SnapshotCache {
         let versions = self.ledger.record(marks, !changed.is_empty())?;
         let from = self.revision;
         self.revision = from.next();
-        let frame = frame::delta_batch_with_versions(
-            from,
-            self.revision,
-            changed.iter().map(|(_, encoded)| encoded),
-            self.digest,
-            &versions.advanced.to_pb(),
-        );
         self.stats.batches_applied += 1;
         self.stats.updates_applied += changed.len() as u64;
         self.stats.delta_frames_encoded += 1;
-        let crumb = Arc::new(Breadcrumb {
+        let crumb = Arc::new(Breadcrumb::new(
             from,
-            revision: self.revision,
-            digest: self.digest,
-            updates: changed,
-            frame,
+            self.revision,
+            self.digest,
+            changed,
             versions,
-        });
+        ));
         self.log_bytes += crumb.encoded_len();
+        self.log_held += crumb.held_bytes();
         self.log.push_back(Arc::clone(&crumb));
         self.trim_log();
         Some(crumb)
     }
 
     /// Applies one update to the entries and the digest; the encoded `KeyValue` when it
-    /// changed the state, `None` for a no-op. An unchanged value is recognised before
-    /// encoding (a relist re-sends every object), and by its bytes after (for values
-    /// that encode equally without comparing equal, such as a NaN order).
+    /// changed the state, `None` for a no-op. An unchanged value is recognised by its
+    /// encoding (the held bytes are the only copy of the value; a relist of 150k
+    /// unchanged objects pays one encode each).
     fn change(&mut self, key: &Key, value: Option<Value>) -> Option<Bytes> {
         let Some(value) = value else {
             let old = self.entries.remove(key)?;
+            self.entries_bytes -= old.held_bytes(key);
             self.digest.remove(old.hash);
             return Some(encode_key_value(key, None));
         };
+        let new = Entry::new(key, &value);
+        let encoded = new.encoded.clone();
+        let added = new.held_bytes(key);
         match self.entries.entry(key.clone()) {
             StateEntry::Occupied(mut held) => {
-                if held.get().value == value {
-                    return None;
-                }
-                let new = Entry::new(key, value);
                 if held.get().encoded == new.encoded {
                     return None;
                 }
                 self.digest.replace(held.get().hash, new.hash);
-                let encoded = new.encoded.clone();
-                held.insert(new);
-                Some(encoded)
+                let old = held.insert(new);
+                self.entries_bytes -= old.held_bytes(key);
             }
             StateEntry::Vacant(slot) => {
-                let new = Entry::new(key, value);
                 self.digest.add(new.hash);
-                Some(slot.insert(new).encoded.clone())
+                slot.insert(new);
             }
         }
+        self.entries_bytes += added;
+        Some(encoded)
     }
 
-    /// Drops the oldest breadcrumbs while the log is over a bound, keeping the newest.
+    /// Drops the oldest breadcrumbs while the log is over a bound (one breadcrumb
+    /// before the in-sync mark without `history_before_sync`), keeping the newest.
     fn trim_log(&mut self) {
+        let max_batches = if self.config.history_before_sync || self.ledger.base().is_some() {
+            self.config.max_log_batches
+        } else {
+            1
+        };
         while self.log.len() > 1
-            && (self.log.len() > self.config.max_log_batches
-                || self.log_bytes > self.config.max_log_bytes)
+            && (self.log.len() > max_batches || self.log_bytes > self.config.max_log_bytes)
         {
             if let Some(old) = self.log.pop_front() {
                 self.log_bytes -= old.encoded_len();
+                self.log_held -= old.held_bytes();
                 self.ledger.evicted(old.from, &old.versions);
             }
         }
@@ -459,102 +449,4 @@ impl SnapshotCache {
             self.config.chunk_raw_bytes,
         )
     }
-}
-
-/// A batch reduced to the last update per key, in the order of those last updates.
-struct LastPerKey {
-    updates: Vec<Update>,
-    superseded: u64,
-}
-
-fn last_per_key(updates: Vec<Update>) -> LastPerKey {
-    if updates.len() < 2 {
-        return LastPerKey {
-            updates,
-            superseded: 0,
-        };
-    }
-    let mut last: HashMap<&Key, usize> = HashMap::with_capacity(updates.len());
-    for (i, update) in updates.iter().enumerate() {
-        last.insert(&update.key, i);
-    }
-    if last.len() == updates.len() {
-        return LastPerKey {
-            updates,
-            superseded: 0,
-        };
-    }
-    let keep: Vec<bool> = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| last.get(&u.key) == Some(&i))
-        .collect();
-    let total = updates.len();
-    let updates: Vec<Update> = updates
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(u, keep)| keep.then_some(u))
-        .collect();
-    let superseded = (total - updates.len()) as u64;
-    LastPerKey {
-        updates,
-        superseded,
-    }
-}
-
-/// The encoded `KeyValue` of (key, value), byte-identical to [`Update::encode`] (fields
-/// in tag order, `Value` being just its oneof) but without cloning the value into a
-/// `pb::KeyValue` first: values are the bulk of the bytes, and cloning them doubled the
-/// cost of encoding (measured: 150k endpoints in ~130 ms instead of ~260 ms).
-fn encode_key_value(key: &Key, value: Option<&Value>) -> Bytes {
-    let key = key.to_pb();
-    let value_len = value.map_or(0, |v| v.encoded_len());
-    let mut len = prost::encoding::message::encoded_len(1, &key);
-    if value.is_some() {
-        len += prost::encoding::key_len(2) + encoded_len_varint(value_len as u64) + value_len;
-    }
-    let mut buf = BytesMut::with_capacity(len);
-    prost::encoding::message::encode(1, &key, &mut buf);
-    if let Some(value) = value {
-        encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(value_len as u64, &mut buf);
-        value.encode(&mut buf);
-    }
-    buf.freeze()
-}
-
-/// One `DeltaBatch` frame covering `crumbs[0].from ..= crumbs.last().revision` with the
-/// latest encoded `KeyValue` per key (deleted then re-added: the last value; added then
-/// deleted: a delete, which a client holding no such key treats as a no-op) and the last
-/// crumb's digest. `crumbs` must be contiguous, as [`SnapshotCache::deltas_since`] returns
-/// them. Per-client work, only for lagging clients; `None` for no crumbs.
-pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
-    let (first, last) = (crumbs.first()?, crumbs.last()?);
-    if crumbs.len() == 1 {
-        return Some(first.frame.clone());
-    }
-    let mut latest: Vec<&Bytes> = Vec::new();
-    let mut slot: HashMap<&Key, usize> = HashMap::new();
-    let mut advanced = VersionVector::new();
-    for crumb in crumbs {
-        for (resource, version) in crumb.versions.advanced.iter() {
-            advanced.advance(resource, version);
-        }
-    }
-    for (key, encoded) in crumbs.iter().flat_map(|c| c.updates.iter()) {
-        match slot.entry(key) {
-            MapEntry::Occupied(at) => latest[*at.get()] = encoded,
-            MapEntry::Vacant(at) => {
-                at.insert(latest.len());
-                latest.push(encoded);
-            }
-        }
-    }
-    Some(frame::delta_batch_with_versions(
-        first.from,
-        last.revision,
-        latest.iter().copied(),
-        last.digest,
-        &advanced.to_pb(),
-    ))
 }

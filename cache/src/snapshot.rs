@@ -1,15 +1,52 @@
-//! Snapshots: the whole state at one revision, first as raw chunks (concatenated encoded
-//! `KeyValue`s, built under the cache's read lock) and then compressed into shared frames
-//! (pure CPU, done once per snapshot version off the runtime and sent to every client).
+//! Snapshots: the whole state at one revision, first as raw chunks (the held entries'
+//! encoded `KeyValue`s, grouped, taken under the cache's read lock by reference count)
+//! and then compressed into shared frames (pure CPU, done once per snapshot version off
+//! the runtime and sent to every client).
+//!
+//! A raw chunk is a list of the entries' shared [`Bytes`], not a concatenated copy:
+//! taking a snapshot copies no value bytes, and compression concatenates one chunk at a
+//! time, so building a snapshot of a 70 MiB state needs about one
+//! chunk of scratch space rather than a second copy of the state.
 //!
 //! Invariants: a snapshot has at least one chunk (an empty state has one empty chunk); a
 //! chunk holds at most `chunk_raw_bytes` unless a single entry is larger; chunk frames
 //! are numbered `0..count` and every one names the same revision and count.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use typha_proto::{Digest, Revision, VersionVector, frame, pb};
 
 use super::CacheError;
+
+/// One raw chunk: the encoded `KeyValue`s of an encoded `SnapshotEntries`, shared with
+/// the cache's entries.
+#[derive(Clone, Debug, Default)]
+pub struct RawChunk {
+    entries: Vec<Bytes>,
+    len: usize,
+}
+
+impl RawChunk {
+    /// The size of this chunk's encoded `SnapshotEntries`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the chunk holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The encoded `KeyValue`s, in key order.
+    pub fn entries(&self) -> &[Bytes] {
+        &self.entries
+    }
+
+    /// This chunk's encoded `SnapshotEntries`, in a buffer of its own (of exactly
+    /// [`Self::len`] bytes).
+    pub fn encode(&self) -> BytesMut {
+        frame::snapshot_entries(&self.entries)
+    }
+}
 
 /// The whole state at one revision, as raw (uncompressed) chunks.
 #[derive(Clone, Debug)]
@@ -22,8 +59,8 @@ pub struct RawSnapshot {
     pub versions: VersionVector,
     /// The number of entries over all chunks.
     pub key_count: u64,
-    /// Each an encoded `SnapshotEntries`, built with [`frame::snapshot_entries`].
-    pub chunks: Vec<Bytes>,
+    /// The chunks, in key order.
+    pub chunks: Vec<RawChunk>,
     /// The sum of the chunks' sizes.
     pub raw_bytes: u64,
 }
@@ -39,20 +76,17 @@ impl RawSnapshot {
     ) -> RawSnapshot {
         let key_count = entries.len() as u64;
         let mut chunks = Vec::new();
-        let mut pending: Vec<&Bytes> = Vec::new();
-        let mut pending_len = 0;
+        let mut pending = RawChunk::default();
         for entry in entries {
             let len = frame::snapshot_entry_len(entry);
-            if !pending.is_empty() && pending_len + len > chunk_raw_bytes {
-                chunks.push(frame::snapshot_entries(pending.iter().copied()).freeze());
-                pending.clear();
-                pending_len = 0;
+            if !pending.is_empty() && pending.len + len > chunk_raw_bytes {
+                chunks.push(std::mem::take(&mut pending));
             }
-            pending.push(entry);
-            pending_len += len;
+            pending.entries.push(entry.clone());
+            pending.len += len;
         }
-        chunks.push(frame::snapshot_entries(pending.iter().copied()).freeze());
-        let raw_bytes = chunks.iter().map(|c| c.len() as u64).sum();
+        chunks.push(pending);
+        let raw_bytes = chunks.iter().map(|c| c.len as u64).sum();
         RawSnapshot {
             revision,
             digest,
@@ -87,7 +121,8 @@ pub struct EncodedSnapshot {
 
 /// Compresses each chunk (zstd at `level`) and wraps it as a `ServerMessage{snapshot_chunk}`
 /// frame, plus the `InSync` frame. Pure CPU: run it off the async runtime, once per
-/// snapshot version, and share the result with every client.
+/// snapshot version, and share the result with every client. Each chunk is concatenated
+/// just before it is compressed and dropped right after.
 pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheError> {
     let count =
         u32::try_from(raw.chunks.len()).map_err(|_| CacheError::TooManyChunks(raw.chunks.len()))?;
@@ -95,7 +130,8 @@ pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheE
     let mut chunk_frames = Vec::with_capacity(raw.chunks.len());
     let mut compressed_bytes = 0;
     for (index, chunk) in (0..count).zip(&raw.chunks) {
-        let payload = Bytes::from(compressor.compress(chunk)?);
+        // One chunk's concatenation at a time: freed before the next is built.
+        let payload = Bytes::from(compressor.compress(&chunk.encode())?);
         compressed_bytes += payload.len() as u64;
         chunk_frames.push(frame::encode(pb::server_message::Msg::SnapshotChunk(
             pb::SnapshotChunk {

@@ -123,8 +123,8 @@ fn digest_of(state: &State) -> Digest {
     digest
 }
 
-fn state_of<'a>(entries: impl Iterator<Item = (&'a Key, &'a Value)>) -> State {
-    entries.map(|(k, v)| (k.clone(), v.clone())).collect()
+fn state_of<'a>(entries: impl Iterator<Item = (&'a Key, Value)>) -> State {
+    entries.map(|(k, v)| (k.clone(), v)).collect()
 }
 
 fn apply_to(state: &mut State, update: Update) {

@@ -171,6 +171,11 @@ impl KubeSim {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig (YAML) that points clients at this server, without credentials.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig(&self.url())
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -232,4 +237,12 @@ impl Drop for KubeSim {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A kubeconfig (YAML) whose one context points at `server` (a URL), without credentials:
+/// what a client of a kube-sim (typha, kubectl, a test) is given.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"{server}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
+    )
 }

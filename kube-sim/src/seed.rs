@@ -100,42 +100,38 @@ pub fn seed(store: &Store, cfg: &SeedConfig) -> Result<SeedStats, SeedError> {
         return Err(SeedError::Config("pods need at least one namespace".into()));
     }
     let start = Instant::now();
+    let calico = store
+        .resolve_kind(&format!("{CALICO_GROUP}/v1"), "IPPool")
+        .is_ok();
     let mut objects = 0usize;
-    let mut put = |v: Value| -> Result<(), SeedError> {
+    for v in seed_objects(cfg, calico) {
         store.create_object(v)?;
         objects += 1;
-        Ok(())
-    };
-    if store
-        .resolve_kind(&format!("{CALICO_GROUP}/v1"), "IPPool")
-        .is_ok()
-    {
-        for v in calico_defaults() {
-            put(v)?;
-        }
-    }
-    for n in 0..cfg.namespaces {
-        for v in namespace_objects(n, cfg.policies_per_namespace) {
-            put(v)?;
-        }
-    }
-    for i in 0..cfg.nodes {
-        put(node(i))?;
-    }
-    let mut pods = 0;
-    for i in 0..cfg.nodes {
-        for k in 0..cfg.pods_per_node {
-            let host = cfg.host_network_every > 0
-                && k % cfg.host_network_every == cfg.host_network_every - 1;
-            put(pod(cfg, i, k, host))?;
-            pods += 1;
-        }
     }
     Ok(SeedStats {
         objects,
-        pods,
+        pods: cfg.nodes * cfg.pods_per_node,
         elapsed: start.elapsed(),
     })
+}
+
+/// The synthetic cluster's objects in creation order (Calico's defaults when `calico`,
+/// then per namespace its objects, the nodes, the pods), built one at a time: a consumer
+/// that converts them (typha's memory budget test) holds one object, not the cluster.
+/// [`seed`] checks `cfg`'s bounds; an unchecked config yields what it asks for.
+pub fn seed_objects(cfg: &SeedConfig, calico: bool) -> impl Iterator<Item = Value> + '_ {
+    let defaults = calico.then(calico_defaults).into_iter().flatten();
+    let namespaces =
+        (0..cfg.namespaces).flat_map(|n| namespace_objects(n, cfg.policies_per_namespace));
+    let nodes = (0..cfg.nodes).map(node);
+    let pods = (0..cfg.nodes).flat_map(move |i| {
+        (0..cfg.pods_per_node).map(move |k| {
+            let host = cfg.host_network_every > 0
+                && k % cfg.host_network_every == cfg.host_network_every - 1;
+            pod(cfg, i, k, host)
+        })
+    });
+    defaults.chain(namespaces).chain(nodes).chain(pods)
 }
 
 fn node(i: usize) -> Value {

@@ -429,7 +429,7 @@ mod seeds {
                     count,
                     compression: pb::Compression::None as i32,
                     raw_len: 0,
-                    payload: payload.clone(),
+                    payload: payload.encode().freeze(),
                 }))
                 .to_vec()
             })

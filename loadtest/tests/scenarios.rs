@@ -764,14 +764,7 @@ fn steady_against_an_existing_cluster_and_typha() {
         "kube-sim serving on ",
     );
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: c}}}}]\ncurrent-context: c\n",
-            url.trim()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, kube_sim::kubeconfig(url.trim())).unwrap();
     let (_typha, started) = spawn_until(
         &[
             "typha",

@@ -5,8 +5,10 @@
 //! `InitApply`*, `InitDone`). Objects deleted while the watch was down never produce a
 //! `Delete` event, so at `InitDone` every key produced before and absent from the new list
 //! is deleted. Listed values are forwarded as they arrive (the cache drops unchanged values
-//! as no-ops, so relisting an unchanged cluster yields zero deltas) and only the key set
-//! is held, not the objects.
+//! as no-ops, so relisting an unchanged cluster yields zero deltas) and only the keys are
+//! held, not the objects: one map from each live key to the number of the last list that
+//! listed it, so a (re)list needs no second set of keys (at 150,000 pods a second set was
+//! about 20 MiB during every list).
 //!
 //! Each resource also has a [`VersionTracker`]: the resourceVersions its events carry,
 //! summarised per batch as a [`ResourceMark`] (the resource's version after the batch,
@@ -16,7 +18,7 @@
 //!
 //! Pure: no I/O, no clock; driven by [`Input`]s, returns the updates to emit.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use typha_proto::{Key, Update};
 
@@ -183,10 +185,13 @@ pub enum Input {
 /// What one resource has produced so far.
 #[derive(Debug, Default)]
 pub struct ResourceState {
-    /// Keys currently holding a value in the model because of this resource.
-    live: HashSet<Key>,
-    /// During a (re)list: the keys listed so far.
-    listing: Option<HashSet<Key>>,
+    /// Keys currently holding a value in the model because of this resource, each with
+    /// the number of the last list that listed it (0: none did).
+    live: HashMap<Key, u32>,
+    /// During a (re)list: its number.
+    listing: Option<u32>,
+    /// Lists started so far (the last list's number).
+    lists: u32,
     /// Whether a list has completed at least once.
     synced: bool,
 }
@@ -212,12 +217,23 @@ impl ResourceState {
         self.live.is_empty()
     }
 
+    /// Records a watched update: a set keeps the key's list number (0 for a new key), a
+    /// delete forgets the key.
     fn record(&mut self, update: &Update) {
         if update.value.is_some() {
-            self.live.insert(update.key.clone());
+            if !self.live.contains_key(&update.key) {
+                self.live.insert(update.key.clone(), 0);
+            }
         } else {
             self.live.remove(&update.key);
         }
+    }
+
+    /// Starts a list: its number.
+    fn start_list(&mut self) -> u32 {
+        self.lists = self.lists.wrapping_add(1).max(1);
+        self.listing = Some(self.lists);
+        self.lists
     }
 
     /// Applies one event; appends the updates it implies to `out`.
@@ -231,28 +247,45 @@ impl ResourceState {
                 self.live.remove(&key);
                 out.push(Update::delete(key));
             }
-            Input::Init => self.listing = Some(HashSet::new()),
+            Input::Init => {
+                self.start_list();
+            }
             Input::InitApply(update) => {
                 if update.value.is_some() {
                     // A missing Init (never expected) is treated as its start.
-                    self.listing
-                        .get_or_insert_with(HashSet::new)
-                        .insert(update.key.clone());
+                    let list = match self.listing {
+                        Some(list) => list,
+                        None => self.start_list(),
+                    };
+                    match self.live.get_mut(&update.key) {
+                        Some(listed) => *listed = list,
+                        None => {
+                            self.live.insert(update.key.clone(), list);
+                        }
+                    }
+                } else {
+                    self.live.remove(&update.key);
                 }
-                self.record(&update);
                 out.push(update);
             }
             Input::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                let mut stale: Vec<Key> = self.live.difference(&listed).cloned().collect();
+                // A missing Init: nothing was listed by this list, every key is stale.
+                let list = self.listing.take().unwrap_or(0);
+                let mut stale: Vec<Key> = Vec::new();
+                self.live.retain(|key, listed| {
+                    let keep = list != 0 && *listed == list;
+                    if !keep {
+                        stale.push(key.clone());
+                    }
+                    keep
+                });
                 stale.sort();
                 out.extend(stale.into_iter().map(Update::delete));
-                self.live = listed;
                 self.synced = true;
             }
             Input::Gone => {
                 self.listing = None;
-                let mut all: Vec<Key> = self.live.drain().collect();
+                let mut all: Vec<Key> = self.live.drain().map(|(key, _)| key).collect();
                 all.sort();
                 out.extend(all.into_iter().map(Update::delete));
             }

@@ -23,6 +23,11 @@ use crate::rebalance::{self, RebalanceConfig};
 use crate::server::{self, ServerConfig, ServerError, ServerHandle, SessionEnds, Transport};
 use netmodel::{UpstreamConfig, UpstreamEvent};
 
+/// Upstream batches (up to `batch_max` decoded updates each) queued between the watch,
+/// the tap and the hub. Two keep the stages overlapped; the 64 there were let the
+/// initial list of a large cluster queue up to 128,000 decoded values ahead of the hub.
+const UPSTREAM_QUEUE: usize = 2;
+
 /// Where the state comes from.
 pub enum Upstream {
     /// Watch a Kubernetes API server.
@@ -199,7 +204,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
         Upstream::Channel(rx) => rx,
         Upstream::Kube { client, config } => {
             let client = health::observe_kube(client, freshness.clone());
-            let (tx, rx) = mpsc::channel(64);
+            let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
             let token = shutdown.clone();
             tasks.spawn(async move {
                 if let Err(error) = netmodel::run(client, config, tx, token).await {
@@ -210,7 +215,7 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
             rx
         }
     };
-    let (events_tx, events) = mpsc::channel(64);
+    let (events_tx, events) = mpsc::channel(UPSTREAM_QUEUE);
     let (nodes_tx, nodes) = watch::channel(0);
     tasks.spawn({
         let tap = tap_upstream(raw_events, events_tx, freshness.clone(), nodes_tx);

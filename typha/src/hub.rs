@@ -46,7 +46,12 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
-            cache: CacheConfig::default(),
+            // No session starts before the upstream is in sync, so the initial list's
+            // breadcrumbs (a second copy of the whole state as frames) are not kept.
+            cache: CacheConfig {
+                history_before_sync: false,
+                ..CacheConfig::default()
+            },
             snapshot_max_age: Duration::from_secs(10),
         }
     }
@@ -181,14 +186,15 @@ impl Hub {
         updates: Vec<Update>,
         marks: &[ResourceMark],
     ) -> Option<Arc<Breadcrumb>> {
-        let (crumb, keys, stats) = {
+        let (crumb, keys, held, stats) = {
             let mut cache = self.shared.cache.write();
             let crumb = cache.apply_marked(updates, marks);
-            (crumb, cache.len(), cache.stats())
+            (crumb, cache.len(), cache.held_bytes(), cache.stats())
         };
         self.shared.stats.send_replace(stats);
         let crumb = crumb?;
         metrics::gauge!("typha_snapshot_keys").set(keys as f64);
+        metrics::gauge!("typha_cache_held_bytes").set(held as f64);
         metrics::counter!("typha_delta_batches_total").increment(1);
         metrics::counter!("typha_delta_updates_total").increment(crumb.updates.len() as u64);
         self.shared.revision.send_replace(crumb.revision);
@@ -241,6 +247,12 @@ impl Hub {
     /// The number of keys in the state.
     pub fn len(&self) -> usize {
         self.shared.cache.read().len()
+    }
+
+    /// The bytes the cache holds by its own accounting (see
+    /// [`SnapshotCache::held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.shared.cache.read().held_bytes()
     }
 
     /// Whether the state is empty.

@@ -65,6 +65,11 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Keys in the latest snapshot",
     ),
     (
+        "typha_cache_held_bytes",
+        Kind::Gauge,
+        "Bytes the snapshot cache holds by its own accounting: encoded entries, keys, breadcrumb frames",
+    ),
+    (
         "typha_snapshot_raw_bytes",
         Kind::Gauge,
         "Encoded size of the latest snapshot before compression",

@@ -62,14 +62,7 @@ impl World {
         )
         .unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n",
-                sim.url()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
         World {
             dir,
             kubeconfig,
