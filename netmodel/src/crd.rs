@@ -113,61 +113,52 @@ impl<K: CalicoKind> kube::Resource for CalicoObject<K> {
     }
 }
 
-macro_rules! calico_kind {
-    ($(#[$doc:meta])* $name:ident, $spec:ty, $scope:ty, $plural:literal, $resource:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug)]
-        pub struct $name;
-        impl CalicoKind for $name {
-            type Spec = $spec;
-            type Scope = $scope;
-            const KIND: &'static str = stringify!($name);
-            const PLURAL: &'static str = $plural;
-            const RESOURCE: Watched = $resource;
-        }
+/// Declares each Calico kind as a marker type implementing [`CalicoKind`]; one row per
+/// kind: doc, name, spec, scope, plural, watched resource.
+macro_rules! calico_kinds {
+    ($($(#[$doc:meta])* $name:ident, $spec:ty, $scope:ty, $plural:literal, $resource:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy, Debug)]
+            pub struct $name;
+            impl CalicoKind for $name {
+                type Spec = $spec;
+                type Scope = $scope;
+                const KIND: &'static str = stringify!($name);
+                const PLURAL: &'static str = $plural;
+                const RESOURCE: Watched = $resource;
+            }
+        )*
     };
 }
 
-calico_kind!(
+// A flat table: one row per kind is clearer than one macro call per kind.
+calico_kinds! {
     /// Calico GlobalNetworkPolicy (cluster-scoped).
     GlobalNetworkPolicy, PolicySpec, ClusterResourceScope, "globalnetworkpolicies",
-    Watched::GlobalNetworkPolicies
-);
-calico_kind!(
+    Watched::GlobalNetworkPolicies;
     /// Calico NetworkPolicy (namespaced).
     NetworkPolicy, PolicySpec, NamespaceResourceScope, "networkpolicies",
-    Watched::NetworkPolicies
-);
-calico_kind!(
+    Watched::NetworkPolicies;
     /// Calico GlobalNetworkSet (cluster-scoped).
     GlobalNetworkSet, NetworkSetSpec, ClusterResourceScope, "globalnetworksets",
-    Watched::GlobalNetworkSets
-);
-calico_kind!(
+    Watched::GlobalNetworkSets;
     /// Calico NetworkSet (namespaced).
     NetworkSet, NetworkSetSpec, NamespaceResourceScope, "networksets",
-    Watched::NetworkSets
-);
-calico_kind!(
+    Watched::NetworkSets;
     /// Calico HostEndpoint (cluster-scoped).
     HostEndpoint, HostEndpointSpec, ClusterResourceScope, "hostendpoints",
-    Watched::HostEndpoints
-);
-calico_kind!(
+    Watched::HostEndpoints;
     /// Calico IPPool (cluster-scoped).
     IPPool, IpPoolSpec, ClusterResourceScope, "ippools",
-    Watched::IpPools
-);
-calico_kind!(
+    Watched::IpPools;
     /// Calico FelixConfiguration (cluster-scoped).
     FelixConfiguration, FelixConfigurationSpec, ClusterResourceScope, "felixconfigurations",
-    Watched::FelixConfigurations
-);
-calico_kind!(
+    Watched::FelixConfigurations;
     /// Calico ClusterInformation (cluster-scoped).
     ClusterInformation, ClusterInformationSpec, ClusterResourceScope, "clusterinformations",
-    Watched::ClusterInformations
-);
+    Watched::ClusterInformations;
+}
 
 /// A port in Calico's syntax: a number, "first:last", or a named port.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

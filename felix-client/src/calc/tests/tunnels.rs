@@ -165,3 +165,51 @@ fn without_a_subnet_cross_subnet_encapsulates() {
     ]);
     assert_eq!(route(&calc.desired(), "10.244.2.0/24"), vxlan("10.244.2.0"));
 }
+
+#[test]
+fn dual_stack_nodes_route_ipv6_pod_cidrs_plainly_via_their_ipv6_address() {
+    // Both pools ask for VXLAN; IPv6 encapsulation is not built, so the IPv6 pod CIDR
+    // goes via the peer's first IPv6 address while the IPv4 one is encapsulated.
+    let dual = |name: &str, v4: &str, v6: &str, n: u8| {
+        Update::new(
+            Key::cluster(Kind::Node, name).unwrap(),
+            Some(Value::Node(pb::Node {
+                name: name.into(),
+                addresses: vec![v6.into(), v4.into()],
+                pod_cidrs: vec![format!("10.244.{n}.0/24"), format!("fd00:10:244:{n}::/64")],
+                labels: Default::default(),
+                ipv4_address: format!("{v4}/24"),
+            })),
+        )
+        .unwrap()
+    };
+    let pool6 = Update::new(
+        Key::cluster(Kind::IpPool, "v6").unwrap(),
+        Some(Value::IpPool(pb::IpPool {
+            cidr: "fd00:10:244::/48".into(),
+            vxlan_mode: "Always".into(),
+            ..Default::default()
+        })),
+    )
+    .unwrap();
+    let mut calc = Calc::new(config(CalcMode::Networking));
+    calc.apply(&[
+        dual(NODE, "10.99.0.1", "fd99::1", 1),
+        dual("n2", "10.99.0.2", "fd99::2", 2),
+        pool("Always", "Never"),
+        pool6,
+    ]);
+    let d = calc.desired();
+    assert_eq!(route(&d, "10.244.2.0/24"), vxlan("10.244.2.0"));
+    assert_eq!(
+        route(&d, "fd00:10:244:2::/64"),
+        RouteTarget::Gateway("fd99::2".parse().unwrap())
+    );
+    let peers: Vec<String> = d
+        .tunnels
+        .vxlan_peers
+        .iter()
+        .map(|p| p.node_ip.to_string())
+        .collect();
+    assert_eq!(peers, vec!["10.99.0.2"], "no IPv6 VXLAN peer");
+}
