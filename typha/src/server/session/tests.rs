@@ -343,8 +343,15 @@ async fn a_malformed_message_from_a_client_not_reading_closes_the_connection() {
     };
     let mut client = Client::start(&hub, config);
     client.sync().await;
-    // The first ping fills the one-frame queue, and nobody reads it.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // A batch fills the one-frame queue, and nobody reads it.
+    hub.apply(vec![node("unread")]).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while client.out.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the batch is queued");
     client
         .inbound
         .send(Err(Status::invalid_argument("failed to decode")))
