@@ -284,7 +284,11 @@ mod tests {
         };
         let start = frame.as_ptr() as usize;
         for (slice, decoded) in slices.iter().zip(&raw.updates) {
-            assert_eq!(slice.as_ptr(), decoded.as_ptr(), "where the decoder finds it");
+            assert_eq!(
+                slice.as_ptr(),
+                decoded.as_ptr(),
+                "where the decoder finds it"
+            );
             let at = slice.as_ptr() as usize;
             assert!(at > start && at + slice.len() <= start + frame.len());
         }
