@@ -93,6 +93,12 @@ pub trait ToModel {
     fn model_key(&self) -> Result<Key, ConvertError>;
     /// The model value; `None` when the object yields no model object (its key is deleted).
     fn model_value(&self) -> Result<Option<Value>, ConvertError>;
+    /// The model value under the cluster's `options` (only pods depend on them: their
+    /// interface names); the default ignores them.
+    fn model_value_with(&self, options: &ConvertOptions) -> Result<Option<Value>, ConvertError> {
+        let _ = options;
+        self.model_value()
+    }
 }
 
 /// An object that failed conversion.
@@ -165,15 +171,9 @@ pub fn convert_with<T: ToModel + kube::Resource>(
         })
     };
     let key = obj.model_key().map_err(|e| reject(None, e))?;
-    let mut value = obj
-        .model_value()
+    let value = obj
+        .model_value_with(options)
         .map_err(|e| reject(Some(key.clone()), e))?;
-    if let Some(Value::WorkloadEndpoint(w)) = &mut value
-        && options.interface_prefix != DEFAULT_INTERFACE_PREFIX
-    {
-        w.interface_name =
-            pod::prefixed_interface_name(&options.interface_prefix, &w.namespace, &w.pod);
-    }
     Update::new(key.clone(), value).map_err(|e| reject(Some(key), e.into()))
 }
 
