@@ -177,8 +177,13 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
         || cli.insecure_plaintext
         || !identity.is_empty();
     let ns = &cli.churn_namespace;
-    if !netmodel::convert::is_dns_label(ns) {
-        return Err(format!("--churn-namespace {ns:?} is not a namespace name"));
+    // The API server's own rule for namespace names (an RFC 1123 label).
+    let problems = kube_sim::validate::name_problems(ns, kube_sim::validate::NameRule::Label);
+    if !problems.is_empty() {
+        let why = problems.join("; ");
+        return Err(format!(
+            "--churn-namespace {ns:?} is not a namespace name: {why}"
+        ));
     }
     let external = if cli.typha_addr.is_empty() {
         if tls_flags {
