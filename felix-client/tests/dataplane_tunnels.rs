@@ -81,9 +81,32 @@ async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
     // Unchanged: nothing written again.
     let report = dp.apply(&with_vxlan(&[2, 3])).await;
     assert!(report.wrote_nothing(), "{report:?}");
-    // Peer 3 leaves: its FDB, neighbour and route go.
+    // A resync re-reads the device and its entries, and writes nothing without drift.
+    let report = dp.resync(&with_vxlan(&[2, 3])).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 0, "{report:?}");
+    // Drift: an FDB entry deleted by hand comes back, and only it is written.
+    ns.exec(
+        "bridge",
+        &[
+            "fdb",
+            "del",
+            "66:00:00:00:00:03",
+            "dev",
+            VXLAN_DEVICE,
+            "dst",
+            "10.99.1.3",
+        ],
+    );
+    let report = dp.resync(&with_vxlan(&[2, 3])).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 1, "{report:?}");
+    let fdb = ns.exec("bridge", &["fdb", "show", "dev", VXLAN_DEVICE]);
+    assert!(fdb.contains("66:00:00:00:00:03 dst 10.99.1.3"), "{fdb}");
+    // Peer 3 leaves: its FDB, neighbour and route go (two tunnel writes, the deletes).
     let report = dp.apply(&with_vxlan(&[2])).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 2, "{report:?}");
     let fdb = ns.exec("bridge", &["fdb", "show", "dev", VXLAN_DEVICE]);
     assert!(!fdb.contains("10.99.1.3"), "{fdb}");
     assert!(
@@ -124,6 +147,10 @@ async fn ipip_device_or_a_clear_skip_without_kernel_support() {
         ns.ip(&["link", "show", "dev", "tunl0"])
             .contains("mtu 1480")
     );
+    // A resync finds tunl0 as wanted and writes nothing.
+    let report = dp.resync(&d).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 0, "{report:?}");
 }
 
 /// Node `node` (ns) with `eth0` at `ip/24` toward the router's `rif` at `gw/24`.
