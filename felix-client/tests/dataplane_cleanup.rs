@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dataplane_support::{Netns, node, root};
 use felix_client::calc::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VxlanDevice};
-use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup, preflight};
+use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup};
 
 /// Every line of both iptables flavours' output (filter and nat, both families) that
 /// names something of the agent's.
@@ -151,13 +151,12 @@ async fn chains_owned_by_another_agent_stop_the_start_and_survive_cleanup() {
     hook.extend(["-j", "cali-INPUT"]);
     ns.exec("iptables", &hook);
 
-    let error = preflight(&ns.config()).await.unwrap_err().to_string();
+    let opened = Dataplane::new(ns.config(), Arc::new(DataplaneStatus::default())).await;
+    let error = opened.expect_err("the dataplane must not open").to_string();
     assert!(
         error.contains("another agent owns the cali- chains"),
         "{error}"
     );
-    let opened = Dataplane::new(ns.config(), Arc::new(DataplaneStatus::default())).await;
-    assert!(opened.is_err(), "the dataplane must not open");
 
     let report = cleanup(&ns.config()).await.unwrap();
     assert!(!report.foreign_tables.is_empty(), "{report:?}");
