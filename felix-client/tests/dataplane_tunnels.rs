@@ -9,7 +9,7 @@
 
 mod dataplane_support;
 
-use dataplane_support::{Netns, node, root};
+use dataplane_support::{Netns, node, root, scratch_dataplane};
 use felix_client::calc::tunnels::{Tunnels, VXLAN_DEVICE, VxlanDevice, VxlanPeer};
 use felix_client::calc::{Desired, Route, RouteTarget};
 
@@ -48,11 +48,9 @@ fn with_vxlan(peers: &[u8]) -> Desired {
 
 #[tokio::test]
 async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let report = dp.apply(&with_vxlan(&[2, 3])).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let link = ns.ip(&["-d", "link", "show", "dev", VXLAN_DEVICE]);
@@ -125,11 +123,9 @@ async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
 
 #[tokio::test]
 async fn ipip_device_or_a_clear_skip_without_kernel_support() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let mut d = node(0, false);
     d.tunnels.ipip_mtu = Some(1480);
     let report = dp.apply(&d).await;
