@@ -177,84 +177,84 @@ async fn sync_vxlan(
 /// wanted ones written only where the kernel lacks them as permanent entries (a resync
 /// with no drift runs the two listings and nothing else, however many peers there are).
 async fn sync_peers(runner: &Runner, desired: &Tunnels) -> Result<u64, DataplaneError> {
-    let mut writes = 0;
-    let fdb_want: BTreeSet<(String, String)> = desired
-        .vxlan_peers
+    let peers = &desired.vxlan_peers;
+    let fdb = peers
         .iter()
         .map(|p| (p.mac.clone(), p.node_ip.to_string()))
         .collect();
-    let neigh_want: BTreeSet<(String, String)> = desired
-        .vxlan_peers
+    let neigh = peers
         .iter()
         .map(|p| (p.gateway.to_string(), p.mac.clone()))
         .collect();
-    let fdb = runner
-        .run("bridge", &["fdb", "show", "dev", VXLAN_DEVICE], None)
-        .await?;
-    let mut fdb_have = BTreeSet::new();
-    for Entry {
-        key: mac,
-        value: dst,
-        permanent,
-    } in parse_entries(&fdb, "dst")
-    {
-        let entry = (mac, dst);
-        if !fdb_want.contains(&entry) {
-            let (mac, dst) = &entry;
-            let del = ["fdb", "del", mac, "dev", VXLAN_DEVICE, "dst", dst];
-            runner.run("bridge", &del, None).await?;
+    Ok(sync_entries(runner, &FDB, fdb).await? + sync_entries(runner, &NEIGH, neigh).await?)
+}
+
+/// One kind of per-peer entry on the VXLAN device: how it is listed, deleted and written.
+struct EntryKind {
+    program: &'static str,
+    /// The listing's arguments.
+    list: [&'static str; 4],
+    /// The word before an entry's value in the listing.
+    tag: &'static str,
+    /// The arguments deleting `(key, value)`.
+    del: fn(&str, &str) -> Vec<String>,
+    /// The arguments writing `(key, value)` as a permanent entry.
+    add: fn(&str, &str) -> Vec<String>,
+}
+
+/// `mac -> node address` in the device's forwarding database.
+const FDB: EntryKind = EntryKind {
+    program: "bridge",
+    list: ["fdb", "show", "dev", VXLAN_DEVICE],
+    tag: "dst",
+    del: |mac, dst| words(&["fdb", "del", mac, "dev", VXLAN_DEVICE, "dst", dst]),
+    add: |mac, dst| {
+        let add = ["fdb", "replace", mac, "dev", VXLAN_DEVICE, "dst", dst];
+        words(&[&add[..], &["self", "permanent"]].concat())
+    },
+};
+
+/// `gateway -> peer device MAC` neighbours.
+const NEIGH: EntryKind = EntryKind {
+    program: "ip",
+    list: ["neigh", "show", "dev", VXLAN_DEVICE],
+    tag: "lladdr",
+    del: |ip, _| words(&["neigh", "del", ip, "dev", VXLAN_DEVICE]),
+    add: |ip, mac| {
+        let add = ["neigh", "replace", ip, "lladdr", mac, "dev", VXLAN_DEVICE];
+        words(&[&add[..], &["nud", "permanent"]].concat())
+    },
+};
+
+fn words(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// Lists `kind`'s entries, deletes the unwanted ones and writes the wanted ones not
+/// already there as permanent; returns the writes made.
+async fn sync_entries(
+    runner: &Runner,
+    kind: &EntryKind,
+    want: BTreeSet<(String, String)>,
+) -> Result<u64, DataplaneError> {
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        runner.run(kind.program, &args, None).await.map(drop)
+    };
+    let listing = runner.run(kind.program, &kind.list, None).await?;
+    let mut writes = 0;
+    let mut have = BTreeSet::new();
+    for entry in parse_entries(&listing, kind.tag) {
+        let pair = (entry.key, entry.value);
+        if !want.contains(&pair) {
+            run((kind.del)(&pair.0, &pair.1)).await?;
             writes += 1;
-        } else if permanent {
-            fdb_have.insert(entry);
+        } else if entry.permanent {
+            have.insert(pair);
         }
     }
-    let neigh = runner
-        .run("ip", &["neigh", "show", "dev", VXLAN_DEVICE], None)
-        .await?;
-    let mut neigh_have = BTreeSet::new();
-    for Entry {
-        key: ip,
-        value: mac,
-        permanent,
-    } in parse_entries(&neigh, "lladdr")
-    {
-        let entry = (ip, mac);
-        if !neigh_want.contains(&entry) {
-            let del = ["neigh", "del", &entry.0, "dev", VXLAN_DEVICE];
-            runner.run("ip", &del, None).await?;
-            writes += 1;
-        } else if permanent {
-            neigh_have.insert(entry);
-        }
-    }
-    for (mac, dst) in fdb_want.difference(&fdb_have) {
-        let add = [
-            "fdb",
-            "replace",
-            mac,
-            "dev",
-            VXLAN_DEVICE,
-            "dst",
-            dst,
-            "self",
-            "permanent",
-        ];
-        runner.run("bridge", &add, None).await?;
-        writes += 1;
-    }
-    for (ip, mac) in neigh_want.difference(&neigh_have) {
-        let add = [
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            VXLAN_DEVICE,
-            "nud",
-            "permanent",
-        ];
-        runner.run("ip", &add, None).await?;
+    for (key, value) in want.difference(&have) {
+        run((kind.add)(key, value)).await?;
         writes += 1;
     }
     Ok(writes)
