@@ -37,12 +37,11 @@ use typha_proto::{Key, Kind, pb};
 
 use super::index::Index;
 use super::names::{FORWARD, INPUT, OUTPUT, hash_hex};
-use super::objects::{Addrs, NewObj, parse_nets, port_protocol};
+use super::objects::NewObj;
 use super::policy::{PolicyState, SortKey};
 use super::render::endpoint_rules;
 use super::rules::parse_selector;
 use super::{Chains, Family};
-use std::borrow::Cow;
 
 /// The profile that allows what no policy decided (Calico's name).
 pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
@@ -220,30 +219,6 @@ fn auto_endpoint(node: &pb::Node) -> pb::HostEndpoint {
     }
 }
 
-/// The labelled object of a host endpoint (for rule selectors).
-fn object(hep: &pb::HostEndpoint) -> NewObj<'_> {
-    let mut labels: Vec<(&str, &str)> = hep
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    labels.sort_unstable();
-    NewObj {
-        labels,
-        profiles: hep
-            .profile_ids
-            .iter()
-            .map(|p| Cow::Borrowed(p.as_str()))
-            .collect(),
-        addrs: Addrs::new(parse_nets(&hep.expected_ips)),
-        ports: hep
-            .ports
-            .iter()
-            .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
-            .collect(),
-    }
-}
-
 fn unsupported(key: &Key, what: &'static str) {
     metrics::counter!("felix_calc_unsupported_host_policies_total", "what" => what).increment(1);
     tracing::warn!(policy = %key, what, "policy not applied to host endpoints (unsupported)");
@@ -275,7 +250,7 @@ impl Hosts {
         hep: Option<&pb::HostEndpoint>,
         index: &mut Index,
     ) -> bool {
-        let obj = hep.map(object);
+        let obj = hep.map(NewObj::host_endpoint);
         index.set_object(key, obj.as_ref());
         let local = hep.filter(|h| h.node == self.node).and_then(|h| {
             let usable = h.interface_name == ALL_INTERFACES
@@ -285,7 +260,7 @@ impl Hosts {
             }
             usable.then(|| HostEp {
                 iface: h.interface_name.clone(),
-                labels: h.labels.clone().into_iter().collect(),
+                labels: h.labels.clone(),
                 default_allow: h.profile_ids.iter().any(|p| p == DEFAULT_ALLOW_PROFILE),
             })
         });

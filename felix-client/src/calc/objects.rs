@@ -201,20 +201,30 @@ pub(super) struct NewObj<'a> {
 impl<'a> NewObj<'a> {
     /// The object of a workload endpoint.
     pub fn endpoint(wep: &'a pb::WorkloadEndpoint) -> NewObj<'a> {
+        NewObj::labelled(&wep.labels, &wep.profile_ids, &wep.ip_nets, &wep.ports)
+    }
+
+    /// The object of a host endpoint (for rule selectors: its expected IPs are members).
+    pub fn host_endpoint(hep: &'a pb::HostEndpoint) -> NewObj<'a> {
+        NewObj::labelled(&hep.labels, &hep.profile_ids, &hep.expected_ips, &hep.ports)
+    }
+
+    /// An endpoint's object from its labels (a model map, so already sorted), profiles,
+    /// addresses and named ports.
+    fn labelled(
+        labels: &'a BTreeMap<String, String>,
+        profiles: &'a [String],
+        nets: &[String],
+        ports: &'a [pb::NamedPort],
+    ) -> NewObj<'a> {
         NewObj {
-            labels: wep
-                .labels
+            labels: labels
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
-            profiles: wep
-                .profile_ids
-                .iter()
-                .map(|p| Cow::Borrowed(p.as_str()))
-                .collect(),
-            addrs: Addrs::new(parse_nets(&wep.ip_nets)),
-            ports: wep
-                .ports
+            profiles: profiles.iter().map(|p| Cow::Borrowed(p.as_str())).collect(),
+            addrs: Addrs::new(parse_nets(nets)),
+            ports: ports
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
                 .collect(),
