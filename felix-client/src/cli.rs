@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use edge::discovery::Discovery;
-use edge::tls::{TlsMaterial, TransportChoice, client_config};
+use edge::tls::TransportChoice;
 use metrics_exporter_prometheus::PrometheusHandle;
 use netmodel::UpstreamConfig;
 use tokio::sync::mpsc;
@@ -168,17 +168,10 @@ pub async fn typha_sync_config(
         }
     };
     let mut sync = SyncConfig::with_source(config.node_name.clone(), source);
-    sync.tls = match transport {
-        TransportChoice::Plaintext => {
-            tracing::warn!(
-                "INSECURE: talking to typha without TLS; the state can be read and forged"
-            );
-            None
-        }
-        TransportChoice::Tls(files, identity) => {
-            Some(client_config(&TlsMaterial::load(files)?, identity)?)
-        }
-    };
+    if *transport == TransportChoice::Plaintext {
+        tracing::warn!("INSECURE: talking to typha without TLS; the state can be read and forged");
+    }
+    sync.tls = transport.client_config()?;
     sync.connect_timeout = config.connect_timeout;
     sync.read_timeout = config.read_timeout;
     sync.backoff_min = config.backoff_min;

@@ -22,7 +22,6 @@ use edge::tls::{PeerIdentity, TlsFiles, TransportChoice};
 use crate::api::Api;
 use crate::http1::{self, Scrape};
 use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
-use crate::worker::TransportSpec;
 
 /// typha replicas that already run, outside the load test's control.
 #[derive(Clone, Debug)]
@@ -200,7 +199,7 @@ impl Stack {
                 (Vec::new(), TransportChoice::Tls(files, identity))
             }
         };
-        let client_tls = TransportSpec::of(&client_transport).client_tls()?;
+        let client_tls = client_transport.client_config()?;
         let mut stack = Stack {
             dir,
             kube,
@@ -336,8 +335,8 @@ impl Stack {
 
     /// How a legitimate client reaches the replicas (agent workers build their TLS
     /// configuration from it).
-    pub fn client_transport(&self) -> TransportSpec {
-        TransportSpec::of(&self.client_transport)
+    pub fn client_transport(&self) -> TransportChoice {
+        self.client_transport.clone()
     }
 
     /// Where child logs are.

@@ -94,7 +94,7 @@ impl Reporter {
 
 async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let probe = Probe::with_epoch(spec.epoch_ns, spec.latency_seconds);
-    let tls = spec.transport.client_tls()?;
+    let tls = spec.transport.client_config()?;
     let release = CancellationToken::new();
     let mut fleet = Fleet::default();
     for agent in &spec.agents {

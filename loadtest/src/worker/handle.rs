@@ -14,13 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use edge::tls::TransportChoice;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use typha_proto::Digest;
 
-use super::{AgentSpec, FromWorker, ToWorker, TransportSpec, WorkerSpec, parse_digest};
+use super::{AgentSpec, FromWorker, ToWorker, WorkerSpec, parse_digest};
 use crate::fleet::{AgentView, FleetCounters};
 use crate::pinning::CpuList;
 use crate::probe::Probe;
@@ -50,7 +51,7 @@ pub struct WorkerPlan<'a> {
     /// The replicas the agents may connect to.
     pub addresses: Vec<String>,
     /// How they reach them.
-    pub transport: TransportSpec,
+    pub transport: TransportChoice,
     /// The agents' CPUs (empty: this process's set, inherited).
     pub cpus: &'a CpuList,
     /// Where the specs and the workers' logs go.
