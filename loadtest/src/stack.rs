@@ -177,12 +177,7 @@ impl Stack {
             None => {
                 let (kube, addr, seeded) = start_kube_sim(config, dir.path()).await?;
                 let kubeconfig = dir.path().join("kubeconfig");
-                std::fs::write(
-                    &kubeconfig,
-                    format!(
-                        "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"http://{addr}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
-                    ),
-                )?;
+                std::fs::write(&kubeconfig, kube_sim::kubeconfig(&format!("http://{addr}")))?;
                 (Some(kube), Api::Sim(addr), seeded, kubeconfig)
             }
         };
