@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use felix_client::discovery::TyphaSource;
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,14 +26,14 @@ use typha_proto::Digest;
 use crate::probe::{Probe, mark_of};
 use crate::worker::{AgentBehaviour, AgentSpec, Worker, WorkerPlan};
 
-/// A sync client's configuration for `node` against `addresses` (backoff up to 5 s, as
-/// an agent under load would).
+/// A sync client's configuration for `node` with the candidates of `typha` (backoff up
+/// to 5 s, as an agent under load would).
 pub fn agent_config(
     node: String,
-    addresses: Vec<String>,
+    typha: TyphaSource,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> SyncConfig {
-    let mut config = SyncConfig::new(node, addresses);
+    let mut config = SyncConfig::with_source(node, typha);
     config.tls = tls;
     config.backoff_max = Duration::from_secs(5);
     config

@@ -573,6 +573,9 @@ fn soak_kills_and_rolls_and_keeps_every_digest() {
         k,
         &[
             "rounds",
+            "discovery",
+            "nodes",
+            "replica_counters",
             "kill_interval_seconds",
             "digest_mismatches",
             "client_digest_mismatches",
@@ -589,6 +592,11 @@ fn soak_kills_and_rolls_and_keeps_every_digest() {
         "soak",
     );
     assert_eq!(k["rounds"], 2);
+    assert_eq!(
+        k["discovery"], "service calico-system/calico-typha (EndpointSlices)",
+        "the soak's agents discover the replicas as real agents do"
+    );
+    assert_eq!(k["nodes"], 12, "one Node per agent: the rebalancer's share");
     assert_eq!(k["digest_mismatches"], 0, "{k}");
     assert_eq!(k["client_digest_mismatches"], 0, "{k}");
     assert!(k["reconnects"].as_u64().unwrap() > 0, "{k}");

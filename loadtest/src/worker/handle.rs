@@ -27,6 +27,7 @@ use crate::pinning::CpuList;
 use crate::probe::Probe;
 use crate::procs::ChildProc;
 use crate::report::ProcessFigures;
+use crate::stack::TyphaTargets;
 
 /// What the parent knows of one agent in a worker.
 pub struct AgentCell {
@@ -48,8 +49,8 @@ impl AgentCell {
 
 /// What every worker of a fleet shares.
 pub struct WorkerPlan<'a> {
-    /// The replicas the agents may connect to.
-    pub addresses: Vec<String>,
+    /// Where the agents find the replicas.
+    pub typha: TyphaTargets,
     /// How they reach them.
     pub transport: TransportChoice,
     /// The agents' CPUs (empty: this process's set, inherited).
@@ -95,7 +96,7 @@ impl Worker {
         let spec_path = plan.dir.join(format!("{name}.json"));
         let spec = WorkerSpec {
             agents,
-            addresses: plan.addresses.clone(),
+            typha: plan.typha.clone(),
             transport: plan.transport.clone(),
             epoch_ns: probe.epoch_ns(),
             latency_seconds: probe.seconds(),

@@ -29,6 +29,7 @@ use crate::fleet::FleetCounters;
 use crate::latency::SeriesDelta;
 use crate::pinning::CpuList;
 use crate::procs::ProcStats;
+use crate::stack::TyphaTargets;
 
 mod agents;
 mod handle;
@@ -76,8 +77,8 @@ pub struct AgentSpec {
 pub struct WorkerSpec {
     /// The agents.
     pub agents: Vec<AgentSpec>,
-    /// The replicas they may connect to.
-    pub addresses: Vec<String>,
+    /// Where they find the replicas.
+    pub typha: TyphaTargets,
     /// How they reach them.
     pub transport: TransportChoice,
     /// The parent probe's epoch (CLOCK_MONOTONIC nanoseconds).
