@@ -14,7 +14,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use typha_proto::frame::{self, ServerFrame};
+use typha_proto::frame;
 use typha_proto::{Digest, Key, Revision, Update, VersionVector};
 
 use crate::entry::key_heap_bytes;
@@ -48,14 +48,18 @@ impl Breadcrumb {
         changed: Vec<(Key, Bytes)>,
         versions: CrumbVersions,
     ) -> Breadcrumb {
-        let frame = frame::delta_batch_with_versions(
+        let (frame, slices) = frame::delta_batch_sliced(
             from,
             revision,
             changed.iter().map(|(_, encoded)| encoded),
             digest,
             &versions.advanced.to_pb(),
         );
-        let updates = slice_updates(&frame, changed);
+        let updates = changed
+            .into_iter()
+            .zip(slices)
+            .map(|((key, _), slice)| (key, slice))
+            .collect();
         Breadcrumb {
             from,
             revision,
@@ -82,30 +86,6 @@ impl Breadcrumb {
                 .map(|(key, _)| size_of::<(Key, Bytes)>() + key_heap_bytes(key))
                 .sum::<usize>()
     }
-}
-
-/// `changed` with each encoding replaced by the same bytes sliced from `frame` (decoding
-/// a `Bytes` frame slices rather than copies). Should the frame not decode to updates of
-/// the same lengths, which it always does, the owned encodings are kept: correct, only
-/// larger.
-fn slice_updates(frame: &Bytes, changed: Vec<(Key, Bytes)>) -> Vec<(Key, Bytes)> {
-    let sliced = match ServerFrame::decode(frame.clone()) {
-        Ok(ServerFrame::Deltas(batch)) => batch.updates,
-        _ => return changed,
-    };
-    let same = sliced.len() == changed.len()
-        && sliced
-            .iter()
-            .zip(&changed)
-            .all(|(s, (_, c))| s.len() == c.len());
-    if !same {
-        return changed;
-    }
-    changed
-        .into_iter()
-        .zip(sliced)
-        .map(|((key, _), slice)| (key, slice))
-        .collect()
 }
 
 /// A batch reduced to the last update per key, in the order of those last updates.

@@ -18,10 +18,9 @@ use serde_json::{Value, json};
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn node(name: &str, cidr: &str, ip: &str, ready: bool) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-           "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-           "status": {"addresses": [{"type": "InternalIP", "address": ip}],
-                      "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+    let mut v = node_with(name, &[cidr], &[ip]);
+    v["status"]["conditions"][0]["status"] = json!(if ready { "True" } else { "False" });
+    v
 }
 
 fn pod(name: &str, spec: Value) -> Value {

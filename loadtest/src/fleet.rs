@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use felix_client::discovery::TyphaSource;
 use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,14 +26,14 @@ use typha_proto::Digest;
 use crate::probe::{Probe, mark_of};
 use crate::worker::{AgentBehaviour, AgentSpec, Worker, WorkerPlan};
 
-/// A sync client's configuration for `node` against `addresses` (backoff up to 5 s, as
-/// an agent under load would).
+/// A sync client's configuration for `node` with the candidates of `typha` (backoff up
+/// to 5 s, as an agent under load would).
 pub fn agent_config(
     node: String,
-    addresses: Vec<String>,
+    typha: TyphaSource,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> SyncConfig {
-    let mut config = SyncConfig::new(node, addresses);
+    let mut config = SyncConfig::with_source(node, typha);
     config.tls = tls;
     config.backoff_max = Duration::from_secs(5);
     config
@@ -218,7 +219,28 @@ pub struct FleetCounters {
     pub batches: u64,
 }
 
+impl std::ops::AddAssign for FleetCounters {
+    fn add_assign(&mut self, other: FleetCounters) {
+        self.reconnects += other.reconnects;
+        self.snapshots += other.snapshots;
+        self.resumes += other.resumes;
+        self.digest_mismatches += other.digest_mismatches;
+        self.batches += other.batches;
+    }
+}
+
 impl FleetCounters {
+    /// One sync client's counters now.
+    pub fn of(status: &SyncStatus) -> FleetCounters {
+        FleetCounters {
+            reconnects: status.reconnects.load(Ordering::Relaxed),
+            snapshots: status.snapshots.load(Ordering::Relaxed),
+            resumes: status.resumes.load(Ordering::Relaxed),
+            digest_mismatches: status.digest_mismatches.load(Ordering::Relaxed),
+            batches: status.batches.load(Ordering::Relaxed),
+        }
+    }
+
     /// `self - earlier`, counter by counter.
     pub fn since(&self, earlier: &FleetCounters) -> FleetCounters {
         FleetCounters {
@@ -298,20 +320,10 @@ impl Fleet {
     pub fn counters(&self) -> FleetCounters {
         let mut sum = FleetCounters::default();
         for c in &self.clients {
-            let s = &c.status;
-            sum.reconnects += s.reconnects.load(Ordering::Relaxed);
-            sum.snapshots += s.snapshots.load(Ordering::Relaxed);
-            sum.resumes += s.resumes.load(Ordering::Relaxed);
-            sum.digest_mismatches += s.digest_mismatches.load(Ordering::Relaxed);
-            sum.batches += s.batches.load(Ordering::Relaxed);
+            sum += FleetCounters::of(&c.status);
         }
         for w in &self.workers {
-            let c = w.counters();
-            sum.reconnects += c.reconnects;
-            sum.snapshots += c.snapshots;
-            sum.resumes += c.resumes;
-            sum.digest_mismatches += c.digest_mismatches;
-            sum.batches += c.batches;
+            sum += w.counters();
         }
         sum
     }

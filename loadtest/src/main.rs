@@ -165,15 +165,6 @@ Examples:
 Each sync client is a full mutual-TLS session with its own mirror; run the load test
 on a machine other than typha's when sizing a real deployment.";
 
-/// Whether `ns` is a Kubernetes namespace name (a DNS label).
-fn is_namespace_name(ns: &str) -> bool {
-    !ns.is_empty()
-        && ns.len() <= 63
-        && ns
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 /// Real-cluster mode from the flags, or why the flags do not fit together.
 fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
     let identity = PeerIdentity {
@@ -186,8 +177,13 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
         || cli.insecure_plaintext
         || !identity.is_empty();
     let ns = &cli.churn_namespace;
-    if !is_namespace_name(ns) {
-        return Err(format!("--churn-namespace {ns:?} is not a namespace name"));
+    // The API server's own rule for namespace names (an RFC 1123 label).
+    let problems = kube_sim::validate::name_problems(ns, kube_sim::validate::NameRule::Label);
+    if !problems.is_empty() {
+        let why = problems.join("; ");
+        return Err(format!(
+            "--churn-namespace {ns:?} is not a namespace name: {why}"
+        ));
     }
     let external = if cli.typha_addr.is_empty() {
         if tls_flags {

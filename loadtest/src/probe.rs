@@ -21,7 +21,7 @@
 //! account's own name, as the writer registered it).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
@@ -55,8 +55,13 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Deletions observed before their stamp was known: pod -> (when observed, slow).
-type Pending = HashMap<String, Vec<(Duration, bool)>>;
+/// What the probe knows of a deleted pod.
+enum Deletion {
+    /// Its registration arrived: the deletion's stamp.
+    Stamped(u64),
+    /// Observed before its registration arrived: (when observed, slow), timed when it does.
+    Seen(Vec<(Duration, bool)>),
+}
 
 /// Shared by the writer and every client of a scenario (in a worker process: by its
 /// agents, with the parent's epoch).
@@ -66,8 +71,9 @@ pub struct Probe {
     pub normal: LatencySeries,
     /// Latency of deliberately slow clients (slow scenario).
     pub slow: LatencySeries,
-    deleted: RwLock<HashMap<String, u64>>,
-    pending: Mutex<Pending>,
+    /// One map under one lock: a registration and an observation of the same pod never
+    /// miss each other.
+    deletions: Mutex<HashMap<String, Deletion>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<(String, u64)>>>,
     /// Woken whenever a client reaches a barrier.
     pub barrier_reached: Notify,
@@ -87,8 +93,7 @@ impl Probe {
             epoch_ns,
             normal: LatencySeries::new(seconds),
             slow: LatencySeries::new(seconds),
-            deleted: RwLock::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            deletions: Mutex::new(HashMap::new()),
             subscribers: Mutex::new(Vec::new()),
             barrier_reached: Notify::new(),
             changed: Notify::new(),
@@ -138,12 +143,14 @@ impl Probe {
     /// Registers the deletion of `pod` stamped `stamp` elsewhere (a worker learns them
     /// from the parent); times the observations that were waiting for it.
     pub fn register_delete(&self, pod: &str, stamp: u64) {
-        if let Ok(mut deleted) = self.deleted.write() {
-            deleted.insert(pod.to_string(), stamp);
-        }
-        let waiting = self.pending.lock().ok().and_then(|mut p| p.remove(pod));
-        for (seen, slow) in waiting.unwrap_or_default() {
-            self.record(stamp, seen, slow);
+        let previous = match self.deletions.lock() {
+            Ok(mut deletions) => deletions.insert(pod.to_string(), Deletion::Stamped(stamp)),
+            Err(_) => None,
+        };
+        if let Some(Deletion::Seen(waiting)) = previous {
+            for (seen, slow) in waiting {
+                self.record(stamp, seen, slow);
+            }
         }
     }
 
@@ -159,20 +166,28 @@ impl Probe {
         series.record(written, latency);
     }
 
+    /// The stamp of `pod`'s deletion, or `None` after keeping this observation until
+    /// its registration arrives.
+    fn deletion_stamp(&self, pod: &str, slow: bool) -> Option<u64> {
+        let mut deletions = self.deletions.lock().ok()?;
+        match deletions.get_mut(pod) {
+            Some(Deletion::Stamped(stamp)) => return Some(*stamp),
+            Some(Deletion::Seen(waiting)) => waiting.push((self.elapsed(), slow)),
+            None => {
+                let seen = vec![(self.elapsed(), slow)];
+                deletions.insert(pod.to_string(), Deletion::Seen(seen));
+            }
+        }
+        None
+    }
+
     /// Records a mark; returns the barrier number if it was one.
     pub fn observe_mark(&self, mark: &Mark, slow: bool) -> Option<u64> {
         match mark {
             Mark::Stamp(stamp) => self.observe(*stamp, slow),
             Mark::Deleted(pod) => {
-                let stamp = self.deleted.read().ok().and_then(|d| d.get(pod).copied());
-                match stamp {
-                    Some(stamp) => self.observe(stamp, slow),
-                    None => {
-                        if let Ok(mut pending) = self.pending.lock() {
-                            let seen = (self.elapsed(), slow);
-                            pending.entry(pod.clone()).or_default().push(seen);
-                        }
-                    }
+                if let Some(stamp) = self.deletion_stamp(pod, slow) {
+                    self.observe(stamp, slow);
                 }
             }
             Mark::Barrier(n) => return Some(*n),

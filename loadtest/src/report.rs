@@ -299,6 +299,15 @@ pub struct SoakRound {
 pub struct SoakFigures {
     /// Rounds completed.
     pub rounds: usize,
+    /// Where the agents found the replicas (the Service's EndpointSlices, or addresses).
+    pub discovery: String,
+    /// Nodes of the soak's cluster: one per agent (typha's rebalancer sizes each
+    /// replica's share from the Node count), the configured pods spread over them.
+    pub nodes: usize,
+    /// The replicas' session starts over the soak, summed over replicas and their
+    /// incarnations (`typha_resumes_total{kind}`, `typha_resume_refusals_total{reason}`,
+    /// `typha_snapshots_sent_total`; series that did not move are left out).
+    pub replica_counters: std::collections::BTreeMap<String, f64>,
     /// How often a replica was taken down, seconds.
     pub kill_interval_seconds: f64,
     /// Client digests that differed from the round's reference, summed over rounds

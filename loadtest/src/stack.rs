@@ -10,6 +10,7 @@
 //! [`Stack`] drops; a replica restarted after a kill or a roll gets the same ports, so
 //! clients find it where it was. External replicas are never signalled.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
+use edge::discovery::{DEFAULT_PORT_NAME, SERVICE_NAME_LABEL};
 use edge::tls::{PeerIdentity, TlsFiles, TransportChoice};
 
 use crate::api::Api;
 use crate::http1::{self, Scrape};
 use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
-use crate::worker::TransportSpec;
 
 /// typha replicas that already run, outside the load test's control.
 #[derive(Clone, Debug)]
@@ -52,6 +53,45 @@ pub struct StackConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Running typha replicas instead of `replicas` local ones.
     pub external: Option<ExternalTypha>,
+    /// Publish local replicas as a Service's EndpointSlices in kube-sim (ready while
+    /// they serve), start them with `--service-namespace/--service-name` so they
+    /// rebalance within it, and have the agents discover them there (as real agents'
+    /// `--typha-service` does). Only with kube-sim and local replicas; otherwise agents
+    /// get the fixed address list.
+    pub service: bool,
+}
+
+/// The namespace of the Service the stack publishes its replicas in.
+pub const SERVICE_NAMESPACE: &str = "calico-system";
+/// The Service's name (the EndpointSlices carry `kubernetes.io/service-name` = this).
+pub const SERVICE_NAME: &str = "calico-typha";
+
+/// Where a fleet's agents find typha.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TyphaTargets {
+    /// A fixed list of HOST:PORT addresses.
+    Addresses(Vec<String>),
+    /// The ready endpoints of a Service's EndpointSlices in the API server at `api`
+    /// (a plain-HTTP kube-sim URL).
+    Service {
+        /// The API server's URL.
+        api: String,
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for TyphaTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TyphaTargets::Addresses(addresses) => write!(f, "addresses {}", addresses.join(",")),
+            TyphaTargets::Service {
+                namespace, name, ..
+            } => write!(f, "service {namespace}/{name} (EndpointSlices)"),
+        }
+    }
 }
 
 /// How a replica goes away in the restart scenario.
@@ -116,6 +156,32 @@ pub struct Replica {
     proc: ChildProc,
     /// CPU and bytes of earlier incarnations (before restarts), so totals span them.
     retired: ProcStats,
+    /// [`TALLIED`] counters of earlier incarnations, scraped just before each went down.
+    retired_counters: BTreeMap<String, f64>,
+}
+
+/// The replica counters summed over incarnations ([`Stack::counter_totals`]): how
+/// sessions started and why resumes were refused.
+pub const TALLIED: [&str; 3] = [
+    "typha_resumes_total",
+    "typha_resume_refusals_total",
+    "typha_snapshots_sent_total",
+];
+
+/// `scrape`'s [`TALLIED`] series, keyed `name{labels}` (or `name` when unlabelled).
+fn tallied(scrape: &Scrape) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for name in TALLIED {
+        for (labels, value) in scrape.by_label(name) {
+            let key = if labels.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}{{{labels}}}")
+            };
+            *out.entry(key).or_default() += value;
+        }
+    }
+    out
 }
 
 /// kube-sim and the replicas.
@@ -134,6 +200,8 @@ pub struct Stack {
     pub seeded_objects: u64,
     client_tls: Option<Arc<rustls::ClientConfig>>,
     client_transport: TransportChoice,
+    /// kube-sim's address when the replicas are published as a Service.
+    service_api: Option<SocketAddr>,
 }
 
 /// Polls `http://addr/path` until it answers 2xx; fails as soon as `proc` exits, or after
@@ -178,12 +246,7 @@ impl Stack {
             None => {
                 let (kube, addr, seeded) = start_kube_sim(config, dir.path()).await?;
                 let kubeconfig = dir.path().join("kubeconfig");
-                std::fs::write(
-                    &kubeconfig,
-                    format!(
-                        "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"http://{addr}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim}}}}]\ncurrent-context: sim\n"
-                    ),
-                )?;
+                std::fs::write(&kubeconfig, kube_sim::kubeconfig(&format!("http://{addr}")))?;
                 (Some(kube), Api::Sim(addr), seeded, kubeconfig)
             }
         };
@@ -200,7 +263,11 @@ impl Stack {
                 (Vec::new(), TransportChoice::Tls(files, identity))
             }
         };
-        let client_tls = TransportSpec::of(&client_transport).client_tls()?;
+        let client_tls = client_transport.client_config()?;
+        let service_api = match &stack_api_sim(&api) {
+            Some(addr) if config.service && config.external.is_none() => Some(*addr),
+            _ => None,
+        };
         let mut stack = Stack {
             dir,
             kube,
@@ -210,17 +277,87 @@ impl Stack {
             seeded_objects,
             client_tls,
             client_transport,
+            service_api,
         };
         if config.external.is_none() {
+            let mut extra = config.typha_args.clone();
+            if service_api.is_some() {
+                // 409: it exists already.
+                stack
+                    .api_write("POST", "/api/v1/namespaces", &namespace_object(), &[409])
+                    .await?;
+                extra.extend(
+                    [
+                        "--service-namespace",
+                        SERVICE_NAMESPACE,
+                        "--service-name",
+                        SERVICE_NAME,
+                    ]
+                    .map(String::from),
+                );
+            }
             for i in 0..config.replicas {
-                let replica = stack.spawn_replica(i, &kubeconfig, &config.typha_args)?;
+                let replica = stack.spawn_replica(i, &kubeconfig, &extra)?;
                 stack.replicas.push(replica);
             }
         }
         for i in 0..stack.replicas.len() {
             stack.wait_replica(i).await?;
+            stack.publish(i, true).await?;
         }
         Ok(stack)
+    }
+
+    /// Where the agents find the replicas: the Service when published, else the
+    /// addresses.
+    pub fn targets(&self) -> TyphaTargets {
+        match self.service_api {
+            Some(addr) => TyphaTargets::Service {
+                api: format!("http://{addr}"),
+                namespace: SERVICE_NAMESPACE.into(),
+                name: SERVICE_NAME.into(),
+            },
+            None => TyphaTargets::Addresses(self.addresses()),
+        }
+    }
+
+    /// Publishes replica `i` in the Service (its EndpointSlice, ready) or withdraws it
+    /// (the slice deleted, as when its pod goes away); nothing without a Service.
+    async fn publish(&self, i: usize, serving: bool) -> anyhow::Result<()> {
+        if self.service_api.is_none() {
+            return Ok(());
+        }
+        let replica = self.replicas.get(i).context("no such replica")?;
+        let collection =
+            format!("/apis/discovery.k8s.io/v1/namespaces/{SERVICE_NAMESPACE}/endpointslices");
+        if serving {
+            self.api_write("POST", &collection, &endpoint_slice(replica), &[])
+                .await
+        } else {
+            let path = format!("{collection}/{}", replica.name);
+            self.api_write("DELETE", &path, &serde_json::Value::Null, &[])
+                .await
+        }
+    }
+
+    /// One write to the API server that must succeed (2xx, or a status in `also`).
+    async fn api_write(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+        also: &[u16],
+    ) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(body)?;
+        let body = (!body.is_null()).then_some(("application/json", bytes.as_slice()));
+        let response = self.api.request(method, path, body).await?;
+        anyhow::ensure!(
+            (200..300).contains(&response.status) || also.contains(&response.status),
+            "{method} {path}: {} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+        Ok(())
     }
 
     /// Whether the replicas run outside the load test (nothing can be restarted).
@@ -247,6 +384,7 @@ impl Stack {
             args,
             proc,
             retired: ProcStats::default(),
+            retired_counters: BTreeMap::new(),
         })
     }
 
@@ -269,7 +407,17 @@ impl Stack {
         mode: RestartMode,
     ) -> anyhow::Result<Duration> {
         let dir = self.dir.path().to_path_buf();
+        self.publish(i, false).await?;
+        // Increments between this scrape and the signal are lost (milliseconds).
+        let last_counters = self
+            .scrape(i)
+            .await
+            .map(|s| tallied(&s))
+            .unwrap_or_default();
         let replica = self.replicas.get_mut(i).context("no such replica")?;
+        for (key, value) in last_counters {
+            *replica.retired_counters.entry(key).or_default() += value;
+        }
         let before = replica.proc.stats();
         let started = Instant::now();
         match mode {
@@ -291,6 +439,7 @@ impl Stack {
         let name = format!("{}-restart-{generation}", replica.name);
         replica.proc = ChildProc::spawn(&name, &replica.args, &dir)?;
         self.wait_replica(i).await?;
+        self.publish(i, true).await?;
         Ok(started.elapsed())
     }
 
@@ -311,6 +460,23 @@ impl Stack {
                 (r.name.clone(), r.proc.pid(), total)
             })
             .collect()
+    }
+
+    /// The [`TALLIED`] counters summed over every local replica and its incarnations
+    /// (a replica that does not answer adds only its retired counts).
+    pub async fn counter_totals(&self) -> BTreeMap<String, f64> {
+        let mut totals = BTreeMap::new();
+        for (i, replica) in self.replicas.iter().enumerate() {
+            let live = self
+                .scrape(i)
+                .await
+                .map(|s| tallied(&s))
+                .unwrap_or_default();
+            for (key, value) in replica.retired_counters.iter().chain(live.iter()) {
+                *totals.entry(key.clone()).or_default() += *value;
+            }
+        }
+        totals
     }
 
     /// Scrapes replica `i`'s /metrics.
@@ -336,14 +502,51 @@ impl Stack {
 
     /// How a legitimate client reaches the replicas (agent workers build their TLS
     /// configuration from it).
-    pub fn client_transport(&self) -> TransportSpec {
-        TransportSpec::of(&self.client_transport)
+    pub fn client_transport(&self) -> TransportChoice {
+        self.client_transport.clone()
     }
 
     /// Where child logs are.
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+/// kube-sim's address, if the API server is the stack's own kube-sim.
+fn stack_api_sim(api: &Api) -> Option<SocketAddr> {
+    match api {
+        Api::Sim(addr) => Some(*addr),
+        Api::Cluster(_) => None,
+    }
+}
+
+fn namespace_object() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": SERVICE_NAMESPACE},
+    })
+}
+
+/// Replica `r`'s EndpointSlice in the Service: one ready endpoint on loopback, named
+/// after it, on a node of its own (so agents have no same-node preference).
+fn endpoint_slice(r: &Replica) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": r.name,
+            "namespace": SERVICE_NAMESPACE,
+            "labels": {SERVICE_NAME_LABEL: SERVICE_NAME},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": DEFAULT_PORT_NAME, "port": r.grpc.port(), "protocol": "TCP"}],
+        "endpoints": [{
+            "addresses": [r.grpc.ip().to_string()],
+            "conditions": {"ready": true},
+            "nodeName": format!("{}-node", r.name),
+        }],
+    })
 }
 
 /// The command line (after the binary) of typha replica `i` (`typha serve`, server id

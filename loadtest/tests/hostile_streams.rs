@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use hostile_support::{
     Ending, LIMIT, Metrics, World, encode, ending, hello, hello_message, raw_sync, rss_kib,
-    until_in_sync,
+    until_frame, until_in_sync,
 };
 use loadtest::harness::ClientHandle;
 use tokio::io::AsyncReadExt;
@@ -140,18 +140,12 @@ async fn a_bad_message_ends_only_its_stream_and_the_sibling_stream_continues() {
         assert_eq!(ending(&mut stream).await.0, Ending::Status(code), "{node}");
         // The sibling on the same connection still receives what happens next.
         let revision = world.deliver().await;
-        loop {
-            let frame = tokio::time::timeout(LIMIT, sibling.message())
-                .await
-                .expect("the sibling stream stalled")
-                .expect("the sibling stream failed")
-                .expect("the sibling stream ended");
-            if let ServerFrame::Deltas(batch) = frame
-                && batch.revision == revision.0
-            {
-                break;
-            }
-        }
+        until_frame(
+            &mut sibling,
+            "the sibling's delta",
+            |frame| matches!(frame, ServerFrame::Deltas(batch) if batch.revision == revision.0),
+        )
+        .await;
     }
     assert_eq!(
         world.counts().open,

@@ -40,13 +40,28 @@ use typha_proto::pb::{self, client_message};
 const LIMIT: Duration = Duration::from_secs(120);
 const CLIENTS: usize = 12;
 
-/// A kube-sim whose watches get a bookmark every 100 ms.
-async fn start_sim() -> KubeSim {
+/// A kube-sim whose watches get a bookmark every 100 ms, seeded with `nodes` nodes of
+/// `pods_per_node` pods in two namespaces of one policy each (tracing to the test's
+/// output, filtered by `RUST_LOG`).
+async fn start_sim(nodes: usize, pods_per_node: usize) -> KubeSim {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let config = kube_sim::Config {
         bookmark_interval: Duration::from_millis(100),
         ..kube_sim::Config::default()
     };
-    KubeSim::start(config).await.unwrap()
+    let sim = KubeSim::start(config).await.unwrap();
+    let seed = SeedConfig {
+        nodes,
+        pods_per_node,
+        namespaces: 2,
+        policies_per_namespace: 1,
+        host_network_every: 0,
+    };
+    kube_sim::seed(sim.store(), &seed).unwrap();
+    sim
 }
 
 /// Polls `done` every 20 ms until it holds, panicking with `what` after [`LIMIT`].
@@ -219,19 +234,7 @@ async fn sync_once(addr: &str, mirror: &mut Mirror) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_move_to_another_replica_without_snapshots() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let sim = start_sim().await;
-    let seed = SeedConfig {
-        nodes: 4,
-        pods_per_node: 5,
-        namespaces: 2,
-        policies_per_namespace: 1,
-        host_network_every: 0,
-    };
-    kube_sim::seed(sim.store(), &seed).unwrap();
+    let sim = start_sim(4, 5).await;
     let a = start_replica(&sim, 10_000).await;
     // B keeps a short history, so that an old position falls out of it.
     let b = start_replica(&sim, 8).await;
@@ -325,17 +328,6 @@ async fn clients_move_to_another_replica_without_snapshots() {
     assert!(laggard.revision() <= hub_b.revision());
 }
 
-fn seed_small(sim: &KubeSim) {
-    let seed = SeedConfig {
-        nodes: 2,
-        pods_per_node: 3,
-        namespaces: 2,
-        policies_per_namespace: 1,
-        host_network_every: 0,
-    };
-    kube_sim::seed(sim.store(), &seed).unwrap();
-}
-
 /// `n` sync clients following the endpoints of `endpoints`.
 fn spawn_clients(endpoints: &watch::Receiver<Vec<TyphaEndpoint>>, n: usize) -> Vec<ClientHandle> {
     (0..n)
@@ -413,12 +405,7 @@ async fn unreflected_delete(sim: &KubeSim, hub: &Hub) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_started_after_an_unreflected_delete_resumes_clients_of_another() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let sim = start_sim().await;
-    seed_small(&sim);
+    let sim = start_sim(2, 3).await;
     let a = start_replica(&sim, 10_000).await;
     let hub_a = a.typha.hub.clone();
     let (endpoints, endpoints_rx) = watch::channel(vec![endpoint(&a)]);
@@ -468,12 +455,7 @@ fn relisted_below(hub: &Hub, rv: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restored_datastore_gives_snapshots_not_mismatches() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let sim = start_sim().await;
-    seed_small(&sim);
+    let sim = start_sim(2, 3).await;
     let a = start_replica(&sim, 10_000).await;
     let b = start_replica(&sim, 10_000).await;
     let (hub_a, hub_b) = (a.typha.hub.clone(), b.typha.hub.clone());

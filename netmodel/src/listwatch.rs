@@ -64,12 +64,14 @@ pub struct ListMode {
 type WatchStream<K> =
     std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>, kube::Error>> + Send>>;
 
-/// What a list attempt ended with.
-enum Listed<K> {
+/// One item of a list attempt.
+enum ListItem<K> {
+    /// An object of the list.
+    Object(K),
     /// Complete at this version; with streaming lists, the watch that continues it.
     Done(String, Option<WatchStream<K>>),
-    /// Failed (the error was yielded); relist.
-    Failed,
+    /// Failed (with the error to pass on, if there is one); relist.
+    Failed(Option<watcher::Error>),
 }
 
 /// The list-then-watch stream of `api` (see the module docs).
@@ -83,20 +85,18 @@ where
     async_stream::stream! {
         'relist: loop {
             yield Ok(Step::Init);
-            let listed = {
-                let mut steps = std::pin::pin!(list(&api, mode));
-                let mut outcome = Listed::Failed;
-                while let Some(step) = steps.next().await {
-                    match step {
-                        ListItem::Step(s) => yield s,
-                        ListItem::End(end) => outcome = end,
-                    }
+            let mut done = None;
+            let mut items = std::pin::pin!(list(&api, mode));
+            while let Some(item) = items.next().await {
+                match item {
+                    ListItem::Object(o) => yield Ok(Step::Listed(o)),
+                    ListItem::Done(version, watch) => done = Some((version, watch)),
+                    ListItem::Failed(Some(e)) => yield Err(e),
+                    ListItem::Failed(None) => {}
                 }
-                outcome
-            };
-            let (mut version, mut watch) = match listed {
-                Listed::Done(version, watch) => (version, watch),
-                Listed::Failed => continue 'relist,
+            }
+            let Some((mut version, mut watch)) = done else {
+                continue 'relist;
             };
             yield Ok(Step::ListDone(version.clone()));
             loop {
@@ -118,15 +118,15 @@ where
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                            version = o.meta().resource_version.clone().unwrap_or(version);
+                            follow(&mut version, &o);
                             yield Ok(Step::Applied(o));
                         }
                         Ok(WatchEvent::Deleted(o)) => {
-                            version = o.meta().resource_version.clone().unwrap_or(version);
+                            follow(&mut version, &o);
                             yield Ok(Step::Deleted(o));
                         }
                         Ok(WatchEvent::Bookmark(b)) => {
-                            version = b.metadata.resource_version.clone();
+                            version.clone_from(&b.metadata.resource_version);
                             yield Ok(Step::Progress(b.metadata.resource_version));
                         }
                         Ok(WatchEvent::Error(s)) => {
@@ -148,13 +148,14 @@ where
     }
 }
 
-/// One item of a list attempt: a step to pass on, or how the attempt ended.
-enum ListItem<K> {
-    Step(Result<Step<K>, watcher::Error>),
-    End(Listed<K>),
+/// Moves the watch position to `o`'s resourceVersion (reusing the string's buffer).
+fn follow<K: kube::Resource>(version: &mut String, o: &K) {
+    if let Some(v) = &o.meta().resource_version {
+        version.clone_from(v);
+    }
 }
 
-/// One list attempt: the listed objects, then how it ended (errors are passed on).
+/// One list attempt: the listed objects, then how it ended.
 fn list<K>(api: &Api<K>, mode: ListMode) -> impl Stream<Item = ListItem<K>> + Send + '_
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -165,64 +166,57 @@ where
             let mut stream = match api.watch(&params, "0").await {
                 Ok(s) => s.boxed(),
                 Err(e) => {
-                    yield ListItem::Step(Err(watcher::Error::WatchStartFailed(e)));
-                    yield ListItem::End(Listed::Failed);
+                    yield ListItem::Failed(Some(watcher::Error::WatchStartFailed(e)));
                     return;
                 }
             };
-            loop {
-                match stream.next().await {
-                    Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                        yield ListItem::Step(Ok(Step::Listed(o)));
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                        yield ListItem::Object(o);
                     }
-                    Some(Ok(WatchEvent::Deleted(_))) => {}
-                    Some(Ok(WatchEvent::Bookmark(b))) => {
+                    Ok(WatchEvent::Deleted(_)) => {}
+                    Ok(WatchEvent::Bookmark(b)) => {
                         if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) {
-                            let version = b.metadata.resource_version;
-                            yield ListItem::End(Listed::Done(version, Some(stream)));
+                            yield ListItem::Done(b.metadata.resource_version, Some(stream));
                             return;
                         }
                     }
-                    Some(Ok(WatchEvent::Error(s))) => {
-                        yield ListItem::Step(Err(watcher::Error::WatchError(s)));
-                        break;
+                    Ok(WatchEvent::Error(s)) => {
+                        yield ListItem::Failed(Some(watcher::Error::WatchError(s)));
+                        return;
                     }
-                    Some(Err(e)) => {
-                        yield ListItem::Step(Err(watcher::Error::WatchFailed(e)));
-                        break;
+                    Err(e) => {
+                        yield ListItem::Failed(Some(watcher::Error::WatchFailed(e)));
+                        return;
                     }
-                    None => break,
                 }
             }
-            yield ListItem::End(Listed::Failed);
+            // Ended before the initial events did.
+            yield ListItem::Failed(None);
             return;
         }
         let mut continue_token: Option<String> = None;
         loop {
             let mut params = ListParams::default().limit(mode.page_size.max(1));
             params.continue_token = continue_token.take();
-            match api.list(&params).await {
-                Ok(page) => {
-                    for o in page.items {
-                        yield ListItem::Step(Ok(Step::Listed(o)));
-                    }
-                    continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
-                    if continue_token.is_none() {
-                        match page.metadata.resource_version.filter(|v| !v.is_empty()) {
-                            Some(version) => yield ListItem::End(Listed::Done(version, None)),
-                            None => {
-                                yield ListItem::Step(Err(watcher::Error::NoResourceVersion));
-                                yield ListItem::End(Listed::Failed);
-                            }
-                        }
-                        return;
-                    }
-                }
+            let page = match api.list(&params).await {
+                Ok(page) => page,
                 Err(e) => {
-                    yield ListItem::Step(Err(watcher::Error::InitialListFailed(e)));
-                    yield ListItem::End(Listed::Failed);
+                    yield ListItem::Failed(Some(watcher::Error::InitialListFailed(e)));
                     return;
                 }
+            };
+            for o in page.items {
+                yield ListItem::Object(o);
+            }
+            continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+            if continue_token.is_none() {
+                yield match page.metadata.resource_version.filter(|v| !v.is_empty()) {
+                    Some(version) => ListItem::Done(version, None),
+                    None => ListItem::Failed(Some(watcher::Error::NoResourceVersion)),
+                };
+                return;
             }
         }
     }

@@ -344,6 +344,13 @@ mod tests {
         }
     }
 
+    /// A complete list of one object at `object`, ending at `list`.
+    fn relist(t: &mut VersionTracker, object: EventVersion, list: EventVersion) {
+        let listed = Input::InitApply(node("a", "1"));
+        let start = (Input::Init, EventVersion::NoObject);
+        observe_all(t, &[start, (listed, object), (Input::InitDone, list)]);
+    }
+
     #[test]
     fn version_tracker_marks_lists_watches_and_unparsable() {
         use EventVersion::{Known, NoObject, Unparsable};
@@ -372,14 +379,7 @@ mod tests {
             Some(ResourceMark::listed("nodes", Some(7)))
         );
         // The list's own version wins over its objects' (a delete it reflects).
-        observe_all(
-            &mut t,
-            &[
-                (Input::Init, NoObject),
-                (Input::InitApply(node("a", "1")), Known(7)),
-                (Input::InitDone, Known(8)),
-            ],
-        );
+        relist(&mut t, Known(7), Known(8));
         assert_eq!(
             t.take_mark("nodes"),
             Some(ResourceMark::listed("nodes", Some(8)))
@@ -396,14 +396,7 @@ mod tests {
             Some(ResourceMark::watched("nodes", 11))
         );
         // A restored datastore: the list's version is lower, and so is the tracker's.
-        observe_all(
-            &mut t,
-            &[
-                (Input::Init, NoObject),
-                (Input::InitApply(node("a", "2")), Known(2)),
-                (Input::InitDone, Known(3)),
-            ],
-        );
+        relist(&mut t, Known(2), Known(3));
         assert_eq!(t.version(), Some(3));
         t.take_mark("nodes");
         observe_all(&mut t, &[(Input::Apply(node("a", "3")), Known(9))]);
@@ -412,14 +405,7 @@ mod tests {
             Some(ResourceMark::watched("nodes", 9))
         );
         // A relist that lists only older objects keeps the version.
-        observe_all(
-            &mut t,
-            &[
-                (Input::Init, NoObject),
-                (Input::InitApply(node("a", "2")), Known(9)),
-                (Input::InitDone, NoObject),
-            ],
-        );
+        relist(&mut t, Known(9), NoObject);
         assert_eq!(
             t.take_mark("nodes"),
             Some(ResourceMark::listed("nodes", Some(9)))

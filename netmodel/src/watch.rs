@@ -168,68 +168,35 @@ pub async fn run(
     };
     let streams: Vec<BoxedSignals> = resources
         .iter()
-        .map(|r| stream_for(*r, &client, &wc, &settings))
+        .map(|r| stream_for(*r, &client, wc, &settings))
         .collect();
     let merged = futures::stream::select_all(streams);
     drive(merged, &resources, config.batch_max, tx, shutdown).await
 }
 
+/// A Calico custom resource as the watch decodes it.
+type Crd<T> = CalicoObject<T>;
+
 fn stream_for(
     resource: Resource,
-    client: &kube::Client,
-    wc: &ListMode,
-    settings: &StreamSettings,
+    c: &kube::Client,
+    mode: ListMode,
+    s: &StreamSettings,
 ) -> BoxedSignals {
-    let c = client.clone();
-    let wc = *wc;
     match resource {
-        Resource::Pods => resource_stream(Api::<Pod>::all(c), wc, settings.clone()),
-        Resource::Namespaces => resource_stream(Api::<Namespace>::all(c), wc, settings.clone()),
-        Resource::ServiceAccounts => {
-            resource_stream(Api::<ServiceAccount>::all(c), wc, settings.clone())
-        }
-        Resource::Nodes => resource_stream(Api::<Node>::all(c), wc, settings.clone()),
-        Resource::KubernetesNetworkPolicies => {
-            resource_stream(Api::<K8sNetworkPolicy>::all(c), wc, settings.clone())
-        }
-        Resource::NetworkPolicies => resource_stream(
-            Api::<CalicoObject<NetworkPolicy>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::GlobalNetworkPolicies => resource_stream(
-            Api::<CalicoObject<GlobalNetworkPolicy>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::GlobalNetworkSets => resource_stream(
-            Api::<CalicoObject<GlobalNetworkSet>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::NetworkSets => resource_stream(
-            Api::<CalicoObject<NetworkSet>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::HostEndpoints => resource_stream(
-            Api::<CalicoObject<HostEndpoint>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::IpPools => {
-            resource_stream(Api::<CalicoObject<IPPool>>::all(c), wc, settings.clone())
-        }
-        Resource::FelixConfigurations => resource_stream(
-            Api::<CalicoObject<FelixConfiguration>>::all(c),
-            wc,
-            settings.clone(),
-        ),
-        Resource::ClusterInformations => resource_stream(
-            Api::<CalicoObject<ClusterInformation>>::all(c),
-            wc,
-            settings.clone(),
-        ),
+        Resource::Pods => resource_stream::<Pod>(c, mode, s),
+        Resource::Namespaces => resource_stream::<Namespace>(c, mode, s),
+        Resource::ServiceAccounts => resource_stream::<ServiceAccount>(c, mode, s),
+        Resource::Nodes => resource_stream::<Node>(c, mode, s),
+        Resource::KubernetesNetworkPolicies => resource_stream::<K8sNetworkPolicy>(c, mode, s),
+        Resource::NetworkPolicies => resource_stream::<Crd<NetworkPolicy>>(c, mode, s),
+        Resource::GlobalNetworkPolicies => resource_stream::<Crd<GlobalNetworkPolicy>>(c, mode, s),
+        Resource::GlobalNetworkSets => resource_stream::<Crd<GlobalNetworkSet>>(c, mode, s),
+        Resource::NetworkSets => resource_stream::<Crd<NetworkSet>>(c, mode, s),
+        Resource::HostEndpoints => resource_stream::<Crd<HostEndpoint>>(c, mode, s),
+        Resource::IpPools => resource_stream::<Crd<IPPool>>(c, mode, s),
+        Resource::FelixConfigurations => resource_stream::<Crd<FelixConfiguration>>(c, mode, s),
+        Resource::ClusterInformations => resource_stream::<Crd<ClusterInformation>>(c, mode, s),
     }
 }
 
@@ -350,11 +317,17 @@ where
 
 /// One resource: list-then-watch with kube's default backoff, conversion, and the
 /// CRD-absent retry.
-fn resource_stream<K>(api: Api<K>, wc: ListMode, settings: StreamSettings) -> BoxedSignals
+fn resource_stream<K>(
+    client: &kube::Client,
+    wc: ListMode,
+    settings: &StreamSettings,
+) -> BoxedSignals
 where
     K: ToModel + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
 {
-    let StreamSettings { crd_retry, convert } = settings;
+    let api = Api::<K>::all(client.clone());
+    let StreamSettings { crd_retry, convert } = settings.clone();
     let resource = K::RESOURCE;
     let name = resource.as_str();
     Box::pin(async_stream::stream! {
@@ -364,6 +337,10 @@ where
         // Log an unreachable API server by state changes, not per retry.
         let mut outage = crate::outage::Outage::default();
         metrics::gauge!("typha_upstream_api_reachable", "resource" => name).set(1.0);
+        // Per-event metrics: registered once, not looked up per object of a large list.
+        let events_total = metrics::counter!("typha_upstream_events_total", "resource" => name);
+        let last_event =
+            metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name);
         loop {
             let mut events = std::pin::pin!(list_watch(api.clone(), wc).default_backoff());
             let mut absent = false;
@@ -382,9 +359,8 @@ where
                             tracing::info!(resource = name, "CRD installed; watching");
                             reported_absent = false;
                         }
-                        metrics::counter!("typha_upstream_events_total", "resource" => name).increment(1);
-                        metrics::gauge!("typha_upstream_last_event_timestamp_seconds", "resource" => name)
-                            .set(unix_now());
+                        events_total.increment(1);
+                        last_event.set(unix_now());
                         let version = event_version(&event);
                         for input in inputs(event, &mut log, &convert) {
                             yield (resource, Signal::Input(input, version));

@@ -81,6 +81,38 @@ pub fn delta_batch_with_versions<'a>(
     digest: Digest,
     versions: &[pb::ResourceVersion],
 ) -> Bytes {
+    encode_delta_batch(from, to, updates, digest, versions, |_| {}).freeze()
+}
+
+/// [`delta_batch_with_versions`], also returning each update as a slice of the frame
+/// (the same bytes in the frame's buffer, in order): whoever keeps the updates next to
+/// the frame holds their bytes once, without decoding the frame to find them.
+pub fn delta_batch_sliced<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+    versions: &[pb::ResourceVersion],
+) -> (Bytes, Vec<Bytes>) {
+    let mut ranges = Vec::new();
+    let frame = encode_delta_batch(from, to, updates, digest, versions, |range| {
+        ranges.push(range)
+    })
+    .freeze();
+    let slices = ranges.into_iter().map(|range| frame.slice(range)).collect();
+    (frame, slices)
+}
+
+/// Encodes a `ServerMessage{deltas}`; `each_update` is told where each update's bytes
+/// lie in the buffer.
+fn encode_delta_batch<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+    versions: &[pb::ResourceVersion],
+    mut each_update: impl FnMut(std::ops::Range<usize>),
+) -> BytesMut {
     let updates_len: usize = updates
         .clone()
         .into_iter()
@@ -98,13 +130,14 @@ pub fn delta_batch_with_versions<'a>(
     prost::encoding::uint64::encode(1, &to.0, &mut buf);
     for update in updates {
         put_len_delimited(2, update, &mut buf);
+        each_update(buf.len() - update.len()..buf.len());
     }
     put_len_delimited(3, &digest, &mut buf);
     prost::encoding::uint64::encode(4, &from.0, &mut buf);
     for version in versions {
         prost::encoding::message::encode(5, version, &mut buf);
     }
-    buf.freeze()
+    buf
 }
 
 /// A `DeltaBatch` decoded with each update kept as received.
@@ -229,6 +262,36 @@ mod tests {
         };
         assert_eq!(raw.updates, updates);
         assert_eq!(Digest::from_bytes(&raw.digest), Some(digest));
+    }
+
+    /// The sliced encoder writes the same frame, and each slice is its update's bytes
+    /// inside the frame's buffer, where a decoder finds them.
+    #[test]
+    fn sliced_delta_batch_points_into_its_frame() {
+        let updates = vec![node("a"), node("bb"), node("c")];
+        let versions = [pb::ResourceVersion {
+            resource: "nodes".into(),
+            version: 9,
+        }];
+        let plain =
+            delta_batch_with_versions(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
+        let (frame, slices) =
+            delta_batch_sliced(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
+        assert_eq!(frame, plain);
+        assert_eq!(slices, updates);
+        let ServerFrame::Deltas(raw) = ServerFrame::decode(frame.clone()).unwrap() else {
+            panic!("not deltas")
+        };
+        let start = frame.as_ptr() as usize;
+        for (slice, decoded) in slices.iter().zip(&raw.updates) {
+            assert_eq!(
+                slice.as_ptr(),
+                decoded.as_ptr(),
+                "where the decoder finds it"
+            );
+            let at = slice.as_ptr() as usize;
+            assert!(at > start && at + slice.len() <= start + frame.len());
+        }
     }
 
     #[test]

@@ -5,30 +5,34 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
+use crate::Scratch;
+
 /// The kubectl binary the tests drive (v1.32).
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// kubectl pointed at one API server.
 #[derive(Debug)]
 pub struct Kubectl {
-    /// Scratch directory (kubeconfig, cache, manifests); removed on drop when owned.
+    /// Scratch directory (kubeconfig, cache, manifests).
     pub dir: PathBuf,
-    owned: bool,
+    /// The directory when this owns it (removed on drop).
+    _scratch: Option<Scratch>,
 }
 
 impl Kubectl {
-    /// A kubeconfig for the server at `url` in a fresh directory named after the URL
-    /// and the process (so servers of one test do not share a cache), removed on drop.
+    /// A kubeconfig for the server at `url` in a fresh [`Scratch`] directory named after
+    /// the URL (so servers of one test do not share a cache), removed on drop.
     pub fn new(url: &str) -> Kubectl {
         let tag: String = url
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let dir = std::env::temp_dir().join(format!("kubectl-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut kubectl = Kubectl::in_dir(url, &dir);
-        kubectl.owned = true;
-        kubectl
+        let scratch = Scratch::new(&format!("kubectl-{tag}"));
+        let kubectl = Kubectl::in_dir(url, scratch.path());
+        Kubectl {
+            _scratch: Some(scratch),
+            ..kubectl
+        }
     }
 
     /// A kubeconfig for the server at `url` in `dir`, which the caller owns.
@@ -45,7 +49,7 @@ impl Kubectl {
         std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
         Kubectl {
             dir: dir.to_path_buf(),
-            owned: false,
+            _scratch: None,
         }
     }
 
@@ -99,13 +103,5 @@ impl Kubectl {
             "--timeout=60s",
         ])
         .await;
-    }
-}
-
-impl Drop for Kubectl {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }

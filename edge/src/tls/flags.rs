@@ -3,11 +3,15 @@
 //! Each binary adds only its own rule on top (typha insists on a client identity).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::{PeerIdentity, TlsFiles};
+use rustls::ClientConfig;
 
-/// How a binary secures its gRPC stream, once its flags are validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use super::{PeerIdentity, TlsError, TlsFiles, TlsMaterial, client_config};
+
+/// How a binary secures its gRPC stream, once its flags are validated (serializable: the
+/// load test hands it to its agent worker processes).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TransportChoice {
     /// Mutual TLS from these files, requiring this identity of the peer.
     Tls(TlsFiles, PeerIdentity),
@@ -29,6 +33,17 @@ pub enum TlsFlagsError {
 }
 
 impl TransportChoice {
+    /// A client's TLS configuration for this transport, requiring the server's identity
+    /// (`None`: plaintext).
+    pub fn client_config(&self) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+        match self {
+            TransportChoice::Tls(files, server) => {
+                Ok(Some(client_config(&TlsMaterial::load(files)?, server)?))
+            }
+            TransportChoice::Plaintext => Ok(None),
+        }
+    }
+
     /// Validates the flags: all three files (TLS), or explicit plaintext with none of them.
     pub fn from_flags(
         ca: &Option<PathBuf>,

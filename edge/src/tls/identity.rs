@@ -13,7 +13,7 @@ use x509_parser::extensions::GeneralName;
 
 /// The identity a peer must present: its CN equals `cn`, or one of its URI SANs equals
 /// `uri_san` (either suffices).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerIdentity {
     /// Required Subject common name (`--client-cn` / `--typha-cn`).
     pub cn: Option<String>,

@@ -44,7 +44,7 @@ pub use reload::{ReloadOutcome, ReloadableCertKey, ReloadableServerTls, TlsFileW
 pub const ALPN_H2: &[u8] = b"h2";
 
 /// Paths of the three PEM files a TLS endpoint needs (`--tls-ca --tls-cert --tls-key`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsFiles {
     /// CA bundle (one or more certificates) that peers must chain to.
     pub ca: PathBuf,

@@ -282,6 +282,10 @@ fn print_soak(k: &SoakFigures) {
         ),
     );
     row(
+        "  agents find typha through",
+        format!("{} ({} nodes, one per agent)", k.discovery, k.nodes),
+    );
+    row(
         "  digests differing at barriers",
         format!(
             "{} (clients' own mismatches {})",
@@ -292,6 +296,12 @@ fn print_soak(k: &SoakFigures) {
         "  reconnects / resumes / snapshots",
         format!("{} / {} / {}", k.reconnects, k.resumes, k.snapshots),
     );
+    let counters: Vec<String> = k
+        .replica_counters
+        .iter()
+        .map(|(key, value)| format!("{key} {value}"))
+        .collect();
+    row("  on the replicas", counters.join(", "));
     row(
         "  max reconvergence / barrier",
         format!(

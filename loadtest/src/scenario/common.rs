@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use felix_client::SyncConfig;
+use felix_client::discovery::TyphaSource;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +157,7 @@ pub fn layout(config: &RunConfig, target: &Target) -> Layout {
 
 /// A sync client's configuration for `node` against `addresses` of `stack`.
 pub fn sync_config(stack: &Stack, node: String, addresses: Vec<String>) -> SyncConfig {
-    agent_config(node, addresses, stack.client_tls())
+    agent_config(node, TyphaSource::fixed(addresses), stack.client_tls())
 }
 
 /// This process's figures since `before`.

@@ -259,7 +259,7 @@ async fn start_fleet<S: TyphaScenario>(
         })
         .collect();
     let plan = WorkerPlan {
-        addresses: scenario.addresses(stack),
+        typha: scenario.targets(stack),
         transport: stack.client_transport(),
         cpus: &config.agent_cpus,
         dir: stack.dir.path(),

@@ -25,7 +25,7 @@ use crate::fleet::{Behaviour, Fleet};
 use crate::probe::Probe;
 use crate::procs::ProcStats;
 use crate::report::{RestartFigures, RunConfig, ScenarioReport, SoakFigures};
-use crate::stack::{ExternalTypha, Stack, StackConfig};
+use crate::stack::{ExternalTypha, Stack, StackConfig, TyphaTargets};
 
 pub mod common;
 pub mod driver;
@@ -145,6 +145,7 @@ pub fn default_setup(config: &RunConfig, target: &Target, replicas: usize) -> St
         typha_args: Vec::new(),
         kubeconfig: target.kubeconfig.clone(),
         external: target.external.clone(),
+        service: false,
     }
 }
 
@@ -207,9 +208,10 @@ pub trait TyphaScenario {
         Behaviour::Normal
     }
 
-    /// Setup: the replicas client `i` may connect to (all of them unless overridden).
-    fn addresses(&self, stack: &Stack) -> Vec<String> {
-        stack.addresses()
+    /// Setup: where the clients find the replicas (the stack's Service when it
+    /// publishes one, else all addresses, unless overridden).
+    fn targets(&self, stack: &Stack) -> TyphaTargets {
+        stack.targets()
     }
 
     /// Run: what happens between the fleet's initial sync and the final barrier.

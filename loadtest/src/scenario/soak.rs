@@ -23,7 +23,17 @@ impl TyphaScenario for Soak {
     }
 
     fn setup(&self, config: &RunConfig, target: &Target) -> StackConfig {
-        default_setup(config, target, config.replicas.max(2))
+        // The replicas are a Service the agents discover, so they rebalance during the
+        // soak (and the agents of a killed replica find the others through it). typha's
+        // rebalancer sizes each replica's share from the Node count (one agent per node),
+        // so the cluster has one Node per agent, the configured pods spread over them.
+        let nodes = soak_nodes(config);
+        StackConfig {
+            service: true,
+            nodes,
+            pods_per_node: (config.nodes * config.pods_per_node).div_ceil(nodes),
+            ..default_setup(config, target, config.replicas.max(2))
+        }
     }
 
     async fn run(&self, mut phase: Phase<'_>) -> anyhow::Result<Findings> {
@@ -41,6 +51,11 @@ impl TyphaScenario for Soak {
     }
 }
 
+/// The soak cluster's Nodes: one per agent.
+fn soak_nodes(config: &RunConfig) -> usize {
+    config.clients.max(1)
+}
+
 /// The soak's rounds, and the figures over them.
 async fn soak_rounds(phase: &mut Phase<'_>) -> anyhow::Result<SoakFigures> {
     let config = phase.config;
@@ -48,6 +63,7 @@ async fn soak_rounds(phase: &mut Phase<'_>) -> anyhow::Result<SoakFigures> {
     let rounds =
         ((config.duration_seconds / config.soak_kill_interval_seconds).round() as usize).max(1);
     let typha_rss_start_bytes = typha_rss(phase.stack);
+    let counters_before = phase.stack.counter_totals().await;
     let before = phase.fleet.counters();
     let operations_before = phase.churn.stats.operations;
     let mut per_round: Vec<SoakRound> = Vec::with_capacity(rounds);
@@ -59,9 +75,17 @@ async fn soak_rounds(phase: &mut Phase<'_>) -> anyhow::Result<SoakFigures> {
     let churned = phase.churn.stats.operations - operations_before;
     phase.churn.stats.achieved_rate = churned as f64 / (interval.as_secs_f64() * rounds as f64);
     let over = phase.fleet.counters().since(&before);
+    let mut replica_counters = phase.stack.counter_totals().await;
+    for (key, value) in replica_counters.iter_mut() {
+        *value -= counters_before.get(key).copied().unwrap_or(0.0);
+    }
+    replica_counters.retain(|_, v| *v != 0.0);
     let max = |f: fn(&SoakRound) -> f64| per_round.iter().map(f).fold(0.0, f64::max);
     Ok(SoakFigures {
         rounds: per_round.len(),
+        discovery: phase.stack.targets().to_string(),
+        nodes: soak_nodes(config),
+        replica_counters,
         kill_interval_seconds: interval.as_secs_f64(),
         digest_mismatches: per_round.iter().map(|r| r.digests_differ.len()).sum(),
         client_digest_mismatches: over.digest_mismatches,

@@ -5,7 +5,7 @@
 //! "reconnect storm converged in at most 10 s with 0 snapshots" goal.
 
 use crate::report::RunConfig;
-use crate::stack::{RestartMode, Stack, StackConfig};
+use crate::stack::{RestartMode, Stack, StackConfig, TyphaTargets};
 
 use super::restart::churn_with_outage;
 use super::{Findings, Phase, Target, TyphaScenario, default_setup};
@@ -22,8 +22,8 @@ impl TyphaScenario for Storm {
         default_setup(config, target, config.replicas.max(1))
     }
 
-    fn addresses(&self, stack: &Stack) -> Vec<String> {
-        stack.addresses().into_iter().take(1).collect()
+    fn targets(&self, stack: &Stack) -> TyphaTargets {
+        TyphaTargets::Addresses(stack.addresses().into_iter().take(1).collect())
     }
 
     async fn run(&self, phase: Phase<'_>) -> anyhow::Result<Findings> {

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use edge::discovery::{Discovery, DiscoveryConfig};
+use felix_client::discovery::TyphaSource;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdout};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,7 @@ use super::{AgentBehaviour, FromWorker, ToWorker, WorkerSpec};
 use crate::fleet::{Behaviour, Fleet, FleetClient, FleetCounters, agent_config};
 use crate::probe::Probe;
 use crate::procs::ProcStats;
+use crate::stack::TyphaTargets;
 
 /// The longest a state change waits to be reported when no notification came (in-sync
 /// drops on a disconnect notify nobody).
@@ -94,11 +97,14 @@ impl Reporter {
 
 async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let probe = Probe::with_epoch(spec.epoch_ns, spec.latency_seconds);
-    let tls = spec.transport.client_tls()?;
+    let tls = spec.transport.client_config()?;
     let release = CancellationToken::new();
+    let stop_discovery = CancellationToken::new();
+    let _stop_discovery = stop_discovery.clone().drop_guard();
+    let source = typha_source(&spec.typha, &stop_discovery)?;
     let mut fleet = Fleet::default();
     for agent in &spec.agents {
-        let config = agent_config(agent.name.clone(), spec.addresses.clone(), tls.clone());
+        let config = agent_config(agent.name.clone(), source.clone(), tls.clone());
         let behaviour = match agent.behaviour {
             AgentBehaviour::Normal => Behaviour::Normal,
             AgentBehaviour::Slow(ms) => Behaviour::Slow(Duration::from_millis(ms)),
@@ -129,6 +135,28 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     reporter
         .send(&FromWorker::Stopped(digests, stats, cpus))
         .await
+}
+
+/// The agents' candidates: the fixed list, or one EndpointSlice watch for the whole
+/// worker that every agent follows (each real agent runs its own; one per worker keeps
+/// the API server's watch count to the workers', which is what is measured here).
+fn typha_source(typha: &TyphaTargets, stop: &CancellationToken) -> anyhow::Result<TyphaSource> {
+    Ok(match typha {
+        TyphaTargets::Addresses(addresses) => TyphaSource::fixed(addresses.clone()),
+        TyphaTargets::Service {
+            api,
+            namespace,
+            name,
+        } => {
+            let url = api
+                .parse()
+                .with_context(|| format!("API server URL {api:?}"))?;
+            let client = kube::Client::try_from(kube::Config::new(url))
+                .with_context(|| format!("a client for {api}"))?;
+            let config = DiscoveryConfig::new(namespace.clone(), name.clone());
+            TyphaSource::discovered(Discovery::spawn(client, config, stop))
+        }
+    })
 }
 
 /// Answers commands and reports until told to stop (or stdin closes).

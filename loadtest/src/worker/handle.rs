@@ -14,18 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use edge::tls::TransportChoice;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use typha_proto::Digest;
 
-use super::{AgentSpec, FromWorker, ToWorker, TransportSpec, WorkerSpec, parse_digest};
+use super::{AgentSpec, FromWorker, ToWorker, WorkerSpec, parse_digest};
 use crate::fleet::{AgentView, FleetCounters};
 use crate::pinning::CpuList;
 use crate::probe::Probe;
 use crate::procs::ChildProc;
 use crate::report::ProcessFigures;
+use crate::stack::TyphaTargets;
 
 /// What the parent knows of one agent in a worker.
 pub struct AgentCell {
@@ -47,10 +49,10 @@ impl AgentCell {
 
 /// What every worker of a fleet shares.
 pub struct WorkerPlan<'a> {
-    /// The replicas the agents may connect to.
-    pub addresses: Vec<String>,
+    /// Where the agents find the replicas.
+    pub typha: TyphaTargets,
     /// How they reach them.
-    pub transport: TransportSpec,
+    pub transport: TransportChoice,
     /// The agents' CPUs (empty: this process's set, inherited).
     pub cpus: &'a CpuList,
     /// Where the specs and the workers' logs go.
@@ -94,7 +96,7 @@ impl Worker {
         let spec_path = plan.dir.join(format!("{name}.json"));
         let spec = WorkerSpec {
             agents,
-            addresses: plan.addresses.clone(),
+            typha: plan.typha.clone(),
             transport: plan.transport.clone(),
             epoch_ns: probe.epoch_ns(),
             latency_seconds: probe.seconds(),

@@ -21,10 +21,7 @@
 //! thread: the worker's runtime is single-threaded), so a parent that sees a reconnect
 //! counted also sees that agent's in-sync flag drop.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use edge::tls::{PeerIdentity, TlsFiles, TlsMaterial, TransportChoice, client_config};
+use edge::tls::TransportChoice;
 use serde::{Deserialize, Serialize};
 use typha_proto::Digest;
 
@@ -32,6 +29,7 @@ use crate::fleet::FleetCounters;
 use crate::latency::SeriesDelta;
 use crate::pinning::CpuList;
 use crate::procs::ProcStats;
+use crate::stack::TyphaTargets;
 
 mod agents;
 mod handle;
@@ -74,75 +72,15 @@ pub struct AgentSpec {
     pub behaviour: AgentBehaviour,
 }
 
-/// How agents reach typha (the serializable form of [`TransportChoice`]).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum TransportSpec {
-    /// Mutual TLS from these files, requiring this identity of the server.
-    Tls {
-        /// CA bundle.
-        ca: PathBuf,
-        /// Client certificate.
-        cert: PathBuf,
-        /// Client key.
-        key: PathBuf,
-        /// Required server CN.
-        cn: Option<String>,
-        /// Required server URI SAN.
-        uri_san: Option<String>,
-    },
-    /// No TLS (development only).
-    Plaintext,
-}
-
-impl TransportSpec {
-    /// The spec of a transport choice.
-    pub fn of(choice: &TransportChoice) -> TransportSpec {
-        match choice {
-            TransportChoice::Tls(files, identity) => TransportSpec::Tls {
-                ca: files.ca.clone(),
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                cn: identity.cn.clone(),
-                uri_san: identity.uri_san.clone(),
-            },
-            TransportChoice::Plaintext => TransportSpec::Plaintext,
-        }
-    }
-
-    /// The agents' TLS configuration (`None`: plaintext).
-    pub fn client_tls(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
-        let TransportSpec::Tls {
-            ca,
-            cert,
-            key,
-            cn,
-            uri_san,
-        } = self
-        else {
-            return Ok(None);
-        };
-        let files = TlsFiles {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        };
-        let identity = PeerIdentity {
-            cn: cn.clone(),
-            uri_san: uri_san.clone(),
-        };
-        Ok(Some(client_config(&TlsMaterial::load(&files)?, &identity)?))
-    }
-}
-
 /// Everything a worker runs (written to a file; the command line names it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerSpec {
     /// The agents.
     pub agents: Vec<AgentSpec>,
-    /// The replicas they may connect to.
-    pub addresses: Vec<String>,
+    /// Where they find the replicas.
+    pub typha: TyphaTargets,
     /// How they reach them.
-    pub transport: TransportSpec,
+    pub transport: TransportChoice,
     /// The parent probe's epoch (CLOCK_MONOTONIC nanoseconds).
     pub epoch_ns: u64,
     /// Seconds of the per-second latency series.

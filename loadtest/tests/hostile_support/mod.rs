@@ -284,13 +284,23 @@ pub async fn ending(stream: &mut tonic::Streaming<ServerFrame>) -> (Ending, usiz
 
 /// Reads frames up to InSync (panics on anything else ending the stream).
 pub async fn until_in_sync(stream: &mut tonic::Streaming<ServerFrame>) {
+    until_frame(stream, "InSync", |f| matches!(f, ServerFrame::InSync(_))).await;
+}
+
+/// Reads frames until one satisfies `wanted` (panics, naming `what`, if the stream
+/// stalls for [`LIMIT`], fails or ends first).
+pub async fn until_frame(
+    stream: &mut tonic::Streaming<ServerFrame>,
+    what: &str,
+    wanted: impl Fn(&ServerFrame) -> bool,
+) {
     loop {
         let frame = tokio::time::timeout(LIMIT, stream.message())
             .await
-            .expect("no InSync")
-            .expect("stream failed before InSync")
-            .expect("stream ended before InSync");
-        if matches!(frame, ServerFrame::InSync(_)) {
+            .unwrap_or_else(|_| panic!("no {what}: the stream stalled"))
+            .unwrap_or_else(|e| panic!("stream failed before {what}: {e}"))
+            .unwrap_or_else(|| panic!("stream ended before {what}"));
+        if wanted(&frame) {
             return;
         }
     }

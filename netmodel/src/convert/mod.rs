@@ -93,6 +93,12 @@ pub trait ToModel {
     fn model_key(&self) -> Result<Key, ConvertError>;
     /// The model value; `None` when the object yields no model object (its key is deleted).
     fn model_value(&self) -> Result<Option<Value>, ConvertError>;
+    /// The model value under the cluster's `options` (only pods depend on them: their
+    /// interface names); the default ignores them.
+    fn model_value_with(&self, options: &ConvertOptions) -> Result<Option<Value>, ConvertError> {
+        let _ = options;
+        self.model_value()
+    }
 }
 
 /// An object that failed conversion.
@@ -165,15 +171,9 @@ pub fn convert_with<T: ToModel + kube::Resource>(
         })
     };
     let key = obj.model_key().map_err(|e| reject(None, e))?;
-    let mut value = obj
-        .model_value()
+    let value = obj
+        .model_value_with(options)
         .map_err(|e| reject(Some(key.clone()), e))?;
-    if let Some(Value::WorkloadEndpoint(w)) = &mut value
-        && options.interface_prefix != DEFAULT_INTERFACE_PREFIX
-    {
-        w.interface_name =
-            pod::prefixed_interface_name(&options.interface_prefix, &w.namespace, &w.pod);
-    }
     Update::new(key.clone(), value).map_err(|e| reject(Some(key), e.into()))
 }
 
@@ -226,17 +226,22 @@ fn port_number(port: i64) -> Result<u32, ConvertError> {
         .ok_or_else(|| ConvertError::PortOutOfRange(port.to_string()))
 }
 
-/// Whether `name` is a valid port name (an IANA service name: lowercase letters, digits
-/// and inner dashes, at most 15 characters, at least one letter).
-fn is_port_name(name: &str) -> bool {
+/// Whether `name` is an RFC 1123 DNS label (what Kubernetes requires of a namespace
+/// name): 1 to 63 lowercase letters, digits and inner dashes.
+pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 15
+        && name.len() <= 63
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.chars().any(|c| c.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')
+}
+
+/// Whether `name` is a valid port name (an IANA service name: a DNS label of at most 15
+/// characters with at least one letter).
+fn is_port_name(name: &str) -> bool {
+    name.len() <= 15 && is_dns_label(name) && name.chars().any(|c| c.is_ascii_lowercase())
 }
 
 fn port_range(first: u32, last: u32) -> pb::PortRange {

@@ -10,14 +10,16 @@ use k8s_openapi::api::core::v1::Pod;
 use sha1::{Digest, Sha1};
 use typha_proto::{Key, Kind, Value, pb};
 
-use super::{ConvertError, ToModel, k8s_protocol, labels_of, name_of, namespace_of, net};
+use super::{
+    ConvertError, ConvertOptions, ToModel, k8s_protocol, labels_of, name_of, namespace_of, net,
+};
 use crate::Resource;
 use crate::selector::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
 
 /// The host-side interface name of a pod: "cali" + the first 11 hex digits of
 /// sha1("<namespace>.<pod>") (Calico's default for the Kubernetes datastore).
 pub fn interface_name(namespace: &str, pod: &str) -> String {
-    prefixed_interface_name("cali", namespace, pod)
+    prefixed_interface_name(super::DEFAULT_INTERFACE_PREFIX, namespace, pod)
 }
 
 /// The host-side interface name of a pod with another prefix: `prefix` + the first hex
@@ -25,10 +27,21 @@ pub fn interface_name(namespace: &str, pod: &str) -> String {
 /// Azure and GKE CNIs share with their own prefixes) or fewer when a prefix longer
 /// than 4 characters would pass Linux's 15-character limit.
 pub fn prefixed_interface_name(prefix: &str, namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    use std::fmt::Write;
+    // Once per pod of every (re)list: hash and format without intermediate strings.
+    let digest = Sha1::new()
+        .chain_update(namespace)
+        .chain_update(".")
+        .chain_update(pod)
+        .finalize();
     let digits = 11.min(15usize.saturating_sub(prefix.len()));
-    format!("{prefix}{}", &hex[..digits])
+    let mut name = String::with_capacity(prefix.len() + digits + 1);
+    name.push_str(prefix);
+    for b in digest.iter().take(digits.div_ceil(2)) {
+        let _ = write!(name, "{b:02x}");
+    }
+    name.truncate(prefix.len() + digits);
+    name
 }
 
 fn pod_ip_nets(pod: &Pod) -> Result<Vec<String>, ConvertError> {
@@ -76,6 +89,10 @@ impl ToModel for Pod {
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
+        self.model_value_with(&ConvertOptions::default())
+    }
+
+    fn model_value_with(&self, options: &ConvertOptions) -> Result<Option<Value>, ConvertError> {
         let (ns, name) = (namespace_of(&self.metadata)?, name_of(&self.metadata)?);
         let spec = self.spec.as_ref();
         let node = spec.and_then(|s| s.node_name.as_deref()).unwrap_or("");
@@ -102,7 +119,7 @@ impl ToModel for Pod {
             namespace: ns.into(),
             pod: name.into(),
             node: node.into(),
-            interface_name: interface_name(ns, name),
+            interface_name: prefixed_interface_name(&options.interface_prefix, ns, name),
             ip_nets,
             labels,
             profile_ids,

@@ -1079,3 +1079,19 @@ fn every_resource_converts_to_its_kind_and_every_kind_has_a_resource() {
         );
     }
 }
+
+#[test]
+fn dns_labels_and_port_names_are_checked() {
+    let longest = "a".repeat(63);
+    for good in ["a", "default", "kube-system", "0ab", longest.as_str()] {
+        assert!(super::is_dns_label(good), "{good}");
+    }
+    let too_long = "a".repeat(64);
+    for bad in ["", "-a", "a-", "Ab", "a.b", "a_b", too_long.as_str()] {
+        assert!(!super::is_dns_label(bad), "{bad}");
+    }
+    assert!(super::is_port_name("http-alt"));
+    for bad in ["8080", "sixteen-chars-xx", "-http"] {
+        assert!(!super::is_port_name(bad), "{bad}");
+    }
+}

@@ -454,6 +454,83 @@ mod fake_api {
     }
 }
 
+/// A fake API whose node list has two pages (the second at resourceVersion 9) and
+/// whose watch start always fails with a 500; every request URI is recorded.
+fn two_pages_and_a_failing_watch(
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> kube::Client {
+    use http::{Request, Response, StatusCode};
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let seen = seen.clone();
+        async move {
+            let uri = req.uri().to_string();
+            seen.lock().unwrap().push(uri.clone());
+            let node = |name: &str, rv: &str| serde_json::json!({"metadata": {"name": name, "resourceVersion": rv}});
+            let (status, body) = if uri.contains("watch=true") {
+                let status = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                    "reason": "InternalError", "code": 500, "message": "boom",
+                });
+                (StatusCode::INTERNAL_SERVER_ERROR, status)
+            } else if uri.contains("continue=page2") {
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": "9"}, "items": [node("b", "4")]});
+                (StatusCode::OK, list)
+            } else {
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": "8", "continue": "page2"},
+                    "items": [node("a", "3")]});
+                (StatusCode::OK, list)
+            };
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
+#[tokio::test]
+async fn list_watch_pages_reports_the_list_version_and_relists_after_a_failed_watch_start() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let api = Api::<Node>::all(two_pages_and_a_failing_watch(seen.clone()));
+    let mode = ListMode {
+        streaming: false,
+        page_size: 1,
+    };
+    let steps: Vec<String> = list_watch(api, mode)
+        .take(10)
+        .map(|step| match step {
+            Ok(Step::Init) => "init".to_string(),
+            Ok(Step::Listed(n)) => format!("listed {}", n.metadata.name.unwrap_or_default()),
+            Ok(Step::ListDone(v)) => format!("done {v}"),
+            Ok(other) => format!("unexpected {other:?}"),
+            Err(watcher::Error::WatchStartFailed(_)) => "watch start failed".to_string(),
+            Err(e) => format!("error {e}"),
+        })
+        .collect()
+        .await;
+    let one_round = [
+        "init",
+        "listed a",
+        "listed b",
+        "done 9",
+        "watch start failed",
+    ];
+    assert_eq!(steps, [one_round, one_round].concat());
+    let uris = seen.lock().unwrap().clone();
+    let watches: Vec<&String> = uris.iter().filter(|u| u.contains("watch=true")).collect();
+    assert_eq!(watches.len(), 2, "{uris:?}");
+    assert!(
+        watches.iter().all(|u| u.contains("resourceVersion=9")),
+        "the watch starts at the list's own version, not its newest object's: {uris:?}"
+    );
+    assert_eq!(uris.len(), 6, "each round lists both pages again: {uris:?}");
+}
+
 #[tokio::test]
 async fn run_lists_converts_skips_missing_crds_and_syncs() {
     let recorder = DebuggingRecorder::new();

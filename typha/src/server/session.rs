@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -264,7 +264,7 @@ where
     async fn stream_deltas(
         &mut self,
         cursor: &mut Revision,
-        mut revisions: tokio::sync::watch::Receiver<Revision>,
+        mut revisions: watch::Receiver<Revision>,
     ) -> DropReason {
         let mut ping = tokio::time::interval_at(
             Instant::now() + self.config.ping_interval,
@@ -288,7 +288,7 @@ where
         };
         tokio::pin!(shutdown, farewell);
         loop {
-            if let Err(reason) = self.catch_up(cursor, &lag).await {
+            if let Err(reason) = self.catch_up(cursor, &mut revisions, &lag).await {
                 return reason;
             }
             // Both pinned futures end the session when they complete, so neither is
@@ -360,12 +360,23 @@ where
 
     /// Sends everything after `cursor`: shared frames when close behind, one coalesced
     /// batch when far behind, goodbye(resync) when beyond the history.
+    ///
+    /// A client at the published revision is up to date without asking the history:
+    /// this runs for every client on every batch, and asking took the cache's lock
+    /// (contended by the writer) a second time per client per batch just to hear
+    /// "up to date". The history may be ahead of what was published; that revision's
+    /// publication wakes the session again.
     async fn catch_up(
         &mut self,
         cursor: &mut Revision,
+        revisions: &mut watch::Receiver<Revision>,
         lag: &metrics::Histogram,
     ) -> Result<(), DropReason> {
         loop {
+            let published = *revisions.borrow_and_update();
+            if *cursor >= published {
+                return Ok(());
+            }
             let crumbs = match self.hub.deltas_since(*cursor) {
                 DeltasSince::UpToDate => return Ok(()),
                 DeltasSince::Expired => {

@@ -162,6 +162,21 @@ impl Client {
         goodbye.reason()
     }
 
+    /// The status the session ended the stream with, then the end of the stream.
+    async fn refused(&mut self) -> Status {
+        let status = self
+            .out
+            .recv()
+            .await
+            .expect("stream ended")
+            .expect_err("expected a status");
+        assert!(
+            self.out.recv().await.is_none(),
+            "the stream ends after a status"
+        );
+        status
+    }
+
     /// Why the session ended (after its task finished).
     async fn ended(mut self) -> (DropReason, KillSwitch) {
         let ended = self.ends.recv().await.unwrap();
@@ -307,9 +322,7 @@ async fn a_malformed_or_oversized_message_ends_only_its_stream_with_a_status() {
         let mut client = Client::start(&hub, ServerConfig::default());
         client.sync().await;
         client.inbound.send(Err(inbound)).await.unwrap();
-        let status = client.out.recv().await.unwrap().unwrap_err();
-        assert_eq!(status.code(), code, "{reason:?}");
-        assert!(client.out.recv().await.is_none(), "the stream ends");
+        assert_eq!(client.refused().await.code(), code, "{reason:?}");
         let (ended, kill) = client.ended().await;
         assert_eq!(ended, reason);
         assert!(
@@ -330,8 +343,15 @@ async fn a_malformed_message_from_a_client_not_reading_closes_the_connection() {
     };
     let mut client = Client::start(&hub, config);
     client.sync().await;
-    // The first ping fills the one-frame queue, and nobody reads it.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // A batch fills the one-frame queue, and nobody reads it.
+    hub.apply(vec![node("unread")]).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while client.out.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the batch is queued");
     client
         .inbound
         .send(Err(Status::invalid_argument("failed to decode")))
@@ -365,8 +385,7 @@ async fn the_first_message_must_be_a_valid_hello() {
     let hub = hub(1024);
     let mut client = Client::start(&hub, ServerConfig::default());
     client.send(ping(1)).await;
-    let status = client.out.recv().await.unwrap().unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(client.refused().await.code(), tonic::Code::InvalidArgument);
     assert_eq!(client.ended().await.0, DropReason::BadHello);
 
     let mut client = Client::start(&hub, ServerConfig::default());
@@ -375,7 +394,7 @@ async fn the_first_message_must_be_a_valid_hello() {
         h.node_name = "no spaces allowed".into();
     }
     client.send(bad).await;
-    let status = client.out.recv().await.unwrap().unwrap_err();
+    let status = client.refused().await;
     assert!(status.message().contains("node_name"), "{status}");
     assert_eq!(client.ended().await.0, DropReason::BadHello);
 }
@@ -386,8 +405,7 @@ async fn a_second_hello_ends_the_session() {
     let mut client = Client::start(&hub, ServerConfig::default());
     client.sync().await;
     client.send(hello()).await;
-    let status = client.out.recv().await.unwrap().unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(client.refused().await.code(), tonic::Code::InvalidArgument);
     assert_eq!(client.ended().await.0, DropReason::BadHello);
 }
 
@@ -397,8 +415,7 @@ async fn a_second_hello_ends_the_session() {
 async fn no_hello_within_the_handshake_timeout_ends_the_stream() {
     let hub = hub(1024);
     let mut client = Client::start(&hub, ServerConfig::default());
-    let status = client.out.recv().await.unwrap().unwrap_err();
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert_eq!(client.refused().await.code(), tonic::Code::DeadlineExceeded);
     let (reason, kill) = client.ended().await;
     assert_eq!(reason, DropReason::HandshakeTimeout);
     assert!(!kill.is_killed());
@@ -500,12 +517,8 @@ async fn every_kind_of_bad_first_message_is_refused_before_any_state() {
     for (name, first) in cases {
         let mut client = Client::start(&hub, ServerConfig::default());
         client.send(first).await;
-        let status = client.out.recv().await.unwrap().unwrap_err();
+        let status = client.refused().await;
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{name}");
-        assert!(
-            client.out.recv().await.is_none(),
-            "{name}: nothing after the refusal"
-        );
         let (reason, kill) = client.ended().await;
         assert_eq!(reason, DropReason::BadHello, "{name}");
         assert!(
