@@ -313,15 +313,17 @@ impl ResourceState {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use typha_proto::{Kind, Value, pb};
 
-    fn key(name: &str) -> Key {
+    /// The key of the Node `name` (also the watch tests' fixture).
+    pub(crate) fn key(name: &str) -> Key {
         Key::cluster(Kind::Node, name).unwrap()
     }
 
-    fn node(name: &str, label: &str) -> Update {
+    /// The Node `name` with the label `l=<label>` (also the watch tests' fixture).
+    pub(crate) fn node(name: &str, label: &str) -> Update {
         let value = Value::Node(pb::Node {
             name: name.into(),
             labels: [("l".to_string(), label.to_string())].into(),

@@ -7,24 +7,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::runtime::watcher;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use typha_proto::{Kind, Value, pb};
+use typha_proto::Kind;
 
 use super::resource::{RejectionLog, inputs};
 use super::*;
 use crate::listwatch::{Step, list_watch};
-
-fn key(name: &str) -> Key {
-    Key::cluster(Kind::Node, name).unwrap()
-}
-
-fn node(name: &str, version: &str) -> Update {
-    let value = Value::Node(pb::Node {
-        name: name.into(),
-        labels: [("v".to_string(), version.to_string())].into(),
-        ..Default::default()
-    });
-    Update::new(key(name), Some(value)).unwrap()
-}
+use crate::state::tests::{key, node};
 
 fn nodes(input: Input) -> Tagged {
     (
