@@ -278,6 +278,13 @@ fn one_delta_frame_is_encoded_per_batch() {
     assert_eq!(cache.stats().delta_frames_encoded, 5);
 }
 
+/// A cache with the default configuration as `tune` changes it.
+fn cache_with(tune: impl FnOnce(&mut CacheConfig)) -> SnapshotCache {
+    let mut config = CacheConfig::default();
+    tune(&mut config);
+    SnapshotCache::new(config)
+}
+
 fn apply_n(cache: &mut SnapshotCache, n: usize) {
     for i in 0..n {
         cache
@@ -288,11 +295,7 @@ fn apply_n(cache: &mut SnapshotCache, n: usize) {
 
 #[test]
 fn log_is_trimmed_by_count() {
-    let config = CacheConfig {
-        max_log_batches: 3,
-        ..CacheConfig::default()
-    };
-    let mut cache = SnapshotCache::new(config);
+    let mut cache = cache_with(|c| c.max_log_batches = 3);
     apply_n(&mut cache, 5);
     assert_eq!(cache.stats().log_batches, 3);
     assert!(matches!(
@@ -316,11 +319,7 @@ fn log_is_trimmed_by_bytes_and_keeps_the_newest() {
     apply_n(&mut probe, 1);
     let frame_len = probe.stats().log_bytes as usize;
     // Every frame here has the same length (names p0..p9 are the same size).
-    let config = CacheConfig {
-        max_log_bytes: 2 * frame_len + 1,
-        ..CacheConfig::default()
-    };
-    let mut cache = SnapshotCache::new(config);
+    let mut cache = cache_with(|c| c.max_log_bytes = 2 * frame_len + 1);
     apply_n(&mut cache, 6);
     let stats = cache.stats();
     assert_eq!(
@@ -336,12 +335,10 @@ fn log_is_trimmed_by_bytes_and_keeps_the_newest() {
         DeltasSince::Expired
     ));
 
-    let tiny = CacheConfig {
-        max_log_bytes: 0,
-        max_log_batches: 0,
-        ..CacheConfig::default()
-    };
-    let mut cache = SnapshotCache::new(tiny);
+    let mut cache = cache_with(|c| {
+        c.max_log_bytes = 0;
+        c.max_log_batches = 0;
+    });
     apply_n(&mut cache, 3);
     assert_eq!(
         cache.stats().log_batches,
@@ -413,11 +410,7 @@ fn coalesce_keeps_the_latest_value_per_key() {
 
 #[test]
 fn compress_round_trips_the_state_in_several_chunks() {
-    let config = CacheConfig {
-        chunk_raw_bytes: 400,
-        ..CacheConfig::default()
-    };
-    let mut cache = SnapshotCache::new(config);
+    let mut cache = cache_with(|c| c.chunk_raw_bytes = 400);
     let batch: Vec<Update> = (0..50)
         .map(|i| wep(&format!("ns{}", i % 3), &format!("pod-{i}"), "v1"))
         .chain((0..5).map(|i| node(&format!("n{i}"), "10.1.1.1")))
@@ -447,11 +440,7 @@ fn compress_round_trips_the_state_in_several_chunks() {
 
 #[test]
 fn an_oversized_entry_gets_a_chunk_of_its_own() {
-    let config = CacheConfig {
-        chunk_raw_bytes: 10,
-        ..CacheConfig::default()
-    };
-    let mut cache = SnapshotCache::new(config);
+    let mut cache = cache_with(|c| c.chunk_raw_bytes = 10);
     cache.apply([node("n1", "1"), node("n2", "2"), node("n3", "3")]);
     let raw = cache.build_snapshot();
     assert_eq!(raw.chunks.len(), 3);
