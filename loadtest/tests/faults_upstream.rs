@@ -131,19 +131,7 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        // No bookmarks within a test: their progress batches (empty deltas) would make
-        // revisions count more than the changes these tests make.
-        let config = kube_sim::Config {
-            bookmark_interval: Duration::from_secs(3600),
-            ..kube_sim::Config::default()
-        };
-        let sim = KubeSim::start(config).await.unwrap();
-        kube_sim::seed(sim.store(), &seed_config()).unwrap();
+        let sim = upstream_support::start_unbookmarked_sim(&seed_config()).await;
         let config = kube::Config::new(sim.url().parse().unwrap());
         let client = kube::Client::try_from(netmodel::without_retry(config)).unwrap();
         let harness = upstream_support::typha_watching(client, LIMIT).await;
@@ -312,6 +300,17 @@ async fn observers(rig: &Rig, n: usize) -> Vec<Observer> {
     out
 }
 
+/// A started rig with 20 clients and two observers, all holding the API state; and that
+/// state, the model before the test's writes.
+async fn settled_rig() -> (Rig, ClientSet, Vec<Observer>, Model) {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(20).unwrap();
+    let observers = observers(&rig, 2).await;
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+    let before = api_model(rig.store()).0;
+    (rig, clients, observers, before)
+}
+
 // ---------------------------------------------------------------- a cuttable TCP hop
 
 /// A TCP forwarder in front of typha that can cut its connections and refuse new ones,
@@ -373,11 +372,7 @@ impl Drop for Hop {
 /// from its position (no relist), and clients receive exactly the real changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_cuts_while_writing_deliver_only_real_changes() {
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     let lists = rig.sim().metrics().snapshot().list_requests;
 
     let mut written = BTreeSet::new();
@@ -407,11 +402,7 @@ async fn watch_cuts_while_writing_deliver_only_real_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_storm_keeps_serving_then_converges() {
     counter_since_last("typha_upstream_watch_errors_total");
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     // Start counting at the storm.
     counter_since_last("typha_upstream_watch_errors_total");
     let revision = rig.hub().revision();
@@ -466,11 +457,7 @@ async fn error_storm_keeps_serving_then_converges() {
 /// of unchanged objects reach clients as nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_storm_relists_without_flushing_clients() {
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     let noops = rig.hub().stats().noop_updates_dropped;
 
     let mut written = BTreeSet::new();

@@ -106,19 +106,7 @@ fn kube_client(sim: &KubeSim) -> kube::Client {
 
 impl Rig {
     async fn start() -> Rig {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        // No bookmarks within a test: their progress batches (empty deltas) would make
-        // revisions count more than the changes these tests make.
-        let config = kube_sim::Config {
-            bookmark_interval: Duration::from_secs(3600),
-            ..kube_sim::Config::default()
-        };
-        let sim = KubeSim::start(config).await.unwrap();
-        kube_sim::seed(sim.store(), &seed_config()).unwrap();
+        let sim = upstream_support::start_unbookmarked_sim(&seed_config()).await;
         let harness = upstream_support::typha_watching(kube_client(&sim), LIMIT).await;
         Rig { sim, harness }
     }
@@ -178,29 +166,31 @@ struct Observer {
 impl Observer {
     fn through_typha(harness: &Harness, name: &str) -> Observer {
         let client = SyncClient::new(harness.sync_config(name).unwrap());
-        let status = client.status();
-        let (tx, events) = mpsc::channel(1024);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { Ok(client.run(tx, token).await?) });
-        Observer {
-            status,
-            events,
-            state: Model::new(),
-            last_in_sync: None,
-            shutdown,
-            task,
-        }
+        Observer::spawn(client.status(), |tx, token| async move {
+            Ok(client.run(tx, token).await?)
+        })
     }
 
     fn local(sim: &KubeSim) -> Observer {
         let status = Arc::new(SyncStatus::default());
+        let (client, st) = (kube_client(sim), status.clone());
+        Observer::spawn(status, |tx, token| async move {
+            Ok(run_local(client, UpstreamConfig::default(), tx, st, token).await?)
+        })
+    }
+
+    /// An observer of the client `run` starts: `run` gets the event sender and the
+    /// shutdown token, and reports through `status`.
+    fn spawn<F>(
+        status: Arc<SyncStatus>,
+        run: impl FnOnce(mpsc::Sender<SyncEvent>, CancellationToken) -> F,
+    ) -> Observer
+    where
+        F: Future<Output = anyhow::Result<Mirror>> + Send + 'static,
+    {
         let (tx, events) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
-        let (client, token, st) = (kube_client(sim), shutdown.clone(), status.clone());
-        let task = tokio::spawn(async move {
-            Ok(run_local(client, UpstreamConfig::default(), tx, st, token).await?)
-        });
+        let task = tokio::spawn(run(tx, shutdown.clone()));
         Observer {
             status,
             events,

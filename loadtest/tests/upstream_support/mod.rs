@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use felix_client::{Mirror, SyncEvent};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
-use kube_sim::Store;
+use kube_sim::{KubeSim, SeedConfig, Store};
 use loadtest::harness::{ClientSet, Harness, TyphaSpec};
 use netmodel::UpstreamConfig;
 use netmodel::crd::{
@@ -27,9 +28,24 @@ use typha::hub::Hub;
 use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Update, Value};
 
+/// A kube-sim seeded with `seed` that sends no bookmarks within a test: their progress
+/// batches (empty deltas) would make revisions count more than the changes the tests
+/// make. Installs the ring provider and the test logs first.
+pub async fn start_unbookmarked_sim(seed: &SeedConfig) -> KubeSim {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::test_logs();
+    let config = kube_sim::Config {
+        bookmark_interval: Duration::from_secs(3600),
+        ..kube_sim::Config::default()
+    };
+    let sim = KubeSim::start(config).await.unwrap();
+    kube_sim::seed(sim.store(), seed).unwrap();
+    sim
+}
+
 /// typha (in-process, the harness's mutual TLS) watching the API through `client`, once
 /// its upstream is in sync (panics after `limit`).
-pub async fn typha_watching(client: kube::Client, limit: std::time::Duration) -> Harness {
+pub async fn typha_watching(client: kube::Client, limit: Duration) -> Harness {
     let upstream = Upstream::Kube {
         client,
         config: UpstreamConfig::default(),
