@@ -15,16 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent};
+use felix_client::SyncConfig;
 use k8s_openapi::api::core::v1::Pod;
 use kube_sim::{FaultKind, KubeSim, MetricsSnapshot, SeedConfig, Store, Target};
 use loadtest::harness::{ClientSet, Harness};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha::hub::Hub;
 use typha_proto::{Key, Update};
@@ -32,8 +30,7 @@ use typha_proto::{Key, Update};
 mod upstream_support;
 
 use upstream_support::{
-    Model, api_model, apply, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
-    next_event,
+    Model, Observer, api_model, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
 };
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
@@ -175,58 +172,12 @@ impl Rig {
     }
 }
 
-/// A sync client whose events are folded into a map and recorded after a baseline.
-struct Observer {
-    events: mpsc::Receiver<SyncEvent>,
-    state: Model,
-    in_syncs: u64,
-    disconnects: u64,
-    /// Every change received since [`Observer::baseline`].
-    since_baseline: Vec<Update>,
-    shutdown: CancellationToken,
-    task: JoinHandle<Mirror>,
-}
-
 impl Observer {
-    fn start(config: SyncConfig) -> Observer {
-        let client = SyncClient::new(config);
-        let (tx, events) = mpsc::channel(1024);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { client.run(tx, token).await.unwrap() });
-        Observer {
-            events,
-            state: Model::new(),
-            in_syncs: 0,
-            disconnects: 0,
-            since_baseline: Vec::new(),
-            shutdown,
-            task,
-        }
-    }
-
-    /// Consumes events until `done(self)` holds.
-    async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
-        let deadline = Instant::now() + LIMIT;
-        while !done(self) {
-            match next_event(&mut self.events, deadline, what).await {
-                SyncEvent::Changes { updates, .. } => {
-                    for u in updates {
-                        apply(&mut self.state, &u);
-                        self.since_baseline.push(u);
-                    }
-                }
-                SyncEvent::InSync { .. } => self.in_syncs += 1,
-                SyncEvent::Disconnected { .. } => self.disconnects += 1,
-            }
-        }
-    }
-
     /// Waits until the observer holds exactly `oracle`, then forgets the changes so far.
     async fn baseline(&mut self, oracle: &Model) {
         self.until("initial state", |o| o.in_syncs > 0 && o.state == *oracle)
             .await;
-        self.since_baseline.clear();
+        self.forget_changes();
     }
 
     /// Waits until the observer's state is `oracle`.
@@ -238,7 +189,7 @@ impl Observer {
     /// No dataplane flush: every change since the baseline is of a key in `touched`,
     /// and no key that still exists was deleted.
     fn assert_only(&self, who: &str, touched: &BTreeSet<Key>, oracle: &Model) {
-        for u in &self.since_baseline {
+        for u in &self.changes {
             assert!(
                 touched.contains(&u.key),
                 "{who}: received a change of {:?}, which did not change in the API",
@@ -252,17 +203,12 @@ impl Observer {
                 );
             }
         }
-        let received: BTreeSet<&Key> = self.since_baseline.iter().map(|u| &u.key).collect();
+        let received: BTreeSet<&Key> = self.changes.iter().map(|u| &u.key).collect();
         assert_eq!(
             received.len(),
             touched.len(),
             "{who}: not every real change arrived"
         );
-    }
-
-    async fn stop(self) -> Mirror {
-        self.shutdown.cancel();
-        self.task.await.unwrap()
     }
 }
 
@@ -274,7 +220,7 @@ async fn finish(rig: &Rig, clients: ClientSet, observers: Vec<Observer>, touched
     for (i, mut o) in observers.into_iter().enumerate() {
         o.converge(&oracle).await;
         o.assert_only(&format!("observer {i}"), touched, &oracle);
-        stopped.push(o.stop().await);
+        stopped.push(o.stop().await.0);
     }
     assert_eq!(rig.hub().len(), oracle.len());
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
@@ -293,7 +239,8 @@ async fn observers(rig: &Rig, n: usize) -> Vec<Observer> {
     let oracle = api_model(rig.store()).0;
     let mut out = Vec::new();
     for i in 0..n {
-        let mut o = Observer::start(rig.harness.sync_config(&format!("observer-{i}")).unwrap());
+        let config = rig.harness.sync_config(&format!("observer-{i}")).unwrap();
+        let mut o = Observer::start(config).tolerating_disconnects();
         o.baseline(&oracle).await;
         out.push(o);
     }
@@ -506,7 +453,7 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     config.tls = rig.harness.client_tls().unwrap();
     config.backoff_min = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(500);
-    let mut returning = Observer::start(config);
+    let mut returning = Observer::start(config).tolerating_disconnects();
     let before = api_model(rig.store()).0;
     returning.baseline(&before).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
