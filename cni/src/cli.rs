@@ -112,21 +112,14 @@ fn install_from(args: InstallArgs) -> anyhow::Result<String> {
     ))
 }
 
-/// Runs `felix-cni install` with `args` (the first is `install`).
+/// Runs `felix-cni install` with `args` (the first is `install`); a failure prints its
+/// error chain once (`edge::cli::exit_code`).
 pub fn run_install(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args: InstallArgs = match edge::cli::parse(args) {
         Ok(args) => args,
         Err(code) => return code,
     };
-    match install_from(args) {
-        Ok(summary) => {
-            println!("felix-cni install: {summary}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("felix-cni install: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let result = install_from(args).map(|summary| println!("felix-cni install: {summary}"));
+    edge::cli::exit_code("felix-cni install", result)
 }

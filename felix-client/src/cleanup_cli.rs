@@ -26,7 +26,8 @@ pub struct CleanupArgs {
     pub disable_ipv6: bool,
 }
 
-/// Runs the subcommand with `args` (the first is `cleanup`).
+/// Runs the subcommand with `args` (the first is `cleanup`); a failure prints its error
+/// chain once (`edge::cli::exit_code`).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let args: CleanupArgs = match edge::cli::parse(args) {
         Ok(args) => args,
@@ -36,43 +37,33 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         .with_env_filter("info")
         .try_init()
         .ok();
+    edge::cli::exit_code("felix-client cleanup", clean(args))
+}
+
+fn clean(args: CleanupArgs) -> anyhow::Result<()> {
     let config = DataplaneConfig {
         netns: args.netns,
         ipv6: !args.disable_ipv6,
         ..DataplaneConfig::default()
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("felix-client cleanup: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dataplane::cleanup(&config)) {
-        Ok(report) => {
-            println!(
-                "felix-client cleanup: {} table(s) cleaned, {} ipset(s) destroyed, routes with protocol {} flushed",
-                report.tables_cleaned,
-                report.ipsets_destroyed,
-                dataplane::ROUTE_PROTOCOL
-            );
-            for tunnel in &report.tunnels {
-                println!("tunnel device {tunnel}");
-            }
-            if !report.foreign_tables.is_empty() {
-                println!(
-                    "left alone (another agent owns cali- chains there): {}",
-                    report.foreign_tables.join(", ")
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("felix-client cleanup: {error}");
-            ExitCode::FAILURE
-        }
+        .build()?;
+    let report = runtime.block_on(dataplane::cleanup(&config))?;
+    println!(
+        "felix-client cleanup: {} table(s) cleaned, {} ipset(s) destroyed, routes with protocol {} flushed",
+        report.tables_cleaned,
+        report.ipsets_destroyed,
+        dataplane::ROUTE_PROTOCOL
+    );
+    for tunnel in &report.tunnels {
+        println!("tunnel device {tunnel}");
     }
+    if !report.foreign_tables.is_empty() {
+        println!(
+            "left alone (another agent owns cali- chains there): {}",
+            report.foreign_tables.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -73,10 +73,7 @@ async fn sync(
     let health = start_health(&config, status.clone(), metrics, shutdown.clone()).await?;
     let (tx, rx) = mpsc::channel(64);
     let dataplane = match config.dataplane {
-        Dataplane::None => tokio::spawn(async move {
-            log_dataplane(rx, config.mode).await;
-            Ok(())
-        }),
+        Dataplane::None => tokio::spawn(log_dataplane(rx, config.mode)),
         Dataplane::Iptables => {
             let calc = Calc::with_hosts(
                 CalcConfig {
@@ -97,15 +94,11 @@ async fn sync(
                 iptables_backend: config.iptables_backend,
                 ..DataplaneConfig::default()
             };
-            // Refuse to start (before syncing) when another agent owns the chains.
-            dataplane::preflight(&dataplane_config).await?;
-            tokio::spawn(dataplane::run(
-                dataplane_config,
-                calc,
-                rx,
-                dataplane_status,
-                shutdown.clone(),
-            ))
+            // Opened before syncing (once: the iptables backend is resolved and the
+            // chains' ownership checked here): refuse to start when another agent owns
+            // the chains or the namespace cannot be programmed.
+            let opened = dataplane::Dataplane::new(dataplane_config, dataplane_status).await?;
+            tokio::spawn(dataplane::drive(opened, calc, rx, shutdown.clone()))
         }
     };
     tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
@@ -133,10 +126,8 @@ async fn sync(
     };
     // Whatever ended the sync ends the agent: stop the health server too.
     shutdown.cancel();
-    match dataplane.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "the dataplane stopped with an error"),
-        Err(join) => tracing::error!(%join, "the dataplane task failed"),
+    if let Err(join) = dataplane.await {
+        tracing::error!(%join, "the dataplane task failed");
     }
     if let Some(health) = health {
         health.join().await;

@@ -25,14 +25,12 @@
 
 mod key;
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use typha_proto::digest::EntryHash;
 use typha_proto::frame::{RawDeltaBatch, RawSnapshotEntries};
 use typha_proto::{Digest, Key, ModelError, Revision, Update, VersionVector, pb};
 
-use key::{MirrorKey, Namespaces};
+use key::{Entries, KeyRef, MirrorKey, Namespaces};
 
 /// Decompressed snapshot chunks larger than this are refused (a hostile or broken
 /// server cannot make the client allocate without bound).
@@ -111,7 +109,7 @@ struct Staging {
     revision: u64,
     next_chunk: u32,
     count: u32,
-    entries: HashMap<MirrorKey, EntryHash>,
+    entries: Entries,
     digest: Digest,
     chunks: Vec<StagedChunk>,
 }
@@ -119,7 +117,7 @@ struct Staging {
 /// The mirror (see the module docs).
 #[derive(Default)]
 pub struct Mirror {
-    entries: HashMap<MirrorKey, EntryHash>,
+    entries: Entries,
     /// The namespaces of the keys in `entries` and in the staged snapshot.
     namespaces: Namespaces,
     digest: Digest,
@@ -182,8 +180,7 @@ impl Mirror {
 
     /// The entry hash held for `key` (the hash of its encoded `KeyValue`).
     pub fn get(&self, key: &Key) -> Option<EntryHash> {
-        let key = self.namespaces.lookup(key)?;
-        self.entries.get(&key).copied()
+        self.entries.get(&KeyRef::of(key)).copied()
     }
 
     /// Every key with its entry hash, in no particular order.
@@ -354,7 +351,6 @@ impl Mirror {
         let changes = SnapshotChanges {
             chunks: staging.chunks.into_iter(),
             old,
-            namespaces: self.namespaces.clone(),
             len: changed + deleted,
             deletions_done: false,
         };
@@ -422,8 +418,7 @@ impl Mirror {
                     }
                 }
                 None => {
-                    let key = self.namespaces.lookup(&update.key);
-                    if key.is_some_and(|k| self.entries.remove(&k).is_some()) {
+                    if self.entries.remove(&KeyRef::of(&update.key)).is_some() {
                         self.namespaces.deleted();
                         changes.push(update);
                     }
@@ -458,9 +453,7 @@ impl Mirror {
 pub struct SnapshotChanges {
     chunks: std::vec::IntoIter<StagedChunk>,
     /// The old mirror's entries not yet seen in the snapshot.
-    old: HashMap<MirrorKey, EntryHash>,
-    /// The namespaces of `old`'s keys (for lookups).
-    namespaces: Namespaces,
+    old: Entries,
     len: usize,
     deletions_done: bool,
 }
@@ -505,8 +498,7 @@ impl SnapshotChanges {
             if update.value.is_none() {
                 continue;
             }
-            let old = self.namespaces.lookup(&update.key);
-            let old = old.and_then(|k| self.old.remove(&k));
+            let old = self.old.remove(&KeyRef::of(&update.key));
             if old != Some(EntryHash::of(&encoded)) {
                 changes.push(update);
             }

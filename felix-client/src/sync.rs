@@ -265,28 +265,9 @@ impl SyncClient {
             if reconnect.avoid_last {
                 avoid = Some(addr.clone());
             }
-            if reconnect.forget_position {
-                self.mirror.forget_position();
-            }
-            if reconnect.report_disconnect {
-                let reason = tried.last(&addr);
-                let _ = events.send(SyncEvent::Disconnected { reason }).await;
-            }
-            let counter = match reconnect.counted {
-                reconnect::Counted::Goodbye => &status.goodbyes,
-                reconnect::Counted::Failure => &status.failures,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let (reason, delay) = match reconnect.delay {
-                reconnect::Delay::Min => (reconnect.label, jitter(self.config.backoff_min)),
-                reconnect::Delay::Backoff(attempt) => {
-                    (reconnect.label, backoff(&self.config, attempt))
-                }
-            };
-            status.reconnects.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("felix_sync_reconnects_total", "reason" => reason).increment(1);
-            // Cleared after the counters, so that a waiter on it sees them updated.
-            status.endpoint.send_replace(None);
+            let delay = self
+                .prepare_reconnect(&reconnect, &addr, &tried, &events)
+                .await;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(self.mirror),
                 _ = tokio::time::sleep(delay) => {}
@@ -295,6 +276,40 @@ impl SyncClient {
                 }
             }
         }
+    }
+
+    /// Carries out a reconnect decision (except the avoid, which is the loop's): forgets
+    /// the position and reports the disconnect as told, counts the reconnect; returns
+    /// the delay before the next attempt.
+    async fn prepare_reconnect(
+        &mut self,
+        reconnect: &reconnect::Reconnect,
+        addr: &str,
+        tried: &Tried,
+        events: &mpsc::Sender<SyncEvent>,
+    ) -> Duration {
+        if reconnect.forget_position {
+            self.mirror.forget_position();
+        }
+        if reconnect.report_disconnect {
+            let reason = tried.last(addr);
+            let _ = events.send(SyncEvent::Disconnected { reason }).await;
+        }
+        let status = &self.status;
+        let counter = match reconnect.counted {
+            reconnect::Counted::Goodbye => &status.goodbyes,
+            reconnect::Counted::Failure => &status.failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let delay = match reconnect.delay {
+            reconnect::Delay::Min => jitter(self.config.backoff_min),
+            reconnect::Delay::Backoff(attempt) => backoff(&self.config, attempt),
+        };
+        status.reconnects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("felix_sync_reconnects_total", "reason" => reconnect.label).increment(1);
+        // Cleared after the counters, so that a waiter on it sees them updated.
+        status.endpoint.send_replace(None);
+        delay
     }
 
     async fn session(

@@ -9,7 +9,7 @@ mod dataplane_support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use dataplane_support::{Netns, node, root, rules, set};
+use dataplane_support::{node, rules, scratch_dataplane, set};
 use felix_client::calc::{Desired, Family, IpSetKind, Route, RouteTarget};
 
 /// `count` distinct /32 members, from `10.<base>.0.0` on.
@@ -21,11 +21,9 @@ fn members(base: u8, count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn change_driven_passes_read_nothing_and_write_only_the_change() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(3).await else {
         return;
-    }
-    let ns = Netns::new(3);
-    let mut dp = ns.dataplane().await;
+    };
     let mut desired = node(3, true);
     let first = dp.apply(&desired).await;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
@@ -92,11 +90,9 @@ async fn change_driven_passes_read_nothing_and_write_only_the_change() {
 
 #[tokio::test]
 async fn drift_is_left_alone_by_apply_and_repaired_by_resync() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(2).await else {
         return;
-    }
-    let ns = Netns::new(2);
-    let mut dp = ns.dataplane().await;
+    };
     let desired = node(2, true);
     assert!(dp.apply(&desired).await.errors.is_empty());
     let filter = ns.save("iptables-save", "filter");
@@ -120,11 +116,9 @@ async fn drift_is_left_alone_by_apply_and_repaired_by_resync() {
 
 #[tokio::test]
 async fn a_write_failing_against_a_stale_cache_is_re_read_and_retried() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let mut desired = Desired::default();
     desired
         .v4
@@ -172,11 +166,9 @@ async fn a_write_failing_against_a_stale_cache_is_re_read_and_retried() {
 
 #[tokio::test]
 async fn a_large_set_changes_by_its_difference_and_an_unchanged_arc_costs_nothing() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let mut desired = node(1, false);
     let big: BTreeSet<String> = members(20, 20_000).into_iter().collect();
     desired.ipsets.insert(

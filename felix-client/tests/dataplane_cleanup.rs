@@ -10,9 +10,9 @@ mod dataplane_support;
 
 use std::sync::Arc;
 
-use dataplane_support::{Netns, node, root};
+use dataplane_support::{Netns, node, scratch};
 use felix_client::calc::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VxlanDevice};
-use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup, preflight};
+use felix_client::dataplane::{Dataplane, DataplaneStatus, cleanup};
 
 /// Every line of both iptables flavours' output (filter and nat, both families) that
 /// names something of the agent's.
@@ -36,10 +36,7 @@ fn agent_lines(ns: &Netns) -> Vec<String> {
 
 #[tokio::test]
 async fn cleanup_removes_everything_owned_and_nothing_else() {
-    if !root() {
-        return;
-    }
-    let ns = Netns::new(1);
+    let Some(ns) = scratch(1) else { return };
     ns.exec(
         "iptables",
         &["-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP"],
@@ -89,10 +86,7 @@ async fn cleanup_removes_everything_owned_and_nothing_else() {
 
 #[tokio::test]
 async fn cleanup_removes_the_tunnel_devices() {
-    if !root() {
-        return;
-    }
-    let ns = Netns::new(1);
+    let Some(ns) = scratch(1) else { return };
     let mut d = node(1, true);
     d.tunnels.vxlan = Some(VxlanDevice {
         vni: 4096,
@@ -135,10 +129,7 @@ async fn cleanup_removes_the_tunnel_devices() {
 
 #[tokio::test]
 async fn chains_owned_by_another_agent_stop_the_start_and_survive_cleanup() {
-    if !root() {
-        return;
-    }
-    let ns = Netns::new(1);
+    let Some(ns) = scratch(1) else { return };
     // What Calico's Felix leaves: its own cali- chains, hooked, with its comments.
     ns.exec("iptables", &["-N", "cali-INPUT"]);
     let felix = ["-m", "comment", "--comment", "cali:Cz_u1IQiXIMmKD4c"];
@@ -151,13 +142,12 @@ async fn chains_owned_by_another_agent_stop_the_start_and_survive_cleanup() {
     hook.extend(["-j", "cali-INPUT"]);
     ns.exec("iptables", &hook);
 
-    let error = preflight(&ns.config()).await.unwrap_err().to_string();
+    let opened = Dataplane::new(ns.config(), Arc::new(DataplaneStatus::default())).await;
+    let error = opened.expect_err("the dataplane must not open").to_string();
     assert!(
         error.contains("another agent owns the cali- chains"),
         "{error}"
     );
-    let opened = Dataplane::new(ns.config(), Arc::new(DataplaneStatus::default())).await;
-    assert!(opened.is_err(), "the dataplane must not open");
 
     let report = cleanup(&ns.config()).await.unwrap();
     assert!(!report.foreign_tables.is_empty(), "{report:?}");

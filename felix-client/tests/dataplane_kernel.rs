@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dataplane_support::{Netns, node, root, rules};
+use dataplane_support::{Netns, node, root, rules, scratch, scratch_dataplane};
 use felix_client::calc::{Desired, Route, RouteTarget};
 use felix_client::dataplane::{DataplaneStatus, DesiredSource, run};
 use felix_client::sync::SyncEvent;
@@ -22,11 +22,9 @@ use typha_proto::{Digest, Revision, Update};
 
 #[tokio::test]
 async fn apply_programs_the_kernel_and_a_second_apply_writes_nothing() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(3).await else {
         return;
-    }
-    let ns = Netns::new(3);
-    let mut dp = ns.dataplane().await;
+    };
     let desired = node(3, true);
     let report = dp.apply(&desired).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -101,10 +99,7 @@ async fn apply_programs_the_kernel_and_a_second_apply_writes_nothing() {
 
 #[tokio::test]
 async fn a_restarted_dataplane_with_the_same_desired_state_writes_nothing() {
-    if !root() {
-        return;
-    }
-    let ns = Netns::new(2);
+    let Some(ns) = scratch(2) else { return };
     let desired = node(2, true);
     let first = ns.dataplane().await.apply(&desired).await;
     assert!(first.errors.is_empty() && !first.wrote_nothing());
@@ -116,11 +111,9 @@ async fn a_restarted_dataplane_with_the_same_desired_state_writes_nothing() {
 
 #[tokio::test]
 async fn a_changed_rule_is_rewritten_and_earlier_rules_keep_their_counters() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let mut desired = Desired::default();
     let output = |ports: [u16; 3]| {
         ports
@@ -172,10 +165,7 @@ async fn a_changed_rule_is_rewritten_and_earlier_rules_keep_their_counters() {
 
 #[tokio::test]
 async fn foreign_chains_rules_sets_and_routes_are_untouched() {
-    if !root() {
-        return;
-    }
-    let ns = Netns::new(1);
+    let Some(ns) = scratch(1) else { return };
     ns.exec("iptables", &["-N", "mine"]);
     ns.exec(
         "iptables",
@@ -256,11 +246,9 @@ async fn foreign_chains_rules_sets_and_routes_are_untouched() {
 
 #[tokio::test]
 async fn repair_restores_deleted_rules_members_routes_and_hooks() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(2).await else {
         return;
-    }
-    let ns = Netns::new(2);
-    let mut dp = ns.dataplane().await;
+    };
     let desired = node(2, true);
     assert!(dp.apply(&desired).await.errors.is_empty());
     let (filter, sets, routes) = (
@@ -292,11 +280,9 @@ async fn repair_restores_deleted_rules_members_routes_and_hooks() {
 
 #[tokio::test]
 async fn removed_endpoints_lose_their_chains_sets_and_routes() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(3).await else {
         return;
-    }
-    let ns = Netns::new(3);
-    let mut dp = ns.dataplane().await;
+    };
     assert!(dp.apply(&node(3, true)).await.errors.is_empty());
     let report = dp.apply(&node(1, true)).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -318,11 +304,9 @@ async fn removed_endpoints_lose_their_chains_sets_and_routes() {
 
 #[tokio::test]
 async fn a_missing_interface_fails_only_its_route_until_it_appears() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(1).await else {
         return;
-    }
-    let ns = Netns::new(1);
-    let mut dp = ns.dataplane().await;
+    };
     let mut desired = node(1, true);
     desired.routes.insert(Route {
         dst: "10.244.9.9/32".into(),

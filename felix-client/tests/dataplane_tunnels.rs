@@ -9,7 +9,7 @@
 
 mod dataplane_support;
 
-use dataplane_support::{Netns, node, root};
+use dataplane_support::{Netns, node, root, scratch_dataplane};
 use felix_client::calc::tunnels::{Tunnels, VXLAN_DEVICE, VxlanDevice, VxlanPeer};
 use felix_client::calc::{Desired, Route, RouteTarget};
 
@@ -48,11 +48,9 @@ fn with_vxlan(peers: &[u8]) -> Desired {
 
 #[tokio::test]
 async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let report = dp.apply(&with_vxlan(&[2, 3])).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let link = ns.ip(&["-d", "link", "show", "dev", VXLAN_DEVICE]);
@@ -81,9 +79,32 @@ async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
     // Unchanged: nothing written again.
     let report = dp.apply(&with_vxlan(&[2, 3])).await;
     assert!(report.wrote_nothing(), "{report:?}");
-    // Peer 3 leaves: its FDB, neighbour and route go.
+    // A resync re-reads the device and its entries, and writes nothing without drift.
+    let report = dp.resync(&with_vxlan(&[2, 3])).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 0, "{report:?}");
+    // Drift: an FDB entry deleted by hand comes back, and only it is written.
+    ns.exec(
+        "bridge",
+        &[
+            "fdb",
+            "del",
+            "66:00:00:00:00:03",
+            "dev",
+            VXLAN_DEVICE,
+            "dst",
+            "10.99.1.3",
+        ],
+    );
+    let report = dp.resync(&with_vxlan(&[2, 3])).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 1, "{report:?}");
+    let fdb = ns.exec("bridge", &["fdb", "show", "dev", VXLAN_DEVICE]);
+    assert!(fdb.contains("66:00:00:00:00:03 dst 10.99.1.3"), "{fdb}");
+    // Peer 3 leaves: its FDB, neighbour and route go (two tunnel writes, the deletes).
     let report = dp.apply(&with_vxlan(&[2])).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 2, "{report:?}");
     let fdb = ns.exec("bridge", &["fdb", "show", "dev", VXLAN_DEVICE]);
     assert!(!fdb.contains("10.99.1.3"), "{fdb}");
     assert!(
@@ -102,11 +123,9 @@ async fn vxlan_device_peers_and_routes_follow_the_desired_state() {
 
 #[tokio::test]
 async fn ipip_device_or_a_clear_skip_without_kernel_support() {
-    if !root() {
+    let Some((ns, mut dp)) = scratch_dataplane(0).await else {
         return;
-    }
-    let ns = Netns::new(0);
-    let mut dp = ns.dataplane().await;
+    };
     let mut d = node(0, false);
     d.tunnels.ipip_mtu = Some(1480);
     let report = dp.apply(&d).await;
@@ -124,6 +143,10 @@ async fn ipip_device_or_a_clear_skip_without_kernel_support() {
         ns.ip(&["link", "show", "dev", "tunl0"])
             .contains("mtu 1480")
     );
+    // A resync finds tunl0 as wanted and writes nothing.
+    let report = dp.resync(&d).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.tunnel_writes, 0, "{report:?}");
 }
 
 /// Node `node` (ns) with `eth0` at `ip/24` toward the router's `rif` at `gw/24`.

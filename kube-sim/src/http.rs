@@ -108,41 +108,8 @@ async fn handle(
         Err(resp) => return *resp,
     };
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    let reg = || app.store.registry();
-    let doc = match segs.as_slice() {
-        ["version"] => Some(discovery::version()),
-        ["healthz" | "livez" | "readyz"] => {
-            return json_response(&app.metrics, StatusCode::OK, Bytes::from_static(b"ok"));
-        }
-        ["api"] => Some(discovery::core_versions()),
-        ["api", v] => discovery::resource_list(&reg(), "", v),
-        ["apis"] => Some(discovery::group_list(&reg())),
-        ["apis", g] => discovery::group(&reg(), g),
-        ["apis", g, v] => discovery::resource_list(&reg(), g, v),
-        ["openapi", "v3"] => Some(openapi::root(&reg())),
-        ["openapi", "v3", "api", v] => openapi::group_version(&reg(), "", v),
-        ["openapi", "v3", "apis", g, v] => openapi::group_version(&reg(), g, v),
-        _ => None,
-    };
-    let is_discovery = matches!(
-        segs.as_slice(),
-        ["version"]
-            | ["api"]
-            | ["api", _]
-            | ["apis"]
-            | ["apis", _]
-            | ["apis", _, _]
-            | ["openapi", ..]
-    );
-    if is_discovery {
-        return match doc {
-            Some(d) if method == Method::GET => value_response(&app.metrics, StatusCode::OK, &d),
-            Some(_) => error_response(
-                &app.metrics,
-                &ApiError::MethodNotAllowed("only GET is allowed".into()),
-            ),
-            None => error_response(&app.metrics, &not_found()),
-        };
+    if let Some(resp) = discovery_response(&app, &method, &segs) {
+        return resp;
     }
     let path = match parse_resource_path(&app.store, &segs) {
         Ok(p) => p,
@@ -158,6 +125,51 @@ async fn handle(
         .unwrap_or("application/json")
         .to_string();
     handlers::dispatch(&app, method, &path, &query, &content_type, body).await
+}
+
+/// The answer to a health, version, discovery or OpenAPI path; None for any other path.
+fn discovery_response(app: &App, method: &Method, segs: &[&str]) -> Option<Response> {
+    let reg = || app.store.registry();
+    let doc = match segs {
+        ["version"] => Some(discovery::version()),
+        ["healthz" | "livez" | "readyz"] => {
+            return Some(json_response(
+                &app.metrics,
+                StatusCode::OK,
+                Bytes::from_static(b"ok"),
+            ));
+        }
+        ["api"] => Some(discovery::core_versions()),
+        ["api", v] => discovery::resource_list(&reg(), "", v),
+        ["apis"] => Some(discovery::group_list(&reg())),
+        ["apis", g] => discovery::group(&reg(), g),
+        ["apis", g, v] => discovery::resource_list(&reg(), g, v),
+        ["openapi", "v3"] => Some(openapi::root(&reg())),
+        ["openapi", "v3", "api", v] => openapi::group_version(&reg(), "", v),
+        ["openapi", "v3", "apis", g, v] => openapi::group_version(&reg(), g, v),
+        _ => None,
+    };
+    let is_discovery = matches!(
+        segs,
+        ["version"]
+            | ["api"]
+            | ["api", _]
+            | ["apis"]
+            | ["apis", _]
+            | ["apis", _, _]
+            | ["openapi", ..]
+    );
+    if !is_discovery {
+        return None;
+    }
+    Some(match doc {
+        Some(d) if *method == Method::GET => value_response(&app.metrics, StatusCode::OK, &d),
+        Some(_) => error_response(
+            &app.metrics,
+            &ApiError::MethodNotAllowed("only GET is allowed".into()),
+        ),
+        None => error_response(&app.metrics, &not_found()),
+    })
 }
 
 /// The request body, or the 406 (JSON not acceptable) or 413 (too large) answer.

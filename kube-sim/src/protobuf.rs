@@ -196,73 +196,66 @@ fn insert_map(m: &mut Map<String, Value>, name: &str, (k, v): (String, Value)) {
     }
 }
 
+/// A decoded field value and where it goes in the parent object.
+enum Placed {
+    /// The field's value; `omit_zero`: a non-pointer Go field, left out when zero.
+    Set { value: Value, omit_zero: bool },
+    /// One element of a repeated field.
+    Item(Value),
+    /// One entry (key, value) of a map field.
+    Entry((String, Value)),
+    /// An embedded message's fields, inlined into the parent.
+    Fields(Map<String, Value>),
+}
+
+/// Whether `v` is the zero value the API server's JSON omits.
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_i64() == Some(0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(_) | Value::Object(_) => false,
+    }
+}
+
+/// Decodes one wire value of field `f` of the message at `path`.
+fn decode(f: &F, w: &Wire<'_>, path: &str) -> Result<Placed, ProtoError> {
+    let set = |value, omit_zero| Placed::Set { value, omit_zero };
+    let sub = || format!("{path}.{}", f.name);
+    Ok(match f.k {
+        K::Str => set(json!(as_str(w)?), true),
+        K::OptStr => set(json!(as_str(w)?), false),
+        K::Int => set(json!(as_int(w)?), true),
+        K::OptInt => set(json!(as_int(w)?), false),
+        K::Bool => set(json!(as_int(w)? != 0), true),
+        K::OptBool => set(json!(as_int(w)? != 0), false),
+        K::Time => set(time(as_bytes(w)?)?, true),
+        K::IntOrStr => set(int_or_string(as_bytes(w)?)?, false),
+        K::Quantity => set(quantity(as_bytes(w)?)?, false),
+        K::Msg(t) => set(Value::Object(message(as_bytes(w)?, t, &sub())?), false),
+        K::Inline(t) => Placed::Fields(message(as_bytes(w)?, t, path)?),
+        K::RepStr => Placed::Item(json!(as_str(w)?)),
+        K::RepMsg(t) => Placed::Item(Value::Object(message(as_bytes(w)?, t, &sub())?)),
+        K::MapStr => Placed::Entry(map_entry(as_bytes(w)?, |v| Ok(json!(as_str(v)?)))?),
+        K::MapBytes => Placed::Entry(map_entry(as_bytes(w)?, |v| {
+            Ok(json!(base64(as_bytes(v)?)))
+        })?),
+        K::MapQty => Placed::Entry(map_entry(as_bytes(w)?, |v| quantity(as_bytes(v)?))?),
+    })
+}
+
 /// Decodes one field `w` described by `f` into `m`.
 fn field(m: &mut Map<String, Value>, f: &F, w: &Wire<'_>, path: &str) -> Result<(), ProtoError> {
-    let sub = |name: &str| format!("{path}.{name}");
-    match f.k {
-        K::Str => {
-            let s = as_str(w)?;
-            if !s.is_empty() {
-                m.insert(f.name.into(), json!(s));
+    match decode(f, w, path)? {
+        Placed::Set { value, omit_zero } => {
+            if !(omit_zero && is_zero(&value)) {
+                m.insert(f.name.into(), value);
             }
         }
-        K::OptStr => {
-            m.insert(f.name.into(), json!(as_str(w)?));
-        }
-        K::Int => {
-            let v = as_int(w)?;
-            if v != 0 {
-                m.insert(f.name.into(), json!(v));
-            }
-        }
-        K::OptInt => {
-            m.insert(f.name.into(), json!(as_int(w)?));
-        }
-        K::Bool => {
-            if as_int(w)? != 0 {
-                m.insert(f.name.into(), json!(true));
-            }
-        }
-        K::OptBool => {
-            m.insert(f.name.into(), json!(as_int(w)? != 0));
-        }
-        K::Time => {
-            let t = time(as_bytes(w)?)?;
-            if !t.is_null() {
-                m.insert(f.name.into(), t);
-            }
-        }
-        K::IntOrStr => {
-            m.insert(f.name.into(), int_or_string(as_bytes(w)?)?);
-        }
-        K::Quantity => {
-            m.insert(f.name.into(), quantity(as_bytes(w)?)?);
-        }
-        K::Msg(t) => {
-            m.insert(
-                f.name.into(),
-                Value::Object(message(as_bytes(w)?, t, &sub(f.name))?),
-            );
-        }
-        K::Inline(t) => m.extend(message(as_bytes(w)?, t, path)?),
-        K::RepStr => push(m, f.name, json!(as_str(w)?)),
-        K::RepMsg(t) => {
-            let v = Value::Object(message(as_bytes(w)?, t, &sub(f.name))?);
-            push(m, f.name, v);
-        }
-        K::MapStr => insert_map(
-            m,
-            f.name,
-            map_entry(as_bytes(w)?, |v| Ok(json!(as_str(v)?)))?,
-        ),
-        K::MapBytes => {
-            let e = map_entry(as_bytes(w)?, |v| Ok(json!(base64(as_bytes(v)?))))?;
-            insert_map(m, f.name, e);
-        }
-        K::MapQty => {
-            let e = map_entry(as_bytes(w)?, |v| quantity(as_bytes(v)?))?;
-            insert_map(m, f.name, e);
-        }
+        Placed::Item(v) => push(m, f.name, v),
+        Placed::Entry(entry) => insert_map(m, f.name, entry),
+        Placed::Fields(fields) => m.extend(fields),
     }
     Ok(())
 }

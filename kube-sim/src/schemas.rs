@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
-use k8s_openapi::api;
+use k8s_openapi::{Resource, api};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
@@ -25,85 +25,74 @@ pub struct Builtins {
     pub roots: Vec<(String, String, String, String)>,
 }
 
-fn add<T: JsonSchema>(
-    g: &mut SchemaGenerator,
-    roots: &mut Vec<(String, String, String, String)>,
-    gvk: (&str, &str, &str),
-) {
-    g.subschema_for::<T>();
-    roots.push((
-        gvk.0.into(),
-        gvk.1.into(),
-        gvk.2.into(),
-        T::schema_name().into_owned(),
-    ));
+/// Collects the built-in kinds' definitions and roots.
+struct Collector {
+    g: SchemaGenerator,
+    roots: Vec<(String, String, String, String)>,
+}
+
+impl Collector {
+    /// Adds kind `T` (its group, version and kind as k8s-openapi declares them).
+    fn add<T: JsonSchema + Resource>(&mut self) {
+        self.g.subschema_for::<T>();
+        self.roots.push((
+            T::GROUP.into(),
+            T::VERSION.into(),
+            T::KIND.into(),
+            T::schema_name().into_owned(),
+        ));
+    }
+
+    /// The definitions, each root tagged with `x-kubernetes-group-version-kind`.
+    fn finish(mut self) -> Builtins {
+        let mut defs = self.g.take_definitions(true);
+        for (group, version, kind, name) in &self.roots {
+            if let Some(Value::Object(d)) = defs.get_mut(name) {
+                d.insert(
+                    "x-kubernetes-group-version-kind".into(),
+                    json!([{"group": group, "version": version, "kind": kind}]),
+                );
+            }
+        }
+        Builtins {
+            defs,
+            roots: self.roots,
+        }
+    }
 }
 
 fn build() -> Builtins {
-    let mut g = SchemaSettings::openapi3().into_generator();
-    let mut r = Vec::new();
-    add::<api::core::v1::Pod>(&mut g, &mut r, ("", "v1", "Pod"));
-    add::<api::core::v1::Namespace>(&mut g, &mut r, ("", "v1", "Namespace"));
-    add::<api::core::v1::ServiceAccount>(&mut g, &mut r, ("", "v1", "ServiceAccount"));
-    add::<api::core::v1::Node>(&mut g, &mut r, ("", "v1", "Node"));
-    add::<api::core::v1::Service>(&mut g, &mut r, ("", "v1", "Service"));
-    add::<api::core::v1::ConfigMap>(&mut g, &mut r, ("", "v1", "ConfigMap"));
-    add::<api::core::v1::Secret>(&mut g, &mut r, ("", "v1", "Secret"));
-    add::<api::core::v1::Endpoints>(&mut g, &mut r, ("", "v1", "Endpoints"));
-    add::<api::core::v1::Event>(&mut g, &mut r, ("", "v1", "Event"));
-    add::<api::networking::v1::NetworkPolicy>(
-        &mut g,
-        &mut r,
-        ("networking.k8s.io", "v1", "NetworkPolicy"),
-    );
-    add::<api::apps::v1::Deployment>(&mut g, &mut r, ("apps", "v1", "Deployment"));
-    add::<api::apps::v1::DaemonSet>(&mut g, &mut r, ("apps", "v1", "DaemonSet"));
-    add::<api::apps::v1::ReplicaSet>(&mut g, &mut r, ("apps", "v1", "ReplicaSet"));
-    let rbac = "rbac.authorization.k8s.io";
-    add::<api::rbac::v1::Role>(&mut g, &mut r, (rbac, "v1", "Role"));
-    add::<api::rbac::v1::RoleBinding>(&mut g, &mut r, (rbac, "v1", "RoleBinding"));
-    add::<api::rbac::v1::ClusterRole>(&mut g, &mut r, (rbac, "v1", "ClusterRole"));
-    add::<api::rbac::v1::ClusterRoleBinding>(&mut g, &mut r, (rbac, "v1", "ClusterRoleBinding"));
-    add::<api::policy::v1::PodDisruptionBudget>(
-        &mut g,
-        &mut r,
-        ("policy", "v1", "PodDisruptionBudget"),
-    );
-    add::<api::discovery::v1::EndpointSlice>(
-        &mut g,
-        &mut r,
-        ("discovery.k8s.io", "v1", "EndpointSlice"),
-    );
-    add::<api::coordination::v1::Lease>(&mut g, &mut r, ("coordination.k8s.io", "v1", "Lease"));
-    add::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(
-        &mut g, &mut r, ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"));
-    let authz = "authorization.k8s.io";
-    add::<api::authorization::v1::SelfSubjectAccessReview>(
-        &mut g,
-        &mut r,
-        (authz, "v1", "SelfSubjectAccessReview"),
-    );
-    add::<api::authorization::v1::SelfSubjectRulesReview>(
-        &mut g,
-        &mut r,
-        (authz, "v1", "SelfSubjectRulesReview"),
-    );
-    add::<api::authentication::v1::SelfSubjectReview>(
-        &mut g,
-        &mut r,
-        ("authentication.k8s.io", "v1", "SelfSubjectReview"),
-    );
-    add::<api::autoscaling::v1::Scale>(&mut g, &mut r, ("autoscaling", "v1", "Scale"));
-    let mut defs = g.take_definitions(true);
-    for (group, version, kind, name) in &r {
-        if let Some(Value::Object(d)) = defs.get_mut(name) {
-            d.insert(
-                "x-kubernetes-group-version-kind".into(),
-                json!([{"group": group, "version": version, "kind": kind}]),
-            );
-        }
-    }
-    Builtins { defs, roots: r }
+    use api::{apps::v1 as apps, core::v1 as core_v1, rbac::v1 as rbac};
+    let mut c = Collector {
+        g: SchemaSettings::openapi3().into_generator(),
+        roots: Vec::new(),
+    };
+    c.add::<core_v1::Pod>();
+    c.add::<core_v1::Namespace>();
+    c.add::<core_v1::ServiceAccount>();
+    c.add::<core_v1::Node>();
+    c.add::<core_v1::Service>();
+    c.add::<core_v1::ConfigMap>();
+    c.add::<core_v1::Secret>();
+    c.add::<core_v1::Endpoints>();
+    c.add::<core_v1::Event>();
+    c.add::<api::networking::v1::NetworkPolicy>();
+    c.add::<apps::Deployment>();
+    c.add::<apps::DaemonSet>();
+    c.add::<apps::ReplicaSet>();
+    c.add::<rbac::Role>();
+    c.add::<rbac::RoleBinding>();
+    c.add::<rbac::ClusterRole>();
+    c.add::<rbac::ClusterRoleBinding>();
+    c.add::<api::policy::v1::PodDisruptionBudget>();
+    c.add::<api::discovery::v1::EndpointSlice>();
+    c.add::<api::coordination::v1::Lease>();
+    c.add::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>();
+    c.add::<api::authorization::v1::SelfSubjectAccessReview>();
+    c.add::<api::authorization::v1::SelfSubjectRulesReview>();
+    c.add::<api::authentication::v1::SelfSubjectReview>();
+    c.add::<api::autoscaling::v1::Scale>();
+    c.finish()
 }
 
 /// The built-in schemas (built on first use).

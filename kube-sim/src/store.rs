@@ -15,14 +15,16 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
-use crate::object::{
-    ObjectKey, StoredObject, generate_name, metadata_mut, new_uid, now_rfc3339, spec_part,
-};
+use crate::object::{ObjectKey, StoredObject, metadata_mut};
 use crate::resources::{Registry, ResourceId, ResourceType, from_crd};
+
+mod prepare;
+
+use prepare::{prepare_create, prepare_update};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,173 +333,6 @@ impl Store {
         self.notify.send_replace(out.rv);
         Ok(out)
     }
-}
-
-/// Fills server-managed metadata for a create; returns the namespace ("" if cluster-scoped).
-fn prepare_create(
-    t: &ResourceType,
-    url_ns: Option<&str>,
-    obj: &mut Value,
-) -> Result<String, ApiError> {
-    if !obj.is_object() {
-        return Err(ApiError::BadRequest(
-            "the request body must be a JSON object".into(),
-        ));
-    }
-    let api_version = t.api_version();
-    let kind = t.kind.clone();
-    if let Value::Object(o) = obj {
-        o.insert("apiVersion".into(), Value::String(api_version));
-        o.insert("kind".into(), Value::String(kind));
-    }
-    let meta = metadata_mut(obj);
-    let body_ns = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let ns = if t.namespaced {
-        match (url_ns, body_ns) {
-            (Some(u), Some(b)) if u != b => {
-                return Err(ApiError::BadRequest(
-                    "the namespace of the provided object does not match the namespace sent on the request".into(),
-                ));
-            }
-            (Some(u), _) => u.to_string(),
-            (None, Some(b)) => b,
-            (None, None) => "default".to_string(),
-        }
-    } else {
-        meta.remove("namespace");
-        String::new()
-    };
-    if t.namespaced {
-        meta.insert("namespace".into(), Value::String(ns.clone()));
-    }
-    let name = match meta
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
-        Some(n) => n.to_string(),
-        None => match meta
-            .get("generateName")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
-            Some(prefix) => generate_name(prefix),
-            None => {
-                return Err(ApiError::Invalid(
-                    "metadata.name: Required value: name or generateName is required".into(),
-                ));
-            }
-        },
-    };
-    crate::validate::validate_name(t, &name)?;
-    meta.insert("name".into(), Value::String(name));
-    meta.insert("uid".into(), Value::String(new_uid()));
-    meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
-    meta.insert("generation".into(), json!(1));
-    crate::defaults::namespace_label(t, meta);
-    meta.remove("resourceVersion");
-    meta.remove("deletionTimestamp");
-    meta.remove("managedFields");
-    Ok(ns)
-}
-
-/// Builds the stored form of an update from the old object and the requested one.
-fn prepare_update(
-    t: &ResourceType,
-    old: &StoredObject,
-    old_value: Value,
-    mut new: Value,
-    scope: WriteScope,
-) -> Result<Value, ApiError> {
-    if !new.is_object() {
-        return Err(ApiError::BadRequest(
-            "the request body must be a JSON object".into(),
-        ));
-    }
-    let meta = metadata_mut(&mut new);
-    match meta.get("name").and_then(Value::as_str) {
-        Some(n) if n != old.name => {
-            return Err(ApiError::BadRequest(format!(
-                "the name of the object ({n}) does not match the name on the URL ({})",
-                old.name
-            )));
-        }
-        _ => {}
-    }
-    if let Some(rv) = meta
-        .get("resourceVersion")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        && rv != old.rv.to_string()
-    {
-        return Err(ApiError::conflict(&t.qualified_plural(), &old.name));
-    }
-    let mut merged = match scope {
-        WriteScope::Status => {
-            let mut base = old_value.clone();
-            if let (Value::Object(b), Some(s)) = (&mut base, new.get("status")) {
-                b.insert("status".into(), s.clone());
-            }
-            base
-        }
-        WriteScope::Full => new,
-        WriteScope::Main => {
-            if t.status_subresource
-                && let Value::Object(n) = &mut new
-            {
-                match old_value.get("status") {
-                    Some(s) => n.insert("status".into(), s.clone()),
-                    None => n.remove("status"),
-                };
-            }
-            new
-        }
-    };
-    let old_meta = old_value.get("metadata").cloned().unwrap_or_default();
-    let generation = old_meta
-        .get("generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let bump = spec_part(&merged) != spec_part(&old_value);
-    if let Value::Object(o) = &mut merged {
-        o.insert("apiVersion".into(), Value::String(t.api_version()));
-        o.insert("kind".into(), Value::String(t.kind.clone()));
-    }
-    let meta = metadata_mut(&mut merged);
-    meta.insert("name".into(), Value::String(old.name.clone()));
-    if t.namespaced {
-        meta.insert("namespace".into(), Value::String(old.namespace.clone()));
-    } else {
-        meta.remove("namespace");
-    }
-    crate::defaults::namespace_label(t, meta);
-    let kept: &[&str] = if scope == WriteScope::Full {
-        &["uid", "creationTimestamp"]
-    } else {
-        &[
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        ]
-    };
-    for k in kept.iter().copied() {
-        match old_meta.get(k) {
-            Some(v) => meta.insert(k.into(), v.clone()),
-            None => meta.remove(k),
-        };
-    }
-    meta.insert(
-        "generation".into(),
-        json!(if bump { generation + 1 } else { generation }),
-    );
-    meta.insert("resourceVersion".into(), Value::String(old.rv.to_string()));
-    meta.remove("managedFields");
-    Ok(merged)
 }
 
 pub(crate) fn check_preconditions(

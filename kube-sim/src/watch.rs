@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use serde_json::json;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -128,6 +128,80 @@ impl Drop for OpenGuard {
     }
 }
 
+/// One event as a chunk of the stream.
+fn event_chunk(kind: &str, object: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    push_event(&mut buf, kind, object);
+    buf.freeze()
+}
+
+/// The chunks of a watch's initial state (and its end bookmark), each with its event
+/// count, and the rv the stream continues from.
+fn initial_events(
+    store: &Store,
+    req: &WatchRequest,
+    end_bookmark: bool,
+) -> (Vec<(Bytes, u64)>, u64) {
+    let (objs, rv) = store.snapshot(req.rid, &req.filter);
+    let mut chunks = initial_chunks(&objs);
+    if end_bookmark {
+        chunks.push((event_chunk("BOOKMARK", &bookmark(&req.rtype, rv, true)), 1));
+    }
+    (chunks, rv)
+}
+
+/// What the history holds for a watch past its position.
+enum Next {
+    /// Visible events: the chunk and its event count.
+    Events(Bytes, u64),
+    /// Nothing visible yet: wait for a write.
+    Idle,
+    /// The position has expired: the ERROR event that ends the stream.
+    Expired(Bytes),
+}
+
+/// Reads the next batch of `req`'s visible events after `*pos`, advancing `*pos` past
+/// every event scanned.
+fn next_events(store: &Store, req: &WatchRequest, pos: &mut u64) -> Next {
+    let (rid, filter) = (req.rid, &req.filter);
+    match store.events_after(*pos, BATCH, |e| {
+        e.obj.resource == rid && classify(e, filter).is_some()
+    }) {
+        Err(err) => {
+            let status = serde_json::to_vec(&err.to_status()).unwrap_or_default();
+            Next::Expired(event_chunk("ERROR", &status))
+        }
+        Ok((events, scanned)) => {
+            *pos = scanned;
+            if events.is_empty() {
+                return Next::Idle;
+            }
+            let mut buf = BytesMut::new();
+            for e in &events {
+                if let Some(kind) = classify(e, filter) {
+                    push_event(&mut buf, kind.as_str(), &e.obj.raw);
+                }
+            }
+            Next::Events(buf.freeze(), events.len() as u64)
+        }
+    }
+}
+
+/// Completes at `deadline`, or never.
+async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ticks for idle-stream bookmarks, the first one `interval` from now.
+fn bookmark_ticks(interval: Duration) -> Interval {
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
 /// The body of a WATCH response.
 pub fn watch_stream(
     ctx: WatchContext,
@@ -142,69 +216,41 @@ pub fn watch_stream(
     async_stream::stream! {
         let _guard = guard;
         let WatchContext { store, metrics, bookmark_interval, shutdown } = ctx;
-        let deadline = req.timeout.map(|t| Instant::now() + t);
-        let timeout = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timeout = deadline_passed(req.timeout.map(|t| Instant::now() + t));
         tokio::pin!(timeout);
-        let mut ticks = tokio::time::interval_at(Instant::now() + bookmark_interval, bookmark_interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
+        let mut ticks = bookmark_ticks(bookmark_interval);
         let mut pos = match req.start {
             WatchStart::From(rv) => rv,
             WatchStart::Initial { end_bookmark } => {
-                let (objs, rv) = store.snapshot(req.rid, &req.filter);
-                for (chunk, n) in initial_chunks(&objs) {
+                let (chunks, rv) = initial_events(&store, &req, end_bookmark);
+                for (chunk, n) in chunks {
                     count(&metrics, chunk.len(), n);
                     yield Ok(chunk);
-                }
-                if end_bookmark {
-                    let mut buf = BytesMut::new();
-                    push_event(&mut buf, "BOOKMARK", &bookmark(&req.rtype, rv, true));
-                    count(&metrics, buf.len(), 1);
-                    yield Ok(buf.freeze());
                 }
                 rv
             }
         };
         loop {
             notify.borrow_and_update();
-            let rid = req.rid;
-            let filter = &req.filter;
-            match store.events_after(pos, BATCH, |e| e.obj.resource == rid && classify(e, filter).is_some()) {
-                Err(err) => {
-                    let mut buf = BytesMut::new();
-                    let status = serde_json::to_vec(&err.to_status()).unwrap_or_default();
-                    push_event(&mut buf, "ERROR", &status);
-                    count(&metrics, buf.len(), 1);
-                    yield Ok(buf.freeze());
+            match next_events(&store, &req, &mut pos) {
+                Next::Expired(chunk) => {
+                    count(&metrics, chunk.len(), 1);
+                    yield Ok(chunk);
                     break;
                 }
-                Ok((events, scanned)) => {
-                    pos = scanned;
-                    if !events.is_empty() {
-                        let mut buf = BytesMut::new();
-                        for e in &events {
-                            if let Some(kind) = classify(e, filter) {
-                                push_event(&mut buf, kind.as_str(), &e.obj.raw);
-                            }
-                        }
-                        count(&metrics, buf.len(), events.len() as u64);
-                        yield Ok(buf.freeze());
-                        continue;
-                    }
+                Next::Events(chunk, n) => {
+                    count(&metrics, chunk.len(), n);
+                    yield Ok(chunk);
+                    continue;
                 }
+                Next::Idle => {}
             }
             tokio::select! {
                 changed = notify.changed() => if changed.is_err() { break },
                 _ = ticks.tick(), if req.bookmarks => {
-                    let mut buf = BytesMut::new();
-                    push_event(&mut buf, "BOOKMARK", &bookmark(&req.rtype, pos, false));
-                    count(&metrics, buf.len(), 1);
-                    yield Ok(buf.freeze());
+                    let chunk = event_chunk("BOOKMARK", &bookmark(&req.rtype, pos, false));
+                    count(&metrics, chunk.len(), 1);
+                    yield Ok(chunk);
                 }
                 _ = &mut timeout => break,
                 _ = disconnect.changed() => break,

@@ -401,6 +401,42 @@ fn scale_write(
     Ok((StatusCode::OK, scale_of(path, &o.value()), Vec::new()))
 }
 
+/// The DeleteOptions body of a DELETE (None: no body).
+struct DeleteOptions(Option<Value>);
+
+impl DeleteOptions {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            return Ok(DeleteOptions(None));
+        }
+        Ok(DeleteOptions(Some(decode_object(
+            "application/json",
+            body,
+        )?)))
+    }
+
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.0.as_ref().and_then(|o| o.get(field))
+    }
+
+    fn preconditions(&self) -> Option<&Value> {
+        self.get("preconditions")
+    }
+
+    /// kubectl sends `dryRun` in the body, not the query.
+    fn dry_run(&self) -> bool {
+        self.get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"))
+    }
+
+    /// Whether the dependents are to be left behind, not deleted with the object.
+    fn orphans(&self) -> bool {
+        self.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
+            || self.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+    }
+}
+
 /// DELETE of one object: objects with finalizers (and, with the simulated control plane,
 /// namespaces) are marked with `deletionTimestamp` and removed once their finalizers
 /// (or the namespace controller) are done; others go at once.
@@ -416,27 +452,16 @@ pub fn delete(
             "delete is not supported on a subresource".into(),
         ));
     }
-    let mut opts = WriteOpts::parse(q)?;
-    let del: Option<Value> = if body.is_empty() {
-        None
-    } else {
-        Some(decode_object("application/json", body)?)
-    };
-    let pre = del.as_ref().and_then(|o| o.get("preconditions"));
-    // kubectl sends `dryRun` in the DeleteOptions body.
-    opts.dry_run |= del
-        .as_ref()
-        .and_then(|o| o.get("dryRun"))
-        .and_then(Value::as_array)
-        .is_some_and(|d| d.iter().any(|v| v == "All"));
+    let opts = WriteOpts::parse(q)?;
+    let del = DeleteOptions::parse(body)?;
     let ns = ns_of(path);
     let cur = app
         .store
         .get(path.rid, ns, name)
         .ok_or_else(|| ApiError::not_found(&path.rtype.qualified_plural(), name))?;
-    crate::store::check_preconditions(&path.rtype, &cur, pre)?;
+    crate::store::check_preconditions(&path.rtype, &cur, del.preconditions())?;
     let v = cur.value();
-    if opts.dry_run {
+    if opts.dry_run || del.dry_run() {
         return Ok((StatusCode::OK, v, Vec::new()));
     }
     let namespace = path.rtype.kind == "Namespace" && path.rtype.group.is_empty();
@@ -445,28 +470,35 @@ pub fn delete(
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
     if (namespace && app.simulate) || finalizers {
-        let mark = |mut cur: Value| {
-            let now = now_rfc3339();
-            let meta = metadata_mut(&mut cur);
-            meta.entry("deletionTimestamp").or_insert(json!(now));
-            meta.entry("deletionGracePeriodSeconds").or_insert(json!(0));
-            if namespace && let Some(o) = cur.as_object_mut() {
-                o.insert("status".into(), json!({"phase": "Terminating"}));
-            }
-            Ok(cur)
-        };
-        let o = app
-            .store
-            .modify(path.rid, ns, name, mark, WriteScope::Full)?;
-        return Ok((StatusCode::OK, o.value(), Vec::new()));
+        return mark_deleting(app, path, name, namespace);
     }
-    let orphan = del.as_ref().is_some_and(|d| {
-        d.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
-            || d.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-    });
-    if orphan {
+    if del.orphans() {
         crate::controllers::deployment::orphan_dependents(&app.store, &path.rtype, &v);
     }
-    let o = app.store.delete(path.rid, ns, name, pre)?;
+    let o = app.store.delete(path.rid, ns, name, del.preconditions())?;
+    Ok((StatusCode::OK, o.value(), Vec::new()))
+}
+
+/// Marks an object as being deleted (`deletionTimestamp`; a namespace also turns
+/// `Terminating`); its finalizers or the namespace controller remove it later.
+fn mark_deleting(
+    app: &App,
+    path: &ResourcePath,
+    name: &str,
+    namespace: bool,
+) -> Result<Written, ApiError> {
+    let mark = |mut cur: Value| {
+        let now = now_rfc3339();
+        let meta = metadata_mut(&mut cur);
+        meta.entry("deletionTimestamp").or_insert(json!(now));
+        meta.entry("deletionGracePeriodSeconds").or_insert(json!(0));
+        if namespace && let Some(o) = cur.as_object_mut() {
+            o.insert("status".into(), json!({"phase": "Terminating"}));
+        }
+        Ok(cur)
+    };
+    let o = app
+        .store
+        .modify(path.rid, ns_of(path), name, mark, WriteScope::Full)?;
     Ok((StatusCode::OK, o.value(), Vec::new()))
 }

@@ -28,6 +28,9 @@ use netmodel::{UpstreamConfig, UpstreamEvent};
 /// initial list of a large cluster queue up to 128,000 decoded values ahead of the hub.
 const UPSTREAM_QUEUE: usize = 2;
 
+/// The owned tasks of one typha; [`Running::join`] waits for them all.
+type Tasks = JoinSet<Result<(), ServerError>>;
+
 /// Where the state comes from.
 pub enum Upstream {
     /// Watch a Kubernetes API server.
@@ -107,7 +110,7 @@ pub struct Running {
     pub nodes: watch::Receiver<usize>,
     ops: OpsConfig,
     shutdown: CancellationToken,
-    tasks: JoinSet<Result<(), ServerError>>,
+    tasks: Tasks,
 }
 
 impl Running {
@@ -200,41 +203,8 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
     let hub = Hub::new(options.hub);
     let mut tasks = JoinSet::new();
     let freshness = Freshness::new();
-    let raw_events = match options.upstream {
-        Upstream::Channel(rx) => rx,
-        Upstream::Kube { client, config } => {
-            let client = health::observe_kube(client, freshness.clone());
-            let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(error) = netmodel::run(client, config, tx, token).await {
-                    tracing::error!(%error, "upstream stopped");
-                }
-                Ok(())
-            });
-            rx
-        }
-    };
-    let (events_tx, events) = mpsc::channel(UPSTREAM_QUEUE);
-    let (nodes_tx, nodes) = watch::channel(0);
-    tasks.spawn({
-        let tap = tap_upstream(raw_events, events_tx, freshness.clone(), nodes_tx);
-        let token = shutdown.clone();
-        async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = tap => {}
-            }
-            Ok(())
-        }
-    });
-    tasks.spawn({
-        let (hub, token) = (hub.clone(), shutdown.clone());
-        async move {
-            hub.run(events, token).await;
-            Ok(())
-        }
-    });
+    let raw_events = spawn_upstream(options.upstream, &freshness, &mut tasks, &shutdown);
+    let nodes = spawn_tap_and_hub(raw_events, &hub, &freshness, &mut tasks, &shutdown);
     let listener = server::bind(options.listen).await?;
     let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: options.listen,
@@ -274,10 +244,67 @@ pub async fn start(options: TyphaOptions) -> Result<Running, AppError> {
     })
 }
 
+/// The upstream's raw events: the caller's channel, or a Kubernetes watch started as an
+/// owned task (its API calls observed for the upstream's freshness).
+fn spawn_upstream(
+    upstream: Upstream,
+    freshness: &Freshness,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> mpsc::Receiver<UpstreamEvent> {
+    match upstream {
+        Upstream::Channel(rx) => rx,
+        Upstream::Kube { client, config } => {
+            let client = health::observe_kube(client, freshness.clone());
+            let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(error) = netmodel::run(client, config, tx, token).await {
+                    tracing::error!(%error, "upstream stopped");
+                }
+                Ok(())
+            });
+            rx
+        }
+    }
+}
+
+/// Starts the tap ([`tap_upstream`]) and the hub fed by it, as owned tasks; returns the
+/// tap's count of Node objects.
+fn spawn_tap_and_hub(
+    raw_events: mpsc::Receiver<UpstreamEvent>,
+    hub: &Hub,
+    freshness: &Freshness,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+) -> watch::Receiver<usize> {
+    let (events_tx, events) = mpsc::channel(UPSTREAM_QUEUE);
+    let (nodes_tx, nodes) = watch::channel(0);
+    tasks.spawn({
+        let tap = tap_upstream(raw_events, events_tx, freshness.clone(), nodes_tx);
+        let token = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tap => {}
+            }
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let (hub, token) = (hub.clone(), shutdown.clone());
+        async move {
+            hub.run(events, token).await;
+            Ok(())
+        }
+    });
+    nodes
+}
+
 async fn spawn_health(
     addr: SocketAddr,
     app: axum::Router,
-    tasks: &mut JoinSet<Result<(), ServerError>>,
+    tasks: &mut Tasks,
     shutdown: &CancellationToken,
 ) -> Result<SocketAddr, AppError> {
     let listener = tokio::net::TcpListener::bind(addr)

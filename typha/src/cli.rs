@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use crate::app::{self, Running, TyphaOptions, Upstream};
-use crate::config::{Cli, Command, ServeArgs, Settings};
+use crate::config::{Cli, Command, ServeArgs};
 use crate::hub::HubConfig;
 use crate::server::Transport;
 use anyhow::Context;
@@ -46,12 +46,49 @@ where
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     edge::logging::init(&args.observe.log, args.observe.log_format).context("--log")?;
-    let Settings {
-        transport,
-        server,
-        ops,
-    } = args.validate()?;
-    let (transport, tls_watcher) = match transport {
+    let settings = args.validate()?;
+    let (transport, tls_watcher) = server_transport(settings.transport)?;
+    let metrics = crate::metrics::install()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let client = netmodel::kube_client(args.kubeconfig.as_deref()).await?;
+        let options = TyphaOptions {
+            listen: args.listen,
+            health_listen: Some(args.health_listen),
+            transport,
+            server: settings.server,
+            ops: settings.ops,
+            hub: hub_config(&args),
+            upstream: Upstream::Kube {
+                client: client.clone(),
+                config: upstream_config(&args),
+            },
+            metrics: Some(metrics.clone()),
+        };
+        let mut running = app::start(options).await?;
+        running.spawn_bootstrap(client.clone(), args.cluster_cidr);
+        let token = running.shutdown_token();
+        if let Some(listen) = args.observe.metrics_listen.0 {
+            edge::metrics::serve(listen, metrics.clone(), token.clone()).await?;
+        }
+        if let Some(watcher) = tls_watcher {
+            tokio::spawn(watcher.run(args.tls_reload_interval, token.clone()));
+        }
+        tokio::spawn(metrics_upkeep(metrics, token.clone()));
+        // Kept alive until exit: dropping it stops the EndpointSlice watch.
+        let discovery = start_discovery(&args, client, &mut running, &token);
+        run_until_signal(running).await?;
+        drop(discovery);
+        tracing::info!("typha stopped");
+        Ok(())
+    })
+}
+
+/// The server transport for `choice`, and for TLS the watcher that reloads the files.
+fn server_transport(
+    choice: TransportChoice,
+) -> anyhow::Result<(Transport, Option<TlsFileWatcher>)> {
+    Ok(match choice {
         TransportChoice::Plaintext => (Transport::Plaintext, None),
         TransportChoice::Tls(files, identity) => {
             let material = TlsMaterial::load(&files)?;
@@ -59,61 +96,42 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let transport = Transport::Tls(tls.config());
             (transport, Some(TlsFileWatcher::new(files, tls, material)))
         }
-    };
-    let metrics = crate::metrics::install()?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(async move {
-        let client = netmodel::kube_client(args.kubeconfig.as_deref()).await?;
-        let bootstrap_client = client.clone();
-        let discovery_client = client.clone();
-        let upkeep = metrics.clone();
-        let scrape = metrics.clone();
-        let mut hub = HubConfig::default();
-        hub.cache.max_log_batches = args.history_batches;
-        let upstream = UpstreamConfig {
-            streaming_lists: args.streaming_lists,
-            interface_prefix: args.interface_prefix.primary().to_string(),
-            ..UpstreamConfig::default()
-        };
-        let options = TyphaOptions {
-            listen: args.listen,
-            health_listen: Some(args.health_listen),
-            transport,
-            server,
-            ops,
-            hub,
-            upstream: Upstream::Kube {
-                client,
-                config: upstream,
-            },
-            metrics: Some(metrics),
-        };
-        let mut running = app::start(options).await?;
-        running.spawn_bootstrap(bootstrap_client, args.cluster_cidr);
-        let token = running.shutdown_token();
-        if let Some(listen) = args.observe.metrics_listen.0 {
-            edge::metrics::serve(listen, scrape, token.clone()).await?;
-        }
-        if let Some(watcher) = tls_watcher {
-            tokio::spawn(watcher.run(args.tls_reload_interval, token.clone()));
-        }
-        tokio::spawn(metrics_upkeep(upkeep, token.clone()));
-        // Kept alive until exit: dropping it stops the EndpointSlice watch.
-        let discovery = args.own_service().map(|service| {
-            let config = DiscoveryConfig::new(service.namespace, service.name);
-            tracing::info!(%config, "spreading agents over the ready replicas");
-            let discovery = Discovery::spawn(discovery_client, config, &token);
-            running.start_rebalancing(discovery.replicas());
-            discovery
-        });
-        if discovery.is_none() {
-            tracing::info!("no --service-namespace/--service-name: load spreading is off");
-        }
-        run_until_signal(running).await?;
-        drop(discovery);
-        tracing::info!("typha stopped");
-        Ok(())
     })
+}
+
+/// The cache tuning from the flags.
+fn hub_config(args: &ServeArgs) -> HubConfig {
+    let mut hub = HubConfig::default();
+    hub.cache.max_log_batches = args.history_batches;
+    hub
+}
+
+/// The upstream watch tuning from the flags.
+fn upstream_config(args: &ServeArgs) -> UpstreamConfig {
+    UpstreamConfig {
+        streaming_lists: args.streaming_lists,
+        interface_prefix: args.interface_prefix.primary().to_string(),
+        ..UpstreamConfig::default()
+    }
+}
+
+/// Spreads agents over the ready replicas when typha is told its own Service (else
+/// load spreading is off). The returned discovery must be kept alive.
+fn start_discovery(
+    args: &ServeArgs,
+    client: kube::Client,
+    running: &mut Running,
+    token: &CancellationToken,
+) -> Option<Discovery> {
+    let Some(service) = args.own_service() else {
+        tracing::info!("no --service-namespace/--service-name: load spreading is off");
+        return None;
+    };
+    let config = DiscoveryConfig::new(service.namespace, service.name);
+    tracing::info!(%config, "spreading agents over the ready replicas");
+    let discovery = Discovery::spawn(client, config, token);
+    running.start_rebalancing(discovery.replicas());
+    Some(discovery)
 }
 
 /// Runs until SIGTERM/SIGINT, then drains (goodbyes spread over --drain-duration).

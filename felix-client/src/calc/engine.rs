@@ -220,7 +220,7 @@ impl Engine {
         let mut release = Vec::new();
         for (pkey, policy) in &mut self.policies {
             let was_active = policy.is_active();
-            policy.hosts = self.hosts.reselect(pkey);
+            policy.hosts = self.hosts.reselect(pkey, policy.selector.as_ref());
             match (was_active, policy.is_active()) {
                 (false, true) => acquire.push(pkey.clone()),
                 (true, false) => release.push(pkey.clone()),
@@ -267,7 +267,6 @@ impl Engine {
 
     fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) {
         self.filter_dirty = true;
-        let selects_hosts = self.hosts.set_policy(key, policy);
         let mut new = policy.map(|p| {
             let mut state = PolicyState::new(key, p);
             let store = self.index.store();
@@ -284,9 +283,13 @@ impl Engine {
                     .map(|(k, _)| k.clone())
                     .collect();
             }
-            state.hosts = selects_hosts;
             state
         });
+        let selector = new.as_ref().and_then(|p| p.selector.as_ref());
+        let selects_hosts = self.hosts.set_policy(key, policy, selector);
+        if let Some(p) = new.as_mut() {
+            p.hosts = selects_hosts;
+        }
         // Acquire the new sets before releasing the old ones, so a selector both use is
         // never dropped and rescanned.
         match new.as_mut() {

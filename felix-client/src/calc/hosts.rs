@@ -29,7 +29,7 @@
 //! Host endpoints are also labelled objects for rule selectors (their expected IPs
 //! become ipset members), so a rule can admit "cluster nodes".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use netmodel::selector::Selector;
@@ -37,12 +37,10 @@ use typha_proto::{Key, Kind, pb};
 
 use super::index::Index;
 use super::names::{FORWARD, INPUT, OUTPUT, hash_hex};
-use super::objects::{Addrs, NewObj, parse_nets, port_protocol};
+use super::objects::NewObj;
 use super::policy::{PolicyState, SortKey};
 use super::render::endpoint_rules;
-use super::rules::parse_selector;
 use super::{Chains, Family};
-use std::borrow::Cow;
 
 /// The profile that allows what no policy decided (Calico's name).
 pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
@@ -181,19 +179,14 @@ struct HostEp {
     default_allow: bool,
 }
 
-/// How a policy applies to host endpoints.
-struct HostPolicy {
-    selector: Selector,
-    apply_on_forward: bool,
-}
-
 /// The host endpoint state of the calculation.
 pub(super) struct Hosts {
     /// Settings.
     pub config: HostConfig,
     node: String,
     endpoints: BTreeMap<Key, HostEp>,
-    policies: HashMap<Key, HostPolicy>,
+    /// The policies with `applyOnForward` (their selectors are the policy state's).
+    forward: HashSet<Key>,
     /// Policy -> the local host endpoints it selects (only non-empty entries).
     selects: BTreeMap<Key, BTreeSet<Key>>,
 }
@@ -220,30 +213,6 @@ fn auto_endpoint(node: &pb::Node) -> pb::HostEndpoint {
     }
 }
 
-/// The labelled object of a host endpoint (for rule selectors).
-fn object(hep: &pb::HostEndpoint) -> NewObj<'_> {
-    let mut labels: Vec<(&str, &str)> = hep
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    labels.sort_unstable();
-    NewObj {
-        labels,
-        profiles: hep
-            .profile_ids
-            .iter()
-            .map(|p| Cow::Borrowed(p.as_str()))
-            .collect(),
-        addrs: Addrs::new(parse_nets(&hep.expected_ips)),
-        ports: hep
-            .ports
-            .iter()
-            .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
-            .collect(),
-    }
-}
-
 fn unsupported(key: &Key, what: &'static str) {
     metrics::counter!("felix_calc_unsupported_host_policies_total", "what" => what).increment(1);
     tracing::warn!(policy = %key, what, "policy not applied to host endpoints (unsupported)");
@@ -256,7 +225,7 @@ impl Hosts {
             config,
             node: node.to_string(),
             endpoints: BTreeMap::new(),
-            policies: HashMap::new(),
+            forward: HashSet::new(),
             selects: BTreeMap::new(),
         }
     }
@@ -275,7 +244,7 @@ impl Hosts {
         hep: Option<&pb::HostEndpoint>,
         index: &mut Index,
     ) -> bool {
-        let obj = hep.map(object);
+        let obj = hep.map(NewObj::host_endpoint);
         index.set_object(key, obj.as_ref());
         let local = hep.filter(|h| h.node == self.node).and_then(|h| {
             let usable = h.interface_name == ALL_INTERFACES
@@ -285,7 +254,7 @@ impl Hosts {
             }
             usable.then(|| HostEp {
                 iface: h.interface_name.clone(),
-                labels: h.labels.clone().into_iter().collect(),
+                labels: h.labels.clone(),
                 default_allow: h.profile_ids.iter().any(|p| p == DEFAULT_ALLOW_PROFILE),
             })
         });
@@ -310,42 +279,36 @@ impl Hosts {
         self.set_endpoint(&key, hep.as_ref(), index)
     }
 
-    /// Folds a policy update in; returns whether it selects a local host endpoint.
-    pub fn set_policy(&mut self, key: &Key, policy: Option<&pb::Policy>) -> bool {
-        self.policies.remove(key);
-        if let Some(p) = policy {
-            let selector = parse_selector(&p.selector)
-                .ok()
-                .map(|s| s.unwrap_or(Selector::All));
-            match selector {
-                _ if p.pre_dnat => unsupported(key, "preDNAT"),
-                _ if p.do_not_track => unsupported(key, "doNotTrack"),
-                // The policy state already counted the unparsable selector.
-                None => {}
-                Some(selector) => {
-                    let apply_on_forward = p.apply_on_forward;
-                    let hp = HostPolicy {
-                        selector,
-                        apply_on_forward,
-                    };
-                    self.policies.insert(key.clone(), hp);
-                }
+    /// Folds a policy update in, `selector` being the policy state's (`None`: it selects
+    /// nothing); returns whether it selects a local host endpoint.
+    pub fn set_policy(
+        &mut self,
+        key: &Key,
+        policy: Option<&pb::Policy>,
+        selector: Option<&Selector>,
+    ) -> bool {
+        self.forward.remove(key);
+        match policy {
+            // The policy state has no selector for these (nor for an unparsable one,
+            // which it counted already).
+            Some(p) if p.pre_dnat => unsupported(key, "preDNAT"),
+            Some(p) if p.do_not_track => unsupported(key, "doNotTrack"),
+            Some(p) if p.apply_on_forward => {
+                self.forward.insert(key.clone());
             }
+            _ => {}
         }
-        self.reselect(key)
+        self.reselect(key, selector)
     }
 
-    /// Recomputes which local host endpoints policy `key` selects; returns whether it
-    /// selects any.
-    pub fn reselect(&mut self, key: &Key) -> bool {
-        let selected: BTreeSet<Key> = match self.policies.get(key) {
-            Some(hp) => self
+    /// Recomputes which local host endpoints policy `key` (whose state has `selector`)
+    /// selects; returns whether it selects any.
+    pub fn reselect(&mut self, key: &Key, selector: Option<&Selector>) -> bool {
+        let selected: BTreeSet<Key> = match selector {
+            Some(selector) => self
                 .endpoints
                 .iter()
-                .filter(|(_, ep)| {
-                    hp.selector
-                        .matches(&|k: &str| ep.labels.get(k).map(String::as_str))
-                })
+                .filter(|(_, ep)| selector.matches(&|k: &str| ep.labels.get(k).map(String::as_str)))
                 .map(|(k, _)| k.clone())
                 .collect(),
             None => BTreeSet::new(),
@@ -451,13 +414,12 @@ fn policy_lists<'a>(
     let hosts = input.hosts;
     let mut lists: BTreeMap<&Key, Lists<'_>> = BTreeMap::new();
     for sort in input.order {
-        let (Some(selected), Some(hp), Some(p)) = (
-            hosts.selects.get(&sort.key),
-            hosts.policies.get(&sort.key),
-            input.policies.get(&sort.key),
-        ) else {
+        let (Some(selected), Some(p)) =
+            (hosts.selects.get(&sort.key), input.policies.get(&sort.key))
+        else {
             continue;
         };
+        let apply_on_forward = hosts.forward.contains(&sort.key);
         let Some(fc) = p.insert_chains(family, chains) else {
             continue;
         };
@@ -470,13 +432,13 @@ fn policy_lists<'a>(
             );
             if fc.inbound.is_some() {
                 l[0].push((tier, cin));
-                if hp.apply_on_forward {
+                if apply_on_forward {
                     l[2].push((tier, cin));
                 }
             }
             if fc.outbound.is_some() {
                 l[1].push((tier, cout));
-                if hp.apply_on_forward {
+                if apply_on_forward {
                     l[3].push((tier, cout));
                 }
             }

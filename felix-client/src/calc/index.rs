@@ -45,18 +45,10 @@ impl Index {
         let new = self.store.get(id);
         let old_ns = old.as_ref().and_then(|o| self.store.namespace(o));
         let new_ns = new.as_ref().and_then(|n| self.store.namespace(n));
-        let mut texts = self.selectors.candidates(old_ns);
-        // A namespace move also needs the new namespace's scoped selectors.
-        if new_ns != old_ns
-            && let Some(scoped) = new_ns.and_then(|ns| self.selectors.scoped.get(ns))
-        {
-            texts.extend(scoped.iter().cloned());
-        }
         let stored = new.is_some();
-        for text in texts {
-            self.selectors
-                .refresh_one(&text, id, old.as_ref(), new, &self.store);
-        }
+        // Both namespaces: a namespace move needs the new one's scoped selectors too.
+        self.selectors
+            .refresh([old_ns, new_ns], id, old.as_ref(), new, &self.store);
         if let Some(old) = old {
             self.store.forget(old);
         }
@@ -73,10 +65,10 @@ impl Index {
             let Some(obj) = self.store.get(id) else {
                 continue;
             };
-            for text in self.selectors.candidates(self.store.namespace(obj)) {
-                let obj = Some(obj);
-                self.selectors.refresh_one(&text, id, obj, obj, &self.store);
-            }
+            let ns = self.store.namespace(obj);
+            let obj = Some(obj);
+            self.selectors
+                .refresh([ns, None], id, obj, obj, &self.store);
         }
     }
 

@@ -16,6 +16,23 @@ use typha_proto::{Key, pb};
 use super::Family;
 use super::intern::Id;
 
+/// `addr` with all but its first `prefix` bits cleared; `None` when the prefix is longer
+/// than the address.
+fn masked(addr: IpAddr, prefix: u8) -> Option<IpAddr> {
+    let prefix = u32::from(prefix);
+    Some(match addr {
+        IpAddr::V4(a) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+        _ => return None,
+    })
+}
+
 /// A parsed, canonical CIDR.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Net {
@@ -35,32 +52,21 @@ impl Net {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
             None => (text.parse::<IpAddr>().ok()?, None),
         };
-        Some(match addr {
-            IpAddr::V4(a) => {
-                let prefix = prefix.unwrap_or(32);
-                if prefix > 32 {
-                    return None;
-                }
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                Net {
-                    family: Family::V4,
-                    addr: IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)),
-                    prefix,
-                }
-            }
-            IpAddr::V6(a) => {
-                let prefix = prefix.unwrap_or(128);
-                if prefix > 128 {
-                    return None;
-                }
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                Net {
-                    family: Family::V6,
-                    addr: IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)),
-                    prefix,
-                }
-            }
+        let (family, host) = match addr {
+            IpAddr::V4(_) => (Family::V4, 32),
+            IpAddr::V6(_) => (Family::V6, 128),
+        };
+        let prefix = prefix.unwrap_or(host);
+        Some(Net {
+            family,
+            addr: masked(addr, prefix)?,
+            prefix,
         })
+    }
+
+    /// Whether `addr` lies in this network.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        masked(addr, self.prefix) == Some(self.addr)
     }
 
     /// The host net of one address (`/32` or `/128`).
@@ -195,20 +201,30 @@ pub(super) struct NewObj<'a> {
 impl<'a> NewObj<'a> {
     /// The object of a workload endpoint.
     pub fn endpoint(wep: &'a pb::WorkloadEndpoint) -> NewObj<'a> {
+        NewObj::labelled(&wep.labels, &wep.profile_ids, &wep.ip_nets, &wep.ports)
+    }
+
+    /// The object of a host endpoint (for rule selectors: its expected IPs are members).
+    pub fn host_endpoint(hep: &'a pb::HostEndpoint) -> NewObj<'a> {
+        NewObj::labelled(&hep.labels, &hep.profile_ids, &hep.expected_ips, &hep.ports)
+    }
+
+    /// An endpoint's object from its labels (a model map, so already sorted), profiles,
+    /// addresses and named ports.
+    fn labelled(
+        labels: &'a BTreeMap<String, String>,
+        profiles: &'a [String],
+        nets: &[String],
+        ports: &'a [pb::NamedPort],
+    ) -> NewObj<'a> {
         NewObj {
-            labels: wep
-                .labels
+            labels: labels
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
-            profiles: wep
-                .profile_ids
-                .iter()
-                .map(|p| Cow::Borrowed(p.as_str()))
-                .collect(),
-            addrs: Addrs::new(parse_nets(&wep.ip_nets)),
-            ports: wep
-                .ports
+            profiles: profiles.iter().map(|p| Cow::Borrowed(p.as_str())).collect(),
+            addrs: Addrs::new(parse_nets(nets)),
+            ports: ports
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), port_protocol(p.protocol)?, p.port)))
                 .collect(),

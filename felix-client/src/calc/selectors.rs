@@ -43,15 +43,6 @@ pub(super) struct Selectors {
 }
 
 impl Selectors {
-    /// Selector texts that may match an object in namespace `ns` (or none).
-    pub fn candidates(&self, ns: Option<&str>) -> Vec<String> {
-        let mut out: Vec<String> = self.unscoped.iter().cloned().collect();
-        if let Some(scoped) = ns.and_then(|ns| self.scoped.get(ns)) {
-            out.extend(scoped.iter().cloned());
-        }
-        out
-    }
-
     /// Registers a new selector under `text` with its matches.
     pub fn insert(&mut self, text: &str, selector: Selector, matches: IdSet) {
         let scope = selector.required_namespace().map(str::to_string);
@@ -100,50 +91,79 @@ impl Selectors {
         }
     }
 
-    /// Moves `id` from `old` to `new` (either may be absent) for selector `text`.
-    pub fn refresh_one(
+    /// Moves `id` from `old` to `new` (either may be absent) for every selector that may
+    /// match an object of one of `namespaces`: the unscoped ones and those scoped to
+    /// each namespace (a repeated namespace is evaluated once). No selector text is
+    /// copied: this runs for every object update.
+    pub fn refresh(
         &mut self,
-        text: &str,
+        namespaces: [Option<&str>; 2],
         id: ObjId,
         old: Option<&Obj>,
         new: Option<&Obj>,
         store: &Store,
     ) {
-        let Some(entry) = self.sels.get_mut(text) else {
-            return;
-        };
-        let was = entry.matches.contains(id);
-        let now = new.is_some_and(|o| entry.selector.matches(&store.lookup(o)));
-        let same_members = match (old, new) {
-            (Some(o), Some(n)) => o.addrs == n.addrs && o.ports == n.ports,
-            _ => false,
-        };
-        if !was && !now || was && now && same_members {
-            return;
-        }
-        if now {
-            entry.matches.insert(id);
-        } else {
-            entry.matches.remove(id);
-        }
-        let mut buf = Vec::new();
-        for name in &entry.sets {
-            let Some(set) = self.sets.get_mut(name) else {
-                continue;
-            };
-            // Add before removing, so a member both had and has never leaves the set.
-            if let (true, Some(n)) = (now, new) {
-                buf.clear();
-                set.spec.contributions(store, n, &mut buf);
-                for m in buf.drain(..) {
-                    set.add(m);
-                }
+        let Selectors {
+            sels,
+            scoped,
+            unscoped,
+            sets,
+        } = self;
+        let [first, second] = namespaces;
+        let second = second.filter(|ns| Some(*ns) != first);
+        let scoped = [first, second]
+            .into_iter()
+            .flatten()
+            .filter_map(|ns| scoped.get(ns))
+            .flatten();
+        for text in unscoped.iter().chain(scoped) {
+            if let Some(entry) = sels.get_mut(text) {
+                refresh_entry(entry, sets, id, old, new, store);
             }
-            if let (true, Some(o)) = (was, old) {
-                set.spec.contributions(store, o, &mut buf);
-                for m in buf.drain(..) {
-                    set.remove(&m);
-                }
+        }
+    }
+}
+
+/// Moves `id` from `old` to `new` in one selector's matches and its sets' members.
+fn refresh_entry(
+    entry: &mut SelEntry,
+    sets: &mut BTreeMap<String, SetEntry>,
+    id: ObjId,
+    old: Option<&Obj>,
+    new: Option<&Obj>,
+    store: &Store,
+) {
+    let was = entry.matches.contains(id);
+    let now = new.is_some_and(|o| entry.selector.matches(&store.lookup(o)));
+    let same_members = match (old, new) {
+        (Some(o), Some(n)) => o.addrs == n.addrs && o.ports == n.ports,
+        _ => false,
+    };
+    if !was && !now || was && now && same_members {
+        return;
+    }
+    if now {
+        entry.matches.insert(id);
+    } else {
+        entry.matches.remove(id);
+    }
+    let mut buf = Vec::new();
+    for name in &entry.sets {
+        let Some(set) = sets.get_mut(name) else {
+            continue;
+        };
+        // Add before removing, so a member both had and has never leaves the set.
+        if let (true, Some(n)) = (now, new) {
+            buf.clear();
+            set.spec.contributions(store, n, &mut buf);
+            for m in buf.drain(..) {
+                set.add(m);
+            }
+        }
+        if let (true, Some(o)) = (was, old) {
+            set.spec.contributions(store, o, &mut buf);
+            for m in buf.drain(..) {
+                set.remove(&m);
             }
         }
     }

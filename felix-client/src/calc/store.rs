@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use hashbrown::HashTable;
 
-use netmodel::selector::{NAMESPACE_LABEL, Selector};
+use netmodel::selector::{
+    NAMESPACE_LABEL, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX, Selector,
+};
 use typha_proto::Key;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -45,7 +47,7 @@ impl KeyId {
 }
 
 /// Label key prefixes that profiles give their labels.
-const INHERITED_PREFIXES: [&str; 2] = ["pcns.", "pcsa."];
+const INHERITED_PREFIXES: [&str; 2] = [NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX];
 
 fn is_inherited_key(key: &str) -> bool {
     INHERITED_PREFIXES.iter().any(|p| key.starts_with(p))

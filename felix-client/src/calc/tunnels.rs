@@ -134,10 +134,7 @@ pub(super) fn node_addresses(node: &pb::Node) -> Vec<IpAddr> {
 }
 
 fn contains(outer: &Net, inner: &Net) -> bool {
-    outer.family == inner.family
-        && outer.prefix <= inner.prefix
-        && Net::parse(&format!("{}/{}", inner.addr, outer.prefix))
-            .is_some_and(|n| n.addr == outer.addr)
+    outer.prefix <= inner.prefix && outer.contains(inner.addr)
 }
 
 /// The enabled pool containing `net`, first by name.
@@ -204,10 +201,7 @@ pub(super) fn plan(
         let addresses = node_addresses(node);
         let peer_v4 = node_v4(node).map(|(a, _)| a);
         let same_subnet = match (own_v4.as_ref(), peer_v4) {
-            (Some((_, Some(subnet))), Some(peer)) => {
-                Net::parse(&format!("{peer}/{}", subnet.prefix))
-                    .is_some_and(|n| n.addr == subnet.addr)
-            }
+            (Some((_, Some(subnet))), Some(peer)) => subnet.contains(IpAddr::V4(peer)),
             _ => false,
         };
         let mut list = Vec::new();

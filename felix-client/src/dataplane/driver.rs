@@ -68,17 +68,33 @@ impl Fold {
     }
 }
 
-/// Runs the dataplane until `shutdown` fires or `events` closes: folds events into
-/// `calc`, writes the kernel after the first in-sync, repairs drift periodically.
-/// Fails only when the dataplane cannot be opened (namespace or netlink).
+/// Opens the dataplane ([`Dataplane::new`]) and runs it ([`drive`]) until `shutdown`
+/// fires or `events` closes. Fails only when the dataplane cannot be opened (namespace,
+/// netlink, or another agent's chains).
 pub async fn run(
     config: DataplaneConfig,
-    mut calc: impl DesiredSource,
-    mut events: mpsc::Receiver<SyncEvent>,
+    calc: impl DesiredSource,
+    events: mpsc::Receiver<SyncEvent>,
     status: Arc<DataplaneStatus>,
     shutdown: CancellationToken,
 ) -> Result<(), DataplaneError> {
-    let mut dataplane = Dataplane::new(config.clone(), status.clone()).await?;
+    let dataplane = Dataplane::new(config, status).await?;
+    drive(dataplane, calc, events, shutdown).await;
+    Ok(())
+}
+
+/// Runs an opened dataplane until `shutdown` fires or `events` closes: folds events into
+/// `calc`, writes the kernel after the first in-sync, repairs drift periodically. The
+/// binary opens the dataplane before it starts syncing (so a host it must not program
+/// stops the start) and hands it here.
+pub async fn drive(
+    mut dataplane: Dataplane,
+    mut calc: impl DesiredSource,
+    mut events: mpsc::Receiver<SyncEvent>,
+    shutdown: CancellationToken,
+) {
+    let status = dataplane.status().clone();
+    let config = dataplane.config.clone();
     let mut refresh = tokio::time::interval_at(
         Instant::now() + config.refresh_interval,
         config.refresh_interval,
@@ -94,9 +110,9 @@ pub async fn run(
         let mut force = false;
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return,
             event = events.recv() => {
-                let Some(event) = event else { return Ok(()) };
+                let Some(event) = event else { return };
                 fold.event(&mut calc, &status, event);
                 while let Ok(event) = events.try_recv() {
                     fold.event(&mut calc, &status, event);

@@ -41,8 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use cleanup::{CleanupReport, cleanup};
-pub use driver::{DesiredSource, run};
-pub use owner::preflight;
+pub use driver::{DesiredSource, drive, run};
 pub use routes::ROUTE_PROTOCOL;
 pub use status::DataplaneStatus;
 

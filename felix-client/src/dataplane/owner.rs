@@ -12,7 +12,7 @@
 
 use super::exec::Runner;
 use super::iptables::{self, CHAIN_PREFIX, KernelRule, KernelTable, Table};
-use super::{DataplaneConfig, DataplaneError, backend};
+use super::{DataplaneConfig, DataplaneError};
 use crate::calc::Family;
 
 /// True for a tag the agent writes.
@@ -91,16 +91,6 @@ pub(crate) async fn check(runner: &Runner, config: &DataplaneConfig) -> Result<(
         }
     }
     Ok(())
-}
-
-/// What the agent checks before it starts: the iptables backend resolves and no other
-/// agent owns the `cali-` chains (see the module docs). The binary calls it first, so it
-/// refuses to start instead of syncing with a dataplane that cannot run.
-pub async fn preflight(config: &DataplaneConfig) -> Result<backend::Programs, DataplaneError> {
-    let mut runner = Runner::new(config.netns.clone());
-    runner.iptables = backend::resolve(&runner, config.iptables_backend).await;
-    check(&runner, config).await?;
-    Ok(runner.iptables)
 }
 
 #[cfg(test)]

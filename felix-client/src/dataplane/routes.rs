@@ -164,27 +164,9 @@ fn resolve(
         dst: route.dst.clone(),
         reason: "not a CIDR".into(),
     })?;
-    match &route.target {
-        RouteTarget::Interface(name) => {
-            let index = links
-                .get(name)
-                .ok_or_else(|| DataplaneError::MissingInterface(name.clone()))?;
-            Ok(RouteKey {
-                dst,
-                oif: Some(*index),
-                gateway: None,
-            })
-        }
-        RouteTarget::Tunnel { device, gateway } => {
-            let index = links
-                .get(device)
-                .ok_or_else(|| DataplaneError::MissingInterface(device.clone()))?;
-            Ok(RouteKey {
-                dst,
-                oif: Some(*index),
-                gateway: Some(*gateway),
-            })
-        }
+    let (device, gateway) = match &route.target {
+        RouteTarget::Interface(name) => (name, None),
+        RouteTarget::Tunnel { device, gateway } => (device, Some(*gateway)),
         RouteTarget::Gateway(gw) => {
             if gw.is_ipv4() != dst.0.is_ipv4() {
                 return Err(DataplaneError::InvalidRoute {
@@ -192,13 +174,21 @@ fn resolve(
                     reason: format!("gateway {gw} is of the other family"),
                 });
             }
-            Ok(RouteKey {
+            return Ok(RouteKey {
                 dst,
                 oif: None,
                 gateway: Some(*gw),
-            })
+            });
         }
-    }
+    };
+    let index = links
+        .get(device)
+        .ok_or_else(|| DataplaneError::MissingInterface(device.clone()))?;
+    Ok(RouteKey {
+        dst,
+        oif: Some(*index),
+        gateway,
+    })
 }
 
 /// The netlink message adding `key`.

@@ -11,6 +11,11 @@
 //! is reported like any write error. Runs before routes, so tunnel routes find their
 //! device. `felix-client cleanup` deletes `vxlan.calico` and sets `tunl0` down
 //! ([`remove`]).
+//!
+//! Writes only what differs: the device is read first (`ip -d link show`) and `ip link
+//! set` runs only when its MTU, MAC or UP flag is off; FDB and neighbour entries are
+//! listed and only the missing or non-permanent wanted ones are written, so a resync
+//! without drift costs the reads, not two processes per peer.
 
 use std::collections::BTreeSet;
 
@@ -33,14 +38,20 @@ pub(crate) async fn sync(runner: &Runner, desired: &Tunnels) -> Result<u64, Data
         }
     }
     if let Some(mtu) = desired.ipip_mtu {
-        if link_details(runner, IPIP_DEVICE).await.is_none() {
+        let details = link_details(runner, IPIP_DEVICE).await;
+        if details.is_none() {
             let add = ["link", "add", "name", IPIP_DEVICE, "type", "ipip"];
             runner.run("ip", &add, None).await?;
         }
-        let mtu = mtu.to_string();
-        let set = ["link", "set", IPIP_DEVICE, "mtu", &mtu, "up"];
-        runner.run("ip", &set, None).await?;
-        writes += 1;
+        if !details
+            .as_deref()
+            .is_some_and(|d| link_settled(d, None, mtu))
+        {
+            let mtu = mtu.to_string();
+            let set = ["link", "set", IPIP_DEVICE, "mtu", &mtu, "up"];
+            runner.run("ip", &set, None).await?;
+            writes += 1;
+        }
     }
     Ok(writes)
 }
@@ -90,6 +101,18 @@ fn vxlan_matches(details: &str, device: &VxlanDevice) -> bool {
         && details.contains(&format!("dstport {} ", device.port))
 }
 
+/// Whether `details` (from `ip -d link show`) has MTU `mtu`, the MAC `mac` (when given)
+/// and the UP flag: the device needs no `ip link set`.
+fn link_settled(details: &str, mac: Option<&str>, mtu: u32) -> bool {
+    let up = details
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"));
+    let mac_ok = mac
+        .is_none_or(|mac| details.contains(&format!("link/ether {} ", mac.to_ascii_lowercase())));
+    up && mac_ok && details.contains(&format!(" mtu {mtu} "))
+}
+
 async fn sync_vxlan(
     runner: &Runner,
     device: &VxlanDevice,
@@ -128,109 +151,136 @@ async fn sync_vxlan(
         runner.run("ip", &add, None).await?;
         writes += 1;
     }
-    let mtu = device.mtu.to_string();
-    let set = [
-        "link",
-        "set",
-        VXLAN_DEVICE,
-        "address",
-        &device.mac,
-        "mtu",
-        &mtu,
-        "up",
-    ];
-    runner.run("ip", &set, None).await?;
-    writes += 1;
+    let settled = details.as_deref().is_some_and(|d| {
+        vxlan_matches(d, device) && link_settled(d, Some(&device.mac), device.mtu)
+    });
+    if !settled {
+        let mtu = device.mtu.to_string();
+        let set = [
+            "link",
+            "set",
+            VXLAN_DEVICE,
+            "address",
+            &device.mac,
+            "mtu",
+            &mtu,
+            "up",
+        ];
+        runner.run("ip", &set, None).await?;
+        writes += 1;
+    }
     writes += sync_peers(runner, desired).await?;
     Ok(writes)
 }
 
 /// FDB (`mac dst ip`) and neighbour (`ip lladdr mac`) entries: stale ones deleted,
-/// wanted ones replaced.
+/// wanted ones written only where the kernel lacks them as permanent entries (a resync
+/// with no drift runs the two listings and nothing else, however many peers there are).
 async fn sync_peers(runner: &Runner, desired: &Tunnels) -> Result<u64, DataplaneError> {
-    let mut writes = 0;
-    let fdb_want: BTreeSet<(String, String)> = desired
-        .vxlan_peers
+    let peers = &desired.vxlan_peers;
+    let fdb = peers
         .iter()
         .map(|p| (p.mac.clone(), p.node_ip.to_string()))
         .collect();
-    let neigh_want: BTreeSet<(String, String)> = desired
-        .vxlan_peers
+    let neigh = peers
         .iter()
         .map(|p| (p.gateway.to_string(), p.mac.clone()))
         .collect();
-    let fdb = runner
-        .run("bridge", &["fdb", "show", "dev", VXLAN_DEVICE], None)
-        .await?;
-    for (mac, dst) in parse_fdb(&fdb) {
-        if !fdb_want.contains(&(mac.clone(), dst.clone())) {
-            let del = ["fdb", "del", &mac, "dev", VXLAN_DEVICE, "dst", &dst];
-            runner.run("bridge", &del, None).await?;
+    Ok(sync_entries(runner, &FDB, fdb).await? + sync_entries(runner, &NEIGH, neigh).await?)
+}
+
+/// One kind of per-peer entry on the VXLAN device: how it is listed, deleted and written.
+struct EntryKind {
+    program: &'static str,
+    /// The listing's arguments.
+    list: [&'static str; 4],
+    /// The word before an entry's value in the listing.
+    tag: &'static str,
+    /// The arguments deleting `(key, value)`.
+    del: fn(&str, &str) -> Vec<String>,
+    /// The arguments writing `(key, value)` as a permanent entry.
+    add: fn(&str, &str) -> Vec<String>,
+}
+
+/// `mac -> node address` in the device's forwarding database.
+const FDB: EntryKind = EntryKind {
+    program: "bridge",
+    list: ["fdb", "show", "dev", VXLAN_DEVICE],
+    tag: "dst",
+    del: |mac, dst| words(&["fdb", "del", mac, "dev", VXLAN_DEVICE, "dst", dst]),
+    add: |mac, dst| {
+        let add = ["fdb", "replace", mac, "dev", VXLAN_DEVICE, "dst", dst];
+        words(&[&add[..], &["self", "permanent"]].concat())
+    },
+};
+
+/// `gateway -> peer device MAC` neighbours.
+const NEIGH: EntryKind = EntryKind {
+    program: "ip",
+    list: ["neigh", "show", "dev", VXLAN_DEVICE],
+    tag: "lladdr",
+    del: |ip, _| words(&["neigh", "del", ip, "dev", VXLAN_DEVICE]),
+    add: |ip, mac| {
+        let add = ["neigh", "replace", ip, "lladdr", mac, "dev", VXLAN_DEVICE];
+        words(&[&add[..], &["nud", "permanent"]].concat())
+    },
+};
+
+fn words(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// Lists `kind`'s entries, deletes the unwanted ones and writes the wanted ones not
+/// already there as permanent; returns the writes made.
+async fn sync_entries(
+    runner: &Runner,
+    kind: &EntryKind,
+    want: BTreeSet<(String, String)>,
+) -> Result<u64, DataplaneError> {
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        runner.run(kind.program, &args, None).await.map(drop)
+    };
+    let listing = runner.run(kind.program, &kind.list, None).await?;
+    let mut writes = 0;
+    let mut have = BTreeSet::new();
+    for entry in parse_entries(&listing, kind.tag) {
+        let pair = (entry.key, entry.value);
+        if !want.contains(&pair) {
+            run((kind.del)(&pair.0, &pair.1)).await?;
             writes += 1;
+        } else if entry.permanent {
+            have.insert(pair);
         }
     }
-    let neigh = runner
-        .run("ip", &["neigh", "show", "dev", VXLAN_DEVICE], None)
-        .await?;
-    for (ip, mac) in parse_neigh(&neigh) {
-        if !neigh_want.contains(&(ip.clone(), mac)) {
-            runner
-                .run("ip", &["neigh", "del", &ip, "dev", VXLAN_DEVICE], None)
-                .await?;
-            writes += 1;
-        }
-    }
-    for (mac, dst) in &fdb_want {
-        let add = [
-            "fdb",
-            "replace",
-            mac,
-            "dev",
-            VXLAN_DEVICE,
-            "dst",
-            dst,
-            "self",
-            "permanent",
-        ];
-        runner.run("bridge", &add, None).await?;
-        writes += 1;
-    }
-    for (ip, mac) in &neigh_want {
-        let add = [
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            VXLAN_DEVICE,
-            "nud",
-            "permanent",
-        ];
-        runner.run("ip", &add, None).await?;
+    for (key, value) in want.difference(&have) {
+        run((kind.add)(key, value)).await?;
         writes += 1;
     }
     Ok(writes)
 }
 
-/// `(mac, dst)` of `bridge fdb show dev X` lines with a `dst`.
-fn parse_fdb(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let dst = words.iter().position(|w| *w == "dst")?;
-            Some((words.first()?.to_string(), words.get(dst + 1)?.to_string()))
-        })
-        .collect()
+/// One line of `bridge fdb show` (`mac dst ip ...`) or `ip neigh show` (`ip lladdr mac
+/// ...`): the first word, the word after the tag, and whether the entry is permanent.
+#[derive(Debug, PartialEq)]
+struct Entry {
+    key: String,
+    value: String,
+    permanent: bool,
 }
 
-/// `(ip, mac)` of `ip neigh show dev X` lines with an `lladdr`.
-fn parse_neigh(text: &str) -> Vec<(String, String)> {
+/// The entries of a listing whose lines carry `tag` (`dst` or `lladdr`); other lines
+/// (the FDB's multicast entries, neighbours that failed) are skipped.
+fn parse_entries(text: &str, tag: &str) -> Vec<Entry> {
     text.lines()
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
-            let ll = words.iter().position(|w| *w == "lladdr")?;
-            Some((words.first()?.to_string(), words.get(ll + 1)?.to_string()))
+            let at = words.iter().position(|w| *w == tag)?;
+            Some(Entry {
+                key: words.first()?.to_string(),
+                value: words.get(at + 1)?.to_string(),
+                permanent: words.iter().any(|w| w.eq_ignore_ascii_case("permanent")),
+            })
         })
         .collect()
 }
@@ -243,21 +293,48 @@ mod tests {
 
     #[test]
     fn fdb_and_neighbour_listings_parse() {
+        let entry = |key: &str, value: &str, permanent| Entry {
+            key: key.into(),
+            value: value.into(),
+            permanent,
+        };
         let fdb = "66:01:02:03:04:05 dst 10.99.1.1 self permanent\n\
-                   00:00:00:00:00:00 dst 10.99.1.9 self permanent\n\
+                   00:00:00:00:00:00 dst 10.99.1.9 self\n\
                    33:33:00:00:00:01 self permanent\n";
         assert_eq!(
-            parse_fdb(fdb),
+            parse_entries(fdb, "dst"),
             vec![
-                ("66:01:02:03:04:05".into(), "10.99.1.1".into()),
-                ("00:00:00:00:00:00".into(), "10.99.1.9".into())
+                entry("66:01:02:03:04:05", "10.99.1.1", true),
+                entry("00:00:00:00:00:00", "10.99.1.9", false)
             ]
         );
-        let neigh = "10.244.1.0 lladdr 66:01:02:03:04:05 PERMANENT\n10.244.2.0 FAILED\n";
+        let neigh = "10.244.1.0 lladdr 66:01:02:03:04:05 PERMANENT\n\
+                     10.244.3.0 lladdr 66:01:02:03:04:06 STALE\n10.244.2.0 FAILED\n";
         assert_eq!(
-            parse_neigh(neigh),
-            vec![("10.244.1.0".into(), "66:01:02:03:04:05".into())]
+            parse_entries(neigh, "lladdr"),
+            vec![
+                entry("10.244.1.0", "66:01:02:03:04:05", true),
+                entry("10.244.3.0", "66:01:02:03:04:06", false)
+            ]
         );
+    }
+
+    #[test]
+    fn a_settled_link_needs_no_set() {
+        let up = "5: vxlan.calico: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue\n    \
+                  link/ether 66:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff promiscuity 0\n";
+        assert!(link_settled(up, Some("66:00:00:00:00:01"), 1450));
+        assert!(link_settled(
+            up,
+            Some("66:00:00:00:00:01".to_uppercase().as_str()),
+            1450
+        ));
+        assert!(!link_settled(up, Some("66:00:00:00:00:02"), 1450));
+        assert!(!link_settled(up, None, 1480));
+        let down = "6: tunl0@NONE: <NOARP> mtu 1480 qdisc noop state DOWN\n    link/ipip 0.0.0.0 brd 0.0.0.0\n";
+        assert!(!link_settled(down, None, 1480));
+        let lower_up_only = "6: tunl0@NONE: <NOARP,LOWER_UP> mtu 1480 qdisc noop\n";
+        assert!(!link_settled(lower_up_only, None, 1480));
     }
 
     #[test]

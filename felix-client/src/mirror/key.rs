@@ -5,13 +5,20 @@
 //!
 //! Invariants: a [`MirrorKey`] equals and hashes like another exactly when their kind,
 //! namespace text and name text are equal (the `Arc` is only a way to share bytes);
-//! every namespace of a key in the mirror is in [`Namespaces`], so a key whose
-//! namespace is not there is certainly absent.
+//! every namespace of a key in the mirror is in [`Namespaces`]. A [`Key`] is looked up
+//! through [`KeyRef`], which hashes and compares like the [`MirrorKey`] it names, so a
+//! lookup builds nothing.
 
 use std::collections::HashSet;
+use std::hash::{Hash, RandomState};
 use std::sync::Arc;
 
+use hashbrown::Equivalent;
+use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Kind};
+
+/// The mirror's entries: compact keys with their entry hashes.
+pub(super) type Entries = hashbrown::HashMap<MirrorKey, EntryHash, RandomState>;
 
 /// A key as the mirror stores it (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +38,32 @@ impl MirrorKey {
     /// The bytes of its own name buffer.
     pub fn name_len(&self) -> usize {
         self.name.len()
+    }
+}
+
+/// A borrowed key for lookups in [`Entries`]: hashes exactly as [`MirrorKey`] (the
+/// same fields in the same order; `Arc<str>` and `Box<str>` hash as their `str`).
+#[derive(Hash)]
+pub(super) struct KeyRef<'a> {
+    kind: Kind,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    /// The lookup form of `key`.
+    pub fn of(key: &'a Key) -> KeyRef<'a> {
+        KeyRef {
+            kind: key.kind(),
+            namespace: key.namespace(),
+            name: key.name(),
+        }
+    }
+}
+
+impl Equivalent<MirrorKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &MirrorKey) -> bool {
+        self.kind == key.kind && self.namespace == &*key.namespace && self.name == &*key.name
     }
 }
 
@@ -61,17 +94,6 @@ impl Namespaces {
             namespace,
             name: key.name().into(),
         }
-    }
-
-    /// The compact form of `key` for a lookup, `None` when no key of the mirror can
-    /// equal it (its namespace is unknown).
-    pub fn lookup(&self, key: &Key) -> Option<MirrorKey> {
-        let namespace = Arc::clone(self.set.get(key.namespace())?);
-        Some(MirrorKey {
-            kind: key.kind(),
-            namespace,
-            name: key.name().into(),
-        })
     }
 
     /// Counts a deletion; every [`PRUNE_EVERY`] of them, forgets the namespaces no key
@@ -109,11 +131,18 @@ mod tests {
         let (ka, kb) = (namespaces.key(&a), namespaces.key(&b));
         assert!(Arc::ptr_eq(&ka.namespace, &kb.namespace));
         assert_eq!(ka.to_key(), Some(a.clone()));
-        assert_eq!(namespaces.lookup(&a), Some(ka.clone()));
+        let mut entries = Entries::default();
+        entries.insert(ka, EntryHash::default());
+        assert!(
+            entries.contains_key(&KeyRef::of(&a)),
+            "a borrowed key finds it"
+        );
         let elsewhere = Key::new(Kind::WorkloadEndpoint, "other", "a").unwrap();
-        assert_eq!(namespaces.lookup(&elsewhere), None);
-        drop((ka, kb));
+        assert!(!entries.contains_key(&KeyRef::of(&elsewhere)));
+        assert!(!entries.contains_key(&KeyRef::of(&b)));
+        assert_eq!(namespaces.set.len(), 1);
+        drop((entries, kb));
         namespaces.prune();
-        assert_eq!(namespaces.lookup(&a), None, "no key holds ns: forgotten");
+        assert!(namespaces.set.is_empty(), "no key holds ns: forgotten");
     }
 }

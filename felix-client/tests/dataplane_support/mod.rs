@@ -169,6 +169,19 @@ pub fn root() -> bool {
     root
 }
 
+/// A scratch namespace with `links` interfaces ([`Netns::new`]); `None` without root
+/// (the test returns, and [`root`] has said it skipped).
+pub fn scratch(links: usize) -> Option<Netns> {
+    root().then(|| Netns::new(links))
+}
+
+/// [`scratch`] with a dataplane opened on it.
+pub async fn scratch_dataplane(links: usize) -> Option<(Netns, Dataplane)> {
+    let ns = scratch(links)?;
+    let dp = ns.dataplane().await;
+    Some((ns, dp))
+}
+
 /// Owned rule strings.
 pub fn rules(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
