@@ -71,6 +71,17 @@ pub async fn connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Channel, ConformanceError> {
+    connect_with_window(addr, tls, None).await
+}
+
+/// [`connect`] with the connection's and every stream's HTTP/2 receive window set to
+/// `window` bytes (`None`: the transport's default). A small window makes a client that
+/// stops reading hold the server back soon.
+pub async fn connect_with_window(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    window: Option<u32>,
+) -> Result<Channel, ConformanceError> {
     let connector = tower::service_fn(move |_: Uri| {
         let tls = tls.clone();
         async move {
@@ -83,6 +94,8 @@ pub async fn connect(
         }
     });
     Ok(Endpoint::from_static("http://localhost")
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
         .connect_with_connector(connector)
         .await?)
 }

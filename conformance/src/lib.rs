@@ -21,7 +21,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/typha.sync.v1.rs"));
 }
 
-pub use client::{SyncStream, Synced, connect, hello, tls_config};
+pub use client::{SyncStream, Synced, connect, connect_with_window, hello, tls_config};
 pub use mirror::Mirror;
 
 /// Why the conformance client gave up.

@@ -205,9 +205,14 @@ impl Mirror {
         }
         self.check_digest(&batch.digest, "DeltaBatch")?;
         self.revision = batch.revision;
-        for v in &batch.versions {
-            let held = self.versions.entry(v.resource.clone()).or_default();
-            *held = (*held).max(v.version);
+        if rebase {
+            // The rebase batch carries the server's full vector: adopted as it is.
+            self.versions = vector(&batch.versions);
+        } else {
+            // Each entry replaces the mirror's, also downwards (a datastore restore).
+            for v in &batch.versions {
+                self.versions.insert(v.resource.clone(), v.version);
+            }
         }
         Ok(batch)
     }
@@ -297,5 +302,47 @@ mod tests {
         one.put(&kv("a", false)).unwrap();
         one.put(&kv("b", false)).unwrap();
         assert_eq!(one.digest(), [0; 16]);
+    }
+
+    #[test]
+    fn batch_versions_replace_entries_even_downwards_and_a_rebase_adopts_the_vector() {
+        let batch = |from: u64, to: u64, versions: &[(&str, u64)]| {
+            let batch = pb::DeltaBatch {
+                revision: to,
+                from_revision: from,
+                digest: vec![0; 16],
+                updates: Vec::new(),
+                versions: versions
+                    .iter()
+                    .map(|(resource, version)| pb::ResourceVersion {
+                        resource: resource.to_string(),
+                        version: *version,
+                    })
+                    .collect(),
+            };
+            let msg = pb::server_message::Msg::Deltas(batch);
+            pb::ServerMessage { msg: Some(msg) }.encode_to_vec()
+        };
+        let vv = |entries: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            entries.iter().map(|(r, v)| (r.to_string(), *v)).collect()
+        };
+        let mut mirror = Mirror {
+            versions: vv(&[("pods", 9), ("nodes", 4)]),
+            ..Mirror::default()
+        };
+        mirror
+            .apply_batch(&batch(0, 1, &[("pods", 3)]), false)
+            .unwrap();
+        assert_eq!(mirror.revision, 1);
+        assert_eq!(
+            mirror.versions,
+            vv(&[("pods", 3), ("nodes", 4)]),
+            "restored"
+        );
+        mirror
+            .apply_batch(&batch(7, 7, &[("pods", 5)]), true)
+            .unwrap();
+        assert_eq!(mirror.revision, 7);
+        assert_eq!(mirror.versions, vv(&[("pods", 5)]), "the rebase's vector");
     }
 }

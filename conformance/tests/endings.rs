@@ -174,10 +174,10 @@ async fn every_refusal_gets_its_status_and_no_state_and_spares_the_sibling_strea
 async fn unauthenticated_clients_receive_nothing() {
     let world = World::start("unauthenticated").await;
     let typha = world.typha("typha-a", &[]).await;
-    let other = world.dir.join("other-ca");
+    let other = world.dir().join("other-ca");
     std::fs::create_dir_all(&other).unwrap();
     support::certs(&other);
-    let ca = world.dir.join("ca.crt");
+    let ca = world.dir().join("ca.crt");
     let configs = [
         (
             "no certificate",

@@ -18,7 +18,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,14 +43,19 @@ fn gnp_json(name: &str, spec: Json) -> Json {
            "metadata": {"name": name}, "spec": spec})
 }
 
-/// Whether a TCP connection from namespace `from` to node `to`'s address on `port`
-/// is established (the listener is opened in node `to`'s namespace for the attempt).
-async fn connects(rig: &Rig, from: &str, to: usize, port: u16) -> bool {
-    let node = &rig.topo.nodes()[to];
-    match Flow::open(from, &node.netns, node.ip, port, SHORT).await {
+/// Whether a TCP connection from namespace `from` to `ip` on `port` is established and
+/// exchanges (the listener is opened in namespace `to` for the attempt).
+async fn reaches(from: &str, to: &str, ip: impl Into<IpAddr>, port: u16) -> bool {
+    match Flow::open(from, to, ip, port, SHORT).await {
         Ok(mut flow) => flow.exchange(SHORT).await.is_ok(),
         Err(_) => false,
     }
+}
+
+/// Whether namespace `from` [`reaches`] node `to`'s address on `port`.
+async fn connects(rig: &Rig, from: &str, to: usize, port: u16) -> bool {
+    let node = &rig.topo.nodes()[to];
+    reaches(from, &node.netns, node.ip, port).await
 }
 
 /// Writes `objects` and waits until every agent applied them.
@@ -202,23 +207,9 @@ async fn apply_on_forward_governs_traffic_the_node_forwards() {
     rig.topo.add_external_address(EXTERNAL).await.unwrap();
     route_external_via_node0(&rig).await;
     let n0 = &rig.topo.nodes()[0];
-    let pod = rig
-        .topo
-        .pods()
-        .iter()
-        .find(|p| p.node == 1)
-        .unwrap()
-        .clone();
+    let pod = rig.topo.pods().iter().find(|p| p.node == 1).unwrap();
     let outside = rig.topo.switch_netns().to_string();
-    let reach = |port| {
-        let (outside, pod) = (outside.clone(), pod.clone());
-        async move {
-            match Flow::open(&outside, &pod.netns, pod.ip, port, SHORT).await {
-                Ok(mut flow) => flow.exchange(SHORT).await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    };
+    let reach = |port| reaches(&outside, &pod.netns, pod.ip, port);
     let mut hep = hep_json("node-0-eth0", &n0.name, "eth0", n0.ip);
     hep["spec"]["profiles"] = json!(["projectcalico-default-allow"]);
     let policy = |forward: bool| {

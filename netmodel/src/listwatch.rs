@@ -83,7 +83,7 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     async_stream::stream! {
-        'relist: loop {
+        loop {
             yield Ok(Step::Init);
             let mut done = None;
             let mut items = std::pin::pin!(list(&api, mode));
@@ -95,52 +95,71 @@ where
                     ListItem::Failed(None) => {}
                 }
             }
-            let Some((mut version, mut watch)) = done else {
-                continue 'relist;
+            let Some((version, watch)) = done else {
+                continue;
             };
             yield Ok(Step::ListDone(version.clone()));
-            loop {
-                let mut stream = match watch.take() {
-                    Some(s) => s,
-                    None => {
-                        let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-                        match api.watch(&params, &version).await {
-                            Ok(s) => s.boxed(),
-                            Err(e) => {
-                                // Possibly a restarted (restored) server: only a list
-                                // gets a position it accepts.
-                                yield Err(watcher::Error::WatchStartFailed(e));
-                                continue 'relist;
-                            }
+            let mut steps = std::pin::pin!(watch_from(&api, version, watch));
+            while let Some(step) = steps.next().await {
+                yield step;
+            }
+        }
+    }
+}
+
+/// The watch after a list: events from `version` on (through `watch`, if the list left
+/// one open), the watch restarted from the last version seen when it ends. Ends when
+/// only a relist can go on: a failed watch start or a 410 inside a watch.
+fn watch_from<K>(
+    api: &Api<K>,
+    mut version: String,
+    mut watch: Option<WatchStream<K>>,
+) -> impl Stream<Item = Result<Step<K>, watcher::Error>> + Send + '_
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    async_stream::stream! {
+        loop {
+            let mut stream = match watch.take() {
+                Some(s) => s,
+                None => {
+                    let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+                    match api.watch(&params, &version).await {
+                        Ok(s) => s.boxed(),
+                        Err(e) => {
+                            // Possibly a restarted (restored) server: only a list gets a
+                            // position it accepts.
+                            yield Err(watcher::Error::WatchStartFailed(e));
+                            return;
                         }
                     }
-                };
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                            follow(&mut version, &o);
-                            yield Ok(Step::Applied(o));
+                }
+            };
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                        follow(&mut version, &o);
+                        yield Ok(Step::Applied(o));
+                    }
+                    Ok(WatchEvent::Deleted(o)) => {
+                        follow(&mut version, &o);
+                        yield Ok(Step::Deleted(o));
+                    }
+                    Ok(WatchEvent::Bookmark(b)) => {
+                        version.clone_from(&b.metadata.resource_version);
+                        yield Ok(Step::Progress(b.metadata.resource_version));
+                    }
+                    Ok(WatchEvent::Error(s)) => {
+                        let gone = s.code == 410;
+                        yield Err(watcher::Error::WatchError(s));
+                        if gone {
+                            return;
                         }
-                        Ok(WatchEvent::Deleted(o)) => {
-                            follow(&mut version, &o);
-                            yield Ok(Step::Deleted(o));
-                        }
-                        Ok(WatchEvent::Bookmark(b)) => {
-                            version.clone_from(&b.metadata.resource_version);
-                            yield Ok(Step::Progress(b.metadata.resource_version));
-                        }
-                        Ok(WatchEvent::Error(s)) => {
-                            let gone = s.code == 410;
-                            yield Err(watcher::Error::WatchError(s));
-                            if gone {
-                                continue 'relist;
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            yield Err(watcher::Error::WatchFailed(e));
-                            break;
-                        }
+                        break;
+                    }
+                    Err(e) => {
+                        yield Err(watcher::Error::WatchFailed(e));
+                        break;
                     }
                 }
             }
@@ -160,45 +179,64 @@ fn list<K>(api: &Api<K>, mode: ListMode) -> impl Stream<Item = ListItem<K>> + Se
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    if mode.streaming {
+        streaming_list(api).left_stream()
+    } else {
+        paged_list(api, mode.page_size).right_stream()
+    }
+}
+
+/// A list as a watch with `sendInitialEvents`: done at the initial-events-end bookmark,
+/// whose watch goes on.
+fn streaming_list<K>(api: &Api<K>) -> impl Stream<Item = ListItem<K>> + Send + '_
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
     async_stream::stream! {
-        if mode.streaming {
-            let params = WatchParams::streaming_lists().timeout(WATCH_TIMEOUT_SECS);
-            let mut stream = match api.watch(&params, "0").await {
-                Ok(s) => s.boxed(),
-                Err(e) => {
-                    yield ListItem::Failed(Some(watcher::Error::WatchStartFailed(e)));
+        let params = WatchParams::streaming_lists().timeout(WATCH_TIMEOUT_SECS);
+        let mut stream = match api.watch(&params, "0").await {
+            Ok(s) => s.boxed(),
+            Err(e) => {
+                yield ListItem::Failed(Some(watcher::Error::WatchStartFailed(e)));
+                return;
+            }
+        };
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                    yield ListItem::Object(o);
+                }
+                Ok(WatchEvent::Deleted(_)) => {}
+                Ok(WatchEvent::Bookmark(b)) => {
+                    if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) {
+                        yield ListItem::Done(b.metadata.resource_version, Some(stream));
+                        return;
+                    }
+                }
+                Ok(WatchEvent::Error(s)) => {
+                    yield ListItem::Failed(Some(watcher::Error::WatchError(s)));
                     return;
                 }
-            };
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                        yield ListItem::Object(o);
-                    }
-                    Ok(WatchEvent::Deleted(_)) => {}
-                    Ok(WatchEvent::Bookmark(b)) => {
-                        if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) {
-                            yield ListItem::Done(b.metadata.resource_version, Some(stream));
-                            return;
-                        }
-                    }
-                    Ok(WatchEvent::Error(s)) => {
-                        yield ListItem::Failed(Some(watcher::Error::WatchError(s)));
-                        return;
-                    }
-                    Err(e) => {
-                        yield ListItem::Failed(Some(watcher::Error::WatchFailed(e)));
-                        return;
-                    }
+                Err(e) => {
+                    yield ListItem::Failed(Some(watcher::Error::WatchFailed(e)));
+                    return;
                 }
             }
-            // Ended before the initial events did.
-            yield ListItem::Failed(None);
-            return;
         }
+        // Ended before the initial events did.
+        yield ListItem::Failed(None);
+    }
+}
+
+/// A paginated list, done at the last page's resourceVersion.
+fn paged_list<K>(api: &Api<K>, page_size: u32) -> impl Stream<Item = ListItem<K>> + Send + '_
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    async_stream::stream! {
         let mut continue_token: Option<String> = None;
         loop {
-            let mut params = ListParams::default().limit(mode.page_size.max(1));
+            let mut params = ListParams::default().limit(page_size.max(1));
             params.continue_token = continue_token.take();
             let page = match api.list(&params).await {
                 Ok(page) => page,

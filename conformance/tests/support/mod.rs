@@ -8,13 +8,15 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use conformance::{ConformanceError, SyncStream, Synced, pb};
 use kube_sim::KubeSim;
 use kube_sim::seed::{SeedConfig, seed};
+use testkit::Scratch;
+use tokio::process::Child;
 
 /// Every wait's deadline: it only turns a hang into a failure.
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -91,7 +93,8 @@ fn free_port() -> u16 {
 
 /// A scratch dir with the PKI and the kubeconfig, and kube-sim serving a small cluster.
 pub struct World {
-    pub dir: PathBuf,
+    /// Removed on drop (also when the test fails).
+    scratch: Scratch,
     pub sim: KubeSim,
     pub kubeconfig: PathBuf,
 }
@@ -101,10 +104,8 @@ impl World {
     /// Kubernetes NetworkPolicy per namespace, Calico's defaults; certificates from
     /// `typha certs`.
     pub async fn start(name: &str) -> World {
-        let dir = std::env::temp_dir().join(format!("conformance-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        certs(&dir);
+        let scratch = Scratch::new(&format!("conformance-{name}"));
+        certs(scratch.path());
         let sim = KubeSim::start(kube_sim::Config {
             simulate_pods: false,
             ..Default::default()
@@ -119,10 +120,10 @@ impl World {
             host_network_every: 4,
         };
         seed(sim.store(), &cluster).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
+        let kubeconfig = scratch.path().join("kubeconfig");
         std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
         World {
-            dir,
+            scratch,
             sim,
             kubeconfig,
         }
@@ -133,8 +134,8 @@ impl World {
     pub async fn typha(&self, name: &str, extra: &[&str]) -> Typha {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let file = |f: &str| self.dir.join(f).display().to_string();
-        let log = self.dir.join(format!("{name}.log"));
+        let file = |f: &str| self.dir().join(f).display().to_string();
+        let log = self.dir().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(typha_exe());
         command
@@ -159,27 +160,29 @@ impl World {
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        let child = command.spawn().unwrap();
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
         let mut typha = Typha { grpc, child, log };
         typha.wait_listening().await;
         typha
     }
 
+    /// The scratch directory (PKI, kubeconfig, logs).
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
     /// The legitimate client TLS configuration.
     pub fn tls(&self) -> Arc<rustls::ClientConfig> {
-        let f = |n: &str| self.dir.join(n);
+        let f = |n: &str| self.dir().join(n);
         conformance::tls_config(&f("ca.crt"), Some((&f("felix.crt"), &f("felix.key")))).unwrap()
     }
 
     /// Writes a pod (create or replace) in kube-sim.
     pub fn put(&self, object: serde_json::Value) {
         self.sim.store().upsert_object(object).unwrap();
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -194,7 +197,7 @@ pub fn certs(dir: &Path) {
     assert!(status.success(), "typha certs failed");
 }
 
-/// A typha process, SIGKILLed on drop.
+/// A typha process, SIGKILLed on drop (`kill_on_drop`).
 pub struct Typha {
     pub grpc: SocketAddr,
     child: Child,
@@ -223,7 +226,7 @@ impl Typha {
     /// SIGTERM by PID: typha drains (goodbyes) and exits.
     pub fn terminate(&self) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.id().expect("running").to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -231,14 +234,7 @@ impl Typha {
 
     /// Waits for the process to exit; its exit status.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(start.elapsed() < LIMIT, "typha did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        within(self.child.wait()).await.unwrap()
     }
 
     /// A new connection and stream, synced with `hello` (`prior`: the mirror its resume
@@ -254,13 +250,6 @@ impl Typha {
         within(stream.sync(hello, prior))
             .await
             .unwrap_or_else(|e| panic!("sync failed: {e}\n{}", self.log_tail()))
-    }
-}
-
-impl Drop for Typha {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

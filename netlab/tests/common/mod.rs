@@ -109,14 +109,10 @@ pub fn init() {
 }
 
 /// Namespaces x, y, z with pods a, b, c each, round robin over the nodes, every pod
-/// listening on TCP and UDP 80 and 81 (named ports `serve-<port>-<proto>`); wired by
-/// hand, or through `cni` when given. Nodes: one per entry of `subnets` (node `n` on
-/// subnet `subnets[n]`, see `netlab::underlay`), or two on one segment when empty.
-pub async fn bench_on(cni: Option<CniWiring>, subnets: &[usize]) -> Topology {
-    bench_of(cni, subnets, Stack::V4).await
-}
-
-/// [`bench_on`] with the IP families of `stack`.
+/// listening on TCP and UDP 80 and 81 (named ports `serve-<port>-<proto>`), of the IP
+/// families of `stack`; wired by hand, or through `cni` when given. Nodes: one per entry
+/// of `subnets` (node `n` on subnet `subnets[n]`, see `netlab::underlay`), or two on one
+/// segment when empty.
 pub async fn bench_of(cni: Option<CniWiring>, subnets: &[usize], stack: Stack) -> Topology {
     let subnets = if subnets.is_empty() {
         &[0, 0][..]
@@ -139,16 +135,6 @@ pub async fn bench_of(cni: Option<CniWiring>, subnets: &[usize], stack: Stack) -
         }
     }
     builder.build().await.unwrap()
-}
-
-/// [`bench_on`] with two nodes on one segment.
-pub async fn bench_with(cni: Option<CniWiring>) -> Topology {
-    bench_on(cni, &[]).await
-}
-
-/// [`bench_with`] wired by hand.
-pub async fn bench() -> Topology {
-    bench_with(None).await
 }
 
 /// What the tap has forwarded to the dataplane.
@@ -421,7 +407,7 @@ pub struct RigConfig {
     pub cni: Option<CniWiring>,
     /// Interface prefixes of typha's conversion (the first) and the agents' calc.
     pub interface_prefixes: netmodel::InterfacePrefixes,
-    /// The subnet of each node (see [`bench_on`]); empty: two nodes on one segment.
+    /// The subnet of each node (see [`bench_of`]); empty: two nodes on one segment.
     pub subnets: Vec<usize>,
     /// The IP families of nodes and pods.
     pub stack: Stack,

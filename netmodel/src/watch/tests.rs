@@ -2,12 +2,16 @@
 //! events through `inputs`.
 
 use futures::channel::mpsc::unbounded;
-use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Node, Pod, PodIP, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::runtime::watcher;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use typha_proto::{Kind, Value, pb};
 
+use super::resource::{RejectionLog, inputs};
 use super::*;
+use crate::listwatch::{Step, list_watch};
 
 fn key(name: &str) -> Key {
     Key::cluster(Kind::Node, name).unwrap()
