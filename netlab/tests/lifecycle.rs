@@ -15,28 +15,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{LIMIT, Rig, RigConfig, allow_from, node_exec, pump_between};
+use common::{LIMIT, Rig, RigConfig, agent_rules, allow_from, node_exec, pump_between};
 use netlab::{LabelSelector as Sel, Mismatch};
 
 /// The agent's rule lines (`-A <chain> ...`) of one table of node `n`, with their
 /// packet counters (`iptables-save -c`): every line that names a `cali` chain or
 /// jumps to one.
 async fn counters(rig: &Rig, n: usize, table: &str) -> BTreeMap<String, u64> {
-    let save = node_exec(rig, n, "iptables-save", &["-c", "-t", table]).await;
     let mut out = BTreeMap::new();
-    for line in save.lines() {
-        let Some(rest) = line.strip_prefix('[') else {
-            continue;
-        };
-        let (count, rule) = rest.split_once(']').unwrap();
-        let rule = rule.trim();
-        if !rule.contains("cali") {
-            continue;
-        }
-        let packets: u64 = count.split(':').next().unwrap().parse().unwrap();
+    for (rule, packets) in agent_rules(rig, n, "iptables-save", table).await {
         // Identical rules in one chain would collide; the hash comments make them unique.
         assert!(
-            out.insert(rule.to_string(), packets).is_none(),
+            out.insert(rule.clone(), packets).is_none(),
             "duplicate {rule}"
         );
     }
@@ -112,7 +102,7 @@ async fn drift_is_repaired() {
         allow_from("x", "b-from-z", Sel::label("pod", "b"), &["z"]),
     ])
     .await;
-    let mut failures: Vec<String> = rig.check("policies in place").await.into_iter().collect();
+    let failures: Vec<String> = rig.check("policies in place").await.into_iter().collect();
 
     // Drift on node 0: delete the allow rule of x/a's policy chain.
     let chains = policy_chains(&rig, 0).await;
@@ -185,9 +175,7 @@ async fn drift_is_repaired() {
     members_after.sort();
     members_before.sort();
     assert_eq!(members_after, members_before, "member not restored");
-    failures.extend(rig.check("after repair").await);
-    rig.stop().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    rig.finish(failures, "after repair").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +183,7 @@ async fn restart_with_unchanged_state_writes_nothing() {
     let mut rig = Rig::start(RigConfig::default()).await;
     rig.set_policies(vec![allow_from("x", "from-y", Sel::all(), &["y"])])
         .await;
-    let mut failures: Vec<String> = rig.check("before restart").await.into_iter().collect();
+    let failures: Vec<String> = rig.check("before restart").await.into_iter().collect();
     // y/a (node 1) -> x/a (node 0): allowed, through node 0's policy chains.
     let pump = pump_between(&rig, ("y", "a"), ("x", "a")).await;
     let before: Vec<_> = [
@@ -243,9 +231,7 @@ async fn restart_with_unchanged_state_writes_nothing() {
     }
     let flow = pump.stop().await.unwrap();
     assert!(flow.exchanges() >= 9);
-    failures.extend(rig.check("after restart").await);
-    rig.stop().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    rig.finish(failures, "after restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -781,6 +781,14 @@ impl Rig {
         report
     }
 
+    /// A last probe check (`case`), then [`Rig::stop`]; fails with every mismatch
+    /// collected in `failures` and this check.
+    pub async fn finish(self, mut failures: Vec<String>, case: &str) {
+        failures.extend(self.check(case).await);
+        self.stop().await;
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     /// Stops everything (the bench's namespaces go when `topo` drops, also on panic).
     pub async fn stop(mut self) {
         for agent in self.agents.iter_mut().filter_map(Option::take) {
@@ -802,6 +810,26 @@ pub async fn node_exec(rig: &Rig, n: usize, program: &str, args: &[&str]) -> Str
     netlab::cmd::exec_in(&rig.topo.nodes()[n].netns, program, args)
         .await
         .unwrap()
+}
+
+/// The agent's rule lines (`-A <chain> ...`) of one table of node `n`, in order, each
+/// with its packet counter (`<program> -c -t <table>`): every line that names a `cali`
+/// chain or jumps to one.
+pub async fn agent_rules(rig: &Rig, n: usize, program: &str, table: &str) -> Vec<(String, u64)> {
+    let save = node_exec(rig, n, program, &["-c", "-t", table]).await;
+    let mut out = Vec::new();
+    for line in save.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let (count, rule) = rest.split_once(']').unwrap();
+        let rule = rule.trim();
+        if rule.contains("cali") {
+            let packets: u64 = count.split(':').next().unwrap().parse().unwrap();
+            out.push((rule.to_string(), packets));
+        }
+    }
+    out
 }
 
 /// The rule specs (chain first) that cut a node off from [`RELAY_IP`].
