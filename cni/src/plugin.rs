@@ -68,6 +68,24 @@ fn netns_of(env: &RuntimeEnv) -> Result<&Path, CniError> {
     Ok(netns)
 }
 
+/// What the pod's interface is wired with: its namespace, the runtime's interface name,
+/// the host-side name `host`, its addresses and the configured MTU.
+fn wiring<'a>(
+    netns: &'a Path,
+    env: &'a RuntimeEnv,
+    conf: &NetConf,
+    host: &'a str,
+    ips: &'a [Ipv4Addr],
+) -> Wiring<'a> {
+    Wiring {
+        netns,
+        ifname: &env.ifname,
+        host,
+        ips,
+        mtu: conf.mtu,
+    }
+}
+
 fn add(env: &RuntimeEnv, conf: &NetConf, stdin: &[u8], host: &str) -> Result<Json, CniError> {
     let netns = netns_of(env)?;
     let binary = ipam_binary(env, conf)?;
@@ -80,14 +98,8 @@ fn add(env: &RuntimeEnv, conf: &NetConf, stdin: &[u8], host: &str) -> Result<Jso
         .into_iter()
         .map(|a| a.ip)
         .collect();
-    let wiring = Wiring {
-        netns,
-        ifname: &env.ifname,
-        host,
-        ips: &ips,
-        mtu: conf.mtu,
-    };
-    let wired = link::create(&wiring).and_then(|()| link::pod_mac(netns, &env.ifname));
+    let wired = link::create(&wiring(netns, env, conf, host, &ips))
+        .and_then(|()| link::pod_mac(netns, &env.ifname));
     match wired {
         Ok(mac) => {
             tracing::info!(host, ?ips, "added");
@@ -170,13 +182,6 @@ fn prev_ips(conf: &NetConf) -> Result<Vec<Ipv4Addr>, CniError> {
 fn check(env: &RuntimeEnv, conf: &NetConf, stdin: &[u8], host: &str) -> Result<(), CniError> {
     let netns = netns_of(env)?;
     let ips = prev_ips(conf)?;
-    let wiring = Wiring {
-        netns,
-        ifname: &env.ifname,
-        host,
-        ips: &ips,
-        mtu: conf.mtu,
-    };
-    link::verify(&wiring)?;
+    link::verify(&wiring(netns, env, conf, host, &ips))?;
     ipam::check(&ipam_binary(env, conf)?, stdin)
 }

@@ -188,6 +188,42 @@ fn measure(calc: &mut Calc, held: &mut Desired, updates: &[Update]) -> Duration 
     took
 }
 
+/// Measures each batch of `changes` applied in turn, and reports them as `what`.
+fn measure_each(
+    calc: &mut Calc,
+    held: &mut Desired,
+    what: &str,
+    changes: impl IntoIterator<Item = Vec<Update>>,
+) {
+    let mut s = Stats(Vec::new());
+    for updates in changes {
+        s.0.push(measure(calc, held, &updates));
+    }
+    s.report(what);
+}
+
+/// Change `i` of frontend-to-api: peer selectors never seen before.
+fn new_selectors(i: usize) -> Update {
+    let spec = json!({"podSelector": {"matchLabels": {"role": "api"}},
+       "ingress": [{"from": [{"podSelector": {"matchLabels": {"version": format!("v{i}")}}},
+                             {"namespaceSelector": {"matchLabels": {"team": format!("t{i}")}}}],
+                    "ports": [{"port": "grpc"}]}]});
+    netpol(i % NAMESPACES, "frontend-to-api", spec)
+}
+
+/// Change `i` of the policy "extra": created on even `i`, deleted on odd.
+fn created_or_deleted(i: usize) -> Update {
+    let spec = json!({"podSelector": {"matchLabels": {"role": "db"}},
+       "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "api"}}}],
+                    "ports": [{"port": 5432}]}]});
+    let u = netpol(i % NAMESPACES, "extra", spec);
+    if i.is_multiple_of(2) {
+        u
+    } else {
+        Update::delete(u.key)
+    }
+}
+
 fn main() {
     let mut rng = StdRng::seed_from_u64(7);
     // Skewed namespace sizes: weights 1..=50 shuffled.
@@ -249,87 +285,52 @@ fn main() {
         calc.active_selectors()
     );
 
-    let mut s = Stats(Vec::new());
-    for i in 0..CHANGES {
-        s.0.push(measure(
-            &mut calc,
-            &mut held,
-            &policies(i % NAMESPACES, 1 + i % 3)[1..2],
-        ));
-    }
-    s.report("policy change: ports");
+    let (calc, held) = (&mut calc, &mut held);
+    let ports = (0..CHANGES).map(|i| policies(i % NAMESPACES, 1 + i % 3)[1..2].to_vec());
+    measure_each(calc, held, "policy change: ports", ports);
+    let selectors = (0..CHANGES).map(|i| vec![new_selectors(i)]);
+    measure_each(
+        calc,
+        held,
+        "policy change: new selectors (ns + cluster scan)",
+        selectors,
+    );
+    let created = (0..CHANGES).map(|i| vec![created_or_deleted(i)]);
+    measure_each(calc, held, "policy create/delete", created);
 
-    let mut s = Stats(Vec::new());
-    for i in 0..CHANGES {
-        let ns = i % NAMESPACES;
-        let u = netpol(
-            ns,
-            "frontend-to-api",
-            json!({"podSelector": {"matchLabels": {"role": "api"}},
-                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"version": format!("v{i}")}}},
-                                         {"namespaceSelector": {"matchLabels": {"team": format!("t{i}")}}}],
-                                "ports": [{"port": "grpc"}]}]}),
-        );
-        s.0.push(measure(&mut calc, &mut held, &[u]));
-    }
-    s.report("policy change: new selectors (ns + cluster scan)");
-
-    let mut s = Stats(Vec::new());
-    for i in 0..CHANGES {
-        let ns = i % NAMESPACES;
-        let u = netpol(
-            ns,
-            "extra",
-            json!({"podSelector": {"matchLabels": {"role": "db"}},
-                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "api"}}}],
-                                "ports": [{"port": 5432}]}]}),
-        );
-        let u = if i.is_multiple_of(2) {
-            u
-        } else {
-            Update::delete(u.key)
-        };
-        s.0.push(measure(&mut calc, &mut held, &[u]));
-    }
-    s.report("policy create/delete");
-
-    let mut s = Stats(Vec::new());
-    for _ in 0..CHANGES * 5 {
-        let i = rng.random_range(0..endpoints.len());
-        let mut u = endpoints[i].clone();
+    let remote = (0..CHANGES * 5).filter_map(|_| {
+        let mut u = endpoints[rng.random_range(0..endpoints.len())].clone();
         if let Some(Value::WorkloadEndpoint(w)) = &mut u.value {
             if w.node == NODE {
-                continue;
+                return None;
             }
             let role = *ROLES.choose(&mut rng).unwrap();
             w.labels.insert("role".into(), role.into());
         }
-        s.0.push(measure(&mut calc, &mut held, &[u]));
-    }
-    s.report("remote endpoint relabel");
+        Some(vec![u])
+    });
+    measure_each(calc, held, "remote endpoint relabel", remote);
 
-    let mut s = Stats(Vec::new());
     let locals: Vec<&Update> = endpoints
         .iter()
         .filter(|u| matches!(&u.value, Some(Value::WorkloadEndpoint(w)) if w.node == NODE))
         .collect();
-    for i in 0..CHANGES {
+    let local = (0..CHANGES).map(|i| {
         let mut u = locals[i % locals.len()].clone();
         if let Some(Value::WorkloadEndpoint(w)) = &mut u.value {
             let role = ROLES[i % ROLES.len()];
             w.labels.insert("role".into(), role.into());
         }
-        s.0.push(measure(&mut calc, &mut held, &[u]));
-    }
-    s.report("local endpoint relabel");
+        vec![u]
+    });
+    measure_each(calc, held, "local endpoint relabel", local);
 
     let mut s = Stats(Vec::new());
     for _ in 0..CHANGES {
         let start = Instant::now();
         let desired = calc.desired();
         s.0.push(start.elapsed());
-        held = desired;
+        *held = desired;
     }
-    drop(held);
     s.report("desired() alone");
 }

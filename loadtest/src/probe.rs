@@ -273,19 +273,22 @@ mod tests {
         .unwrap()
     }
 
+    /// A stamp, a barrier and no mark on objects `object` builds (from a name and
+    /// labels), and the deletion of `gone` (the object of the pod `lt-7`).
+    fn assert_marks_of(object: impl Fn(&str, &[(&str, &str)]) -> Update, gone: Key) {
+        let stamped = object("lt-1", &[(STAMP_LABEL, "42")]);
+        assert_eq!(mark_of(&stamped), Some(Mark::Stamp(42)));
+        let barrier = object(BARRIER_POD, &[(BARRIER_LABEL, "3")]);
+        assert_eq!(mark_of(&barrier), Some(Mark::Barrier(3)));
+        assert_eq!(mark_of(&object("other", &[("app", "x")])), None);
+        let deleted = mark_of(&Update::delete(gone));
+        assert_eq!(deleted, Some(Mark::Deleted("lt-7".into())));
+    }
+
     #[test]
     fn marks_are_found_in_endpoints_policies_and_deletions() {
-        assert_eq!(
-            mark_of(&wep("p", &[(STAMP_LABEL, "42")])),
-            Some(Mark::Stamp(42))
-        );
-        assert_eq!(
-            mark_of(&wep(BARRIER_POD, &[(BARRIER_LABEL, "3")])),
-            Some(Mark::Barrier(3))
-        );
-        assert_eq!(mark_of(&wep("p", &[("app", "x")])), None);
-        let gone = Update::delete(Key::new(Kind::WorkloadEndpoint, "ns-0", "lt-7").unwrap());
-        assert_eq!(mark_of(&gone), Some(Mark::Deleted("lt-7".into())));
+        let gone = Key::new(Kind::WorkloadEndpoint, "ns-0", "lt-7").unwrap();
+        assert_marks_of(wep, gone);
         let policy = pb::Policy {
             selector: "projectcalico.org/namespace == 'ns-0' && lt-stamp == '977'".into(),
             ..Default::default()
@@ -313,17 +316,10 @@ mod tests {
             )
             .unwrap()
         };
-        assert_eq!(
-            mark_of(&profile("lt-1", &[(STAMP_LABEL, "8")])),
-            Some(Mark::Stamp(8))
+        assert_marks_of(
+            profile,
+            Key::cluster(Kind::Profile, "ksa.loadtest.lt-7").unwrap(),
         );
-        assert_eq!(
-            mark_of(&profile(BARRIER_POD, &[(BARRIER_LABEL, "4")])),
-            Some(Mark::Barrier(4))
-        );
-        assert_eq!(mark_of(&profile("other", &[("app", "x")])), None);
-        let gone = Update::delete(Key::cluster(Kind::Profile, "ksa.loadtest.lt-9").unwrap());
-        assert_eq!(mark_of(&gone), Some(Mark::Deleted("lt-9".into())));
         let namespace = Update::delete(Key::cluster(Kind::Profile, "kns.lt-x").unwrap());
         assert_eq!(mark_of(&namespace), None);
     }

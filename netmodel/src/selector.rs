@@ -399,28 +399,29 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Selector, SelectorError> {
-        let mut parts = vec![self.and()?];
-        while self.peek() == Some(&Token::OrOr) {
-            self.pos += 1;
-            parts.push(self.and()?);
-        }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Selector::Or(parts)
-        })
+        self.joined(&Token::OrOr, Self::and, Selector::Or)
     }
 
     fn and(&mut self) -> Result<Selector, SelectorError> {
-        let mut parts = vec![self.unary()?];
-        while self.peek() == Some(&Token::AndAnd) {
+        self.joined(&Token::AndAnd, Self::unary, Selector::And)
+    }
+
+    /// `operand (op operand)*`: one operand as itself, several joined by `join`.
+    fn joined(
+        &mut self,
+        op: &Token,
+        operand: fn(&mut Self) -> Result<Selector, SelectorError>,
+        join: fn(Vec<Selector>) -> Selector,
+    ) -> Result<Selector, SelectorError> {
+        let mut parts = vec![operand(self)?];
+        while self.peek() == Some(op) {
             self.pos += 1;
-            parts.push(self.unary()?);
+            parts.push(operand(self)?);
         }
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
-            Selector::And(parts)
+            join(parts)
         })
     }
 

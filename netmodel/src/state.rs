@@ -338,6 +338,21 @@ mod tests {
         out
     }
 
+    /// A complete list of `updates`.
+    fn list(updates: impl IntoIterator<Item = Update>) -> Vec<Input> {
+        let mut inputs = vec![Input::Init];
+        inputs.extend(updates.into_iter().map(Input::InitApply));
+        inputs.push(Input::InitDone);
+        inputs
+    }
+
+    /// A state in sync after listing the nodes `names` (all labelled "1").
+    fn listed(names: &[&str]) -> ResourceState {
+        let mut s = ResourceState::new();
+        run(&mut s, list(names.iter().map(|n| node(n, "1"))));
+        s
+    }
+
     fn observe_all(t: &mut VersionTracker, events: &[(Input, EventVersion)]) {
         for (input, version) in events {
             t.observe(Observed::of(input), *version, 1);
@@ -474,27 +489,10 @@ mod tests {
 
     #[test]
     fn relist_deletes_what_vanished_and_keeps_the_rest() {
-        let mut s = ResourceState::new();
-        run(
-            &mut s,
-            vec![
-                Input::Init,
-                Input::InitApply(node("a", "1")),
-                Input::InitApply(node("b", "1")),
-                Input::InitDone,
-                Input::Apply(node("c", "1")),
-            ],
-        );
+        let mut s = listed(&["a", "b"]);
+        run(&mut s, vec![Input::Apply(node("c", "1"))]);
         // Watch lost; b was deleted and a changed meanwhile; c unchanged.
-        let out = run(
-            &mut s,
-            vec![
-                Input::Init,
-                Input::InitApply(node("a", "2")),
-                Input::InitApply(node("c", "1")),
-                Input::InitDone,
-            ],
-        );
+        let out = run(&mut s, list([node("a", "2"), node("c", "1")]));
         assert_eq!(
             out,
             vec![node("a", "2"), node("c", "1"), Update::delete(key("b"))]
@@ -505,14 +503,9 @@ mod tests {
     #[test]
     fn relist_of_unchanged_cluster_emits_only_the_same_values() {
         let mut s = ResourceState::new();
-        let list = vec![
-            Input::Init,
-            Input::InitApply(node("a", "1")),
-            Input::InitApply(node("b", "1")),
-            Input::InitDone,
-        ];
-        let first = run(&mut s, list.clone());
-        let second = run(&mut s, list);
+        let inputs = list([node("a", "1"), node("b", "1")]);
+        let first = run(&mut s, inputs.clone());
+        let second = run(&mut s, inputs);
         // Identical values (the cache's no-ops) and no deletes.
         assert_eq!(first, second);
         assert!(second.iter().all(|u| u.value.is_some()));
@@ -520,29 +513,12 @@ mod tests {
 
     #[test]
     fn restarted_list_and_rejected_objects() {
-        let mut s = ResourceState::new();
-        run(
-            &mut s,
-            vec![
-                Input::Init,
-                Input::InitApply(node("a", "1")),
-                Input::InitApply(node("b", "1")),
-                Input::InitDone,
-            ],
-        );
+        let mut s = listed(&["a", "b"]);
         // A relist fails half-way (Init again), then completes; "a" is now rejected
         // (a delete), "b" is gone, "d" is new.
-        let out = run(
-            &mut s,
-            vec![
-                Input::Init,
-                Input::InitApply(node("d", "1")),
-                Input::Init,
-                Input::InitApply(Update::delete(key("a"))),
-                Input::InitApply(node("d", "1")),
-                Input::InitDone,
-            ],
-        );
+        let mut inputs = vec![Input::Init, Input::InitApply(node("d", "1"))];
+        inputs.extend(list([Update::delete(key("a")), node("d", "1")]));
+        let out = run(&mut s, inputs);
         assert_eq!(
             out,
             vec![
@@ -557,15 +533,7 @@ mod tests {
 
     #[test]
     fn deletes_and_gone() {
-        let mut s = ResourceState::new();
-        run(
-            &mut s,
-            vec![
-                Input::Init,
-                Input::InitApply(node("a", "1")),
-                Input::InitDone,
-            ],
-        );
+        let mut s = listed(&["a"]);
         run(
             &mut s,
             vec![Input::Apply(node("b", "1")), Input::Delete(key("a"))],

@@ -141,23 +141,13 @@ pub enum TlsError {
 }
 
 /// Builds the server config: TLS 1.3, ALPN h2, mandatory client certificate chained to the
-/// CA whose CN or URI SAN matches `client`.
+/// CA whose CN or URI SAN matches `client`. It is [`ReloadableServerTls`]'s config, for a
+/// server whose files never change (tests, the load test's in-process typha).
 pub fn server_config(
     material: &TlsMaterial,
     client: &PeerIdentity,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    if client.is_empty() {
-        return Err(TlsError::NoIdentity("--client-cn and/or --client-uri-san"));
-    }
-    let provider = provider();
-    let verifier = client_verifier(&material.ca_pem, client, &provider)?;
-    let key = certified_key(material, &provider)?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    Ok(ReloadableServerTls::new(material, client)?.config())
 }
 
 /// Builds the client config: TLS 1.3, ALPN h2, presents our certificate, and checks the
@@ -185,19 +175,14 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// The server's check of client certificates: chained to the CA bundle, then `client`'s
-/// CN or URI SAN.
-fn client_verifier(
+/// The server's check of client certificate chains: mandatory, chained to the CA bundle
+/// (the identity rule is [`verifier::ClientIdentityVerifier`]'s, around it).
+fn chain_verifier(
     ca_pem: &[u8],
-    client: &PeerIdentity,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let roots = Arc::new(root_store(ca_pem)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    Ok(Arc::new(verifier::ClientIdentityVerifier::new(
-        inner,
-        client.clone(),
-    )))
+    Ok(WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?)
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -3,8 +3,8 @@
 //! Why: certificates are short-lived (cert-manager renews them in place) and restarting a
 //! replica moves thousands of clients. The rustls config is built once around two
 //! swappable parts: [`ReloadableCertKey`] (the certificate and key this endpoint presents;
-//! usable by a server or a client config) and a client verifier that delegates to the
-//! verifier built from the current CA. A reload builds and checks both new parts first
+//! usable by a server or a client config) and the client verifier's chain check, built
+//! from the current CA. A reload builds and checks both new parts first
 //! and swaps them together, so a broken file (bad PEM, a key that is not the
 //! certificate's) changes nothing: the error is logged and counted and the old material
 //! stays. Only new handshakes see new material; established connections are untouched.
@@ -16,9 +16,8 @@
 //!
 //! Invariants: the certificate and the CA verifier always come from the same successful
 //! reload; a reload empties the TLS resumption cache (a resumed handshake checks no
-//! certificate, so it would bypass a CA change); the client identity rule never changes; rustls is given no root hint subjects
-//! (the hints would have to borrow from swappable state; our clients present their one
-//! certificate regardless).
+//! certificate, so it would bypass a CA change); the client identity rule never changes;
+//! rustls is given no root hint subjects (see [`super::verifier`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,18 +25,15 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustls::client::ResolvesClientCert;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{
     ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme,
-    client::danger::HandshakeSignatureValid,
-};
+use rustls::{ServerConfig, SignatureScheme};
 use tokio_util::sync::CancellationToken;
 
+use super::verifier::ClientIdentityVerifier;
 use super::{ALPN_H2, PeerIdentity, TlsError, TlsFiles, TlsMaterial};
 
 /// The certificate chain and key an endpoint presents, swappable at runtime. Serves as
@@ -99,70 +95,6 @@ impl ResolvesClientCert for ReloadableCertKey {
     }
 }
 
-/// Verifies client certificates with the verifier built from the current CA.
-struct ReloadableClientVerifier {
-    current: RwLock<Arc<dyn ClientCertVerifier>>,
-}
-
-impl fmt::Debug for ReloadableClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadableClientVerifier")
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReloadableClientVerifier {
-    fn get(&self) -> Arc<dyn ClientCertVerifier> {
-        self.current.read().clone()
-    }
-}
-
-impl ClientCertVerifier for ReloadableClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        self.get()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.get().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.get().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.get().supported_verify_schemes()
-    }
-}
-
 /// Sessions kept for TLS 1.3 resumption (rustls' default size).
 const SESSION_CACHE_SIZE: usize = 256;
 
@@ -214,9 +146,8 @@ impl StoresServerSessions for SessionCache {
 pub struct ReloadableServerTls {
     config: Arc<ServerConfig>,
     cert: Arc<ReloadableCertKey>,
-    verifier: Arc<ReloadableClientVerifier>,
+    verifier: Arc<ClientIdentityVerifier>,
     sessions: Arc<SessionCache>,
-    identity: PeerIdentity,
 }
 
 impl ReloadableServerTls {
@@ -227,9 +158,8 @@ impl ReloadableServerTls {
             return Err(TlsError::NoIdentity("--client-cn and/or --client-uri-san"));
         }
         let provider = super::provider();
-        let verifier = Arc::new(ReloadableClientVerifier {
-            current: RwLock::new(super::client_verifier(&material.ca_pem, client, &provider)?),
-        });
+        let chain = super::chain_verifier(&material.ca_pem, &provider)?;
+        let verifier = Arc::new(ClientIdentityVerifier::new(chain, client.clone()));
         let cert = Arc::new(ReloadableCertKey::new(super::certified_key(
             material, &provider,
         )?));
@@ -245,7 +175,6 @@ impl ReloadableServerTls {
             cert,
             verifier,
             sessions,
-            identity: client.clone(),
         })
     }
 
@@ -264,9 +193,9 @@ impl ReloadableServerTls {
     /// On error nothing changes.
     pub fn reload(&self, material: &TlsMaterial) -> Result<(), TlsError> {
         let provider = super::provider();
-        let verifier = super::client_verifier(&material.ca_pem, &self.identity, &provider)?;
+        let chain = super::chain_verifier(&material.ca_pem, &provider)?;
         let key = super::certified_key(material, &provider)?;
-        *self.verifier.current.write() = verifier;
+        self.verifier.replace_chain(chain);
         self.cert.replace(key);
         self.sessions.clear();
         Ok(())

@@ -1,7 +1,10 @@
 //! rustls certificate verifiers that add Calico's identity check to WebPki chain checks.
 //!
 //! - [`ClientIdentityVerifier`] (server side): delegates everything to a mandatory
-//!   `WebPkiClientVerifier`, then requires the client's CN / URI SAN to match.
+//!   `WebPkiClientVerifier` built from the current CA (swapped by a reload), then requires
+//!   the client's CN / URI SAN to match. rustls is given no root hint subjects: the hints
+//!   would have to borrow from the swappable CA, and our clients present their one
+//!   certificate regardless.
 //! - [`ServerIdentityVerifier`] (client side, when `--typha-cn` / `--typha-uri-san` is set):
 //!   verifies the chain to the CA (validity, serverAuth usage) but replaces the hostname
 //!   check with the CN / URI SAN check.
@@ -12,6 +15,7 @@
 
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{
@@ -33,16 +37,31 @@ fn check_identity(expected: &PeerIdentity, cert: &CertificateDer<'_>) -> Result<
     })
 }
 
-/// Server-side verifier: WebPki client-certificate verification plus the identity rule.
+/// Server-side verifier: WebPki client-certificate verification against the current CA,
+/// plus the identity rule (which never changes).
 #[derive(Debug)]
 pub(super) struct ClientIdentityVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    chain: RwLock<Arc<dyn ClientCertVerifier>>,
     expected: PeerIdentity,
 }
 
 impl ClientIdentityVerifier {
-    pub(super) fn new(inner: Arc<dyn ClientCertVerifier>, expected: PeerIdentity) -> Self {
-        Self { inner, expected }
+    /// Checks chains with `chain` (a mandatory WebPki verifier) and identities against
+    /// `expected`.
+    pub(super) fn new(chain: Arc<dyn ClientCertVerifier>, expected: PeerIdentity) -> Self {
+        Self {
+            chain: RwLock::new(chain),
+            expected,
+        }
+    }
+
+    /// Checks the chains of later handshakes with `chain` (built from a new CA).
+    pub(super) fn replace_chain(&self, chain: Arc<dyn ClientCertVerifier>) {
+        *self.chain.write() = chain;
+    }
+
+    fn chain(&self) -> Arc<dyn ClientCertVerifier> {
+        self.chain.read().clone()
     }
 }
 
@@ -56,7 +75,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -66,7 +85,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         let verified = self
-            .inner
+            .chain()
             .verify_client_cert(end_entity, intermediates, now)?;
         check_identity(&self.expected, end_entity)?;
         Ok(verified)
@@ -78,7 +97,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.chain().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -87,11 +106,11 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.chain().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.chain().supported_verify_schemes()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::goals::per_client_memory;
 use super::{Report, ScenarioReport, SoakFigures};
+use crate::latency::Percentiles;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -105,24 +106,18 @@ fn print_summary(s: &ScenarioReport) {
             ),
         );
     }
-    let l = &s.latency_ms;
-    row(
-        "propagation write -> client",
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-            l.p50, l.p99, l.max, l.count
-        ),
-    );
+    row("propagation write -> client", latency(&s.latency_ms));
     if s.slow_latency_ms.count > 0 {
-        let l = &s.slow_latency_ms;
-        row(
-            "  slow clients",
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-                l.p50, l.p99, l.max, l.count
-            ),
-        );
+        row("  slow clients", latency(&s.slow_latency_ms));
     }
+}
+
+/// `p50 .. ms, p99 .. ms, max .. ms (N samples)`.
+fn latency(l: &Percentiles) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        l.p50, l.p99, l.max, l.count
+    )
 }
 
 /// The snapshot's figures and typha's memory per idle client.

@@ -8,10 +8,10 @@
 
 use typha_proto::{Key, Kind, Value, pb};
 
-use super::{ConvertError, ToModel, name_of, namespace_of, net, port_number};
+use super::{ConvertError, ToModel, key_of, namespace_of, net, policy_types, port_number};
 use crate::Resource;
 use crate::crd::{
-    CalicoObject, EntitySpec, GlobalNetworkPolicy, NetworkPolicy, PolicySpec, PortSpec,
+    CalicoKind, CalicoObject, EntitySpec, GlobalNetworkPolicy, NetworkPolicy, PolicySpec, PortSpec,
     ProtocolSpec, RuleSpec,
 };
 use crate::selector::{
@@ -194,29 +194,13 @@ fn rule(spec: &RuleSpec, ns: Option<&str>) -> Result<pb::Rule, ConvertError> {
 /// Calico's type defaulting: listed types win; otherwise Ingress, plus Egress when
 /// egress rules exist, and Egress alone when only egress rules exist.
 fn types(spec: &PolicySpec) -> Result<Vec<i32>, ConvertError> {
-    let mut out = Vec::new();
-    for t in &spec.types {
-        out.push(match t.to_ascii_lowercase().as_str() {
-            "ingress" => pb::PolicyType::Ingress,
-            "egress" => pb::PolicyType::Egress,
-            _ => {
-                return Err(ConvertError::BadValue {
-                    field: "spec.types",
-                    value: t.clone(),
-                });
-            }
-        });
-    }
-    if out.is_empty() {
-        match (spec.ingress.is_empty(), spec.egress.is_empty()) {
-            (_, true) => out.push(pb::PolicyType::Ingress),
-            (true, false) => out.push(pb::PolicyType::Egress),
-            (false, false) => out.extend([pb::PolicyType::Ingress, pb::PolicyType::Egress]),
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out.into_iter().map(|t| t as i32).collect())
+    use pb::PolicyType::{Egress, Ingress};
+    let defaults: &[pb::PolicyType] = match (spec.ingress.is_empty(), spec.egress.is_empty()) {
+        (_, true) => &[Ingress],
+        (true, false) => &[Egress],
+        (false, false) => &[Ingress, Egress],
+    };
+    policy_types(&spec.types, "spec.types", true, defaults)
 }
 
 fn policy(spec: &PolicySpec, ns: Option<&str>) -> Result<pb::Policy, ConvertError> {
@@ -262,21 +246,23 @@ fn policy(spec: &PolicySpec, ns: Option<&str>) -> Result<pb::Policy, ConvertErro
     })
 }
 
-pub(super) fn spec_error(e: serde_json::Error) -> ConvertError {
-    ConvertError::Spec(e.to_string())
+/// The typed spec of a custom resource; one that does not match its schema is rejected.
+pub(super) fn spec_of<K: CalicoKind>(object: &CalicoObject<K>) -> Result<K::Spec, ConvertError> {
+    object
+        .parse_spec()
+        .map_err(|e| ConvertError::Spec(e.to_string()))
 }
 
 impl ToModel for CalicoObject<NetworkPolicy> {
     const RESOURCE: Resource = Resource::NetworkPolicies;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        let (ns, name) = (namespace_of(&self.metadata)?, name_of(&self.metadata)?);
-        Ok(Key::new(Kind::NetworkPolicy, ns, name)?)
+        key_of(Kind::NetworkPolicy, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
         let ns = namespace_of(&self.metadata)?;
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         Ok(Some(Value::Policy(policy(&spec, Some(ns))?)))
     }
 }
@@ -285,14 +271,11 @@ impl ToModel for CalicoObject<GlobalNetworkPolicy> {
     const RESOURCE: Resource = Resource::GlobalNetworkPolicies;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(
-            Kind::GlobalNetworkPolicy,
-            name_of(&self.metadata)?,
-        )?)
+        key_of(Kind::GlobalNetworkPolicy, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         Ok(Some(Value::Policy(policy(&spec, None)?)))
     }
 }

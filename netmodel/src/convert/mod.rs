@@ -85,6 +85,40 @@ impl ConvertError {
     }
 }
 
+/// The policy types named in `listed` (`Ingress`, `Egress`; in any case with
+/// `ignore_case`), or `defaults` when none is listed: sorted, deduplicated, as wire values.
+/// A name that is neither is a bad value of `field`.
+fn policy_types(
+    listed: &[String],
+    field: &'static str,
+    ignore_case: bool,
+    defaults: &[pb::PolicyType],
+) -> Result<Vec<i32>, ConvertError> {
+    const NAMES: [(&str, pb::PolicyType); 2] = [
+        ("Ingress", pb::PolicyType::Ingress),
+        ("Egress", pb::PolicyType::Egress),
+    ];
+    let mut out = Vec::new();
+    for name in listed {
+        let known = NAMES
+            .iter()
+            .find(|(known, _)| *known == name || (ignore_case && known.eq_ignore_ascii_case(name)));
+        let Some((_, t)) = known else {
+            return Err(ConvertError::BadValue {
+                field,
+                value: name.clone(),
+            });
+        };
+        out.push(*t);
+    }
+    if out.is_empty() {
+        out.extend_from_slice(defaults);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out.into_iter().map(|t| t as i32).collect())
+}
+
 /// A watched type that converts into the model.
 pub trait ToModel {
     /// The resource this type is watched as.
@@ -201,6 +235,17 @@ fn namespace_of(meta: &ObjectMeta) -> Result<&str, ConvertError> {
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or(ConvertError::Missing("metadata.namespace"))
+}
+
+/// The key of the object `meta` describes, of `kind`: its name, and its namespace when
+/// `kind` is namespaced.
+fn key_of(kind: typha_proto::Kind, meta: &ObjectMeta) -> Result<Key, ConvertError> {
+    let name = name_of(meta)?;
+    Ok(if kind.is_namespaced() {
+        Key::new(kind, namespace_of(meta)?, name)?
+    } else {
+        Key::cluster(kind, name)?
+    })
 }
 
 fn labels_of(meta: &ObjectMeta) -> std::collections::BTreeMap<String, String> {

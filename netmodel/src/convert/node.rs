@@ -15,7 +15,7 @@
 use k8s_openapi::api::core::v1::Node;
 use typha_proto::{Key, Kind, Value, pb};
 
-use super::{ConvertError, ToModel, labels_of, name_of, net};
+use super::{ConvertError, ToModel, key_of, labels_of, name_of, net};
 use crate::Resource;
 
 /// Calico's annotation of a node's IPv4 address with its subnet prefix.
@@ -37,7 +37,7 @@ impl ToModel for Node {
     const RESOURCE: Resource = Resource::Nodes;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::Node, name_of(&self.metadata)?)?)
+        key_of(Kind::Node, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {

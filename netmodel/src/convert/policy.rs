@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use typha_proto::{Key, Kind, Value, pb};
 
-use super::{ConvertError, ToModel, k8s_protocol, name_of, namespace_of, net, port_number};
+use super::{
+    ConvertError, ToModel, k8s_protocol, name_of, namespace_of, net, policy_types, port_number,
+};
 use crate::Resource;
 use crate::selector::{NAMESPACE_LABEL, NAMESPACE_LABEL_PREFIX, ORCHESTRATOR_LABEL, Selector};
 
@@ -181,6 +183,30 @@ fn k8s_rules(
     Ok(rules)
 }
 
+/// The rules of one direction: each Kubernetes rule's peers (`from` or `to`) and ports.
+fn direction_rules<'a>(
+    rules: impl Iterator<
+        Item = (
+            &'a Option<Vec<NetworkPolicyPeer>>,
+            &'a Option<Vec<NetworkPolicyPort>>,
+        ),
+    >,
+    ns: &str,
+    ingress: bool,
+) -> Result<Vec<pb::Rule>, ConvertError> {
+    let mut out = Vec::new();
+    for (peers, ports) in rules {
+        let (peers, ports) = (peers.as_deref(), ports.as_deref());
+        out.extend(k8s_rules(
+            peers.unwrap_or_default(),
+            ports.unwrap_or_default(),
+            ns,
+            ingress,
+        )?);
+    }
+    Ok(out)
+}
+
 impl ToModel for NetworkPolicy {
     const RESOURCE: Resource = Resource::KubernetesNetworkPolicies;
 
@@ -196,57 +222,24 @@ impl ToModel for NetworkPolicy {
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
         let ns = namespace_of(&self.metadata)?;
         let spec = self.spec.clone().unwrap_or_default();
-        let mut inbound = Vec::new();
-        for rule in spec.ingress.iter().flatten() {
-            let peers = rule.from.as_deref().unwrap_or_default();
-            inbound.extend(k8s_rules(
-                peers,
-                rule.ports.as_deref().unwrap_or_default(),
-                ns,
-                true,
-            )?);
-        }
-        let mut outbound = Vec::new();
-        for rule in spec.egress.iter().flatten() {
-            let peers = rule.to.as_deref().unwrap_or_default();
-            outbound.extend(k8s_rules(
-                peers,
-                rule.ports.as_deref().unwrap_or_default(),
-                ns,
-                false,
-            )?);
-        }
-        let listed = spec.policy_types.unwrap_or_default();
-        let mut types = Vec::new();
-        for t in &listed {
-            types.push(match t.as_str() {
-                "Ingress" => pb::PolicyType::Ingress,
-                "Egress" => pb::PolicyType::Egress,
-                other => {
-                    return Err(ConvertError::BadValue {
-                        field: "spec.policyTypes",
-                        value: other.to_string(),
-                    });
-                }
-            });
-        }
-        if listed.is_empty() {
-            // The API server's defaulting: Ingress always, Egress when egress rules exist.
-            types.push(pb::PolicyType::Ingress);
-            if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
-                types.push(pb::PolicyType::Egress);
-            }
-        }
-        types.sort();
-        types.dedup();
+        let inbound = spec.ingress.iter().flatten().map(|r| (&r.from, &r.ports));
+        let outbound = spec.egress.iter().flatten().map(|r| (&r.to, &r.ports));
+        let egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        // The API server's defaulting: Ingress always, Egress when egress rules exist.
+        let defaults: &[pb::PolicyType] = if egress_rules {
+            &[pb::PolicyType::Ingress, pb::PolicyType::Egress]
+        } else {
+            &[pb::PolicyType::Ingress]
+        };
+        let listed = spec.policy_types.as_deref().unwrap_or_default();
         Ok(Some(Value::Policy(pb::Policy {
             namespace: ns.to_string(),
             order: K8S_POLICY_ORDER,
             has_order: true,
             selector: pod_selector(spec.pod_selector.as_ref(), Some(ns))?.to_string(),
-            inbound_rules: inbound,
-            outbound_rules: outbound,
-            types: types.into_iter().map(|t| t as i32).collect(),
+            inbound_rules: direction_rules(inbound, ns, true)?,
+            outbound_rules: direction_rules(outbound, ns, false)?,
+            types: policy_types(listed, "spec.policyTypes", false, defaults)?,
             tier: "default".to_string(),
             ..Default::default()
         })))

@@ -7,19 +7,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use typha_proto::{Key, Kind, Value, pb};
 
 use super::{ConvertError, ToModel, labels_of, name_of, namespace_of};
 use crate::Resource;
 use crate::selector::{NAME_LABEL, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
 
-fn profile(prefix: &str, labels: BTreeMap<String, String>, name: &str) -> Value {
-    let mut out: BTreeMap<String, String> = labels
+/// The profile of the object `meta` describes: its labels under `prefix`, and its name.
+fn profile(prefix: &str, meta: &ObjectMeta) -> Result<Option<Value>, ConvertError> {
+    let name = name_of(meta)?;
+    let mut out: BTreeMap<String, String> = labels_of(meta)
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect();
     out.insert(format!("{prefix}{NAME_LABEL}"), name.to_string());
-    Value::Profile(pb::Profile { labels: out })
+    Ok(Some(Value::Profile(pb::Profile { labels: out })))
 }
 
 impl ToModel for Namespace {
@@ -33,12 +36,7 @@ impl ToModel for Namespace {
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let name = name_of(&self.metadata)?;
-        Ok(Some(profile(
-            NAMESPACE_LABEL_PREFIX,
-            labels_of(&self.metadata),
-            name,
-        )))
+        profile(NAMESPACE_LABEL_PREFIX, &self.metadata)
     }
 }
 
@@ -51,11 +49,6 @@ impl ToModel for ServiceAccount {
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let name = name_of(&self.metadata)?;
-        Ok(Some(profile(
-            SERVICE_ACCOUNT_LABEL_PREFIX,
-            labels_of(&self.metadata),
-            name,
-        )))
+        profile(SERVICE_ACCOUNT_LABEL_PREFIX, &self.metadata)
     }
 }

@@ -7,14 +7,15 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use typha_proto::{Key, Kind, Value, pb};
 
-use super::calico::{protocol, spec_error};
-use super::{ConvertError, ToModel, labels_of, name_of, namespace_of, net, port_number};
+use super::calico::{protocol, spec_of};
+use super::{ConvertError, ToModel, key_of, labels_of, net, port_number};
 use crate::Resource;
 use crate::crd::{
     CalicoObject, ClusterInformation, FelixConfiguration, GlobalNetworkSet, HostEndpoint, IPPool,
-    NetworkSet,
+    NetworkSet, NetworkSetSpec,
 };
 use crate::selector::Selector;
 
@@ -33,11 +34,11 @@ impl ToModel for CalicoObject<IPPool> {
     const RESOURCE: Resource = Resource::IpPools;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::IpPool, name_of(&self.metadata)?)?)
+        key_of(Kind::IpPool, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         if spec.cidr.is_empty() {
             return Err(ConvertError::Missing("spec.cidr"));
         }
@@ -69,20 +70,23 @@ impl ToModel for CalicoObject<IPPool> {
     }
 }
 
+/// NetworkSet and GlobalNetworkSet: their nets and labels.
+fn network_set(spec: &NetworkSetSpec, meta: &ObjectMeta) -> Result<Option<Value>, ConvertError> {
+    Ok(Some(Value::NetworkSet(pb::NetworkSet {
+        nets: net::cidrs(&spec.nets)?,
+        labels: labels_of(meta),
+    })))
+}
+
 impl ToModel for CalicoObject<NetworkSet> {
     const RESOURCE: Resource = Resource::NetworkSets;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        let (ns, name) = (namespace_of(&self.metadata)?, name_of(&self.metadata)?);
-        Ok(Key::new(Kind::NetworkSet, ns, name)?)
+        key_of(Kind::NetworkSet, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
-        Ok(Some(Value::NetworkSet(pb::NetworkSet {
-            nets: net::cidrs(&spec.nets)?,
-            labels: labels_of(&self.metadata),
-        })))
+        network_set(&spec_of(self)?, &self.metadata)
     }
 }
 
@@ -90,18 +94,11 @@ impl ToModel for CalicoObject<GlobalNetworkSet> {
     const RESOURCE: Resource = Resource::GlobalNetworkSets;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(
-            Kind::GlobalNetworkSet,
-            name_of(&self.metadata)?,
-        )?)
+        key_of(Kind::GlobalNetworkSet, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
-        Ok(Some(Value::NetworkSet(pb::NetworkSet {
-            nets: net::cidrs(&spec.nets)?,
-            labels: labels_of(&self.metadata),
-        })))
+        network_set(&spec_of(self)?, &self.metadata)
     }
 }
 
@@ -109,11 +106,11 @@ impl ToModel for CalicoObject<HostEndpoint> {
     const RESOURCE: Resource = Resource::HostEndpoints;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(Kind::HostEndpoint, name_of(&self.metadata)?)?)
+        key_of(Kind::HostEndpoint, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         if spec.node.is_empty() {
             return Err(ConvertError::Missing("spec.node"));
         }
@@ -162,14 +159,11 @@ impl ToModel for CalicoObject<FelixConfiguration> {
     const RESOURCE: Resource = Resource::FelixConfigurations;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(
-            Kind::FelixConfiguration,
-            name_of(&self.metadata)?,
-        )?)
+        key_of(Kind::FelixConfiguration, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         let settings: BTreeMap<String, String> = spec
             .fields
             .iter()
@@ -185,14 +179,11 @@ impl ToModel for CalicoObject<ClusterInformation> {
     const RESOURCE: Resource = Resource::ClusterInformations;
 
     fn model_key(&self) -> Result<Key, ConvertError> {
-        Ok(Key::cluster(
-            Kind::ClusterInformation,
-            name_of(&self.metadata)?,
-        )?)
+        key_of(Kind::ClusterInformation, &self.metadata)
     }
 
     fn model_value(&self) -> Result<Option<Value>, ConvertError> {
-        let spec = self.parse_spec().map_err(spec_error)?;
+        let spec = spec_of(self)?;
         Ok(Some(Value::ClusterInformation(pb::ClusterInformation {
             cluster_guid: spec.cluster_guid.unwrap_or_default(),
             cluster_type: spec.cluster_type.unwrap_or_default(),
