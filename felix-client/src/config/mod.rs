@@ -300,15 +300,16 @@ impl Cli {
                 kubeconfig: self.kubeconfig.clone(),
             });
         }
-        let target = self.typha_target()?;
-        let transport = TransportChoice::from_flags(
-            &self.tls_ca,
-            &self.tls_cert,
-            &self.tls_key,
-            identity,
-            self.insecure_plaintext,
-        )?;
-        Ok(Source::Typha { target, transport })
+        Ok(Source::Typha {
+            target: self.typha_target()?,
+            transport: TransportChoice::from_flags(
+                &self.tls_ca,
+                &self.tls_cert,
+                &self.tls_key,
+                identity,
+                self.insecure_plaintext,
+            )?,
+        })
     }
 
     /// Which typha: the Service to discover, or the fixed addresses.
