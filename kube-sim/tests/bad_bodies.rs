@@ -100,62 +100,51 @@ async fn bad_bodies_get_kubernetes_status_errors_and_change_nothing() {
     let rv = sim.store().resource_version();
     let before = sim.metrics().snapshot().rejected_bodies;
 
+    // Bad POST bodies: (Content-Type, body, code, reason, part of the message).
     let full = configmap("cut");
-    let truncated = send(addr, "POST", CMS, &[PB], &full[..full.len() - 3]).await;
-    assert_status(&truncated, 400, "BadRequest", "truncated");
-    let no_magic = send(addr, "POST", CMS, &[PB], &full[4..]).await;
-    assert_status(&no_magic, 400, "BadRequest", "not a valid protobuf object");
-    let json_as_pb = send(addr, "POST", CMS, &[PB], br#"{"metadata":{"name":"x"}}"#).await;
-    assert_status(
-        &json_as_pb,
-        400,
-        "BadRequest",
-        "not a valid protobuf object",
-    );
-    let no_kind = send(addr, "POST", CMS, &[PB], &envelope("v1", "", b"")).await;
-    assert_status(&no_kind, 400, "BadRequest", "names no kind");
-    let unknown_kind = send(addr, "POST", CMS, &[PB], &envelope("v1", "Binding", b"")).await;
-    assert_status(&unknown_kind, 415, "UnsupportedMediaType", "Kind=Binding");
+    let (pb, json) = (PB.1, "application/json");
+    let no_kind = envelope("v1", "", b"");
+    let unknown_kind = envelope("v1", "Binding", b"");
     let mut odd_field = Vec::new();
     encode_key(42, WireType::Varint, &mut odd_field);
     encode_varint(1, &mut odd_field);
-    let odd = send(
-        addr,
-        "POST",
-        CMS,
-        &[PB],
-        &envelope("v1", "ConfigMap", &odd_field),
-    )
-    .await;
-    assert_status(&odd, 415, "UnsupportedMediaType", "field 42 of ConfigMap");
-    let xml = send(
-        addr,
-        "POST",
-        CMS,
-        &[("Content-Type", "application/xml")],
-        b"<x/>",
-    )
-    .await;
-    assert_status(&xml, 415, "UnsupportedMediaType", "application/xml");
+    let odd = envelope("v1", "ConfigMap", &odd_field);
     let big = vec![b' '; 10 * 1024 * 1024];
-    let huge = send(
-        addr,
-        "POST",
-        CMS,
-        &[("Content-Type", "application/json")],
-        &big,
-    )
-    .await;
-    assert_status(&huge, 413, "RequestEntityTooLarge", "limit is 3145728");
-    let bad_json = send(
-        addr,
-        "POST",
-        CMS,
-        &[("Content-Type", "application/json")],
-        b"{\"metadata\":",
-    )
-    .await;
-    assert_status(&bad_json, 400, "BadRequest", "json parse error");
+    let not_pb = "not a valid protobuf object";
+    let unsupported = "UnsupportedMediaType";
+    let cases: [(&str, &[u8], u16, &str, &str); 9] = [
+        (pb, &full[..full.len() - 3], 400, "BadRequest", "truncated"),
+        (pb, &full[4..], 400, "BadRequest", not_pb),
+        (
+            pb,
+            br#"{"metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+            not_pb,
+        ),
+        (pb, &no_kind, 400, "BadRequest", "names no kind"),
+        (pb, &unknown_kind, 415, unsupported, "Kind=Binding"),
+        (pb, &odd, 415, unsupported, "field 42 of ConfigMap"),
+        (
+            "application/xml",
+            b"<x/>",
+            415,
+            unsupported,
+            "application/xml",
+        ),
+        (json, &big, 413, "RequestEntityTooLarge", "limit is 3145728"),
+        (
+            json,
+            b"{\"metadata\":",
+            400,
+            "BadRequest",
+            "json parse error",
+        ),
+    ];
+    for (content_type, body, code, reason, message) in cases {
+        let got = send(addr, "POST", CMS, &[("Content-Type", content_type)], body).await;
+        assert_status(&got, code, reason, message);
+    }
 
     // JSON patches: a failing test op is 422 (the object is untouched), a malformed patch 400.
     let obj = format!("{CMS}/good");

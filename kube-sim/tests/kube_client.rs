@@ -25,6 +25,11 @@ async fn start(calico: bool) -> (KubeSim, kube::Client) {
     (sim, client)
 }
 
+/// Stores [`pod`] `ns/name` in `sim`.
+fn add_pod(sim: &KubeSim, ns: &str, name: &str, node: &str, app: &str) {
+    sim.store().create_object(pod(ns, name, node, app)).unwrap();
+}
+
 fn pod(ns: &str, name: &str, node: &str, app: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
@@ -64,9 +69,7 @@ async fn initial<S: Stream<Item = watcher::Result<Event<Pod>>> + Unpin>(s: &mut 
 async fn list_paginates_with_continue_tokens() {
     let (sim, client) = start(true).await;
     for i in 0..7 {
-        sim.store()
-            .create_object(pod("ns", &format!("p{i}"), "n1", "a"))
-            .unwrap();
+        add_pod(&sim, "ns", &format!("p{i}"), "n1", "a");
     }
     let api: Api<Pod> = Api::all(client);
     let mut lp = ListParams::default().limit(3);
@@ -81,9 +84,7 @@ async fn list_paginates_with_continue_tokens() {
             _ => break,
         }
         // A write between pages must not leak into the paginated snapshot.
-        sim.store()
-            .create_object(pod("ns", &format!("late{}", rvs.len()), "n1", "a"))
-            .unwrap();
+        add_pod(&sim, "ns", &format!("late{}", rvs.len()), "n1", "a");
     }
     assert_eq!(all, ["p0", "p1", "p2", "p3", "p4", "p5", "p6"]);
     assert!(rvs.iter().all(|rv| rv == &rvs[0]), "{rvs:?}");
@@ -97,15 +98,9 @@ async fn list_paginates_with_continue_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_and_node_name_selectors() {
     let (sim, client) = start(true).await;
-    sim.store()
-        .create_object(pod("a", "x", "n1", "web"))
-        .unwrap();
-    sim.store()
-        .create_object(pod("a", "y", "n2", "web"))
-        .unwrap();
-    sim.store()
-        .create_object(pod("b", "z", "n1", "db"))
-        .unwrap();
+    add_pod(&sim, "a", "x", "n1", "web");
+    add_pod(&sim, "a", "y", "n2", "web");
+    add_pod(&sim, "b", "z", "n1", "db");
     let api: Api<Pod> = Api::all(client.clone());
     let on_n1 = api
         .list(&ListParams::default().fields("spec.nodeName=n1"))
@@ -187,17 +182,13 @@ async fn watcher_streaming_lists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_expiry_makes_the_watcher_relist() {
     let (sim, client) = start(true).await;
-    sim.store()
-        .create_object(pod("ns", "a", "n1", "web"))
-        .unwrap();
+    add_pod(&sim, "ns", "a", "n1", "web");
     let api: Api<Pod> = Api::namespaced(client, "ns");
     let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
     assert_eq!(initial(&mut events).await, ["a"]);
 
     sim.compact();
-    sim.store()
-        .create_object(pod("ns", "after", "n1", "web"))
-        .unwrap();
+    add_pod(&sim, "ns", "after", "n1", "web");
     sim.disconnect_watches();
     // The resumed watch hits 410 Expired, the watcher reports it and relists.
     match next(&mut events).await {

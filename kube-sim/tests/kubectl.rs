@@ -137,17 +137,7 @@ async fn kubectl_apply_get_label_patch_delete() {
     assert!(pod(&sim, "web")["metadata"]["labels"].get("tier").is_none());
 
     let merge = json!({"metadata": {"labels": {"version": "v2"}}}).to_string();
-    k.ok(&[
-        "patch",
-        "pod",
-        "web",
-        "-n",
-        "demo",
-        "--type=merge",
-        "-p",
-        &merge,
-    ])
-    .await;
+    k.patch("pod web -n demo --type=merge", &merge).await;
     assert_eq!(pod(&sim, "web")["metadata"]["labels"]["version"], "v2");
     let strategic =
         json!({"spec": {"containers": [{"name": "side", "image": "envoy:2"}]}}).to_string();
@@ -168,32 +158,12 @@ async fn kubectl_apply_get_label_patch_delete() {
     );
 
     let status = json!({"status": {"podIP": "10.0.0.5"}}).to_string();
-    k.ok(&[
-        "patch",
-        "pod",
-        "web",
-        "-n",
-        "demo",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status,
-    ])
-    .await;
+    k.patch("pod web -n demo --subresource=status --type=merge", &status)
+        .await;
     assert_eq!(pod(&sim, "web")["status"]["podIP"], "10.0.0.5");
     // A main-resource patch cannot change the status.
     let sneaky = json!({"status": {"podIP": "10.9.9.9"}}).to_string();
-    k.ok(&[
-        "patch",
-        "pod",
-        "web",
-        "-n",
-        "demo",
-        "--type=merge",
-        "-p",
-        &sneaky,
-    ])
-    .await;
+    k.patch("pod web -n demo --type=merge", &sneaky).await;
     assert_eq!(pod(&sim, "web")["status"]["podIP"], "10.0.0.5");
 
     k.ok(&["delete", "pod", "db", "-n", "demo"]).await;

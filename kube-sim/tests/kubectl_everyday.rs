@@ -204,17 +204,7 @@ async fn typed_creates_dry_run_and_json_patch() {
 
     // JSON patch with a passing and a failing test operation.
     let ok = r#"[{"op":"test","path":"/data/a","value":"b"},{"op":"replace","path":"/data/a","value":"c"}]"#;
-    k.ok(&[
-        "patch",
-        "configmap",
-        "cfg",
-        "-n",
-        "demo",
-        "--type=json",
-        "-p",
-        ok,
-    ])
-    .await;
+    k.patch("configmap cfg -n demo --type=json", ok).await;
     assert_eq!(
         store.get_object("v1", "ConfigMap", "demo", "cfg").unwrap()["data"]["a"],
         "c"
@@ -222,16 +212,7 @@ async fn typed_creates_dry_run_and_json_patch() {
     let rv = store.resource_version();
     let bad = r#"[{"op":"test","path":"/data/a","value":"b"},{"op":"replace","path":"/data/a","value":"z"}]"#;
     let err = k
-        .fails(&[
-            "patch",
-            "configmap",
-            "cfg",
-            "-n",
-            "demo",
-            "--type=json",
-            "-p",
-            bad,
-        ])
+        .patch_fails("configmap cfg -n demo --type=json", bad)
         .await;
     assert_eq!(
         err.trim(),
@@ -239,47 +220,19 @@ async fn typed_creates_dry_run_and_json_patch() {
     );
     assert_eq!(store.resource_version(), rv);
     let status = r#"[{"op":"add","path":"/status/phase","value":"Active"}]"#;
-    k.ok(&[
-        "patch",
-        "namespace",
-        "demo",
-        "--subresource=status",
-        "--type=json",
-        "-p",
-        status,
-    ])
-    .await;
+    k.patch("namespace demo --subresource=status --type=json", status)
+        .await;
 
     // Finalizers: deletion marks the object, removing the last finalizer deletes it.
     k.ok(&["create", "configmap", "held", "-n", "demo"]).await;
     let hold = r#"{"metadata":{"finalizers":["example.com/hold"]}}"#;
-    k.ok(&[
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        "demo",
-        "--type=merge",
-        "-p",
-        hold,
-    ])
-    .await;
+    k.patch("configmap held -n demo --type=merge", hold).await;
     k.ok(&["delete", "configmap", "held", "-n", "demo", "--wait=false"])
         .await;
     let held = store.get_object("v1", "ConfigMap", "demo", "held").unwrap();
     assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
     let release = r#"[{"op":"remove","path":"/metadata/finalizers"}]"#;
-    k.ok(&[
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        "demo",
-        "--type=json",
-        "-p",
-        release,
-    ])
-    .await;
+    k.patch("configmap held -n demo --type=json", release).await;
     assert!(
         store
             .get_object("v1", "ConfigMap", "demo", "held")
@@ -324,18 +277,8 @@ async fn deployments_scale_roll_out_and_namespaces_delete_with_contents() {
     let sim = sim_with_nodes().await;
     let k = Kubectl::new(&sim.url());
     k.ok(&["create", "namespace", "shop"]).await;
-    k.ok(&[
-        "create",
-        "deployment",
-        "web",
-        "-n",
-        "shop",
-        "--image=nginx:1.27",
-        "--replicas=3",
-        "--port=80",
-    ])
-    .await;
-    k.rollout("web", "shop").await;
+    k.deploy("web", "shop", "nginx:1.27", 3, &["--port=80"])
+        .await;
     let running = pods(&sim, "shop");
     assert_eq!(running.len(), 3, "{running:?}");
     assert_addressed(&running);

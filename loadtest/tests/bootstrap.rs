@@ -18,6 +18,17 @@ async fn sim() -> (KubeSim, kube::Client) {
     (sim, client)
 }
 
+/// [`sim`] holding one Calico object of `kind`.
+async fn sim_holding(kind: &str, name: &str, spec: Json) -> (KubeSim, kube::Client) {
+    let (sim, client) = sim().await;
+    sim.store()
+        .create_object(json!({
+            "apiVersion": CRD, "kind": kind, "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+    (sim, client)
+}
+
 fn pools(sim: &KubeSim) -> Vec<Json> {
     sim.store().list_objects(CRD, "IPPool")
 }
@@ -96,14 +107,8 @@ async fn no_cluster_cidr_creates_no_pool() {
 
 #[tokio::test]
 async fn an_existing_pool_of_any_name_prevents_the_default() {
-    let (sim, client) = sim().await;
-    sim.store()
-        .create_object(json!({
-            "apiVersion": CRD, "kind": "IPPool",
-            "metadata": {"name": "operators-pool"},
-            "spec": {"cidr": "10.50.0.0/16", "disabled": true},
-        }))
-        .unwrap();
+    let spec = json!({"cidr": "10.50.0.0/16", "disabled": true});
+    let (sim, client) = sim_holding("IPPool", "operators-pool", spec).await;
     let outcome = ensure_defaults(&client, Some(&cidr("10.244.0.0/16")))
         .await
         .unwrap();
@@ -154,14 +159,8 @@ async fn replicas_racing_on_an_empty_datastore_create_one_pool_and_all_succeed()
 
 #[tokio::test]
 async fn cluster_information_without_the_flag_is_marked_ready_but_a_lock_is_kept() {
-    let (sim, client) = sim().await;
-    sim.store()
-        .create_object(json!({
-            "apiVersion": CRD, "kind": "ClusterInformation",
-            "metadata": {"name": "default"},
-            "spec": {"clusterGUID": "abc", "calicoVersion": "v3.29"},
-        }))
-        .unwrap();
+    let spec = json!({"clusterGUID": "abc", "calicoVersion": "v3.29"});
+    let (sim, client) = sim_holding("ClusterInformation", "default", spec).await;
     let outcome = ensure_defaults(&client, None).await.unwrap();
     assert_eq!(outcome.cluster_information, InfoOutcome::MarkedReady);
     let info = &cluster_information(&sim)[0];

@@ -8,12 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edge::discovery::{Discovery, DiscoveryConfig, TyphaEndpoint};
-use felix_client::SyncConfig;
 use felix_client::discovery::TyphaSource;
+use felix_client::{SyncConfig, SyncStatus};
 use kube_sim::KubeSim;
 use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use serde_json::{Value as Json, json};
@@ -87,10 +88,7 @@ async fn expect(rx: &mut watch::Receiver<Vec<TyphaEndpoint>>, want: Vec<TyphaEnd
 
 async fn start_sim() -> KubeSim {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    testkit::test_logs();
     KubeSim::start(kube_sim::Config::default()).await.unwrap()
 }
 
@@ -296,21 +294,57 @@ fn has_marker(mirror: &felix_client::Mirror, marker: &str) -> bool {
         .is_some()
 }
 
+/// kube-sim and two plaintext typhas, A (marked "from-a", on node-a) and B ("from-b", on
+/// node-b), each with its slice when listed.
+struct TwoTyphas {
+    sim: KubeSim,
+    a: Harness,
+    b: Harness,
+}
+
+impl TwoTyphas {
+    /// A is listed; B too when `list_b`. With a discovery watch started after that.
+    async fn start(list_b: bool) -> (TwoTyphas, Discovery) {
+        let sim = start_sim().await;
+        let a = typha("from-a").await;
+        let b = typha("from-b").await;
+        sim.store()
+            .upsert_object(typha_slice("typha-a", port_of(a.typha.grpc_addr), "node-a"))
+            .unwrap();
+        if list_b {
+            sim.store()
+                .upsert_object(typha_slice("typha-b", port_of(b.typha.grpc_addr), "node-b"))
+                .unwrap();
+        }
+        let discovery = Discovery::spawn(
+            kube_client(&sim),
+            DiscoveryConfig::new(NS, SERVICE),
+            &CancellationToken::new(),
+        );
+        (TwoTyphas { sim, a, b }, discovery)
+    }
+
+    /// A shuts down (a goodbye to its client); `client`, in sync with A, must end in
+    /// sync with B and mirror B's content only, without a failure and after one goodbye.
+    /// Stops the client, then B; returns the client's counters.
+    async fn a_leaves_for_b(self, client: ClientHandle) -> Arc<SyncStatus> {
+        self.a.typha.shutdown().await.unwrap();
+        in_sync_with(&client, self.b.typha.grpc_addr).await;
+        let status = client.status.clone();
+        let mirror = client.stop().await.unwrap();
+        assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
+        assert_eq!(status.failures.load(Ordering::Relaxed), 0);
+        assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
+        self.b.typha.shutdown().await.unwrap();
+        status
+    }
+}
+
 #[tokio::test]
 async fn client_moves_to_a_new_endpoint_when_the_old_one_is_removed() {
-    let sim = start_sim().await;
-    let store = sim.store();
-    let a = typha("from-a").await;
-    let b = typha("from-b").await;
-    let (a_addr, b_addr) = (a.typha.grpc_addr, b.typha.grpc_addr);
-    store
-        .upsert_object(typha_slice("typha-a", port_of(a_addr), "node-a"))
-        .unwrap();
-    let discovery = Discovery::spawn(
-        kube_client(&sim),
-        DiscoveryConfig::new(NS, SERVICE),
-        &CancellationToken::new(),
-    );
+    let (rig, discovery) = TwoTyphas::start(false).await;
+    let (a_addr, b_addr) = (rig.a.typha.grpc_addr, rig.b.typha.grpc_addr);
+    let store = rig.sim.store();
     let mut seen = discovery.endpoints();
     let client = spawn_client("elsewhere", TyphaSource::discovered(discovery));
     in_sync_with(&client, a_addr).await;
@@ -327,35 +361,14 @@ async fn client_moves_to_a_new_endpoint_when_the_old_one_is_removed() {
 
     // A shuts down: goodbye(shutdown); the client goes to B and never back to A (which
     // would be a connection failure now).
-    a.typha.shutdown().await.unwrap();
-    in_sync_with(&client, b_addr).await;
-    let status = client.status.clone();
-    let mirror = client.stop().await.unwrap();
-    assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
-    assert_eq!(status.failures.load(Ordering::Relaxed), 0);
-    assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
+    let status = rig.a_leaves_for_b(client).await;
     assert_eq!(status.snapshots.load(Ordering::Relaxed), 2);
-    b.typha.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn goodbye_moves_to_another_endpoint_without_counting_a_failure() {
-    let sim = start_sim().await;
-    let store = sim.store();
-    let a = typha("from-a").await;
-    let b = typha("from-b").await;
-    let (a_addr, b_addr) = (a.typha.grpc_addr, b.typha.grpc_addr);
-    store
-        .upsert_object(typha_slice("typha-a", port_of(a_addr), "node-a"))
-        .unwrap();
-    store
-        .upsert_object(typha_slice("typha-b", port_of(b_addr), "node-b"))
-        .unwrap();
-    let discovery = Discovery::spawn(
-        kube_client(&sim),
-        DiscoveryConfig::new(NS, SERVICE),
-        &CancellationToken::new(),
-    );
+    let (rig, discovery) = TwoTyphas::start(true).await;
+    let (a_addr, b_addr) = (rig.a.typha.grpc_addr, rig.b.typha.grpc_addr);
     let mut seen = discovery.endpoints();
     let mut both = vec![
         ep("127.0.0.1", port_of(a_addr), "node-a"),
@@ -369,13 +382,6 @@ async fn goodbye_moves_to_another_endpoint_without_counting_a_failure() {
     in_sync_with(&client, a_addr).await;
     // A says goodbye while still listed (as while draining): the client must not retry
     // it (refused now, a failure) but move to B.
-    a.typha.shutdown().await.unwrap();
-    in_sync_with(&client, b_addr).await;
-    let status = client.status.clone();
-    let mirror = client.stop().await.unwrap();
-    assert!(has_marker(&mirror, "from-b") && !has_marker(&mirror, "from-a"));
-    assert_eq!(status.failures.load(Ordering::Relaxed), 0);
-    assert_eq!(status.goodbyes.load(Ordering::Relaxed), 1);
+    let status = rig.a_leaves_for_b(client).await;
     assert_eq!(status.reconnects.load(Ordering::Relaxed), 1);
-    b.typha.shutdown().await.unwrap();
 }

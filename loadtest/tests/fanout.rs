@@ -2,67 +2,27 @@
 //! channel, hundreds of felix-client sync clients, checked against an oracle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+mod metrics_support;
+mod sync_support;
+mod upstream_support;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edge::tls::PeerIdentity;
 use loadtest::harness::{Harness, TyphaSpec};
 use loadtest::model;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_support::Metrics;
 use netmodel::UpstreamEvent;
-use tokio_stream::wrappers::ReceiverStream;
+use sync_support::{hello_message, open_sync};
 use typha::server::ServerConfig;
-use typha_proto::client::typha_client::TyphaClient;
-use typha_proto::digest::EntryHash;
 use typha_proto::frame::ServerFrame;
-use typha_proto::pb::{self, client_message};
-use typha_proto::{Key, Revision, Update, Value};
+use typha_proto::pb;
+use typha_proto::{Revision, Update};
+use upstream_support::{apply, hashes, mirror_model};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn recorder() -> Snapshotter {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    // nextest runs each test in its own process, so each test owns the recorder.
-    metrics::set_global_recorder(recorder).expect("one recorder per test process");
-    snapshotter
-}
-
-/// Counter values by (name, first label value or ""). Taking a snapshot resets the
-/// debugging recorder's counters, so take one and look up everything in it.
-fn counters(snapshotter: &Snapshotter) -> HashMap<(String, String), u64> {
-    let mut out = HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        if let DebugValue::Counter(c) = value {
-            let label = key
-                .key()
-                .labels()
-                .next()
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            *out.entry((key.key().name().to_string(), label))
-                .or_default() += c;
-        }
-    }
-    out
-}
-
-fn get(counters: &HashMap<(String, String), u64>, name: &str, label: &str) -> u64 {
-    counters
-        .get(&(name.to_string(), label.to_string()))
-        .copied()
-        .unwrap_or(0)
-}
-
-fn oracle_apply(oracle: &mut BTreeMap<Key, Value>, updates: &[Update]) {
-    for u in updates {
-        match &u.value {
-            Some(v) => oracle.insert(u.key.clone(), v.clone()),
-            None => oracle.remove(&u.key),
-        };
-    }
-}
 
 /// 500 clients receive the snapshot and 1,000 later updates; all end with the server's
 /// state and digest, and each delta batch was encoded once however many clients got it.
@@ -71,7 +31,7 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
     let mut oracle = BTreeMap::new();
     let initial = model::cluster(50, 20, 10, 2);
-    oracle_apply(&mut oracle, &initial);
+    initial.iter().for_each(|u| apply(&mut oracle, u));
     harness.load(initial).await.unwrap();
 
     let clients = harness.spawn_clients(500).unwrap();
@@ -92,7 +52,7 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
                 _ => model::endpoint(&ns, &pod, &format!("node-{}", index / 20), index, b + 1),
             });
         }
-        oracle_apply(&mut oracle, &batch);
+        batch.iter().for_each(|u| apply(&mut oracle, u));
         harness.send(UpstreamEvent::Updates(batch)).await.unwrap();
         batches += 1;
     }
@@ -117,25 +77,14 @@ async fn five_hundred_clients_converge_on_snapshot_and_updates() {
         assert_eq!(mirror.len(), oracle.len());
     }
     // The compact mirror keeps each key's entry hash: compare with the oracle's.
-    let first: BTreeMap<Key, EntryHash> = mirrors[0].iter().map(|(k, h)| (k.clone(), h)).collect();
-    let expected: BTreeMap<Key, EntryHash> = oracle
-        .iter()
-        .map(|(k, v)| {
-            let update = Update {
-                key: k.clone(),
-                value: Some(v.clone()),
-            };
-            (k.clone(), EntryHash::of(&update.encode()))
-        })
-        .collect();
-    assert_eq!(first, expected);
+    assert_eq!(mirror_model(&mirrors[0]), hashes(&oracle));
 }
 
 /// With clients kept in step, every client receives every batch, yet each batch is
 /// encoded exactly once: the frames are shared, not re-encoded per client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_delta_is_encoded_once_for_all_clients() {
-    let snapshotter = recorder();
+    let mut metrics = Metrics::install();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
     harness.load(model::cluster(5, 10, 2, 1)).await.unwrap();
     let clients = harness.spawn_clients(40).unwrap();
@@ -153,10 +102,7 @@ async fn each_delta_is_encoded_once_for_all_clients() {
     }
     let encoded = harness.typha.hub.stats().delta_frames_encoded - encoded_before;
     assert_eq!(encoded, 20);
-    assert_eq!(
-        get(&counters(&snapshotter), "typha_deltas_coalesced_total", ""),
-        0
-    );
+    assert_eq!(metrics.get("typha_deltas_coalesced_total", ""), 0.0);
     let per_client: Vec<u64> = clients
         .clients
         .iter()
@@ -179,26 +125,11 @@ async fn raw_session(
         Duration::from_secs(10),
     )
     .await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let hello = pb::ClientHello {
-        node_name: "raw".into(),
-        syncer_type: pb::SyncerType::Felix as i32,
-        protocol_version: 1,
-        capabilities: vec![pb::Capability::SnapshotZstd as i32],
-        ..Default::default()
-    };
-    tx.send(pb::ClientMessage {
-        msg: Some(client_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
     let Ok(channel) = channel else {
+        let (tx, _) = tokio::sync::mpsc::channel(4);
         return (tx, Err(tonic::Status::unavailable("connect failed")));
     };
-    let response = TyphaClient::new(channel)
-        .sync(ReceiverStream::new(rx))
-        .await;
-    (tx, response.map(|r| r.into_inner()))
+    open_sync(channel, hello_message("raw")).await
 }
 
 /// Reads frames until the stream ends; returns how many were state (snapshot or deltas).
@@ -236,7 +167,7 @@ fn no_client_cert(harness: &Harness) -> Arc<rustls::ClientConfig> {
 /// state is received, and each refusal is counted with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
-    let snapshotter = recorder();
+    let mut metrics = Metrics::install();
     let harness = Harness::start(TyphaSpec::default()).await.unwrap();
     harness.load(model::cluster(2, 5, 1, 1)).await.unwrap();
     let server_identity = PeerIdentity::with_cn(edge::certs::DEFAULT_SERVER_CN);
@@ -274,10 +205,9 @@ async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
     assert!(matches!(first_state, ServerFrame::SnapshotChunk(_)));
 
     // tonic's channel may redial once after the refusal, so each case counts at least once.
-    let counted = counters(&snapshotter);
     for reason in ["tls_no_certificate", "tls_unknown_ca", "tls_bad_identity"] {
-        let refused = get(&counted, "typha_connections_dropped_total", reason);
-        assert!(refused >= 1, "{reason} not counted: {counted:?}");
+        let refused = metrics.dropped(reason);
+        assert!(refused >= 1, "{reason} not counted: {metrics:?}");
     }
 }
 
@@ -285,7 +215,7 @@ async fn clients_failing_tls_checks_receive_nothing_and_are_counted() {
 /// keep receiving every update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
-    let snapshotter = recorder();
+    let mut metrics = Metrics::install();
     let spec = TyphaSpec {
         server: ServerConfig {
             write_timeout: Duration::from_millis(500),
@@ -347,11 +277,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_continue() {
     assert_eq!(reason, typha::server::DropReason::WriteTimeout);
     // Counted too (busy in-process sync clients may also hit the short timeout, and then
     // reconnect and resume: they are checked below by their digests).
-    let timeouts = get(
-        &counters(&snapshotter),
-        "typha_connections_dropped_total",
-        "write_timeout",
-    );
+    let timeouts = metrics.dropped("write_timeout");
     assert!(timeouts >= 1, "write timeouts not counted");
     // Its connection was killed: after whatever was already buffered, the stream ends in
     // an error. (A live session would instead keep the stream open with pings forever.)

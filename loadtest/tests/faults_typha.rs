@@ -29,8 +29,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edge::discovery::TyphaEndpoint;
-use felix_client::Mirror;
 use felix_client::discovery::TyphaSource;
+use felix_client::{Mirror, SyncStatus};
 use kube_sim::{KubeSim, SeedConfig};
 use replica_support::{
     Client, Replica, World, churn, connections, metric, spawn_client, totals, wait_sentinel,
@@ -81,6 +81,30 @@ fn sessions(clients: &[&Client]) -> HashMap<String, usize> {
         }
     }
     by_addr
+}
+
+/// Waits until the client behind `probe` received five more delta batches.
+async fn five_more_batches(what: &str, probe: &SyncStatus) {
+    let batches = probe.batches.load(Ordering::Relaxed);
+    wait_until(what, || async {
+        let now = probe.batches.load(Ordering::Relaxed);
+        (now >= batches + 5)
+            .then_some(())
+            .ok_or(format!("{now} batches"))
+    })
+    .await;
+}
+
+/// [`wait_settled`] for the live clients of `clients`; then the replicas'
+/// `typha_connections_dropped_total`, summed.
+async fn settled_drops(what: &str, replicas: &[Replica], clients: &[Option<Client>]) -> f64 {
+    let all: Vec<&Client> = clients.iter().flatten().collect();
+    wait_settled(what, replicas, &all).await;
+    metric(replicas, "typha_connections_dropped_total")
+        .await
+        .into_iter()
+        .flatten()
+        .sum()
 }
 
 /// Waits until every client in `clients` is in sync and each replica's
@@ -343,15 +367,7 @@ async fn killed_clients_free_their_sessions_and_resume_with_their_mirrors() {
             .filter(|i| clients[*i].is_some())
             .collect()
     };
-    {
-        let all: Vec<&Client> = clients.iter().flatten().collect();
-        wait_settled("initial sync", &replicas, &all).await;
-    }
-    let dropped_before: f64 = metric(&replicas, "typha_connections_dropped_total")
-        .await
-        .into_iter()
-        .flatten()
-        .sum();
+    let dropped_before = settled_drops("initial sync", &replicas, &clients).await;
     let reconnects_before: Vec<u64> = clients
         .iter()
         .flatten()
@@ -362,14 +378,7 @@ async fn killed_clients_free_their_sessions_and_resume_with_their_mirrors() {
     let stop_churn = CancellationToken::new();
     let churner = churn(&sim, 200, 20, stop_churn.clone());
     let probe = clients[1].as_ref().unwrap().status.clone();
-    let batches = probe.batches.load(Ordering::Relaxed);
-    wait_until("deltas flowing", || async {
-        let now = probe.batches.load(Ordering::Relaxed);
-        (now >= batches + 5)
-            .then_some(())
-            .ok_or(format!("{now} batches"))
-    })
-    .await;
+    five_more_batches("deltas flowing", &probe).await;
 
     // Every 10th client aborted for good; every 10th (offset 5) stopped, its mirror kept.
     let mut aborted = 0;
@@ -437,15 +446,8 @@ async fn killed_clients_free_their_sessions_and_resume_with_their_mirrors() {
     }
 
     // No leaked session: each replica counts exactly the live clients it serves.
-    {
-        let all: Vec<&Client> = clients.iter().flatten().collect();
-        wait_settled("sessions of killed clients freed", &replicas, &all).await;
-    }
-    let dropped_after: f64 = metric(&replicas, "typha_connections_dropped_total")
-        .await
-        .into_iter()
-        .flatten()
-        .sum();
+    let dropped_after =
+        settled_drops("sessions of killed clients freed", &replicas, &clients).await;
     println!(
         "{aborted} aborted, {} stopped, {cut_in_snapshot} late aborted mid-snapshot; replicas counted {} dropped sessions",
         kept.len(),
@@ -455,14 +457,7 @@ async fn killed_clients_free_their_sessions_and_resume_with_their_mirrors() {
     proxy_task.abort();
 
     // More deltas, then the stopped clients restart with their old mirrors.
-    let batches = probe.batches.load(Ordering::Relaxed);
-    wait_until("deltas the stopped clients missed", || async {
-        let now = probe.batches.load(Ordering::Relaxed);
-        (now >= batches + 5)
-            .then_some(())
-            .ok_or(format!("{now} batches"))
-    })
-    .await;
+    five_more_batches("deltas the stopped clients missed", &probe).await;
     let restarted: Vec<usize> = kept.iter().map(|(i, _, _)| *i).collect();
     for (i, mirror, record) in kept {
         let c = spawn_client(

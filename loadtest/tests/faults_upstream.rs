@@ -15,16 +15,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent};
+use felix_client::SyncConfig;
 use k8s_openapi::api::core::v1::Pod;
 use kube_sim::{FaultKind, KubeSim, MetricsSnapshot, SeedConfig, Store, Target};
 use loadtest::harness::{ClientSet, Harness};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use typha::hub::Hub;
 use typha_proto::{Key, Update};
@@ -32,8 +30,7 @@ use typha_proto::{Key, Update};
 mod upstream_support;
 
 use upstream_support::{
-    Model, api_model, apply, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
-    next_event,
+    Model, Observer, api_model, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
 };
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
@@ -131,19 +128,7 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        // No bookmarks within a test: their progress batches (empty deltas) would make
-        // revisions count more than the changes these tests make.
-        let config = kube_sim::Config {
-            bookmark_interval: Duration::from_secs(3600),
-            ..kube_sim::Config::default()
-        };
-        let sim = KubeSim::start(config).await.unwrap();
-        kube_sim::seed(sim.store(), &seed_config()).unwrap();
+        let sim = upstream_support::start_unbookmarked_sim(&seed_config()).await;
         let config = kube::Config::new(sim.url().parse().unwrap());
         let client = kube::Client::try_from(netmodel::without_retry(config)).unwrap();
         let harness = upstream_support::typha_watching(client, LIMIT).await;
@@ -187,58 +172,12 @@ impl Rig {
     }
 }
 
-/// A sync client whose events are folded into a map and recorded after a baseline.
-struct Observer {
-    events: mpsc::Receiver<SyncEvent>,
-    state: Model,
-    in_syncs: u64,
-    disconnects: u64,
-    /// Every change received since [`Observer::baseline`].
-    since_baseline: Vec<Update>,
-    shutdown: CancellationToken,
-    task: JoinHandle<Mirror>,
-}
-
 impl Observer {
-    fn start(config: SyncConfig) -> Observer {
-        let client = SyncClient::new(config);
-        let (tx, events) = mpsc::channel(1024);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { client.run(tx, token).await.unwrap() });
-        Observer {
-            events,
-            state: Model::new(),
-            in_syncs: 0,
-            disconnects: 0,
-            since_baseline: Vec::new(),
-            shutdown,
-            task,
-        }
-    }
-
-    /// Consumes events until `done(self)` holds.
-    async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
-        let deadline = Instant::now() + LIMIT;
-        while !done(self) {
-            match next_event(&mut self.events, deadline, what).await {
-                SyncEvent::Changes { updates, .. } => {
-                    for u in updates {
-                        apply(&mut self.state, &u);
-                        self.since_baseline.push(u);
-                    }
-                }
-                SyncEvent::InSync { .. } => self.in_syncs += 1,
-                SyncEvent::Disconnected { .. } => self.disconnects += 1,
-            }
-        }
-    }
-
     /// Waits until the observer holds exactly `oracle`, then forgets the changes so far.
     async fn baseline(&mut self, oracle: &Model) {
         self.until("initial state", |o| o.in_syncs > 0 && o.state == *oracle)
             .await;
-        self.since_baseline.clear();
+        self.forget_changes();
     }
 
     /// Waits until the observer's state is `oracle`.
@@ -250,7 +189,7 @@ impl Observer {
     /// No dataplane flush: every change since the baseline is of a key in `touched`,
     /// and no key that still exists was deleted.
     fn assert_only(&self, who: &str, touched: &BTreeSet<Key>, oracle: &Model) {
-        for u in &self.since_baseline {
+        for u in &self.changes {
             assert!(
                 touched.contains(&u.key),
                 "{who}: received a change of {:?}, which did not change in the API",
@@ -264,17 +203,12 @@ impl Observer {
                 );
             }
         }
-        let received: BTreeSet<&Key> = self.since_baseline.iter().map(|u| &u.key).collect();
+        let received: BTreeSet<&Key> = self.changes.iter().map(|u| &u.key).collect();
         assert_eq!(
             received.len(),
             touched.len(),
             "{who}: not every real change arrived"
         );
-    }
-
-    async fn stop(self) -> Mirror {
-        self.shutdown.cancel();
-        self.task.await.unwrap()
     }
 }
 
@@ -286,7 +220,7 @@ async fn finish(rig: &Rig, clients: ClientSet, observers: Vec<Observer>, touched
     for (i, mut o) in observers.into_iter().enumerate() {
         o.converge(&oracle).await;
         o.assert_only(&format!("observer {i}"), touched, &oracle);
-        stopped.push(o.stop().await);
+        stopped.push(o.stop().await.0);
     }
     assert_eq!(rig.hub().len(), oracle.len());
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
@@ -305,11 +239,23 @@ async fn observers(rig: &Rig, n: usize) -> Vec<Observer> {
     let oracle = api_model(rig.store()).0;
     let mut out = Vec::new();
     for i in 0..n {
-        let mut o = Observer::start(rig.harness.sync_config(&format!("observer-{i}")).unwrap());
+        let config = rig.harness.sync_config(&format!("observer-{i}")).unwrap();
+        let mut o = Observer::start(config).tolerating_disconnects();
         o.baseline(&oracle).await;
         out.push(o);
     }
     out
+}
+
+/// A started rig with 20 clients and two observers, all holding the API state; and that
+/// state, the model before the test's writes.
+async fn settled_rig() -> (Rig, ClientSet, Vec<Observer>, Model) {
+    let rig = Rig::start().await;
+    let clients = rig.harness.spawn_clients(20).unwrap();
+    let observers = observers(&rig, 2).await;
+    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
+    let before = api_model(rig.store()).0;
+    (rig, clients, observers, before)
 }
 
 // ---------------------------------------------------------------- a cuttable TCP hop
@@ -373,11 +319,7 @@ impl Drop for Hop {
 /// from its position (no relist), and clients receive exactly the real changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_cuts_while_writing_deliver_only_real_changes() {
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     let lists = rig.sim().metrics().snapshot().list_requests;
 
     let mut written = BTreeSet::new();
@@ -407,11 +349,7 @@ async fn watch_cuts_while_writing_deliver_only_real_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_storm_keeps_serving_then_converges() {
     counter_since_last("typha_upstream_watch_errors_total");
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     // Start counting at the storm.
     counter_since_last("typha_upstream_watch_errors_total");
     let revision = rig.hub().revision();
@@ -466,11 +404,7 @@ async fn error_storm_keeps_serving_then_converges() {
 /// of unchanged objects reach clients as nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_storm_relists_without_flushing_clients() {
-    let rig = Rig::start().await;
-    let clients = rig.harness.spawn_clients(20).unwrap();
-    let observers = observers(&rig, 2).await;
-    clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();
-    let before = api_model(rig.store()).0;
+    let (rig, clients, observers, before) = settled_rig().await;
     let noops = rig.hub().stats().noop_updates_dropped;
 
     let mut written = BTreeSet::new();
@@ -519,7 +453,7 @@ async fn restart_with_fresh_history_converges_with_only_the_real_change() {
     config.tls = rig.harness.client_tls().unwrap();
     config.backoff_min = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(500);
-    let mut returning = Observer::start(config);
+    let mut returning = Observer::start(config).tolerating_disconnects();
     let before = api_model(rig.store()).0;
     returning.baseline(&before).await;
     clients.wait_all(rig.hub().revision(), LIMIT).await.unwrap();

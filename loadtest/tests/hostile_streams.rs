@@ -10,14 +10,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod hostile_support;
+mod metrics_support;
+mod sync_support;
 
 use bytes::Bytes;
 use futures::future::join_all;
 use hostile_support::{
-    Ending, LIMIT, Metrics, World, encode, ending, hello, hello_message, raw_sync, rss_kib,
-    until_frame, until_in_sync,
+    Ending, LIMIT, Metrics, World, encode, ending, hello, raw_sync, rss_kib, until_frame,
+    until_in_sync,
 };
 use loadtest::harness::ClientHandle;
+use sync_support::{hello_message, next_frame};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use typha::server::{DropReason, ServerConfig, TOO_MANY_CONNECTIONS, TOO_MANY_STREAMS};
@@ -190,12 +193,7 @@ async fn an_invalid_resume_position_gets_a_snapshot() {
         .unwrap();
     let mut resumed = None;
     let in_sync = loop {
-        let frame = tokio::time::timeout(LIMIT, stream.message())
-            .await
-            .expect("no answer to a bad resume")
-            .unwrap()
-            .expect("stream ended");
-        match frame {
+        match next_frame(&mut stream, "no answer to a bad resume").await {
             ServerFrame::Hello(h) => resumed = Some(h.resumed),
             ServerFrame::InSync(in_sync) => break in_sync,
             _ => {}

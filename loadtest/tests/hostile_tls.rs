@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod hostile_support;
+mod metrics_support;
+mod sync_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use felix_client::SyncStatus;
 use felix_client::local::run_local;
-use felix_client::{Mirror, SyncClient, SyncEvent, SyncStatus};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube_sim::{KubeSim, SeedConfig, Store};
@@ -22,18 +22,13 @@ use netmodel::{ToModel, UpstreamConfig};
 use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
 use snapshot_cache::DeltasSince;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use typha::hub::Hub;
-use typha_proto::{Digest, Key, Revision, Update};
+use typha_proto::{Key, Revision, Update};
 
 mod upstream_support;
 
 use upstream_support::{
-    Model, api_model, apply, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
-    next_event,
+    Observer, api_model, assert_mirrors, endpoint_pods, hashes, mirror_model, model_of,
 };
 
 /// Generous bound on every wait: a hung test fails instead of hanging.
@@ -106,19 +101,7 @@ fn kube_client(sim: &KubeSim) -> kube::Client {
 
 impl Rig {
     async fn start() -> Rig {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        // No bookmarks within a test: their progress batches (empty deltas) would make
-        // revisions count more than the changes these tests make.
-        let config = kube_sim::Config {
-            bookmark_interval: Duration::from_secs(3600),
-            ..kube_sim::Config::default()
-        };
-        let sim = KubeSim::start(config).await.unwrap();
-        kube_sim::seed(sim.store(), &seed_config()).unwrap();
+        let sim = upstream_support::start_unbookmarked_sim(&seed_config()).await;
         let harness = upstream_support::typha_watching(kube_client(&sim), LIMIT).await;
         Rig { sim, harness }
     }
@@ -165,72 +148,17 @@ impl Rig {
     }
 }
 
-/// A client whose events are folded into a map, so a test can wait for a specific value.
-struct Observer {
-    status: Arc<SyncStatus>,
-    events: mpsc::Receiver<SyncEvent>,
-    state: Model,
-    last_in_sync: Option<(Revision, Digest, usize)>,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<Mirror>>,
-}
-
 impl Observer {
     fn through_typha(harness: &Harness, name: &str) -> Observer {
-        let client = SyncClient::new(harness.sync_config(name).unwrap());
-        let status = client.status();
-        let (tx, events) = mpsc::channel(1024);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { Ok(client.run(tx, token).await?) });
-        Observer {
-            status,
-            events,
-            state: Model::new(),
-            last_in_sync: None,
-            shutdown,
-            task,
-        }
+        Observer::start(harness.sync_config(name).unwrap())
     }
 
     fn local(sim: &KubeSim) -> Observer {
         let status = Arc::new(SyncStatus::default());
-        let (tx, events) = mpsc::channel(1024);
-        let shutdown = CancellationToken::new();
-        let (client, token, st) = (kube_client(sim), shutdown.clone(), status.clone());
-        let task = tokio::spawn(async move {
+        let (client, st) = (kube_client(sim), status.clone());
+        Observer::spawn(status, |tx, token| async move {
             Ok(run_local(client, UpstreamConfig::default(), tx, st, token).await?)
-        });
-        Observer {
-            status,
-            events,
-            state: Model::new(),
-            last_in_sync: None,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Consumes events until `done(state)` holds.
-    async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
-        let deadline = Instant::now() + LIMIT;
-        while !done(self) {
-            match next_event(&mut self.events, deadline, what).await {
-                SyncEvent::Changes { updates, .. } => {
-                    for u in &updates {
-                        apply(&mut self.state, u);
-                    }
-                }
-                SyncEvent::InSync {
-                    revision,
-                    digest,
-                    keys,
-                } => {
-                    self.last_in_sync = Some((revision, digest, keys));
-                }
-                SyncEvent::Disconnected { reason } => panic!("observer disconnected: {reason}"),
-            }
-        }
+        })
     }
 
     /// Waits until the observer holds `expected` (a value, or absence) for its key.
@@ -240,11 +168,6 @@ impl Observer {
             o.state.get(&expected.key) == expected.value.as_ref()
         })
         .await;
-    }
-
-    async fn stop(self) -> (Mirror, Model) {
-        self.shutdown.cancel();
-        (self.task.await.unwrap().unwrap(), self.state)
     }
 }
 

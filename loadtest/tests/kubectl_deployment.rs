@@ -98,18 +98,7 @@ async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
 
     let kubectl = Kubectl::new(&sim.url());
     kubectl.ok(&["create", "namespace", "shop"]).await;
-    kubectl
-        .ok(&[
-            "create",
-            "deployment",
-            "web",
-            "-n",
-            "shop",
-            "--image=nginx:1.27",
-            "--replicas=3",
-        ])
-        .await;
-    kubectl.rollout("web", "shop").await;
+    kubectl.deploy("web", "shop", "nginx:1.27", 3, &[]).await;
     let pods = stored_pods(&sim, "shop");
     assert_eq!(pods.len(), 3, "{pods:?}");
     let ips: std::collections::BTreeSet<&String> = pods.values().collect();

@@ -178,6 +178,20 @@ fn resolve_env(
     env
 }
 
+/// The command line the typha container runs: its args, then `env` as flags.
+fn typha_argv(container: &Json, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut argv = vec!["typha".to_string()];
+    argv.extend(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    argv.extend(env_to_flags(&typha_serve_command(), env));
+    argv
+}
+
 /// Turns environment variables into the long flags of `command` that read them, so that
 /// clap parses them exactly as it would from the environment (tests cannot set the
 /// process environment). Panics on a variable no flag reads: a typo in the manifests.
@@ -267,15 +281,7 @@ fn typha_deployment_fits_its_flags_probes_service_and_drain() {
         ]),
     );
     // Every variable is a real flag, and the whole configuration validates.
-    let mut argv = vec!["typha".to_string()];
-    argv.extend(
-        typha["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string()),
-    );
-    argv.extend(env_to_flags(&typha_serve_command(), &env));
+    let argv = typha_argv(typha, &env);
     let cli = typha::config::Cli::try_parse_from_checked(&argv);
     let typha::config::Command::Serve(serve) = cli.command else {
         panic!("the Deployment does not run `typha serve`: {argv:?}")
@@ -838,6 +844,14 @@ fn assert_structural(schema: &Json, path: &str) {
     }
 }
 
+/// The CRD of `K` declares every field of `K`'s spec (what the model reads).
+fn assert_crd_covers<K: CalicoKind>(objects: &[Json])
+where
+    K::Spec: Default + serde::Serialize,
+{
+    assert_covers(&crd_for::<K>(objects), fields_of::<K::Spec>(), K::KIND);
+}
+
 fn crd_for<K: CalicoKind>(objects: &[Json]) -> Json {
     let name = format!("{}.{}", K::PLURAL, crd::GROUP);
     let crd = find(objects, "CustomResourceDefinition", &name);
@@ -877,9 +891,7 @@ fn crds_declare_every_kind_and_field_typha_reads() {
             assert_covers(&rule["properties"][side], fields_of::<EntitySpec>(), side);
         }
     }
-    let global = crd_for::<GlobalNetworkPolicy>(&objects);
-    assert_covers(&global, fields_of::<PolicySpec>(), "GlobalNetworkPolicy");
-    let namespaced = crd_for::<NetworkPolicy>(&objects);
+    assert_crd_covers::<GlobalNetworkPolicy>(&objects);
     let global_only = [
         "namespaceSelector",
         "doNotTrack",
@@ -887,40 +899,23 @@ fn crds_declare_every_kind_and_field_typha_reads() {
         "applyOnForward",
     ];
     assert_covers(
-        &namespaced,
+        &crd_for::<NetworkPolicy>(&objects),
         fields_of::<PolicySpec>()
             .into_iter()
             .filter(|f| !global_only.contains(&f.as_str()))
             .collect(),
         "NetworkPolicy",
     );
+    assert_crd_covers::<NetworkSet>(&objects);
+    assert_crd_covers::<GlobalNetworkSet>(&objects);
+    assert_crd_covers::<HostEndpoint>(&objects);
     assert_covers(
-        &crd_for::<NetworkSet>(&objects),
-        fields_of::<NetworkSetSpec>(),
-        "NetworkSet",
-    );
-    assert_covers(
-        &crd_for::<GlobalNetworkSet>(&objects),
-        fields_of::<NetworkSetSpec>(),
-        "GlobalNetworkSet",
-    );
-    let hep = crd_for::<HostEndpoint>(&objects);
-    assert_covers(&hep, fields_of::<HostEndpointSpec>(), "HostEndpoint");
-    assert_covers(
-        &hep["properties"]["ports"]["items"],
+        &crd_for::<HostEndpoint>(&objects)["properties"]["ports"]["items"],
         fields_of::<EndpointPortSpec>(),
         "HostEndpoint port",
     );
-    assert_covers(
-        &crd_for::<IPPool>(&objects),
-        fields_of::<IpPoolSpec>(),
-        "IPPool",
-    );
-    assert_covers(
-        &crd_for::<ClusterInformation>(&objects),
-        fields_of::<ClusterInformationSpec>(),
-        "ClusterInformation",
-    );
+    assert_crd_covers::<IPPool>(&objects);
+    assert_crd_covers::<ClusterInformation>(&objects);
     // FelixConfiguration keeps every field: the schema must not prune any.
     assert_eq!(
         crd_for::<FelixConfiguration>(&objects)["x-kubernetes-preserve-unknown-fields"],
@@ -1105,15 +1100,7 @@ async fn rendered_manifests_apply_to_kube_sim_and_typha_from_them_serves_a_clien
         "KUBECONFIG".into(),
         kubectl.kubeconfig().display().to_string(),
     );
-    let mut argv = vec!["typha".to_string()];
-    argv.extend(
-        typha_container["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string()),
-    );
-    argv.extend(env_to_flags(&typha_serve_command(), &env));
+    let argv = typha_argv(typha_container, &env);
     // The binary's own entry point; it runs until the test process ends.
     std::thread::spawn(move || typha::cli::run(argv));
 

@@ -18,6 +18,8 @@
 //! conditions under a generous deadline; nothing asserts on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod sync_support;
+
 use std::time::Duration;
 
 use edge::discovery::TyphaEndpoint;
@@ -28,14 +30,13 @@ use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use netmodel::UpstreamConfig;
 use serde_json::{Value as Json, json};
 use snapshot_cache::CacheConfig;
+use sync_support::{apply_frame, next_frame, open_sync};
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
 use typha::app::Upstream;
 use typha::hub::{Hub, HubConfig};
 use typha_proto::PROTOCOL_VERSION;
-use typha_proto::client::typha_client::TyphaClient;
 use typha_proto::frame::ServerFrame;
-use typha_proto::pb::{self, client_message};
+use typha_proto::pb;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const CLIENTS: usize = 12;
@@ -44,10 +45,7 @@ const CLIENTS: usize = 12;
 /// `pods_per_node` pods in two namespaces of one policy each (tracing to the test's
 /// output, filtered by `RUST_LOG`).
 async fn start_sim(nodes: usize, pods_per_node: usize) -> KubeSim {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    testkit::test_logs();
     let config = kube_sim::Config {
         bookmark_interval: Duration::from_millis(100),
         ..kube_sim::Config::default()
@@ -179,7 +177,6 @@ async fn sync_once(addr: &str, mirror: &mut Mirror) -> bool {
     let channel = felix_client::connect::connect(addr, None, LIMIT)
         .await
         .unwrap();
-    let (up, rx) = tokio::sync::mpsc::channel(4);
     let hello = pb::ClientHello {
         node_name: "laggard".into(),
         syncer_type: pb::SyncerType::Felix as i32,
@@ -188,46 +185,32 @@ async fn sync_once(addr: &str, mirror: &mut Mirror) -> bool {
         resume: mirror.resume_position(),
         client_version: "test".into(),
     };
-    up.send(pb::ClientMessage {
-        msg: Some(client_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut frames = TyphaClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .sync(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_up, frames) = open_sync(channel, hello).await;
+    let mut frames = frames.unwrap();
     let mut resumed = None;
     loop {
-        let frame = tokio::time::timeout(LIMIT, frames.message())
-            .await
-            .expect("server silent")
-            .unwrap()
-            .expect("stream ended");
-        match frame {
+        let frame = next_frame(&mut frames, "server silent").await;
+        // Deltas while rebasing end a resume; a snapshot ends with InSync.
+        let rebasing = mirror.is_rebasing();
+        let (is_hello, is_in_sync, is_deltas) = match &frame {
             ServerFrame::Hello(hello) => {
-                mirror.accept_hello(&hello);
                 resumed = Some(hello.resumed);
-                if hello.resumed && !mirror.is_rebasing() {
-                    // Resumed on the same replica: nothing else need come.
-                    return true;
-                }
+                (true, false, false)
             }
-            ServerFrame::SnapshotChunk(chunk) => mirror.apply_chunk(chunk).unwrap(),
-            ServerFrame::InSync(in_sync) => {
-                mirror.finish_snapshot(&in_sync).unwrap();
-                return false;
-            }
-            ServerFrame::Deltas(batch) => {
-                let rebasing = mirror.is_rebasing();
-                mirror.apply_deltas(batch).unwrap();
-                if rebasing {
-                    return resumed == Some(true);
-                }
-            }
-            _ => {}
+            ServerFrame::InSync(_) => (false, true, false),
+            ServerFrame::Deltas(_) => (false, false, true),
+            _ => (false, false, false),
+        };
+        apply_frame(mirror, frame);
+        if is_hello && resumed == Some(true) && !mirror.is_rebasing() {
+            // Resumed on the same replica: nothing else need come.
+            return true;
+        }
+        if is_in_sync {
+            return false;
+        }
+        if is_deltas && rebasing {
+            return resumed == Some(true);
         }
     }
 }

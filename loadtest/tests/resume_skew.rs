@@ -4,18 +4,18 @@
 //! syncs, follows a change, and ends with the hub's digest.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod sync_support;
+
 use std::time::Duration;
 
 use felix_client::Mirror;
 use loadtest::harness::{Harness, TyphaSpec};
 use loadtest::model;
 use netmodel::UpstreamEvent;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use sync_support::{apply_frame, next_frame, open_sync};
 use typha::server::{ProtocolOffer, ServerConfig};
-use typha_proto::client::typha_client::TyphaClient;
 use typha_proto::frame::ServerFrame;
-use typha_proto::pb::{self, client_message};
+use typha_proto::pb;
 use typha_proto::{PROTOCOL_VERSION, Revision};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -45,40 +45,16 @@ async fn raw_session(
     let channel = felix_client::connect::connect(&addr, None, LIMIT)
         .await
         .unwrap();
-    let (up, rx) = mpsc::channel(4);
-    up.send(pb::ClientMessage {
-        msg: Some(client_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut frames = TyphaClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .sync(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_up, frames) = open_sync(channel, hello).await;
+    let mut frames = frames.unwrap();
     let mut mirror = Mirror::new();
     let mut server_hello = None;
     loop {
-        let frame = tokio::time::timeout(LIMIT, frames.message())
-            .await
-            .expect("server silent")
-            .unwrap()
-            .expect("stream ended");
-        match frame {
-            ServerFrame::Hello(hello) => {
-                mirror.accept_hello(&hello);
-                server_hello = Some(hello);
-            }
-            ServerFrame::SnapshotChunk(chunk) => mirror.apply_chunk(chunk).unwrap(),
-            ServerFrame::InSync(in_sync) => {
-                mirror.finish_snapshot(&in_sync).unwrap();
-            }
-            ServerFrame::Deltas(batch) => {
-                mirror.apply_deltas(batch).unwrap();
-            }
-            _ => {}
+        let frame = next_frame(&mut frames, "server silent").await;
+        if let ServerFrame::Hello(hello) = &frame {
+            server_hello = Some(hello.clone());
         }
+        apply_frame(&mut mirror, frame);
         if mirror.has_synced() && mirror.revision() >= until {
             return (server_hello.unwrap(), mirror);
         }

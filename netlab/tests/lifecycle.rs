@@ -15,28 +15,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{LIMIT, Rig, RigConfig, allow_from, node_exec, pump_between};
+use common::{LIMIT, Rig, RigConfig, agent_rules, allow_from, node_exec, pump_between};
 use netlab::{LabelSelector as Sel, Mismatch};
 
 /// The agent's rule lines (`-A <chain> ...`) of one table of node `n`, with their
 /// packet counters (`iptables-save -c`): every line that names a `cali` chain or
 /// jumps to one.
 async fn counters(rig: &Rig, n: usize, table: &str) -> BTreeMap<String, u64> {
-    let save = node_exec(rig, n, "iptables-save", &["-c", "-t", table]).await;
     let mut out = BTreeMap::new();
-    for line in save.lines() {
-        let Some(rest) = line.strip_prefix('[') else {
-            continue;
-        };
-        let (count, rule) = rest.split_once(']').unwrap();
-        let rule = rule.trim();
-        if !rule.contains("cali") {
-            continue;
-        }
-        let packets: u64 = count.split(':').next().unwrap().parse().unwrap();
+    for (rule, packets) in agent_rules(rig, n, "iptables-save", table).await {
         // Identical rules in one chain would collide; the hash comments make them unique.
         assert!(
-            out.insert(rule.to_string(), packets).is_none(),
+            out.insert(rule.clone(), packets).is_none(),
             "duplicate {rule}"
         );
     }

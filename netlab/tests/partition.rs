@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Agent, LIMIT, Rig, RigConfig, allow_from, node_exec, pump_between};
+use common::{Agent, LIMIT, Rig, RigConfig, agent_rules, allow_from, pump_between};
 use netlab::LabelSelector as Sel;
 
 /// The tables the agent writes, as (save program, table).
@@ -34,23 +34,10 @@ const TABLES: [(&str, &str); 4] = [
 type Chains = BTreeMap<String, Vec<(String, u64)>>;
 
 async fn chains(rig: &Rig, n: usize, program: &str, table: &str) -> Chains {
-    let save = node_exec(rig, n, program, &["-c", "-t", table]).await;
     let mut chains = Chains::new();
-    for line in save.lines() {
-        let Some(rest) = line.strip_prefix('[') else {
-            continue;
-        };
-        let (count, rule) = rest.split_once(']').unwrap();
-        let rule = rule.trim();
-        if !rule.contains("cali") {
-            continue;
-        }
-        let packets: u64 = count.split(':').next().unwrap().parse().unwrap();
+    for (rule, packets) in agent_rules(rig, n, program, table).await {
         let chain = rule.split_whitespace().nth(1).unwrap().to_string();
-        chains
-            .entry(chain)
-            .or_default()
-            .push((rule.to_string(), packets));
+        chains.entry(chain).or_default().push((rule, packets));
     }
     chains
 }

@@ -90,6 +90,43 @@ impl Kubectl {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    /// `kubectl patch <words> -p <patch>`, which must succeed; returns stdout. `words`
+    /// name what to patch and how, split at white space
+    /// (`"pod web -n demo --subresource=status --type=merge"`).
+    pub async fn patch(&self, words: &str, patch: &str) -> String {
+        self.ok(&patch_args(words, patch)).await
+    }
+
+    /// The same patch expecting failure; returns stderr.
+    pub async fn patch_fails(&self, words: &str, patch: &str) -> String {
+        self.fails(&patch_args(words, patch)).await
+    }
+
+    /// `kubectl create deployment <name> -n <namespace> --image=<image>
+    /// --replicas=<replicas> <flags...>`, then waits for its rollout ([`Kubectl::rollout`]).
+    pub async fn deploy(
+        &self,
+        name: &str,
+        namespace: &str,
+        image: &str,
+        replicas: u32,
+        flags: &[&str],
+    ) {
+        let (image, replicas) = (format!("--image={image}"), format!("--replicas={replicas}"));
+        let mut args = vec![
+            "create",
+            "deployment",
+            name,
+            "-n",
+            namespace,
+            &image,
+            &replicas,
+        ];
+        args.extend(flags);
+        self.ok(&args).await;
+        self.rollout(name, namespace).await;
+    }
+
     /// `kubectl rollout status deployment/<name> -n <namespace>`: waits (up to a minute)
     /// until the deployment's rollout is complete.
     pub async fn rollout(&self, name: &str, namespace: &str) {
@@ -104,4 +141,12 @@ impl Kubectl {
         ])
         .await;
     }
+}
+
+/// The arguments of `kubectl patch` (see [`Kubectl::patch`]).
+fn patch_args<'a>(words: &'a str, patch: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["patch"];
+    args.extend(words.split_whitespace());
+    args.extend(["-p", patch]);
+    args
 }

@@ -36,6 +36,15 @@ fn client_identity() -> PeerIdentity {
     }
 }
 
+/// Trust anchors holding `pki`'s CA only.
+fn roots_of(pki: &DevPki) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    roots
+}
+
 fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
 }
@@ -182,10 +191,7 @@ async fn client_without_certificate_is_refused() {
     init();
     let pki = DevPki::generate().unwrap();
     let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
+    let roots = roots_of(&pki);
     let client_cfg =
         rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
             .with_root_certificates(roots)
@@ -279,10 +285,7 @@ async fn tls12_only_client_is_refused() {
     init();
     let pki = DevPki::generate().unwrap();
     let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
+    let roots = roots_of(&pki);
     let chain = vec![CertificateDer::from_pem_slice(pki.client.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(pki.client.key_pem.as_bytes()).unwrap();
     let client_cfg =
@@ -299,6 +302,34 @@ async fn tls12_only_client_is_refused() {
     assert_rejected_by_server(outcome, HandshakeFailure::ProtocolVersion).await;
 }
 
+/// The client's error, which must be classified as `expected`.
+fn assert_client_failed<T>(client: io::Result<T>, expected: HandshakeFailure) -> io::Error {
+    let err = failed(client, "client must refuse the server");
+    assert_eq!(HandshakeFailure::classify(&err), expected, "{err}");
+    err
+}
+
+/// A client with `pki`'s client certificate, requiring typha's CN, refuses a server
+/// presenting `server` (as localhost) for `expected`; the server's result and the
+/// client's error.
+async fn client_refuses(
+    pki: &DevPki,
+    server: &TlsMaterial,
+    expected: HandshakeFailure,
+) -> (io::Result<server::TlsStream<TcpStream>>, io::Error) {
+    let server_cfg = server_config(server, &client_identity()).unwrap();
+    let client_cfg = client_config(
+        &pki.client_material(),
+        &PeerIdentity::with_cn(DEFAULT_SERVER_CN),
+    )
+    .unwrap();
+    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
+    (
+        outcome.server,
+        assert_client_failed(outcome.client, expected),
+    )
+}
+
 #[tokio::test]
 async fn client_refuses_server_with_wrong_cn() {
     init();
@@ -311,21 +342,14 @@ async fn client_refuses_server_with_wrong_cn() {
             ..CertSpec::new("impostor", true)
         })
         .unwrap();
-    let server_cfg = server_config(&pki.material(&impostor), &client_identity()).unwrap();
-    let client_cfg = client_config(
-        &pki.client_material(),
-        &PeerIdentity::with_cn(DEFAULT_SERVER_CN),
-    )
-    .unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    let err = failed(outcome.client, "client must refuse the server");
-    assert_eq!(
-        HandshakeFailure::classify(&err),
+    let (server, err) = client_refuses(
+        &pki,
+        &pki.material(&impostor),
         HandshakeFailure::BadIdentity,
-        "{err}"
-    );
+    )
+    .await;
     assert!(err.to_string().contains("impostor"), "{err}");
-    assert!(outcome.server.is_err());
+    assert!(server.is_err());
 }
 
 #[tokio::test]
@@ -333,19 +357,8 @@ async fn client_refuses_server_from_another_ca() {
     init();
     let pki = DevPki::generate().unwrap();
     let other = DevPki::generate().unwrap();
-    let server_cfg = server_config(&other.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(
-        &pki.client_material(),
-        &PeerIdentity::with_cn(DEFAULT_SERVER_CN),
-    )
-    .unwrap();
-    let outcome = handshake(server_cfg, client_cfg, localhost()).await;
-    let err = failed(outcome.client, "client must refuse the server");
-    assert_eq!(
-        HandshakeFailure::classify(&err),
-        HandshakeFailure::UnknownCa,
-        "{err}"
-    );
+    let (_server, _err) =
+        client_refuses(&pki, &other.server_material(), HandshakeFailure::UnknownCa).await;
 }
 
 #[tokio::test]
@@ -385,12 +398,7 @@ async fn hostname_mode_refuses_a_name_not_in_the_certificate() {
     let client_cfg = client_config(&pki.client_material(), &PeerIdentity::default()).unwrap();
     let name = ServerName::try_from("typha.example").unwrap();
     let outcome = handshake(server_cfg, client_cfg, name).await;
-    let err = failed(outcome.client, "hostname must not match");
-    assert_eq!(
-        HandshakeFailure::classify(&err),
-        HandshakeFailure::BadIdentity,
-        "{err}"
-    );
+    assert_client_failed(outcome.client, HandshakeFailure::BadIdentity);
 }
 
 /// A fresh directory under the system temp dir, removed on drop.

@@ -1,13 +1,13 @@
 //! Shared pieces of the hostile-client tests (hostile_*.rs): typha with real mutual TLS
 //! and one well-behaved felix-client connected throughout, the metrics of the test's
-//! process, raw TLS and raw-bytes gRPC attackers, and the process RSS.
+//! process (from `metrics_support`, which each hostile test declares, as `sync_support`),
+//! raw TLS and raw-bytes gRPC attackers, and the process RSS.
 //!
 //! Every hostile test ends with [`World::assert_unaffected`]: the well-behaved client
 //! receives a delta made after the attack, never reconnected, never saw a digest
 //! mismatch, and its mirror's digest equals the server's.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use loadtest::harness::{ClientHandle, Harness, TyphaSpec};
 use loadtest::model;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use netmodel::UpstreamEvent;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -29,67 +28,11 @@ use typha_proto::frame::ServerFrame;
 use typha_proto::pb::{self, client_message};
 use typha_proto::{Revision, Update};
 
+pub use crate::metrics_support::Metrics;
+use crate::sync_support::hello_message;
+
 /// How long anything that should happen is awaited before the test fails.
 pub const LIMIT: Duration = Duration::from_secs(60);
-
-/// The process's metrics (nextest runs each test in its own process). The debugging
-/// recorder resets counters and gauges on every snapshot, so values are accumulated here.
-pub struct Metrics {
-    snapshotter: Snapshotter,
-    seen: HashMap<(String, String), f64>,
-}
-
-impl Metrics {
-    /// Installs the recorder for this test process.
-    pub fn install() -> Metrics {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::set_global_recorder(recorder).expect("one recorder per test process");
-        Metrics {
-            snapshotter,
-            seen: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let label = key
-                .key()
-                .labels()
-                .next()
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            let delta = match value {
-                DebugValue::Counter(c) => c as f64,
-                DebugValue::Gauge(g) => g.into_inner(),
-                DebugValue::Histogram(_) => continue,
-            };
-            *self
-                .seen
-                .entry((key.key().name().to_string(), label))
-                .or_default() += delta;
-        }
-    }
-
-    /// A counter or gauge (by its first label value, "" for none) now.
-    pub fn get(&mut self, name: &str, label: &str) -> f64 {
-        self.refresh();
-        self.seen
-            .get(&(name.to_string(), label.to_string()))
-            .copied()
-            .unwrap_or(0.0)
-    }
-
-    /// `typha_connections_dropped_total{reason}` now.
-    pub fn dropped(&mut self, reason: &str) -> u64 {
-        self.get("typha_connections_dropped_total", reason) as u64
-    }
-
-    /// `typha_connections_open` now.
-    pub fn open(&mut self) -> u64 {
-        self.get("typha_connections_open", "") as u64
-    }
-}
 
 /// typha with mutual TLS, a small cluster loaded, and one well-behaved client in sync.
 pub struct World {
@@ -235,17 +178,6 @@ pub async fn raw_sync(
 /// A valid hello from `node`, encoded.
 pub fn hello(node: &str) -> Bytes {
     encode(client_message::Msg::Hello(hello_message(node)))
-}
-
-/// A valid hello from `node`.
-pub fn hello_message(node: &str) -> pb::ClientHello {
-    pb::ClientHello {
-        node_name: node.to_string(),
-        syncer_type: pb::SyncerType::Felix as i32,
-        protocol_version: 1,
-        capabilities: vec![pb::Capability::SnapshotZstd as i32],
-        ..Default::default()
-    }
 }
 
 /// One ClientMessage, encoded.

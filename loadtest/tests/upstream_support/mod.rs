@@ -1,16 +1,19 @@
 //! The API-state oracle shared by the upstream tests (`kube_upstream.rs`,
 //! `faults_upstream.rs`, `kubectl_deployment.rs`): typha watching a kube-sim, kube-sim's
 //! stored objects converted to the model through the upstream's own conversion, mirrors
-//! as models, and the end-of-test mirror check.
+//! as models, the end-of-test mirror check, and [`Observer`]: a sync client whose events
+//! are folded into a model.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use felix_client::{Mirror, SyncEvent};
+use felix_client::{Mirror, SyncClient, SyncConfig, SyncEvent, SyncStatus};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
-use kube_sim::Store;
+use kube_sim::{KubeSim, SeedConfig, Store};
 use loadtest::harness::{ClientSet, Harness, TyphaSpec};
 use netmodel::UpstreamConfig;
 use netmodel::crd::{
@@ -21,15 +24,32 @@ use netmodel::{ToModel, convert};
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use typha::app::Upstream;
 use typha::hub::Hub;
 use typha_proto::digest::EntryHash;
-use typha_proto::{Key, Update, Value};
+use typha_proto::{Digest, Key, Revision, Update, Value};
+
+/// A kube-sim seeded with `seed` that sends no bookmarks within a test: their progress
+/// batches (empty deltas) would make revisions count more than the changes the tests
+/// make. Installs the ring provider and the test logs first.
+pub async fn start_unbookmarked_sim(seed: &SeedConfig) -> KubeSim {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    testkit::test_logs();
+    let config = kube_sim::Config {
+        bookmark_interval: Duration::from_secs(3600),
+        ..kube_sim::Config::default()
+    };
+    let sim = KubeSim::start(config).await.unwrap();
+    kube_sim::seed(sim.store(), seed).unwrap();
+    sim
+}
 
 /// typha (in-process, the harness's mutual TLS) watching the API through `client`, once
 /// its upstream is in sync (panics after `limit`).
-pub async fn typha_watching(client: kube::Client, limit: std::time::Duration) -> Harness {
+pub async fn typha_watching(client: kube::Client, limit: Duration) -> Harness {
     let upstream = Upstream::Kube {
         client,
         config: UpstreamConfig::default(),
@@ -159,4 +179,111 @@ pub async fn next_event(
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|| panic!("client stopped while waiting for {what}"))
+}
+
+/// How long an [`Observer`] waits for an event before the test fails (only turns a hang
+/// into a failure).
+pub const OBSERVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// A sync client whose events are folded into a model, so that a test can wait for a
+/// state, and recorded (since [`Observer::forget_changes`]).
+pub struct Observer {
+    /// The client's counters.
+    pub status: Arc<SyncStatus>,
+    events: mpsc::Receiver<SyncEvent>,
+    /// The model the events so far amount to.
+    pub state: Model,
+    /// InSync events received.
+    pub in_syncs: u64,
+    /// The last InSync event: (revision, digest, keys).
+    pub last_in_sync: Option<(Revision, Digest, usize)>,
+    /// Disconnections seen; without [`Observer::tolerating_disconnects`] one fails the
+    /// test.
+    pub disconnects: u64,
+    tolerate_disconnects: bool,
+    /// Every change received since [`Observer::forget_changes`].
+    pub changes: Vec<Update>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<Mirror>>,
+}
+
+impl Observer {
+    /// A felix-client sync client with `config`.
+    pub fn start(config: SyncConfig) -> Observer {
+        let client = SyncClient::new(config);
+        Observer::spawn(client.status(), |tx, token| async move {
+            Ok(client.run(tx, token).await?)
+        })
+    }
+
+    /// An observer of the client `run` starts: `run` gets the event sender and the
+    /// shutdown token, and reports through `status`.
+    pub fn spawn<F>(
+        status: Arc<SyncStatus>,
+        run: impl FnOnce(mpsc::Sender<SyncEvent>, CancellationToken) -> F,
+    ) -> Observer
+    where
+        F: Future<Output = anyhow::Result<Mirror>> + Send + 'static,
+    {
+        let (tx, events) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(tx, shutdown.clone()));
+        Observer {
+            status,
+            events,
+            state: Model::new(),
+            in_syncs: 0,
+            last_in_sync: None,
+            disconnects: 0,
+            tolerate_disconnects: false,
+            changes: Vec::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    /// Counts disconnections instead of failing on one.
+    pub fn tolerating_disconnects(mut self) -> Observer {
+        self.tolerate_disconnects = true;
+        self
+    }
+
+    /// Consumes events until `done(self)` holds (panics, naming `what`, after
+    /// [`OBSERVER_LIMIT`]).
+    pub async fn until(&mut self, what: &str, done: impl Fn(&Observer) -> bool) {
+        let deadline = Instant::now() + OBSERVER_LIMIT;
+        while !done(self) {
+            match next_event(&mut self.events, deadline, what).await {
+                SyncEvent::Changes { updates, .. } => {
+                    for u in updates {
+                        apply(&mut self.state, &u);
+                        self.changes.push(u);
+                    }
+                }
+                SyncEvent::InSync {
+                    revision,
+                    digest,
+                    keys,
+                } => {
+                    self.in_syncs += 1;
+                    self.last_in_sync = Some((revision, digest, keys));
+                }
+                SyncEvent::Disconnected { reason } => {
+                    assert!(self.tolerate_disconnects, "observer disconnected: {reason}");
+                    self.disconnects += 1;
+                }
+            }
+        }
+    }
+
+    /// Forgets the changes received so far.
+    pub fn forget_changes(&mut self) {
+        self.changes.clear();
+    }
+
+    /// Stops the client: its mirror and the observed model.
+    pub async fn stop(self) -> (Mirror, Model) {
+        self.shutdown.cancel();
+        (self.task.await.unwrap().unwrap(), self.state)
+    }
 }

@@ -804,6 +804,26 @@ pub async fn node_exec(rig: &Rig, n: usize, program: &str, args: &[&str]) -> Str
         .unwrap()
 }
 
+/// The agent's rule lines (`-A <chain> ...`) of one table of node `n`, in order, each
+/// with its packet counter (`<program> -c -t <table>`): every line that names a `cali`
+/// chain or jumps to one.
+pub async fn agent_rules(rig: &Rig, n: usize, program: &str, table: &str) -> Vec<(String, u64)> {
+    let save = node_exec(rig, n, program, &["-c", "-t", table]).await;
+    let mut out = Vec::new();
+    for line in save.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let (count, rule) = rest.split_once(']').unwrap();
+        let rule = rule.trim();
+        if rule.contains("cali") {
+            let packets: u64 = count.split(':').next().unwrap().parse().unwrap();
+            out.push((rule.to_string(), packets));
+        }
+    }
+    out
+}
+
 /// The rule specs (chain first) that cut a node off from [`RELAY_IP`].
 fn partition_rules() -> [Vec<String>; 2] {
     let relay = RELAY_IP.to_string();
