@@ -102,7 +102,7 @@ async fn drift_is_repaired() {
         allow_from("x", "b-from-z", Sel::label("pod", "b"), &["z"]),
     ])
     .await;
-    let mut failures: Vec<String> = rig.check("policies in place").await.into_iter().collect();
+    let failures: Vec<String> = rig.check("policies in place").await.into_iter().collect();
 
     // Drift on node 0: delete the allow rule of x/a's policy chain.
     let chains = policy_chains(&rig, 0).await;
@@ -175,9 +175,7 @@ async fn drift_is_repaired() {
     members_after.sort();
     members_before.sort();
     assert_eq!(members_after, members_before, "member not restored");
-    failures.extend(rig.check("after repair").await);
-    rig.stop().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    rig.finish(failures, "after repair").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +183,7 @@ async fn restart_with_unchanged_state_writes_nothing() {
     let mut rig = Rig::start(RigConfig::default()).await;
     rig.set_policies(vec![allow_from("x", "from-y", Sel::all(), &["y"])])
         .await;
-    let mut failures: Vec<String> = rig.check("before restart").await.into_iter().collect();
+    let failures: Vec<String> = rig.check("before restart").await.into_iter().collect();
     // y/a (node 1) -> x/a (node 0): allowed, through node 0's policy chains.
     let pump = pump_between(&rig, ("y", "a"), ("x", "a")).await;
     let before: Vec<_> = [
@@ -233,9 +231,7 @@ async fn restart_with_unchanged_state_writes_nothing() {
     }
     let flow = pump.stop().await.unwrap();
     assert!(flow.exchanges() >= 9);
-    failures.extend(rig.check("after restart").await);
-    rig.stop().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    rig.finish(failures, "after restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,16 @@ async fn routes(rig: &Rig, n: usize, proto: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Node `n`'s routes of the agent's protocol are exactly [`wanted_routes`].
+async fn assert_agent_routes(rig: &Rig, n: usize, networking: bool) {
+    let proto = ROUTE_PROTOCOL.to_string();
+    assert_eq!(
+        routes(rig, n, &proto).await,
+        wanted_routes(rig, n, networking),
+        "node {n}"
+    );
+}
+
 /// The routes node `n` must hold with the agent's protocol.
 fn wanted_routes(rig: &Rig, n: usize, networking: bool) -> BTreeSet<String> {
     let mut want: BTreeSet<String> = rig
@@ -109,16 +119,11 @@ async fn foreign_route_survives(rig: &Rig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networking_mode_routes_and_nat_outgoing() {
     let rig = Rig::start(RigConfig::default()).await;
-    let proto = ROUTE_PROTOCOL.to_string();
     for n in 0..2 {
-        assert_eq!(
-            routes(&rig, n, &proto).await,
-            wanted_routes(&rig, n, true),
-            "node {n}"
-        );
+        assert_agent_routes(&rig, n, true).await;
     }
     // Everything reachable, across nodes too, through those routes only.
-    let mut failures: Vec<String> = rig
+    let failures: Vec<String> = rig
         .check("networking, no policy")
         .await
         .into_iter()
@@ -160,12 +165,8 @@ async fn networking_mode_routes_and_nat_outgoing() {
     flow.exchange(LIMIT).await.unwrap();
 
     foreign_route_survives(&rig).await;
-    assert_eq!(routes(&rig, 0, &proto).await, wanted_routes(&rig, 0, true));
-    if let Some(f) = rig.check("networking, after a repair").await {
-        failures.push(f);
-    }
-    rig.stop().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_agent_routes(&rig, 0, true).await;
+    rig.finish(failures, "networking, after a repair").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +176,8 @@ async fn policy_only_mode_routes_local_pods_only() {
         ..RigConfig::default()
     })
     .await;
-    let proto = ROUTE_PROTOCOL.to_string();
     for n in 0..2 {
-        assert_eq!(
-            routes(&rig, n, &proto).await,
-            wanted_routes(&rig, n, false),
-            "node {n}"
-        );
+        assert_agent_routes(&rig, n, false).await;
         assert!(
             masquerade(&rig, n).await.is_empty(),
             "node {n}: NAT in policy-only mode"
@@ -228,11 +224,7 @@ async fn policy_only_mode_routes_local_pods_only() {
             statics.contains(&format!("{} via {}", other.pod_cidr, other.ip)),
             "node {n} lost the user's route: {statics:?}"
         );
-        assert_eq!(
-            routes(&rig, n, &proto).await,
-            wanted_routes(&rig, n, false),
-            "node {n}"
-        );
+        assert_agent_routes(&rig, n, false).await;
     }
     rig.stop().await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -36,13 +36,29 @@ fn client_identity() -> PeerIdentity {
     }
 }
 
-/// Trust anchors holding `pki`'s CA only.
-fn roots_of(pki: &DevPki) -> rustls::RootCertStore {
+/// A fresh dev PKI's server config (requiring the dev client identity) and client config
+/// (checking the server as `server_check` says), with the ring provider installed.
+fn dev_configs(
+    server_check: &PeerIdentity,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    init();
+    let pki = DevPki::generate().unwrap();
+    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
+    let client_cfg = client_config(&pki.client_material(), server_check).unwrap();
+    (server_cfg, client_cfg)
+}
+
+/// A client config (still to be given its certificate, or none) speaking `version`
+/// only and trusting `pki`'s CA only.
+fn client_trusting(
+    pki: &DevPki,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(pki.ca.cert_pem.as_bytes()).unwrap())
         .unwrap();
-    roots
+    rustls::ClientConfig::builder_with_protocol_versions(&[version]).with_root_certificates(roots)
 }
 
 fn localhost() -> ServerName<'static> {
@@ -191,11 +207,7 @@ async fn client_without_certificate_is_refused() {
     init();
     let pki = DevPki::generate().unwrap();
     let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let roots = roots_of(&pki);
-    let client_cfg =
-        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let client_cfg = client_trusting(&pki, &rustls::version::TLS13).with_no_client_auth();
     let outcome = handshake(server_cfg, Arc::new(client_cfg), localhost()).await;
     assert_rejected_by_server(outcome, HandshakeFailure::NoCertificate).await;
 }
@@ -285,14 +297,11 @@ async fn tls12_only_client_is_refused() {
     init();
     let pki = DevPki::generate().unwrap();
     let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let roots = roots_of(&pki);
     let chain = vec![CertificateDer::from_pem_slice(pki.client.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(pki.client.key_pem.as_bytes()).unwrap();
-    let client_cfg =
-        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
+    let client_cfg = client_trusting(&pki, &rustls::version::TLS12)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
     let outcome = handshake(server_cfg, Arc::new(client_cfg), localhost()).await;
     let client_err = failed(outcome.client.as_ref(), "TLS 1.2 handshake must fail");
     assert_eq!(
@@ -363,24 +372,14 @@ async fn client_refuses_server_from_another_ca() {
 
 #[tokio::test]
 async fn identity_mode_ignores_the_dialled_name() {
-    init();
-    let pki = DevPki::generate().unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(
-        &pki.client_material(),
-        &PeerIdentity::with_uri_san(DEFAULT_SERVER_URI_SAN),
-    )
-    .unwrap();
+    let (server_cfg, client_cfg) = dev_configs(&PeerIdentity::with_uri_san(DEFAULT_SERVER_URI_SAN));
     let name = ServerName::try_from("typha.calico-system.svc").unwrap();
     assert_working(handshake(server_cfg, client_cfg, name).await).await;
 }
 
 #[tokio::test]
 async fn hostname_mode_accepts_localhost_and_loopback_ip() {
-    init();
-    let pki = DevPki::generate().unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(&pki.client_material(), &PeerIdentity::default()).unwrap();
+    let (server_cfg, client_cfg) = dev_configs(&PeerIdentity::default());
     for name in [
         localhost(),
         ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into()),
@@ -392,10 +391,7 @@ async fn hostname_mode_accepts_localhost_and_loopback_ip() {
 
 #[tokio::test]
 async fn hostname_mode_refuses_a_name_not_in_the_certificate() {
-    init();
-    let pki = DevPki::generate().unwrap();
-    let server_cfg = server_config(&pki.server_material(), &client_identity()).unwrap();
-    let client_cfg = client_config(&pki.client_material(), &PeerIdentity::default()).unwrap();
+    let (server_cfg, client_cfg) = dev_configs(&PeerIdentity::default());
     let name = ServerName::try_from("typha.example").unwrap();
     let outcome = handshake(server_cfg, client_cfg, name).await;
     assert_client_failed(outcome.client, HandshakeFailure::BadIdentity);

@@ -781,6 +781,14 @@ impl Rig {
         report
     }
 
+    /// A last probe check (`case`), then [`Rig::stop`]; fails with every mismatch
+    /// collected in `failures` and this check.
+    pub async fn finish(self, mut failures: Vec<String>, case: &str) {
+        failures.extend(self.check(case).await);
+        self.stop().await;
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     /// Stops everything (the bench's namespaces go when `topo` drops, also on panic).
     pub async fn stop(mut self) {
         for agent in self.agents.iter_mut().filter_map(Option::take) {
