@@ -17,6 +17,7 @@ use edge::tls::TransportChoice;
 use metrics_exporter_prometheus::PrometheusHandle;
 use netmodel::UpstreamConfig;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::calc::{Calc, CalcConfig, CalcMode};
@@ -66,41 +67,12 @@ async fn sync(
     let shutdown = CancellationToken::new();
     tokio::spawn(edge::signal::stop_on_signal(shutdown.clone()));
     let status = Arc::new(SyncStatus::default());
-    let dataplane_status = Arc::new(DataplaneStatus::default());
     if let (Some(listen), Some(handle)) = (scrape, &metrics) {
         edge::metrics::serve(listen, handle.clone(), shutdown.clone()).await?;
     }
     let health = start_health(&config, status.clone(), metrics, shutdown.clone()).await?;
     let (tx, rx) = mpsc::channel(64);
-    let dataplane = match config.dataplane {
-        Dataplane::None => tokio::spawn(log_dataplane(rx, config.mode)),
-        Dataplane::Iptables => {
-            let calc = Calc::with_hosts(
-                CalcConfig {
-                    node_name: config.node_name.clone(),
-                    mode: match config.mode {
-                        Mode::PolicyOnly => CalcMode::PolicyOnly,
-                        Mode::Networking => CalcMode::Networking,
-                    },
-                    cluster_cidrs: config.cluster_cidrs.clone(),
-                    interface_prefixes: config.interface_prefixes.clone(),
-                },
-                config.hosts.clone(),
-            );
-            let dataplane_config = DataplaneConfig {
-                netns: config.netns.clone(),
-                refresh_interval: config.dataplane_refresh,
-                ipv6: config.ipv6,
-                iptables_backend: config.iptables_backend,
-                ..DataplaneConfig::default()
-            };
-            // Opened before syncing (once: the iptables backend is resolved and the
-            // chains' ownership checked here): refuse to start when another agent owns
-            // the chains or the namespace cannot be programmed.
-            let opened = dataplane::Dataplane::new(dataplane_config, dataplane_status).await?;
-            tokio::spawn(dataplane::drive(opened, calc, rx, shutdown.clone()))
-        }
-    };
+    let dataplane = start_dataplane(&config, rx, &shutdown).await?;
     tracing::info!(node = config.node_name, mode = ?config.mode, "felix-client starting");
     let result = match config.source {
         Source::Typha {
@@ -135,6 +107,49 @@ async fn sync(
     let mirror = result?;
     tracing::info!(keys = mirror.len(), revision = %mirror.revision(), "felix-client stopped");
     Ok(())
+}
+
+/// Starts the consumer of the sync events: `--dataplane none` logs them; iptables opens
+/// the dataplane first (refusing to start when it cannot be programmed) and drives it
+/// from the calculation.
+async fn start_dataplane(
+    config: &Config,
+    rx: mpsc::Receiver<SyncEvent>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let calc = match config.dataplane {
+        Dataplane::None => return Ok(tokio::spawn(log_dataplane(rx, config.mode))),
+        Dataplane::Iptables => Calc::with_hosts(
+            CalcConfig {
+                node_name: config.node_name.clone(),
+                mode: match config.mode {
+                    Mode::PolicyOnly => CalcMode::PolicyOnly,
+                    Mode::Networking => CalcMode::Networking,
+                },
+                cluster_cidrs: config.cluster_cidrs.clone(),
+                interface_prefixes: config.interface_prefixes.clone(),
+            },
+            config.hosts.clone(),
+        ),
+    };
+    let dataplane_config = DataplaneConfig {
+        netns: config.netns.clone(),
+        refresh_interval: config.dataplane_refresh,
+        ipv6: config.ipv6,
+        iptables_backend: config.iptables_backend,
+        ..DataplaneConfig::default()
+    };
+    // Opened before syncing (once: the iptables backend is resolved and the chains'
+    // ownership checked here): refuse to start when another agent owns the chains or
+    // the namespace cannot be programmed.
+    let status = Arc::new(DataplaneStatus::default());
+    let opened = dataplane::Dataplane::new(dataplane_config, status).await?;
+    Ok(tokio::spawn(dataplane::drive(
+        opened,
+        calc,
+        rx,
+        shutdown.clone(),
+    )))
 }
 
 /// The sync client's settings for typha mode: TLS, timeouts, and the candidate source

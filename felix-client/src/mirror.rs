@@ -370,6 +370,30 @@ impl Mirror {
     /// replaced by a snapshot, all its changes are still reported. Returns the changes;
     /// deletes of absent keys and unchanged values are not changes.
     pub fn apply_deltas(&mut self, batch: RawDeltaBatch) -> Result<Vec<Update>, MirrorError> {
+        self.check_follows(&batch)?;
+        let (decoded, digest) = self.decode_verified(&batch)?;
+        let changes = self.commit(decoded);
+        self.digest = digest;
+        self.revision = Revision(batch.revision);
+        match self.rebasing.take() {
+            Some(epoch) => {
+                self.epoch = epoch;
+                self.versions = self
+                    .session_versions
+                    .then(|| VersionVector::from_pb(&batch.versions));
+            }
+            None => {
+                if let Some(versions) = self.versions.as_mut() {
+                    versions.merge(&batch.versions);
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Whether `batch` continues this mirror: synced, and from its revision (or, while
+    /// rebasing onto another replica, a batch at one revision).
+    fn check_follows(&self, batch: &RawDeltaBatch) -> Result<(), MirrorError> {
         if !self.synced {
             return Err(MirrorError::NotSynced);
         }
@@ -384,6 +408,16 @@ impl Mirror {
                 from: batch.from_revision,
             });
         }
+        Ok(())
+    }
+
+    /// Decodes `batch` and checks the digest it carries against the digest the mirror
+    /// would have after it, changing nothing; returns the updates with their hashes and
+    /// that digest.
+    fn decode_verified(
+        &self,
+        batch: &RawDeltaBatch,
+    ) -> Result<(Vec<(Update, EntryHash)>, Digest), MirrorError> {
         let server = Digest::from_bytes(&batch.digest)
             .ok_or(MirrorError::Model(ModelError::Missing("DeltaBatch.digest")))?;
         let mut decoded = Vec::with_capacity(batch.updates.len());
@@ -407,6 +441,11 @@ impl Mirror {
                 mirror: digest,
             });
         }
+        Ok((decoded, digest))
+    }
+
+    /// Applies verified updates to the entries; returns those that changed something.
+    fn commit(&mut self, decoded: Vec<(Update, EntryHash)>) -> Vec<Update> {
         let mut changes = Vec::with_capacity(decoded.len());
         for (update, hash) in decoded {
             match update.value {
@@ -425,22 +464,7 @@ impl Mirror {
                 }
             }
         }
-        self.digest = digest;
-        self.revision = Revision(batch.revision);
-        match self.rebasing.take() {
-            Some(epoch) => {
-                self.epoch = epoch;
-                self.versions = self
-                    .session_versions
-                    .then(|| VersionVector::from_pb(&batch.versions));
-            }
-            None => {
-                if let Some(versions) = self.versions.as_mut() {
-                    versions.merge(&batch.versions);
-                }
-            }
-        }
-        Ok(changes)
+        changes
     }
 }
 

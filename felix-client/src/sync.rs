@@ -25,19 +25,17 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use typha_proto::client::typha_client::TyphaClient;
-use typha_proto::frame::ServerFrame;
-use typha_proto::pb::{self, client_message};
-use typha_proto::{Digest, PROTOCOL_VERSION, Revision, Update};
+use typha_proto::{Digest, Revision, Update};
 
-use crate::connect::{ConnectError, connect};
+use crate::connect::ConnectError;
 use crate::discovery::{Picker, TyphaSource};
-use crate::mirror::{Mirror, MirrorError};
+use crate::mirror::Mirror;
 use crate::reconnect;
+use session::SessionEnd;
 
+mod session;
 mod status;
 pub use crate::reconnect::RECONNECT_REASONS;
 pub use status::SyncStatus;
@@ -138,17 +136,6 @@ pub enum SyncError {
     },
 }
 
-/// How a session ended.
-#[derive(Debug)]
-enum SessionEnd {
-    /// Shutdown requested.
-    Shutdown,
-    /// The server said goodbye: reconnect at once (to another replica for rebalance).
-    Goodbye(pb::GoodbyeReason, String),
-    /// Failure: back off, then reconnect.
-    Failed(String),
-}
-
 /// The sync client (see the module docs).
 pub struct SyncClient {
     config: SyncConfig,
@@ -215,29 +202,12 @@ impl SyncClient {
         let mut policy = reconnect::State::default();
         let mut avoid: Option<String> = None;
         loop {
-            if picker.update(source.current()) {
-                let candidates: Vec<&str> = picker
-                    .candidates()
-                    .iter()
-                    .map(|c| c.addr.as_str())
-                    .collect();
-                tracing::info!(?candidates, "typha candidates changed");
-                metrics::gauge!("felix_sync_typha_candidates").set(candidates.len() as f64);
-            }
+            note_candidates(&mut picker, &mut source);
             let Some(addr) = picker.next(avoid.take().as_deref()) else {
-                tracing::warn!(
-                    source = source.describe(),
-                    "no typha endpoint; waiting for one"
-                );
-                let timed_out = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(self.mirror),
-                    _ = source.changed() => false,
-                    _ = start_deadline(&status, start) => true,
-                };
-                if timed_out {
-                    return Err(start_timeout(start, &source, &tried));
+                match wait_for_endpoint(&mut source, &status, start, &tried, &shutdown).await? {
+                    Waited::Shutdown => return Ok(self.mirror),
+                    Waited::Changed => continue,
                 }
-                continue;
             };
             let syncs_before = status.syncs();
             let end = tokio::select! {
@@ -248,19 +218,9 @@ impl SyncClient {
                 }
             };
             status.out_of_sync();
-            let (ended, config_error) = judge(&addr, end, &mut tried);
-            let event = reconnect::Event {
-                synced: status.syncs() > syncs_before,
-                ended,
-            };
-            let (action, next) = reconnect::step(policy, event);
-            policy = next;
-            let reconnect = match action {
-                reconnect::Action::Stop => return Ok(self.mirror),
-                reconnect::Action::GiveUp => {
-                    return Err(config_error.map_or(SyncError::NoAddresses, SyncError::Config));
-                }
-                reconnect::Action::Reconnect(reconnect) => reconnect,
+            let synced = status.syncs() > syncs_before;
+            let Some(reconnect) = decide(&mut policy, &addr, end, synced, &mut tried)? else {
+                return Ok(self.mirror);
             };
             if reconnect.avoid_last {
                 avoid = Some(addr.clone());
@@ -311,157 +271,72 @@ impl SyncClient {
         status.endpoint.send_replace(None);
         delay
     }
+}
 
-    async fn session(
-        &mut self,
-        addr: &str,
-        events: &mpsc::Sender<SyncEvent>,
-        shutdown: &CancellationToken,
-    ) -> Result<SessionEnd, ConnectError> {
-        self.current = addr.to_string();
-        let channel = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-            channel = connect(addr, self.config.tls.clone(), self.config.connect_timeout) => channel?,
-        };
-        let (up, up_rx) = mpsc::channel(4);
-        let hello = pb::ClientHello {
-            node_name: self.config.node_name.clone(),
-            syncer_type: pb::SyncerType::Felix as i32,
-            protocol_version: PROTOCOL_VERSION,
-            capabilities: [
-                pb::Capability::SnapshotZstd,
-                pb::Capability::Resume,
-                pb::Capability::Digest,
-                pb::Capability::ResourceVersions,
-            ]
+/// Takes the source's current candidates into the picker, logging and counting them when
+/// they changed.
+fn note_candidates(picker: &mut Picker, source: &mut TyphaSource) {
+    if picker.update(source.current()) {
+        let candidates: Vec<&str> = picker
+            .candidates()
             .iter()
-            .map(|c| *c as i32)
-            .collect(),
-            resume: self.mirror.resume_position(),
-            client_version: concat!("felix-client/", env!("CARGO_PKG_VERSION")).to_string(),
-        };
-        let _ = up
-            .send(pb::ClientMessage {
-                msg: Some(client_message::Msg::Hello(hello)),
-            })
-            .await;
-        let mut client = TyphaClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-        let call = timeout(
-            self.config.connect_timeout,
-            client.sync(ReceiverStream::new(up_rx)),
-        );
-        let mut frames = match call.await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Ok(SessionEnd::Failed(format!("sync refused: {status}"))),
-            Err(_) => {
-                return Ok(SessionEnd::Failed(
-                    "timed out waiting for the server".into(),
-                ));
-            }
-        };
-        loop {
-            let frame = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                frame = timeout(self.config.read_timeout, frames.message()) => frame,
-            };
-            let frame = match frame {
-                Err(_) => {
-                    return Ok(SessionEnd::Failed(
-                        "server silent past the read timeout".into(),
-                    ));
-                }
-                Ok(Err(status)) => {
-                    return Ok(SessionEnd::Failed(format!("stream error: {status}")));
-                }
-                Ok(Ok(None)) => return Ok(SessionEnd::Failed("server closed the stream".into())),
-                Ok(Ok(Some(frame))) => frame,
-            };
-            match self.handle(frame, &up, events).await {
-                Ok(None) => {}
-                Ok(Some(end)) => return Ok(end),
-                Err(error) => {
-                    if self.status.refused(&error) {
-                        self.mirror.forget_position();
-                    }
-                    return Ok(SessionEnd::Failed(error.to_string()));
-                }
-            }
-        }
+            .map(|c| c.addr.as_str())
+            .collect();
+        tracing::info!(?candidates, "typha candidates changed");
+        metrics::gauge!("felix_sync_typha_candidates").set(candidates.len() as f64);
     }
+}
 
-    async fn handle(
-        &mut self,
-        frame: ServerFrame,
-        up: &mpsc::Sender<pb::ClientMessage>,
-        events: &mpsc::Sender<SyncEvent>,
-    ) -> Result<Option<SessionEnd>, MirrorError> {
-        match frame {
-            ServerFrame::Hello(hello) => {
-                self.mirror.accept_hello(&hello);
-                self.status
-                    .endpoint
-                    .send_replace(Some(self.current.clone()));
-                tracing::info!(
-                    server = hello.server_id,
-                    resumed = hello.resumed,
-                    "connected to typha"
-                );
-                if hello.resumed {
-                    self.status.resumes.fetch_add(1, Ordering::Relaxed);
-                    // Resumed by another replica: in sync once its rebase batch applied.
-                    if !self.mirror.is_rebasing() {
-                        self.in_sync(events).await;
-                    }
-                }
-            }
-            ServerFrame::SnapshotChunk(chunk) => self.mirror.apply_chunk(chunk)?,
-            ServerFrame::InSync(in_sync) => {
-                let changes = self.mirror.finish_snapshot(&in_sync)?;
-                self.status.snapshots.fetch_add(1, Ordering::Relaxed);
-                // One event per staged chunk: a snapshot's values are never all decoded at once.
-                let revision = self.mirror.revision();
-                for updates in changes.filter(|batch| !batch.is_empty()) {
-                    let _ = events.send(SyncEvent::Changes { revision, updates }).await;
-                }
-                self.in_sync(events).await;
-            }
-            ServerFrame::Deltas(batch) => {
-                let rebased = self.mirror.is_rebasing();
-                let changes = self.mirror.apply_deltas(batch)?;
-                self.status.batch_applied(&self.mirror);
-                // Sent even when empty, so that consumers can follow the revision.
-                let revision = self.mirror.revision();
-                let _ = events
-                    .send(SyncEvent::Changes {
-                        revision,
-                        updates: changes,
-                    })
-                    .await;
-                if rebased {
-                    self.in_sync(events).await;
-                }
-            }
-            ServerFrame::Ping(ping) => {
-                let pong = pb::Pong {
-                    nonce: ping.nonce,
-                    ping_sent_unix_nanos: ping.sent_unix_nanos,
-                };
-                let _ = up.try_send(pb::ClientMessage {
-                    msg: Some(client_message::Msg::Pong(pong)),
-                });
-            }
-            ServerFrame::Goodbye(goodbye) => {
-                let reason = pb::GoodbyeReason::try_from(goodbye.reason).unwrap_or_default();
-                return Ok(Some(SessionEnd::Goodbye(reason, goodbye.message)));
-            }
-            // Pongs need no answer; unknown frames come from newer servers.
-            ServerFrame::Pong(_) | ServerFrame::Unknown(_) => {}
-        }
-        Ok(None)
+/// How a wait for a typha endpoint ended.
+enum Waited {
+    /// The candidates changed: pick again.
+    Changed,
+    /// Shutdown requested.
+    Shutdown,
+}
+
+/// Waits, with no endpoint to try, until the candidates change, shutdown, or the start
+/// deadline (an error).
+async fn wait_for_endpoint(
+    source: &mut TyphaSource,
+    status: &SyncStatus,
+    start: Option<(Duration, Instant)>,
+    tried: &Tried,
+    shutdown: &CancellationToken,
+) -> Result<Waited, SyncError> {
+    tracing::warn!(
+        source = source.describe(),
+        "no typha endpoint; waiting for one"
+    );
+    let timed_out = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(Waited::Shutdown),
+        _ = source.changed() => false,
+        _ = start_deadline(status, start) => true,
+    };
+    if timed_out {
+        return Err(start_timeout(start, source, tried));
     }
+    Ok(Waited::Changed)
+}
 
-    async fn in_sync(&self, events: &mpsc::Sender<SyncEvent>) {
-        let _ = events.send(self.status.in_sync(&self.mirror)).await;
+/// Judges how a session ended and steps the reconnect policy: the reconnect to carry
+/// out, `None` to stop, or the error to give up with.
+fn decide(
+    policy: &mut reconnect::State,
+    addr: &str,
+    end: Result<SessionEnd, ConnectError>,
+    synced: bool,
+    tried: &mut Tried,
+) -> Result<Option<reconnect::Reconnect>, SyncError> {
+    let (ended, config_error) = judge(addr, end, tried);
+    let (action, next) = reconnect::step(*policy, reconnect::Event { synced, ended });
+    *policy = next;
+    match action {
+        reconnect::Action::Stop => Ok(None),
+        reconnect::Action::GiveUp => {
+            Err(config_error.map_or(SyncError::NoAddresses, SyncError::Config))
+        }
+        reconnect::Action::Reconnect(reconnect) => Ok(Some(reconnect)),
     }
 }
 

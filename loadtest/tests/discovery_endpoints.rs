@@ -66,6 +66,11 @@ fn slice(name: &str, service: &str, ports: &[(Option<&str>, u16)], endpoints: &[
     })
 }
 
+/// A slice of the typha Service with `ports` and one ready endpoint, `addr` on `node`.
+fn ready_slice(name: &str, ports: &[(Option<&str>, u16)], addr: &str, node: &str) -> Json {
+    slice(name, SERVICE, ports, &[(addr, Some(true), node)])
+}
+
 fn ep(addr: &str, port: u16, node: &str) -> TyphaEndpoint {
     TyphaEndpoint {
         address: addr.into(),
@@ -99,17 +104,18 @@ async fn watcher_publishes_ready_endpoints_and_follows_changes() {
     let typha_port = Some("calico-typha");
     // Two ports: the named one is chosen. Unready endpoints are left out, unset counts
     // as ready. Another service's slice is ignored.
+    // Slice typha-a: endpoints 10.0.0.1-3 on n1-n3 with these ready conditions.
+    let typha_a = |ready: [Option<bool>; 3]| {
+        let endpoints = [
+            ("10.0.0.1", ready[0], "n1"),
+            ("10.0.0.2", ready[1], "n2"),
+            ("10.0.0.3", ready[2], "n3"),
+        ];
+        let ports = [(Some("metrics"), 9093), (typha_port, 5473)];
+        slice("typha-a", SERVICE, &ports, &endpoints)
+    };
     store
-        .upsert_object(slice(
-            "typha-a",
-            SERVICE,
-            &[(Some("metrics"), 9093), (typha_port, 5473)],
-            &[
-                ("10.0.0.1", Some(true), "n1"),
-                ("10.0.0.2", Some(false), "n2"),
-                ("10.0.0.3", None, "n3"),
-            ],
-        ))
+        .upsert_object(typha_a([Some(true), Some(false), None]))
         .unwrap();
     store
         .upsert_object(slice(
@@ -137,16 +143,7 @@ async fn watcher_publishes_ready_endpoints_and_follows_changes() {
 
     // n2 becomes ready, n1 stops being ready.
     store
-        .upsert_object(slice(
-            "typha-a",
-            SERVICE,
-            &[(Some("metrics"), 9093), (typha_port, 5473)],
-            &[
-                ("10.0.0.1", Some(false), "n1"),
-                ("10.0.0.2", Some(true), "n2"),
-                ("10.0.0.3", None, "n3"),
-            ],
-        ))
+        .upsert_object(typha_a([Some(false), Some(true), None]))
         .unwrap();
     expect(
         &mut rx,
@@ -156,20 +153,20 @@ async fn watcher_publishes_ready_endpoints_and_follows_changes() {
 
     // A second slice whose only port has another name: that port is used.
     store
-        .upsert_object(slice(
+        .upsert_object(ready_slice(
             "typha-b",
-            SERVICE,
             &[(Some("grpc"), 6000)],
-            &[("10.0.1.1", Some(true), "n4")],
+            "10.0.1.1",
+            "n4",
         ))
         .unwrap();
     // A slice with two ports, neither named calico-typha: skipped.
     store
-        .upsert_object(slice(
+        .upsert_object(ready_slice(
             "typha-c",
-            SERVICE,
             &[(Some("a"), 1), (Some("b"), 2)],
-            &[("10.0.2.1", Some(true), "n5")],
+            "10.0.2.1",
+            "n5",
         ))
         .unwrap();
     expect(
@@ -207,11 +204,11 @@ async fn watcher_publishes_ready_endpoints_and_follows_changes() {
 async fn port_name_is_configurable() {
     let sim = start_sim().await;
     sim.store()
-        .upsert_object(slice(
+        .upsert_object(ready_slice(
             "typha-a",
-            SERVICE,
             &[(Some("calico-typha"), 5473), (Some("alt"), 7000)],
-            &[("10.0.0.1", Some(true), "n1")],
+            "10.0.0.1",
+            "n1",
         ))
         .unwrap();
     let mut config = DiscoveryConfig::new(NS, SERVICE);
@@ -251,12 +248,7 @@ fn port_of(addr: SocketAddr) -> u16 {
 /// A typha slice for `(port, node)` pairs on 127.0.0.1 (a slice has one port per
 /// Service port, so each typha gets its own slice, as with hostNetwork typhas).
 fn typha_slice(name: &str, port: u16, node: &str) -> Json {
-    slice(
-        name,
-        SERVICE,
-        &[(Some("calico-typha"), port)],
-        &[("127.0.0.1", Some(true), node)],
-    )
+    ready_slice(name, &[(Some("calico-typha"), port)], "127.0.0.1", node)
 }
 
 fn spawn_client(node: &str, source: TyphaSource) -> ClientHandle {

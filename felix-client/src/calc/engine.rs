@@ -118,33 +118,9 @@ impl Engine {
             (Kind::NetworkSet | Kind::GlobalNetworkSet, None) => {
                 self.index.set_object(key, None);
             }
-            (Kind::Node, value) => {
-                let node = match value {
-                    Some(Value::Node(n)) => Some(n),
-                    _ => None,
-                };
-                if self.hosts.set_node(key.name(), node, &mut self.index) {
-                    self.refresh_hosts();
-                }
-                self.set_node(key.name(), node);
-            }
-            (Kind::IpPool, value) => {
-                match value {
-                    Some(Value::IpPool(p)) => self.pools.insert(key.name().to_string(), p.clone()),
-                    _ => self.pools.remove(key.name()),
-                };
-                self.nat_dirty = true;
-                self.nodes_dirty = true;
-            }
-            (Kind::HostEndpoint, value) => {
-                let hep = match value {
-                    Some(Value::HostEndpoint(h)) => Some(h),
-                    _ => None,
-                };
-                if self.hosts.set_endpoint(key, hep, &mut self.index) {
-                    self.refresh_hosts();
-                }
-            }
+            (Kind::Node, value) => self.on_node(key, value.as_ref()),
+            (Kind::IpPool, value) => self.on_pool(key, value.as_ref()),
+            (Kind::HostEndpoint, value) => self.on_host_endpoint(key, value.as_ref()),
             (Kind::FelixConfiguration | Kind::ClusterInformation, _) => {}
             (kind, Some(value)) => {
                 tracing::debug!(
@@ -153,6 +129,39 @@ impl Engine {
                     "ignored mismatched update"
                 );
             }
+        }
+    }
+
+    /// A node: automatic host endpoints, then (in networking mode) routes and tunnels.
+    fn on_node(&mut self, key: &Key, value: Option<&Value>) {
+        let node = match value {
+            Some(Value::Node(n)) => Some(n),
+            _ => None,
+        };
+        if self.hosts.set_node(key.name(), node, &mut self.index) {
+            self.refresh_hosts();
+        }
+        self.set_node(key.name(), node);
+    }
+
+    /// An IP pool: NAT rules and node routes are recomputed.
+    fn on_pool(&mut self, key: &Key, value: Option<&Value>) {
+        match value {
+            Some(Value::IpPool(p)) => self.pools.insert(key.name().to_string(), p.clone()),
+            _ => self.pools.remove(key.name()),
+        };
+        self.nat_dirty = true;
+        self.nodes_dirty = true;
+    }
+
+    /// A host endpoint.
+    fn on_host_endpoint(&mut self, key: &Key, value: Option<&Value>) {
+        let hep = match value {
+            Some(Value::HostEndpoint(h)) => Some(h),
+            _ => None,
+        };
+        if self.hosts.set_endpoint(key, hep, &mut self.index) {
+            self.refresh_hosts();
         }
     }
 

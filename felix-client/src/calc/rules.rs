@@ -82,6 +82,32 @@ struct Matches {
     any_of: Vec<Vec<String>>,
 }
 
+impl Matches {
+    /// The rule's argument lists: head, protocol and tail, crossed with one alternative
+    /// of each `any_of` group.
+    fn alternatives(self) -> Vec<Vec<String>> {
+        let mut prefix: Vec<String> = self.head;
+        if let Some(p) = self.protocol {
+            prefix.push(format!("-p {p}"));
+        }
+        prefix.extend(self.tail);
+        let mut lines: Vec<Vec<String>> = vec![prefix];
+        for group in &self.any_of {
+            lines = lines
+                .iter()
+                .flat_map(|line| {
+                    group.iter().map(move |alt| {
+                        let mut l = line.clone();
+                        l.push(alt.clone());
+                        l
+                    })
+                })
+                .collect();
+        }
+        lines
+    }
+}
+
 /// What the renderer needs besides the rules.
 pub(super) struct RenderContext<'a> {
     /// The family rendered.
@@ -115,14 +141,10 @@ fn render_rule(
 ) -> Result<(), BadSelector> {
     let family = ctx.family;
     let mut m = Matches::default();
-    let protocol = pb::Protocol::try_from(rule.protocol).unwrap_or(pb::Protocol::Unspecified);
-    m.protocol = match (protocol, family) {
-        (pb::Protocol::Unspecified, _) => None,
-        (pb::Protocol::Icmp, Family::V4) => Some("icmp"),
-        (pb::Protocol::Icmpv6, Family::V6) => Some("ipv6-icmp"),
-        (pb::Protocol::Icmp | pb::Protocol::Icmpv6, _) => return Ok(()),
-        _ => port_protocol(rule.protocol),
+    let Some(protocol) = rule_protocol(rule, family) else {
+        return Ok(());
     };
+    m.protocol = protocol;
     let mut rule_sets = BTreeSet::new();
     let empty = pb::EntityRule::default();
     let sides = [
@@ -136,23 +158,53 @@ fn render_rule(
             return Ok(());
         }
     }
-    if rule.has_icmp {
-        let code = if rule.icmp_code >= 0 {
-            format!("/{}", rule.icmp_code)
-        } else {
-            String::new()
-        };
-        match m.protocol {
-            Some("icmp") => m
-                .tail
-                .push(format!("-m icmp --icmp-type {}{code}", rule.icmp_type)),
-            Some("ipv6-icmp") => m
-                .tail
-                .push(format!("-m icmp6 --icmpv6-type {}{code}", rule.icmp_type)),
-            _ => return Ok(()),
-        }
+    if rule.has_icmp && !icmp_matches(rule, &mut m) {
+        return Ok(());
     }
-    let action = match pb::Action::try_from(rule.action).unwrap_or(pb::Action::Unspecified) {
+    let Some(action) = action_target(rule) else {
+        return Ok(());
+    };
+    sets.extend(rule_sets);
+    emit(rule, m.alternatives(), &action, out);
+    Ok(())
+}
+
+/// The `-p` of `rule` in `family`: `Some(None)` for any protocol, `None` when the rule is
+/// ICMP of the other family (it cannot match here).
+fn rule_protocol(rule: &pb::Rule, family: Family) -> Option<Option<&'static str>> {
+    let protocol = pb::Protocol::try_from(rule.protocol).unwrap_or(pb::Protocol::Unspecified);
+    match (protocol, family) {
+        (pb::Protocol::Unspecified, _) => Some(None),
+        (pb::Protocol::Icmp, Family::V4) => Some(Some("icmp")),
+        (pb::Protocol::Icmpv6, Family::V6) => Some(Some("ipv6-icmp")),
+        (pb::Protocol::Icmp | pb::Protocol::Icmpv6, _) => None,
+        _ => Some(port_protocol(rule.protocol)),
+    }
+}
+
+/// Adds the ICMP type (and code) match; `false` when the rule's protocol is not ICMP.
+fn icmp_matches(rule: &pb::Rule, m: &mut Matches) -> bool {
+    let code = if rule.icmp_code >= 0 {
+        format!("/{}", rule.icmp_code)
+    } else {
+        String::new()
+    };
+    match m.protocol {
+        Some("icmp") => m
+            .tail
+            .push(format!("-m icmp --icmp-type {}{code}", rule.icmp_type)),
+        Some("ipv6-icmp") => m
+            .tail
+            .push(format!("-m icmp6 --icmpv6-type {}{code}", rule.icmp_type)),
+        _ => return false,
+    }
+    true
+}
+
+/// The jump of `rule`'s action; `None` for an unspecified action (the rule renders
+/// nothing).
+fn action_target(rule: &pb::Rule) -> Option<String> {
+    match pb::Action::try_from(rule.action).unwrap_or(pb::Action::Unspecified) {
         pb::Action::Allow => Some(format!(
             "-j MARK --set-xmark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"
         )),
@@ -160,29 +212,12 @@ fn render_rule(
         pb::Action::Deny => Some("-j DROP".to_string()),
         pb::Action::Log => Some("-j LOG --log-prefix calico-packet:".to_string()),
         pb::Action::Unspecified => None,
-    };
-    let Some(action) = action else {
-        return Ok(());
-    };
-    sets.extend(rule_sets);
-    let mut prefix: Vec<String> = m.head;
-    if let Some(p) = m.protocol {
-        prefix.push(format!("-p {p}"));
     }
-    prefix.extend(m.tail);
-    let mut lines: Vec<Vec<String>> = vec![prefix];
-    for group in &m.any_of {
-        lines = lines
-            .iter()
-            .flat_map(|line| {
-                group.iter().map(move |alt| {
-                    let mut l = line.clone();
-                    l.push(alt.clone());
-                    l
-                })
-            })
-            .collect();
-    }
+}
+
+/// Writes one line per alternative with `action`; a log with several alternatives marks
+/// in each and logs once; allow and pass return once marked.
+fn emit(rule: &pb::Rule, lines: Vec<Vec<String>>, action: &str, out: &mut Vec<String>) {
     let log = action.starts_with("-j LOG");
     if log && lines.len() > 1 {
         // Several alternatives: mark in each, log once.
@@ -194,10 +229,10 @@ fn render_rule(
             "-m mark --mark {MARK_LOG:#x}/{MARK_LOG:#x} {action}"
         ));
         out.push(format!("-j MARK --set-xmark 0x0/{MARK_LOG:#x}"));
-        return Ok(());
+        return;
     }
     for mut line in lines {
-        line.push(action.clone());
+        line.push(action.to_string());
         out.push(line.join(" "));
     }
     match pb::Action::try_from(rule.action) {
@@ -209,7 +244,6 @@ fn render_rule(
         )),
         _ => {}
     }
-    Ok(())
 }
 
 /// Nets of `family` from `texts`: `None` when the list is not empty but holds none of
@@ -269,8 +303,41 @@ fn side_matches(
             .push(format!("-m set ! --match-set {} {dir}", spec.name()));
         sets.insert(spec);
     }
-    let Some(nets) = family_nets(&entity.nets, family) else {
+    if !net_matches(side, entity, m, family, sets) {
         return Ok(false);
+    }
+    if entity.ports.is_empty() && entity.not_ports.is_empty() {
+        return Ok(true);
+    }
+    let Some(protocol) = m.protocol.filter(|p| matches!(*p, "tcp" | "udp" | "sctp")) else {
+        // Ports without a port protocol cannot match (the converters reject this).
+        return Ok(false);
+    };
+    let named_scope = Selector::and_all(selector.into_iter().chain(local_scope.cloned()))
+        .unwrap_or(Selector::All)
+        .to_string();
+    let ports = PortContext {
+        side,
+        family,
+        protocol,
+        named_scope,
+    };
+    ports.add_matches(entity, m, sets);
+    Ok(true)
+}
+
+/// Adds one side's nets and not-nets (a single net as `-s`/`-d`, several as a set);
+/// `false` when they can never match in this family.
+fn net_matches(
+    side: Side,
+    entity: &pb::EntityRule,
+    m: &mut Matches,
+    family: Family,
+    sets: &mut BTreeSet<SetSpec>,
+) -> bool {
+    let dir = side.dir();
+    let Some(nets) = family_nets(&entity.nets, family) else {
+        return false;
     };
     let mut flag_used = false;
     if !nets.is_empty() && nets.iter().all(|n| n.prefix > 0) {
@@ -287,7 +354,7 @@ fn side_matches(
     }
     let not_nets = family_nets(&entity.not_nets, family).unwrap_or_default();
     if not_nets.iter().any(|n| n.prefix == 0) {
-        return Ok(false);
+        return false;
     }
     let distinct: BTreeSet<&Net> = not_nets.iter().collect();
     if distinct.len() == 1 && !flag_used {
@@ -299,52 +366,62 @@ fn side_matches(
             .push(format!("-m set ! --match-set {} {dir}", spec.name()));
         sets.insert(spec);
     }
-    if entity.ports.is_empty() && entity.not_ports.is_empty() {
-        return Ok(true);
+    true
+}
+
+/// What one side's port matches need: named ports become sets of the endpoints in
+/// `named_scope` (the side's selector, and the policy's own where the side is local).
+struct PortContext {
+    side: Side,
+    family: Family,
+    protocol: &'static str,
+    named_scope: String,
+}
+
+impl PortContext {
+    /// Adds the ports (numeric lists OR named ports: alternatives when more than one)
+    /// and the not-ports (all required).
+    fn add_matches(&self, entity: &pb::EntityRule, m: &mut Matches, sets: &mut BTreeSet<SetSpec>) {
+        let side = self.side;
+        let dir = side.dir();
+        let pair = format!("{dir},{dir}");
+        if !entity.ports.is_empty() {
+            let mut alternatives: Vec<String> = multiport_chunks(&entity.ports)
+                .into_iter()
+                .map(|list| format!("-m multiport {} {list}", side.ports()))
+                .collect();
+            for p in entity.ports.iter().filter(|p| !p.name.is_empty()) {
+                let set = self.named(&p.name, sets);
+                alternatives.push(format!("-m set --match-set {set} {pair}"));
+            }
+            if alternatives.len() == 1 {
+                m.tail.extend(alternatives);
+            } else {
+                m.any_of.push(alternatives);
+            }
+        }
+        for list in multiport_chunks(&entity.not_ports) {
+            m.tail
+                .push(format!("-m multiport ! {} {list}", side.ports()));
+        }
+        for p in entity.not_ports.iter().filter(|p| !p.name.is_empty()) {
+            let set = self.named(&p.name, sets);
+            m.tail.push(format!("-m set ! --match-set {set} {pair}"));
+        }
     }
-    let Some(protocol) = m.protocol.filter(|p| matches!(*p, "tcp" | "udp" | "sctp")) else {
-        // Ports without a port protocol cannot match (the converters reject this).
-        return Ok(false);
-    };
-    let named_scope = Selector::and_all(selector.clone().into_iter().chain(local_scope.cloned()))
-        .unwrap_or(Selector::All)
-        .to_string();
-    let named = |name: &str, sets: &mut BTreeSet<SetSpec>| {
+
+    /// The set of named port `name`, recorded in `sets`; returns its name.
+    fn named(&self, name: &str, sets: &mut BTreeSet<SetSpec>) -> String {
         let spec = SetSpec::NamedPort {
-            family,
-            selector: named_scope.clone(),
-            protocol,
+            family: self.family,
+            selector: self.named_scope.clone(),
+            protocol: self.protocol,
             port: name.to_string(),
         };
         let set_name = spec.name();
         sets.insert(spec);
         set_name
-    };
-    let pair = format!("{dir},{dir}");
-    if !entity.ports.is_empty() {
-        let mut alternatives: Vec<String> = multiport_chunks(&entity.ports)
-            .into_iter()
-            .map(|list| format!("-m multiport {} {list}", side.ports()))
-            .collect();
-        for p in entity.ports.iter().filter(|p| !p.name.is_empty()) {
-            let set = named(&p.name, sets);
-            alternatives.push(format!("-m set --match-set {set} {pair}"));
-        }
-        if alternatives.len() == 1 {
-            m.tail.extend(alternatives);
-        } else {
-            m.any_of.push(alternatives);
-        }
     }
-    for list in multiport_chunks(&entity.not_ports) {
-        m.tail
-            .push(format!("-m multiport ! {} {list}", side.ports()));
-    }
-    for p in entity.not_ports.iter().filter(|p| !p.name.is_empty()) {
-        let set = named(&p.name, sets);
-        m.tail.push(format!("-m set ! --match-set {set} {pair}"));
-    }
-    Ok(true)
 }
 
 /// Numeric ports as multiport lists of at most 15 slots (a range takes two).

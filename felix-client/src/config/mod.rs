@@ -253,60 +253,8 @@ impl Cli {
         if self.node_name.is_empty() || self.node_name.chars().any(char::is_whitespace) {
             return Err(ConfigError::NodeName);
         }
-        let identity = PeerIdentity {
-            cn: self.typha_cn.clone(),
-            uri_san: self.typha_uri_san.clone(),
-        };
-        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
-        let source = if self.typha_addr.is_empty() && self.typha_service.is_none() {
-            if any_tls || self.insecure_plaintext || !identity.is_empty() {
-                return Err(ConfigError::TyphaFlagsWithoutTypha);
-            }
-            Source::Local {
-                kubeconfig: self.kubeconfig.clone(),
-            }
-        } else {
-            let target = match &self.typha_service {
-                Some(service) => {
-                    let mut discovery = DiscoveryConfig::parse(service)?;
-                    if self.typha_port_name.trim().is_empty() {
-                        return Err(ConfigError::Invalid("--typha-port-name must not be empty"));
-                    }
-                    discovery.port_name = self.typha_port_name.clone();
-                    TyphaTarget::Service {
-                        discovery,
-                        kubeconfig: self.kubeconfig.clone(),
-                    }
-                }
-                None => TyphaTarget::Addresses(
-                    self.typha_addr
-                        .iter()
-                        .map(|a| check_address(a))
-                        .collect::<Result<_, _>>()?,
-                ),
-            };
-            let transport = TransportChoice::from_flags(
-                &self.tls_ca,
-                &self.tls_cert,
-                &self.tls_key,
-                identity,
-                self.insecure_plaintext,
-            )?;
-            Source::Typha { target, transport }
-        };
-        if self.connect_timeout.is_zero() || self.read_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "--connect-timeout and --read-timeout must be positive",
-            ));
-        }
-        if self.dataplane_refresh.is_zero() {
-            return Err(ConfigError::Invalid("--dataplane-refresh must be positive"));
-        }
-        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
-            return Err(ConfigError::Invalid(
-                "--backoff-min must be positive and at most --backoff-max",
-            ));
-        }
+        let source = self.source()?;
+        self.check_durations()?;
         Ok(Config {
             node_name: self.node_name.clone(),
             source,
@@ -326,14 +274,7 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             dataplane_refresh: self.dataplane_refresh,
             ipv6: !self.disable_ipv6,
-            netns: match &self.netns {
-                Some(name) if name.is_empty() || name.contains('/') => {
-                    return Err(ConfigError::Invalid(
-                        "--netns must be a bare namespace name",
-                    ));
-                }
-                other => other.clone(),
-            },
+            netns: self.checked_netns()?,
             interface_prefixes: self.interface_prefix.clone(),
             iptables_backend: self.iptables_backend,
             hosts: hosts::HostConfig {
@@ -342,6 +283,84 @@ impl Cli {
                 auto_host_endpoints: self.auto_host_endpoints,
             },
         })
+    }
+    /// Where the model comes from: typha (its addresses or Service, and the transport)
+    /// or, without typha flags, the API server itself.
+    fn source(&self) -> Result<Source, ConfigError> {
+        let identity = PeerIdentity {
+            cn: self.typha_cn.clone(),
+            uri_san: self.typha_uri_san.clone(),
+        };
+        let any_tls = self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_key.is_some();
+        if self.typha_addr.is_empty() && self.typha_service.is_none() {
+            if any_tls || self.insecure_plaintext || !identity.is_empty() {
+                return Err(ConfigError::TyphaFlagsWithoutTypha);
+            }
+            return Ok(Source::Local {
+                kubeconfig: self.kubeconfig.clone(),
+            });
+        }
+        Ok(Source::Typha {
+            target: self.typha_target()?,
+            transport: TransportChoice::from_flags(
+                &self.tls_ca,
+                &self.tls_cert,
+                &self.tls_key,
+                identity,
+                self.insecure_plaintext,
+            )?,
+        })
+    }
+
+    /// Which typha: the Service to discover, or the fixed addresses.
+    fn typha_target(&self) -> Result<TyphaTarget, ConfigError> {
+        Ok(match &self.typha_service {
+            Some(service) => {
+                let mut discovery = DiscoveryConfig::parse(service)?;
+                if self.typha_port_name.trim().is_empty() {
+                    return Err(ConfigError::Invalid("--typha-port-name must not be empty"));
+                }
+                discovery.port_name = self.typha_port_name.clone();
+                TyphaTarget::Service {
+                    discovery,
+                    kubeconfig: self.kubeconfig.clone(),
+                }
+            }
+            None => TyphaTarget::Addresses(
+                self.typha_addr
+                    .iter()
+                    .map(|a| check_address(a))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+
+    /// Timeouts, refresh and backoff must be positive (and the backoff ordered).
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        if self.connect_timeout.is_zero() || self.read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "--connect-timeout and --read-timeout must be positive",
+            ));
+        }
+        if self.dataplane_refresh.is_zero() {
+            return Err(ConfigError::Invalid("--dataplane-refresh must be positive"));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(ConfigError::Invalid(
+                "--backoff-min must be positive and at most --backoff-max",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--netns`, a bare namespace name if given.
+    fn checked_netns(&self) -> Result<Option<String>, ConfigError> {
+        match &self.netns {
+            Some(name) if name.is_empty() || name.contains('/') => Err(ConfigError::Invalid(
+                "--netns must be a bare namespace name",
+            )),
+            other => Ok(other.clone()),
+        }
     }
 }
 

@@ -252,51 +252,7 @@ pub(crate) fn plan(desired: &BTreeMap<String, IpSet>, current: Current<'_>) -> S
     let mut update = String::new();
     let mut temp_used = false;
     for (name, set) in desired.iter().filter(|(n, _)| n.starts_with(SET_PREFIX)) {
-        let create = |target: &str| {
-            format!(
-                "create {target} {} family {} maxelem {MAX_ELEM}\n",
-                type_name(set.kind),
-                family_name(set.family)
-            )
-        };
-        let rewrite = match existing(current, name) {
-            None => {
-                update += &create(name);
-                false
-            }
-            Some((kind, family)) if kind != Some(set.kind) || family != Some(set.family) => {
-                let _ = writeln!(update, "destroy {name}");
-                update += &create(name);
-                false
-            }
-            Some(_) => true,
-        };
-        if !rewrite {
-            add_all(&mut update, name, set);
-            continue;
-        }
-        let Some((adds, dels)) = member_diff(set, current, name) else {
-            let _ = writeln!(update, "flush {name}");
-            add_all(&mut update, name, set);
-            continue;
-        };
-        if adds.len() + dels.len() >= REWRITE_MIN && adds.len() + dels.len() > set.members.len() {
-            if !temp_used && current.contains(TEMP_SET) {
-                let _ = writeln!(update, "destroy {TEMP_SET}");
-            }
-            temp_used = true;
-            update += &create(TEMP_SET);
-            let _ = writeln!(update, "flush {TEMP_SET}");
-            add_all(&mut update, TEMP_SET, set);
-            let _ = writeln!(update, "swap {TEMP_SET} {name}\ndestroy {TEMP_SET}");
-            continue;
-        }
-        for member in dels {
-            let _ = writeln!(update, "del {name} {member}");
-        }
-        for member in adds {
-            let _ = writeln!(update, "add {name} {member}");
-        }
+        plan_set(&mut update, &mut temp_used, name, set, current);
     }
     let mut destroy = String::new();
     let mut destroyed = Vec::new();
@@ -311,6 +267,64 @@ pub(crate) fn plan(desired: &BTreeMap<String, IpSet>, current: Current<'_>) -> S
         update: (!update.is_empty()).then_some(update),
         destroy: (!destroy.is_empty()).then_some(destroy),
         destroyed,
+    }
+}
+
+/// Appends to `update` the writes that bring set `name` to `set`: created (or
+/// recreated with another type or family) and filled, flushed and refilled when its
+/// members are unknown, rewritten through the temporary set (`temp_used` then) when
+/// most members change, otherwise its member differences.
+fn plan_set(
+    update: &mut String,
+    temp_used: &mut bool,
+    name: &str,
+    set: &IpSet,
+    current: Current<'_>,
+) {
+    let create = |target: &str| {
+        format!(
+            "create {target} {} family {} maxelem {MAX_ELEM}\n",
+            type_name(set.kind),
+            family_name(set.family)
+        )
+    };
+    let rewrite = match existing(current, name) {
+        None => {
+            *update += &create(name);
+            false
+        }
+        Some((kind, family)) if kind != Some(set.kind) || family != Some(set.family) => {
+            let _ = writeln!(update, "destroy {name}");
+            *update += &create(name);
+            false
+        }
+        Some(_) => true,
+    };
+    if !rewrite {
+        add_all(update, name, set);
+        return;
+    }
+    let Some((adds, dels)) = member_diff(set, current, name) else {
+        let _ = writeln!(update, "flush {name}");
+        add_all(update, name, set);
+        return;
+    };
+    if adds.len() + dels.len() >= REWRITE_MIN && adds.len() + dels.len() > set.members.len() {
+        if !*temp_used && current.contains(TEMP_SET) {
+            let _ = writeln!(update, "destroy {TEMP_SET}");
+        }
+        *temp_used = true;
+        *update += &create(TEMP_SET);
+        let _ = writeln!(update, "flush {TEMP_SET}");
+        add_all(update, TEMP_SET, set);
+        let _ = writeln!(update, "swap {TEMP_SET} {name}\ndestroy {TEMP_SET}");
+        return;
+    }
+    for member in dels {
+        let _ = writeln!(update, "del {name} {member}");
+    }
+    for member in adds {
+        let _ = writeln!(update, "add {name} {member}");
     }
 }
 

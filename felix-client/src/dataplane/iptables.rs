@@ -453,22 +453,13 @@ pub(crate) async fn sync_table(
             fresh,
             "iptables-restore"
         );
-        let started = Instant::now();
-        let result = runner
-            .run(restore, &["--noflush", "-w", "10"], Some(&input))
-            .await;
-        outcome.timings.write += started.elapsed();
-        match result {
-            Ok(_) => {
-                outcome.restores += 1;
+        match write(runner, restore, &input, outcome).await {
+            Ok(()) => {
                 current.kernel.apply(&ops);
                 current.matches_last = true;
                 return Ok(());
             }
             Err(e) => {
-                if matches!(e, DataplaneError::CommandFailed { .. }) {
-                    outcome.restores += 1;
-                }
                 *cache = None;
                 if fresh {
                     return Err(e);
@@ -477,6 +468,25 @@ pub(crate) async fn sync_table(
             }
         }
     }
+}
+
+/// Runs one `iptables-restore --noflush` with `input`, counting its time and the run (a
+/// failed restore counts; one that could not be started does not).
+async fn write(
+    runner: &Runner,
+    restore: &str,
+    input: &str,
+    outcome: &mut TableOutcome,
+) -> Result<(), DataplaneError> {
+    let started = Instant::now();
+    let result = runner
+        .run(restore, &["--noflush", "-w", "10"], Some(input))
+        .await;
+    outcome.timings.write += started.elapsed();
+    if matches!(result, Ok(_) | Err(DataplaneError::CommandFailed { .. })) {
+        outcome.restores += 1;
+    }
+    result.map(drop)
 }
 
 #[cfg(test)]

@@ -278,27 +278,17 @@ async fn attempt(
 ) -> Vec<DataplaneError> {
     let current = match cache {
         Some(c) => c,
-        None => {
-            let started = std::time::Instant::now();
-            let owned = list(handle).await;
-            outcome.read_time += started.elapsed();
-            outcome.reads += 1;
-            match owned {
-                Ok(owned) => cache.insert(RouteCache {
-                    owned: owned.into_iter().collect(),
-                    matches_last: false,
-                }),
-                Err(e) => return vec![e],
-            }
-        }
+        None => match timed_read(outcome, list(handle)).await {
+            Ok(owned) => cache.insert(RouteCache {
+                owned: owned.into_iter().collect(),
+                matches_last: false,
+            }),
+            Err(e) => return vec![e],
+        },
     };
     current.matches_last = false;
     // Sequential: one netlink socket runs one dump at a time (a second one gets EBUSY).
-    let started = std::time::Instant::now();
-    let links = links(handle).await;
-    outcome.read_time += started.elapsed();
-    outcome.reads += 1;
-    let links = match links {
+    let links = match timed_read(outcome, links(handle)).await {
         Ok(links) => links,
         Err(e) => return vec![e],
     };
@@ -312,6 +302,29 @@ async fn attempt(
             Err(e) => unresolved.push(e),
         }
     }
+    let mut failed = remove_stale(handle, current, &wanted, outcome).await;
+    failed.extend(add_missing(handle, current, wanted, outcome).await);
+    current.matches_last = unresolved.is_empty() && failed.is_empty();
+    outcome.errors.extend(unresolved);
+    failed
+}
+
+/// Awaits one read of the kernel's state, counting it and its time in `outcome`.
+async fn timed_read<T>(outcome: &mut RouteOutcome, read: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = read.await;
+    outcome.read_time += started.elapsed();
+    outcome.reads += 1;
+    result
+}
+
+/// Deletes the owned routes that are not `wanted`; returns the failed deletes.
+async fn remove_stale(
+    handle: &Handle,
+    current: &mut RouteCache,
+    wanted: &BTreeSet<RouteKey>,
+    outcome: &mut RouteOutcome,
+) -> Vec<DataplaneError> {
     let mut failed = Vec::new();
     let stale: Vec<RouteKey> = current
         .owned
@@ -328,6 +341,17 @@ async fn attempt(
             Err(e) => failed.push(netlink(e)),
         }
     }
+    failed
+}
+
+/// Adds the `wanted` routes not owned yet; returns the failed adds.
+async fn add_missing(
+    handle: &Handle,
+    current: &mut RouteCache,
+    wanted: BTreeSet<RouteKey>,
+    outcome: &mut RouteOutcome,
+) -> Vec<DataplaneError> {
+    let mut failed = Vec::new();
     for key in wanted {
         if current.owned.contains_key(&key) {
             continue;
@@ -353,8 +377,6 @@ async fn attempt(
             Err(e) => failed.push(e),
         }
     }
-    current.matches_last = unresolved.is_empty() && failed.is_empty();
-    outcome.errors.extend(unresolved);
     failed
 }
 
