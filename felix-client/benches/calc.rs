@@ -28,24 +28,7 @@ const LOCAL: usize = 100;
 const NODE: &str = "node-0000";
 const CHANGES: usize = 400;
 
-const APPS: &[&str] = &[
-    "payments",
-    "checkout",
-    "catalog",
-    "search",
-    "auth",
-    "billing",
-    "orders",
-    "inventory",
-    "shipping",
-    "cart",
-    "users",
-    "ledger",
-    "notify",
-    "gateway",
-    "reports",
-    "ingest",
-];
+const APPS: &[&str] = testkit::APP_NAMES.split_at(16).0;
 const ROLES: &[&str] = &["api", "web", "worker", "frontend", "db", "cache"];
 
 fn namespace_name(i: usize) -> String {

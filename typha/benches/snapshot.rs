@@ -29,33 +29,7 @@ const ROUNDS: usize = 5;
 
 /// Kubernetes' alphabet for generated name suffixes (no vowels, no confusable digits).
 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-const WORDS: &[&str] = &[
-    "payments",
-    "checkout",
-    "catalog",
-    "search",
-    "auth",
-    "billing",
-    "orders",
-    "inventory",
-    "shipping",
-    "cart",
-    "users",
-    "ledger",
-    "notify",
-    "gateway",
-    "reports",
-    "ingest",
-    "ml",
-    "recs",
-    "media",
-    "pricing",
-    "fraud",
-    "identity",
-    "support",
-    "analytics",
-    "mobile",
-];
+const WORDS: &[&str] = testkit::APP_NAMES;
 const ROLES: &[&str] = &[
     "api",
     "web",

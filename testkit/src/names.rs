@@ -1,0 +1,30 @@
+//! Sample data the benchmarks share, so their synthetic clusters look alike.
+
+/// Application and team names of a realistic cluster (the first 16 are the common ones).
+pub const APP_NAMES: &[&str] = &[
+    "payments",
+    "checkout",
+    "catalog",
+    "search",
+    "auth",
+    "billing",
+    "orders",
+    "inventory",
+    "shipping",
+    "cart",
+    "users",
+    "ledger",
+    "notify",
+    "gateway",
+    "reports",
+    "ingest",
+    "ml",
+    "recs",
+    "media",
+    "pricing",
+    "fraud",
+    "identity",
+    "support",
+    "analytics",
+    "mobile",
+];
