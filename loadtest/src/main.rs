@@ -165,6 +165,19 @@ Examples:
 Each sync client is a full mutual-TLS session with its own mirror; run the load test
 on a machine other than typha's when sizing a real deployment.";
 
+/// `--churn-namespace` by the API server's own rule for namespace names (an RFC 1123
+/// label).
+fn check_churn_namespace(ns: &str) -> Result<(), String> {
+    let problems = kube_sim::validate::name_problems(ns, kube_sim::validate::NameRule::Label);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let why = problems.join("; ");
+    Err(format!(
+        "--churn-namespace {ns:?} is not a namespace name: {why}"
+    ))
+}
+
 /// Real-cluster mode from the flags, or why the flags do not fit together.
 fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
     let identity = PeerIdentity {
@@ -177,14 +190,7 @@ fn target(cli: &Cli, scenarios: &[Scenario]) -> Result<Target, String> {
         || cli.insecure_plaintext
         || !identity.is_empty();
     let ns = &cli.churn_namespace;
-    // The API server's own rule for namespace names (an RFC 1123 label).
-    let problems = kube_sim::validate::name_problems(ns, kube_sim::validate::NameRule::Label);
-    if !problems.is_empty() {
-        let why = problems.join("; ");
-        return Err(format!(
-            "--churn-namespace {ns:?} is not a namespace name: {why}"
-        ));
-    }
+    check_churn_namespace(ns)?;
     let external = if cli.typha_addr.is_empty() {
         if tls_flags {
             return Err(

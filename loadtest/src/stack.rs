@@ -18,12 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use edge::certs::{DEFAULT_CLIENT_CN, DEFAULT_SERVER_CN, DevPki};
-use edge::discovery::{DEFAULT_PORT_NAME, SERVICE_NAME_LABEL};
 use edge::tls::{PeerIdentity, TlsFiles, TransportChoice};
 
 use crate::api::Api;
 use crate::http1::{self, Scrape};
 use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
+
+mod service;
+
+pub use service::{SERVICE_NAME, SERVICE_NAMESPACE, TyphaTargets};
+use service::{endpoint_slice, namespace_object};
 
 /// typha replicas that already run, outside the load test's control.
 #[derive(Clone, Debug)]
@@ -59,39 +63,6 @@ pub struct StackConfig {
     /// `--typha-service` does). Only with kube-sim and local replicas; otherwise agents
     /// get the fixed address list.
     pub service: bool,
-}
-
-/// The namespace of the Service the stack publishes its replicas in.
-pub const SERVICE_NAMESPACE: &str = "calico-system";
-/// The Service's name (the EndpointSlices carry `kubernetes.io/service-name` = this).
-pub const SERVICE_NAME: &str = "calico-typha";
-
-/// Where a fleet's agents find typha.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TyphaTargets {
-    /// A fixed list of HOST:PORT addresses.
-    Addresses(Vec<String>),
-    /// The ready endpoints of a Service's EndpointSlices in the API server at `api`
-    /// (a plain-HTTP kube-sim URL).
-    Service {
-        /// The API server's URL.
-        api: String,
-        /// The Service's namespace.
-        namespace: String,
-        /// The Service's name.
-        name: String,
-    },
-}
-
-impl std::fmt::Display for TyphaTargets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TyphaTargets::Addresses(addresses) => write!(f, "addresses {}", addresses.join(",")),
-            TyphaTargets::Service {
-                namespace, name, ..
-            } => write!(f, "service {namespace}/{name} (EndpointSlices)"),
-        }
-    }
 }
 
 /// How a replica goes away in the restart scenario.
@@ -236,33 +207,8 @@ impl Stack {
         let pki = DevPki::generate().context("generating certificates")?;
         pki.write_to_dir(dir.path(), true)
             .context("writing certificates")?;
-        let (kube, api, seeded_objects, kubeconfig) = match &config.kubeconfig {
-            Some(path) => {
-                let path = std::path::absolute(path)
-                    .with_context(|| format!("kubeconfig {}", path.display()))?;
-                let api = Api::from_kubeconfig(&path).await?;
-                (None, api, 0, path)
-            }
-            None => {
-                let (kube, addr, seeded) = start_kube_sim(config, dir.path()).await?;
-                let kubeconfig = dir.path().join("kubeconfig");
-                std::fs::write(&kubeconfig, kube_sim::kubeconfig(&format!("http://{addr}")))?;
-                (Some(kube), Api::Sim(addr), seeded, kubeconfig)
-            }
-        };
-        let (external, client_transport) = match &config.external {
-            Some(external) => (external.addresses.clone(), external.transport.clone()),
-            None => {
-                let file = |name: &str| dir.path().join(name);
-                let files = TlsFiles {
-                    ca: file("ca.crt"),
-                    cert: file("felix.crt"),
-                    key: file("felix.key"),
-                };
-                let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
-                (Vec::new(), TransportChoice::Tls(files, identity))
-            }
-        };
+        let (kube, api, seeded_objects, kubeconfig) = start_api(config, dir.path()).await?;
+        let (external, client_transport) = client_side(config, dir.path());
         let client_tls = client_transport.client_config()?;
         let service_api = match &stack_api_sim(&api) {
             Some(addr) if config.service && config.external.is_none() => Some(*addr),
@@ -280,32 +226,42 @@ impl Stack {
             service_api,
         };
         if config.external.is_none() {
-            let mut extra = config.typha_args.clone();
-            if service_api.is_some() {
-                // 409: it exists already.
-                stack
-                    .api_write("POST", "/api/v1/namespaces", &namespace_object(), &[409])
-                    .await?;
-                extra.extend(
-                    [
-                        "--service-namespace",
-                        SERVICE_NAMESPACE,
-                        "--service-name",
-                        SERVICE_NAME,
-                    ]
-                    .map(String::from),
-                );
-            }
-            for i in 0..config.replicas {
-                let replica = stack.spawn_replica(i, &kubeconfig, &extra)?;
-                stack.replicas.push(replica);
-            }
+            stack.spawn_replicas(config, &kubeconfig).await?;
         }
         for i in 0..stack.replicas.len() {
             stack.wait_replica(i).await?;
             stack.publish(i, true).await?;
         }
         Ok(stack)
+    }
+
+    /// Starts the config's local replicas (with the Service's flags, and its namespace
+    /// created, when the stack publishes one).
+    async fn spawn_replicas(
+        &mut self,
+        config: &StackConfig,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<()> {
+        let mut extra = config.typha_args.clone();
+        if self.service_api.is_some() {
+            // 409: it exists already.
+            self.api_write("POST", "/api/v1/namespaces", &namespace_object(), &[409])
+                .await?;
+            extra.extend(
+                [
+                    "--service-namespace",
+                    SERVICE_NAMESPACE,
+                    "--service-name",
+                    SERVICE_NAME,
+                ]
+                .map(String::from),
+            );
+        }
+        for i in 0..config.replicas {
+            let replica = self.spawn_replica(i, kubeconfig, &extra)?;
+            self.replicas.push(replica);
+        }
+        Ok(())
     }
 
     /// Where the agents find the replicas: the Service when published, else the
@@ -512,41 +468,45 @@ impl Stack {
     }
 }
 
-/// kube-sim's address, if the API server is the stack's own kube-sim.
-fn stack_api_sim(api: &Api) -> Option<SocketAddr> {
-    match api {
-        Api::Sim(addr) => Some(*addr),
-        Api::Cluster(_) => None,
+/// The API server: the config's kubeconfig, or kube-sim started (and seeded) in `dir`
+/// with a kubeconfig written for it. Returns kube-sim's process, the API, the objects
+/// seeded and the kubeconfig's path.
+async fn start_api(
+    config: &StackConfig,
+    dir: &Path,
+) -> anyhow::Result<(Option<ChildProc>, Api, u64, PathBuf)> {
+    match &config.kubeconfig {
+        Some(path) => {
+            let path = std::path::absolute(path)
+                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            let api = Api::from_kubeconfig(&path).await?;
+            Ok((None, api, 0, path))
+        }
+        None => {
+            let (kube, addr, seeded) = start_kube_sim(config, dir).await?;
+            let kubeconfig = dir.join("kubeconfig");
+            std::fs::write(&kubeconfig, kube_sim::kubeconfig(&format!("http://{addr}")))?;
+            Ok((Some(kube), Api::Sim(addr), seeded, kubeconfig))
+        }
     }
 }
 
-fn namespace_object() -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": SERVICE_NAMESPACE},
-    })
-}
-
-/// Replica `r`'s EndpointSlice in the Service: one ready endpoint on loopback, named
-/// after it, on a node of its own (so agents have no same-node preference).
-fn endpoint_slice(r: &Replica) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": r.name,
-            "namespace": SERVICE_NAMESPACE,
-            "labels": {SERVICE_NAME_LABEL: SERVICE_NAME},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": DEFAULT_PORT_NAME, "port": r.grpc.port(), "protocol": "TCP"}],
-        "endpoints": [{
-            "addresses": [r.grpc.ip().to_string()],
-            "conditions": {"ready": true},
-            "nodeName": format!("{}-node", r.name),
-        }],
-    })
+/// The external replicas' addresses and how clients reach them, or (local replicas)
+/// no addresses and mutual TLS with the development PKI in `dir`.
+fn client_side(config: &StackConfig, dir: &Path) -> (Vec<String>, TransportChoice) {
+    match &config.external {
+        Some(external) => (external.addresses.clone(), external.transport.clone()),
+        None => {
+            let file = |name: &str| dir.join(name);
+            let files = TlsFiles {
+                ca: file("ca.crt"),
+                cert: file("felix.crt"),
+                key: file("felix.key"),
+            };
+            let identity = PeerIdentity::with_cn(DEFAULT_SERVER_CN);
+            (Vec::new(), TransportChoice::Tls(files, identity))
+        }
+    }
 }
 
 /// The command line (after the binary) of typha replica `i` (`typha serve`, server id
@@ -582,4 +542,12 @@ pub fn replica_args(
         "--log".into(),
         "warn".into(),
     ]
+}
+
+/// kube-sim's address, if the API server is the stack's own kube-sim.
+fn stack_api_sim(api: &Api) -> Option<SocketAddr> {
+    match api {
+        Api::Sim(addr) => Some(*addr),
+        Api::Cluster(_) => None,
+    }
 }

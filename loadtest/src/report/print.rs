@@ -2,7 +2,7 @@
 //! direct baseline, and the goals with their verdicts.
 
 use super::goals::per_client_memory;
-use super::{Report, ScenarioReport, SoakFigures};
+use super::{Report, ScenarioReport, SoakFigures, SoakRound};
 use crate::latency::Percentiles;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -313,19 +313,23 @@ fn print_soak(k: &SoakFigures) {
         ),
     );
     for r in &k.per_round {
-        row(
-            &format!("  round {}", r.round),
-            format!(
-                "{:?} {}: {} disconnected, back {:.2} s, in sync {:.2} s, barrier {:.2} s, digests {}/{} equal",
-                r.restart.mode,
-                r.restart.replica,
-                r.restart.clients_disconnected,
-                r.restart.replica_back_seconds,
-                r.restart.reconverge_seconds,
-                r.barrier_seconds,
-                r.digests_compared - r.digests_differ.len(),
-                r.digests_compared
-            ),
-        );
+        print_round(r);
     }
+}
+
+fn print_round(r: &SoakRound) {
+    row(
+        &format!("  round {}", r.round),
+        format!(
+            "{:?} {}: {} disconnected, back {:.2} s, in sync {:.2} s, barrier {:.2} s, digests {}/{} equal",
+            r.restart.mode,
+            r.restart.replica,
+            r.restart.clients_disconnected,
+            r.restart.replica_back_seconds,
+            r.restart.reconverge_seconds,
+            r.barrier_seconds,
+            r.digests_compared - r.digests_differ.len(),
+            r.digests_compared
+        ),
+    );
 }

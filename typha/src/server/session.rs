@@ -308,19 +308,27 @@ where
                         Heard::Closed => Err(DropReason::ClientClosed),
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > self.config.ping_timeout {
-                        return DropReason::PingTimeout;
-                    }
-                    nonce += 1;
-                    let ping = pb::Ping { nonce, sent_unix_nanos: unix_nanos() };
-                    self.send(frame::encode(server_message::Msg::Ping(ping))).await
-                }
+                _ = ping.tick() => self.send_ping(last_heard, &mut nonce).await,
             };
             if let Err(reason) = step {
                 return reason;
             }
         }
+    }
+
+    /// A ping tick: a client silent for longer than `--ping-timeout` is dropped, any
+    /// other is pinged with the next nonce.
+    async fn send_ping(&mut self, last_heard: Instant, nonce: &mut u64) -> Result<(), DropReason> {
+        if last_heard.elapsed() > self.config.ping_timeout {
+            return Err(DropReason::PingTimeout);
+        }
+        *nonce += 1;
+        let ping = pb::Ping {
+            nonce: *nonce,
+            sent_unix_nanos: unix_nanos(),
+        };
+        self.send(frame::encode(server_message::Msg::Ping(ping)))
+            .await
     }
 
     /// Says goodbye for a farewell (`None`: the server is shutting down) and returns the
