@@ -302,6 +302,18 @@ async fn sigkill_mid_snapshot_moves_clients_without_a_partial_snapshot() {
     let all: Vec<&Client> = clients.iter().collect();
     let took = wait_settled("clients moved to replica 1", &replicas, &all).await;
     println!("moved in {took:?}");
+    // A client's status says in sync before its consumer has taken the InSync event off
+    // the channel into the record: wait for the records too.
+    wait_until("every record saw its first in-sync", || async {
+        let pending = all
+            .iter()
+            .filter(|c| c.record.lock().unwrap().first_sync_keys.is_none())
+            .count();
+        (pending == 0)
+            .then_some(())
+            .ok_or(format!("{pending} records without their first in-sync"))
+    })
+    .await;
     let after = totals(&clients);
     println!("after the kill: {after:?}");
     let mut cut = 0;
