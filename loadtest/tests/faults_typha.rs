@@ -107,21 +107,27 @@ async fn settled_drops(what: &str, replicas: &[Replica], clients: &[Option<Clien
         .sum()
 }
 
-/// Waits until every client in `clients` is in sync and each replica's
-/// `typha_connections_active` equals the clients whose session it holds.
+/// Waits until every client in `clients` is in sync, its record has taken an InSync event
+/// (a client's status says in sync before its consumer drains the event from the
+/// channel), and each replica's `typha_connections_active` equals the clients whose
+/// session it holds.
 async fn wait_settled(what: &str, replicas: &[Replica], clients: &[&Client]) -> Duration {
     wait_until(what, || async {
         let t = totals(clients.iter().copied());
+        let recorded = clients
+            .iter()
+            .filter(|c| c.record.lock().unwrap().in_syncs > 0)
+            .count();
         let by_addr = sessions(clients);
         let active = connections(replicas).await;
         let expected: Vec<Option<f64>> = replicas
             .iter()
             .map(|r| Some(by_addr.get(&r.grpc.to_string()).copied().unwrap_or(0) as f64))
             .collect();
-        (t.in_sync == clients.len() && active == expected)
+        (t.in_sync == clients.len() && recorded == clients.len() && active == expected)
             .then_some(())
             .ok_or(format!(
-                "{t:?}; active {active:?}, clients' sessions {expected:?}"
+                "{t:?}, {recorded} records in sync; active {active:?}, clients' sessions {expected:?}"
             ))
     })
     .await
@@ -302,18 +308,6 @@ async fn sigkill_mid_snapshot_moves_clients_without_a_partial_snapshot() {
     let all: Vec<&Client> = clients.iter().collect();
     let took = wait_settled("clients moved to replica 1", &replicas, &all).await;
     println!("moved in {took:?}");
-    // A client's status says in sync before its consumer has taken the InSync event off
-    // the channel into the record: wait for the records too.
-    wait_until("every record saw its first in-sync", || async {
-        let pending = all
-            .iter()
-            .filter(|c| c.record.lock().unwrap().first_sync_keys.is_none())
-            .count();
-        (pending == 0)
-            .then_some(())
-            .ok_or(format!("{pending} records without their first in-sync"))
-    })
-    .await;
     let after = totals(&clients);
     println!("after the kill: {after:?}");
     let mut cut = 0;
