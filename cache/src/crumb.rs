@@ -34,6 +34,9 @@ pub struct Breadcrumb {
     pub updates: Vec<(Key, Bytes)>,
     /// The `ServerMessage{deltas}` frame carrying `updates`, shared by every client.
     pub frame: Bytes,
+    /// `frame` as a gRPC message (length prefix, then the frame: `frame` is a slice of
+    /// this one buffer), written as it is into every client's HTTP/2 stream.
+    pub wire: Bytes,
     /// The resourceVersions the batch stands for (cross-replica resume).
     pub versions: CrumbVersions,
 }
@@ -48,7 +51,7 @@ impl Breadcrumb {
         changed: Vec<(Key, Bytes)>,
         versions: CrumbVersions,
     ) -> Breadcrumb {
-        let (frame, slices) = frame::delta_batch_sliced(
+        let sliced = frame::delta_batch_sliced(
             from,
             revision,
             changed.iter().map(|(_, encoded)| encoded),
@@ -57,7 +60,7 @@ impl Breadcrumb {
         );
         let updates = changed
             .into_iter()
-            .zip(slices)
+            .zip(sliced.updates)
             .map(|((key, _), slice)| (key, slice))
             .collect();
         Breadcrumb {
@@ -65,13 +68,14 @@ impl Breadcrumb {
             revision,
             digest,
             updates,
-            frame,
+            frame: sliced.frame,
+            wire: sliced.wire,
             versions,
         }
     }
 
     /// The bytes this breadcrumb counts against `max_log_bytes`: its frame's size (the
-    /// updates are slices of it).
+    /// updates and the frame are slices of the wire message; its prefix is not counted).
     pub fn encoded_len(&self) -> usize {
         self.frame.len()
     }

@@ -84,28 +84,85 @@ pub fn delta_batch_with_versions<'a>(
     encode_delta_batch(from, to, updates, digest, versions, |_| {}).freeze()
 }
 
-/// [`delta_batch_with_versions`], also returning each update as a slice of the frame
-/// (the same bytes in the frame's buffer, in order): whoever keeps the updates next to
-/// the frame holds their bytes once, without decoding the frame to find them.
+/// Bytes of the gRPC length prefix in front of every message of a gRPC stream: a
+/// compression flag (0: not compressed) and the message length, big-endian `u32`.
+pub const GRPC_PREFIX_LEN: usize = 5;
+
+/// Writes the gRPC length prefix of a `len`-byte uncompressed message. Frames are far
+/// below 4 GiB (snapshots are chunked); a longer one would not fit any gRPC message.
+fn put_grpc_prefix(len: usize, buf: &mut BytesMut) {
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+}
+
+/// `frame` as one message of a gRPC stream: the length prefix, then a copy of the frame.
+pub fn grpc_message(frame: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(GRPC_PREFIX_LEN + frame.len());
+    put_grpc_prefix(frame.len(), &mut buf);
+    buf.put_slice(frame);
+    buf.freeze()
+}
+
+/// A delta batch encoded once for every client (see [`delta_batch_sliced`]): the same
+/// buffer seen as the gRPC message, the frame, and each update.
+#[derive(Clone, Debug)]
+pub struct SlicedDeltaBatch {
+    /// The gRPC message: [`GRPC_PREFIX_LEN`] bytes of prefix, then `frame`'s bytes.
+    pub wire: Bytes,
+    /// The `ServerMessage{deltas}` frame (a slice of `wire`).
+    pub frame: Bytes,
+    /// Each update, in order (slices of `frame`).
+    pub updates: Vec<Bytes>,
+}
+
+/// [`delta_batch_with_versions`], encoded after a gRPC length prefix in one buffer, also
+/// returning each update as a slice of the frame (the same bytes in the frame's buffer,
+/// in order): whoever keeps the updates next to the frame holds their bytes once,
+/// without decoding the frame to find them, and a server writes the prefixed message
+/// to every client without copying it.
 pub fn delta_batch_sliced<'a>(
     from: Revision,
     to: Revision,
     updates: impl IntoIterator<Item = &'a Bytes> + Clone,
     digest: Digest,
     versions: &[pb::ResourceVersion],
-) -> (Bytes, Vec<Bytes>) {
+) -> SlicedDeltaBatch {
     let mut ranges = Vec::new();
-    let frame = encode_delta_batch(from, to, updates, digest, versions, |range| {
-        ranges.push(range)
-    })
-    .freeze();
-    let slices = ranges.into_iter().map(|range| frame.slice(range)).collect();
-    (frame, slices)
+    let wire = encode_delta_batch_after(
+        GRPC_PREFIX_LEN,
+        from,
+        to,
+        updates,
+        digest,
+        versions,
+        |range| ranges.push(range),
+    );
+    let wire = wire.freeze();
+    let updates = ranges.into_iter().map(|range| wire.slice(range)).collect();
+    SlicedDeltaBatch {
+        frame: wire.slice(GRPC_PREFIX_LEN..),
+        wire,
+        updates,
+    }
 }
 
 /// Encodes a `ServerMessage{deltas}`; `each_update` is told where each update's bytes
 /// lie in the buffer.
 fn encode_delta_batch<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+    versions: &[pb::ResourceVersion],
+    each_update: impl FnMut(std::ops::Range<usize>),
+) -> BytesMut {
+    encode_delta_batch_after(0, from, to, updates, digest, versions, each_update)
+}
+
+/// [`encode_delta_batch`] after a gRPC length prefix when `prefix` is
+/// [`GRPC_PREFIX_LEN`] (0: no prefix); ranges are positions in the whole buffer.
+fn encode_delta_batch_after<'a>(
+    prefix: usize,
     from: Revision,
     to: Revision,
     updates: impl IntoIterator<Item = &'a Bytes> + Clone,
@@ -124,7 +181,11 @@ fn encode_delta_batch<'a>(
         + len_delimited_len(3, digest.len())
         + prost::encoding::uint64::encoded_len(4, &from.0)
         + prost::encoding::message::encoded_len_repeated(5, versions);
-    let mut buf = BytesMut::with_capacity(len_delimited_len(field::DELTAS, body_len));
+    let frame_len = len_delimited_len(field::DELTAS, body_len);
+    let mut buf = BytesMut::with_capacity(prefix + frame_len);
+    if prefix > 0 {
+        put_grpc_prefix(frame_len, &mut buf);
+    }
     encode_key(field::DELTAS, WireType::LengthDelimited, &mut buf);
     encode_varint(body_len as u64, &mut buf);
     prost::encoding::uint64::encode(1, &to.0, &mut buf);
@@ -275,9 +336,12 @@ mod tests {
         }];
         let plain =
             delta_batch_with_versions(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
-        let (frame, slices) =
+        let sliced =
             delta_batch_sliced(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
+        let (frame, slices) = (sliced.frame, sliced.updates);
         assert_eq!(frame, plain);
+        assert_eq!(sliced.wire, grpc_message(&plain));
+        assert_eq!(sliced.wire[GRPC_PREFIX_LEN..].as_ptr(), frame.as_ptr());
         assert_eq!(slices, updates);
         let ServerFrame::Deltas(raw) = ServerFrame::decode(frame.clone()).unwrap() else {
             panic!("not deltas")

@@ -5,27 +5,22 @@
 //! Why this shape: every client receives the same `Bytes` for a batch (the breadcrumb's
 //! pre-encoded frame), so the frame's data pointer identifies the batch without decoding
 //! anything and without touching the session. [`Arrivals`] follows the hub's revisions
-//! and stamps each new breadcrumb; [`FanoutStream`] wraps each session's response stream
-//! and looks every frame up as tonic pulls it for writing. A frame whose batch was not
-//! stamped yet (its session woke before the follower) is stamped on the spot, so every
-//! batch is measured. Coalesced batches, snapshots and pings are not shared breadcrumbs
+//! and stamps each new breadcrumb; each stream's body ([`super::outbound`]) looks every
+//! breadcrumb up through its [`FanoutClock`] as it hands the breadcrumb to HTTP/2. A
+//! frame whose batch was not stamped yet (its stream woke before the follower) is
+//! stamped on the spot, so every batch is measured. Coalesced batches, snapshots and pings are not shared breadcrumbs
 //! and are not measured.
 //!
 //! Invariant: [`Arrivals`] holds the breadcrumbs it indexes (bounded, oldest evicted), so
 //! an indexed address cannot be reused by another allocation while it is indexed.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use futures::Stream;
 use parking_lot::RwLock;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use typha_proto::Revision;
 
@@ -121,34 +116,26 @@ impl Arrivals {
     }
 }
 
-/// A session's response stream that records the fan-out latency of shared frames.
-pub struct FanoutStream {
-    inner: ReceiverStream<Result<Bytes, Status>>,
+/// Records the fan-out latency of the shared frames a stream's body hands to HTTP/2.
+#[derive(Clone)]
+pub(crate) struct FanoutClock {
     arrivals: Arrivals,
     latency: metrics::Histogram,
 }
 
-impl FanoutStream {
-    pub(crate) fn new(inner: ReceiverStream<Result<Bytes, Status>>, arrivals: Arrivals) -> Self {
-        FanoutStream {
-            inner,
+impl FanoutClock {
+    pub(crate) fn new(arrivals: Arrivals) -> Self {
+        FanoutClock {
             arrivals,
             latency: metrics::histogram!("typha_fanout_latency_seconds"),
         }
     }
-}
 
-impl Stream for FanoutStream {
-    type Item = Result<Bytes, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(arrived) = self.arrivals.arrived(frame)
-        {
+    /// A breadcrumb's `frame` was handed to a client's HTTP/2 stream now.
+    pub(crate) fn handed(&self, frame: &Bytes) {
+        if let Some(arrived) = self.arrivals.arrived(frame) {
             self.latency.record(arrived.elapsed().as_secs_f64());
         }
-        polled
     }
 }
 

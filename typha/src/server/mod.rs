@@ -15,9 +15,11 @@
 mod conn;
 mod fanout;
 mod history;
+mod outbound;
 mod refusal;
 mod registry;
 mod resume;
+mod route;
 mod session;
 
 use std::net::SocketAddr;
@@ -30,15 +32,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
-use typha_proto::pb;
-use typha_proto::server::typha_server::{Typha, TyphaServer};
+use tonic::{Status, Streaming};
+use typha_proto::codec::ClientMessageDecoder;
 
 pub use conn::{
     Conn, ConnCounts, ConnGuard, ConnStats, KillSwitch, OpenStreams, PeerInfo, StreamGuard,
 };
-pub use fanout::FanoutStream;
 pub use history::History;
+pub use outbound::SyncBody;
 pub use refusal::{LOG_BURST, NO_STREAM_TIMEOUT, TOO_MANY_CONNECTIONS, TOO_MANY_STREAMS};
 pub use registry::{Farewell, Registration, SessionCounts, Sessions};
 pub use resume::{Agreed, ProtocolOffer};
@@ -96,7 +97,8 @@ pub struct ServerConfig {
     pub ping_timeout: Duration,
     /// A client this many batches behind gets one coalesced batch instead.
     pub max_uncoalesced: usize,
-    /// Frames queued per client between the session and the HTTP/2 stream.
+    /// The session's own frames (hello, snapshot chunks, pings, pongs, goodbyes) queued
+    /// per client for its stream's body; deltas do not go through this queue.
     pub out_buffer_frames: usize,
     /// Connections beyond this are refused at accept.
     pub max_connections: usize,
@@ -234,7 +236,7 @@ pub async fn serve(
     });
     let arrivals = fanout::Arrivals::new(hub.clone());
     tokio::spawn(arrivals.clone().follow(shutdown.clone()));
-    let service = SyncService {
+    let service = route::SyncRoute::new(SyncService {
         hub,
         ends,
         config: config.clone(),
@@ -243,14 +245,13 @@ pub async fn serve(
         connections: handle.connections.clone(),
         arrivals,
         shutdown: shutdown.clone(),
-    };
-    let grpc = TyphaServer::new(service).max_decoding_message_size(config.max_client_message_bytes);
+    });
     let incoming = ReceiverStream::new(conn_rx);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(grpc)
+        .add_service(service)
         .serve_with_incoming_shutdown(
             futures::StreamExt::map(incoming, Ok::<_, std::io::Error>),
             shutdown.cancelled_owned(),
@@ -377,14 +378,10 @@ struct SyncService {
     shutdown: CancellationToken,
 }
 
-#[tonic::async_trait]
-impl Typha for SyncService {
-    type SyncStream = FanoutStream;
-
-    async fn sync(
-        &self,
-        request: Request<Streaming<pb::ClientMessage>>,
-    ) -> Result<Response<Self::SyncStream>, Status> {
+impl SyncService {
+    /// Opens a `Sync` stream: starts its session task and returns its response body.
+    /// Refused (too many streams on the connection) with a status.
+    fn sync(&self, request: http::Request<tonic::body::Body>) -> Result<SyncBody<Hub>, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
@@ -409,14 +406,25 @@ impl Typha for SyncService {
                 "too many Sync streams on this connection",
             ));
         };
-        let (tx, rx) = mpsc::channel(self.config.out_buffer_frames.max(1));
+        let inbound = Streaming::new_request(
+            ClientMessageDecoder,
+            request.into_body(),
+            None,
+            Some(self.config.max_client_message_bytes),
+        );
+        let (outlet, body) = outbound::pair(
+            self.hub.clone(),
+            self.config.out_buffer_frames,
+            self.config.max_uncoalesced,
+            Some(fanout::FanoutClock::new(self.arrivals.clone())),
+        );
         metrics::counter!("typha_connections_accepted_total").increment(1);
         let (registration, farewell) = self.registry.register();
         let session = session::Session {
             hub: self.hub.clone(),
             config: self.config.clone(),
-            out: tx,
-            inbound: request.into_inner(),
+            outlet,
+            inbound,
             peer,
             shutdown: self.shutdown.clone(),
             ends: self.ends.clone(),
@@ -430,9 +438,6 @@ impl Typha for SyncService {
             let (_registration, _stream) = (registration, stream);
             session.run().await;
         });
-        Ok(Response::new(FanoutStream::new(
-            ReceiverStream::new(rx),
-            self.arrivals.clone(),
-        )))
+        Ok(body)
     }
 }

@@ -1,13 +1,22 @@
 //! One client's `Sync` stream: handshake, snapshot or resume, then deltas until one side
 //! leaves.
 //!
-//! The session owns a revision cursor and nothing else of the state: it reads shared,
-//! pre-encoded breadcrumbs from its [`History`] (the hub) and writes them into a small
-//! bounded queue that tonic drains into the HTTP/2 stream. Per-client memory is that
-//! queue plus HTTP/2's bounded send buffer. A client behind by more than
-//! `max_uncoalesced` batches gets one coalesced batch (latest value per key); one behind
-//! the history is told to resync; one whose queue stays full for `write_timeout` is
-//! dropped and its connection killed, so a slow client never delays the others.
+//! The session task runs the handshake and the snapshot (or resume), then reads the
+//! client (pings get pongs, a second hello or a bad message ends the stream), pings it,
+//! says goodbye on shutdown, drain or rebalance, and decides every drop. It does not
+//! carry the deltas: the stream's body ([`super::outbound`], polled by hyper's
+//! per-stream task) follows the hub and writes each shared breadcrumb itself, so a new
+//! revision does not wake this task at all. The session's own frames go through a small
+//! queue the body drains first; the start of the deltas (the client's revision after
+//! the snapshot) goes the same way, so nothing overtakes the snapshot.
+//!
+//! A slow client never delays the others: it gets one coalesced batch when more than
+//! `max_uncoalesced` batches behind, a goodbye(RESYNC) when behind the history, and is
+//! dropped (its connection killed) when output stays owed to it without the body being
+//! polled (hyper polls only while the client's HTTP/2 window is open) for
+//! `write_timeout`, or when the session's queue stays full that long. The stall is
+//! checked every quarter of `write_timeout`, so a client is dropped between one and one
+//! and a half write timeouts after it stopped reading.
 //!
 //! The session is generic over its inbound stream (tonic's `Streaming` in production, an
 //! in-memory channel in tests) and its history, and reads only tokio's clock, so its
@@ -27,10 +36,10 @@ use typha_proto::pb::{self, client_message, server_message};
 use typha_proto::{MIN_PROTOCOL_VERSION, Revision, frame};
 
 use super::history::History;
+use super::outbound::{Out, Outlet};
 use super::resume;
 use super::{PeerInfo, ServerConfig, SessionEnded, SessionEnds};
 use crate::hub::SessionStart;
-use snapshot_cache::DeltasSince;
 
 #[cfg(test)]
 mod tests;
@@ -52,7 +61,8 @@ pub enum DropReason {
     /// The server closed this stream's connection because another stream on it was
     /// dropped (write or ping timeout there); this stream did nothing wrong.
     ConnectionClosed,
-    /// The client's queue stayed full for the write timeout: it stopped reading.
+    /// Output stayed owed to the client (or its queue full) for the write timeout: it
+    /// stopped reading.
     WriteTimeout,
     /// Nothing heard from the client within the ping timeout.
     PingTimeout,
@@ -94,6 +104,14 @@ impl DropReason {
     }
 }
 
+/// The stall check's memory: the body's poll count at the last tick, and since when
+/// output has been owed without a poll.
+#[derive(Default)]
+struct Stall {
+    polls: u64,
+    since: Option<Instant>,
+}
+
 /// What happened on the inbound stream while streaming deltas.
 enum Heard {
     /// A message to act on.
@@ -109,7 +127,8 @@ enum Heard {
 pub(super) struct Session<H, In> {
     pub hub: H,
     pub config: Arc<ServerConfig>,
-    pub out: mpsc::Sender<Result<Bytes, Status>>,
+    /// The way to the stream's body.
+    pub outlet: Outlet,
     pub inbound: In,
     pub peer: PeerInfo,
     pub shutdown: CancellationToken,
@@ -174,11 +193,20 @@ where
         }
         let mut revisions = self.hub.subscribe();
         revisions.mark_unchanged();
-        let mut cursor = match self.start(&hello).await {
+        let cursor = match self.start(&hello).await {
             Ok(cursor) => cursor,
             Err(reason) => return reason,
         };
-        self.stream_deltas(&mut cursor, revisions).await
+        // The body follows the hub from here; this task keeps a receiver only to read
+        // the published revision when checking for a stall.
+        let deltas = Out::Deltas {
+            cursor,
+            revisions: revisions.clone(),
+        };
+        if let Err(reason) = self.push(deltas).await {
+            return reason;
+        }
+        self.stream_deltas(&revisions).await
     }
 
     /// Negotiates, sends ServerHello, then the snapshot or the resume's first batch;
@@ -261,22 +289,20 @@ where
         Ok(snapshot.revision)
     }
 
-    async fn stream_deltas(
-        &mut self,
-        cursor: &mut Revision,
-        mut revisions: watch::Receiver<Revision>,
-    ) -> DropReason {
+    async fn stream_deltas(&mut self, revisions: &watch::Receiver<Revision>) -> DropReason {
         let mut ping = tokio::time::interval_at(
             Instant::now() + self.config.ping_interval,
             self.config.ping_interval,
         );
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let stall_period = (self.config.write_timeout / 4).max(Duration::from_millis(1));
+        let mut stall_tick = tokio::time::interval_at(Instant::now() + stall_period, stall_period);
+        stall_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stall = Stall::default();
         let mut last_heard = Instant::now();
-        // Registered once per session: this loop runs for every batch for every client.
-        let lag = metrics::histogram!("typha_client_lag_batches");
         let mut nonce = 0u64;
-        // Pinned once per session, not rebuilt per batch: each rebuild registered and
-        // removed a waiter under the token's and the watch's locks for every client.
+        // Pinned once per session, not rebuilt per wake-up: each rebuild registered and
+        // removed a waiter under the token's and the watch's locks.
         let shutdown = self.shutdown.clone().cancelled_owned();
         let mut farewell_rx = self.farewell.clone();
         let farewell = async move {
@@ -288,18 +314,16 @@ where
         };
         tokio::pin!(shutdown, farewell);
         loop {
-            if let Err(reason) = self.catch_up(cursor, &mut revisions, &lag).await {
-                return reason;
-            }
-            // Both pinned futures end the session when they complete, so neither is
-            // polled again after completing.
+            // The pinned futures and the body's end end the session when they complete,
+            // so none is polled again after completing.
             let step = tokio::select! {
                 _ = &mut shutdown => Err(self.farewell_said(None)),
                 farewell = &mut farewell => {
                     // None: the registry entry is gone, which means the server is going away.
                     Err(self.farewell_said(Some(farewell.unwrap_or(pb::GoodbyeReason::Shutdown))))
                 }
-                changed = revisions.changed() => changed.map_err(|_| DropReason::Shutdown),
+                // The body ended the stream (resync) or is gone with the stream.
+                ended = &mut self.outlet.body_end => Err(ended.unwrap_or(DropReason::ClientClosed)),
                 heard = hear(&mut self.inbound) => {
                     last_heard = Instant::now();
                     match heard {
@@ -309,11 +333,30 @@ where
                     }
                 }
                 _ = ping.tick() => self.send_ping(last_heard, &mut nonce).await,
+                _ = stall_tick.tick() => self.check_stall(*revisions.borrow(), &mut stall),
             };
             if let Err(reason) = step {
                 return reason;
             }
         }
+    }
+
+    /// A stall tick: output owed to the client (queued here, held by the body, or
+    /// published after what it was sent) while the body was not polled since the last
+    /// tick; owed and unpolled for `write_timeout` drops the client.
+    fn check_stall(&self, published: Revision, stall: &mut Stall) -> Result<(), DropReason> {
+        let polls = self.outlet.progress.polls();
+        let queued = self.outlet.out.max_capacity() > self.outlet.out.capacity();
+        let owed = queued || self.outlet.progress.owes(published);
+        if !owed || polls != stall.polls {
+            *stall = Stall { polls, since: None };
+            return Ok(());
+        }
+        let since = *stall.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.config.write_timeout {
+            return Err(DropReason::WriteTimeout);
+        }
+        Ok(())
     }
 
     /// A ping tick: a client silent for longer than `--ping-timeout` is dropped, any
@@ -366,64 +409,22 @@ where
         }
     }
 
-    /// Sends everything after `cursor`: shared frames when close behind, one coalesced
-    /// batch when far behind, goodbye(resync) when beyond the history.
-    ///
-    /// A client at the published revision is up to date without asking the history:
-    /// this runs for every client on every batch, and asking took the cache's lock
-    /// (contended by the writer) a second time per client per batch just to hear
-    /// "up to date". The history may be ahead of what was published; that revision's
-    /// publication wakes the session again.
-    async fn catch_up(
-        &mut self,
-        cursor: &mut Revision,
-        revisions: &mut watch::Receiver<Revision>,
-        lag: &metrics::Histogram,
-    ) -> Result<(), DropReason> {
-        loop {
-            let published = *revisions.borrow_and_update();
-            if *cursor >= published {
-                return Ok(());
-            }
-            let crumbs = match self.hub.deltas_since(*cursor) {
-                DeltasSince::UpToDate => return Ok(()),
-                DeltasSince::Expired => {
-                    self.goodbye(
-                        pb::GoodbyeReason::Resync,
-                        "fell behind the server's history",
-                    );
-                    return Err(DropReason::TooFarBehind);
-                }
-                DeltasSince::Crumbs(crumbs) => crumbs,
-            };
-            let Some(last) = crumbs.last() else {
-                return Ok(());
-            };
-            let target = last.revision;
-            lag.record(crumbs.len() as f64);
-            if crumbs.len() > self.config.max_uncoalesced {
-                if let Some(batch) = snapshot_cache::coalesce(&crumbs) {
-                    metrics::counter!("typha_deltas_coalesced_total").increment(1);
-                    self.send(batch).await?;
-                }
-            } else {
-                for crumb in &crumbs {
-                    self.send(crumb.frame.clone()).await?;
-                }
-            }
-            *cursor = target;
-        }
+    /// Queues `frame` (as a gRPC message) for the body; a queue that stays full for the
+    /// write timeout drops the client.
+    async fn send(&self, frame: Bytes) -> Result<(), DropReason> {
+        self.push(Out::Message(frame::grpc_message(&frame))).await
     }
 
-    /// Queues `frame`; a queue that stays full for the write timeout drops the client.
-    /// The common case (room in the queue) takes no clock read and arms no timer.
-    async fn send(&self, frame: Bytes) -> Result<(), DropReason> {
-        let frame = match self.out.try_send(Ok(frame)) {
+    /// Queues `item` for the body. The common case (room in the queue) takes no clock
+    /// read and arms no timer.
+    async fn push(&self, item: Out) -> Result<(), DropReason> {
+        let out = &self.outlet.out;
+        let item = match out.try_send(item) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(DropReason::ClientClosed),
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
         };
-        match timeout(self.config.write_timeout, self.out.send(frame)).await {
+        match timeout(self.config.write_timeout, out.send(item)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(DropReason::ClientClosed),
             Err(_) => Err(DropReason::WriteTimeout),
@@ -436,18 +437,28 @@ where
             reason: reason as i32,
             message: message.to_string(),
         };
+        let goodbye = frame::encode(server_message::Msg::Goodbye(goodbye));
         let _ = self
+            .outlet
             .out
-            .try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
+            .try_send(Out::Message(frame::grpc_message(&goodbye)));
     }
 
-    /// Ends the stream with an error status the client can log. A status that cannot
-    /// be queued within a second (the client is not reading this stream) marks the
+    /// Ends the stream with an error status the client can log. A status the body does
+    /// not take within a second (the client is not reading this stream) marks the
     /// session so that its connection is closed instead.
     async fn refuse(&mut self, status: Status) {
-        let queued = timeout(Duration::from_secs(1), self.out.send(Err(status))).await;
-        // A closed queue means the client is gone already: nothing to close.
-        self.refusal_unsent = queued.is_err();
+        let (taken, heard) = tokio::sync::oneshot::channel();
+        let out = &self.outlet.out;
+        let handed = timeout(Duration::from_secs(1), async move {
+            // A closed queue or a dropped body means the client is gone already: nothing
+            // to close.
+            if out.send(Out::End(Box::new(status), taken)).await.is_ok() {
+                let _ = heard.await;
+            }
+        })
+        .await;
+        self.refusal_unsent = handed.is_err();
     }
 
     /// Ends the session for an inbound stream error: a message the client sent that
