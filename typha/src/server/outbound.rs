@@ -169,9 +169,12 @@ impl<H: History + Unpin> SyncBody<H> {
             }
             Poll::Ready(Some(Out::Deltas { cursor, revisions })) => {
                 self.progress.sent.store(cursor.0, Ordering::Relaxed);
+                // What was published before the session subscribed (a resuming client
+                // behind) is owed too, not only what changes from now on.
+                let published = *revisions.borrow();
                 self.deltas = Some(Deltas {
                     cursor,
-                    published: cursor,
+                    published,
                     changes: WatchStream::from_changes(revisions),
                 });
             }

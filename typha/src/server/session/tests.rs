@@ -283,6 +283,33 @@ async fn a_client_close_behind_gets_the_shared_frames_in_order() {
     );
 }
 
+/// A client resuming behind the hub gets what was published before its session started
+/// at once, without waiting for another revision.
+#[tokio::test(start_paused = true)]
+async fn a_resuming_client_gets_what_was_published_before_it_came() {
+    let hub = hub(1024);
+    let position = pb::ResumePosition {
+        epoch: hub.epoch().to_string(),
+        revision: hub.revision().0,
+        digest: hub.digest().to_bytes().to_vec(),
+        ..Default::default()
+    };
+    let missed = hub.apply(vec![node("while-away")]).unwrap();
+    let mut client = Client::start(&hub, ServerConfig::default());
+    let mut resume = hello();
+    if let Some(client_message::Msg::Hello(h)) = resume.msg.as_mut() {
+        h.capabilities.push(pb::Capability::Resume as i32);
+        h.resume = Some(position);
+    }
+    client.send(resume).await;
+    let ServerFrame::Hello(server_hello) = client.frame().await else {
+        panic!("expected a hello");
+    };
+    assert!(server_hello.resumed);
+    let bytes = client.out.recv().await.unwrap().unwrap();
+    assert_eq!(bytes.as_ptr(), missed.frame.as_ptr());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_client_gets_one_coalesced_batch() {
     let hub = hub(1024);
