@@ -19,6 +19,11 @@
 //! frames that are queued together still share HTTP/2 DATA frames and socket writes.
 //! The bytes on the wire are the same gRPC messages; only how they are split into
 //! HTTP/2 DATA frames can differ.
+//!
+//! typha's own server no longer encodes responses through tonic (its `Sync` body hands
+//! the cache's gRPC-prefixed messages, [`crate::frame::grpc_message`], to HTTP/2 without
+//! a copy); it still decodes requests with [`ClientMessageDecoder`] and its buffer size.
+//! The generated server and [`FrameEncoder`] remain for tests that play a server.
 
 use bytes::{BufMut, Bytes};
 use prost::Message;
