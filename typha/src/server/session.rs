@@ -388,10 +388,15 @@ where
             let crumbs = match self.hub.deltas_since(*cursor) {
                 DeltasSince::UpToDate => return Ok(()),
                 DeltasSince::Expired => {
-                    self.goodbye(
+                    // Queued like any frame, unlike the other goodbyes: the queue is
+                    // often full here (the client was slow), and a client that reads
+                    // again must learn why its stream ends, or it retries the same
+                    // resume. One that never reads is dropped for the write timeout.
+                    let goodbye = goodbye_frame(
                         pb::GoodbyeReason::Resync,
                         "fell behind the server's history",
                     );
+                    self.send(goodbye).await?;
                     return Err(DropReason::TooFarBehind);
                 }
                 DeltasSince::Crumbs(crumbs) => crumbs,
@@ -430,15 +435,10 @@ where
         }
     }
 
-    /// Best effort: a goodbye must not wait on a client that is not reading.
+    /// Best effort: a drain, rebalance or shutdown goodbye must not wait on a client
+    /// that is not reading.
     fn goodbye(&self, reason: pb::GoodbyeReason, message: &str) {
-        let goodbye = pb::Goodbye {
-            reason: reason as i32,
-            message: message.to_string(),
-        };
-        let _ = self
-            .out
-            .try_send(Ok(frame::encode(server_message::Msg::Goodbye(goodbye))));
+        let _ = self.out.try_send(Ok(goodbye_frame(reason, message)));
     }
 
     /// Ends the stream with an error status the client can log. A status that cannot
@@ -464,6 +464,15 @@ where
         self.refuse(reply).await;
         reason
     }
+}
+
+/// A `Goodbye` frame.
+fn goodbye_frame(reason: pb::GoodbyeReason, message: &str) -> Bytes {
+    let goodbye = pb::Goodbye {
+        reason: reason as i32,
+        message: message.to_string(),
+    };
+    frame::encode(server_message::Msg::Goodbye(goodbye))
 }
 
 /// The next inbound message, or how the inbound stream ended.

@@ -244,6 +244,55 @@ async fn a_client_behind_the_history_is_told_to_resync() {
     assert!(!kill.is_killed());
 }
 
+/// The session falls behind while waiting on a full queue; the client then reads one
+/// frame, the session refills the queue with the frame it held and finds its position
+/// gone from the history. The goodbye waits for room instead of being dropped.
+#[tokio::test(start_paused = true)]
+async fn a_client_behind_the_history_with_a_full_queue_still_hears_resync() {
+    let hub = hub(4);
+    let config = ServerConfig {
+        out_buffer_frames: 2,
+        max_uncoalesced: 100,
+        ..ServerConfig::default()
+    };
+    let mut client = Client::start(&hub, config);
+    client.sync().await;
+    // One batch at a time, each taken by the session: the queue fills and the session
+    // waits with the next batch in hand.
+    for i in 0..4 {
+        hub.apply(vec![node(&format!("queued-{i}"))]).unwrap();
+        settle().await;
+    }
+    assert_eq!(client.out.len(), 2, "the queue is full");
+    for i in 0..10 {
+        hub.apply(vec![node(&format!("n{i}"))]).unwrap();
+    }
+    settle().await;
+    // One frame read, and the session runs before the next read.
+    assert!(matches!(client.frame().await, ServerFrame::Deltas(_)));
+    settle().await;
+    let mut deltas = 1;
+    let reason = loop {
+        match client.frame().await {
+            ServerFrame::Deltas(_) => deltas += 1,
+            ServerFrame::Goodbye(goodbye) => break goodbye.reason(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(reason, GoodbyeReason::Resync);
+    assert!(deltas < 14, "it never fell behind: {deltas} batches");
+    assert!(client.out.recv().await.is_none(), "the stream ends");
+    let (reason, _) = client.ended().await;
+    assert_eq!(reason, DropReason::TooFarBehind);
+}
+
+/// Lets every ready task run (the clock is paused, so nothing times out meanwhile).
+async fn settle() {
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_client_is_pinged_then_dropped_and_its_connection_killed() {
     let hub = hub(1024);
