@@ -40,6 +40,8 @@ use typha_proto::pb;
 
 const LIMIT: Duration = Duration::from_secs(120);
 const CLIENTS: usize = 12;
+/// Batches replica B keeps in `clients_move_to_another_replica_without_snapshots`.
+const B_HISTORY: usize = 48;
 
 /// A kube-sim whose watches get a bookmark every 100 ms, seeded with `nodes` nodes of
 /// `pods_per_node` pods in two namespaces of one policy each (tracing to the test's
@@ -219,8 +221,12 @@ async fn sync_once(addr: &str, mirror: &mut Mirror) -> bool {
 async fn clients_move_to_another_replica_without_snapshots() {
     let sim = start_sim(4, 5).await;
     let a = start_replica(&sim, 10_000).await;
-    // B keeps a short history, so that an old position falls out of it.
-    let b = start_replica(&sim, 8).await;
+    // B keeps a short history, so that an old position falls out of it: shorter than
+    // churn "two" (one batch per step), longer than what B publishes after it (bookmark
+    // progress, at most one batch per resource once versions converged, and churn
+    // "three"). The margin is counted in batches, not time: a session that the loaded
+    // machine leaves unscheduled while those batches pass is still inside the history.
+    let b = start_replica(&sim, B_HISTORY).await;
     let (hub_a, hub_b) = (a.typha.hub.clone(), b.typha.hub.clone());
 
     // Every client starts on A.
@@ -248,7 +254,7 @@ async fn clients_move_to_another_replica_without_snapshots() {
     assert_eq!(laggard.digest(), hub_a.digest());
 
     // More churn than B's history holds; the clients follow A.
-    churn(sim.store(), &[&hub_a, &hub_b], "two", 24).await;
+    churn(sim.store(), &[&hub_a, &hub_b], "two", B_HISTORY + 12).await;
     // Bookmarks bring both replicas to the same vector (they listed at different
     // times), and A's clients past B's floor.
     poll_until("the replicas' vectors converged", || {

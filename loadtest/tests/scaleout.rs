@@ -136,6 +136,7 @@ async fn replicas_rebalance_resume_survive_kill_and_drain() {
     // 1. A fourth replica joins.
     let mut fourth = world.replica(3, REPLICA_FLAGS);
     fourth.wait_ready().await;
+    replica_support::wait_covered(&sim, &replicas, &fourth, &clients, "fourth").await;
     replicas.push(fourth);
     let before = totals(&clients);
     let sent_before = snapshots_sent(&replicas).await;

@@ -119,6 +119,37 @@ struct Shared {
     sessions: SessionCounters,
 }
 
+/// Where this replica stands per resource, for the `typha_resource_version` and
+/// `typha_resume_floor` gauges: an operator (or a test) compares one replica's floor with
+/// the others' versions to know whether their clients would be resumed there.
+struct Positions {
+    versions: VersionVector,
+    /// `None` until every resource's floor is known.
+    floor: Option<VersionVector>,
+}
+
+impl Positions {
+    fn of(cache: &SnapshotCache) -> Positions {
+        let (floor, unknown) = cache.version_floor();
+        Positions {
+            versions: cache.versions().clone(),
+            floor: unknown.is_empty().then(|| floor.clone()),
+        }
+    }
+
+    /// Sets the gauges (outside the cache's lock: the recorder takes its own).
+    fn publish(&self) {
+        for (resource, version) in self.versions.iter() {
+            metrics::gauge!("typha_resource_version", "resource" => resource.to_string())
+                .set(version as f64);
+        }
+        for (resource, version) in self.floor.iter().flat_map(|f| f.iter()) {
+            metrics::gauge!("typha_resume_floor", "resource" => resource.to_string())
+                .set(version as f64);
+        }
+    }
+}
+
 /// A read-only view of whether the upstream is in sync: what readiness, the rebalancer
 /// and the bootstrap need from the hub, and no more. Clones share the flag.
 #[derive(Clone, Debug)]
@@ -198,12 +229,23 @@ impl Hub {
         marks: &[ResourceMark],
         progress: bool,
     ) -> Option<Arc<Breadcrumb>> {
-        let (crumb, keys, held, stats) = {
+        let (crumb, keys, held, stats, positions) = {
             let mut cache = self.shared.cache.write();
             let crumb = cache.apply_upstream(updates, marks, progress);
-            (crumb, cache.len(), cache.held_bytes(), cache.stats())
+            // Only a batch that moved versions can move the floor (it trims the history).
+            let positions = (crumb.is_some() && !marks.is_empty()).then(|| Positions::of(&cache));
+            (
+                crumb,
+                cache.len(),
+                cache.held_bytes(),
+                cache.stats(),
+                positions,
+            )
         };
         self.shared.stats.send_replace(stats);
+        if let Some(positions) = positions {
+            positions.publish();
+        }
         let crumb = crumb?;
         metrics::gauge!("typha_snapshot_keys").set(keys as f64);
         metrics::gauge!("typha_cache_held_bytes").set(held as f64);
@@ -220,7 +262,11 @@ impl Hub {
     /// reads, so the two cannot disagree.
     pub fn set_in_sync(&self, in_sync: bool) {
         if in_sync {
-            self.shared.cache.write().mark_in_sync();
+            let mut cache = self.shared.cache.write();
+            cache.mark_in_sync();
+            let positions = Positions::of(&cache);
+            drop(cache);
+            positions.publish();
         }
         self.shared.in_sync.send_replace(in_sync);
         metrics::gauge!("typha_upstream_in_sync").set(if in_sync { 1.0 } else { 0.0 });
@@ -448,5 +494,70 @@ mod tests {
             .find(|(k, ..)| k.key().name() == "typha_upstream_in_sync")
             .map(|(.., v)| v);
         assert_eq!(gauge, Some(DebugValue::Gauge(1.0.into())));
+    }
+
+    /// Every per-resource gauge: (name, resource) -> value. One snapshot per call (the
+    /// debugging recorder's snapshot takes the values).
+    fn per_resource(
+        snap: &metrics_util::debugging::Snapshotter,
+    ) -> std::collections::BTreeMap<(String, String), f64> {
+        snap.snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(k, _, _, v)| {
+                let resource = k.key().labels().find(|l| l.key() == "resource")?;
+                let name = k.key().name().to_string();
+                match v {
+                    DebugValue::Gauge(g) => {
+                        Some(((name, resource.value().to_string()), g.into_inner()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The list's resourceVersion is the floor; events and bookmarks move the version,
+    /// and a history trimmed past the list moves the floor.
+    #[tokio::test]
+    async fn versions_and_the_resume_floor_are_gauges_per_resource() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        let hub = Hub::new(HubConfig {
+            cache: CacheConfig {
+                max_log_batches: 2,
+                ..HubConfig::default().cache
+            },
+            ..HubConfig::default()
+        });
+        let node = |name: &str| {
+            let key = typha_proto::Key::new(typha_proto::Kind::Node, "", name).unwrap();
+            let value = typha_proto::Value::Node(typha_proto::pb::Node {
+                name: name.to_string(),
+                ..Default::default()
+            });
+            Update::new(key, Some(value)).unwrap()
+        };
+        hub.apply_marked(vec![node("a")], &[ResourceMark::listed("nodes", Some(10))]);
+        hub.set_in_sync(true);
+        let at = |name: &str| (name.to_string(), "nodes".to_string());
+        let gauges = per_resource(&snap);
+        assert_eq!(gauges[&at("typha_resource_version")], 10.0);
+        assert_eq!(gauges[&at("typha_resume_floor")], 10.0);
+
+        hub.apply_upstream(vec![], &[ResourceMark::watched("nodes", 12)], true);
+        let gauges = per_resource(&snap);
+        assert_eq!(gauges[&at("typha_resource_version")], 12.0);
+        assert_eq!(gauges[&at("typha_resume_floor")], 10.0);
+
+        for (i, rv) in [13, 14, 15].into_iter().enumerate() {
+            let name = format!("n{i}");
+            hub.apply_marked(vec![node(&name)], &[ResourceMark::watched("nodes", rv)]);
+        }
+        let gauges = per_resource(&snap);
+        assert_eq!(gauges[&at("typha_resource_version")], 15.0);
+        let floor = gauges[&at("typha_resume_floor")];
+        assert!(floor > 10.0, "a trimmed history moves the floor: {floor}");
     }
 }

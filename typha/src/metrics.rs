@@ -40,6 +40,16 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "1 once every watched resource completed its initial list (set by the hub only)",
     ),
     (
+        "typha_resource_version",
+        Kind::Gauge,
+        "Newest resourceVersion this replica has of each resource (events and bookmarks), as in its clients' version vectors",
+    ),
+    (
+        "typha_resume_floor",
+        Kind::Gauge,
+        "Oldest resourceVersion of each resource from which a client of another replica is resumed here; a client below it gets a snapshot",
+    ),
+    (
         "typha_connections_target",
         Kind::Gauge,
         "Connections this replica keeps (0: no target, rebalancing off)",

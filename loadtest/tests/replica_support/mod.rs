@@ -10,7 +10,7 @@
 //! and `shadow` must equal the client's final mirror.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -32,11 +32,16 @@ use tokio_util::sync::CancellationToken;
 use typha_proto::digest::EntryHash;
 use typha_proto::{Key, Value};
 
-/// Deadline of every wait: it only turns a hang into a failure.
-pub const LIMIT: Duration = Duration::from_secs(600);
+/// Deadline of every wait: it only turns a hang into a failure. Well under nextest's
+/// 10-minute kill (.config/nextest.toml), so that a hang fails with the state it
+/// waited on instead of a bare timeout.
+pub const LIMIT: Duration = Duration::from_secs(180);
 
 /// The pod written after the churn stops; once every client has it, all have the rest.
 pub const SENTINEL: &str = "replica-sentinel";
+
+/// The prefix of the pods [`wait_covered`] writes.
+const MARKER: &str = "replica-marker-";
 
 /// A scratch dir with the development PKI and a kubeconfig for `sim`, and the clients'
 /// TLS configuration.
@@ -166,6 +171,8 @@ pub struct Record {
     pub first_sync_keys: Option<usize>,
     /// Whether the sentinel pod has been seen.
     pub sentinel: bool,
+    /// The marker pods seen (see [`wait_covered`]).
+    pub markers: HashSet<String>,
 }
 
 impl Record {
@@ -178,6 +185,9 @@ impl Record {
                 for update in updates {
                     if update.key.name().contains(SENTINEL) {
                         self.sentinel = true;
+                    }
+                    if update.key.name().starts_with(MARKER) {
+                        self.markers.insert(update.key.name().to_string());
                     }
                     match update.value {
                         Some(value) => {
@@ -416,6 +426,77 @@ pub fn write_sentinel(sim: &KubeSim) {
             "status": {"podIP": "10.251.0.1", "phase": "Running"},
         }))
         .unwrap();
+}
+
+/// A replica's gauge `name` per resource (empty when it does not answer).
+async fn per_resource(replica: &Replica, name: &str) -> HashMap<String, f64> {
+    let Some(scrape) = replica.scrape().await else {
+        return HashMap::new();
+    };
+    scrape
+        .by_label(name)
+        .into_iter()
+        .filter_map(|(labels, value)| {
+            let resource = labels.strip_prefix("resource=\"")?.strip_suffix('"')?;
+            Some((resource.to_string(), value))
+        })
+        .collect()
+}
+
+/// Waits until `clients` would be resumed on `newcomer`, a replica that just started: its
+/// resume floor is its lists' resourceVersions, above the clients' positions for every
+/// resource no event touched since (exact floors). Bookmarks carry the serving
+/// replicas past it; a marker pod written after that, once every client has it,
+/// proves the clients applied those bookmarks' progress too (a replica publishes in
+/// order). Without this wait a client moved to `newcomer` early gets a snapshot, and how
+/// early is early depends on how loaded the machine is.
+pub async fn wait_covered(
+    sim: &KubeSim,
+    serving: &[Replica],
+    newcomer: &Replica,
+    clients: &[Client],
+    round: &str,
+) {
+    wait_until(
+        "the serving replicas passed the newcomer's floor",
+        || async {
+            let floor = per_resource(newcomer, "typha_resume_floor").await;
+            if floor.is_empty() {
+                return Err("no floor yet".to_string());
+            }
+            for replica in serving {
+                let versions = per_resource(replica, "typha_resource_version").await;
+                for (resource, at) in &floor {
+                    let version = versions.get(resource).copied().unwrap_or(0.0);
+                    if version < *at {
+                        return Err(format!("{}: {resource} at {version} < {at}", replica.name));
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let name = format!("{MARKER}{round}");
+    sim.store()
+        .create_object(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "ns-0000"},
+            "spec": {"nodeName": kube_sim::seed::node_name(0), "containers": [{"name": "c", "image": "i"}]},
+            "status": {"podIP": "10.251.1.1", "phase": "Running"},
+        }))
+        .unwrap();
+    wait_until("every client has the marker", || async {
+        let missing = clients
+            .iter()
+            .filter(|c| !c.record.lock().unwrap().markers.contains(&name))
+            .count();
+        (missing == 0)
+            .then_some(())
+            .ok_or(format!("{missing} clients without {name}"))
+    })
+    .await;
 }
 
 /// Waits until every client in `clients` has seen the sentinel.

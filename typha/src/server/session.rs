@@ -431,13 +431,10 @@ where
         }
     }
 
-    /// Best effort: a goodbye must not wait on a client that is not reading.
+    /// Best effort: a drain, rebalance or shutdown goodbye must not wait on a client
+    /// that is not reading.
     fn goodbye(&self, reason: pb::GoodbyeReason, message: &str) {
-        let goodbye = pb::Goodbye {
-            reason: reason as i32,
-            message: message.to_string(),
-        };
-        let goodbye = frame::encode(server_message::Msg::Goodbye(goodbye));
+        let goodbye = goodbye_frame(reason, message);
         let _ = self
             .outlet
             .out
@@ -475,6 +472,15 @@ where
         self.refuse(reply).await;
         reason
     }
+}
+
+/// A `Goodbye` frame.
+fn goodbye_frame(reason: pb::GoodbyeReason, message: &str) -> Bytes {
+    let goodbye = pb::Goodbye {
+        reason: reason as i32,
+        message: message.to_string(),
+    };
+    frame::encode(server_message::Msg::Goodbye(goodbye))
 }
 
 /// The next inbound message, or how the inbound stream ended.

@@ -345,6 +345,41 @@ async fn a_client_behind_the_history_is_told_to_resync() {
     assert!(!kill.is_killed());
 }
 
+/// The body falls behind while holding frames the client has not read; the client then
+/// reads again, gets what the body held and then hears why its stream ends, instead of
+/// a stream ending without a reason.
+#[tokio::test(start_paused = true)]
+async fn a_client_behind_the_history_with_frames_held_still_hears_resync() {
+    let hub = hub(4);
+    let config = ServerConfig {
+        max_uncoalesced: 100,
+        ..ServerConfig::default()
+    };
+    let mut client = Client::start(&hub, config);
+    client.sync().await;
+    for i in 0..4 {
+        hub.apply(vec![node(&format!("held-{i}"))]).unwrap();
+    }
+    // One frame read: the body took all four and holds three.
+    assert!(matches!(client.frame().await, ServerFrame::Deltas(_)));
+    for i in 0..10 {
+        hub.apply(vec![node(&format!("n{i}"))]).unwrap();
+    }
+    let mut deltas = 1;
+    let reason = loop {
+        match client.frame().await {
+            ServerFrame::Deltas(_) => deltas += 1,
+            ServerFrame::Goodbye(goodbye) => break goodbye.reason(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(reason, GoodbyeReason::Resync);
+    assert_eq!(deltas, 4, "what the body held, then the goodbye");
+    assert!(client.out.recv().await.is_none(), "the stream ends");
+    let (reason, _) = client.ended().await;
+    assert_eq!(reason, DropReason::TooFarBehind);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_client_is_pinged_then_dropped_and_its_connection_killed() {
     let hub = hub(1024);
