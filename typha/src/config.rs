@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// Replica id sent to clients (default: the host name).
     #[arg(long, env = "TYPHA_SERVER_ID")]
     pub server_id: Option<String>,
-    /// Drop a client whose send buffer stays full this long.
+    /// Drop a client that does not read what it is owed this long.
     #[arg(long, env = "TYPHA_WRITE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
     /// TLS handshake + ClientHello deadline.
