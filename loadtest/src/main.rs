@@ -62,7 +62,7 @@ struct Cli {
     /// How long churn runs in each scenario.
     #[arg(long, env = "LOADTEST_DURATION", default_value = "6s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// typha replicas (the restart scenario uses at least 2).
+    /// typha replicas (the restart and storm scenarios use at least 2).
     #[arg(long, env = "LOADTEST_REPLICAS", default_value_t = 1)]
     replicas: usize,
     /// How the restart scenario takes a replica down: kill (SIGKILL) or roll (SIGTERM).

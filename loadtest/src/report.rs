@@ -274,6 +274,9 @@ pub struct RestartFigures {
     pub reconverge_seconds: f64,
     /// Reconnects, snapshots and resumes during the storm.
     pub storm: FleetCounters,
+    /// Where the clients were once all were in sync again: each local replica's
+    /// connections, less its pinned reference client (0 for one that did not answer).
+    pub clients_by_replica: BTreeMap<String, u64>,
 }
 
 /// One soak round: a replica taken down while churn runs, then a barrier and every

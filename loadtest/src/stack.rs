@@ -10,7 +10,7 @@
 //! [`Stack`] drops; a replica restarted after a kill or a roll gets the same ports, so
 //! clients find it where it was. External replicas are never signalled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use crate::procs::{ChildProc, ProcStats, ScratchDir, free_port};
 
 mod service;
 
+use service::namespace_object;
 pub use service::{SERVICE_NAME, SERVICE_NAMESPACE, TyphaTargets};
-use service::{endpoint_slice, namespace_object};
 
 /// typha replicas that already run, outside the load test's control.
 #[derive(Clone, Debug)]
@@ -58,11 +58,18 @@ pub struct StackConfig {
     /// Running typha replicas instead of `replicas` local ones.
     pub external: Option<ExternalTypha>,
     /// Publish local replicas as a Service's EndpointSlices in kube-sim (ready while
-    /// they serve), start them with `--service-namespace/--service-name` so they
-    /// rebalance within it, and have the agents discover them there (as real agents'
+    /// they serve) and have the agents discover them there (as real agents'
     /// `--typha-service` does). Only with kube-sim and local replicas; otherwise agents
     /// get the fixed address list.
     pub service: bool,
+    /// With `service`: start the replicas with `--service-namespace/--service-name`, so
+    /// they rebalance agents within the Service (the soak). Without, a replica keeps
+    /// every agent that chose it (the storm).
+    pub rebalance: bool,
+    /// With `service`: publish only typha-0 when the stack starts; the others' slices
+    /// are held back until [`Stack::publish_held`] (the storm's agents all start on
+    /// typha-0).
+    pub hold_back: bool,
 }
 
 /// How a replica goes away in the restart scenario.
@@ -173,6 +180,8 @@ pub struct Stack {
     client_transport: TransportChoice,
     /// kube-sim's address when the replicas are published as a Service.
     service_api: Option<SocketAddr>,
+    /// Replicas whose slices stay withdrawn until [`Stack::publish_held`].
+    held: BTreeSet<usize>,
 }
 
 /// Polls `http://addr/path` until it answers 2xx; fails as soon as `proc` exits, or after
@@ -224,9 +233,13 @@ impl Stack {
             client_tls,
             client_transport,
             service_api,
+            held: BTreeSet::new(),
         };
         if config.external.is_none() {
             stack.spawn_replicas(config, &kubeconfig).await?;
+        }
+        if config.hold_back {
+            stack.held.extend(1..stack.replicas.len());
         }
         for i in 0..stack.replicas.len() {
             stack.wait_replica(i).await?;
@@ -235,8 +248,8 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts the config's local replicas (with the Service's flags, and its namespace
-    /// created, when the stack publishes one).
+    /// Starts the config's local replicas (with the Service's flags when they
+    /// rebalance, and its namespace created when the stack publishes one).
     async fn spawn_replicas(
         &mut self,
         config: &StackConfig,
@@ -247,6 +260,8 @@ impl Stack {
             // 409: it exists already.
             self.api_write("POST", "/api/v1/namespaces", &namespace_object(), &[409])
                 .await?;
+        }
+        if self.service_api.is_some() && config.rebalance {
             extra.extend(
                 [
                     "--service-namespace",
@@ -274,25 +289,6 @@ impl Stack {
                 name: SERVICE_NAME.into(),
             },
             None => TyphaTargets::Addresses(self.addresses()),
-        }
-    }
-
-    /// Publishes replica `i` in the Service (its EndpointSlice, ready) or withdraws it
-    /// (the slice deleted, as when its pod goes away); nothing without a Service.
-    async fn publish(&self, i: usize, serving: bool) -> anyhow::Result<()> {
-        if self.service_api.is_none() {
-            return Ok(());
-        }
-        let replica = self.replicas.get(i).context("no such replica")?;
-        let collection =
-            format!("/apis/discovery.k8s.io/v1/namespaces/{SERVICE_NAMESPACE}/endpointslices");
-        if serving {
-            self.api_write("POST", &collection, &endpoint_slice(replica), &[])
-                .await
-        } else {
-            let path = format!("{collection}/{}", replica.name);
-            self.api_write("DELETE", &path, &serde_json::Value::Null, &[])
-                .await
         }
     }
 
@@ -355,8 +351,9 @@ impl Stack {
         .await
     }
 
-    /// Kills (SIGKILL) or rolls (SIGTERM, drain) replica `i`, then starts it again on the
-    /// same ports and waits until it is ready. Returns how long it was gone.
+    /// Kills (SIGKILL) or rolls (SIGTERM, drain) replica `i`, its slice withdrawn first,
+    /// then starts it again on the same ports, waits until it is ready and publishes it
+    /// again (unless held: [`Stack::hold`]). Returns how long it was gone.
     pub async fn restart_replica(
         &mut self,
         i: usize,

@@ -328,8 +328,9 @@ fn two_pinned_workers_carry_200_agents_through_steady_and_storm() {
     for s in scenarios {
         check_scenario(s, true);
         assert_eq!(
-            s["digests_total"], 201,
-            "200 agents and the reference client"
+            s["digests_total"].as_u64().unwrap(),
+            200 + s["replicas"].as_u64().unwrap(),
+            "200 agents and one reference client per replica"
         );
         check_shares(s, 200);
         let fleet = &s["events"]["fleet"];
@@ -344,10 +345,12 @@ fn two_pinned_workers_carry_200_agents_through_steady_and_storm() {
         "every agent was on typha-0"
     );
     let counted = &storm["storm"];
-    assert!(
-        counted["resumes"].as_u64().unwrap() + counted["snapshots"].as_u64().unwrap() >= 200,
-        "every agent came back by a resume or a snapshot: {counted}"
+    assert_eq!(
+        counted["snapshots"], 0,
+        "every agent resumed on typha-1 (discovered, its history covering them): {storm}"
     );
+    assert!(counted["resumes"].as_u64().unwrap() >= 200, "{storm}");
+    assert_eq!(storm["clients_by_replica"]["typha-1"], 200, "{storm}");
 }
 
 /// typha's own share and the generator's cost: `agents` agents in two workers pinned
@@ -408,23 +411,24 @@ fn check_shares(s: &Value, agents: u64) {
     }
 }
 
-/// Every client on one replica, killed mid-churn: all back in sync, the storm's resumes
-/// and snapshots counted.
+/// Every client on one replica (the only one published while they connect), killed
+/// mid-churn: through the Service they find typha-1, whose history covers them, and all
+/// resume there (0 snapshots; going back to the fresh typha-0 would snapshot).
 #[test]
 fn storm_brings_every_client_back() {
     let (json, _) = run("storm", &[]);
     let s = &json["scenarios"][0];
     check_scenario(s, true);
-    assert_eq!(s["replicas"], 1);
+    assert_eq!(s["replicas"], 2);
     let r = &s["restart"];
     assert_eq!(r["replica"], "typha-0");
     assert_eq!(r["clients_disconnected"], 12, "every client was on typha-0");
     let storm = &r["storm"];
     assert!(storm["reconnects"].as_u64().unwrap() >= 12, "{storm}");
-    assert!(
-        storm["resumes"].as_u64().unwrap() + storm["snapshots"].as_u64().unwrap() >= 12,
-        "every client came back by a resume or a snapshot: {storm}"
-    );
+    assert_eq!(storm["snapshots"], 0, "{r}");
+    assert!(storm["resumes"].as_u64().unwrap() >= 12, "{r}");
+    assert_eq!(r["clients_by_replica"]["typha-0"], 0, "{r}");
+    assert_eq!(r["clients_by_replica"]["typha-1"], 12, "{r}");
 }
 
 #[test]
@@ -452,6 +456,7 @@ fn restart_kill_reconnects_every_client() {
             "replica_back_seconds",
             "reconverge_seconds",
             "storm",
+            "clients_by_replica",
         ],
         "restart",
     );

@@ -188,10 +188,15 @@ fn print_typha(s: &ScenarioReport) {
 }
 
 fn print_restart(r: &super::RestartFigures) {
+    let on: Vec<String> = r
+        .clients_by_replica
+        .iter()
+        .map(|(replica, clients)| format!("{replica} {clients}"))
+        .collect();
     row(
         "restart",
         format!(
-            "{:?} {}: {} clients disconnected, replica back in {:.2} s, all in sync after {:.2} s; {} reconnects, {} snapshots, {} resumes",
+            "{:?} {}: {} clients disconnected, replica back in {:.2} s, all in sync after {:.2} s; {} reconnects, {} snapshots, {} resumes; clients then on [{}]",
             r.mode,
             r.replica,
             r.clients_disconnected,
@@ -199,7 +204,8 @@ fn print_restart(r: &super::RestartFigures) {
             r.reconverge_seconds,
             r.storm.reconnects,
             r.storm.snapshots,
-            r.storm.resumes
+            r.storm.resumes,
+            on.join(", ")
         ),
     );
 }

@@ -146,6 +146,8 @@ pub fn default_setup(config: &RunConfig, target: &Target, replicas: usize) -> St
         kubeconfig: target.kubeconfig.clone(),
         external: target.external.clone(),
         service: false,
+        rebalance: false,
+        hold_back: false,
     }
 }
 

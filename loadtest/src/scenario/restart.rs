@@ -3,6 +3,7 @@
 //! until every client is in sync again is measured with the storm's reconnects,
 //! snapshots and resumes. Runs at least two replicas, so clients have somewhere to go.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::fleet::Fleet;
@@ -25,15 +26,15 @@ impl TyphaScenario for Restart {
         default_setup(config, target, config.replicas.max(2))
     }
 
-    async fn run(&self, phase: Phase<'_>) -> anyhow::Result<Findings> {
+    async fn run(&self, mut phase: Phase<'_>) -> anyhow::Result<Findings> {
         let mode = phase.config.restart_mode;
-        churn_with_outage(phase, (0, mode)).await
+        churn_with_outage(&mut phase, (0, mode)).await
     }
 }
 
 /// Churns for the configured duration while `replica` goes down a third of the way in.
 pub(super) async fn churn_with_outage(
-    phase: Phase<'_>,
+    phase: &mut Phase<'_>,
     replica: (usize, RestartMode),
 ) -> anyhow::Result<Findings> {
     let Phase {
@@ -46,6 +47,7 @@ pub(super) async fn churn_with_outage(
         marks,
         ..
     } = phase;
+    let (config, progress) = (*config, *progress);
     progress.set(format!(
         "churn {}/s for {:.0}s",
         config.rate, config.duration_seconds
@@ -112,7 +114,21 @@ impl Outage<'_> {
             replica_back_seconds: back.as_secs_f64(),
             reconverge_seconds: reconverge.as_secs_f64(),
             storm,
+            clients_by_replica: self.clients_by_replica().await,
         })
+    }
+
+    /// Each local replica's clients: its connections less its pinned reference client.
+    async fn clients_by_replica(&self) -> BTreeMap<String, u64> {
+        let mut by_replica = BTreeMap::new();
+        for (i, replica) in self.stack.replicas.iter().enumerate() {
+            let clients = match self.stack.scrape(i).await {
+                Ok(scrape) => (scrape.sum("typha_connections_active") as u64).saturating_sub(1),
+                Err(_) => 0,
+            };
+            by_replica.insert(replica.name.clone(), clients);
+        }
+        by_replica
     }
 
     fn mark(&mut self, what: String) {

@@ -30,6 +30,7 @@ impl TyphaScenario for Soak {
         let nodes = soak_nodes(config);
         StackConfig {
             service: true,
+            rebalance: true,
             nodes,
             pods_per_node: (config.nodes * config.pods_per_node).div_ceil(nodes),
             ..default_setup(config, target, config.replicas.max(2))
