@@ -673,9 +673,12 @@ impl Rig {
     }
 
     /// Writes `obj` and/or deletes the policy `delete`, then waits until typha's hub has
-    /// a newer revision (each such write changes the model, and nothing else writes).
+    /// a different digest (each such write changes the model, and nothing else writes).
+    /// Not a newer revision: a bookmark's progress batch (kube-sim sends them every 5 s)
+    /// is a new revision with the same model.
     pub async fn write(&self, obj: Option<Json>, delete: Option<&Policy>) {
-        let before = self.revision();
+        let hub = &self.running_typha().hub;
+        let before = hub.digest();
         if let Some(obj) = obj {
             self.sim.store().upsert_object(obj).unwrap();
         }
@@ -690,8 +693,8 @@ impl Rig {
                 )
                 .unwrap();
         }
-        let mut rx = self.running_typha().hub.subscribe();
-        tokio::time::timeout(LIMIT, rx.wait_for(|r| *r > before))
+        let mut rx = hub.subscribe();
+        tokio::time::timeout(LIMIT, rx.wait_for(|_| hub.digest() != before))
             .await
             .expect("typha did not see the write")
             .unwrap();
