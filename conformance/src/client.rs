@@ -173,6 +173,16 @@ impl SyncStream {
         channel: &Channel,
         headers: &[(&'static str, &'static str)],
     ) -> Result<SyncStream, tonic::Status> {
+        SyncStream::open_at(channel, SYNC_PATH, headers).await
+    }
+
+    /// Opens a bidirectional stream to the method at `path` (a method the server may
+    /// not have), sending `headers` as request metadata.
+    pub async fn open_at(
+        channel: &Channel,
+        path: &'static str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<SyncStream, tonic::Status> {
         let (up, rx) = mpsc::channel(8);
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready()
@@ -184,7 +194,7 @@ impl SyncStream {
                 .metadata_mut()
                 .insert(*name, tonic::metadata::MetadataValue::from_static(value));
         }
-        let path = PathAndQuery::from_static(SYNC_PATH);
+        let path = PathAndQuery::from_static(path);
         let down = grpc
             .streaming(request, path, PassThrough)
             .await?

@@ -143,6 +143,14 @@ async fn every_refusal_gets_its_status_and_no_state_and_spares_the_sibling_strea
     };
     assert_eq!(code, Code::Unimplemented, "compressed messages");
 
+    // A method the service does not have.
+    let unknown = SyncStream::open_at(&channel, "/typha.sync.v1.Typha/Watch", &[]).await;
+    let code = match unknown {
+        Err(status) => status.code(),
+        Ok(mut stream) => refusal(&mut stream).await.0,
+    };
+    assert_eq!(code, Code::Unimplemented, "an unknown method");
+
     // A fifth stream on one connection (the sibling and three more are open).
     let mut open = Vec::new();
     for i in 0..3 {
