@@ -186,6 +186,18 @@ impl Scrape {
             .sum()
     }
 
+    /// Series of `name` with one `resource` label, by resource (typha's per-resource
+    /// gauges such as `typha_resume_floor`).
+    pub fn per_resource(&self, name: &str) -> std::collections::BTreeMap<String, f64> {
+        self.by_label(name)
+            .into_iter()
+            .filter_map(|(labels, value)| {
+                let resource = labels.strip_prefix("resource=\"")?.strip_suffix('"')?;
+                Some((resource.to_string(), value))
+            })
+            .collect()
+    }
+
     /// Series of `name` by label text (`reason="slow"`), for labelled counters.
     pub fn by_label(&self, name: &str) -> Vec<(String, f64)> {
         self.samples
@@ -213,6 +225,9 @@ mod tests {
             ("reason=\"slow\"".to_string(), 2.0)
         );
         assert_eq!(scrape.sum("missing"), 0.0);
+        let gauges = Scrape::parse("g{resource=\"pods\"} 7\ng{resource=\"nodes\"} 3\n");
+        assert_eq!(gauges.per_resource("g")["pods"], 7.0);
+        assert_eq!(gauges.per_resource("g").len(), 2);
     }
 
     #[test]

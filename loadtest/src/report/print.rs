@@ -242,6 +242,14 @@ fn print_shares(s: &ScenarioReport) {
         );
     }
     let g = &s.generator;
+    if g.processes == 0 {
+        // The direct baseline: its watchers run in the harness, not in workers.
+        row(
+            "load generator's own cost",
+            format!("no agent workers; harness {:.2} s", g.harness_cpu_seconds),
+        );
+        return;
+    }
     row(
         "load generator's own cost",
         format!(

@@ -15,12 +15,10 @@
 //! Against an existing API server (no kube-sim to publish slices in) the agents get
 //! typha-0's address alone, as before discovery, and can only come back to it.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::http1::Scrape;
 use crate::report::RunConfig;
 use crate::stack::{RestartMode, Stack, StackConfig, TyphaTargets};
 
@@ -102,9 +100,9 @@ async fn covered(stack: &Stack) -> Result<(), String> {
             .await
             .map_err(|e| format!("typha-{i} does not answer: {e:#}"))
     };
-    let versions = per_resource(&scrape(0).await?, "typha_resource_version");
+    let versions = scrape(0).await?.per_resource("typha_resource_version");
     for i in 1..stack.replicas.len() {
-        let floor = per_resource(&scrape(i).await?, "typha_resume_floor");
+        let floor = scrape(i).await?.per_resource("typha_resume_floor");
         if floor.is_empty() {
             return Err(format!("typha-{i} has no resume floor yet"));
         }
@@ -118,16 +116,4 @@ async fn covered(stack: &Stack) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A gauge `name` per resource.
-fn per_resource(scrape: &Scrape, name: &str) -> BTreeMap<String, f64> {
-    scrape
-        .by_label(name)
-        .into_iter()
-        .filter_map(|(labels, value)| {
-            let resource = labels.strip_prefix("resource=\"")?.strip_suffix('"')?;
-            Some((resource.to_string(), value))
-        })
-        .collect()
 }

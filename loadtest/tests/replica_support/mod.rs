@@ -10,7 +10,7 @@
 //! and `shadow` must equal the client's final mirror.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -417,30 +417,28 @@ pub fn churn(
 /// Writes the sentinel pod (after the churn stopped: the same resource, so every replica
 /// sees it after every churn event).
 pub fn write_sentinel(sim: &KubeSim) {
+    write_pod(sim, SENTINEL, "10.251.0.1");
+}
+
+/// Creates pod `name` at `ip` in namespace `ns-0000` on the first seeded node.
+fn write_pod(sim: &KubeSim, name: &str, ip: &str) {
     sim.store()
         .create_object(json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": SENTINEL, "namespace": "ns-0000"},
+            "metadata": {"name": name, "namespace": "ns-0000"},
             "spec": {"nodeName": kube_sim::seed::node_name(0), "containers": [{"name": "c", "image": "i"}]},
-            "status": {"podIP": "10.251.0.1", "phase": "Running"},
+            "status": {"podIP": ip, "phase": "Running"},
         }))
         .unwrap();
 }
 
 /// A replica's gauge `name` per resource (empty when it does not answer).
-async fn per_resource(replica: &Replica, name: &str) -> HashMap<String, f64> {
-    let Some(scrape) = replica.scrape().await else {
-        return HashMap::new();
-    };
-    scrape
-        .by_label(name)
-        .into_iter()
-        .filter_map(|(labels, value)| {
-            let resource = labels.strip_prefix("resource=\"")?.strip_suffix('"')?;
-            Some((resource.to_string(), value))
-        })
-        .collect()
+async fn per_resource(replica: &Replica, name: &str) -> BTreeMap<String, f64> {
+    match replica.scrape().await {
+        Some(scrape) => scrape.per_resource(name),
+        None => BTreeMap::new(),
+    }
 }
 
 /// Waits until `clients` would be resumed on `newcomer`, a replica that just started: its
@@ -478,15 +476,7 @@ pub async fn wait_covered(
     )
     .await;
     let name = format!("{MARKER}{round}");
-    sim.store()
-        .create_object(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": "ns-0000"},
-            "spec": {"nodeName": kube_sim::seed::node_name(0), "containers": [{"name": "c", "image": "i"}]},
-            "status": {"podIP": "10.251.1.1", "phase": "Running"},
-        }))
-        .unwrap();
+    write_pod(sim, &name, "10.251.1.1");
     wait_until("every client has the marker", || async {
         let missing = clients
             .iter()
