@@ -147,6 +147,8 @@ struct Client {
     farewell: watch::Sender<Option<GoodbyeReason>>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    /// The size of the session's future (what its task holds).
+    future_bytes: usize,
 }
 
 impl Client {
@@ -181,7 +183,9 @@ impl Client {
             refusal_unsent: false,
         };
         let ends = ends.subscribe();
-        let task = tokio::spawn(session.run());
+        let run = session.run();
+        let future_bytes = std::mem::size_of_val(&run);
+        let task = tokio::spawn(run);
         Client {
             inbound,
             out,
@@ -190,6 +194,7 @@ impl Client {
             farewell,
             shutdown,
             task,
+            future_bytes,
         }
     }
 
@@ -308,6 +313,20 @@ async fn a_resuming_client_gets_what_was_published_before_it_came() {
     assert!(server_hello.resumed);
     let bytes = client.out.recv().await.unwrap().unwrap();
     assert_eq!(bytes.as_ptr(), missed.frame.as_ptr());
+}
+
+/// Every idle client holds one session task for its whole life, as large as the largest
+/// await point of `Session::run`: the rare phases are boxed so that this stays small
+/// (2,368 bytes before they were, 1,664 after, with this test's inbound stream).
+#[tokio::test]
+async fn the_session_task_stays_small() {
+    let hub = hub(4);
+    let client = Client::start(&hub, ServerConfig::default());
+    assert!(
+        client.future_bytes <= 2048,
+        "the session future is {} bytes",
+        client.future_bytes
+    );
 }
 
 #[tokio::test(start_paused = true)]
