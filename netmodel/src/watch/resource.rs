@@ -132,12 +132,14 @@ fn event_version<K: kube::Resource>(step: &Step<K>) -> EventVersion {
     }
 }
 
-/// Converts one step into loop inputs (rejections become deletes of their key).
+/// Converts one step into its loop input, if any (a rejection becomes a delete of its
+/// key; a rejected delete is no input). One step is at most one input, so the per-object
+/// path allocates nothing here.
 pub(super) fn inputs<K>(
     event: Step<K>,
     log: &mut RejectionLog,
     options: &ConvertOptions,
-) -> Vec<Input>
+) -> Option<Input>
 where
     K: ToModel + kube::Resource,
 {
@@ -159,18 +161,18 @@ where
         })
     };
     match event {
-        Step::Applied(obj) => applied(&obj, false).into_iter().collect(),
-        Step::Listed(obj) => applied(&obj, true).into_iter().collect(),
+        Step::Applied(obj) => applied(&obj, false),
+        Step::Listed(obj) => applied(&obj, true),
         Step::Deleted(obj) => match convert_delete(&obj) {
-            Ok(u) => vec![Input::Delete(u.key)],
+            Ok(u) => Some(Input::Delete(u.key)),
             Err(r) => {
                 log.note(&r);
-                Vec::new()
+                None
             }
         },
-        Step::Init => vec![Input::Init],
-        Step::ListDone(_) => vec![Input::InitDone],
-        Step::Progress(_) => vec![Input::Progress],
+        Step::Init => Some(Input::Init),
+        Step::ListDone(_) => Some(Input::InitDone),
+        Step::Progress(_) => Some(Input::Progress),
     }
 }
 
@@ -199,7 +201,7 @@ where
                     Ok(event) => {
                         monitor.step(&event);
                         let version = event_version(&event);
-                        for input in inputs(event, &mut log, &convert) {
+                        if let Some(input) = inputs(event, &mut log, &convert) {
                             yield (resource, Signal::Input(input, version));
                         }
                     }
