@@ -28,6 +28,21 @@ fn nodes_at(input: Input, version: u64) -> Tagged {
     )
 }
 
+/// Sends a complete list of nodes (`Init`, each update listed, `InitDone`), with no
+/// versions.
+fn send_node_list(
+    signals: &futures::channel::mpsc::UnboundedSender<Tagged>,
+    updates: impl IntoIterator<Item = Update>,
+) {
+    let listed = updates.into_iter().map(Input::InitApply);
+    for input in std::iter::once(Input::Init)
+        .chain(listed)
+        .chain([Input::InitDone])
+    {
+        signals.unbounded_send(nodes(input)).unwrap();
+    }
+}
+
 /// The updates of an updates event (`None` for anything else).
 fn updates_of(event: Option<UpstreamEvent>) -> Option<Vec<Update>> {
     match event {
@@ -57,14 +72,7 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
     let (tx, mut rx) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
     // The initial list of nodes is all ready at once: one batch.
-    for input in [
-        Input::Init,
-        Input::InitApply(node("a", "1")),
-        Input::InitApply(node("b", "1")),
-        Input::InitDone,
-    ] {
-        signals.unbounded_send(nodes(input)).unwrap();
-    }
+    send_node_list(&signals, [node("a", "1"), node("b", "1")]);
     let resources = [Resource::Nodes, Resource::IpPools];
     let driver = drive(stream, &resources, 100, tx, shutdown.clone());
     let test = async {
@@ -94,13 +102,7 @@ async fn drive_batches_coalesces_and_signals_in_sync_once() {
         assert_eq!(updates_of(rx.recv().await), Some(vec![node("a", "3")]));
 
         // A relist after a 410: b and c vanished meanwhile; no second InSync.
-        for input in [
-            Input::Init,
-            Input::InitApply(node("a", "3")),
-            Input::InitDone,
-        ] {
-            signals.unbounded_send(nodes(input)).unwrap();
-        }
+        send_node_list(&signals, [node("a", "3")]);
         assert_eq!(
             updates_of(rx.recv().await),
             Some(vec![
@@ -216,15 +218,7 @@ async fn drive_respects_batch_max_and_waits_for_every_resource() {
     let (signals, stream) = unbounded::<Tagged>();
     let (tx, mut rx) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
-    for input in [
-        Input::Init,
-        Input::InitApply(node("a", "1")),
-        Input::InitApply(node("b", "1")),
-        Input::InitApply(node("c", "1")),
-        Input::InitDone,
-    ] {
-        signals.unbounded_send(nodes(input)).unwrap();
-    }
+    send_node_list(&signals, [node("a", "1"), node("b", "1"), node("c", "1")]);
     let resources = [Resource::Nodes, Resource::Pods];
     let driver = drive(stream, &resources, 2, tx, shutdown.clone());
     let test = async {
