@@ -275,7 +275,8 @@ pub struct RestartFigures {
     /// Reconnects, snapshots and resumes during the storm.
     pub storm: FleetCounters,
     /// Where the clients were once all were in sync again: each local replica's
-    /// connections, less its pinned reference client (0 for one that did not answer).
+    /// connections, less its pinned reference client (a replica that did not answer is
+    /// absent).
     pub clients_by_replica: BTreeMap<String, u64>,
 }
 

@@ -162,6 +162,25 @@ fn tallied(scrape: &Scrape) -> BTreeMap<String, f64> {
     out
 }
 
+/// Whether a replica scraped as `serving` is at or past the resume floor of the
+/// replica scraped as `newcomer` (`typha_resource_version` at least `typha_resume_floor`
+/// for every resource), so that `serving`'s clients would be resumed on `newcomer`; else
+/// what is not yet (no floor, or the first resource below it).
+pub fn passed_floor(serving: &Scrape, newcomer: &Scrape) -> Result<(), String> {
+    let floor = newcomer.per_resource("typha_resume_floor");
+    if floor.is_empty() {
+        return Err("no resume floor yet".to_string());
+    }
+    let versions = serving.per_resource("typha_resource_version");
+    for (resource, at) in floor {
+        let version = versions.get(&resource).copied().unwrap_or(0.0);
+        if version < at {
+            return Err(format!("{resource} at {version}, below the floor {at}"));
+        }
+    }
+    Ok(())
+}
+
 /// kube-sim and the replicas.
 pub struct Stack {
     /// Scratch directory (certificates, kubeconfig, logs).
@@ -546,5 +565,30 @@ fn stack_api_sim(api: &Api) -> Option<SocketAddr> {
     match api {
         Api::Sim(addr) => Some(*addr),
         Api::Cluster(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_passed_a_floor_only_when_at_or_above_it_for_every_resource() {
+        let newcomer = Scrape::parse(
+            "typha_resume_floor{resource=\"pods\"} 10\ntypha_resume_floor{resource=\"nodes\"} 5\n",
+        );
+        let serving = |pods: u32, nodes: u32| {
+            Scrape::parse(&format!(
+                "typha_resource_version{{resource=\"pods\"}} {pods}\n\
+                 typha_resource_version{{resource=\"nodes\"}} {nodes}\n"
+            ))
+        };
+        assert_eq!(passed_floor(&serving(10, 5), &newcomer), Ok(()));
+        assert_eq!(passed_floor(&serving(12, 9), &newcomer), Ok(()));
+        let behind = passed_floor(&serving(12, 4), &newcomer).unwrap_err();
+        assert!(behind.starts_with("nodes at 4"), "{behind}");
+        let missing = Scrape::parse("typha_resource_version{resource=\"nodes\"} 9\n");
+        assert!(passed_floor(&missing, &newcomer).is_err());
+        assert!(passed_floor(&serving(12, 9), &Scrape::parse("")).is_err());
     }
 }

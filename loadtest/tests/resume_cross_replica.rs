@@ -191,28 +191,26 @@ async fn sync_once(addr: &str, mirror: &mut Mirror) -> bool {
     let mut frames = frames.unwrap();
     let mut resumed = None;
     loop {
-        let frame = next_frame(&mut frames, "server silent").await;
-        // Deltas while rebasing end a resume; a snapshot ends with InSync.
-        let rebasing = mirror.is_rebasing();
-        let (is_hello, is_in_sync, is_deltas) = match &frame {
+        match next_frame(&mut frames, "server silent").await {
             ServerFrame::Hello(hello) => {
+                mirror.accept_hello(&hello);
                 resumed = Some(hello.resumed);
-                (true, false, false)
+                if hello.resumed && !mirror.is_rebasing() {
+                    // Resumed on the same replica: nothing else need come.
+                    return true;
+                }
             }
-            ServerFrame::InSync(_) => (false, true, false),
-            ServerFrame::Deltas(_) => (false, false, true),
-            _ => (false, false, false),
-        };
-        apply_frame(mirror, frame);
-        if is_hello && resumed == Some(true) && !mirror.is_rebasing() {
-            // Resumed on the same replica: nothing else need come.
-            return true;
-        }
-        if is_in_sync {
-            return false;
-        }
-        if is_deltas && rebasing {
-            return resumed == Some(true);
+            // A snapshot ends with InSync.
+            frame @ ServerFrame::InSync(_) => {
+                apply_frame(mirror, frame);
+                return false;
+            }
+            // Deltas while rebasing end a resume on another replica.
+            frame @ ServerFrame::Deltas(_) if mirror.is_rebasing() => {
+                apply_frame(mirror, frame);
+                return resumed == Some(true);
+            }
+            frame => apply_frame(mirror, frame),
         }
     }
 }

@@ -118,15 +118,16 @@ impl Outage<'_> {
         })
     }
 
-    /// Each local replica's clients: its connections less its pinned reference client.
+    /// Each answering local replica's clients: its connections less its pinned
+    /// reference client. A replica that does not answer is left out, not counted as 0
+    /// (which would read as "no clients there").
     async fn clients_by_replica(&self) -> BTreeMap<String, u64> {
         let mut by_replica = BTreeMap::new();
         for (i, replica) in self.stack.replicas.iter().enumerate() {
-            let clients = match self.stack.scrape(i).await {
-                Ok(scrape) => (scrape.sum("typha_connections_active") as u64).saturating_sub(1),
-                Err(_) => 0,
-            };
-            by_replica.insert(replica.name.clone(), clients);
+            if let Ok(scrape) = self.stack.scrape(i).await {
+                let clients = (scrape.sum("typha_connections_active") as u64).saturating_sub(1);
+                by_replica.insert(replica.name.clone(), clients);
+            }
         }
         by_replica
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::report::RunConfig;
-use crate::stack::{RestartMode, Stack, StackConfig, TyphaTargets};
+use crate::stack::{RestartMode, Stack, StackConfig, TyphaTargets, passed_floor};
 
 use super::common::SYNC_LIMIT;
 use super::restart::churn_with_outage;
@@ -91,8 +91,7 @@ async fn wait_covered(phase: &mut Phase<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether typha-0's version reaches every other replica's resume floor, per resource
-/// (else what does not yet).
+/// Whether typha-0 is past every other replica's resume floor (else what is not yet).
 async fn covered(stack: &Stack) -> Result<(), String> {
     let scrape = |i: usize| async move {
         stack
@@ -100,20 +99,9 @@ async fn covered(stack: &Stack) -> Result<(), String> {
             .await
             .map_err(|e| format!("typha-{i} does not answer: {e:#}"))
     };
-    let versions = scrape(0).await?.per_resource("typha_resource_version");
+    let serving = scrape(0).await?;
     for i in 1..stack.replicas.len() {
-        let floor = scrape(i).await?.per_resource("typha_resume_floor");
-        if floor.is_empty() {
-            return Err(format!("typha-{i} has no resume floor yet"));
-        }
-        for (resource, at) in floor {
-            let version = versions.get(&resource).copied().unwrap_or(0.0);
-            if version < at {
-                return Err(format!(
-                    "{resource}: typha-0 at {version}, typha-{i}'s floor {at}"
-                ));
-            }
-        }
+        passed_floor(&serving, &scrape(i).await?).map_err(|why| format!("typha-{i}: {why}"))?;
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use typha_proto::pb::{self, client_message};
 use typha_proto::{Revision, Update};
 
 pub use crate::metrics_support::Metrics;
-use crate::sync_support::hello_message;
+use crate::sync_support::{hello_message, next_frame};
 
 /// How long anything that should happen is awaited before the test fails.
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -220,22 +220,14 @@ pub async fn until_in_sync(stream: &mut tonic::Streaming<ServerFrame>) {
 }
 
 /// Reads frames until one satisfies `wanted` (panics, naming `what`, if the stream
-/// stalls for [`LIMIT`], fails or ends first).
+/// stalls for [`crate::sync_support::FRAME_LIMIT`], fails or ends first).
 pub async fn until_frame(
     stream: &mut tonic::Streaming<ServerFrame>,
     what: &str,
     wanted: impl Fn(&ServerFrame) -> bool,
 ) {
-    loop {
-        let frame = tokio::time::timeout(LIMIT, stream.message())
-            .await
-            .unwrap_or_else(|_| panic!("no {what}: the stream stalled"))
-            .unwrap_or_else(|e| panic!("stream failed before {what}: {e}"))
-            .unwrap_or_else(|| panic!("stream ended before {what}"));
-        if wanted(&frame) {
-            return;
-        }
-    }
+    let silent = format!("no {what}");
+    while !wanted(&next_frame(stream, &silent).await) {}
 }
 
 /// The end of a raw TLS connection as its peer sees it.

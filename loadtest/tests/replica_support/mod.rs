@@ -10,7 +10,7 @@
 //! and `shadow` must equal the client's final mirror.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -433,14 +433,6 @@ fn write_pod(sim: &KubeSim, name: &str, ip: &str) {
         .unwrap();
 }
 
-/// A replica's gauge `name` per resource (empty when it does not answer).
-async fn per_resource(replica: &Replica, name: &str) -> BTreeMap<String, f64> {
-    match replica.scrape().await {
-        Some(scrape) => scrape.per_resource(name),
-        None => BTreeMap::new(),
-    }
-}
-
 /// Waits until `clients` would be resumed on `newcomer`, a replica that just started: its
 /// resume floor is its lists' resourceVersions, above the clients' positions for every
 /// resource no event touched since (exact floors). Bookmarks carry the serving
@@ -458,18 +450,15 @@ pub async fn wait_covered(
     wait_until(
         "the serving replicas passed the newcomer's floor",
         || async {
-            let floor = per_resource(newcomer, "typha_resume_floor").await;
-            if floor.is_empty() {
-                return Err("no floor yet".to_string());
-            }
+            let floor = (newcomer.scrape().await)
+                .ok_or_else(|| "the newcomer does not answer".to_string())?;
             for replica in serving {
-                let versions = per_resource(replica, "typha_resource_version").await;
-                for (resource, at) in &floor {
-                    let version = versions.get(resource).copied().unwrap_or(0.0);
-                    if version < *at {
-                        return Err(format!("{}: {resource} at {version} < {at}", replica.name));
-                    }
-                }
+                let scrape = replica
+                    .scrape()
+                    .await
+                    .ok_or_else(|| format!("{} does not answer", replica.name))?;
+                loadtest::stack::passed_floor(&scrape, &floor)
+                    .map_err(|why| format!("{}: {why}", replica.name))?;
             }
             Ok(())
         },

@@ -51,14 +51,14 @@ pub async fn open_sync(
     (tx, response.map(tonic::Response::into_inner))
 }
 
-/// The next frame; panics with `silent` if none comes within [`FRAME_LIMIT`], and when
-/// the stream fails or ends.
+/// The next frame; panics, naming `silent` (what the missing frame means), if none
+/// comes within [`FRAME_LIMIT`] or the stream fails or ends first.
 pub async fn next_frame(stream: &mut tonic::Streaming<ServerFrame>, silent: &str) -> ServerFrame {
     tokio::time::timeout(FRAME_LIMIT, stream.message())
         .await
-        .expect(silent)
-        .unwrap()
-        .expect("stream ended")
+        .unwrap_or_else(|_| panic!("{silent}: the stream stalled"))
+        .unwrap_or_else(|e| panic!("{silent}: the stream failed: {e}"))
+        .unwrap_or_else(|| panic!("{silent}: the stream ended"))
 }
 
 /// Applies `frame` to `mirror` as felix-client's sync does (frames that carry no state
