@@ -93,10 +93,7 @@ impl Outage<'_> {
         tokio::time::sleep(delay).await;
         let replica = format!("typha-{i}");
         // The clients about to lose their replica (less its pinned reference client).
-        let on_replica = match self.stack.scrape(i).await {
-            Ok(scrape) => (scrape.sum("typha_connections_active") as u64).saturating_sub(1),
-            Err(_) => 0,
-        };
+        let on_replica = self.clients_on(i).await.unwrap_or(0);
         let before = self.fleet.counters();
         self.progress.set(format!("restart: {mode:?} {replica}"));
         self.mark(format!("{mode:?} {replica}").to_lowercase());
@@ -118,14 +115,19 @@ impl Outage<'_> {
         })
     }
 
-    /// Each answering local replica's clients: its connections less its pinned
-    /// reference client. A replica that does not answer is left out, not counted as 0
-    /// (which would read as "no clients there").
+    /// Replica `i`'s clients: its connections less its pinned reference client (`None`
+    /// when it does not answer).
+    async fn clients_on(&self, i: usize) -> Option<u64> {
+        let scrape = self.stack.scrape(i).await.ok()?;
+        Some((scrape.sum("typha_connections_active") as u64).saturating_sub(1))
+    }
+
+    /// Each answering local replica's [`Outage::clients_on`]. A replica that does not
+    /// answer is left out, not counted as 0 (which would read as "no clients there").
     async fn clients_by_replica(&self) -> BTreeMap<String, u64> {
         let mut by_replica = BTreeMap::new();
         for (i, replica) in self.stack.replicas.iter().enumerate() {
-            if let Ok(scrape) = self.stack.scrape(i).await {
-                let clients = (scrape.sum("typha_connections_active") as u64).saturating_sub(1);
+            if let Some(clients) = self.clients_on(i).await {
                 by_replica.insert(replica.name.clone(), clients);
             }
         }
