@@ -34,6 +34,20 @@ pub struct SeedConfig {
     pub host_network_every: usize,
 }
 
+impl SeedConfig {
+    /// `nodes` nodes and nothing else (no namespaces, pods or policies): a cluster for
+    /// tests that create their own workloads.
+    pub fn nodes_only(nodes: usize) -> Self {
+        SeedConfig {
+            nodes,
+            pods_per_node: 0,
+            namespaces: 0,
+            policies_per_namespace: 0,
+            host_network_every: 0,
+        }
+    }
+}
+
 impl Default for SeedConfig {
     fn default() -> Self {
         SeedConfig {

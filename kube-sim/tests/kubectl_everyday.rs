@@ -15,14 +15,7 @@ use testkit::Kubectl;
 
 async fn sim_with_nodes() -> KubeSim {
     let sim = KubeSim::start(Config::default()).await.unwrap();
-    let seed = SeedConfig {
-        nodes: 2,
-        pods_per_node: 0,
-        namespaces: 0,
-        policies_per_namespace: 0,
-        host_network_every: 0,
-    };
-    kube_sim::seed(sim.store(), &seed).unwrap();
+    kube_sim::seed(sim.store(), &SeedConfig::nodes_only(2)).unwrap();
     sim
 }
 

@@ -79,14 +79,7 @@ async fn until(
 async fn kubectl_deployment_reaches_felix_client_with_simulated_ips() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = KubeSim::start(kube_sim::Config::default()).await.unwrap();
-    let seed = SeedConfig {
-        nodes: 2,
-        pods_per_node: 0,
-        namespaces: 0,
-        policies_per_namespace: 0,
-        host_network_every: 0,
-    };
-    kube_sim::seed(sim.store(), &seed).unwrap();
+    kube_sim::seed(sim.store(), &SeedConfig::nodes_only(2)).unwrap();
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
     let harness = upstream_support::typha_watching(client, LIMIT).await;
     let sync = SyncClient::new(harness.sync_config("felix-0").unwrap());
