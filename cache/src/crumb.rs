@@ -39,6 +39,9 @@ pub struct Breadcrumb {
     pub wire: Bytes,
     /// The resourceVersions the batch stands for (cross-replica resume).
     pub versions: CrumbVersions,
+    /// When the batch was applied: the hub publishes it right after, so a server measures
+    /// its fan-out latency from here.
+    pub applied_at: std::time::Instant,
 }
 
 impl Breadcrumb {
@@ -71,6 +74,7 @@ impl Breadcrumb {
             frame: sliced.frame,
             wire: sliced.wire,
             versions,
+            applied_at: std::time::Instant::now(),
         }
     }
 

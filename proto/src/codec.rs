@@ -2,7 +2,7 @@
 //!
 //! typha's server decodes `ClientMessage`s with [`ClientMessageDecoder`] (tonic's
 //! `Streaming` on the request body); it does not encode responses through tonic: its
-//! `Sync` body hands the cache's gRPC-prefixed messages ([`crate::frame::grpc_message`])
+//! `Sync` body hands the cache's gRPC-prefixed messages ([`crate::frame::GrpcFrame`])
 //! to HTTP/2 as they are. [`ClientCodec`] encodes `ClientMessage`s with prost and decodes
 //! [`ServerFrame`]s. Nothing is compressed by gRPC: snapshot chunks are compressed once
 //! by the server, per snapshot.

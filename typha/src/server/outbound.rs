@@ -41,7 +41,6 @@ use typha_proto::Revision;
 use typha_proto::pb;
 
 use super::DropReason;
-use super::fanout::FanoutClock;
 use super::history::History;
 use super::session::goodbye_message;
 use snapshot_cache::{Breadcrumb, DeltasSince};
@@ -101,7 +100,6 @@ pub(crate) fn pair<H: History>(
     hub: H,
     queue: usize,
     max_uncoalesced: usize,
-    clock: Option<FanoutClock>,
 ) -> (Outlet, SyncBody<H>) {
     let (out, control) = mpsc::channel(queue.max(1));
     let (end_tx, body_end) = oneshot::channel();
@@ -120,8 +118,8 @@ pub(crate) fn pair<H: History>(
         progress,
         end: Some(end_tx),
         max_uncoalesced,
-        clock,
         lag: metrics::histogram!("typha_client_lag_batches"),
+        fanout: metrics::histogram!("typha_fanout_latency_seconds"),
     };
     (outlet, body)
 }
@@ -157,8 +155,11 @@ pub struct SyncBody<H> {
     progress: Arc<Progress>,
     end: Option<oneshot::Sender<DropReason>>,
     max_uncoalesced: usize,
-    clock: Option<FanoutClock>,
     lag: metrics::Histogram,
+    /// Time from a breadcrumb's publication to its hand-over to HTTP/2, per client
+    /// (shared breadcrumbs only: coalesced batches and the session's frames are not
+    /// measured).
+    fanout: metrics::Histogram,
 }
 
 impl<H: History + Unpin> SyncBody<H> {
@@ -257,9 +258,7 @@ impl<H: History + Unpin> SyncBody<H> {
         }
         match next {
             Pending::Crumb(crumb) => {
-                if let Some(clock) = &self.clock {
-                    clock.handed(&crumb.frame);
-                }
+                self.fanout.record(crumb.applied_at.elapsed().as_secs_f64());
                 crumb.wire.clone()
             }
             Pending::Message(message) => message,
