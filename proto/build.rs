@@ -1,8 +1,6 @@
 //! Compiles the wire schema with protox (no system protoc) and generates:
 //! - prost messages (maps as BTreeMap so that encoding is deterministic: the state
 //!   digest hashes encoded bytes, and equal values must encode equally);
-//! - a hand-described server whose responses are pre-encoded `Bytes` frames written
-//!   through `crate::codec::ServerCodec`, so one frame is encoded once for all clients;
 //! - a hand-described client that decodes frames with `crate::codec::ClientCodec`, which
 //!   keeps each KeyValue's bytes as received (the digest hashes them; re-encoding would
 //!   drop fields an older client does not know and break the comparison).
@@ -20,41 +18,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .compile_fds(fds)?;
 
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    for side in ["server", "client"] {
-        let (input, output, codec) = match side {
-            "server" => (
-                "crate::pb::ClientMessage",
-                "bytes::Bytes",
-                "crate::codec::ServerCodec",
-            ),
-            _ => (
-                "crate::pb::ClientMessage",
-                "crate::frame::ServerFrame",
-                "crate::codec::ClientCodec",
-            ),
-        };
-        let sync = tonic_build::manual::Method::builder()
-            .name("sync")
-            .route_name("Sync")
-            .input_type(input)
-            .output_type(output)
-            .codec_path(codec)
-            .client_streaming()
-            .server_streaming()
-            .build();
-        let service = tonic_build::manual::Service::builder()
-            .name("Typha")
-            .package("typha.sync.v1")
-            .method(sync)
-            .build();
-        let dir = out_dir.join(side);
-        std::fs::create_dir_all(&dir)?;
-        tonic_build::manual::Builder::new()
-            .build_client(side == "client")
-            .build_server(side == "server")
-            .out_dir(dir)
-            .compile(&[service]);
-    }
+    // typha serves `Sync` with its own route and body (typha::server::route), so only
+    // the client is generated.
+    let sync = tonic_build::manual::Method::builder()
+        .name("sync")
+        .route_name("Sync")
+        .input_type("crate::pb::ClientMessage")
+        .output_type("crate::frame::ServerFrame")
+        .codec_path("crate::codec::ClientCodec")
+        .client_streaming()
+        .server_streaming()
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("Typha")
+        .package("typha.sync.v1")
+        .method(sync)
+        .build();
+    let dir = PathBuf::from(std::env::var("OUT_DIR")?).join("client");
+    std::fs::create_dir_all(&dir)?;
+    tonic_build::manual::Builder::new()
+        .build_client(true)
+        .build_server(false)
+        .out_dir(dir)
+        .compile(&[service]);
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use typha_proto::frame;
+use typha_proto::frame::{self, GrpcFrame};
 use typha_proto::{Digest, Key, Revision, Update, VersionVector};
 
 use crate::entry::key_heap_bytes;
@@ -39,6 +39,9 @@ pub struct Breadcrumb {
     pub wire: Bytes,
     /// The resourceVersions the batch stands for (cross-replica resume).
     pub versions: CrumbVersions,
+    /// When the batch was applied: the hub publishes it right after, so a server measures
+    /// its fan-out latency from here.
+    pub applied_at: std::time::Instant,
 }
 
 impl Breadcrumb {
@@ -71,6 +74,7 @@ impl Breadcrumb {
             frame: sliced.frame,
             wire: sliced.wire,
             versions,
+            applied_at: std::time::Instant::now(),
         }
     }
 
@@ -141,11 +145,15 @@ pub(crate) fn last_per_key(updates: Vec<Update>) -> LastPerKey {
 /// deleted: a delete, which a client holding no such key treats as a no-op) and the last
 /// crumb's digest. `crumbs` must be contiguous, as
 /// [`SnapshotCache::deltas_since`](crate::SnapshotCache::deltas_since) returns them.
-/// Per-client work, only for lagging clients; `None` for no crumbs.
-pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
+/// Per-client work, only for lagging clients; `None` for no crumbs. Encoded after its
+/// gRPC prefix, so a server writes it without another copy.
+pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<GrpcFrame> {
     let (first, last) = (crumbs.first()?, crumbs.last()?);
     if crumbs.len() == 1 {
-        return Some(first.frame.clone());
+        return Some(GrpcFrame {
+            wire: first.wire.clone(),
+            frame: first.frame.clone(),
+        });
     }
     let mut latest: Vec<&Bytes> = Vec::new();
     let mut slot: HashMap<&Key, usize> = HashMap::new();
@@ -166,7 +174,7 @@ pub fn coalesce(crumbs: &[Arc<Breadcrumb>]) -> Option<Bytes> {
             }
         }
     }
-    Some(frame::delta_batch_with_versions(
+    Some(frame::delta_batch_grpc(
         first.from,
         last.revision,
         latest.iter().copied(),

@@ -152,6 +152,8 @@ pub struct Rebase {
     /// deletion, of every key a relevant breadcrumb touched, the full version vector and
     /// the digest.
     pub frame: Bytes,
+    /// `frame` after its gRPC prefix (`frame` is a slice of it), written as it is.
+    pub wire: Bytes,
     /// The revision the client is at once it applied the frame.
     pub revision: Revision,
     /// How many keys the frame carries.
@@ -437,7 +439,7 @@ impl SnapshotCache {
                 None => encode_key_value(key, None),
             })
             .collect();
-        let frame = frame::delta_batch_with_versions(
+        let frame::GrpcFrame { wire, frame } = frame::delta_batch_grpc(
             self.revision,
             self.revision,
             &updates,
@@ -446,6 +448,7 @@ impl SnapshotCache {
         );
         Ok(Rebase {
             frame,
+            wire,
             revision: self.revision,
             keys: updates.len(),
         })

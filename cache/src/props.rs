@@ -148,7 +148,7 @@ proptest! {
                 prop_assert_eq!(&mirror, &oracles[m]);
 
                 let mut coalesced = decoded[n].clone();
-                let frame = coalesce(&crumbs[..=i]).unwrap();
+                let frame = coalesce(&crumbs[..=i]).unwrap().frame;
                 let (from, to, digest) = apply_frame(&mut coalesced, &frame);
                 prop_assert_eq!((from.0, to.0), (n as u64, m as u64));
                 prop_assert_eq!(digest, snapshots[m].digest);

@@ -109,10 +109,17 @@ pub struct EncodedSnapshot {
     pub versions: VersionVector,
     /// The number of entries.
     pub key_count: u64,
-    /// `ServerMessage{snapshot_chunk}` frames, in index order.
+    /// `ServerMessage{snapshot_chunk}` frames, in index order (slices of
+    /// `chunk_messages`).
     pub chunk_frames: Vec<Bytes>,
-    /// The `ServerMessage{in_sync}` frame that follows the last chunk.
+    /// The same chunks as gRPC messages (prefix, then frame), written as they are to
+    /// every client the snapshot is sent to.
+    pub chunk_messages: Vec<Bytes>,
+    /// The `ServerMessage{in_sync}` frame that follows the last chunk (a slice of
+    /// `in_sync_message`).
     pub in_sync_frame: Bytes,
+    /// The in-sync frame as a gRPC message.
+    pub in_sync_message: Bytes,
     /// Uncompressed payload bytes over all chunks.
     pub raw_bytes: u64,
     /// Compressed payload bytes over all chunks.
@@ -128,23 +135,24 @@ pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheE
         u32::try_from(raw.chunks.len()).map_err(|_| CacheError::TooManyChunks(raw.chunks.len()))?;
     let mut compressor = zstd::bulk::Compressor::new(level)?;
     let mut chunk_frames = Vec::with_capacity(raw.chunks.len());
+    let mut chunk_messages = Vec::with_capacity(raw.chunks.len());
     let mut compressed_bytes = 0;
     for (index, chunk) in (0..count).zip(&raw.chunks) {
         // One chunk's concatenation at a time: freed before the next is built.
         let payload = Bytes::from(compressor.compress(&chunk.encode())?);
         compressed_bytes += payload.len() as u64;
-        chunk_frames.push(frame::encode(pb::server_message::Msg::SnapshotChunk(
-            pb::SnapshotChunk {
-                revision: raw.revision.0,
-                index,
-                count,
-                compression: pb::Compression::Zstd as i32,
-                raw_len: chunk.len() as u64,
-                payload,
-            },
-        )));
+        let chunk = frame::encode_grpc(pb::server_message::Msg::SnapshotChunk(pb::SnapshotChunk {
+            revision: raw.revision.0,
+            index,
+            count,
+            compression: pb::Compression::Zstd as i32,
+            raw_len: chunk.len() as u64,
+            payload,
+        }));
+        chunk_frames.push(chunk.frame);
+        chunk_messages.push(chunk.wire);
     }
-    let in_sync_frame = frame::encode(pb::server_message::Msg::InSync(pb::InSync {
+    let in_sync = frame::encode_grpc(pb::server_message::Msg::InSync(pb::InSync {
         revision: raw.revision.0,
         digest: raw.digest.to_bytes().to_vec(),
         key_count: raw.key_count,
@@ -156,7 +164,9 @@ pub fn compress(raw: &RawSnapshot, level: i32) -> Result<EncodedSnapshot, CacheE
         versions: raw.versions.clone(),
         key_count: raw.key_count,
         chunk_frames,
-        in_sync_frame,
+        chunk_messages,
+        in_sync_frame: in_sync.frame,
+        in_sync_message: in_sync.wire,
         raw_bytes: raw.raw_bytes,
         compressed_bytes,
     })

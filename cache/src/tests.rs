@@ -394,8 +394,17 @@ fn coalesce_keeps_the_latest_value_per_key() {
     assert!(coalesce(&[]).is_none());
 
     let all = crumbs(cache.deltas_since(Revision(1)));
-    assert_eq!(coalesce(&all[..1]), Some(all[0].frame.clone()));
-    let frame = coalesce(&all).unwrap();
+    let one = coalesce(&all[..1]).unwrap();
+    assert_eq!(
+        (one.wire, one.frame),
+        (all[0].wire.clone(), all[0].frame.clone())
+    );
+    let coalesced = coalesce(&all).unwrap();
+    assert_eq!(
+        coalesced.wire,
+        typha_proto::frame::grpc_message(&coalesced.frame)
+    );
+    let frame = coalesced.frame;
     let ServerFrame::Deltas(batch) = ServerFrame::decode(frame.clone()).unwrap() else {
         panic!()
     };
@@ -432,6 +441,20 @@ fn compress_round_trips_the_state_in_several_chunks() {
     );
 
     let encoded = compress(&raw, 3).unwrap();
+    // Each frame is the message's bytes after the gRPC prefix, in the same buffer.
+    let pairs = encoded
+        .chunk_frames
+        .iter()
+        .zip(&encoded.chunk_messages)
+        .chain([(&encoded.in_sync_frame, &encoded.in_sync_message)]);
+    for (frame, message) in pairs {
+        assert_eq!(*message, typha_proto::frame::grpc_message(frame));
+        assert_eq!(
+            message[typha_proto::frame::GRPC_PREFIX_LEN..].as_ptr(),
+            frame.as_ptr()
+        );
+    }
+    assert_eq!(encoded.chunk_messages.len(), encoded.chunk_frames.len());
     assert_eq!(encoded.chunk_frames.len(), raw.chunks.len());
     assert_eq!((encoded.raw_bytes, encoded.key_count), (raw.raw_bytes, 54));
     assert!(encoded.compressed_bytes > 0);

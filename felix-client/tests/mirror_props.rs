@@ -207,8 +207,8 @@ impl World {
             Step::Coalesced(n) => {
                 let pending = self.pending.as_mut().map(|p| p.drain(..(*n).min(p.len())));
                 let crumbs: Vec<_> = pending.into_iter().flatten().collect();
-                if let Some(frame) = coalesce(&crumbs) {
-                    self.feed(frame);
+                if let Some(coalesced) = coalesce(&crumbs) {
+                    self.feed(coalesced.frame);
                 }
             }
             Step::Resume => self.reconnect(true),

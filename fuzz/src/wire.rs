@@ -1,7 +1,7 @@
 //! Wire decoding on both sides of the `Sync` stream.
 //!
 //! - [`client_message`]: what typha does with a client's message body: the server
-//!   codec's decode (`ServerCodec` decodes `ClientMessage` with prost, exactly as here),
+//!   codec's decode (`ClientMessageDecoder` decodes `ClientMessage` with prost, exactly as here),
 //!   hello validation, protocol negotiation and the resume position's parsing.
 //! - [`server_frame`]: what felix-client does with a server frame: `ServerFrame::decode`
 //!   (the client codec's decode), then each raw entry of a delta batch.

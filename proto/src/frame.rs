@@ -103,6 +103,57 @@ pub fn grpc_message(frame: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// A server frame encoded once, after its gRPC length prefix, in one buffer: `wire` is
+/// what a server writes into a stream as it is, `frame` the same bytes without the prefix
+/// (a slice of `wire`), for whoever decodes or hashes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcFrame {
+    /// The gRPC message: [`GRPC_PREFIX_LEN`] bytes of prefix, then `frame`'s bytes.
+    pub wire: Bytes,
+    /// The `ServerMessage` frame (a slice of `wire`).
+    pub frame: Bytes,
+}
+
+impl GrpcFrame {
+    fn from_wire(wire: BytesMut) -> GrpcFrame {
+        let wire = wire.freeze();
+        GrpcFrame {
+            frame: wire.slice(GRPC_PREFIX_LEN..),
+            wire,
+        }
+    }
+}
+
+/// [`encode`] after the gRPC length prefix, with no second copy.
+pub fn encode_grpc(msg: pb::server_message::Msg) -> GrpcFrame {
+    let message = pb::ServerMessage { msg: Some(msg) };
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(GRPC_PREFIX_LEN + len);
+    put_grpc_prefix(len, &mut buf);
+    // A BytesMut with room for the whole message cannot run out of space.
+    let _ = message.encode(&mut buf);
+    GrpcFrame::from_wire(buf)
+}
+
+/// [`delta_batch_with_versions`] after the gRPC length prefix (see [`GrpcFrame`]).
+pub fn delta_batch_grpc<'a>(
+    from: Revision,
+    to: Revision,
+    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
+    digest: Digest,
+    versions: &[pb::ResourceVersion],
+) -> GrpcFrame {
+    GrpcFrame::from_wire(encode_delta_batch_after(
+        GRPC_PREFIX_LEN,
+        from,
+        to,
+        updates,
+        digest,
+        versions,
+        |_| {},
+    ))
+}
+
 /// A delta batch encoded once for every client (see [`delta_batch_sliced`]): the same
 /// buffer seen as the gRPC message, the frame, and each update.
 #[derive(Clone, Debug)]
@@ -137,11 +188,11 @@ pub fn delta_batch_sliced<'a>(
         versions,
         |range| ranges.push(range),
     );
-    let wire = wire.freeze();
+    let GrpcFrame { wire, frame } = GrpcFrame::from_wire(wire);
     let updates = ranges.into_iter().map(|range| wire.slice(range)).collect();
     SlicedDeltaBatch {
-        frame: wire.slice(GRPC_PREFIX_LEN..),
         wire,
+        frame,
         updates,
     }
 }
@@ -304,6 +355,20 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_frame_is_the_prefixed_frame_in_one_buffer() {
+        let msg = || {
+            pb::server_message::Msg::Ping(pb::Ping {
+                nonce: 7,
+                sent_unix_nanos: 9,
+            })
+        };
+        let once = encode_grpc(msg());
+        assert_eq!(once.frame, encode(msg()));
+        assert_eq!(once.wire, grpc_message(&encode(msg())));
+        assert_eq!(once.wire[GRPC_PREFIX_LEN..].as_ptr(), once.frame.as_ptr());
+    }
+
+    #[test]
     fn hand_built_delta_batch_decodes_with_prost_and_raw() {
         let updates = vec![node("a"), node("b")];
         let mut digest = Digest::EMPTY;
@@ -341,6 +406,11 @@ mod tests {
         let (frame, slices) = (sliced.frame, sliced.updates);
         assert_eq!(frame, plain);
         assert_eq!(sliced.wire, grpc_message(&plain));
+        let once = delta_batch_grpc(Revision(1), Revision(2), &updates, Digest::EMPTY, &versions);
+        assert_eq!(
+            (once.wire, once.frame),
+            (sliced.wire.clone(), plain.clone())
+        );
         assert_eq!(sliced.wire[GRPC_PREFIX_LEN..].as_ptr(), frame.as_ptr());
         assert_eq!(slices, updates);
         let ServerFrame::Deltas(raw) = ServerFrame::decode(frame.clone()).unwrap() else {

@@ -22,13 +22,6 @@ pub mod pb {
 }
 
 #[cfg(feature = "grpc")]
-/// The tonic server for `Sync`, whose responses are pre-encoded frames.
-#[allow(clippy::all, missing_docs)]
-pub mod server {
-    include!(concat!(env!("OUT_DIR"), "/server/typha.sync.v1.Typha.rs"));
-}
-
-#[cfg(feature = "grpc")]
 /// The tonic client for `Sync`, decoding frames with [`codec::ClientCodec`].
 #[allow(clippy::all, missing_docs)]
 pub mod client {

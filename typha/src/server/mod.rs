@@ -13,7 +13,6 @@
 //! write and ping timeouts; at most `max_streams_per_connection` sessions per connection.
 
 mod conn;
-mod fanout;
 mod history;
 mod outbound;
 mod refusal;
@@ -234,8 +233,6 @@ pub async fn serve(
             accept_loop(listener, transport, config, stats, conn_tx, stop).await;
         }
     });
-    let arrivals = fanout::Arrivals::new(hub.clone());
-    tokio::spawn(arrivals.clone().follow(shutdown.clone()));
     let service = route::SyncRoute::new(SyncService {
         hub,
         ends,
@@ -243,7 +240,6 @@ pub async fn serve(
         sessions: sessions.clone(),
         registry: handle.sessions.clone(),
         connections: handle.connections.clone(),
-        arrivals,
         shutdown: shutdown.clone(),
     });
     let incoming = ReceiverStream::new(conn_rx);
@@ -374,7 +370,6 @@ struct SyncService {
     sessions: TaskTracker,
     registry: Sessions,
     connections: ConnStats,
-    arrivals: fanout::Arrivals,
     shutdown: CancellationToken,
 }
 
@@ -416,7 +411,6 @@ impl SyncService {
             self.hub.clone(),
             self.config.out_buffer_frames,
             self.config.max_uncoalesced,
-            Some(fanout::FanoutClock::new(self.arrivals.clone())),
         );
         metrics::counter!("typha_connections_accepted_total").increment(1);
         let (registration, farewell) = self.registry.register();

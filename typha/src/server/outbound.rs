@@ -37,17 +37,17 @@ use http_body::Frame;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::Status;
-use typha_proto::pb::{self, server_message};
-use typha_proto::{Revision, frame};
+use typha_proto::Revision;
+use typha_proto::pb;
 
 use super::DropReason;
-use super::fanout::FanoutClock;
 use super::history::History;
+use super::session::goodbye_message;
 use snapshot_cache::{Breadcrumb, DeltasSince};
 
 /// What the session hands its stream's body, in order.
 pub(crate) enum Out {
-    /// A gRPC message (prefixed, see [`frame::grpc_message`]) to write.
+    /// A gRPC message (prefix and frame, see [`typha_proto::frame::GrpcFrame`]) to write.
     Message(Bytes),
     /// The client is at `cursor`: from now on, send it the deltas `revisions` announces.
     Deltas {
@@ -100,7 +100,6 @@ pub(crate) fn pair<H: History>(
     hub: H,
     queue: usize,
     max_uncoalesced: usize,
-    clock: Option<FanoutClock>,
 ) -> (Outlet, SyncBody<H>) {
     let (out, control) = mpsc::channel(queue.max(1));
     let (end_tx, body_end) = oneshot::channel();
@@ -119,8 +118,8 @@ pub(crate) fn pair<H: History>(
         progress,
         end: Some(end_tx),
         max_uncoalesced,
-        clock,
         lag: metrics::histogram!("typha_client_lag_batches"),
+        fanout: metrics::histogram!("typha_fanout_latency_seconds"),
     };
     (outlet, body)
 }
@@ -156,8 +155,11 @@ pub struct SyncBody<H> {
     progress: Arc<Progress>,
     end: Option<oneshot::Sender<DropReason>>,
     max_uncoalesced: usize,
-    clock: Option<FanoutClock>,
     lag: metrics::Histogram,
+    /// Time from a breadcrumb's publication to its hand-over to HTTP/2, per client
+    /// (shared breadcrumbs only: coalesced batches and the session's frames are not
+    /// measured).
+    fanout: metrics::Histogram,
 }
 
 impl<H: History + Unpin> SyncBody<H> {
@@ -224,8 +226,7 @@ impl<H: History + Unpin> SyncBody<H> {
         if crumbs.len() > self.max_uncoalesced {
             if let Some(batch) = snapshot_cache::coalesce(&crumbs) {
                 metrics::counter!("typha_deltas_coalesced_total").increment(1);
-                self.pending
-                    .push_back(Pending::Message(frame::grpc_message(&batch)));
+                self.pending.push_back(Pending::Message(batch.wire));
             }
         } else {
             self.pending.extend(crumbs.into_iter().map(Pending::Crumb));
@@ -236,13 +237,11 @@ impl<H: History + Unpin> SyncBody<H> {
     /// The client fell behind the history: goodbye(RESYNC), then the stream ends and the
     /// session hears why.
     fn resync(&mut self) {
-        let goodbye = pb::Goodbye {
-            reason: pb::GoodbyeReason::Resync as i32,
-            message: "fell behind the server's history".to_string(),
-        };
-        let goodbye = frame::encode(server_message::Msg::Goodbye(goodbye));
-        self.pending
-            .push_back(Pending::Message(frame::grpc_message(&goodbye)));
+        let goodbye = goodbye_message(
+            pb::GoodbyeReason::Resync,
+            "fell behind the server's history",
+        );
+        self.pending.push_back(Pending::Message(goodbye));
         self.deltas = None;
         self.finish = Finish::Trailers(Box::new(Status::ok("")));
         if let Some(end) = self.end.take() {
@@ -259,9 +258,7 @@ impl<H: History + Unpin> SyncBody<H> {
         }
         match next {
             Pending::Crumb(crumb) => {
-                if let Some(clock) = &self.clock {
-                    clock.handed(&crumb.frame);
-                }
+                self.fanout.record(crumb.applied_at.elapsed().as_secs_f64());
                 crumb.wire.clone()
             }
             Pending::Message(message) => message,

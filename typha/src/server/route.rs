@@ -23,10 +23,9 @@ use tonic::body::Body;
 use tonic::metadata::{GRPC_CONTENT_TYPE, MetadataValue};
 use tonic::server::NamedService;
 
-use super::SyncService;
+use typha_proto::SYNC_PATH;
 
-/// The path of the one method.
-const SYNC_PATH: &str = "/typha.sync.v1.Typha/Sync";
+use super::SyncService;
 
 /// The `Typha` gRPC service (one method, `Sync`).
 #[derive(Clone)]

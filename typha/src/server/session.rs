@@ -229,7 +229,7 @@ where
             resumed: start.resumed(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
         });
-        self.send(frame::encode(server_hello)).await?;
+        self.send_msg(server_hello).await?;
         resume::count(&self.hub, &start);
         match start {
             resume::Start::SameReplica(revision) => {
@@ -238,7 +238,7 @@ where
             }
             resume::Start::CrossReplica(rebase) => {
                 tracing::info!(revision = %rebase.revision, keys = rebase.keys, "client of another replica resumed");
-                self.send(rebase.frame).await?;
+                self.send(rebase.wire).await?;
                 Ok(rebase.revision)
             }
             resume::Start::Snapshot => self.send_snapshot().await,
@@ -283,10 +283,11 @@ where
                 return Err(DropReason::Internal);
             }
         };
-        for chunk in &snapshot.chunk_frames {
+        // The memoized snapshot's gRPC messages, shared by every client it goes to.
+        for chunk in &snapshot.chunk_messages {
             self.send(chunk.clone()).await?;
         }
-        self.send(snapshot.in_sync_frame.clone()).await?;
+        self.send(snapshot.in_sync_message.clone()).await?;
         metrics::counter!("typha_snapshots_sent_total").increment(1);
         self.hub.count_start(SessionStart::Snapshot);
         tracing::info!(revision = %snapshot.revision, keys = snapshot.key_count, "snapshot sent");
@@ -374,8 +375,7 @@ where
             nonce: *nonce,
             sent_unix_nanos: unix_nanos(),
         };
-        self.send(frame::encode(server_message::Msg::Ping(ping)))
-            .await
+        self.send_msg(server_message::Msg::Ping(ping)).await
     }
 
     /// Says goodbye for a farewell (`None`: the server is shutting down) and returns the
@@ -401,8 +401,7 @@ where
                     nonce: p.nonce,
                     ping_sent_unix_nanos: p.sent_unix_nanos,
                 };
-                self.send(frame::encode(server_message::Msg::Pong(pong)))
-                    .await
+                self.send_msg(server_message::Msg::Pong(pong)).await
             }
             Some(client_message::Msg::Hello(_)) => {
                 self.refuse(Status::invalid_argument("duplicate ClientHello"))
@@ -413,10 +412,16 @@ where
         }
     }
 
-    /// Queues `frame` (as a gRPC message) for the body; a queue that stays full for the
-    /// write timeout drops the client.
-    async fn send(&self, frame: Bytes) -> Result<(), DropReason> {
-        self.push(Out::Message(frame::grpc_message(&frame))).await
+    /// Queues a gRPC message (prefix and frame, as the cache and [`frame::encode_grpc`]
+    /// build them) for the body; a queue that stays full for the write timeout drops the
+    /// client.
+    async fn send(&self, message: Bytes) -> Result<(), DropReason> {
+        self.push(Out::Message(message)).await
+    }
+
+    /// Encodes `msg` as a gRPC message and queues it (see [`Self::send`]).
+    async fn send_msg(&self, msg: server_message::Msg) -> Result<(), DropReason> {
+        self.send(frame::encode_grpc(msg).wire).await
     }
 
     /// Queues `item` for the body. The common case (room in the queue) takes no clock
@@ -438,11 +443,10 @@ where
     /// Best effort: a drain, rebalance or shutdown goodbye must not wait on a client
     /// that is not reading.
     fn goodbye(&self, reason: pb::GoodbyeReason, message: &str) {
-        let goodbye = goodbye_frame(reason, message);
         let _ = self
             .outlet
             .out
-            .try_send(Out::Message(frame::grpc_message(&goodbye)));
+            .try_send(Out::Message(goodbye_message(reason, message)));
     }
 
     /// Ends the stream with an error status the client can log. A status the body does
@@ -478,13 +482,14 @@ where
     }
 }
 
-/// A `Goodbye` frame.
-fn goodbye_frame(reason: pb::GoodbyeReason, message: &str) -> Bytes {
+/// A `Goodbye` as a gRPC message (the session's and the body's, see
+/// [`super::outbound`]).
+pub(super) fn goodbye_message(reason: pb::GoodbyeReason, message: &str) -> Bytes {
     let goodbye = pb::Goodbye {
         reason: reason as i32,
         message: message.to_string(),
     };
-    frame::encode(server_message::Msg::Goodbye(goodbye))
+    frame::encode_grpc(server_message::Msg::Goodbye(goodbye)).wire
 }
 
 /// The next inbound message, or how the inbound stream ended.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -158,7 +159,6 @@ impl Client {
             hub.clone(),
             config.out_buffer_frames,
             config.max_uncoalesced,
-            None,
         );
         let out = Reader { body: Some(body) };
         let ends = SessionEnds::new(8);
@@ -258,6 +258,9 @@ impl Client {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_close_behind_gets_the_shared_frames_in_order() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
     let hub = hub(1024);
     let mut client = Client::start(&hub, ServerConfig::default());
     let synced = client.sync().await;
@@ -278,6 +281,11 @@ async fn a_client_close_behind_gets_the_shared_frames_in_order() {
         assert_eq!(crumb.wire[GRPC_PREFIX_LEN..].as_ptr(), crumb.frame.as_ptr());
     }
     assert_eq!(crumbs[0].from.0, synced);
+    assert_eq!(
+        fanout_samples(&snap),
+        3,
+        "one fan-out sample per shared frame"
+    );
     // The client closes its side.
     drop(std::mem::replace(&mut client.inbound, mpsc::channel(1).0));
     let (reason, kill) = client.ended().await;
@@ -329,8 +337,24 @@ async fn the_session_task_stays_small() {
     );
 }
 
+/// Samples of `typha_fanout_latency_seconds` recorded so far.
+fn fanout_samples(snap: &Snapshotter) -> usize {
+    snap.snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "typha_fanout_latency_seconds")
+        .map(|(.., value)| match value {
+            DebugValue::Histogram(samples) => samples.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_client_gets_one_coalesced_batch() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
     let hub = hub(1024);
     let config = ServerConfig::default();
     let many = config.max_uncoalesced + 5;
@@ -348,6 +372,11 @@ async fn a_slow_client_gets_one_coalesced_batch() {
     // Latest value per key: the key touched by every batch appears once.
     assert_eq!(batch.updates.len(), many + 1);
     assert!(client.out.try_recv().is_err(), "one batch, not {many}");
+    assert_eq!(
+        fanout_samples(&snap),
+        0,
+        "a coalesced batch is not a shared frame"
+    );
 }
 
 #[tokio::test(start_paused = true)]
