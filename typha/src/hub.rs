@@ -232,8 +232,9 @@ impl Hub {
         let (crumb, keys, held, stats, positions) = {
             let mut cache = self.shared.cache.write();
             let crumb = cache.apply_upstream(updates, marks, progress);
-            // Only a batch that moved versions can move the floor (it trims the history).
-            let positions = (crumb.is_some() && !marks.is_empty()).then(|| Positions::of(&cache));
+            // Marks move the versions (even in a batch that makes no breadcrumb); a new
+            // breadcrumb may trim the history, which moves the floor.
+            let positions = (crumb.is_some() || !marks.is_empty()).then(|| Positions::of(&cache));
             (
                 crumb,
                 cache.len(),
@@ -559,5 +560,12 @@ mod tests {
         assert_eq!(gauges[&at("typha_resource_version")], 15.0);
         let floor = gauges[&at("typha_resume_floor")];
         assert!(floor > 10.0, "a trimmed history moves the floor: {floor}");
+
+        // A watched event that changes nothing makes no breadcrumb, but the version moves.
+        assert!(
+            hub.apply_marked(vec![], &[ResourceMark::watched("nodes", 20)])
+                .is_none()
+        );
+        assert_eq!(per_resource(&snap)[&at("typha_resource_version")], 20.0);
     }
 }
