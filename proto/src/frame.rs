@@ -81,7 +81,7 @@ pub fn delta_batch_with_versions<'a>(
     digest: Digest,
     versions: &[pb::ResourceVersion],
 ) -> Bytes {
-    encode_delta_batch(from, to, updates, digest, versions, |_| {}).freeze()
+    delta_batch_grpc(from, to, updates, digest, versions).frame
 }
 
 /// Bytes of the gRPC length prefix in front of every message of a gRPC stream: a
@@ -143,8 +143,7 @@ pub fn delta_batch_grpc<'a>(
     digest: Digest,
     versions: &[pb::ResourceVersion],
 ) -> GrpcFrame {
-    GrpcFrame::from_wire(encode_delta_batch_after(
-        GRPC_PREFIX_LEN,
+    GrpcFrame::from_wire(encode_delta_batch(
         from,
         to,
         updates,
@@ -179,15 +178,9 @@ pub fn delta_batch_sliced<'a>(
     versions: &[pb::ResourceVersion],
 ) -> SlicedDeltaBatch {
     let mut ranges = Vec::new();
-    let wire = encode_delta_batch_after(
-        GRPC_PREFIX_LEN,
-        from,
-        to,
-        updates,
-        digest,
-        versions,
-        |range| ranges.push(range),
-    );
+    let wire = encode_delta_batch(from, to, updates, digest, versions, |range| {
+        ranges.push(range)
+    });
     let GrpcFrame { wire, frame } = GrpcFrame::from_wire(wire);
     let updates = ranges.into_iter().map(|range| wire.slice(range)).collect();
     SlicedDeltaBatch {
@@ -197,23 +190,9 @@ pub fn delta_batch_sliced<'a>(
     }
 }
 
-/// Encodes a `ServerMessage{deltas}`; `each_update` is told where each update's bytes
-/// lie in the buffer.
+/// Encodes a `ServerMessage{deltas}` after its gRPC length prefix, in one buffer;
+/// `each_update` is told where each update's bytes lie in it.
 fn encode_delta_batch<'a>(
-    from: Revision,
-    to: Revision,
-    updates: impl IntoIterator<Item = &'a Bytes> + Clone,
-    digest: Digest,
-    versions: &[pb::ResourceVersion],
-    each_update: impl FnMut(std::ops::Range<usize>),
-) -> BytesMut {
-    encode_delta_batch_after(0, from, to, updates, digest, versions, each_update)
-}
-
-/// [`encode_delta_batch`] after a gRPC length prefix when `prefix` is
-/// [`GRPC_PREFIX_LEN`] (0: no prefix); ranges are positions in the whole buffer.
-fn encode_delta_batch_after<'a>(
-    prefix: usize,
     from: Revision,
     to: Revision,
     updates: impl IntoIterator<Item = &'a Bytes> + Clone,
@@ -233,10 +212,8 @@ fn encode_delta_batch_after<'a>(
         + prost::encoding::uint64::encoded_len(4, &from.0)
         + prost::encoding::message::encoded_len_repeated(5, versions);
     let frame_len = len_delimited_len(field::DELTAS, body_len);
-    let mut buf = BytesMut::with_capacity(prefix + frame_len);
-    if prefix > 0 {
-        put_grpc_prefix(frame_len, &mut buf);
-    }
+    let mut buf = BytesMut::with_capacity(GRPC_PREFIX_LEN + frame_len);
+    put_grpc_prefix(frame_len, &mut buf);
     encode_key(field::DELTAS, WireType::LengthDelimited, &mut buf);
     encode_varint(body_len as u64, &mut buf);
     prost::encoding::uint64::encode(1, &to.0, &mut buf);
